@@ -1,0 +1,39 @@
+# make test : create .venv, install the package with its test extras, run every test (slow ones too)
+# make demo : create .venv, install, run the offline demo pipeline
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install test test-fast demo clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, so the package's range is already met: without a GPU, a local
+	# CPU wheel if there is one, else PyTorch's CPU index; never CUDA wheels.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PIP) install --quiet --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
+		|| $(PIP) install --quiet --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/gsm8k-tr prepare --config recipes/demo.yaml --overwrite
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

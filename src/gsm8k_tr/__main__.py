@@ -1,0 +1,3 @@
+from gsm8k_tr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The `gsm8k-tr` command: one subcommand per stage, each calling that stage's main().
+
+Heavy libraries (torch, transformers, datasets) are imported inside the
+commands, so `--help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from gsm8k_tr import __version__
+from gsm8k_tr.errors import UserError
+
+
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="RECIPE", help="YAML recipe; its keys override the defaults")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="recipe overrides with dotted keys, e.g. data.limit=50 output_dir=runs/try1")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gsm8k_tr import prepare
+    from gsm8k_tr.config import load_recipe
+
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.append(f"data.dataset={args.dataset}")
+    if args.reference:
+        overrides.append(f"data.reference={args.reference}")
+    if args.output:
+        overrides.append(f"output_dir={args.output}")
+    recipe = load_recipe(args.config, _as_strings(overrides))
+    report = prepare.main(recipe, overwrite=args.overwrite)
+    summary = {k: report[k] for k in ("rows_read", "aligned", "unaligned", "aligned_rate", "test_rows_found",
+                                      "dropped", "solution_gold_disagreements", "written")}
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    print(f"wrote {recipe.output_dir}/train.jsonl, test.jsonl and report.json")
+    return 0
+
+
+def _as_strings(overrides: list[str]) -> list[str]:
+    # Paths from flags must stay strings even when they look like numbers or YAML.
+    return [f"{k}={json.dumps(v)}" if k in ("data.dataset", "data.reference", "output_dir") else item
+            for item in overrides for k, _, v in [item.partition("=")]]
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def _prepare_args(parser: argparse.ArgumentParser) -> None:
+    _recipe_args(parser)
+    parser.add_argument("--dataset", metavar="SRC", help="Hub id, or a local CSV/JSON/JSONL/Parquet file or folder (data.dataset)")
+    parser.add_argument("--reference", metavar="REF", help="English GSM8K: Hub id, folder with train/test.jsonl, or 'none' (data.reference)")
+    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and report.json (output_dir)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+COMMANDS["prepare"] = ("align GSM8K-TR with English GSM8K: verified answers and the official split", _prepare_args, _prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="gsm8k-tr", description="Teach a small Turkish language model grade-school math.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user mistakes print one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"gsm8k-tr {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gsm8k-tr {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,241 @@
+"""Recipes: code defaults < YAML file < `key=value` overrides, checked strictly.
+
+Every section is a dataclass, so the valid keys and their types are written
+once, here. Unknown keys and wrong types are errors that name the key and list
+the valid ones. The `sft` and `grpo` sections pass through to TRL's
+`SFTConfig`/`GRPOConfig`; the stage that builds them checks their keys against
+TRL itself, so this module need not import TRL (and `--help` stays instant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gsm8k_tr.errors import UserError
+
+DEFAULT_INSTRUCTION = (
+    "Aşağıdaki matematik sorusunu adım adım çöz. Düşünceni <{reasoning_tag}> ve "
+    "</{reasoning_tag}> etiketleri arasına, yalnızca sayısal cevabı <{answer_tag}> ve "
+    "</{answer_tag}> etiketleri arasına yaz."
+)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "ytu-ce-cosmos/turkish-gpt2-medium-350m-instruct-v0.1"
+    revision: str | None = None
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+    stop_token: str | None = "<|stop|>"  # null: the tokenizer's own eos token
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ytu-ce-cosmos/gsm8k_tr"
+    dataset_config: str | None = None
+    reference: str = "openai/gsm8k"
+    reference_config: str = "main"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    keep_unaligned: bool = True  # unaligned rows keep their solution's last number as gold
+    unaligned_split: str = "train"  # where kept unaligned rows go: train or test
+    test_fraction: float = 0.1  # held out by question hash when there is no reference
+    min_align_score: float = 0.55
+    min_align_margin: float = 0.02
+    sft_keep_disagreeing: bool = False  # SFT targets from solutions that contradict the gold
+    skip_invalid_rows: bool = False  # count and skip rows with empty fields or no number
+    limit: int | None = None  # read only the first N rows (quick trials)
+
+
+@dataclass
+class PromptConfig:
+    template: str = "### Kullanıcı:\n{instruction}\n\n{question}\n### Asistan:\n"
+    instruction: str = DEFAULT_INSTRUCTION
+    reasoning_tag: str = "sebep"
+    answer_tag: str = "cevap"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # null: every linear layer of the architecture
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    every_steps: int = 0
+
+
+def _default_rewards() -> dict[str, float]:
+    return {"correctness": 1.0, "strict_format": 1.0, "soft_format": 1.0, "xmlcount": 1.0}
+
+
+@dataclass
+class Recipe:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    rewards: dict[str, float] = field(default_factory=_default_rewards)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"recipe key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"recipe key {key!r} must be a mapping, got {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `run=2024` on the command line reads as a number
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise UserError(f"recipe key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Write `values` into the dataclass `target`, checking keys and types."""
+    if not isinstance(values, dict):
+        raise UserError(f"recipe section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            where = f"section {prefix.rstrip('.')!r}" if prefix else "the recipe"
+            raise UserError(f"unknown recipe key {key!r}; valid keys in {where}: {', '.join(fields)}")
+        current = getattr(target, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{key}.")
+        else:
+            setattr(target, name, _coerce(value, hints[name], key))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn `a.b=value` strings into a nested dict; values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value (for example sft.max_steps=3)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def _check(recipe: Recipe) -> None:
+    """Cross-field rules that one key's type cannot express."""
+    for name, template in (("prompt.template", recipe.prompt.template), ("prompt.instruction", recipe.prompt.instruction)):
+        allowed = {"question", "instruction"} if name == "prompt.template" else set()
+        allowed |= {"reasoning_tag", "answer_tag"}
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as error:
+            raise UserError(f"recipe key {name!r} is not a valid template ({error}); write literal braces as {{{{ }}}}")
+        unknown = fields - allowed
+        if unknown:
+            raise UserError(f"recipe key {name!r} uses unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if "{question}" not in recipe.prompt.template:
+        raise UserError("recipe key 'prompt.template' must contain {question}")
+    if recipe.data.unaligned_split not in ("train", "test"):
+        raise UserError(f"recipe key 'data.unaligned_split' must be 'train' or 'test', got {recipe.data.unaligned_split!r}")
+    if not 0.0 <= recipe.data.test_fraction < 1.0:
+        raise UserError(f"recipe key 'data.test_fraction' must be in [0, 1), got {recipe.data.test_fraction}")
+    if recipe.data.limit is not None and recipe.data.limit < 1:
+        raise UserError(f"recipe key 'data.limit' must be at least 1, got {recipe.data.limit}")
+    from gsm8k_tr.rewards import REWARDS  # light: pure Python
+
+    for name in recipe.rewards:
+        if name.removesuffix("_reward_func") not in REWARDS:
+            raise UserError(f"unknown reward {name!r} in recipe key 'rewards'; valid rewards: {', '.join(REWARDS)}")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Build a Recipe from defaults, an optional YAML file, then overrides."""
+    recipe = Recipe()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"recipe file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"recipe file {str(path)!r} is not valid YAML: {first}")
+        _merge(recipe, values)
+    if overrides:
+        _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    _check(recipe)
+    return recipe
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data, in field order."""
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, directory: str | Path) -> Path:
+    """Write the resolved recipe into `directory` as `recipe.yaml`."""
+    target = Path(directory) / "recipe.yaml"
+    target.write_text(
+        "# Resolved recipe (defaults < recipe file < command-line overrides)\n"
+        + yaml.safe_dump(recipe_dict(recipe), sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
+    return target

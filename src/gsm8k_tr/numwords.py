@@ -1,0 +1,189 @@
+"""Numbers written as words: Turkish for grading, English for aligning with GSM8K.
+
+Simplifications, said plainly: only cardinal numbers are read ("üçüncü" is
+not 3), a word carries a suffix only in its copula forms ("ikidir", "üçtür")
+because wider suffix stripping turns pronouns such as "onu"/"ona" into 10,
+and ordinal/fraction words other than "buçuk", "yarım" and "half" are ignored.
+Every function here runs in time linear in its input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from fractions import Fraction
+
+_TR_UNITS = {
+    "sıfır": 0, "bir": 1, "iki": 2, "üç": 3, "dört": 4,
+    "beş": 5, "altı": 6, "yedi": 7, "sekiz": 8, "dokuz": 9,
+}
+_TR_TENS = {
+    "on": 10, "yirmi": 20, "otuz": 30, "kırk": 40, "elli": 50,
+    "altmış": 60, "yetmiş": 70, "seksen": 80, "doksan": 90,
+}
+_TR_SCALES = {"bin": 1000, "milyon": 10**6, "milyar": 10**9}
+_TR_WORDS = {**_TR_UNITS, **_TR_TENS, "yüz": 100, **_TR_SCALES}
+
+_EN_UNITS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
+    "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19,
+}
+_EN_TENS = {
+    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+}
+_EN_SCALES = {"thousand": 1000, "million": 10**6, "billion": 10**9}
+_EN_WORDS = {**_EN_UNITS, **_EN_TENS, "hundred": 100, **_EN_SCALES}
+
+# Copula endings after vowel harmony and consonant assimilation ("beştir",
+# "yediydi"). The bare word or one of these is accepted, nothing else.
+_TR_COPULAS = tuple(
+    sorted(
+        {
+            f"{y}{d}{v}{r}"
+            for y in ("", "y")
+            for d in ("d", "t")
+            for v in ("i", "ı", "u", "ü")
+            for r in ("r", "")
+        },
+        key=len,
+        reverse=True,
+    )
+)
+
+# Words are runs of letters; apostrophes end a word so "üç'tür" reads "üç".
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _tr_lookup(word: str) -> tuple[str, int | None]:
+    """Map one lower-cased Turkish word to (kind, value) of a number word."""
+    if word in _TR_WORDS:
+        return word, _TR_WORDS[word]
+    for ending in _TR_COPULAS:
+        if word.endswith(ending) and word[: -len(ending)] in _TR_WORDS:
+            stem = word[: -len(ending)]
+            return stem, _TR_WORDS[stem]
+    return word, None
+
+
+def _kind(value: int, hundred: int, scales: dict[str, int], word: str) -> str:
+    if word in scales:
+        return "scale"
+    if value == hundred:
+        return "hundred"
+    return "ten" if value >= 10 and value % 10 == 0 and value < 100 else "unit"
+
+
+class _Builder:
+    """Accumulates one spelled-out number; says when a word cannot extend it."""
+
+    def __init__(self) -> None:
+        self.total = 0  # completed scale groups (thousands, millions, ...)
+        self.small = 0  # the group below 1000 being read
+        self.last = ""  # kind of the previous word
+        self.last_scale = 10**12
+        self.words = 0
+
+    def add(self, kind: str, value: int) -> bool:
+        """Add a word; False when it must start a new number instead."""
+        last = self.last
+        if kind == "unit":
+            if last in ("unit",) or (last == "ten" and value >= 10):
+                return False
+            self.small += value
+        elif kind == "ten":
+            if last in ("unit", "ten"):
+                return False
+            self.small += value
+        elif kind == "hundred":
+            if last in ("hundred", "ten") or self.small >= 100:
+                return False
+            self.small = (self.small or 1) * 100
+        else:  # scale
+            if value >= self.last_scale:
+                return False
+            self.total += (self.small or 1) * value
+            self.small = 0
+            self.last_scale = value
+        self.last = kind
+        self.words += 1
+        return True
+
+    def value(self) -> int:
+        return self.total + self.small
+
+
+def _spelled_numbers(
+    text: str,
+    scales: dict[str, int],
+    lookup: Callable[[str], tuple[str, int | None]],
+    halves: dict[str, Fraction],
+) -> list[Fraction]:
+    """All spelled-out numbers in `text`, in order of appearance."""
+    found: list[Fraction] = []
+    builder: _Builder | None = None
+    negative = False
+    pending_negative = False
+
+    def close() -> None:
+        nonlocal builder, negative
+        if builder is not None and builder.words:
+            value = Fraction(builder.value())
+            found.append(-value if negative else value)
+        builder = None
+        negative = False
+
+    for match in _WORD.finditer(text):
+        raw = match.group(0).lower()
+        if raw in ("eksi", "minus"):
+            close()
+            pending_negative = True
+            continue
+        if raw in halves:
+            if raw == "buçuk" and builder is not None and builder.words:
+                value = Fraction(builder.value()) + halves[raw]
+                found.append(-value if negative else value)
+                builder, negative = None, False
+            else:
+                close()
+                found.append(halves[raw])
+            pending_negative = False
+            continue
+        stem, value = lookup(raw)
+        if value is None:
+            close()
+            pending_negative = False
+            continue
+        kind = _kind(value, 100, scales, stem)
+        if builder is None or not builder.add(kind, value):
+            close()
+            builder = _Builder()
+            builder.add(kind, value)
+            negative, pending_negative = pending_negative, False
+    close()
+    return found
+
+
+def turkish_numbers(text: str) -> list[Fraction]:
+    """Numbers spelled in Turkish, in order.
+
+    >>> [str(n) for n in turkish_numbers("yetmiş iki elma ve bin iki yüz armut")]
+    ['72', '1200']
+    >>> [str(n) for n in turkish_numbers("iki buçuk saat, cevap üçtür")]
+    ['5/2', '3']
+    """
+    halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
+    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves)
+
+
+def english_numbers(text: str) -> list[Fraction]:
+    """Numbers spelled in English, in order.
+
+    >>> [str(n) for n in english_numbers("three hundred and twelve apples, half a dozen")]
+    ['300', '12', '1/2']
+    """
+    return _spelled_numbers(
+        text, _EN_SCALES, lambda w: (w, _EN_WORDS.get(w)), {"half": Fraction(1, 2)}
+    )

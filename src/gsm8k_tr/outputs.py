@@ -1,0 +1,46 @@
+"""Writing output folders so that nothing is half-written or silently replaced."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gsm8k_tr.errors import UserError
+
+
+def check_writable(output: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty output unless overwriting was asked for."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {str(output)!r} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"output folder {str(output)!r} already has files; pass --overwrite to replace them or choose another folder")
+
+
+@contextmanager
+def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `output` only on success.
+
+    A crash leaves the old output untouched and at most a `.tmp-*` folder.
+    """
+    output = Path(output)
+    check_writable(output, overwrite)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    except OSError as error:
+        raise UserError(f"cannot write to {str(output.parent)!r}: {error.strerror}") from None
+    try:
+        yield tmp
+        if output.exists():
+            old = output.with_name(f".{output.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            output.rename(old)
+            tmp.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

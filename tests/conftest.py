@@ -1,0 +1,61 @@
+"""Shared fixtures: small data files that the tests write themselves."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+REFERENCE = {
+    "train": [
+        ("Janet has 16 apples. She gives 3 to Mark and 4 to Lisa. How many apples does she have left?", "16-3-4=<<16-3-4=9>>9\n#### 9"),
+        ("A shirt costs $25 and a hat costs $13. How much do 3 shirts and 2 hats cost?", "3*25=<<3*25=75>>75\n2*13=<<2*13=26>>26\n75+26=<<75+26=101>>101\n#### 101"),
+        ("Tom reads 45 pages every day. How many pages does he read in 12 days?", "45*12=<<45*12=540>>540\n#### 540"),
+        ("A farm has 1,250 chickens and sells 250 of them. How many chickens are left?", "1250-250=<<1250-250=1000>>1000\n#### 1,000"),
+        ("Sara walks 3 miles a day for 7 days. How many miles does she walk?", "3*7=<<3*7=21>>21\n#### 21"),
+        ("Ali has 8 boxes with 6 pencils each. How many pencils does he have?", "8*6=<<8*6=48>>48\n#### 48"),
+    ],
+    "test": [
+        ("Ayla bakes 36 cookies and eats 9 of them. She shares the rest equally among 3 friends. How many cookies does each friend get?", "36-9=<<36-9=27>>27\n27/3=<<27/3=9>>9\n#### 9"),
+        ("A train travels 80 miles per hour for 5 hours. How far does it go?", "80*5=<<80*5=400>>400\n#### 400"),
+    ],
+}
+
+TURKISH = [
+    # (question, free-text answer) — translations of the reference rows above
+    ("Janet'in 16 elması var. 3 tanesini Mark'a, 4 tanesini Lisa'ya veriyor. Geriye kaç elması kalır?", "Janet'in 16 - 3 - 4 = 9 elması kalır."),
+    ("Bir gömlek 25 dolar, bir şapka 13 dolardır. 3 gömlek ve 2 şapka kaç dolar tutar?", "3 x 25 = 75, 2 x 13 = 26. Toplam 75 + 26 = 101 dolar."),
+    ("Tom her gün 45 sayfa okuyor. 12 günde kaç sayfa okur?", "45 x 12 = 540 sayfa okur."),
+    ("Bir çiftlikte 1.250 tavuk var ve 250 tanesi satılıyor. Kaç tavuk kalır?", "1.250 - 250 = 1.000 tavuk kalır."),
+    ("Ayla 36 kurabiye pişirir ve 9 tanesini yer. Kalanları 3 arkadaşı arasında eşit paylaştırır. Her arkadaşa kaç kurabiye düşer?", "36 - 9 = 27, 27 / 3 = 9. Ama yanlışlıkla 8 yazdı: 8"),
+    ("Bir tren saatte 80 mil hızla 5 saat gidiyor. Ne kadar yol alır?", "80 x 5 = 400 mil yol alır."),
+    ("Zeynep'in 7 kuzusu ve 2 keçisi var. Toplam kaç hayvanı var?", "7 + 2 = 9 hayvanı vardır."),
+]
+
+
+@pytest.fixture
+def reference_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    for split, rows in REFERENCE.items():
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            for question, answer in rows:
+                handle.write(json.dumps({"question": question, "answer": answer}) + "\n")
+    return folder
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("question", "answer")) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def turkish_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "tr.csv", TURKISH)

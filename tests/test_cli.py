@@ -1,0 +1,27 @@
+"""The command line: instant help for every subcommand, without heavy imports."""
+
+import subprocess
+import sys
+
+import pytest
+
+from gsm8k_tr.cli import COMMANDS
+
+CHECK = (
+    "import sys; from gsm8k_tr.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    "heavy = [m for m in ('torch', 'transformers', 'datasets', 'trl', 'peft') if m in sys.modules]\n"
+    "assert not heavy, heavy\n"
+)
+
+
+@pytest.mark.parametrize("args", [["--help"]] + [[name, "--help"] for name in COMMANDS])
+def test_help_answers_without_importing_torch(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-c", CHECK, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: gsm8k-tr" in result.stdout
+
+
+def test_module_entry_point_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "gsm8k_tr", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "gsm8k-tr" in result.stdout

@@ -1,0 +1,73 @@
+"""Recipes: precedence, strictness, saving."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gsm8k_tr.config import load_recipe, parse_overrides, save_recipe
+from gsm8k_tr.errors import UserError
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+
+
+def test_precedence_defaults_file_overrides(tmp_path: Path) -> None:
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("output_dir: runs/a\ndata:\n  limit: 10\n  reference: none\nsft:\n  max_steps: 5\n")
+    recipe = load_recipe(recipe_file, ["data.limit=3", "sft.max_steps=7", "output_dir=runs/b"])
+    assert recipe.output_dir == "runs/b" and recipe.data.limit == 3 and recipe.sft == {"max_steps": 7}
+    assert recipe.data.reference == "none"  # from the file
+    assert recipe.data.question_column == "question"  # from the defaults
+
+
+BAD = [
+    # (overrides, message fragment, what it checks)
+    (["data.datset=x"], "unknown recipe key 'data.datset'; valid keys in section 'data': dataset", "typo in a nested key"),
+    (["outptu_dir=x"], "valid keys in the recipe: output_dir", "typo at the top level"),
+    (["data.limit=abc"], "'data.limit' must be int", "wrong type"),
+    (["data.keep_unaligned=3"], "'data.keep_unaligned' must be bool", "int for a bool"),
+    (["data=5"], "section 'data' must be a mapping", "scalar for a section"),
+    (["data.limit=0"], "'data.limit' must be at least 1", "range check"),
+    (["rewards.format=1.0"], "unknown reward 'format'", "reward name checked against the registry"),
+    (["prompt.template=no placeholder"], "must contain {question}", "template without the question"),
+    (["prompt.template={question} {oops}"], "unknown placeholder(s) ['oops']", "unknown placeholder"),
+    (["novalue"], "is not key=value", "malformed override"),
+]
+
+
+@pytest.mark.parametrize("overrides,message,why", BAD, ids=[b[2] for b in BAD])
+def test_bad_recipes_name_the_key(overrides: list[str], message: str, why: str) -> None:
+    with pytest.raises(UserError) as error:
+        load_recipe(None, overrides)
+    assert message in str(error.value), why
+    assert "\n" not in str(error.value)
+
+
+def test_missing_and_broken_recipe_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_recipe(broken)
+
+
+def test_int_widens_to_float_and_numbers_to_strings() -> None:
+    recipe = load_recipe(None, ["data.min_align_score=1", "output_dir=2024"])
+    assert recipe.data.min_align_score == 1.0 and recipe.output_dir == "2024"
+
+
+def test_parse_overrides_nests_dotted_keys() -> None:
+    assert parse_overrides(["a.b.c=1", "a.b.d=[x, y]", "e=null"]) == {"a": {"b": {"c": 1, "d": ["x", "y"]}}, "e": None}
+
+
+def test_saved_recipe_round_trips(tmp_path: Path) -> None:
+    recipe = load_recipe(None, ["data.limit=4", "rewards={correctness: 2.0}"])
+    saved = save_recipe(recipe, tmp_path)
+    again = load_recipe(saved)
+    assert again == recipe and yaml.safe_load(saved.read_text())["data"]["limit"] == 4
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_load(path: Path) -> None:
+    assert load_recipe(path).output_dir
