@@ -12,7 +12,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-NAMES = ["Ayşe", "Mehmet", "Elif", "Can", "Zeynep", "Emre", "Deniz", "Ali", "Selin", "Burak", "Ece", "Kerem", "Defne", "Mert"]
+# Name → its genitive, spelled out because the suffix follows vowel harmony.
+GENITIVE = {
+    "Ayşe": "Ayşe'nin", "Mehmet": "Mehmet'in", "Elif": "Elif'in", "Can": "Can'ın", "Zeynep": "Zeynep'in",
+    "Emre": "Emre'nin", "Deniz": "Deniz'in", "Ali": "Ali'nin", "Selin": "Selin'in", "Burak": "Burak'ın",
+    "Ece": "Ece'nin", "Kerem": "Kerem'in", "Defne": "Defne'nin", "Mert": "Mert'in",
+}
+NAMES = list(GENITIVE)
 ITEMS = [("elma", "elması"), ("kalem", "kalemi"), ("kitap", "kitabı"), ("bilye", "bilyesi"), ("kurabiye", "kurabiyesi"),
          ("çıkartma", "çıkartması"), ("portakal", "portakalı"), ("defter", "defteri")]
 
@@ -28,8 +34,8 @@ Problem = tuple[str, str, int]
 def _add(r: random.Random) -> Problem:
     name, (item, owned) = r.choice(NAMES), r.choice(ITEMS)
     a, b = r.randint(2, 60), r.randint(2, 60)
-    q = f"{name}'in {a} {owned} var. Arkadaşı ona {b} {item} daha veriyor. {name}'in şimdi kaç {owned} var?"
-    s = f"{name}'in başta {a} {owned} vardı. {b} {item} daha alınca {a} + {b} = {a + b} olur. {name}'in şimdi {a + b} {owned} vardır."
+    q = f"{GENITIVE[name]} {a} {owned} var. Arkadaşı ona {b} {item} daha veriyor. {GENITIVE[name]} şimdi kaç {owned} var?"
+    s = f"{GENITIVE[name]} başta {a} {owned} vardı. {b} {item} daha alınca {a} + {b} = {a + b} olur. {GENITIVE[name]} şimdi {a + b} {owned} vardır."
     return q, s, a + b
 
 
@@ -37,7 +43,7 @@ def _sub(r: random.Random) -> Problem:
     name, (item, owned) = r.choice(NAMES), r.choice(ITEMS)
     a = r.randint(20, 99)
     b = r.randint(1, a - 1)
-    q = f"{name}'in {a} {owned} vardı. {b} tanesini kardeşine verdi. Geriye kaç {owned} kaldı?"
+    q = f"{GENITIVE[name]} {a} {owned} vardı. {b} tanesini kardeşine verdi. Geriye kaç {owned} kaldı?"
     s = f"{name} {a} {item} ile başladı ve {b} tanesini verdi. {a} - {b} = {a - b}. Geriye {a - b} {item} kaldı."
     return q, s, a - b
 
@@ -48,7 +54,7 @@ def _money(r: random.Random) -> Problem:
     budget = count * price + r.randint(0, 500)
     total = count * price
     q = (f"{name} tanesi {price} TL olan {count} {item} aldı. Cebinde {_tr(budget)} TL vardı. "
-         f"Alışverişten sonra {name}'in kaç TL'si kaldı?")
+         f"Alışverişten sonra {GENITIVE[name]} kaç TL'si kaldı?")
     s = (f"{count} {item} için {count} x {price} = {_tr(total)} TL ödedi. "
          f"Kalan para {_tr(budget)} - {_tr(total)} = {_tr(budget - total)} TL'dir.")
     return q, s, budget - total
@@ -75,8 +81,9 @@ def _share(r: random.Random) -> Problem:
     (item, _), people = r.choice(ITEMS), r.randint(2, 9)
     each = r.randint(2, 25)
     total = people * each
-    names = ", ".join(r.sample(NAMES, min(people, 3)))
-    q = f"{total} {item} {people} kişi arasında eşit paylaştırılıyor ({names} ve diğerleri). Her kişiye kaç {item} düşer?"
+    chosen = r.sample(NAMES, min(people, 3))
+    names = f"{', '.join(chosen[:-1])} ve {chosen[-1]}" if people <= 3 else f"{', '.join(chosen)} ve diğerleri"
+    q = f"{total} {item} {people} kişi arasında eşit paylaştırılıyor ({names}). Her kişiye kaç {item} düşer?"
     s = f"{total} {item} {people} kişiye bölünür: {total} / {people} = {each}. Her kişiye {each} {item} düşer."
     return q, s, each
 
@@ -85,7 +92,7 @@ def _two_step(r: random.Random) -> Problem:
     name, (item, owned) = r.choice(NAMES), r.choice(ITEMS)
     boxes, per_box, extra = r.randint(2, 9), r.randint(3, 12), r.randint(1, 20)
     total = boxes * per_box + extra
-    q = f"{name}'in her birinde {per_box} {item} olan {boxes} kutusu ve ayrıca {extra} {item} var. {name}'in toplam kaç {owned} var?"
+    q = f"{GENITIVE[name]} her birinde {per_box} {item} olan {boxes} kutusu ve ayrıca {extra} {item} var. {GENITIVE[name]} toplam kaç {owned} var?"
     s = (f"Kutulardaki {item} sayısı {boxes} x {per_box} = {boxes * per_box}. "
          f"Ayrıca {extra} tane var: {boxes * per_box} + {extra} = {total}. Toplam {total} {item} vardır.")
     return q, s, total
