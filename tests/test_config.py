@@ -52,6 +52,14 @@ def test_missing_and_broken_recipe_files(tmp_path: Path) -> None:
         load_recipe(broken)
 
 
+def test_overrides_update_mapping_sections_and_files_replace_them(tmp_path: Path) -> None:
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("rewards:\n  correctness: 1.0\n  xmlcount: 0.5\nsft:\n  max_steps: 5\n")
+    recipe = load_recipe(recipe_file, ["rewards.correctness=2", "sft.learning_rate=0.001"])
+    assert recipe.rewards == {"correctness": 2.0, "xmlcount": 0.5}  # the file chose two rewards
+    assert recipe.sft == {"max_steps": 5, "learning_rate": 0.001}
+
+
 def test_int_widens_to_float_and_numbers_to_strings() -> None:
     recipe = load_recipe(None, ["data.min_align_score=1", "output_dir=2024"])
     assert recipe.data.min_align_score == 1.0 and recipe.output_dir == "2024"

@@ -140,8 +140,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Write `values` into the dataclass `target`, checking keys and types."""
+def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: bool = False) -> None:
+    """Write `values` into the dataclass `target`, checking keys and types.
+
+    A recipe file replaces a mapping section (`rewards:` lists the rewards to
+    use); a command-line override updates it (`rewards.correctness=2` keeps
+    the other rewards).
+    """
     if not isinstance(values, dict):
         raise UserError(f"recipe section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(target)}
@@ -153,9 +158,12 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
             raise UserError(f"unknown recipe key {key!r}; valid keys in {where}: {', '.join(fields)}")
         current = getattr(target, name)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{key}.")
+            _merge(current, value, f"{key}.", update_maps)
         else:
-            setattr(target, name, _coerce(value, hints[name], key))
+            value = _coerce(value, hints[name], key)
+            if update_maps and isinstance(current, dict):
+                value = {**current, **value}
+            setattr(target, name, value)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -220,7 +228,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise UserError(f"recipe file {str(path)!r} is not valid YAML: {first}")
         _merge(recipe, values)
     if overrides:
-        _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+        _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
     _check(recipe)
     return recipe
 
