@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from gsm8k_tr.answers import Readings, canonical, digit_numbers
+from gsm8k_tr.answers import Readings, canonical, digit_numbers, preferred
 from gsm8k_tr.lexicon import english_concepts, turkish_concepts
 from gsm8k_tr.numwords import english_numbers, turkish_numbers
 
@@ -38,7 +38,7 @@ _COMMON = 3000  # features in more reference rows than this only rescore, never 
 
 def _numbers(text: str, words: Callable[[str], list[Fraction]], english: bool) -> Counter:
     # Numbers are read as gold answers are: grouping wins ("1.250" is 1250).
-    found: Counter = Counter(canonical(max(r, key=abs)) for r in digit_numbers(text))
+    found: Counter = Counter(canonical(preferred(r)) for r in digit_numbers(text))
     # "bir"/"one" doubles as an article, so spelled 0 and 1 are noise.
     found.update(canonical(v) for v in words(text) if v not in (0, 1))
     if english:

@@ -214,12 +214,23 @@ def answer_block(text: str, tag: str = "cevap") -> str | None:
     return text[start:] if end < 0 else text[start:end]
 
 
+def preferred(readings: Readings) -> Fraction:
+    """The one reading to keep of an ambiguous number: the grouping one.
+
+    Grouping drops the decimal point, so it is always the reading of largest
+    magnitude ("1,000" is 1000, not 1), as GSM8K writes its answers.
+
+    >>> preferred(frozenset({Fraction(1), Fraction(1000)}))
+    Fraction(1000, 1)
+    """
+    return max(readings, key=abs)
+
+
 def parse_gold(text: str) -> Fraction:
     """Read a gold answer such as "18", "1,250", "-3" or "0.5" into one value.
 
     Raises ValueError when `text` holds no number. Of several readings the
-    grouping one wins ("1,250" is 1250, "1,000" is 1000), as GSM8K writes its
-    answers so; it is always the reading of largest magnitude.
+    grouping one wins ("1,250" is 1250, "1,000" is 1000): see `preferred`.
 
     >>> parse_gold("#### 1,250"), parse_gold("1,000")
     (Fraction(1250, 1), Fraction(1000, 1))
@@ -227,7 +238,7 @@ def parse_gold(text: str) -> Fraction:
     readings = last_number(text)
     if not readings:
         raise ValueError(f"no number in gold answer {text[:80]!r}")
-    return max(readings, key=abs)
+    return preferred(readings)
 
 
 def canonical(value: Fraction) -> str:
@@ -306,4 +317,4 @@ def shown(readings: Readings | None, gold: str | int | float | Fraction | None =
     value = _gold_value(gold) if gold is not None else None
     if value is not None and value in readings:
         return canonical(value)
-    return canonical(max(readings, key=abs))  # the grouping reading, as for gold
+    return canonical(preferred(readings))

@@ -68,10 +68,10 @@ def _tr_lookup(word: str) -> tuple[str, int | None]:
     return word, None
 
 
-def _kind(value: int, hundred: int, scales: dict[str, int], word: str) -> str:
+def _kind(value: int, scales: dict[str, int], word: str) -> str:
     if word in scales:
         return "scale"
-    if value == hundred:
+    if value == 100:
         return "hundred"
     return "ten" if value >= 10 and value % 10 == 0 and value < 100 else "unit"
 
@@ -156,7 +156,7 @@ def _spelled_numbers(
             close()
             pending_negative = False
             continue
-        kind = _kind(value, 100, scales, stem)
+        kind = _kind(value, scales, stem)
         if builder is None or not builder.add(kind, value):
             close()
             builder = _Builder()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.align import Aligner, Reference
-from gsm8k_tr.answers import canonical, last_number, matches, parse_gold, shown
+from gsm8k_tr.answers import canonical, last_number, matches, parse_gold, preferred, shown
 from gsm8k_tr.config import Recipe, save_recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_directory
@@ -137,7 +137,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
             except ValueError:
                 gold = None
             if gold is None and solution_answer is not None:
-                gold = parse_gold(shown(solution_answer) or "")
+                gold = preferred(solution_answer)
             if gold is None:
                 invalid(row.origin, "no_gold", "the answer has no number to use as gold")
                 continue

@@ -34,8 +34,9 @@ Problem = tuple[str, str, int]
 def _add(r: random.Random) -> Problem:
     name, (item, owned) = r.choice(NAMES), r.choice(ITEMS)
     a, b = r.randint(2, 60), r.randint(2, 60)
-    q = f"{GENITIVE[name]} {a} {owned} var. Arkadaşı ona {b} {item} daha veriyor. {GENITIVE[name]} şimdi kaç {owned} var?"
-    s = f"{GENITIVE[name]} başta {a} {owned} vardı. {b} {item} daha alınca {a} + {b} = {a + b} olur. {GENITIVE[name]} şimdi {a + b} {owned} vardır."
+    whose = GENITIVE[name]
+    q = f"{whose} {a} {owned} var. Arkadaşı ona {b} {item} daha veriyor. {whose} şimdi kaç {owned} var?"
+    s = f"{whose} başta {a} {owned} vardı. {b} {item} daha alınca {a} + {b} = {a + b} olur. {whose} şimdi {a + b} {owned} vardır."
     return q, s, a + b
 
 
@@ -92,7 +93,8 @@ def _two_step(r: random.Random) -> Problem:
     name, (item, owned) = r.choice(NAMES), r.choice(ITEMS)
     boxes, per_box, extra = r.randint(2, 9), r.randint(3, 12), r.randint(1, 20)
     total = boxes * per_box + extra
-    q = f"{GENITIVE[name]} her birinde {per_box} {item} olan {boxes} kutusu ve ayrıca {extra} {item} var. {GENITIVE[name]} toplam kaç {owned} var?"
+    whose = GENITIVE[name]
+    q = f"{whose} her birinde {per_box} {item} olan {boxes} kutusu ve ayrıca {extra} {item} var. {whose} toplam kaç {owned} var?"
     s = (f"Kutulardaki {item} sayısı {boxes} x {per_box} = {boxes * per_box}. "
          f"Ayrıca {extra} tane var: {boxes * per_box} + {extra} = {total}. Toplam {total} {item} vardır.")
     return q, s, total
