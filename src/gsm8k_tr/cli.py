@@ -31,14 +31,13 @@ def _prepare(args: argparse.Namespace) -> int:
         overrides.append(f"data.dataset={args.dataset}")
     if args.reference:
         overrides.append(f"data.reference={args.reference}")
-    if args.output:
-        overrides.append(f"output_dir={args.output}")
     recipe = load_recipe(args.config, _as_strings(overrides))
-    report = prepare.main(recipe, overwrite=args.overwrite)
+    output = args.output or f"{recipe.output_dir}/data"
+    report = prepare.main(recipe, output=output, overwrite=args.overwrite)
     summary = {k: report[k] for k in ("rows_read", "aligned", "unaligned", "aligned_rate", "test_rows_found",
                                       "dropped", "solution_gold_disagreements", "written")}
     print(json.dumps(summary, ensure_ascii=False, indent=2))
-    print(f"wrote {recipe.output_dir}/train.jsonl, test.jsonl and report.json")
+    print(f"wrote {output}/train.jsonl, test.jsonl and report.json")
     return 0
 
 
@@ -55,11 +54,36 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
     _recipe_args(parser)
     parser.add_argument("--dataset", metavar="SRC", help="Hub id, or a local CSV/JSON/JSONL/Parquet file or folder (data.dataset)")
     parser.add_argument("--reference", metavar="REF", help="English GSM8K: Hub id, folder with train/test.jsonl, or 'none' (data.reference)")
-    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and report.json (output_dir)")
+    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and report.json (default: {output_dir}/data)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
 COMMANDS["prepare"] = ("align GSM8K-TR with English GSM8K: verified answers and the official split", _prepare_args, _prepare)
+
+
+def _stage_args(parser: argparse.ArgumentParser) -> None:
+    _recipe_args(parser)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in the stage folder")
+    what.add_argument("--overwrite", action="store_true", help="delete an existing stage folder and start again")
+
+
+def _stage(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        from gsm8k_tr.config import load_recipe
+
+        recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
+        manifest = importlib.import_module(f"gsm8k_tr.{name}").main(recipe, resume=args.resume, overwrite=args.overwrite)
+        print(f"{name}: {manifest['global_step']} steps; outputs in {recipe.output_dir}/{name} (merged/, adapter/, README.md)")
+        return 0
+
+    return run
+
+
+COMMANDS["sft"] = ("LoRA supervised fine-tuning: teach the answer format", _stage_args, _stage("sft"))
+COMMANDS["grpo"] = ("LoRA GRPO from the SFT output with rule-based rewards", _stage_args, _stage("grpo"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ class ModelConfig:
     gguf_file: str | None = None
     trust_remote_code: bool = False
     stop_token: str | None = "<|stop|>"  # null: the tokenizer's own eos token
+    sft_output: str | None = None  # where GRPO starts: null = {output_dir}/sft; "none" = the base model itself
 
 
 @dataclass
@@ -133,6 +134,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `5e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # `run=2024` on the command line reads as a number
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):

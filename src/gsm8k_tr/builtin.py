@@ -1,0 +1,164 @@
+"""Models the project builds itself, so tests and the demo never download weights.
+
+`builtin:tiny-gpt2` is a 2-layer GPT-2 with a byte-level BPE tokenizer trained
+on generated Turkish problems, prompts and the answer tags, pretrained for a
+few seconds on tag-free solutions. It has GPT-2's quirks on purpose: learned
+absolute positions, Conv1D layers, no pad token, and a separate `<|stop|>`
+token like the instruct model.
+
+Builds are deterministic and cached under `$GSM8K_TR_CACHE` (default
+`~/.cache/gsm8k-tr`), keyed by name and BUILD_VERSION.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.outputs import atomic_directory
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = 3
+HTML_TAGS = ("b", "i", "p", "em", "not", "span")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|stop|>"]
+
+
+def cache_root() -> Path:
+    """Where built models live."""
+    return Path(os.environ.get("GSM8K_TR_CACHE") or Path.home() / ".cache" / "gsm8k-tr")
+
+
+def tokenizer_corpus(count: int = 3000, seed: int = 0) -> list[str]:
+    """Text the tokenizer is trained on: generated problems, solutions and the prompt scaffolding."""
+    from gsm8k_tr import synth
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.prompts import build_prompt, build_target
+
+    prompt = PromptConfig()
+    texts = []
+    for row in synth.generate(count, seed):
+        texts.append(build_prompt(row["question"], prompt))
+        texts.append(build_target(row["answer"], "0123456789", prompt))
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 1024) -> object:
+    """A GPT-2-style byte-level BPE tokenizer (no pad token, like GPT-2)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   additional_special_tokens=["<|stop|>"], model_max_length=512)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The shape of a built-in model and how long it is pretrained."""
+
+    n_embd: int
+    n_layer: int
+    n_head: int
+    steps: int
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    problems: int = 4000
+    n_positions: int = 512
+
+
+SPECS: dict[str, Spec] = {
+    # Seconds to build; enough that SFT can teach it the tags in a few dozen steps.
+    "tiny-gpt2": Spec(n_embd=64, n_layer=2, n_head=4, steps=300),
+}
+
+
+def pretraining_texts(count: int, seed: int) -> list[str]:
+    """Instruct-style examples without tags: prompt, free-text solution, stop token.
+
+    The stand-in base model learns what the real instruct model already
+    knows (the prompt format, Turkish solutions, stopping, that markup
+    exists) and nothing of the `<sebep>`/`<cevap>` format that SFT is there
+    to teach. Without any markup the tied embeddings of `<` and `</` stay
+    untrained, and LoRA, which leaves embeddings alone, can hardly learn to
+    emit them: a quirk of a from-scratch model that the real one lacks.
+    """
+    from gsm8k_tr import synth
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.prompts import build_prompt
+
+    prompt = PromptConfig()
+    rng = random.Random(seed)
+    texts = []
+    for row in synth.generate(count, seed + 1):
+        answer = row["answer"]
+        if rng.random() < 0.25:  # web text has markup: `<` and `</` must not be unseen tokens
+            tag = rng.choice(HTML_TAGS)
+            answer = f"<{tag}>{answer}</{tag}>"
+        texts.append(build_prompt(row["question"], prompt) + answer + "<|stop|>")
+    return texts
+
+
+def pretrain(model: Any, tokenizer: Any, texts: list[str], spec: Spec, seed: int = 0) -> float:
+    """A plain causal-LM loop over `texts`; returns the last batch's loss."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    encoded = [torch.tensor(tokenizer(t)["input_ids"][: spec.n_positions]) for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, spec.learning_rate, total_steps=spec.steps, pct_start=0.1)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(spec.steps):
+        batch = [encoded[i] for i in torch.randint(len(encoded), (spec.batch_size,), generator=generator)]
+        ids = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=0)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(b) for b in batch], batch_first=True)
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    return float(loss.detach())
+
+
+def build(spec: Spec, target: Path, seed: int = 0) -> None:
+    """Train the tokenizer, initialise a GPT-2 of `spec`'s shape, pretrain it and save both."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(tokenizer_corpus())
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd,
+                        n_layer=spec.n_layer, n_head=spec.n_head, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed), spec, seed)
+    log.info("pretrained for %d steps, final loss %.3f", spec.steps, loss)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def resolve(spec: str) -> Path:
+    """The cached folder of `builtin:NAME`, built on first use."""
+    name = spec.removeprefix("builtin:")
+    if name not in SPECS:
+        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join('builtin:' + n for n in SPECS)}")
+    target = cache_root() / f"{name}-v{BUILD_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("building %s into %s (once)", spec, target)
+    with atomic_directory(target, overwrite=True) as tmp:
+        build(SPECS[name], tmp)
+    return target

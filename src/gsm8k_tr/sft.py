@@ -1,0 +1,91 @@
+"""`gsm8k-tr sft`: LoRA supervised fine-tuning that teaches the `<sebep>`/`<cevap>` format.
+
+Linear: stage folder → prepared data → model and tokenizer (stop and pad
+tokens) → prompt/completion pairs that fit the context → TRL SFTTrainer with
+LoRA on every linear layer → save adapter, merged model and run records.
+Loss is on the completion only, and every target ends with the stop token, so
+the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trl
+from datasets import Dataset
+
+from gsm8k_tr import data, modeling, training
+from gsm8k_tr.config import Recipe, recipe_dict
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.progress import use_compact_progress
+
+log = logging.getLogger(__name__)
+
+STAGE = "sft"
+
+# Our defaults over TRL's; every one can be changed in the recipe's `sft` section.
+DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,  # LoRA: about 10x a full fine-tune's rate
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
+    "report_to": ["tensorboard"],
+    "completion_only_loss": True,
+}
+
+
+class SFTTrainer(training.AtomicCheckpoints, trl.SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints."""
+
+
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run the SFT stage; returns its manifest."""
+    folder, checkpoint, done = training.begin(recipe, STAGE, resume, overwrite)
+    if done:
+        log.info("%s already finished; nothing to resume", folder)
+        return training.read_manifest(folder)
+    data_dir = training.prepared_data(recipe)
+    rows = data.load_split(data_dir, "train")
+
+    tokenizer, model = training.load_base(recipe)
+    stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
+    context = modeling.context_length(model)
+    max_length = recipe.sft.get("max_length") or context
+    if max_length > context:
+        raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    examples, counts = data.sft_examples(rows, recipe, stop, count, max_length)
+    data.require_rows(examples, counts, STAGE)
+    log.info("sft data: %s", counts)
+
+    config = training.trl_config(
+        trl.SFTConfig, STAGE, recipe.sft,
+        defaults={**DEFAULTS, **modeling.precision(recipe.sft, STAGE), "max_length": max_length},
+        forced={"output_dir": (str(folder / training.CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
+                "seed": (recipe.seed, "set the top-level 'seed'"),
+                "eos_token": (stop, "set 'model.stop_token'")},
+    )
+    training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                                            "save_steps", "logging_steps"))
+    training.log_to(folder)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
+    use_compact_progress(trainer)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    info = {"base_model": recipe.model.name_or_path, "stop_token": stop, "prompt": recipe_dict(recipe)["prompt"],
+            "data_dir": str(data_dir), "data_fingerprint": data.fingerprint(data_dir), "data_counts": counts,
+            "device": modeling.device_name(), "train_seconds": time.perf_counter() - started,
+            "resumed_from": checkpoint}
+    return training.finish(trainer, folder, recipe, STAGE, info)

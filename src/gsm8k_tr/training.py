@@ -1,0 +1,224 @@
+"""What the SFT and GRPO stages share: the stage folder, TRL configs from the recipe, checkpoints.
+
+Stage layout (`{output_dir}/{stage}/`):
+    checkpoints/checkpoint-N/   trainer checkpoints (trainer_state.json, adapter, optimizer), written atomically
+    adapter/                    the LoRA adapter (safetensors)
+    merged/                     base + adapter merged (safetensors) with its tokenizer
+    recipe.yaml manifest.json log_history.json README.md
+    runs/                       TensorBoard logs
+`manifest.json` is written last: its presence means the stage finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import typing
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import Recipe, _coerce
+from gsm8k_tr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STAGING = ".saving"
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+# Deprecated TrainingArguments names: a recipe that sets the old one overrides our default for the new one.
+ALIASES = {"gradient_checkpointing": "activation_checkpointing",
+           "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def stage_dir(recipe: Recipe, stage: str) -> Path:
+    """`{output_dir}/{stage}`."""
+    return Path(recipe.output_dir) / stage
+
+
+def is_finished(folder: Path) -> bool:
+    """A stage output whose final save completed."""
+    return (folder / "manifest.json").is_file() and (folder / "merged" / "config.json").is_file()
+
+
+def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Path, str | None, bool]:
+    """Check the stage folder; return it, the checkpoint to resume from, and whether the stage is already done.
+
+    Without --resume an existing stage output is refused unless --overwrite.
+    Every process makes the same read-only decision (so an error stops them
+    all); only the main process then changes the folder.
+    """
+    from accelerate import PartialState
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    folder = stage_dir(recipe, stage)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder; choose another output_dir")
+    has_files = folder.is_dir() and any(folder.iterdir())
+    if has_files and resume and is_finished(folder):
+        return folder, None, True
+    if has_files and not resume and not overwrite:
+        raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            if has_files and overwrite:
+                shutil.rmtree(folder)
+            try:
+                (folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+                probe = folder / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as error:
+                raise UserError(f"cannot write to {folder}: {error.strerror}; choose a writable output_dir") from None
+    checkpoint = last_checkpoint(folder / CHECKPOINTS) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: %s has no complete checkpoint; training from the start", folder)
+    return folder, checkpoint, False
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """A checkpoint with parseable trainer state and weights (older, non-atomic saves can be half-written)."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any((path / name).is_file() and (path / name).stat().st_size > 0 for name in WEIGHT_FILES)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete `checkpoint-N` in `folder`; incomplete ones are skipped with a warning."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        name, _, step = path.name.partition("-")
+        if name == "checkpoint" and step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        if checkpoint_complete(path):
+            return str(path)
+        log.warning("skipping %s: it is incomplete (a save was interrupted)", path)
+    return None
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(config_cls)
+    except Exception:  # a library annotation we cannot resolve: check names only
+        return {}
+
+
+def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults: dict[str, Any],
+               forced: dict[str, tuple[Any, str]]) -> Any:
+    """Build TRL's `config_cls` from recipe `values` over our `defaults`.
+
+    Keys must be fields of the TRL class; `forced` keys are set by gsm8k-tr
+    (value, why) and may not appear in the recipe.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    hints = _field_types(config_cls)
+    values = dict(values)
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")
+        if key in forced:
+            raise UserError(f"recipe key '{section}.{key}' is set by gsm8k-tr ({forced[key][1]}); remove it")
+        if key in hints and value is not None:
+            try:
+                checked = _coerce(value, hints[key], f"{section}.{key}")
+            except TypeError:  # Literal and other annotations isinstance cannot check
+                continue
+            if isinstance(value, str) and not isinstance(checked, str):
+                values[key] = checked  # `5e-5` read as a string by YAML
+    defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
+    kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"recipe section '{section}': {first}") from None
+
+
+def check_positive(section: str, values: Any, keys: tuple[str, ...]) -> None:
+    """Batch sizes and step counts that must be at least 1 (TRL accepts some zeros and fails later)."""
+    for key in keys:
+        value = getattr(values, key, None)
+        if value is not None and value != -1 and value < 1:
+            raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
+
+
+class AtomicCheckpoints:
+    """Trainer mixin: each checkpoint is written to a staging folder, then renamed into place.
+
+    transformers writes `checkpoint-N` in place, so a kill mid-save leaves a
+    folder that `--resume` would pick up. Here a kill leaves only the staging
+    folder, which the next save clears.
+    """
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        root = self.args.output_dir
+        staging = os.path.join(root, STAGING)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = root
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            final = os.path.join(root, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a finished stage."""
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def prepared_data(recipe: Recipe) -> Path:
+    """`data.ensure_prepared`, done by the main process while the others wait."""
+    from accelerate import PartialState
+
+    from gsm8k_tr.data import ensure_prepared
+
+    with PartialState().main_process_first():
+        return ensure_prepared(recipe)
+
+
+def load_base(recipe: Recipe, path: str | None = None) -> tuple[Any, Any]:
+    """Tokenizer and model, the main process first (it may build a `builtin:` model)."""
+    from accelerate import PartialState
+
+    from gsm8k_tr.modeling import load_model, load_tokenizer
+
+    with PartialState().main_process_first():
+        return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
+
+
+def log_to(folder: Path) -> None:
+    """Send this stage's TensorBoard events to `{stage}/tensorboard`."""
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
+
+
+def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Save the stage outputs from the main process; every process gets the manifest."""
+    from gsm8k_tr.artifacts import save_stage
+
+    if trainer.accelerator.is_main_process:
+        save_stage(trainer, folder, recipe, stage, info)
+    trainer.accelerator.wait_for_everyone()
+    return read_manifest(folder)
