@@ -1,14 +1,20 @@
-"""Shared fixtures: small data files that the tests write themselves."""
+"""Shared fixtures: small data files that the tests write themselves, and the built-in tiny model."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_RECIPE = ROOT / "recipes" / "tiny.yaml"
+
+# Built-in models are built once per checkout (about 30 s), not once per test session.
+os.environ.setdefault("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))
 
 REFERENCE = {
     "train": [
@@ -59,3 +65,11 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
 @pytest.fixture
 def turkish_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "tr.csv", TURKISH)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The built-in tiny GPT-2 (built on first use)."""
+    from gsm8k_tr import builtin
+
+    return builtin.resolve("builtin:tiny-gpt2")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -84,6 +85,66 @@ def _stage(name: str) -> Callable[[argparse.Namespace], int]:
 
 COMMANDS["sft"] = ("LoRA supervised fine-tuning: teach the answer format", _stage_args, _stage("sft"))
 COMMANDS["grpo"] = ("LoRA GRPO from the SFT output with rule-based rewards", _stage_args, _stage("grpo"))
+
+
+def _evaluate_args(parser: argparse.ArgumentParser) -> None:
+    _recipe_args(parser)
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="Hub id, builtin:NAME, a model folder, a LoRA adapter folder or a stage output (runs/x/sft)")
+    parser.add_argument("--split", metavar="NAME", help="prepared split to answer (eval.split, default test)")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N questions (eval.limit)")
+    parser.add_argument("--samples", type=int, default=1, metavar="K",
+                        help="answers per question; K > 1 samples and adds pass_at_k and maj_at_k")
+    parser.add_argument("--output", metavar="DIR", help="folder for metrics.json and predictions.jsonl "
+                        "(default: {output_dir}/eval/<model>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                        help="generation engine: transformers (default) or vLLM (GPU, pip install -e .[vllm])")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from gsm8k_tr import evaluate
+    from gsm8k_tr.config import load_recipe
+
+    evaluate.check_args(args.limit, args.samples)
+    evaluate.check_backend(args.backend)
+    recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
+    output = args.output or evaluate.default_output(recipe, args.model)
+    result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    print(f"wrote {output}/metrics.json and predictions.jsonl")
+    return 0
+
+
+COMMANDS["evaluate"] = ("answer a prepared split and grade it: accuracy, format rates, pass@k", _evaluate_args, _evaluate)
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=")
+
+
+def _generate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="RECIPE", help="YAML recipe (prompt, tags and eval settings)")
+    parser.add_argument("--model", required=True, metavar="M", help="as for evaluate")
+    parser.add_argument("items", nargs="*", metavar="SORU",
+                        help="questions, and key=value recipe overrides; without questions, one per line from stdin")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from gsm8k_tr import answer
+    from gsm8k_tr.config import load_recipe
+
+    overrides = [item for item in args.items if _OVERRIDE.match(item)]
+    questions = [item for item in args.items if not _OVERRIDE.match(item)]
+    recipe = load_recipe(args.config, _as_strings(overrides))
+    if not questions and not sys.stdin.isatty():
+        questions = [line.strip() for line in sys.stdin if line.strip()]
+    if not questions:
+        raise UserError('no question given: gsm8k-tr generate --model M "soru…", or one question per line on stdin')
+    answer.main(args.model, recipe, questions)
+    return 0
+
+
+COMMANDS["generate"] = ("answer questions with a model; the extracted number is highlighted", _generate_args, _generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

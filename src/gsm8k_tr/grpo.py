@@ -134,6 +134,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     )
     training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                                             "save_steps", "logging_steps", "num_generations"))
+    training.check_report_to(STAGE, config)
     training.log_to(folder)
     lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(examples),

@@ -65,9 +65,29 @@ def load_model(cfg: ModelConfig, path: str | None = None) -> Any:
     source = path or resolve_name(cfg.name_or_path)
     kwargs = _load_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=None if cfg.gguf_file else True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
+                                                     use_safetensors=None if cfg.gguf_file else True, **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {_one_line(error)}") from None
+    if path is None and cfg.gguf_file:
+        _unmark_dequantized_gguf(model)
+    return model
+
+
+def _unmark_dequantized_gguf(model: Any) -> None:
+    """A GGUF file unpacked into dense float weights is an ordinary model: say so.
+
+    transformers keeps the GGUF quantizer attached even when it dequantized
+    every tensor (no packed-matmul kernel on CPU), and the Trainer then
+    refuses to train it. Packed weights would not be floating point; those
+    stay marked, and the Trainer's own error explains them.
+    """
+    if getattr(model, "hf_quantizer", None) is None or not all(p.is_floating_point() for p in model.parameters()):
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:

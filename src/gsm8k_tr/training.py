@@ -151,6 +151,21 @@ def check_positive(section: str, values: Any, keys: tuple[str, ...]) -> None:
             raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
 
 
+def check_report_to(section: str, config: Any) -> None:
+    """Each `report_to` backend must be installed (transformers would fail later with a traceback).
+
+    Nothing logs in here: wandb or trackio start only when training starts,
+    with credentials from their own environment variables.
+    """
+    import importlib.util
+
+    for backend in config.report_to or []:
+        module = {"tensorboard": "tensorboard"}.get(backend, backend)
+        if backend not in ("none", "all") and importlib.util.find_spec(module) is None:
+            raise UserError(f"recipe key '{section}.report_to' names {backend!r}, which is not installed; "
+                            f"pip install {backend}, or use tensorboard (the default)")
+
+
 class AtomicCheckpoints:
     """Trainer mixin: each checkpoint is written to a staging folder, then renamed into place.
 
