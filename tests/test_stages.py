@@ -98,6 +98,9 @@ def test_grpo_logged_every_reward_and_accuracy(run):
             assert f"rewards/{name}_reward_func/mean" in entry
         for key in ("accuracy", "completions/clipped_ratio", "completions/mean_length", "time/generation_s", "step_time"):
             assert key in entry, key
+    held_out = [entry for entry in history if "eval/accuracy" in entry]
+    assert [e["step"] for e in held_out] == [2, 4]  # eval.every_steps 2
+    assert all(0 <= e["eval/accuracy"] <= 1 and "eval/strict_format_rate" in e for e in held_out)
     sft_history = json.loads((run / "sft" / "log_history.json").read_text())
     assert [e["loss"] for e in sft_history if "loss" in e]
 

@@ -147,6 +147,21 @@ def _generate(args: argparse.Namespace) -> int:
 COMMANDS["generate"] = ("answer questions with a model; the extracted number is highlighted", _generate_args, _generate)
 
 
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run's output_dir (holds sft/, grpo/, eval/)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gsm8k_tr import report
+
+    path = report.main(args.run_dir)
+    print(f"wrote {path} and its plots")
+    return 0
+
+
+COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accuracy and lengths", _report_args, _report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="gsm8k-tr", description="Teach a small Turkish language model grade-school math.")
@@ -162,7 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come after options too (argparse takes positionals only in one run).
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if not _OVERRIDE.match(item)]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        field = "items" if hasattr(args, "items") else "overrides"
+        if not hasattr(args, field):
+            parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
+        setattr(args, field, [*getattr(args, field), *extra])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

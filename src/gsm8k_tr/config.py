@@ -79,7 +79,8 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 256
     temperature: float = 0.0
-    every_steps: int = 0
+    every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
+    held_out_size: int = 64  # how many test questions that in-training check answers
 
 
 def _default_rewards() -> dict[str, float]:

@@ -42,11 +42,25 @@ def _completions(rows: Any, stops: set[int], tokenizer: Any) -> list[Completion]
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
              temperature: float = 0.0, samples: int = 1, seed: int = 0, progress: Any = None) -> list[list[Completion]]:
     """`samples` completions for each prompt, in the prompts' order."""
-    import torch
-
     if not prompts:
         return []
-    tokenizer.padding_side = "left"
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    # A private RNG: seeded sampling here must not shift the sampling of a training run that calls it.
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+              temperature: float, samples: int, progress: Any) -> list[list[Completion]]:
+    import torch
+
     stops = stop_ids(model)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -54,7 +68,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    torch.manual_seed(seed)
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]

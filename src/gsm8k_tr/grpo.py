@@ -19,6 +19,7 @@ from typing import Any
 
 import trl
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from gsm8k_tr import data, modeling, training
 from gsm8k_tr.answers import is_correct
@@ -77,6 +78,40 @@ class GRPOTrainer(training.AtomicCheckpoints, trl.GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["accuracy"].append(sum(correct) / max(len(correct), 1))
         return rewards
+
+
+class HeldOutAccuracy(TrainerCallback):
+    """Every `eval.every_steps` steps, grade greedy answers on a held-out slice, as `evaluate` does.
+
+    TRL's GRPO has no task metric; the training reward is measured on sampled
+    answers to training prompts. This logs `eval/accuracy` and the format
+    rate to the console, TensorBoard and the log history while the run goes
+    on. It runs on the main process, on the unwrapped model.
+    """
+
+    KEYS = ("accuracy", "flexible_accuracy", "strict_format_rate", "mean_completion_tokens", "truncated_rate")
+
+    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> None:
+        self.trainer, self.rows, self.recipe = trainer, rows, recipe
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        every = self.recipe.eval.every_steps
+        if not every or state.global_step % every:
+            return
+        if state.is_world_process_zero:
+            from gsm8k_tr.evaluate import evaluate
+
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            training_mode = model.training
+            result, _ = evaluate(model, self.trainer.processing_class, self.rows, self.recipe)
+            model.train(training_mode)
+            logs = {f"eval/{key}": result[key] for key in self.KEYS}
+            # Straight to the log history and the loggers: GRPOTrainer.log would flush the step's training metrics.
+            state.log_history.append({**logs, "step": state.global_step})
+            should_log = control.should_log  # on_log clears it, which would drop this step's training log
+            self.trainer.callback_handler.on_log(args, state, control, logs)
+            control.should_log = should_log
+        self.trainer.accelerator.wait_for_everyone()
 
 
 def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
@@ -140,11 +175,11 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(examples),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     use_compact_progress(trainer)
+    if recipe.eval.every_steps:
+        held_out = data.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size]
+        trainer.add_callback(HeldOutAccuracy(trainer, held_out, recipe))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
-    info = {"base_model": recipe.model.name_or_path, "start_model": start or recipe.model.name_or_path,
-            "stop_token": stop, "prompt": recipe_dict(recipe)["prompt"], "rewards": dict(recipe.rewards),
-            "data_dir": str(data_dir), "data_fingerprint": data.fingerprint(data_dir), "data_counts": counts,
-            "device": modeling.device_name(), "train_seconds": time.perf_counter() - started,
-            "resumed_from": checkpoint}
+    info = training.stage_info(recipe, stop, data_dir, counts, started, checkpoint,
+                               start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards))
     return training.finish(trainer, folder, recipe, STAGE, info)

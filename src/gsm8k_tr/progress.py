@@ -13,6 +13,7 @@ from transformers import ProgressCallback
 
 SHOWN = ("loss", "train_loss", "reward", "accuracy", "completions/mean_length", "completions/clipped_ratio",
          "learning_rate", "grad_norm")
+HELD_OUT = ("eval/accuracy", "eval/strict_format_rate")
 
 
 def summary(logs: dict[str, Any]) -> str:
@@ -22,6 +23,8 @@ def summary(logs: dict[str, Any]) -> str:
     'loss=0.5123 correctness=1.5 gen=75% step=2.00s'
     """
     parts = [f"{key.split('/')[-1]}={value:.4g}" for key in SHOWN if isinstance(value := logs.get(key), (int, float))]
+    parts += [f"held-out {key.split('/')[-1]}={value:.3f}" for key in HELD_OUT
+              if isinstance(value := logs.get(key), (int, float))]
     for key, value in logs.items():
         if key.startswith("rewards/") and key.endswith("/mean") and isinstance(value, (int, float)):
             parts.append(f"{key.split('/')[1].removesuffix('_reward_func')}={value:.4g}")

@@ -17,7 +17,7 @@ import trl
 from datasets import Dataset
 
 from gsm8k_tr import data, modeling, training
-from gsm8k_tr.config import Recipe, recipe_dict
+from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.progress import use_compact_progress
 
@@ -85,8 +85,5 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     use_compact_progress(trainer)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
-    info = {"base_model": recipe.model.name_or_path, "stop_token": stop, "prompt": recipe_dict(recipe)["prompt"],
-            "data_dir": str(data_dir), "data_fingerprint": data.fingerprint(data_dir), "data_counts": counts,
-            "device": modeling.device_name(), "train_seconds": time.perf_counter() - started,
-            "resumed_from": checkpoint}
+    info = training.stage_info(recipe, stop, data_dir, counts, started, checkpoint)
     return training.finish(trainer, folder, recipe, STAGE, info)

@@ -237,3 +237,18 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
         save_stage(trainer, folder, recipe, stage, info)
     trainer.accelerator.wait_for_everyone()
     return read_manifest(folder)
+
+
+def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int], started: float,
+               checkpoint: str | None, **extra: Any) -> dict[str, Any]:
+    """The manifest fields both stages record."""
+    import time
+
+    from gsm8k_tr.config import recipe_dict
+    from gsm8k_tr.data import fingerprint
+    from gsm8k_tr.modeling import device_name
+
+    return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
+            "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),
+            "data_counts": counts, "device": device_name(), "train_seconds": time.perf_counter() - started,
+            "resumed_from": checkpoint}

@@ -1,0 +1,185 @@
+"""`gsm8k-tr report RUN_DIR`: report.md and PNG plots of what a run did.
+
+Reads only files the stages wrote: `{sft,grpo}/log_history.json` and
+`eval/<name>/{metrics.json,predictions.jsonl}` (the stages are `base`, `sft`
+and `grpo`; other evaluations are listed too). Plots: each reward and the
+total over GRPO steps (with held-out accuracy when it was measured), the SFT
+loss, accuracy and format rate by stage, and completion lengths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+
+STAGES = ("base", "sft", "grpo")
+
+
+def _history(run: Path, stage: str) -> list[dict[str, Any]]:
+    path = run / stage / "log_history.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def evaluations(run: Path) -> dict[str, dict[str, Any]]:
+    """metrics.json of every evaluation in `run/eval`, stages first."""
+    found = {}
+    for path in sorted((run / "eval").glob("*/metrics.json")):
+        found[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+    return dict(sorted(found.items(), key=lambda kv: (STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0])))
+
+
+def _lengths(run: Path, name: str) -> list[int]:
+    path = run / "eval" / name / "predictions.jsonl"
+    if not path.is_file():
+        return []
+    lengths = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        lengths += [s["tokens"] for s in record.get("samples", [record])]
+    return lengths
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(e["step"], e[key]) for e in history if isinstance(e.get(key), (int, float)) and "step" in e]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_rewards(history: list[dict[str, Any]], target: Path) -> bool:
+    """Each reward's mean and the weighted total over GRPO steps; held-out accuracy on a second axis."""
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
+    if not names:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in names:
+        ax.plot(*_series(history, key), label=key.split("/")[1].removesuffix("_reward_func"), linewidth=1.2)
+    ax.plot(*_series(history, "reward"), label="total (weighted)", color="black", linewidth=2)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    steps, accuracy = _series(history, "eval/accuracy")
+    if steps:
+        right = ax.twinx()
+        right.plot(steps, accuracy, "o--", color="tab:red", label="held-out accuracy")
+        right.set_ylabel("held-out accuracy")
+        right.set_ylim(0, 1)
+        right.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("GRPO rewards")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
+    """SFT training loss over steps."""
+    import matplotlib.pyplot as plt
+
+    steps, loss = _series(history, "loss")
+    if not steps:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, marker=".")
+    ax.set_xlabel("SFT step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title("SFT loss")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_stages(evals: dict[str, dict[str, Any]], target: Path) -> bool:
+    """Accuracy and format rates per evaluated stage."""
+    import matplotlib.pyplot as plt
+
+    if not evals:
+        return False
+    names = list(evals)
+    keys = ("accuracy", "flexible_accuracy", "strict_format_rate")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        values = [evals[n].get(key, 0.0) for n in names]
+        bars = ax.bar([x + i * width for x in range(len(names))], values, width, label=key)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([x + width for x in range(len(names))], names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy and format by stage")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_lengths(lengths: dict[str, list[int]], target: Path) -> bool:
+    """Distribution of completion lengths (tokens) per evaluation."""
+    import matplotlib.pyplot as plt
+
+    lengths = {k: v for k, v in lengths.items() if v}
+    if not lengths:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(list(lengths.values()), bins=30, label=list(lengths), histtype="step", linewidth=1.5)
+    ax.set_xlabel("completion tokens")
+    ax.set_ylabel("completions")
+    ax.legend(fontsize=8)
+    ax.set_title("Completion lengths")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
+    keys = ("n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
+            "truncated_rate")
+    lines = ["| evaluation | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, m in evals.items():
+        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(run_dir: str) -> Path:
+    """Write `run_dir/report.md` and its PNGs; returns the report path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        raise UserError("report needs matplotlib: pip install -e .[plots]") from None
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run folder {run_dir!r} does not exist")
+    sft, grpo, evals = _history(run, "sft"), _history(run, "grpo"), evaluations(run)
+    if not (sft or grpo or evals):
+        raise UserError(f"{run_dir!r} has no stage outputs (sft/, grpo/) or evaluations (eval/); is it a run folder?")
+    plots = {
+        "rewards.png": plot_rewards(grpo, run / "rewards.png"),
+        "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
+        "stages.png": plot_stages(evals, run / "stages.png"),
+        "lengths.png": plot_lengths({n: _lengths(run, n) for n in evals}, run / "lengths.png"),
+    }
+    lines = [f"# Report: {run.name}", ""]
+    if evals:
+        lines += ["## Evaluations", "", *_table(evals), ""]
+    summary = run / "report.json"
+    if summary.is_file():
+        stages = json.loads(summary.read_text(encoding="utf-8")).get("stages", {})
+        times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
+        if times:
+            lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
+    for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
+                        ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths")):
+        if plots[name]:
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    target = run / "report.md"
+    target.write_text("\n".join(lines), encoding="utf-8")
+    return target
