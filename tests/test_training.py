@@ -174,3 +174,10 @@ def test_report_to_a_backend_that_is_not_installed_is_a_clear_error():
     config = sft_config({"report_to": ["wandb"]})
     with pytest.raises(UserError, match="'sft.report_to' names 'wandb', which is not installed"):
         training.check_report_to("sft", config)
+
+
+def test_a_run_stopped_by_a_recipe_error_does_not_block_the_next(tmp_path):
+    # begin() creates the empty folders; with no files in them a new run may start without --overwrite.
+    recipe = load_recipe(None, {"output_dir": str(tmp_path)})
+    training.begin(recipe, "grpo", resume=False, overwrite=False)
+    assert training.begin(recipe, "grpo", resume=False, overwrite=False)[1] is None

@@ -57,7 +57,8 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
     folder = stage_dir(recipe, stage)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder; choose another output_dir")
-    has_files = folder.is_dir() and any(folder.iterdir())
+    # Only files count: a run that stopped at a recipe error leaves at most empty folders.
+    has_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
     if has_files and resume and is_finished(folder):
         return folder, None, True
     if has_files and not resume and not overwrite:
