@@ -29,11 +29,11 @@ def test_pass_at_k_matches_the_closed_form():
 
 def test_pass_and_majority_at_k_on_hand_made_predictions():
     records = [
-        # 2 of 4 right, and the majority (4 vs 5, 5) is wrong
+        # 2 of 4 right: a 2-2 tie between 4 (right, first) and 5 (wrong, last)
         {"samples": [sample("<cevap>4</cevap>", True), sample("<cevap>5</cevap>", False),
-                     sample("<cevap>5</cevap>", False), sample("<cevap>4</cevap>", True)],
-         "majority_correct": majority_correct(["<cevap>4</cevap>", "<cevap>5</cevap>", "<cevap>5</cevap>",
-                                               "<cevap>4</cevap>"], "4", "cevap")},
+                     sample("<cevap>4</cevap>", True), sample("<cevap>5</cevap>", False)],
+         "majority_correct": majority_correct(["<cevap>4</cevap>", "<cevap>5</cevap>", "<cevap>4</cevap>",
+                                               "<cevap>5</cevap>"], "4", "cevap")},
         # 3 of 4 right: majority right
         {"samples": [sample("<cevap>7</cevap>", True)] * 3 + [sample("<cevap>1</cevap>", False)],
          "majority_correct": majority_correct(["<cevap>7</cevap>"] * 3 + ["<cevap>1</cevap>"], "7", "cevap")},

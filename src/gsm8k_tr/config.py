@@ -105,7 +105,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints widen to floats."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -117,7 +117,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, key)
+                return coerce(value, option, key)
             except UserError as error:
                 errors.append(error)
         raise errors[0]
@@ -125,12 +125,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise UserError(f"recipe key {key!r} must be a list, got {value!r}")
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise UserError(f"recipe key {key!r} must be a mapping, got {value!r}")
-        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+        return {coerce(k, key_tp, key): coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -167,7 +167,7 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: b
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{key}.", update_maps)
         else:
-            value = _coerce(value, hints[name], key)
+            value = coerce(value, hints[name], key)
             if update_maps and isinstance(current, dict):
                 value = {**current, **value}
             setattr(target, name, value)

@@ -8,7 +8,6 @@ stages of the run reuse it) unless `data.dataset` already names a folder that
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from gsm8k_tr.config import Recipe, recipe_dict
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.prompts import build_prompt, build_target, fit_context
+from gsm8k_tr.sources import json_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,13 @@ def load_split(folder: Path, split: str) -> list[dict[str, Any]]:
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         raise UserError(f"split {split!r} not found: {path} does not exist (splits are train and test)")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}, line {number}: not valid JSON ({error.msg}); prepare the data again") from None
-            if not isinstance(row, dict) or not row.get("question") or row.get("answer") in (None, ""):
-                raise UserError(f"{path}, line {number}: needs 'question' and 'answer'; prepare the data again")
-            rows.append(row)
-    if not rows:
+    if path.stat().st_size == 0:
         raise UserError(f"split {split!r} in {folder} is empty; check data.dataset and data.test_fraction")
+    rows = []
+    for number, row in json_rows(path):  # one reader for JSON lines: encodings, malformed lines, non-objects
+        if not row.get("question") or row.get("answer") in (None, ""):
+            raise UserError(f"{path}, line {number}: needs 'question' and 'answer'; prepare the data again")
+        rows.append(row)
     return rows
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import data, generation, modeling
+from gsm8k_tr import data, generation, modeling, training
 from gsm8k_tr.answers import extract_answer, is_correct, is_correct_flexible, shown
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
@@ -108,8 +108,8 @@ def load_for_inference(spec: str, recipe: Recipe) -> tuple[Any, Any, str]:
     """Model, tokenizer and a description for `spec`: Hub id, `builtin:`, model folder, stage output or adapter."""
     path = Path(spec).expanduser()
     stop = recipe.model.stop_token
-    if path.is_dir() and (path / "manifest.json").is_file() and (path / "merged").is_dir():
-        stop = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("stop_token", stop)
+    if training.is_finished(path):  # a stage output: its merged model, with the stop token it was trained on
+        stop = training.read_manifest(path).get("stop_token", stop)
         path = path / "merged"
     if path.is_dir() and (path / "adapter_config.json").is_file():
         model, tokenizer = _load_adapter(path, recipe)
@@ -193,17 +193,14 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl."""
     from rich.progress import Progress
 
-    from gsm8k_tr.outputs import atomic_directory
-    from gsm8k_tr.training import prepared_data
+    from gsm8k_tr.outputs import atomic_directory, check_writable
 
     limit = limit if limit is not None else recipe.eval.limit
     check_args(limit, samples)
     target = Path(output) if output else None
     if target is not None:
-        from gsm8k_tr.outputs import check_writable
-
         check_writable(target, overwrite)
-    rows = data.load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
+    rows = data.load_split(training.prepared_data(recipe), split or recipe.eval.split)[:limit]
     model, tokenizer, name = load_for_inference(model_spec, recipe)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))

@@ -52,20 +52,20 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress)
+            return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
+                             device)
     finally:
         tokenizer.padding_side = side
 
 
 def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-              temperature: float, samples: int, progress: Any) -> list[list[Completion]]:
+              temperature: float, samples: int, progress: Any, device: Any) -> list[list[Completion]]:
     import torch
 
     stops = stop_ids(model)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     results: list[list[Completion]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     model.eval()

@@ -146,19 +146,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     tokenizer, model = training.load_base(recipe, start)
     stop = modeling.configure_tokens(tokenizer, model, sft_manifest.get("stop_token") or recipe.model.stop_token)
     context = modeling.context_length(model)
-    settings = {**DEFAULTS, **recipe.grpo}
-    completion = settings["max_completion_length"]
-    if not isinstance(completion, int) or not 0 < completion < context:
-        raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
-                        f"({context} tokens) minus the prompt, got {completion!r}")
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    examples, counts = data.grpo_examples(rows, recipe, count, completion, context)
-    data.require_rows(examples, counts, STAGE)
-    log.info("grpo data: %s", counts)
-
     funcs, weights = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     config = training.trl_config(
         trl.GRPOConfig, STAGE, recipe.grpo,
@@ -167,6 +154,16 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "reward_weights": (weights, "set the 'rewards' section")},
     )
+    completion = config.max_completion_length
+    if completion is None or not 0 < completion < context:
+        raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
+                        f"({context} tokens) minus the prompt, got {completion!r}")
+
+    count = modeling.token_counter(tokenizer)
+    examples, counts = data.grpo_examples(rows, recipe, count, completion, context)
+    data.require_rows(examples, counts, STAGE)
+    log.info("grpo data: %s", counts)
+
     training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                                             "save_steps", "logging_steps", "num_generations"))
     training.check_report_to(STAGE, config)

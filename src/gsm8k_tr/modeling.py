@@ -8,6 +8,7 @@ handled where they arise rather than assumed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +32,23 @@ def resolve_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def _load_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+def _source(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
+    """What to load and how: the recipe's model (revision, GGUF file) or a local `path` (a stage output)."""
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if path is not None:
+        return path, kwargs
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
-    return kwargs
+    return resolve_name(cfg.name_or_path), kwargs
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
     """The tokenizer of `path` (default: the recipe's model)."""
     from transformers import AutoTokenizer
 
-    source = path or resolve_name(cfg.name_or_path)
-    kwargs = _load_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
+    source, kwargs = _source(cfg, path)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
@@ -62,14 +65,15 @@ def load_model(cfg: ModelConfig, path: str | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    source = path or resolve_name(cfg.name_or_path)
-    kwargs = _load_kwargs(cfg) if path is None else {"trust_remote_code": cfg.trust_remote_code}
+    source, kwargs = _source(cfg, path)
+    gguf = "gguf_file" in kwargs
     try:
+        # safetensors only, except for a GGUF file (which is not pickle either)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
-                                                     use_safetensors=None if cfg.gguf_file else True, **kwargs)
+                                                     use_safetensors=None if gguf else True, **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {_one_line(error)}") from None
-    if path is None and cfg.gguf_file:
+    if gguf:
         _unmark_dequantized_gguf(model)
     return model
 
@@ -114,6 +118,11 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return stop
+
+
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """How many tokens a text takes, without special tokens (for the context budget)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def context_length(model: Any) -> int:

@@ -47,6 +47,17 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _save(fig: Any, ax: Any, title: str, target: Path) -> bool:
+    """Title, lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_rewards(history: list[dict[str, Any]], target: Path) -> bool:
     """Each reward's mean and the weighted total over GRPO steps; held-out accuracy on a second axis."""
     import matplotlib.pyplot as plt
@@ -68,11 +79,7 @@ def plot_rewards(history: list[dict[str, Any]], target: Path) -> bool:
         right.set_ylim(0, 1)
         right.legend(loc="lower right")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("GRPO rewards")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, "GRPO rewards", target)
 
 
 def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
@@ -86,11 +93,7 @@ def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
     ax.plot(steps, loss, marker=".")
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss (completion tokens)")
-    ax.set_title("SFT loss")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, "SFT loss", target)
 
 
 def plot_stages(evals: dict[str, dict[str, Any]], target: Path) -> bool:
@@ -111,11 +114,7 @@ def plot_stages(evals: dict[str, dict[str, Any]], target: Path) -> bool:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("rate")
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy and format by stage")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, "Accuracy and format by stage", target)
 
 
 def plot_lengths(lengths: dict[str, list[int]], target: Path) -> bool:
@@ -130,11 +129,7 @@ def plot_lengths(lengths: dict[str, list[int]], target: Path) -> bool:
     ax.set_xlabel("completion tokens")
     ax.set_ylabel("completions")
     ax.legend(fontsize=8)
-    ax.set_title("Completion lengths")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, "Completion lengths", target)
 
 
 def _table(evals: dict[str, dict[str, Any]]) -> list[str]:

@@ -58,24 +58,22 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     tokenizer, model = training.load_base(recipe)
     stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     context = modeling.context_length(model)
-    max_length = recipe.sft.get("max_length") or context
-    if max_length > context:
-        raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    examples, counts = data.sft_examples(rows, recipe, stop, count, max_length)
-    data.require_rows(examples, counts, STAGE)
-    log.info("sft data: %s", counts)
-
     config = training.trl_config(
         trl.SFTConfig, STAGE, recipe.sft,
-        defaults={**DEFAULTS, **modeling.precision(recipe.sft, STAGE), "max_length": max_length},
+        defaults={**DEFAULTS, **modeling.precision(recipe.sft, STAGE), "max_length": context},
         forced={"output_dir": (str(folder / training.CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "eos_token": (stop, "set 'model.stop_token'")},
     )
+    max_length = config.max_length or context  # null: no truncation, so the whole context
+    if max_length > context:
+        raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
+
+    count = modeling.token_counter(tokenizer)
+    examples, counts = data.sft_examples(rows, recipe, stop, count, max_length)
+    data.require_rows(examples, counts, STAGE)
+    log.info("sft data: %s", counts)
+
     training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                                             "save_steps", "logging_steps"))
     training.check_report_to(STAGE, config)

@@ -61,7 +61,8 @@ def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any
         raise UserError(f"{path}:{reader.line_num}: unreadable CSV ({error}); fix the quoting on that line") from None
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or item number, object) for a JSON list or JSON-lines file; bad content is a one-line error."""
     text = _decode(path)
     if path.suffix == ".json":
         try:
@@ -110,7 +111,7 @@ def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
     if path.suffix == ".csv":
         rows = _csv_rows(path, skipped)
     elif path.suffix in (".json", ".jsonl"):
-        rows = _json_rows(path)
+        rows = json_rows(path)
     else:
         rows = _parquet_rows(path)
     for number, values in rows:

@@ -5,7 +5,7 @@ Stage layout (`{output_dir}/{stage}/`):
     adapter/                    the LoRA adapter (safetensors)
     merged/                     base + adapter merged (safetensors) with its tokenizer
     recipe.yaml manifest.json log_history.json README.md
-    runs/                       TensorBoard logs
+    tensorboard/                TensorBoard logs
 `manifest.json` is written last: its presence means the stage finished.
 """
 
@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.config import Recipe, _coerce
+from gsm8k_tr.config import Recipe, coerce
 from gsm8k_tr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
             raise UserError(f"recipe key '{section}.{key}' is set by gsm8k-tr ({forced[key][1]}); remove it")
         if key in hints and value is not None:
             try:
-                checked = _coerce(value, hints[key], f"{section}.{key}")
+                checked = coerce(value, hints[key], f"{section}.{key}")
             except TypeError:  # Literal and other annotations isinstance cannot check
                 continue
             if isinstance(value, str) and not isinstance(checked, str):
