@@ -33,7 +33,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/gsm8k-tr prepare --config recipes/demo.yaml --overwrite
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/gsm8k-tr pipeline --config recipes/demo.yaml --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

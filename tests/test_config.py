@@ -8,7 +8,8 @@ import yaml
 from gsm8k_tr.config import load_recipe, parse_overrides, save_recipe
 from gsm8k_tr.errors import UserError
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ACCELERATE = sorted((Path(__file__).resolve().parents[1] / "recipes" / "accelerate").glob("*.yaml"))
 
 
 def test_precedence_defaults_file_overrides(tmp_path: Path) -> None:
@@ -79,3 +80,13 @@ def test_saved_recipe_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_shipped_recipes_load(path: Path) -> None:
     assert load_recipe(path).output_dir
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=[p.name for p in ACCELERATE])
+def test_accelerate_configs_load_and_say_how_to_run(path: Path) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    text = path.read_text()
+    assert f"accelerate launch --config_file recipes/accelerate/{path.name} -m gsm8k_tr grpo" in text
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 2 and config.mixed_precision == "no"

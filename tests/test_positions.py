@@ -41,8 +41,8 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls):
 def _worst_difference(trainer) -> float:
     """Max |batched - alone| over the real completion tokens of a left-padded batch."""
     generator = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(5, 1000, (n,), generator=generator) for n in (30, 12, 21)]
-    completions = [torch.randint(5, 1000, (n,), generator=generator) for n in (6, 10, 3)]
+    prompts = [torch.randint(5, 800, (n,), generator=generator) for n in (30, 12, 21)]
+    completions = [torch.randint(5, 800, (n,), generator=generator) for n in (6, 10, 3)]
     width, length = max(map(len, prompts)), max(map(len, completions))
     pad = trainer.processing_class.pad_token_id
     ids = torch.full((3, width + length), pad)

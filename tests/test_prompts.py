@@ -12,7 +12,7 @@ def _tokenizer() -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "<|stop|>"])
-    tokenizer.train_from_iterator([r["question"] + r["answer"] for r in generate(200)], trainer)
+    tokenizer.train_from_iterator([r["question"] + r["solution"] for r in generate(200)], trainer)
     return tokenizer
 
 

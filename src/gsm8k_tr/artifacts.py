@@ -18,6 +18,7 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe, save_recipe
 from gsm8k_tr.outputs import atomic_directory
+from gsm8k_tr.training import inject_fault
 
 PACKAGES = ("gsm8k-tr", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
 
@@ -55,6 +56,7 @@ def save_stage(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dic
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     with atomic_directory(folder / "merged", overwrite=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
+        inject_fault("kill-during-merge")  # the merged model is half in place: its folder is still temporary
         tokenizer.save_pretrained(tmp)
     save_recipe(recipe, folder)
     history = trainer.state.log_history

@@ -109,7 +109,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluate.check_backend(args.backend)
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     output = args.output or evaluate.default_output(recipe, args.model)
-    result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite)
+    result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite,
+                           args.backend)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     print(f"wrote {output}/metrics.json and predictions.jsonl")
     return 0
@@ -119,6 +120,18 @@ COMMANDS["evaluate"] = ("answer a prepared split and grade it: accuracy, format 
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=")
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from gsm8k_tr import pipeline
+    from gsm8k_tr.config import load_recipe
+
+    recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
+    pipeline.main(recipe, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS["pipeline"] = ("the whole run: prepare, sft, grpo, evaluate each stage, report", _stage_args, _pipeline)
 
 
 def _generate_args(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
         setattr(args, field, [*getattr(args, field), *extra])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("sft", "grpo", "pipeline"):
+        from gsm8k_tr.training import cpu_processes_without_gpus
+
+        cpu_processes_without_gpus()
     try:
         return args.run(args)
     except UserError as error:

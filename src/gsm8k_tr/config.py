@@ -237,6 +237,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
     _check(recipe)
+    if not recipe.output_dir.strip():
+        raise UserError("recipe key 'output_dir' is empty; name a folder for the run, e.g. output_dir=runs/try1")
+    # `~` is the user's home, not a folder named "~" in the working directory.
+    recipe.output_dir = str(Path(recipe.output_dir).expanduser())
     return recipe
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,33 +145,37 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
 
 
 def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, samples: int = 1,
-             progress: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate and grade answers for `rows`; returns (metrics, prediction records)."""
+             progress: Any = None, vllm_folder: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate and grade answers for `rows`; returns (metrics, prediction records).
+
+    With `vllm_folder` (a model folder or Hub id) vLLM generates instead of transformers.
+    """
     cfg = recipe.eval
     temperature = cfg.temperature
     if samples > 1 and temperature <= 0:
         temperature = 1.0  # k greedy samples would be k copies of one answer
         log.info("--samples %d: sampling at temperature 1.0 (eval.temperature is 0)", samples)
     prompts = [build_prompt(r["question"], recipe.prompt) for r in rows]
-    outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature, samples,
-                                  recipe.seed, progress)
+    if vllm_folder is not None:
+        from gsm8k_tr import vllm_backend
+
+        outputs = vllm_backend.generate(vllm_folder, prompts, cfg.max_new_tokens, temperature, samples, recipe.seed,
+                                        generation.stop_ids(model))
+    else:
+        outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
+                                      samples, recipe.seed, progress)
     records = [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(rows, outputs)]
     return metrics(records), records
 
 
 def check_backend(backend: str) -> None:
-    """vLLM is an optional extra and needs a GPU."""
-    if backend == "hf":
-        return
-    import importlib.util
+    """vLLM is an optional extra and needs a GPU; say so before loading anything."""
+    if backend == "vllm":
+        from gsm8k_tr import vllm_backend
 
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError("--backend vllm needs the vllm extra: pip install -e .[vllm] (on a machine with a GPU)")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError("--backend vllm needs a CUDA GPU; use --backend hf on this machine")
-    raise UserError("--backend vllm is not wired into evaluate yet; use --backend hf")
+        vllm_backend.require("--backend vllm", "use --backend hf")
+    elif backend != "hf":
+        raise UserError(f"--backend must be hf or vllm, got {backend!r}")
 
 
 def default_output(recipe: Recipe, model_spec: str) -> str:
@@ -189,7 +194,7 @@ def check_args(limit: int | None, samples: int) -> None:
 
 
 def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int | None = None, samples: int = 1,
-         output: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+         output: str | None = None, overwrite: bool = False, backend: str = "hf") -> dict[str, Any]:
     """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl."""
     from rich.progress import Progress
 
@@ -197,15 +202,24 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
 
     limit = limit if limit is not None else recipe.eval.limit
     check_args(limit, samples)
+    check_backend(backend)
     target = Path(output) if output else None
     if target is not None:
         check_writable(target, overwrite)
     rows = data.load_split(training.prepared_data(recipe), split or recipe.eval.split)[:limit]
     model, tokenizer, name = load_for_inference(model_spec, recipe)
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
-        result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
-    result = {"model": name, "split": split or recipe.eval.split, **result}
+    started = time.perf_counter()
+    if backend == "vllm":
+        from gsm8k_tr import vllm_backend
+
+        with vllm_backend.model_folder(model, tokenizer, name) as folder:
+            result, records = evaluate(model, tokenizer, rows, recipe, samples, vllm_folder=folder)
+    else:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
+            result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
+    result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
+              "seconds": round(time.perf_counter() - started, 1)}
     if target is not None:
         with atomic_directory(target, overwrite) as tmp:
             (tmp / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -21,10 +21,11 @@ import trl
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from gsm8k_tr import data, modeling, training
+from gsm8k_tr import data, modeling, training, vllm_backend
 from gsm8k_tr.answers import is_correct
 from gsm8k_tr.config import Recipe, recipe_dict
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.generation import stop_ids
 from gsm8k_tr.positions import add_position_ids
 from gsm8k_tr.progress import use_compact_progress
 from gsm8k_tr.rewards import build_rewards, completion_text
@@ -54,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class GRPOTrainer(training.AtomicCheckpoints, trl.GRPOTrainer):
+class GRPOTrainer(training.AtomicCheckpoints, training.StopOnNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, atomic checkpoints, accuracy and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
@@ -147,8 +148,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     stop = modeling.configure_tokens(tokenizer, model, sft_manifest.get("stop_token") or recipe.model.stop_token)
     context = modeling.context_length(model)
     funcs, weights = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
+    # vLLM (optional) is checked before TRL tries to import it, and told the stop token.
+    values = vllm_backend.grpo_settings(recipe.grpo, stop_ids(model))
     config = training.trl_config(
-        trl.GRPOConfig, STAGE, recipe.grpo,
+        trl.GRPOConfig, STAGE, values,
         defaults={**DEFAULTS, **modeling.precision(recipe.grpo, STAGE)},
         forced={"output_dir": (str(folder / training.CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
@@ -172,6 +175,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(examples),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     use_compact_progress(trainer)
+    training.check_disk_space(folder, trainer.model, config.save_total_limit)
     if recipe.eval.every_steps:
         held_out = data.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size]
         trainer.add_callback(HeldOutAccuracy(trainer, held_out, recipe))

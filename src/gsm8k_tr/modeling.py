@@ -55,6 +55,20 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
         raise UserError(f"cannot load the tokenizer of {source!r}: {_one_line(error)}") from None
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def refuse_pickle(folder: Path) -> None:
+    """A local model folder with pickle weights and no safetensors is refused: unpickling can run code."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(f"{folder} holds weights only as pickle ({', '.join(pickled[:3])}), which can run code when "
+                        "loaded; gsm8k-tr loads safetensors only. Convert them where you trust the file "
+                        "(model.save_pretrained(dir, safe_serialization=True)) and point at that folder")
+
+
 def load_model(cfg: ModelConfig, path: str | None = None) -> Any:
     """The causal LM at `path` (default: the recipe's model), in float32.
 
@@ -67,6 +81,8 @@ def load_model(cfg: ModelConfig, path: str | None = None) -> Any:
 
     source, kwargs = _source(cfg, path)
     gguf = "gguf_file" in kwargs
+    if not gguf:
+        refuse_pickle(Path(source))
     try:
         # safetensors only, except for a GGUF file (which is not pickle either)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,

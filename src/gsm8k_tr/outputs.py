@@ -23,12 +23,16 @@ def check_writable(output: Path, overwrite: bool) -> None:
 def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `output` only on success.
 
-    A crash leaves the old output untouched and at most a `.tmp-*` folder.
+    A crash leaves the old output untouched and at most a `.tmp-*` folder,
+    which the next write to `output` clears.
     """
     output = Path(output)
     check_writable(output, overwrite)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
+        # Left by a writer that was killed: never the output itself, so safe to clear.
+        for stale in [*output.parent.glob(f".{output.name}.tmp-*"), *output.parent.glob(f".{output.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     except OSError as error:
         raise UserError(f"cannot write to {str(output.parent)!r}: {error.strerror}") from None
@@ -44,3 +48,12 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -68,9 +68,10 @@ def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
     return references, solutions
 
 
-def _held_out(question: str, fraction: float) -> bool:
+def split_position(question: str) -> float:
+    """Where a question falls in [0, 1): below `data.test_fraction` it is held out for testing."""
     digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def prepare(recipe: Recipe) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                     continue
                 split = data.unaligned_split
             else:
-                split = "test" if _held_out(question, data.test_fraction) else "train"
+                split = "test" if split_position(question) < data.test_fraction else "train"
             record.update(gold_source="solution", aligned=False, reference_split=None,
                           reference_index=None, align_score=round(candidate.score, 4) if candidate else None)
         agrees = matches(solution_answer, gold)

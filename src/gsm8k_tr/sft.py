@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class SFTTrainer(training.AtomicCheckpoints, trl.SFTTrainer):
-    """TRL's SFTTrainer with atomic checkpoints."""
+class SFTTrainer(training.AtomicCheckpoints, training.StopOnNonFinite, trl.SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints and a stop on a non-finite loss."""
 
 
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
     use_compact_progress(trainer)
+    training.check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     info = training.stage_info(recipe, stop, data_dir, counts, started, checkpoint)

@@ -166,7 +166,9 @@ def _synthetic_rows(spec: str) -> Iterator[RawRow]:
     _, _, count = spec.partition(":")
     if count and not count.isdigit():
         raise UserError(f"data source {spec!r}: write synthetic:N with N a whole number, e.g. synthetic:2000")
-    for index, values in enumerate(generate(int(count or 2000)), start=1):
+    for index, row in enumerate(generate(int(count or 2000)), start=1):
+        # The verified answer comes as a `#### N` label, the machine-written solution before it.
+        values = {"question": row["question"], "answer": f"{row['solution']}\n#### {row['gold']}"}
         yield RawRow(f"synthetic:{index}", "synthetic", values)
 
 

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STAGING = ".saving"
+MUST_BE_POSITIVE = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+                    "max_completion_length", "logging_steps", "save_steps")
+# TRL options that hold credentials → the environment variable to use instead.
+SECRET_KEYS = {"hub_token": "HF_TOKEN"}
+# Test hook: `kill-during-save` or `kill-during-merge` makes the process SIGKILL itself at that point, so the
+# reliability tests can check that a kill there loses nothing. Unset in normal use.
+FAULT_ENV = "GSM8K_TR_FAULT"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 # Deprecated TrainingArguments names: a recipe that sets the old one overrides our default for the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing",
@@ -50,8 +57,6 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
     Every process makes the same read-only decision (so an error stops them
     all); only the main process then changes the folder.
     """
-    from accelerate import PartialState
-
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
     folder = stage_dir(recipe, stage)
@@ -63,7 +68,8 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
         return folder, None, True
     if has_files and not resume and not overwrite:
         raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
-    state = PartialState()
+    state = process_state()
+    check_devices(state)
     with state.main_process_first():
         if state.is_main_process:
             if has_files and overwrite:
@@ -78,7 +84,54 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
     checkpoint = last_checkpoint(folder / CHECKPOINTS) if resume else None
     if resume and checkpoint is None:
         log.warning("--resume: %s has no complete checkpoint; training from the start", folder)
+    elif checkpoint:
+        log.info("--resume: resuming from %s", checkpoint)
     return folder, checkpoint, False
+
+
+def cpu_processes_without_gpus() -> None:
+    """Tell accelerate that a multi-process launch on a machine without GPUs runs on CPU (gloo).
+
+    Otherwise accelerate treats the processes as unrelated: each would think
+    it is the main process and write the same files. It must run before
+    anything creates accelerate's shared state (importing TRL does), so the
+    CLI calls it first.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def process_state() -> Any:
+    """accelerate's shared process state."""
+    from accelerate import PartialState
+
+    cpu_processes_without_gpus()
+    return PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+
+
+def check_devices(state: Any) -> None:
+    """An accelerate launch with more processes per machine than GPUs fails with one line, before any work.
+
+    Without this, rank k > GPUs dies deep in CUDA with "invalid device ordinal"
+    while the others hang waiting for it.
+    """
+    import torch
+
+    kind = str(state.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("MULTI_GPU", "DEEPSPEED", "FSDP") and state.num_processes > 1 and state.device.type != "cpu":
+        gpus = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+        if local > gpus:
+            raise UserError(f"accelerate started {local} processes on this machine but it has {gpus} GPU(s); "
+                            f"launch with --num_processes {gpus}, or run without accelerate launch on one GPU")
+    elif kind in ("DEEPSPEED", "FSDP") and state.device.type == "cpu":
+        raise UserError(f"the accelerate config uses {kind}, which needs CUDA GPUs; use recipes/accelerate/ddp.yaml "
+                        "to run several CPU processes")
+    if state.num_processes > 1:
+        log.info("process %d of %d (%s) on %s", state.process_index, state.num_processes, kind, state.device)
 
 
 def checkpoint_complete(path: Path) -> bool:
@@ -128,6 +181,9 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
             raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")
         if key in forced:
             raise UserError(f"recipe key '{section}.{key}' is set by gsm8k-tr ({forced[key][1]}); remove it")
+        if key in SECRET_KEYS and value:
+            raise UserError(f"recipe key '{section}.{key}' is a secret, and recipes are saved with every output; "
+                            f"remove it and set {SECRET_KEYS[key]} in the environment instead")
         if key in hints and value is not None:
             try:
                 checked = coerce(value, hints[key], f"{section}.{key}")
@@ -135,6 +191,9 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
                 continue
             if isinstance(value, str) and not isinstance(checked, str):
                 values[key] = checked  # `5e-5` read as a string by YAML
+        if key in MUST_BE_POSITIVE and isinstance(value, (int, float)) and value <= 0:
+            # TRL would divide by some of these before saying anything
+            raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
@@ -194,10 +253,64 @@ class AtomicCheckpoints:
             final = os.path.join(root, name)
             if os.path.exists(final):
                 shutil.rmtree(final)
+            inject_fault("kill-during-save")  # the checkpoint is written but not yet in place
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+
+class StopOnNonFinite:
+    """Trainer mixin: a NaN or infinite loss stops the run with one line, keeping the last good checkpoint.
+
+    Training on would write NaN weights into the next checkpoint and the
+    final model. The message says which checkpoint `--resume` will use.
+    """
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        import math
+
+        loss = super().training_step(*args, **kwargs)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            root = Path(self.args.output_dir)
+            good = last_checkpoint(root)
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+            raise UserError(f"the training loss became {value} at step {self.state.global_step + 1}; {where}. "
+                            "Lower the learning rate (or check the data) and rerun with --resume")
+        return loss
+
+
+def inject_fault(point: str) -> None:
+    """SIGKILL this process at `point` when the test hook names it (see FAULT_ENV)."""
+    if os.environ.get(FAULT_ENV) == point:
+        import signal
+
+        log.warning("%s=%s: killing this process", FAULT_ENV, point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def estimated_bytes(model: Any, save_total_limit: int | None) -> int:
+    """Disk a stage needs: the merged model, the adapter, and the checkpoints kept (plus one being written).
+
+    A checkpoint holds the trainable weights and AdamW's two moments (3x),
+    with the scheduler, RNG and trainer state as small change; sizes are fp32.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    checkpoints = (save_total_limit or 3) + 1
+    return 4 * (total + trainable + checkpoints * 3 * trainable) + 16 * 2**20
+
+
+def check_disk_space(folder: Path, model: Any, save_total_limit: int | None) -> None:
+    """Refuse to start a stage whose outputs will not fit on the disk."""
+    need = estimated_bytes(model, save_total_limit)
+    free = shutil.disk_usage(folder).free
+    log.info("disk: about %.0f MiB needed for checkpoints and outputs, %.0f MiB free", need / 2**20, free / 2**20)
+    if free < need:
+        raise UserError(f"{folder} has {free / 2**20:.0f} MiB free but this stage needs about {need / 2**20:.0f} MiB "
+                        "(checkpoints, adapter, merged model); free space, lower save_total_limit, or choose "
+                        "another output_dir")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -207,21 +320,17 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def prepared_data(recipe: Recipe) -> Path:
     """`data.ensure_prepared`, done by the main process while the others wait."""
-    from accelerate import PartialState
-
     from gsm8k_tr.data import ensure_prepared
 
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         return ensure_prepared(recipe)
 
 
 def load_base(recipe: Recipe, path: str | None = None) -> tuple[Any, Any]:
     """Tokenizer and model, the main process first (it may build a `builtin:` model)."""
-    from accelerate import PartialState
-
     from gsm8k_tr.modeling import load_model, load_tokenizer
 
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
 
 
@@ -234,9 +343,14 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     """Save the stage outputs from the main process; every process gets the manifest."""
     from gsm8k_tr.artifacts import save_stage
 
-    if trainer.accelerator.is_main_process:
+    accelerator = trainer.accelerator
+    info = {**info, "processes": accelerator.num_processes}
+    log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
+             trainer.state.global_step)
+    if accelerator.is_main_process:
         save_stage(trainer, folder, recipe, stage, info)
-    trainer.accelerator.wait_for_everyone()
+        log.info("saved %s outputs to %s (main process only)", stage, folder)
+    accelerator.wait_for_everyone()
     return read_manifest(folder)
 
 

@@ -1,0 +1,114 @@
+"""`gsm8k-tr pipeline`: prepare → sft → grpo, an evaluation after each, and the report.
+
+It chains the stage commands' own functions, so a pipeline run and the
+commands typed one by one write the same folders. `report.json` in the run
+folder sums it up: per stage (`base`, `sft`, `grpo`) the evaluation metrics
+and the wall time of training and of evaluation.
+
+`--resume` keeps what already finished (prepared data, finished stages and
+evaluations) and continues an interrupted stage from its last checkpoint;
+`--overwrite` starts the run again from nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.outputs import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "sft", "grpo")
+METRICS = ("accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
+           "truncated_rate", "n")
+RUN_PARTS = ("data", "sft", "grpo", "eval", "report.json")
+
+
+def _check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run} exists and is not a folder; choose another output_dir")
+    held = [part for part in RUN_PARTS if (run / part).exists()]
+    if held and overwrite:
+        for part in held:  # only what a pipeline writes: a user's other files in the folder stay
+            target = run / part
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    elif held and not resume:
+        raise UserError(f"{run} already holds a run ({', '.join(held)}); pass --resume to continue it "
+                        "or --overwrite to start again")
+
+
+def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict[str, Any], float]:
+    from gsm8k_tr import evaluate
+
+    output = Path(recipe.output_dir) / "eval" / name
+    metrics_file = output / "metrics.json"
+    if resume and metrics_file.is_file():
+        log.info("evaluation %s already done", name)
+        result = json.loads(metrics_file.read_text(encoding="utf-8"))
+        return result, float(result.get("seconds", 0.0))
+    started = time.perf_counter()
+    result = evaluate.main(model, recipe, output=str(output), overwrite=True)
+    return result, time.perf_counter() - started
+
+
+def _train(recipe: Recipe, stage: str, resume: bool) -> float:
+    import importlib
+
+    manifest = importlib.import_module(f"gsm8k_tr.{stage}").main(recipe, resume=resume, overwrite=False)
+    return float(manifest.get("train_seconds", 0.0))
+
+
+def summary(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """A plain-text table of accuracy and format rate per stage."""
+    lines = [f"{'stage':<6} {'n':>5} {'accuracy':>9} {'flexible':>9} {'strict fmt':>11} {'soft fmt':>9} {'train s':>8}"]
+    for name, s in stages.items():
+        lines.append(f"{name:<6} {s['n']:>5} {s['accuracy']:>9.3f} {s['flexible_accuracy']:>9.3f} "
+                     f"{s['strict_format_rate']:>11.3f} {s['soft_format_rate']:>9.3f} {s['train_seconds']:>8.0f}")
+    return lines
+
+
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
+         announce: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
+    from gsm8k_tr import report, training
+
+    run = Path(recipe.output_dir)
+    _check_run_folder(run, resume, overwrite)
+    started = time.perf_counter()
+    announce(f"[1/7] preparing data into {run / 'data'}")
+    data_dir = training.prepared_data(recipe)
+    prepare_seconds = time.perf_counter() - started
+
+    stages: dict[str, dict[str, Any]] = {}
+    models = {"base": recipe.model.name_or_path, "sft": str(run / "sft"), "grpo": str(run / "grpo")}
+    step = 2
+    for name in STAGES:
+        train_seconds = 0.0
+        if name != "base":
+            announce(f"[{step}/7] training: {name}")
+            train_seconds = _train(recipe, name, resume)
+            step += 1
+        announce(f"[{step}/7] evaluating {name} on the {recipe.eval.split} split")
+        result, eval_seconds = _evaluate(recipe, name, models[name], resume)
+        step += 1
+        stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
+                        "eval_seconds": round(eval_seconds, 1),
+                        "seconds": round(train_seconds + eval_seconds, 1)}
+    result = {"run": str(run), "data": str(data_dir), "stages": stages,
+              "prepare_seconds": round(prepare_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    report_path = report.main(str(run))
+    for line in summary(stages):
+        announce(line)
+    announce(f"report: {report_path} (plots: {', '.join(p.name for p in sorted(run.glob('*.png')))})")
+    return result

@@ -1,0 +1,106 @@
+"""kill -9 a real training process at a step boundary, mid-checkpoint and mid-merge; --resume loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY_RECIPE
+
+pytestmark = pytest.mark.slow
+
+STEPS = {"sft": 30, "grpo": 4}
+SAVE = {"sft": 10, "grpo": 2}
+
+
+def _args(stage: str, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gsm8k_tr", stage, "--config", str(TINY_RECIPE), f"output_dir={run}",
+            f"{stage}.max_steps={STEPS[stage]}", f"{stage}.save_steps={SAVE[stage]}", "eval.every_steps=0", *extra]
+
+
+def _run(stage: str, run: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "GSM8K_TR_FAULT"}
+    if fault:
+        env["GSM8K_TR_FAULT"] = fault
+    return subprocess.run(_args(stage, run, *extra), capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def _finished(run: Path, stage: str) -> None:
+    manifest = json.loads((run / stage / "manifest.json").read_text())
+    assert manifest["global_step"] == STEPS[stage]
+    history = json.loads((run / stage / "log_history.json").read_text())
+    assert history[-1]["step"] == STEPS[stage]
+    assert (run / stage / "merged" / "model.safetensors").is_file()
+    assert not list((run / stage).glob(".*tmp*"))  # no temporary folder left behind
+
+
+def _sft_done(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    assert _run("sft", run).returncode == 0
+    return run
+
+
+def test_kill_at_a_step_boundary_then_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    process = subprocess.Popen(_args("sft", run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    first = run / "sft" / "checkpoints" / f"checkpoint-{SAVE['sft']}"
+    deadline = time.time() + 300
+    while not first.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # just after a checkpoint landed: training is between steps
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "sft" / "manifest.json").exists()
+    resumed = _run("sft", run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    _finished(run, "sft")
+    resumed_from = json.loads((run / "sft" / "manifest.json").read_text())["resumed_from"]
+    assert resumed_from and int(resumed_from.rsplit("-", 1)[1]) in (10, 20)  # not from the start
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_kill_during_checkpoint_save_then_resume(stage: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = _sft_done(tmp_path) if stage == "grpo" else tmp_path / "run"
+    killed = _run(stage, run, fault="kill-during-save")
+    assert killed.returncode == -signal.SIGKILL
+    checkpoints = run / stage / "checkpoints"
+    # The checkpoint being written is only in the staging folder: nothing half-written looks complete.
+    assert not (checkpoints / f"checkpoint-{SAVE[stage]}").exists()
+    assert (checkpoints / ".saving" / f"checkpoint-{SAVE[stage]}").is_dir()
+    resumed = _run(stage, run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _finished(run, stage)
+    assert not (checkpoints / ".saving").exists()
+
+
+def test_kill_during_the_final_merge_then_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    killed = _run("sft", run, fault="kill-during-merge")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run / "sft" / "manifest.json").exists() and not (run / "sft" / "merged").exists()
+    resumed = _run("sft", run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _finished(run, "sft")
+    manifest = json.loads((run / "sft" / "manifest.json").read_text())
+    assert manifest["resumed_from"].endswith(f"checkpoint-{STEPS['sft']}")  # nothing trained twice
+
+
+def test_a_half_written_checkpoint_from_an_older_version_is_skipped(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    killed = _run("sft", run, fault="kill-during-merge")
+    assert killed.returncode == -signal.SIGKILL
+    broken = run / "sft" / "checkpoints" / "checkpoint-999"
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text('{"global_step": 99')  # cut off mid-write
+    resumed = _run("sft", run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "skipping" in resumed.stderr and "checkpoint-999" in resumed.stderr
+    _finished(run, "sft")

@@ -1,0 +1,127 @@
+"""Untrusted files and text let nothing in; secrets stay out of outputs; bad runs stop before harm."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY_RECIPE
+from gsm8k_tr import modeling, training
+from gsm8k_tr.config import ModelConfig, load_recipe
+from gsm8k_tr.errors import UserError
+
+SRC = ROOT / "src" / "gsm8k_tr"
+
+
+def _error_line(stderr: str) -> str:
+    """The CLI's one-line error (a progress bar may share its terminal line)."""
+    return next(line[line.index("gsm8k-tr sft: error: "):] for line in stderr.splitlines() if "gsm8k-tr sft: error: " in line)
+
+
+def _calls(name: str) -> list[tuple[str, int, ast.Call]]:
+    found = []
+    for path in SRC.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called == name:
+                    found.append((path.name, node.lineno, node))
+    return found
+
+
+def test_no_eval_exec_or_pickle_in_the_package() -> None:
+    # The builtins eval/exec (not torch's model.eval()): model output is only ever parsed as text.
+    bare = [(n, line) for name in ("eval", "exec", "compile") for n, line, call in _calls(name) if isinstance(call.func, ast.Name)]
+    assert not bare, bare
+    for name, line, call in _calls("load"):
+        if isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "torch":
+            assert any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in call.keywords), \
+                f"{name}:{line}: torch.load without weights_only=True"
+    assert not any("import pickle" in p.read_text() for p in SRC.glob("*.py"))
+
+
+def test_trust_remote_code_is_off_unless_the_recipe_turns_it_on() -> None:
+    assert ModelConfig().trust_remote_code is False
+    source, kwargs = modeling._source(ModelConfig(name_or_path="someone/model"), None)
+    assert kwargs.get("trust_remote_code", False) is False
+    _, kwargs = modeling._source(ModelConfig(name_or_path="someone/model", trust_remote_code=True), None)
+    assert kwargs["trust_remote_code"] is True
+
+
+def test_pickle_weights_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")  # never opened
+    with pytest.raises(UserError, match="only as pickle .*pytorch_model.bin.*safetensors only"):
+        modeling.load_model(ModelConfig(name_or_path=str(folder)))
+
+
+@pytest.mark.slow
+def test_secrets_come_from_the_environment_and_never_reach_outputs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import trl
+
+    with pytest.raises(UserError, match="'grpo.hub_token' is a secret.*HF_TOKEN"):
+        training.trl_config(trl.GRPOConfig, "grpo", {"hub_token": "hf_x"}, {"output_dir": str(tmp_path)}, {})
+    sentinel = "sk-test-7f3a9c1e-do-not-log"
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_API_KEY": sentinel, "HF_TOKEN": sentinel}
+    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE), f"output_dir={run}",
+                           "sft.max_steps=2", "sft.save_steps=1"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sentinel not in done.stdout + done.stderr
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert sentinel.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    # A learning rate this large sends the weights to infinity within a few steps.
+    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE), f"output_dir={run}",
+                           "sft.max_steps=30", "sft.save_steps=1", "sft.learning_rate=1e30", "sft.max_grad_norm=0",
+                           "sft.lr_scheduler_type=constant", "sft.warmup_steps=0"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = _error_line(done.stderr)
+    assert "the training loss became" in last and "--resume" in last and "Traceback" not in done.stderr
+    assert "last good checkpoint is" in last
+    assert not (run / "sft" / "manifest.json").exists()  # no NaN model published as finished
+
+
+def test_outputs_that_cannot_be_written_or_do_not_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
+                           f"output_dir={blocker / 'run'}"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot write" in _error_line(done.stderr)
+
+    from collections import namedtuple
+
+    model = modeling.load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    need = training.estimated_bytes(model, 2)
+    assert need > 4 * sum(p.numel() for p in model.parameters())  # at least the merged model
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(UserError, match=r"has 0 MiB free but this stage needs about \d+ MiB"):
+        training.check_disk_space(tmp_path, model, 2)
+
+
+def test_recipe_paths_are_resolved_and_checked(tmp_path: Path) -> None:
+    from gsm8k_tr import cli
+
+    code = cli.main(["prepare", "--dataset", str(tmp_path / "nowhere" / "data.csv"), "--reference", "none",
+                     "--output", str(tmp_path / "o")])
+    assert code == 2
+    recipe = load_recipe(str(TINY_RECIPE), ["output_dir=~/runs/x"])
+    assert training.stage_dir(recipe, "sft") == Path.home() / "runs" / "x" / "sft"
+    with pytest.raises(UserError, match="'output_dir' is empty"):
+        load_recipe(str(TINY_RECIPE), ["output_dir="])

@@ -1,0 +1,50 @@
+"""`gsm8k-tr pipeline`, shortened: every stage runs, report.json has the demo's structure, reruns are safe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY_RECIPE
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    args = ("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=10", "grpo.max_steps=2",
+            "eval.limit=12", "eval.every_steps=0")
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["stages"]) == {"base", "sft", "grpo"}
+    for name, stage in report["stages"].items():
+        for key in ("accuracy", "flexible_accuracy", "strict_format_rate", "n"):
+            assert key in stage, (name, key)
+        assert stage["n"] == 12
+        assert 0.0 <= stage["accuracy"] <= 1.0 and 0.0 <= stage["strict_format_rate"] <= 1.0
+        metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
+        assert {k: metrics[k] for k in ("accuracy", "strict_format_rate", "n")} == \
+            {k: stage[k] for k in ("accuracy", "strict_format_rate", "n")}
+        assert stage["seconds"] >= stage["eval_seconds"] > 0
+    assert report["stages"]["sft"]["train_seconds"] > 0 and report["stages"]["base"]["train_seconds"] == 0
+    for png in ("rewards.png", "sft_loss.png", "stages.png", "lengths.png"):
+        assert (run / png).stat().st_size > 1000
+    assert "report.md" in done.stdout and "strict fmt" in done.stdout  # the table and where the report is
+    assert "Wall time per stage" in (run / "report.md").read_text()
+
+    refused = cli(*args)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    resumed = cli(*args, "--resume")  # everything finished: nothing is trained or evaluated again
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((run / "report.json").read_text())
+    assert {n: s["accuracy"] for n, s in again["stages"].items()} == {n: s["accuracy"] for n, s in report["stages"].items()}
+    assert "already finished" in resumed.stderr
