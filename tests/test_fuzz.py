@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,46 @@ def test_long_inputs_stay_fast(unit: str) -> None:
         reward([text], answer=["1"])
     last_number(text)
     assert time.perf_counter() - start < 2.0  # five linear scans of 1 MB; quadratic would take minutes
+
+
+TAGS = st.sampled_from(["<sebep>", "</sebep>", "<cevap>", "</cevap>", "<cevap", "sebep>", "</", "<", ">", "\n", "7"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(tags=st.lists(TAGS, min_size=1000, max_size=5000), nested=st.integers(0, 2000))
+def test_thousands_of_nested_and_unbalanced_tags(tags: list[str], nested: int) -> None:
+    text = "<sebep>" * nested + "".join(tags) + "</cevap>" * nested
+    for name, reward in REWARDS.items():
+        (score,) = reward([text], answer=["7"])
+        assert 0.0 <= score <= 2.0, name
+    assert is_correct(text, "7") in (True, False) and is_correct_flexible(text, "7") in (True, False)
+
+
+# Text shapes that make naive scanners backtrack or rescan: long runs of one tag, separators between digits
+# (one 10 MB "number"), digits only at the start, unclosed blocks, nested blocks.
+HOSTILE = ["<sebep>", "</cevap>", "<sebep><cevap>", "<cevap>\n1\n", "1,", "1.2.", "- ", "1/", "½ ", "<<<", "a",
+           "<sebep>\nx\n</sebep>\n<cevap>\n"]
+
+
+def _grade_all(text: str) -> float:
+    start = time.perf_counter()
+    for reward in REWARDS.values():
+        reward([text], answer=["1"])
+    is_correct(text, "1"), is_correct_flexible(text, "1"), last_number(text)
+    return time.perf_counter() - start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", HOSTILE)
+def test_time_grows_linearly_up_to_10_mb(unit: str) -> None:
+    def text(size: int) -> str:
+        return (unit * (size // len(unit) + 1))[:size]
+
+    small = min(_grade_all(text(1_000_000)) for _ in range(3))
+    large = _grade_all(text(10_000_000))
+    # Ten times the text: linear is ~10x; a quadratic step (an rfind over the whole prefix per window, as
+    # last_number once had for "1,1,1,…") is ~100x. The slack absorbs timer noise on small figures.
+    assert large < 30 * small + 0.25, (unit, small, large)
 
 
 def test_last_number_agrees_with_the_full_scan() -> None:

@@ -159,19 +159,22 @@ def _last_digit_number(text: str) -> Readings | None:
 
     `rfind` finds the last digit; only a window before it is tokenised, and
     the window moves back while it holds nothing that reads as a number.
+    Both searches look at one window at a time: an `rfind` over the whole
+    prefix, repeated per window, made a 10 MB run like "1,1,1,…" quadratic.
     """
     stop = len(text)
-    while True:
-        last = max(text.rfind(digit, 0, stop) for digit in "0123456789")
+    while stop > 0:
+        low = max(0, stop - _WINDOW)
+        last = max(text.rfind(digit, low, stop) for digit in "0123456789")
         if last < 0:
-            return None
+            stop = low
+            continue
         start = max(0, last - _WINDOW)
         numbers = _scan(text, start, last + 1)
         if numbers:
             return numbers[-1]
-        if start == 0:
-            return None
         stop = start
+    return None
 
 
 def last_number(text: str) -> Readings | None:

@@ -24,7 +24,7 @@ from gsm8k_tr.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 6
+BUILD_VERSION = 8
 HTML_TAGS = ("b", "i", "p", "em", "not", "span")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|stop|>"]
 # Pretraining skips generated questions that any `data.test_fraction` up to this could hold out.

@@ -91,6 +91,7 @@ def _default_rewards() -> dict[str, float]:
 class Recipe:
     output_dir: str = "runs/default"
     seed: int = 42
+    on_non_finite: str = "stop"  # a NaN/inf loss or gradient: stop at the last good checkpoint, or skip the step
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -210,6 +211,8 @@ def _check(recipe: Recipe) -> None:
         raise UserError("recipe key 'prompt.template' must contain {question}")
     if recipe.data.unaligned_split not in ("train", "test"):
         raise UserError(f"recipe key 'data.unaligned_split' must be 'train' or 'test', got {recipe.data.unaligned_split!r}")
+    if recipe.on_non_finite not in ("stop", "skip"):
+        raise UserError(f"recipe key 'on_non_finite' must be 'stop' or 'skip', got {recipe.on_non_finite!r}")
     if not 0.0 <= recipe.data.test_fraction < 1.0:
         raise UserError(f"recipe key 'data.test_fraction' must be in [0, 1), got {recipe.data.test_fraction}")
     if recipe.data.limit is not None and recipe.data.limit < 1:

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class GRPOTrainer(training.AtomicCheckpoints, training.StopOnNonFinite, trl.GRPOTrainer):
+class GRPOTrainer(training.AtomicCheckpoints, training.GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, atomic checkpoints, accuracy and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
@@ -174,6 +174,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(examples),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
+    trainer.on_non_finite = recipe.on_non_finite
     use_compact_progress(trainer)
     training.check_disk_space(folder, trainer.model, config.save_total_limit)
     if recipe.eval.every_steps:

@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class SFTTrainer(training.AtomicCheckpoints, training.StopOnNonFinite, trl.SFTTrainer):
-    """TRL's SFTTrainer with atomic checkpoints and a stop on a non-finite loss."""
+class SFTTrainer(training.AtomicCheckpoints, training.GuardNonFinite, trl.SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints and a guard against a non-finite loss or gradient."""
 
 
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -80,6 +80,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     training.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
+    trainer.on_non_finite = recipe.on_non_finite
     use_compact_progress(trainer)
     training.check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()

@@ -74,7 +74,7 @@ def _slip(r: random.Random, value: int) -> int:
 
 def _add(r: random.Random) -> Problem:
     name, (item, owned, _) = r.choice(NAMES), r.choice(ITEMS)
-    a, b = r.randint(2, 20), r.randint(2, 20)
+    a, b = r.randint(2, 9), r.randint(2, 9)
     whose = GENITIVE[name]
     q = r.choice([
         f"{whose} {a} {owned} var. Arkadaşı ona {b} {item} daha veriyor. {whose} şimdi kaç {owned} var?",
@@ -87,8 +87,7 @@ def _add(r: random.Random) -> Problem:
 
 def _sub(r: random.Random) -> Problem:
     name, (item, owned, _) = r.choice(NAMES), r.choice(ITEMS)
-    a = r.randint(10, 30)
-    b = r.randint(1, a - 1)
+    a, b = r.randint(10, 18), r.randint(2, 9)
     q = r.choice([
         f"{GENITIVE[name]} {a} {owned} vardı. {b} tanesini {r.choice(RELATIVES)} verdi. Geriye kaç {owned} kaldı?",
         f"{name} {a} {item} aldı ve bunların {b} tanesini kaybetti. {GENITIVE[name]} kaç {owned} kaldı?",
@@ -100,7 +99,7 @@ def _sub(r: random.Random) -> Problem:
 
 def _groups(r: random.Random) -> Problem:
     name, (item, owned, _) = r.choice(NAMES), r.choice(ITEMS)
-    boxes, per_box, extra = r.randint(2, 9), r.randint(2, 9), r.randint(1, 9)
+    boxes, per_box, extra = r.randint(2, 5), r.randint(2, 5), r.randint(1, 5)
     total = boxes * per_box + extra
     whose = GENITIVE[name]
     q = r.choice([
@@ -114,9 +113,9 @@ def _groups(r: random.Random) -> Problem:
 
 def _money(r: random.Random) -> Problem:
     name, (item, _, _) = r.choice(NAMES), r.choice(ITEMS)
-    count, price = r.randint(2, 9), r.choice([5, 10, 15, 20, 25, 50])
+    count, price = r.randint(2, 5), r.choice([5, 10, 20, 50])
     total = count * price
-    budget = r.choice([b for b in (*range(100, 1001, 100), 1500, 2000) if b > total and b != 2 * total])
+    budget = r.choice([b for b in (100, 200, 500, 1000) if b > total and b != 2 * total])
     q = r.choice([
         f"{name} tanesi {price} TL olan {count} {item} aldı. Cebinde {tr_number(budget)} TL vardı. "
         f"Alışverişten sonra {GENITIVE[name]} kaç TL'si kaldı?",
@@ -130,7 +129,7 @@ def _money(r: random.Random) -> Problem:
 def _percent(r: random.Random) -> Problem:
     name, (item, _, accusative) = r.choice(NAMES), r.choice(ITEMS)
     # Prices in twenties, so every discount is whole; never 50%, where the discount equals the price paid.
-    price, pct = r.choice(range(20, 201, 20)), r.choice([10, 20, 25, 30])
+    price, pct = r.choice(range(20, 101, 20)), r.choice([10, 20, 25])
     off = price * pct // 100
     q = r.choice([
         f"Bir {item} {price} TL'dir. Mağaza %{pct} indirim yapıyor. {name} bu {accusative} kaç TL'ye alır?",

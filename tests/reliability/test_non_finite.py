@@ -1,0 +1,84 @@
+"""A non-finite gradient never reaches the weights: `stop` ends the run, `skip` drops exactly that step."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+from gsm8k_tr import training
+from gsm8k_tr.errors import UserError
+
+
+class GuardedTrainer(training.GuardNonFinite, Trainer):
+    pass
+
+
+class PoisonStep(TrainerCallback):
+    """Before the optimizer runs at step `at`, sets one gradient to NaN and remembers the weights."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.at:
+            next(p for p in model.parameters() if p.grad is not None).grad[0] = float("nan")
+            self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.at:
+            self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _trainer(tmp_path: Path, mode: str, poison: PoisonStep, steps: int = 4) -> GuardedTrainer:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(50, (16, 8)).tolist()]
+    args = TrainingArguments(output_dir=str(tmp_path / "checkpoints"), max_steps=steps, per_device_train_batch_size=4,
+                             learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True)
+    trainer = GuardedTrainer(model=model, args=args, train_dataset=rows, callbacks=[poison])
+    trainer.on_non_finite = mode
+    return trainer
+
+
+def test_skip_leaves_the_weights_and_optimizer_as_they_were_and_counts(tmp_path: Path, caplog) -> None:
+    poison = PoisonStep(at=2)
+    trainer = _trainer(tmp_path, "skip", poison)
+    trainer.train()
+    assert trainer.state.global_step == 4  # the run went on
+    assert poison.before and all(torch.equal(poison.before[n], poison.after[n]) for n in poison.before)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    counts = [h["skipped_steps"] for h in trainer.state.log_history if "skipped_steps" in h]
+    assert counts == [0, 1, 1, 1, 1]  # four steps, then the end-of-training summary
+    assert "step 2: the loss or gradient norm is not finite" in caplog.text and "1 skipped so far" in caplog.text
+    # AdamW's step count shows the optimizer itself never ran at step 2
+    state = next(iter(trainer.optimizer.state.values()))
+    assert int(state["step"]) == 3
+
+
+def test_a_resumed_count_continues_from_the_log_history(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "skip", PoisonStep(at=99))
+    trainer.state.log_history = [{"loss": 1.0, "skipped_steps": 3, "step": 5}]
+    trainer.skipped_steps = None
+    logged: list[dict] = []
+    trainer.callback_handler.callbacks.append(type("Spy", (TrainerCallback,), {
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(logs)})())
+    trainer.log({"loss": 0.5})
+    assert logged[-1]["skipped_steps"] == 3
+
+
+def test_stop_names_the_gradient_and_the_way_on(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "stop", PoisonStep(at=2))
+    with pytest.raises(UserError, match=r"the gradient norm became nan at step 2; no checkpoint was saved yet.*"
+                                        r"--resume, or set on_non_finite: skip"):
+        trainer.train()
+
+
+def test_the_recipe_key_is_checked() -> None:
+    from gsm8k_tr.config import load_recipe
+
+    assert load_recipe(None, ["on_non_finite=skip"]).on_non_finite == "skip"
+    with pytest.raises(UserError, match="'on_non_finite' must be 'stop' or 'skip', got 'ignore'"):
+        load_recipe(None, ["on_non_finite=ignore"])
