@@ -84,7 +84,7 @@ class Spec:
 SPECS: dict[str, Spec] = {
     # Seconds to build; enough that SFT can teach it the tags in a few dozen steps.
     "tiny-gpt2": Spec(n_embd=64, n_layer=2, n_head=4, steps=300),
-    # The demo's stand-in for the pretrained Turkish GPT-2: about 8 minutes on 2 CPU cores.
+    # The demo's stand-in for the pretrained Turkish GPT-2: about 6 minutes on 2 CPU cores.
     "demo-gpt2": Spec(n_embd=128, n_layer=4, n_head=4, steps=1100, problems=12000),
 }
 
