@@ -52,9 +52,11 @@ def test_trl_value_errors_become_one_line_user_errors():
 def test_check_positive_names_the_key():
     with pytest.raises(UserError, match="'sft.per_device_train_batch_size' must be at least 1"):
         sft_config({"per_device_train_batch_size": 0})  # before TRL, which would divide by it
-    config = sft_config({"max_steps": 0})
     with pytest.raises(UserError, match="'sft.max_steps' must be at least 1"):
-        training.check_positive("sft", config, ("max_steps",))
+        sft_config({"max_steps": 0})
+    with pytest.raises(UserError, match="'sft.save_steps' must be at least 1"):
+        sft_config({"save_steps": 0.5})
+    assert sft_config({"max_steps": -1}).max_steps == -1  # -1: train by epochs
 
 
 def test_precision_is_fp32_on_cpu_and_refuses_bf16_there():

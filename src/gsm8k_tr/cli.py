@@ -106,7 +106,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gsm8k_tr import evaluate
     from gsm8k_tr.config import load_recipe
 
-    evaluate.check_backend(args.backend)
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     output = args.output or evaluate.default_output(recipe, args.model)
     result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite,

@@ -167,8 +167,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     data.require_rows(examples, counts, STAGE)
     log.info("grpo data: %s", counts)
 
-    training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                                            "save_steps", "logging_steps", "num_generations"))
     training.check_report_to(STAGE, config)
     training.log_to(folder)
     lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)

@@ -74,8 +74,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     data.require_rows(examples, counts, STAGE)
     log.info("sft data: %s", counts)
 
-    training.check_positive(STAGE, config, ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                                            "save_steps", "logging_steps"))
     training.check_report_to(STAGE, config)
     training.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),

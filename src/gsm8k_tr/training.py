@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STAGING = ".saving"
-MUST_BE_POSITIVE = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-                    "max_completion_length", "logging_steps", "save_steps")
+# Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
+# fails later, and divides by others before saying anything, so they are checked before the config is built.
+AT_LEAST_ONE = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+                "max_completion_length", "logging_steps", "save_steps", "max_steps")
 # TRL options that hold credentials → the environment variable to use instead.
 SECRET_KEYS = {"hub_token": "HF_TOKEN"}
 # Test hook: `kill-during-save` or `kill-during-merge` makes the process SIGKILL itself at that point, so the
@@ -184,6 +186,8 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         if key in SECRET_KEYS and value:
             raise UserError(f"recipe key '{section}.{key}' is a secret, and recipes are saved with every output; "
                             f"remove it and set {SECRET_KEYS[key]} in the environment instead")
+        if key in AT_LEAST_ONE and isinstance(value, (int, float)) and value < 1 and (key, value) != ("max_steps", -1):
+            raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
         if key in hints and value is not None:
             try:
                 checked = coerce(value, hints[key], f"{section}.{key}")
@@ -191,9 +195,6 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
                 continue
             if isinstance(value, str) and not isinstance(checked, str):
                 values[key] = checked  # `5e-5` read as a string by YAML
-        if key in MUST_BE_POSITIVE and isinstance(value, (int, float)) and value <= 0:
-            # TRL would divide by some of these before saying anything
-            raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
@@ -201,14 +202,6 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     except (ValueError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"recipe section '{section}': {first}") from None
-
-
-def check_positive(section: str, values: Any, keys: tuple[str, ...]) -> None:
-    """Batch sizes and step counts that must be at least 1 (TRL accepts some zeros and fails later)."""
-    for key in keys:
-        value = getattr(values, key, None)
-        if value is not None and value != -1 and value < 1:
-            raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
 
 
 def check_report_to(section: str, config: Any) -> None:
