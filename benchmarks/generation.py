@@ -1,4 +1,4 @@
-"""Batched generation (gsm8k_tr.generation) against one-question-at-a-time `generate`, same model, same run.
+"""Batched generation (gsm8k_tr.infer.generation) against one-question-at-a-time `generate`, same model, same run.
 
 Run: python benchmarks/generation.py [--model builtin:tiny-gpt2] [--questions 64] [--max-new-tokens 96]
 Prints questions per second for each and the ratio (target: >= 5x on CPU with the tiny model).
@@ -11,9 +11,11 @@ import time
 
 import torch
 
-from gsm8k_tr import generation, modeling, synth
+from gsm8k_tr import modeling
 from gsm8k_tr.config import ModelConfig, PromptConfig
-from gsm8k_tr.prompts import build_prompt
+from gsm8k_tr.data import synth
+from gsm8k_tr.data.prompts import build_prompt
+from gsm8k_tr.infer import generation
 
 
 def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -40,7 +42,7 @@ def main() -> None:
     tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
     modeling.configure_tokens(tokenizer, model, cfg.stop_token)
     model.eval()
-    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.generate(args.questions, seed=7)]
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(args.questions, seed=7)]
 
     started = time.perf_counter()
     batched = generation.generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)

@@ -4,7 +4,7 @@
     python benchmarks/grpo_step.py --model builtin:demo-gpt2 --steps 6
     python benchmarks/grpo_step.py --random-gpt2-medium --completion-length 256    # GPU: the real shape
 
-(a) ours: gsm8k_tr.grpo.GRPOTrainer with the stage's defaults: LoRA on every
+(a) ours: gsm8k_tr.train.grpo.GRPOTrainer with the stage's defaults: LoRA on every
     linear layer, activation checkpointing off (so generation keeps its KV
     cache), dropout off, one micro-batch per optimizer step, no reference
     model (beta 0), the position-ids fix.
@@ -36,14 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Any, list[dict[str, Any]], list[Any], list[float], Any]:
-    from gsm8k_tr import data, modeling
+    from gsm8k_tr import modeling
     from gsm8k_tr.config import load_recipe
-    from gsm8k_tr.rewards import build_rewards
+    from gsm8k_tr.data import examples as stage_rows
+    from gsm8k_tr.data import splits
+    from gsm8k_tr.grading.rewards import build_rewards
 
     recipe = load_recipe(str(ROOT / "recipes" / "tiny.yaml"), [f"output_dir={work}", f"model.name_or_path={args.model}",
                                                                  "data.dataset=synthetic:400"])
-    folder = data.ensure_prepared(recipe)
-    rows = data.load_split(folder, "train")
+    folder = splits.ensure_prepared(recipe)
+    rows = splits.load_split(folder, "train")
     if args.random_gpt2_medium:
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -55,7 +57,7 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Any, list[dict[st
         tokenizer, model = modeling.load_tokenizer(recipe.model), modeling.load_model(recipe.model)
     modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     count = modeling.token_counter(tokenizer)
-    examples, _ = data.grpo_examples(rows, recipe, count, args.completion_length, modeling.context_length(model))
+    examples, _ = stage_rows.grpo_examples(rows, recipe, count, args.completion_length, modeling.context_length(model))
     funcs, weights = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     return recipe, (tokenizer, model), examples, funcs, weights, modeling
 
@@ -82,7 +84,8 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
     import trl
     from datasets import Dataset
 
-    from gsm8k_tr import grpo, training
+    from gsm8k_tr.train import grpo
+    from gsm8k_tr.train.trl_configs import trl_config
 
     work = Path(tempfile.mkdtemp(prefix=f"grpo-bench-{which}-"))
     recipe, (tokenizer, model), examples, funcs, weights, modeling = _setup(args, work)
@@ -92,7 +95,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
              "reward_weights": weights}
     per_step = args.prompts * args.generations
     if which == "ours":
-        config = training.trl_config(trl.GRPOConfig, "grpo", {}, {**grpo.DEFAULTS, **modeling.precision({}, "grpo"),
+        config = trl_config(trl.GRPOConfig, "grpo", {}, {**grpo.DEFAULTS, **modeling.precision({}, "grpo"),
                                                                  **sizes, "per_device_train_batch_size": per_step}, {})
         trainer = _timed(grpo.GRPOTrainer)(model=model, reward_funcs=funcs, args=config,
                                           train_dataset=Dataset.from_list(examples), processing_class=tokenizer,

@@ -38,13 +38,13 @@ def cache_root() -> Path:
 
 def tokenizer_corpus(count: int = 3000, seed: int = 0) -> list[str]:
     """Text the tokenizer is trained on: generated problems, solutions and the prompt scaffolding."""
-    from gsm8k_tr import synth
     from gsm8k_tr.config import PromptConfig
-    from gsm8k_tr.prompts import build_prompt, build_target
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt, build_target
 
     prompt = PromptConfig()
     texts = []
-    for row in synth.generate(count, seed):
+    for row in synth.make_problems(count, seed):
         texts.append(build_prompt(row["question"], prompt))
         texts.append(build_target(row["solution"], "0123456789", prompt))
     return texts
@@ -99,17 +99,17 @@ def pretraining_texts(count: int, seed: int) -> list[str]:
     untrained, and LoRA, which leaves embeddings alone, can hardly learn to
     emit them: a quirk of a from-scratch model that the real one lacks.
     """
-    from gsm8k_tr import synth
     from gsm8k_tr.config import PromptConfig
-    from gsm8k_tr.prepare import split_position
-    from gsm8k_tr.prompts import build_prompt
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prepare import split_position
+    from gsm8k_tr.data.prompts import build_prompt
 
     # The prompt includes the format instruction, as the real instruct model has followed instructions of its
     # kind; without it a model this small answers the unseen instruction with noise that LoRA cannot undo.
     prompt = PromptConfig()
     rng = random.Random(seed)
     texts = []
-    for row in synth.generate(count, seed + 1):
+    for row in synth.make_problems(count, seed + 1):
         if split_position(row["question"]) < HELD_OUT_BAND:
             continue  # never a question that a recipe with test_fraction <= HELD_OUT_BAND may test on
         answer = row["solution"]

@@ -24,8 +24,8 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gsm8k_tr import prepare
     from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.data import prepare
 
     overrides = list(args.overrides)
     if args.dataset:
@@ -38,7 +38,7 @@ def _prepare(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("rows_read", "aligned", "unaligned", "aligned_rate", "test_rows_found",
                                       "dropped", "solution_gold_disagreements", "written")}
     print(json.dumps(summary, ensure_ascii=False, indent=2))
-    print(f"wrote {output}/train.jsonl, test.jsonl and report.json")
+    print(f"wrote {output}/train.jsonl, test.jsonl and prepare_report.json")
     return 0
 
 
@@ -55,7 +55,7 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
     _recipe_args(parser)
     parser.add_argument("--dataset", metavar="SRC", help="Hub id, or a local CSV/JSON/JSONL/Parquet file or folder (data.dataset)")
     parser.add_argument("--reference", metavar="REF", help="English GSM8K: Hub id, folder with train/test.jsonl, or 'none' (data.reference)")
-    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and report.json (default: {output_dir}/data)")
+    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and prepare_report.json (default: {output_dir}/data)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
@@ -71,12 +71,11 @@ def _stage_args(parser: argparse.ArgumentParser) -> None:
 
 def _stage(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
         from gsm8k_tr.config import load_recipe
+        from gsm8k_tr.pipeline import TRAINING_STAGES
 
         recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
-        manifest = importlib.import_module(f"gsm8k_tr.{name}").main(recipe, resume=args.resume, overwrite=args.overwrite)
+        manifest = TRAINING_STAGES[name](recipe, resume=args.resume, overwrite=args.overwrite)
         print(f"{name}: {manifest['global_step']} steps; outputs in {recipe.output_dir}/{name} (merged/, adapter/, README.md)")
         return 0
 
@@ -103,8 +102,8 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gsm8k_tr import evaluate
     from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.infer import evaluate
 
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     output = args.output or evaluate.default_output(recipe, args.model)
@@ -141,8 +140,8 @@ def _generate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from gsm8k_tr import answer
     from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.infer import generate_command
 
     overrides = [item for item in args.items if _OVERRIDE.match(item)]
     questions = [item for item in args.items if not _OVERRIDE.match(item)]
@@ -151,7 +150,7 @@ def _generate(args: argparse.Namespace) -> int:
         questions = [line.strip() for line in sys.stdin if line.strip()]
     if not questions:
         raise UserError('no question given: gsm8k-tr generate --model M "soru…", or one question per line on stdin')
-    answer.main(args.model, recipe, questions)
+    generate_command.main(args.model, recipe, questions)
     return 0
 
 
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, field, [*getattr(args, field), *extra])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command in ("sft", "grpo", "pipeline"):
-        from gsm8k_tr.training import cpu_processes_without_gpus
+        from gsm8k_tr.processes import cpu_processes_without_gpus
 
         cpu_processes_without_gpus()
     try:

@@ -217,7 +217,7 @@ def _check(recipe: Recipe) -> None:
         raise UserError(f"recipe key 'data.test_fraction' must be in [0, 1), got {recipe.data.test_fraction}")
     if recipe.data.limit is not None and recipe.data.limit < 1:
         raise UserError(f"recipe key 'data.limit' must be at least 1, got {recipe.data.limit}")
-    from gsm8k_tr.rewards import REWARDS  # light: pure Python
+    from gsm8k_tr.grading.rewards import REWARDS  # light: pure Python
 
     for name in recipe.rewards:
         if name.removesuffix("_reward_func") not in REWARDS:

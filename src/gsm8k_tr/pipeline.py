@@ -48,7 +48,7 @@ def _check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict[str, Any], float]:
-    from gsm8k_tr import evaluate
+    from gsm8k_tr.infer import evaluate
 
     output = Path(recipe.output_dir) / "eval" / name
     metrics_file = output / "metrics.json"
@@ -61,10 +61,25 @@ def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict
     return result, time.perf_counter() - started
 
 
-def _train(recipe: Recipe, stage: str, resume: bool) -> float:
-    import importlib
+def _run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    from gsm8k_tr.train import sft
 
-    manifest = importlib.import_module(f"gsm8k_tr.{stage}").main(recipe, resume=resume, overwrite=False)
+    return sft.main(recipe, resume=resume, overwrite=overwrite)
+
+
+def _run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    from gsm8k_tr.train import grpo
+
+    return grpo.main(recipe, resume=resume, overwrite=overwrite)
+
+
+# The training stages by name, for the pipeline and the `sft`/`grpo` commands. Imported when run, so the CLI's
+# --help does not load torch.
+TRAINING_STAGES: dict[str, Callable[..., dict[str, Any]]] = {"sft": _run_sft, "grpo": _run_grpo}
+
+
+def _train(recipe: Recipe, stage: str, resume: bool) -> float:
+    manifest = TRAINING_STAGES[stage](recipe, resume=resume, overwrite=False)
     return float(manifest.get("train_seconds", 0.0))
 
 
@@ -80,13 +95,14 @@ def summary(stages: dict[str, dict[str, Any]]) -> list[str]:
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
          announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
-    from gsm8k_tr import report, training
+    from gsm8k_tr import report
+    from gsm8k_tr.run_folder import prepared_data
 
     run = Path(recipe.output_dir)
     _check_run_folder(run, resume, overwrite)
     started = time.perf_counter()
     announce(f"[1/7] preparing data into {run / 'data'}")
-    data_dir = training.prepared_data(recipe)
+    data_dir = prepared_data(recipe)
     prepare_seconds = time.perf_counter() - started
 
     stages: dict[str, dict[str, Any]] = {}

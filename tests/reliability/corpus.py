@@ -80,7 +80,7 @@ def write_data(folder: Path) -> dict[str, tuple[Path, str, dict[str, int] | None
     A fragment means `prepare` stops with that one-line error unless
     `data.skip_invalid_rows=true`, which then skips and counts the rows. An
     empty fragment means the file is read as it is, with those rows counted
-    as dropped in report.json.
+    as dropped in prepare_report.json.
     """
     folder.mkdir(parents=True, exist_ok=True)
     cases: dict[str, tuple[Path, str, dict[str, int] | None]] = {}

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_RECIPE
 from corpus import RECIPES, write_data, write_recipes
+
 from gsm8k_tr import cli
+
 
 def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     code = cli.main(argv)
@@ -54,7 +55,7 @@ def test_malformed_data(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypat
             code = cli.main([*argv, "--overwrite", *flags])
             capsys.readouterr()
             assert code == 0, name
-            report = json.loads((out / "report.json").read_text())
+            report = json.loads((out / "prepare_report.json").read_text())
             assert report["dropped"] == skipped, (name, report["dropped"])
             assert sum(report["written"].values()) == 1  # the one good row
             results[name] = results.get(name, "") + "counted skip"

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY_RECIPE
 
 pytestmark = pytest.mark.slow

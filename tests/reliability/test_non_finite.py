@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-from gsm8k_tr import training
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.train.guard import GuardNonFinite
 
 
-class GuardedTrainer(training.GuardNonFinite, Trainer):
+class GuardedTrainer(GuardNonFinite, Trainer):
     pass
 
 

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY_RECIPE
-from gsm8k_tr import modeling, training
+
+from gsm8k_tr import modeling
 from gsm8k_tr.config import ModelConfig, load_recipe
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.run_folder import stage_dir
+from gsm8k_tr.train import disk
+from gsm8k_tr.train.trl_configs import trl_config
 
 SRC = ROOT / "src" / "gsm8k_tr"
 
@@ -25,7 +28,7 @@ def _error_line(stderr: str) -> str:
 
 def _calls(name: str) -> list[tuple[str, int, ast.Call]]:
     found = []
-    for path in SRC.glob("*.py"):
+    for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
                 func = node.func
@@ -43,7 +46,7 @@ def test_no_eval_exec_or_pickle_in_the_package() -> None:
         if isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "torch":
             assert any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in call.keywords), \
                 f"{name}:{line}: torch.load without weights_only=True"
-    assert not any("import pickle" in p.read_text() for p in SRC.glob("*.py"))
+    assert not any("import pickle" in p.read_text() for p in SRC.rglob("*.py"))
 
 
 def test_trust_remote_code_is_off_unless_the_recipe_turns_it_on() -> None:
@@ -68,7 +71,7 @@ def test_secrets_come_from_the_environment_and_never_reach_outputs(tmp_path: Pat
     import trl
 
     with pytest.raises(UserError, match="'grpo.hub_token' is a secret.*HF_TOKEN"):
-        training.trl_config(trl.GRPOConfig, "grpo", {"hub_token": "hf_x"}, {"output_dir": str(tmp_path)}, {})
+        trl_config(trl.GRPOConfig, "grpo", {"hub_token": "hf_x"}, {"output_dir": str(tmp_path)}, {})
     sentinel = "sk-test-7f3a9c1e-do-not-log"
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_API_KEY": sentinel, "HF_TOKEN": sentinel}
@@ -107,12 +110,12 @@ def test_outputs_that_cannot_be_written_or_do_not_fit(tmp_path: Path, tiny_model
     from collections import namedtuple
 
     model = modeling.load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
-    need = training.estimated_bytes(model, 2)
+    need = disk.estimated_bytes(model, 2)
     assert need > 4 * sum(p.numel() for p in model.parameters())  # at least the merged model
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(UserError, match=r"has 0 MiB free but this stage needs about \d+ MiB"):
-        training.check_disk_space(tmp_path, model, 2)
+        disk.check_disk_space(tmp_path, model, 2)
 
 
 def test_recipe_paths_are_resolved_and_checked(tmp_path: Path) -> None:
@@ -122,6 +125,6 @@ def test_recipe_paths_are_resolved_and_checked(tmp_path: Path) -> None:
                      "--output", str(tmp_path / "o")])
     assert code == 2
     recipe = load_recipe(str(TINY_RECIPE), ["output_dir=~/runs/x"])
-    assert training.stage_dir(recipe, "sft") == Path.home() / "runs" / "x" / "sft"
+    assert stage_dir(recipe, "sft") == Path.home() / "runs" / "x" / "sft"
     with pytest.raises(UserError, match="'output_dir' is empty"):
         load_recipe(str(TINY_RECIPE), ["output_dir="])

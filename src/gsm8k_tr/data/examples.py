@@ -1,0 +1,49 @@
+"""The rows a training stage uses: SFT prompt/completion pairs and GRPO prompts, and what was left out and why.
+
+Every dropped row is counted, and a stage with no rows left stops with the counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.data.prompts import build_prompt, build_target, fit_context
+from gsm8k_tr.errors import UserError
+
+
+def sft_examples(rows: list[dict[str, Any]], recipe: Recipe, stop_token: str, count_tokens: Callable[[str], int],
+                 max_length: int) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Prompt/completion pairs for SFT, and the counts of rows left out and why.
+
+    A solution whose own final number contradicts the verified gold would teach
+    the wrong answer, so such rows are left out unless `data.sft_keep_disagreeing`.
+    """
+    keep = recipe.data.sft_keep_disagreeing
+    agreeing = [r for r in rows if keep or r.get("solution_agrees", True)]
+    examples = [{"prompt": build_prompt(r["question"], recipe.prompt),
+                 "completion": build_target(r["solution"], r["answer"], recipe.prompt, stop_token)} for r in agreeing]
+    fitted, too_long = fit_context(examples, count_tokens, 0, max_length, lambda e: e["prompt"] + e["completion"])
+    counts = {"rows": len(rows), "dropped_disagreeing": len(rows) - len(agreeing), "dropped_too_long": too_long,
+              "used": len(fitted)}
+    return fitted, counts
+
+
+def grpo_examples(rows: list[dict[str, Any]], recipe: Recipe, count_tokens: Callable[[str], int],
+                  max_completion_tokens: int, context: int) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Prompts with their verified gold answers for GRPO, and the counts left out.
+
+    Every row has a verified gold (the reward needs nothing else), so
+    disagreeing solutions are kept. TRL 1.x has no `max_prompt_length`: a
+    prompt that leaves no room for a full completion is dropped here.
+    """
+    examples = [{"prompt": build_prompt(r["question"], recipe.prompt), "answer": r["answer"]} for r in rows]
+    fitted, too_long = fit_context(examples, count_tokens, max_completion_tokens, context, lambda e: e["prompt"])
+    return fitted, {"rows": len(rows), "dropped_too_long": too_long, "used": len(fitted)}
+
+
+def require_rows(examples: list[Any], counts: dict[str, int], stage: str) -> None:
+    """A stage with no usable rows stops with the counts that explain why."""
+    if not examples:
+        raise UserError(f"{stage}: no training rows left ({counts}); check the data, or lower the completion length")

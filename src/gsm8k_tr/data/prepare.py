@@ -1,0 +1,197 @@
+"""`gsm8k-tr prepare`: GSM8K-TR rows with verified gold answers and the official split.
+
+Linear: read rows → validate → align with English GSM8K → choose gold and
+split → write train.jsonl, test.jsonl and prepare_report.json atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import Recipe, save_recipe
+from gsm8k_tr.data.align import Aligner, Reference
+from gsm8k_tr.data.sources import read_rows
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.grading.answers import canonical, last_number, matches, parse_gold, preferred, shown
+from gsm8k_tr.outputs import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+_CALCULATOR = re.compile(r"<<[^<>]{0,200}>>")  # GSM8K's "<<2*3=6>>" annotations
+_SAMPLES = 5
+REPORT = "prepare_report.json"  # the prepare statistics (before 0.2: report.json)
+
+
+def split_answer(text: str) -> tuple[str, str | None]:
+    """Split a dataset answer into (solution text, `#### N` label or None).
+
+    >>> split_answer("2*3=<<2*3=6>>6 elma\\n#### 6")
+    ('2*3=6 elma', '6')
+    >>> split_answer("Toplam 6 elma vardır.")
+    ('Toplam 6 elma vardır.', None)
+    """
+    solution, sep, label = text.rpartition("####")
+    if not sep:
+        return _CALCULATOR.sub("", text).strip(), None
+    return _CALCULATOR.sub("", solution).strip(), label.strip()
+
+
+def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
+    """English GSM8K problems with their official answers, or None for `reference: none`."""
+    spec = recipe.data.reference
+    if spec.lower() == "none":
+        return None
+    rows, _ = read_rows(spec, recipe.data.reference_config, ["question", "answer"])
+    references, solutions = [], []
+    position: Counter = Counter()  # index within the split, as the Hub numbers rows
+    missing = 0
+    for row in rows:
+        index = position[row.split]
+        position[row.split] += 1
+        solution, label = split_answer(row.values["answer"])
+        try:
+            gold = parse_gold(label or "")
+        except ValueError:
+            missing += 1
+            continue
+        references.append(Reference(row.split, index, row.values["question"], gold))
+        solutions.append(solution)
+    if not references:
+        raise UserError(f"reference {spec!r} has no rows with a '#### N' answer; give English GSM8K or 'none'")
+    if missing:
+        logger.warning("reference %s: %d rows without a '#### N' answer were left out", spec, missing)
+    return references, solutions
+
+
+def split_position(question: str) -> float:
+    """Where a question falls in [0, 1): below `data.test_fraction` it is held out for testing."""
+    digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def prepare(recipe: Recipe) -> dict[str, Any]:
+    """Build the prepared rows and the report; writes nothing."""
+    data = recipe.data
+    rows, read_skips = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column], data.limit)
+    loaded = load_references(recipe)
+    aligner = Aligner(*loaded) if loaded else None
+    dropped: Counter = Counter(read_skips)
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    seen_questions: set[str] = set()
+    used_references: dict[tuple[str, int], str] = {}
+    counts: Counter = Counter()
+    samples: list[dict[str, Any]] = []
+
+    def invalid(row_origin: str, reason: str, message: str) -> None:
+        if not data.skip_invalid_rows:
+            raise UserError(f"{row_origin}: {message}; fix the row, or set data.skip_invalid_rows=true to skip and count such rows")
+        dropped[reason] += 1
+
+    for row in rows:
+        question = row.values[data.question_column].strip()
+        solution, label = split_answer(row.values[data.answer_column])
+        if not question:
+            invalid(row.origin, "empty_question", f"empty question in column {data.question_column!r}")
+            continue
+        if not solution and label is None:
+            invalid(row.origin, "empty_answer", f"empty answer in column {data.answer_column!r}")
+            continue
+        solution_answer = last_number(solution)
+        if solution_answer is None and label is None and last_number(question) is None:
+            invalid(row.origin, "no_number", "no number in the question or the answer")
+            continue
+        key = " ".join(question.split()).casefold()
+        if key in seen_questions:
+            dropped["duplicate_question"] += 1
+            continue
+        seen_questions.add(key)
+
+        candidate = aligner.best(question, solution, solution_answer) if aligner else None
+        match = candidate
+        if match and (match.score < data.min_align_score or match.margin < data.min_align_margin):
+            match = None
+        record: dict[str, Any] = {"question": question, "solution": solution}
+        if match:
+            ref = match.reference
+            ident = (ref.split, ref.index)
+            if ident in used_references:
+                dropped["duplicate_reference"] += 1  # two rows translate the same original
+                continue
+            used_references[ident] = row.origin
+            gold, split = ref.gold, ref.split
+            record.update(gold_source="reference", aligned=True, reference_split=ref.split,
+                          reference_index=ref.index, align_score=round(match.score, 4))
+            counts["aligned"] += 1
+            counts[f"aligned_{ref.split}"] += 1
+            if len(samples) < _SAMPLES:
+                samples.append({"question": question, "reference_question": ref.question,
+                                "reference_split": ref.split, "reference_index": ref.index,
+                                "answer": canonical(gold), "score": round(match.score, 3)})
+        else:
+            try:
+                gold = parse_gold(label) if label is not None else None
+            except ValueError:
+                gold = None
+            if gold is None and solution_answer is not None:
+                gold = preferred(solution_answer)
+            if gold is None:
+                invalid(row.origin, "no_gold", "the answer has no number to use as gold")
+                continue
+            if aligner:
+                counts["unaligned"] += 1
+                if not data.keep_unaligned:
+                    dropped["unaligned"] += 1
+                    continue
+                split = data.unaligned_split
+            else:
+                split = "test" if split_position(question) < data.test_fraction else "train"
+            record.update(gold_source="solution", aligned=False, reference_split=None,
+                          reference_index=None, align_score=round(candidate.score, 4) if candidate else None)
+        agrees = matches(solution_answer, gold)
+        counts["solution_disagrees"] += not agrees
+        record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold),
+                      solution_agrees=agrees, source=row.origin)
+        out[split].append(record)
+
+    report = {
+        "dataset": data.dataset,
+        "reference": data.reference,
+        "rows_read": len(rows) + sum(read_skips.values()),
+        "aligned": counts["aligned"],
+        "unaligned": counts["unaligned"],
+        "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,
+        "test_rows_found": counts["aligned_test"],
+        "dropped": dict(sorted(dropped.items())),
+        "solution_gold_disagreements": counts["solution_disagrees"],
+        "written": {split: len(records) for split, records in out.items()},
+        "sft_usable_train_rows": sum(r["solution_agrees"] or data.sft_keep_disagreeing for r in out["train"]),
+        "thresholds": {"min_align_score": data.min_align_score, "min_align_margin": data.min_align_margin},
+        "samples": samples,
+    }
+    return {"splits": out, "report": report}
+
+
+def write_prepared(result: dict[str, Any], recipe: Recipe, output: Path, overwrite: bool) -> Path:
+    """Write splits, report and recipe into `output` atomically."""
+    with atomic_directory(output, overwrite) as tmp:
+        for split, records in result["splits"].items():
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        (tmp / REPORT).write_text(json.dumps(result["report"], ensure_ascii=False, indent=2), encoding="utf-8")
+        save_recipe(recipe, tmp)
+    return output
+
+
+def main(recipe: Recipe, output: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Prepare the recipe's data into `output` (default: the recipe's output_dir)."""
+    target = Path(output or recipe.output_dir)
+    result = prepare(recipe)
+    write_prepared(result, recipe, target, overwrite)
+    return result["report"]

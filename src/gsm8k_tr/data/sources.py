@@ -1,0 +1,210 @@
+"""Reading question/answer rows from local files or the Hugging Face Hub.
+
+Local files are read with the standard library rather than `datasets`, so a
+bad file gets an error that names its row (`datasets` reports a pandas or
+arrow traceback instead). The Hub path uses `datasets.load_dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+
+SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+MAX_FIELD_CHARS = 1_000_000  # a question or solution longer than this is not one
+
+
+@dataclass
+class RawRow:
+    origin: str  # "path:row" or "hub-id[split]:row", for messages and the report
+    split: str  # the source's own split or file name
+    values: dict[str, Any]
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if not data.strip():
+        raise UserError(f"{path}: file is empty; give a file with a header and rows")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    try:
+        header = next(reader)
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                skipped["ragged_csv_row"] += 1  # a row with too few or too many fields
+                continue
+            yield reader.line_num, dict(zip(header, row))
+    except csv.Error as error:
+        raise UserError(f"{path}:{reader.line_num}: unreadable CSV ({error}); fix the quoting on that line") from None
+
+
+def json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or item number, object) for a JSON list or JSON-lines file; bad content is a one-line error."""
+    text = _decode(path)
+    if path.suffix == ".json":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # many ".json" files are JSON lines
+        if document is not None:
+            if isinstance(document, dict):
+                lists = [v for v in document.values() if isinstance(v, list)]
+                if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
+                    document = lists[0]  # {"data": [...]}
+                elif lists and all(isinstance(v, list) for v in document.values()):
+                    keys = list(document)  # {"question": [...], "answer": [...]}
+                    document = [dict(zip(keys, values)) for values in zip(*document.values())]
+            if not isinstance(document, list):
+                raise UserError(f"{path}: expected a JSON list of objects or JSON lines")
+            for index, row in enumerate(document, start=1):
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}: item {index} is {type(row).__name__}, not an object with named fields")
+                yield index, row
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number}: malformed JSON line ({error.msg}, column {error.colno}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: JSON line is {type(row).__name__}, not an object with named fields")
+        yield number, row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq  # comes with `datasets`
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # arrow raises several types for bad files
+        raise UserError(f"{path}: unreadable Parquet file ({str(error).splitlines()[0]})") from None
+    for index, row in enumerate(table.to_pylist(), start=1):
+        yield index, row
+
+
+def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
+    if path.suffix == ".csv":
+        rows = _csv_rows(path, skipped)
+    elif path.suffix in (".json", ".jsonl"):
+        rows = json_rows(path)
+    else:
+        rows = _parquet_rows(path)
+    for number, values in rows:
+        yield RawRow(f"{path}:{number}", path.stem, values)
+
+
+def looks_local(spec: str) -> bool:
+    """Whether a data spec is meant as a path rather than a Hub id."""
+    return (
+        Path(spec).exists()
+        or spec.startswith((".", "/", "~"))
+        or spec.lower().endswith(SUFFIXES)
+        or spec.count("/") != 1
+    )
+
+
+def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"data file {spec!r} does not exist; give a CSV, JSON, JSONL or Parquet file, a folder of them, or a Hub id")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
+        if not files:
+            raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files")
+    elif path.suffix not in SUFFIXES:
+        raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}")
+    else:
+        files = [path]
+    for file in files:
+        yield from _file_rows(file, skipped)
+
+
+def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(spec, config)
+    except Exception as error:  # offline, unknown id, gated: all mean the same to the user
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(
+            f"{spec!r} is not a local path and the Hugging Face Hub could not provide it ({reason}); "
+            "check the id and your connection, or download it and pass the local file"
+        ) from None
+    for split, table in loaded.items():
+        for index, values in enumerate(table, start=1):
+            yield RawRow(f"{spec}[{split}]:{index}", split, values)
+
+
+def _synthetic_rows(spec: str) -> Iterator[RawRow]:
+    from gsm8k_tr.data.synth import make_problems
+
+    _, _, count = spec.partition(":")
+    if count and not count.isdigit():
+        raise UserError(f"data source {spec!r}: write synthetic:N with N a whole number, e.g. synthetic:2000")
+    for index, row in enumerate(make_problems(int(count or 2000)), start=1):
+        # The verified answer comes as a `#### N` label, the machine-written solution before it.
+        values = {"question": row["question"], "answer": f"{row['solution']}\n#### {row['gold']}"}
+        yield RawRow(f"synthetic:{index}", "synthetic", values)
+
+
+def read_rows(spec: str, config: str | None, columns: list[str], limit: int | None = None) -> tuple[list[RawRow], Counter]:
+    """All rows of a data source, checked to hold `columns`; and counted skips.
+
+    `spec` is a local file or folder, a Hub id, or `synthetic[:N]` for generated problems.
+    """
+    skipped: Counter = Counter()
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        rows_iter = _synthetic_rows(spec)
+    elif looks_local(spec):
+        rows_iter = _local_rows(spec, skipped)
+    else:
+        rows_iter = _hub_rows(spec, config)
+    rows: list[RawRow] = []
+    checked: set[str] = set()
+    for row in rows_iter:
+        source = row.origin.rsplit(":", 1)[0]
+        if source not in checked:  # columns are checked once per file or split
+            missing = [c for c in columns if c not in row.values]
+            if missing:
+                raise UserError(
+                    f"{source}: no column {missing[0]!r}; columns are: {', '.join(map(str, row.values))}. "
+                    f"Map it with data.question_column / data.answer_column"
+                )
+            checked.add(source)
+        for column in columns:
+            value = row.values[column]
+            row.values[column] = "" if value is None else str(value)
+        if any(len(row.values[c]) > MAX_FIELD_CHARS for c in columns):
+            skipped["field_too_long"] += 1  # a megabyte is not a grade-school problem
+            continue
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise UserError(f"data source {spec!r} has no rows")
+    return rows, skipped

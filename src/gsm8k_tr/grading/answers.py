@@ -1,0 +1,323 @@
+"""Reading numbers out of model text and grading them against a gold answer.
+
+This is the one grader of the project: the correctness reward, `evaluate` and
+the data preparation all call it, so the training signal and the reported
+accuracy cannot drift apart.
+
+Numbers are kept as sets of `Fraction` readings because Turkish and English
+swap the roles of "." and ",": `1.250` is 1250 in Turkish and 1.25 in English.
+A prediction is correct when any valid reading of its final number equals the
+gold. Gold answers themselves are read once, preferring digit grouping, which
+is the GSM8K convention (all its answers are written with grouping commas).
+
+Everything here is linear in the length of the text and never raises on
+arbitrary input: completions are untrusted model output.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from gsm8k_tr.grading.numwords import turkish_numbers
+
+Readings = frozenset[Fraction]
+
+# Longer digit runs are never answers; the cap also keeps int() far below
+# Python's 4300-digit conversion limit, which would raise.
+_MAX_NUMBER_CHARS = 60
+
+# A run of digits with "." and "," inside. A single-class repeat is the
+# fastest thing `re` does; signs, fractions and grouping are read in Python
+# from the few runs near the end of the text.
+_RUN = re.compile(r"[0-9][0-9.,]*")
+_SIGNS = "-−–"
+_WINDOW = 4096  # characters read per step when looking for the last number
+_VULGAR = {
+    "½": Fraction(1, 2), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
+    "⅓": Fraction(1, 3), "⅔": Fraction(2, 3),
+}
+# Spelled-out numbers are looked for only in this many final characters: an
+# answer that spells its number ends with it, and the cap keeps the scan cheap.
+_WORD_WINDOW = 4096
+# LaTeX forms rewritten to plain text before scanning.
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\{([^{}]{0,64})\}\{([^{}]{0,64})\}")
+_LATEX_DECIMAL = re.compile(r"\{([.,])\}")
+
+
+def _grouped(groups: list[str]) -> bool:
+    """Whether digit groups form a valid thousands grouping (1-3, then 3s)."""
+    if len(groups) == 1:
+        return True
+    head, rest = groups[0], groups[1:]
+    return 1 <= len(head) <= 3 and head[0] != "0" and all(len(g) == 3 for g in rest)
+
+
+def body_readings(body: str) -> Readings:
+    """Every valid numeric reading of a digit string with "." and "," in it.
+
+    >>> sorted(str(r) for r in body_readings("1.250"))
+    ['1250', '5/4']
+    >>> sorted(str(r) for r in body_readings("1.250,5"))
+    ['2501/2']
+    >>> sorted(str(r) for r in body_readings("1,25"))
+    ['5/4']
+    """
+    if len(body) > _MAX_NUMBER_CHARS:
+        return frozenset()
+    groups = re.split(r"[.,]", body)
+    seps = [c for c in body if c in ".,"]
+    if "" in groups:  # "1,,2": no convention allows it; keep what came last
+        return frozenset({Fraction(int(groups[-1]))}) if groups[-1] else frozenset()
+    if not seps:
+        return frozenset({Fraction(int(body))})
+    found: set[Fraction] = set()
+    last = seps[-1]
+    # The last separator is a decimal point; earlier ones group thousands
+    # with the other character ("1.250,5", "1,250.5", "12,5").
+    if all(s != last for s in seps[:-1]) and _grouped(groups[:-1]):
+        frac = groups[-1]
+        found.add(int("".join(groups[:-1])) + Fraction(int(frac), 10 ** len(frac)))
+    # Every separator groups thousands ("1.000.000", "1,250").
+    if len(set(seps)) == 1 and _grouped(groups):
+        found.add(Fraction(int("".join(groups))))
+    if not found:
+        # Not a number in any convention (a date, a version): like a spray of
+        # numbers, its last group is what was written last.
+        found.add(Fraction(int(groups[-1])))
+    return frozenset(found)
+
+
+def _normalise(text: str) -> str:
+    text = _LATEX_FRAC.sub(r"\1/\2", text)
+    text = _LATEX_DECIMAL.sub(r"\1", text)
+    return text.replace("\\,", "").replace("\\!", "")
+
+
+def _scan(text: str, start: int, end: int) -> list[Readings]:
+    """Numbers whose first digit lies in text[start:end], in order.
+
+    A run cut by `start` is skipped: the caller reads it whole in its next,
+    earlier window.
+    """
+    runs: list[tuple[int, int, str]] = []
+    # Past `end` only a denominator is needed; a run cut by this limit is
+    # longer than any readable number, so cutting it changes nothing.
+    limit = min(len(text), end + 3 * _MAX_NUMBER_CHARS)
+    for match in _RUN.finditer(text, start, limit):
+        at = match.start()
+        if at == start and at > 0 and text[at - 1] in "0123456789.,":
+            continue
+        body = match.group().rstrip(".,")  # "18." ends a sentence
+        runs.append((at, at + len(body), body))
+        if at >= end:  # one run past the window, for a fraction's denominator
+            break
+    numbers: list[tuple[int, int, Readings]] = []
+    i = 0
+    while i < len(runs):
+        first, stop, body = runs[i]
+        i += 1
+        readings = body_readings(body)
+        is_fraction = False
+        if i < len(runs) and text[stop:stop + 1] == "/" and runs[i][0] == stop + 1:
+            dens = [d for d in body_readings(runs[i][2]) if d != 0]
+            readings = frozenset(n / d for n in readings for d in dens)
+            stop = runs[i][1]
+            i += 1
+            is_fraction = True
+        if text[stop:stop + 1] in _VULGAR:
+            readings = frozenset(r + _VULGAR[text[stop]] for r in readings)
+            stop += 1
+        before = text[first - 1] if first else ""
+        # A minus right after a word, digit or bracket is subtraction, not a sign.
+        signed = before != "" and before in _SIGNS and not (first > 1 and (text[first - 2].isalnum() or text[first - 2] in ")_"))
+        if signed:
+            readings = frozenset(-r for r in readings)
+        elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
+            # "2 1/2" is a mixed number: a whole number, one space, a proper fraction.
+            whole = numbers[-1][2]
+            if all(0 < r < 1 for r in readings) and all(w.denominator == 1 for w in whole):
+                first = numbers.pop()[0]
+                readings = frozenset(w + r for w in whole for r in readings)
+        if readings and first < end:
+            numbers.append((first, stop, readings))
+    return [readings for _, _, readings in numbers]
+
+
+def digit_numbers(text: str) -> list[Readings]:
+    """Numbers written with digits, in order, each as its set of readings.
+
+    >>> [sorted(str(r) for r in n) for n in digit_numbers("%25 indirim, 3/4 ve 2½; −7, 10-3")]
+    [['25'], ['3/4'], ['5/2'], ['-7'], ['10'], ['3']]
+    """
+    text = _normalise(text)
+    return _scan(text, 0, len(text))
+
+
+def _last_digit_number(text: str) -> Readings | None:
+    """The final digit number of already normalised text, reading only its tail.
+
+    `rfind` finds the last digit; only a window before it is tokenised, and
+    the window moves back while it holds nothing that reads as a number.
+    Both searches look at one window at a time: an `rfind` over the whole
+    prefix, repeated per window, made a 10 MB run like "1,1,1,…" quadratic.
+    """
+    stop = len(text)
+    while stop > 0:
+        low = max(0, stop - _WINDOW)
+        last = max(text.rfind(digit, low, stop) for digit in "0123456789")
+        if last < 0:
+            stop = low
+            continue
+        start = max(0, last - _WINDOW)
+        numbers = _scan(text, start, last + 1)
+        if numbers:
+            return numbers[-1]
+        stop = start
+    return None
+
+
+def last_number(text: str) -> Readings | None:
+    """Readings of the final number in `text`: digits first, else Turkish words.
+
+    Digits win over words because "bir" is also the Turkish article: in
+    "5 elma bir sepette" the answer is 5, not 1. Words are read only in the
+    last few thousand characters.
+
+    >>> sorted(str(r) for r in last_number("Cevap: 72 73 74"))
+    ['74']
+    >>> sorted(str(r) for r in last_number("yetmiş iki"))
+    ['72']
+    >>> last_number("sayı yok") is None
+    True
+    """
+    digits = _last_digit_number(_normalise(text))
+    if digits is not None:
+        return digits
+    words = turkish_numbers(text[-_WORD_WINDOW:])
+    return frozenset({words[-1]}) if words else None
+
+
+def answer_block(text: str, tag: str = "cevap") -> str | None:
+    """Content of the last `<tag>…</tag>` block; an unclosed one runs to the end.
+
+    >>> answer_block("<cevap>1</cevap> <cevap>2</cevap>")
+    '2'
+    >>> answer_block("<cevap>\\n3 elma")
+    '\\n3 elma'
+    >>> answer_block("cevap 3") is None
+    True
+    """
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    start = text.rfind(opening)
+    if start < 0:
+        return None
+    start += len(opening)
+    end = text.find(closing, start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def preferred(readings: Readings) -> Fraction:
+    """The one reading to keep of an ambiguous number: the grouping one.
+
+    Grouping drops the decimal point, so it is always the reading of largest
+    magnitude ("1,000" is 1000, not 1), as GSM8K writes its answers.
+
+    >>> preferred(frozenset({Fraction(1), Fraction(1000)}))
+    Fraction(1000, 1)
+    """
+    return max(readings, key=abs)
+
+
+def parse_gold(text: str) -> Fraction:
+    """Read a gold answer such as "18", "1,250", "-3" or "0.5" into one value.
+
+    Raises ValueError when `text` holds no number. Of several readings the
+    grouping one wins ("1,250" is 1250, "1,000" is 1000): see `preferred`.
+
+    >>> parse_gold("#### 1,250"), parse_gold("1,000")
+    (Fraction(1250, 1), Fraction(1000, 1))
+    """
+    readings = last_number(text)
+    if not readings:
+        raise ValueError(f"no number in gold answer {text[:80]!r}")
+    return preferred(readings)
+
+
+def canonical(value: Fraction) -> str:
+    """A plain string for a number: "1250", "-3", "12.5", or "1/3" if it repeats.
+
+    >>> canonical(Fraction(25, 2)), canonical(Fraction(1, 3)), canonical(Fraction(-4))
+    ('12.5', '1/3', '-4')
+    """
+    if value.denominator == 1:
+        return str(value.numerator)
+    den = value.denominator
+    for p in (2, 5):
+        while den % p == 0:
+            den //= p
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    places = 0
+    while (value * 10**places).denominator != 1:
+        places += 1
+    digits = str(abs(value.numerator * 10**places // value.denominator)).rjust(places + 1, "0")
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[:-places]}.{digits[-places:]}"
+
+
+def _gold_value(gold: str | int | float | Fraction) -> Fraction | None:
+    if isinstance(gold, Fraction):
+        return gold
+    if isinstance(gold, bool):
+        return None
+    if isinstance(gold, int):
+        return Fraction(gold)
+    if isinstance(gold, float):
+        return Fraction(str(gold)) if gold == gold and abs(gold) != float("inf") else None
+    try:
+        return parse_gold(str(gold))
+    except ValueError:
+        return None
+
+
+def matches(readings: Readings | None, gold: str | int | float | Fraction) -> bool:
+    """Whether any reading equals the gold answer."""
+    value = _gold_value(gold)
+    return bool(readings) and value is not None and value in readings
+
+
+def extract_answer(completion: str, answer_tag: str = "cevap") -> Readings | None:
+    """Readings of the final number inside the last answer block, if any."""
+    block = answer_block(completion, answer_tag)
+    return None if block is None else last_number(block)
+
+
+def is_correct(completion: str, gold: str | int | float | Fraction, answer_tag: str = "cevap") -> bool:
+    """Grade a completion: the final number of its last answer block vs the gold.
+
+    >>> is_correct("<sebep>\\n...\\n</sebep>\\n<cevap>\\n1.250 TL'dir\\n</cevap>", "1250")
+    True
+    >>> is_correct("<cevap>7.2</cevap>", "72"), is_correct("72", "72")
+    (False, False)
+    """
+    return matches(extract_answer(completion, answer_tag), gold)
+
+
+def is_correct_flexible(completion: str, gold: str | int | float | Fraction) -> bool:
+    """Grade the last number anywhere in the text, as lm-evaluation-harness's flexible extract does.
+
+    >>> is_correct_flexible("Toplam 18 dolar.", 18)
+    True
+    """
+    return matches(last_number(completion), gold)
+
+
+def shown(readings: Readings | None, gold: str | int | float | Fraction | None = None) -> str | None:
+    """The reading to show for a prediction: the one equal to the gold if any."""
+    if not readings:
+        return None
+    value = _gold_value(gold) if gold is not None else None
+    if value is not None and value in readings:
+        return canonical(value)
+    return canonical(preferred(readings))

@@ -1,0 +1,1 @@
+"""Inference: batched generation, evaluation, the generate command and the vLLM engine. Never imports train/."""

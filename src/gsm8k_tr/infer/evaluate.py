@@ -1,0 +1,232 @@
+"""`gsm8k-tr evaluate`: answers for a prepared split, graded by the reward's own grader.
+
+Linear: resolve the model (Hub id, base folder, stage output, adapter or
+merged model) → prepared split → batched generation → grade each completion
+with `answers.is_correct` (what the correctness reward uses, so the training
+signal and the reported accuracy cannot drift) → metrics.json and
+predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr import modeling
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.data.prompts import build_prompt
+from gsm8k_tr.data.splits import load_split
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.grading.answers import extract_answer, is_correct, is_correct_flexible, shown
+from gsm8k_tr.grading.rewards import soft_format_reward_func, strict_format_reward_func
+from gsm8k_tr.infer import generation
+from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021).
+
+    >>> pass_at_k(4, 0, 2), pass_at_k(4, 4, 2), round(pass_at_k(4, 1, 2), 4)
+    (0.0, 1.0, 0.5)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def majority_correct(completions: list[str], gold: str, answer_tag: str) -> bool:
+    """Whether the most common extracted answer (ties: the earliest) is correct.
+
+    A completion votes for the reading the grader would credit, so maj@1 equals accuracy.
+
+    >>> majority_correct(["<cevap>4</cevap>", "<cevap>5</cevap>", "<cevap>4</cevap>"], "4", "cevap")
+    True
+    >>> majority_correct(["<cevap>5</cevap>", "yok", "<cevap>4</cevap>"], "4", "cevap")
+    False
+    """
+    votes = [shown(extract_answer(text, answer_tag), gold) for text in completions]
+    counts = Counter(v for v in votes if v is not None)
+    if not counts:
+        return False
+    best = max(counts.values())
+    winner = next(v for v in votes if v is not None and counts[v] == best)
+    return is_correct(f"<{answer_tag}>{winner}</{answer_tag}>", gold, answer_tag)
+
+
+def grade(question: str, gold: str, completions: list[generation.Completion], recipe: Recipe) -> dict[str, Any]:
+    """One prediction record: every sample graded."""
+    tags = {"reasoning_tag": recipe.prompt.reasoning_tag, "answer_tag": recipe.prompt.answer_tag}
+    texts = [c.text for c in completions]
+    strict = strict_format_reward_func(texts, **tags)
+    soft = soft_format_reward_func(texts, **tags)
+    samples = [{
+        "completion": c.text,
+        "extracted": shown(extract_answer(c.text, tags["answer_tag"]), gold),
+        "correct": is_correct(c.text, gold, tags["answer_tag"]),
+        "flexible_correct": is_correct_flexible(c.text, gold),
+        "strict_format": s > 0,
+        "soft_format": f > 0,
+        "tokens": c.tokens,
+        "truncated": c.truncated,
+    } for c, s, f in zip(completions, strict, soft)]
+    record = {"question": question, "gold": gold, **samples[0]}
+    if len(samples) > 1:
+        record["samples"] = samples
+        record["majority_correct"] = majority_correct(texts, gold, tags["answer_tag"])
+    return record
+
+
+def metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate metrics; with several samples per question, rates are over all samples."""
+    samples = [s for r in records for s in r.get("samples", [r])]
+
+    def rate(key: str) -> float:
+        return sum(bool(s[key]) for s in samples) / len(samples)
+
+    result: dict[str, Any] = {
+        "n": len(records),
+        "accuracy": rate("correct"),
+        "flexible_accuracy": rate("flexible_correct"),
+        "strict_format_rate": rate("strict_format"),
+        "soft_format_rate": rate("soft_format"),
+        "mean_completion_tokens": sum(s["tokens"] for s in samples) / len(samples),
+        "truncated_rate": rate("truncated"),
+    }
+    k = len(records[0].get("samples", [records[0]]))
+    if k > 1:
+        result["samples"] = k
+        result["pass_at_k"] = sum(pass_at_k(k, sum(s["correct"] for s in r["samples"]), k) for r in records) / len(records)
+        result["maj_at_k"] = sum(r["majority_correct"] for r in records) / len(records)
+    return result
+
+
+def load_for_inference(spec: str, recipe: Recipe) -> tuple[Any, Any, str]:
+    """Model, tokenizer and a description for `spec`: Hub id, `builtin:`, model folder, stage output or adapter."""
+    path = Path(spec).expanduser()
+    stop = recipe.model.stop_token
+    if is_finished(path):  # a stage output: its merged model, with the stop token it was trained on
+        stop = read_manifest(path).get("stop_token", stop)
+        path = path / "merged"
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        model, tokenizer = _load_adapter(path, recipe)
+    elif path.is_dir() and modeling.is_model_folder(path):
+        tokenizer, model = modeling.load_tokenizer(recipe.model, str(path)), modeling.load_model(recipe.model, str(path))
+    elif path.exists() or spec.startswith((".", "/", "~")):
+        raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
+                        "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
+    else:
+        cfg = dataclasses.replace(recipe.model, name_or_path=spec)
+        tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, model, stop)
+    return model, tokenizer, str(path if path.exists() else spec)
+
+
+def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base or (base.startswith((".", "/", "~")) and not Path(base).expanduser().exists()):
+        raise UserError(f"the adapter {str(path)!r} names base model {base!r}, which cannot be found; "
+                        "evaluate the stage's merged/ folder instead, or restore the base model there")
+    local = Path(base).expanduser()
+    if local.is_dir():
+        model = modeling.load_model(recipe.model, str(local))
+    else:
+        model = modeling.load_model(dataclasses.replace(recipe.model, name_or_path=base))
+    tokenizer = modeling.load_tokenizer(recipe.model, str(path if (path / "tokenizer_config.json").is_file() else local))
+    # Merged weights generate faster than an adapter applied on every call.
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), tokenizer
+
+
+def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, samples: int = 1,
+             progress: Any = None, vllm_folder: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate and grade answers for `rows`; returns (metrics, prediction records).
+
+    With `vllm_folder` (a model folder or Hub id) vLLM generates instead of transformers.
+    """
+    cfg = recipe.eval
+    temperature = cfg.temperature
+    if samples > 1 and temperature <= 0:
+        temperature = 1.0  # k greedy samples would be k copies of one answer
+        log.info("--samples %d: sampling at temperature 1.0 (eval.temperature is 0)", samples)
+    prompts = [build_prompt(r["question"], recipe.prompt) for r in rows]
+    if vllm_folder is not None:
+        from gsm8k_tr.infer import vllm_engine
+
+        outputs = vllm_engine.complete_with_vllm(vllm_folder, prompts, cfg.max_new_tokens, temperature, samples, recipe.seed,
+                                        generation.stop_ids(model))
+    else:
+        outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
+                                      samples, recipe.seed, progress)
+    records = [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(rows, outputs)]
+    return metrics(records), records
+
+
+def check_backend(backend: str) -> None:
+    """vLLM is an optional extra and needs a GPU; say so before loading anything."""
+    if backend == "vllm":
+        from gsm8k_tr.infer import vllm_engine
+
+        vllm_engine.require("--backend vllm", "use --backend hf")
+    elif backend != "hf":
+        raise UserError(f"--backend must be hf or vllm, got {backend!r}")
+
+
+def default_output(recipe: Recipe, model_spec: str) -> str:
+    """`{output_dir}/eval/<model>`: a stage output's name, or the model's last path part."""
+    path = Path(model_spec)
+    name = f"{path.parent.name}-{path.name}" if path.name in ("merged", "adapter") else path.name
+    return str(Path(recipe.output_dir) / "eval" / (name.replace(":", "-") or "model"))
+
+
+def check_args(limit: int | None, samples: int) -> None:
+    """Reject --limit 0 and --samples < 1 before loading anything."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+
+
+def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int | None = None, samples: int = 1,
+         output: str | None = None, overwrite: bool = False, backend: str = "hf") -> dict[str, Any]:
+    """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl."""
+    from rich.progress import Progress
+
+    from gsm8k_tr.outputs import atomic_directory, check_writable
+
+    limit = limit if limit is not None else recipe.eval.limit
+    check_args(limit, samples)
+    check_backend(backend)
+    target = Path(output) if output else None
+    if target is not None:
+        check_writable(target, overwrite)
+    rows = load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
+    model, tokenizer, name = load_for_inference(model_spec, recipe)
+    started = time.perf_counter()
+    if backend == "vllm":
+        from gsm8k_tr.infer import vllm_engine
+
+        with vllm_engine.model_folder(model, tokenizer, name) as folder:
+            result, records = evaluate(model, tokenizer, rows, recipe, samples, vllm_folder=folder)
+    else:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
+            result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
+    result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
+              "seconds": round(time.perf_counter() - started, 1)}
+    if target is not None:
+        with atomic_directory(target, overwrite) as tmp:
+            (tmp / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+            with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return result

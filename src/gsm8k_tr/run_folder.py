@@ -1,0 +1,38 @@
+"""Where a run's parts live, shared by training and inference: the prepared data and the finished stage outputs.
+
+`{output_dir}/data` holds the prepared splits; `{output_dir}/{stage}` a
+stage's outputs, whose `manifest.json` is written last, so its presence means
+the stage finished. Inference reads these; only training writes stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.processes import process_state
+
+
+def stage_dir(recipe: Recipe, stage: str) -> Path:
+    """`{output_dir}/{stage}`."""
+    return Path(recipe.output_dir) / stage
+
+
+def is_finished(folder: Path) -> bool:
+    """A stage output whose final save completed."""
+    return (folder / "manifest.json").is_file() and (folder / "merged" / "config.json").is_file()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a finished stage."""
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def prepared_data(recipe: Recipe) -> Path:
+    """`data.splits.ensure_prepared`, done by the main process while the others wait."""
+    from gsm8k_tr.data.splits import ensure_prepared
+
+    with process_state().main_process_first():
+        return ensure_prepared(recipe)

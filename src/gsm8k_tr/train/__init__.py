@@ -1,0 +1,1 @@
+"""Training: the SFT and GRPO stages on TRL and what they add to its trainers."""

@@ -1,0 +1,80 @@
+"""Trainer checkpoints: written atomically, and found again by `--resume`.
+
+transformers writes `checkpoint-N` in place, so a kill mid-save leaves a
+folder that a resume would pick up. Here each checkpoint is written to a
+staging folder and renamed into place; a resume takes the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.train.faults import inject_fault
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STAGING = ".saving"
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """A checkpoint with parseable trainer state and weights (older, non-atomic saves can be half-written)."""
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any((path / name).is_file() and (path / name).stat().st_size > 0 for name in WEIGHT_FILES)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete `checkpoint-N` in `folder`; incomplete ones are skipped with a warning."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        name, _, step = path.name.partition("-")
+        if name == "checkpoint" and step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        if checkpoint_complete(path):
+            return str(path)
+        log.warning("skipping %s: it is incomplete (a save was interrupted)", path)
+    return None
+
+
+class AtomicCheckpoints:
+    """Trainer mixin: each checkpoint is written to a staging folder, then renamed into place.
+
+    A kill leaves only the staging folder, which the next save clears.
+    """
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        root = self.args.output_dir
+        staging = os.path.join(root, STAGING)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = root
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            final = os.path.join(root, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            inject_fault("kill-during-save")  # the checkpoint is written but not yet in place
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()

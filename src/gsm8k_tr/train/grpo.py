@@ -1,0 +1,159 @@
+"""`gsm8k-tr grpo`: LoRA GRPO from the SFT output with the rule-based rewards.
+
+Linear: stage folder → the SFT output (merged model and tokenizer) → prompts
+with verified gold answers that leave room for a full completion → rewards and
+weights from the recipe → TRL GRPOTrainer with LoRA, the position-ids fix and
+dropout off → save adapter, merged model and run records.
+
+The trainer subclass adds only what TRL leaves out: correct position ids for
+left-padded scoring (positions.py), atomic checkpoints, and two metrics, task
+accuracy and generation time, so the console shows where a step's time goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import trl
+from datasets import Dataset
+
+from gsm8k_tr import modeling
+from gsm8k_tr.config import Recipe, recipe_dict
+from gsm8k_tr.data import examples, splits
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.grading.answers import is_correct
+from gsm8k_tr.grading.rewards import build_rewards, completion_text
+from gsm8k_tr.infer import vllm_engine
+from gsm8k_tr.infer.generation import stop_ids
+from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
+from gsm8k_tr.train import stage
+from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
+from gsm8k_tr.train.disk import check_disk_space
+from gsm8k_tr.train.guard import GuardNonFinite
+from gsm8k_tr.train.held_out import HeldOutAccuracy
+from gsm8k_tr.train.positions import add_position_ids
+from gsm8k_tr.train.progress import use_compact_progress
+from gsm8k_tr.train.trl_configs import check_report_to, trl_config
+
+log = logging.getLogger(__name__)
+
+STAGE = "grpo"
+
+# Our defaults over TRL's; every one can be changed in the recipe's `grpo` section.
+DEFAULTS: dict[str, Any] = {
+    "learning_rate": 5e-5,  # LoRA: about 10x the 5e-6 of a full-parameter GRPO run
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 0.05,
+    "max_steps": 500,
+    "per_device_train_batch_size": 8,
+    "num_generations": 8,
+    "max_completion_length": 256,
+    "temperature": 1.0,
+    "beta": 0.0,  # no KL term, so no reference model in memory
+    "disable_dropout": True,  # score with the policy that sampled
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
+    "report_to": ["tensorboard"],
+}
+
+
+class GRPOTrainer(AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
+    """TRL's GRPOTrainer with position ids for left-padded scoring, atomic checkpoints, accuracy and timing."""
+
+    def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answer_tag = answer_tag
+        add_position_ids(self.model)
+        if self.ref_model is not None:
+            add_position_ids(self.ref_model)
+
+    def _generate(self, prompts: list) -> Any:
+        started = time.perf_counter()
+        result = super()._generate(prompts)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["time/generation_s"].append(time.perf_counter() - started)
+        return result
+
+    def _calculate_rewards(self, inputs: list[dict], prompts: list, completions: list, completion_ids_list: list) -> Any:
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Task accuracy with the evaluation grader, whatever the reward weights are.
+        correct = [is_correct(completion_text(c), x.get("answer"), self.answer_tag) for c, x in zip(completions, inputs)]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["accuracy"].append(sum(correct) / max(len(correct), 1))
+        return rewards
+
+
+def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
+    """The SFT output GRPO starts from (None: the base model) and its manifest; checked for compatibility."""
+    named = recipe.model.sft_output
+    if named is not None and named.lower() == "none":
+        return None, {}
+    folder = Path(named) if named else stage_dir(recipe, "sft")
+    if not is_finished(folder):
+        raise UserError(f"GRPO starts from the SFT output {str(folder)!r}, which is missing or unfinished; run "
+                        "`gsm8k-tr sft` with this recipe first, set model.sft_output, or model.sft_output=none")
+    manifest = read_manifest(folder)
+    if manifest.get("base_model") != recipe.model.name_or_path:
+        raise UserError(f"the SFT output {str(folder)!r} was trained from {manifest.get('base_model')!r}, but this "
+                        f"recipe's model.name_or_path is {recipe.model.name_or_path!r}; use the same model")
+    if manifest.get("prompt") != recipe_dict(recipe)["prompt"]:
+        raise UserError(f"the SFT output {str(folder)!r} was trained with another 'prompt' section (template or "
+                        "tags) than this recipe's, so its answers would not match the rewards; use the same one")
+    return str(folder / "merged"), manifest
+
+
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run the GRPO stage; returns its manifest."""
+    start, sft_manifest = start_model(recipe)
+    folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite)
+    if done:
+        log.info("%s already finished; nothing to resume", folder)
+        return read_manifest(folder)
+    data_dir = prepared_data(recipe)
+    rows = splits.load_split(data_dir, "train")
+
+    tokenizer, model = stage.load_base(recipe, start)
+    stop = modeling.configure_tokens(tokenizer, model, sft_manifest.get("stop_token") or recipe.model.stop_token)
+    context = modeling.context_length(model)
+    funcs, weights = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
+    # vLLM (optional) is checked before TRL tries to import it, and told the stop token.
+    values = vllm_engine.grpo_settings(recipe.grpo, stop_ids(model))
+    config = trl_config(
+        trl.GRPOConfig, STAGE, values,
+        defaults={**DEFAULTS, **modeling.precision(recipe.grpo, STAGE)},
+        forced={"output_dir": (str(folder / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
+                "seed": (recipe.seed, "set the top-level 'seed'"),
+                "reward_weights": (weights, "set the 'rewards' section")},
+    )
+    completion = config.max_completion_length
+    if completion is None or not 0 < completion < context:
+        raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
+                        f"({context} tokens) minus the prompt, got {completion!r}")
+
+    count = modeling.token_counter(tokenizer)
+    prompts, counts = examples.grpo_examples(rows, recipe, count, completion, context)
+    examples.require_rows(prompts, counts, STAGE)
+    log.info("grpo data: %s", counts)
+
+    check_report_to(STAGE, config)
+    stage.log_to(folder)
+    lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
+                          processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
+    trainer.on_non_finite = recipe.on_non_finite
+    use_compact_progress(trainer)
+    check_disk_space(folder, trainer.model, config.save_total_limit)
+    if recipe.eval.every_steps:
+        held_out = splits.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size]
+        trainer.add_callback(HeldOutAccuracy(trainer, held_out, recipe))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint,
+                               start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards))
+    return stage.finish(trainer, folder, recipe, STAGE, info)

@@ -1,0 +1,92 @@
+"""The non-finite guard: a NaN or infinite loss or gradient never reaches the weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.train.checkpoints import last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class GuardNonFinite:
+    """Trainer mixin: a NaN or infinite loss or gradient never reaches the weights.
+
+    `on_non_finite` (the recipe key) says what happens instead. `stop`, the
+    default, ends the run with one line naming the last good checkpoint:
+    training on would write NaN weights into the next checkpoint and the
+    final model. `skip` drops that step's gradients before the optimizer
+    runs, so AdamW leaves the weights and its moments as they were (zeroed
+    gradients would still move them through momentum); each skip is logged
+    and the running count goes into the log history as `skipped_steps`,
+    which a resumed run continues from. DeepSpeed keeps gradients to itself,
+    so under it only the loss is checked.
+    """
+
+    on_non_finite = "stop"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped_steps: int | None = None  # read back from the log history when first needed
+        self.add_callback(_gradient_check(self))
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        import math
+
+        loss = super().training_step(*args, **kwargs)
+        value = float(loss.detach())
+        if not math.isfinite(value) and self.on_non_finite == "stop":
+            self._stop(f"the training loss became {value}")
+        return loss  # under `skip`, its gradients are dropped before the optimizer step
+
+    def check_gradients(self) -> None:
+        """Before each optimizer step: stop, or drop every gradient, if any of them is not finite."""
+        import torch
+
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+        bad = (~torch.isfinite(norm)).float()
+        if self.accelerator.num_processes > 1:  # sharded gradients (FSDP): every rank must decide the same
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if not bad.item():
+            return
+        if self.on_non_finite == "stop":
+            self._stop(f"the gradient norm became {float(norm)}")
+        for p in self.model.parameters():
+            p.grad = None
+        self.skipped_steps = self._skipped_so_far() + 1
+        log.warning("step %d: the loss or gradient norm is not finite (%s); skipped this optimizer step "
+                    "(on_non_finite: skip; %d skipped so far)", self.state.global_step + 1, float(norm),
+                    self.skipped_steps)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.on_non_finite == "skip":
+            logs = {**logs, "skipped_steps": self._skipped_so_far()}
+        super().log(logs, *args, **kwargs)
+
+    def _skipped_so_far(self) -> int:
+        if self.skipped_steps is None:  # a resumed run continues the count its checkpoint logged
+            self.skipped_steps = max((int(h.get("skipped_steps", 0)) for h in self.state.log_history), default=0)
+        return self.skipped_steps
+
+    def _stop(self, what: str) -> None:
+        good = last_checkpoint(Path(self.args.output_dir))
+        where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+        raise UserError(f"{what} at step {self.state.global_step + 1}; {where}. Lower the learning rate (or check "
+                        "the data) and rerun with --resume, or set on_non_finite: skip in the recipe")
+
+
+def _gradient_check(trainer: GuardNonFinite) -> Any:
+    """A callback at the one point transformers offers before `optimizer.step()` (imported late: see cli)."""
+    from transformers import TrainerCallback
+
+    class CheckGradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            trainer.check_gradients()
+
+    return CheckGradients()

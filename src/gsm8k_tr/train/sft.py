@@ -1,0 +1,94 @@
+"""`gsm8k-tr sft`: LoRA supervised fine-tuning that teaches the `<sebep>`/`<cevap>` format.
+
+Linear: stage folder → prepared data → model and tokenizer (stop and pad
+tokens) → prompt/completion pairs that fit the context → TRL SFTTrainer with
+LoRA on every linear layer → save adapter, merged model and run records.
+Loss is on the completion only, and every target ends with the stop token, so
+the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trl
+from datasets import Dataset
+
+from gsm8k_tr import modeling
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.data import examples, splits
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.run_folder import prepared_data, read_manifest
+from gsm8k_tr.train import stage
+from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
+from gsm8k_tr.train.disk import check_disk_space
+from gsm8k_tr.train.guard import GuardNonFinite
+from gsm8k_tr.train.progress import use_compact_progress
+from gsm8k_tr.train.trl_configs import check_report_to, trl_config
+
+log = logging.getLogger(__name__)
+
+STAGE = "sft"
+
+# Our defaults over TRL's; every one can be changed in the recipe's `sft` section.
+DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,  # LoRA: about 10x a full fine-tune's rate
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
+    "report_to": ["tensorboard"],
+    "completion_only_loss": True,
+}
+
+
+class SFTTrainer(AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints and a guard against a non-finite loss or gradient."""
+
+
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run the SFT stage; returns its manifest."""
+    folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite)
+    if done:
+        log.info("%s already finished; nothing to resume", folder)
+        return read_manifest(folder)
+    data_dir = prepared_data(recipe)
+    rows = splits.load_split(data_dir, "train")
+
+    tokenizer, model = stage.load_base(recipe)
+    stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
+    context = modeling.context_length(model)
+    config = trl_config(
+        trl.SFTConfig, STAGE, recipe.sft,
+        defaults={**DEFAULTS, **modeling.precision(recipe.sft, STAGE), "max_length": context},
+        forced={"output_dir": (str(folder / CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
+                "seed": (recipe.seed, "set the top-level 'seed'"),
+                "eos_token": (stop, "set 'model.stop_token'")},
+    )
+    max_length = config.max_length or context  # null: no truncation, so the whole context
+    if max_length > context:
+        raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
+
+    count = modeling.token_counter(tokenizer)
+    pairs, counts = examples.sft_examples(rows, recipe, stop, count, max_length)
+    examples.require_rows(pairs, counts, STAGE)
+    log.info("sft data: %s", counts)
+
+    check_report_to(STAGE, config)
+    stage.log_to(folder)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                         processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
+    trainer.on_non_finite = recipe.on_non_finite
+    use_compact_progress(trainer)
+    check_disk_space(folder, trainer.model, config.save_total_limit)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint)
+    return stage.finish(trainer, folder, recipe, STAGE, info)

@@ -1,0 +1,108 @@
+"""A training stage's life: begin (the stage folder, resume or overwrite), load the model, finish (save, manifest).
+
+Stage layout (`{output_dir}/{stage}/`):
+    checkpoints/checkpoint-N/   trainer checkpoints (trainer_state.json, adapter, optimizer), written atomically
+    adapter/                    the LoRA adapter (safetensors)
+    merged/                     base + adapter merged (safetensors) with its tokenizer
+    recipe.yaml manifest.json log_history.json README.md
+    tensorboard/                TensorBoard logs
+`manifest.json` is written last: its presence means the stage finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.processes import check_devices, process_state
+from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
+from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Path, str | None, bool]:
+    """Check the stage folder; return it, the checkpoint to resume from, and whether the stage is already done.
+
+    Without --resume an existing stage output is refused unless --overwrite.
+    Every process makes the same read-only decision (so an error stops them
+    all); only the main process then changes the folder.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    folder = stage_dir(recipe, stage)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder; choose another output_dir")
+    # Only files count: a run that stopped at a recipe error leaves at most empty folders.
+    has_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    if has_files and resume and is_finished(folder):
+        return folder, None, True
+    if has_files and not resume and not overwrite:
+        raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
+    state = process_state()
+    check_devices(state)
+    with state.main_process_first():
+        if state.is_main_process:
+            if has_files and overwrite:
+                shutil.rmtree(folder)
+            try:
+                (folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+                probe = folder / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as error:
+                raise UserError(f"cannot write to {folder}: {error.strerror}; choose a writable output_dir") from None
+    checkpoint = last_checkpoint(folder / CHECKPOINTS) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: %s has no complete checkpoint; training from the start", folder)
+    elif checkpoint:
+        log.info("--resume: resuming from %s", checkpoint)
+    return folder, checkpoint, False
+
+
+def load_base(recipe: Recipe, path: str | None = None) -> tuple[Any, Any]:
+    """Tokenizer and model, the main process first (it may build a `builtin:` model)."""
+    from gsm8k_tr.modeling import load_model, load_tokenizer
+
+    with process_state().main_process_first():
+        return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
+
+
+def log_to(folder: Path) -> None:
+    """Send this stage's TensorBoard events to `{stage}/tensorboard`."""
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
+
+
+def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Save the stage outputs from the main process; every process gets the manifest."""
+    from gsm8k_tr.train.artifacts import save_stage
+
+    accelerator = trainer.accelerator
+    info = {**info, "processes": accelerator.num_processes}
+    log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
+             trainer.state.global_step)
+    if accelerator.is_main_process:
+        save_stage(trainer, folder, recipe, stage, info)
+        log.info("saved %s outputs to %s (main process only)", stage, folder)
+    accelerator.wait_for_everyone()
+    return read_manifest(folder)
+
+
+def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int], started: float,
+               checkpoint: str | None, **extra: Any) -> dict[str, Any]:
+    """The manifest fields both stages record."""
+    import time
+
+    from gsm8k_tr.config import recipe_dict
+    from gsm8k_tr.data.splits import fingerprint
+    from gsm8k_tr.modeling import device_name
+
+    return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
+            "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),
+            "data_counts": counts, "device": device_name(), "train_seconds": time.perf_counter() - started,
+            "resumed_from": checkpoint}

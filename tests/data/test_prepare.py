@@ -1,0 +1,175 @@
+"""`prepare` on small files the tests write: alignment, gold, splits, report, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, TURKISH, write_csv
+
+from gsm8k_tr.cli import main
+
+
+def run_prepare(*args: str) -> int:
+    return main(["prepare", *args])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out)) == 0
+    train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    report = json.loads((out / "prepare_report.json").read_text())
+    by_question = {r["question"]: r for r in train + test}
+    cookie = by_question[TURKISH[4][0]]
+    # The solution says 8, the official answer is 9: gold comes from the reference,
+    # the row keeps the test split, and the disagreement is flagged.
+    assert cookie["answer"] == "9" and cookie["gold_source"] == "reference"
+    assert cookie["reference_split"] == "test" and cookie in test
+    assert cookie["solution_agrees"] is False
+    farm = by_question[TURKISH[3][0]]
+    assert farm["answer"] == "1000" and farm["reference_index"] == 3 and farm["solution_agrees"]
+    # The goat question has no English original: flagged, gold from its own solution.
+    goats = by_question[TURKISH[6][0]]
+    assert goats["aligned"] is False and goats["gold_source"] == "solution" and goats["answer"] == "9"
+    assert report["rows_read"] == 7 and report["aligned"] == 6 and report["unaligned"] == 1
+    assert report["test_rows_found"] == 2 and report["solution_gold_disagreements"] == 1
+    assert report["written"] == {"train": 5, "test": 2} and report["samples"]
+    assert report["sft_usable_train_rows"] == 5
+    assert (out / "recipe.yaml").is_file()
+
+
+def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["dropped"] == {"unaligned": 1} and report["written"]["train"] == 4
+
+
+def test_reference_none_splits_by_hash_and_reads_hash_answers(tmp_path: Path) -> None:
+    rows = [(f"Soru {i}: {i} elma ve {i + 1} armut?", f"{i} + {i + 1} = <<{i}+{i + 1}={2 * i + 1}>>{2 * i + 1}\n#### {2 * i + 1}") for i in range(40)]
+    src = write_csv(tmp_path / "hash.csv", rows)
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.test_fraction=0.25") == 0
+    train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    assert len(train) + len(test) == 40 and 0 < len(test) < 25
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    first = next(r for r in train + test if r["question"].startswith("Soru 3:"))
+    assert first["answer"] == "7" and first["solution"] == "3 + 4 = 7" and first["gold_source"] == "solution"
+
+
+def test_jsonl_json_parquet_and_column_mapping(tmp_path: Path, reference_dir: Path) -> None:
+    records = [{"soru": q, "yanit": a} for q, a in TURKISH]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    as_json = tmp_path / "d.json"
+    as_json.write_text(json.dumps({"data": records}, ensure_ascii=False), encoding="utf-8")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(records), parquet)
+    for i, source in enumerate((jsonl, as_json, parquet)):
+        out = tmp_path / f"out{i}"
+        code = run_prepare("--dataset", str(source), "--reference", str(reference_dir), "--output", str(out),
+                           "data.question_column=soru", "data.answer_column=yanit")
+        assert code == 0, source
+        assert json.loads((out / "prepare_report.json").read_text())["aligned"] == 6
+
+
+def test_refuses_to_overwrite_without_flag(turkish_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["--dataset", str(turkish_csv), "--reference", "none", "--output", str(out)]
+    assert run_prepare(*args) == 0
+    (out / "keep.txt").write_text("mine")
+    assert run_prepare(*args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert run_prepare(*args, "--overwrite") == 0 and not (out / "keep.txt").exists()
+
+
+def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("question,answer\nAyşe'nin 3 elması var,3\n".encode("latin-1", errors="replace").replace(b"?", b"\xfe"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "a 1", "answer": "1"}\n{"question": oops}\n')
+    no_question = write_csv(tmp_path / "noq.csv", [("  ", "3 elma")])
+    no_number = write_csv(tmp_path / "nonum.csv", [("Kaç elma var?", "Bilmiyorum.")])
+    wrong_cols = write_csv(tmp_path / "cols.csv", [("a", "b")], header=("soru", "cevap"))
+    return [
+        # (arguments, message fragment) — each must be one line naming the file, row or column
+        (["--dataset", str(tmp_path / "missing.csv")], "does not exist"),
+        (["--dataset", str(empty)], "empty.csv: file is empty"),
+        (["--dataset", str(latin)], "latin.csv: not UTF-8 text (byte 0xfe"),
+        (["--dataset", str(broken)], "broken.jsonl:2: malformed JSON line"),
+        (["--dataset", str(no_question)], "noq.csv:2: empty question"),
+        (["--dataset", str(no_number)], "nonum.csv:2: no number in the question or the answer"),
+        (["--dataset", str(wrong_cols)], "no column 'question'; columns are: soru, cevap"),
+        (["--dataset", "nobody/no-such-dataset-xyz"], "'nobody/no-such-dataset-xyz' is not a local path and the Hugging Face Hub could not provide it"),
+    ]
+
+
+def test_bad_input_gets_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for args, message in _bad_files(tmp_path):
+        code = run_prepare(*args, "--reference", "none", "--output", str(tmp_path / "o"))
+        err = capsys.readouterr().err.strip()
+        assert code == 2, args
+        assert message in err and "\n" not in err and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
+    rows = [("", "3"), ("Kaç elma var?", "Bilmiyorum."), ("Ali'nin 2 elması var, kaç elması var?", "2 elması var.")]
+    src = write_csv(tmp_path / "mixed.csv", rows)
+    with open(src, "a", encoding="utf-8") as handle:
+        handle.write('"ragged row",1,2\n')
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.skip_invalid_rows=true") == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["dropped"] == {"empty_question": 1, "no_number": 1, "ragged_csv_row": 1}
+    assert sum(report["written"].values()) == 1 and report["rows_read"] == 4
+
+
+def test_cli_process_exits_non_zero_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    result = subprocess.run([sys.executable, "-m", "gsm8k_tr", "prepare", "--dataset", str(tmp_path / "nope.csv"),
+                             "--output", str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k_tr_sample" / "dev.csv").exists(), reason="shared GSM8K-TR sample not present")
+def test_shared_sample_aligns(tmp_path: Path) -> None:
+    out = tmp_path / "sample"
+    assert run_prepare("--dataset", str(SHARED_DATA / "gsm8k_tr_sample" / "dev.csv"),
+                       "--reference", str(SHARED_DATA / "gsm8k"), "--output", str(out)) == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["aligned"] / report["rows_read"] >= 0.9
+    # Translated test questions are found (about 15% of the data set).
+    assert 0.08 <= report["test_rows_found"] / report["rows_read"] <= 0.25
+    rows = read_jsonl(out / "train.jsonl") + read_jsonl(out / "test.jsonl")
+    # Aligned gold answers agree with the machine-written solutions most of the time.
+    aligned = [r for r in rows if r["aligned"]]
+    assert sum(r["solution_agrees"] for r in aligned) / len(aligned) >= 0.7
+
+
+def test_prepare_statistics_have_their_own_name_and_older_folders_still_read(tmp_path: Path) -> None:
+    from gsm8k_tr.data.splits import is_prepared, report_path
+
+    for name in ("prepare_report.json", "report.json"):  # the name now, and before 0.2
+        folder = tmp_path / name
+        folder.mkdir()
+        for split in ("train", "test"):
+            (folder / f"{split}.jsonl").write_text(json.dumps({"question": "a 1", "answer": "1"}) + "\n")
+        assert not is_prepared(folder)
+        (folder / name).write_text("{}")
+        assert is_prepared(folder) and report_path(folder) == folder / name

@@ -1,0 +1,119 @@
+"""The grader: one case per rule of the foundation issue."""
+
+from fractions import Fraction
+
+import pytest
+
+from gsm8k_tr.grading.answers import (
+    answer_block,
+    canonical,
+    extract_answer,
+    is_correct,
+    is_correct_flexible,
+    parse_gold,
+)
+
+
+def box(text: str) -> str:
+    return f"<sebep>\nhesap\n</sebep>\n<cevap>\n{text}\n</cevap>"
+
+
+CORRECT = [
+    # (answer text, gold, what it checks)
+    ("1.250", "1250", "Turkish thousands grouping"),
+    ("1,250", "1250", "English thousands grouping"),
+    ("12,5", "12.5", "Turkish decimal comma"),
+    ("1.250,5", "1250.5", "Turkish grouping with decimal comma"),
+    ("1,250.5", "1250.5", "English grouping with decimal point"),
+    ("1.000.000", "1000000", "several Turkish groups"),
+    ("1,000,000", "1000000", "several English groups"),
+    ("1.25", "1.25", "English decimal point is a valid reading of 1.25"),
+    ("-5", "-5", "ASCII minus"),
+    ("−5", "-5", "Unicode minus"),
+    ("3/4", "0.75", "fraction equals decimal gold"),
+    ("2 1/2", "2.5", "mixed number"),
+    ("%25", "25", "percent before"),
+    ("25%", "25", "percent after"),
+    ("$18", "18", "dollar sign"),
+    ("18 dolar", "18", "currency word"),
+    ("45 TL'dir", "45", "TL with Turkish suffix"),
+    ("100₺", "100", "lira sign"),
+    ("72'dir", "72", "apostrophe suffix"),
+    ("7'si", "7", "apostrophe suffix on one digit"),
+    ("5 metre", "5", "units"),
+    ("**8**", "8", "markdown bold"),
+    ("\\boxed{8}", "8", "LaTeX boxed"),
+    ("\\frac{3}{4}", "0.75", "LaTeX fraction"),
+    ("üç", "3", "Turkish number word"),
+    ("yetmiş iki", "72", "two-word Turkish number"),
+    ("bin iki yüz", "1200", "Turkish thousands in words"),
+    ("iki buçuk", "2.5", "Turkish 'and a half'"),
+    ("Cevap yetmiş ikidir", "72", "number word with copula suffix"),
+    ("1250", "1,250", "gold written with English grouping"),
+    ("1250", "1.250", "gold written with Turkish grouping"),
+    ("Önce 10 sonra 72", "72", "the last number is the answer"),
+    ("3 + 4 = 7 elma", "7", "expression: final number counts"),
+]
+
+WRONG = [
+    ("7.2", "72", "decimal 7.2 is not 72"),
+    ("720", "72", "720 is not 72"),
+    ("5", "-5", "wrong sign"),
+    ("-5", "5", "negative prediction for a positive gold"),
+    ("3/5", "0.75", "a different fraction"),
+    ("72 73 74", "72", "a number spray: only the last counts"),
+    ("1,25", "1250", "1,25 can never be 1250"),
+    ("yok", "72", "no number at all"),
+    ("", "0", "empty answer block"),
+    ("%25", "0.25", "percent is not rescaled"),
+]
+
+
+@pytest.mark.parametrize("text,gold,why", CORRECT, ids=[c[2] for c in CORRECT])
+def test_correct_answers(text: str, gold: str, why: str) -> None:
+    assert is_correct(box(text), gold), why
+
+
+@pytest.mark.parametrize("text,gold,why", WRONG, ids=[c[2] for c in WRONG])
+def test_wrong_answers(text: str, gold: str, why: str) -> None:
+    assert not is_correct(box(text), gold), why
+
+
+BLOCKS = [
+    # (completion, gold, expected, what it checks)
+    ("<cevap>5</cevap> sonra <cevap>7</cevap>", "7", True, "last block wins"),
+    ("<cevap>5</cevap> sonra <cevap>7</cevap>", "5", False, "earlier block is ignored"),
+    ("Cevap 72.", "72", False, "no fallback to text outside the block"),
+    ("<sebep>\n72\n</sebep>\n<cevap>\n", "72", False, "reasoning is not the answer"),
+    ("<cevap>\n72 elma", "72", True, "unclosed final block runs to the end"),
+    ("<cevap>72</cevap> ek metin 9", "72", True, "text after the block is ignored"),
+    ("<cevap>1</cevap><cevap>", "1", False, "an empty unclosed final block is the answer"),
+]
+
+
+@pytest.mark.parametrize("completion,gold,expected,why", BLOCKS, ids=[c[3] for c in BLOCKS])
+def test_answer_block_rules(completion: str, gold: str, expected: bool, why: str) -> None:
+    assert is_correct(completion, gold) is expected, why
+
+
+def test_gold_types_and_flexible_extract() -> None:
+    assert is_correct(box("18"), 18) and is_correct(box("2.5"), 2.5) and is_correct(box("1/3"), Fraction(1, 3))
+    assert not is_correct(box("18"), "not a number")  # an unreadable gold never matches
+    assert is_correct_flexible("Toplam 5 elma, cevap 18 dolar.", "18")
+    assert not is_correct_flexible("Toplam 18 elma, 5 kaldı.", "18")
+
+
+def test_parse_gold_and_canonical() -> None:
+    assert parse_gold("#### 1,250") == 1250  # grouping wins for gold
+    assert parse_gold("0.5") == Fraction(1, 2)
+    assert parse_gold("-3") == -3
+    with pytest.raises(ValueError):
+        parse_gold("yok")
+    assert [canonical(Fraction(v)) for v in ("1250", "12.5", "-0.25")] == ["1250", "12.5", "-0.25"]
+    assert canonical(Fraction(2, 3)) == "2/3"
+
+
+def test_extract_and_block_helpers() -> None:
+    assert answer_block("<yanit>4</yanit>", "yanit") == "4"
+    assert extract_answer("<cevap>x</cevap>") is None
+    assert extract_answer("no tags") is None

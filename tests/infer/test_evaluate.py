@@ -1,0 +1,179 @@
+"""evaluate, generate and report: metrics that agree with the predictions, pass@k/maj@k, bad input, plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RECIPE
+
+from gsm8k_tr.grading.answers import is_correct, is_correct_flexible
+from gsm8k_tr.infer.evaluate import majority_correct, metrics, pass_at_k
+
+
+def sample(text: str, correct: bool, tokens: int = 10) -> dict:
+    return {"completion": text, "correct": correct, "flexible_correct": correct, "strict_format": True,
+            "soft_format": True, "tokens": tokens, "truncated": False}
+
+
+def test_pass_at_k_matches_the_closed_form():
+    from math import comb
+
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (5, 0, 3), (5, 5, 1), (8, 2, 8)]:
+        expected = 1 - comb(n - c, k) / comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_and_majority_at_k_on_hand_made_predictions():
+    records = [
+        # 2 of 4 right: a 2-2 tie between 4 (right, first) and 5 (wrong, last)
+        {"samples": [sample("<cevap>4</cevap>", True), sample("<cevap>5</cevap>", False),
+                     sample("<cevap>4</cevap>", True), sample("<cevap>5</cevap>", False)],
+         "majority_correct": majority_correct(["<cevap>4</cevap>", "<cevap>5</cevap>", "<cevap>4</cevap>",
+                                               "<cevap>5</cevap>"], "4", "cevap")},
+        # 3 of 4 right: majority right
+        {"samples": [sample("<cevap>7</cevap>", True)] * 3 + [sample("<cevap>1</cevap>", False)],
+         "majority_correct": majority_correct(["<cevap>7</cevap>"] * 3 + ["<cevap>1</cevap>"], "7", "cevap")},
+        # none right
+        {"samples": [sample("yok", False)] * 4, "majority_correct": majority_correct(["yok"] * 4, "2", "cevap")},
+    ]
+    result = metrics(records)
+    assert result["pass_at_k"] == pytest.approx(2 / 3)  # k = n = 4: any correct sample counts
+    # Tie 2-2 goes to the earliest answer (4, right) in the first record; the second is right; the third wrong.
+    assert records[0]["majority_correct"] is True
+    assert result["maj_at_k"] == pytest.approx(2 / 3)
+    assert result["accuracy"] == pytest.approx(5 / 12)  # over all samples
+    assert result["n"] == 3 and result["samples"] == 4
+
+
+def test_majority_vote_uses_the_graders_reading():
+    # "1.250" reads as 1250 or 1.25; votes for the reading the grader credits.
+    assert majority_correct(["<cevap>1.250</cevap>", "<cevap>1250</cevap>", "<cevap>9</cevap>"], "1250", "cevap")
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("eval")
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={run}", "--model", str(tiny_model_dir),
+                 "--limit", "12", "--samples", "3", "--output", str(run / "eval" / "base"), "eval.max_new_tokens=48")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run / "eval" / "base"
+
+
+def test_metrics_agree_with_predictions_recomputed_independently(evaluated):
+    result = json.loads((evaluated / "metrics.json").read_text())
+    records = [json.loads(line) for line in (evaluated / "predictions.jsonl").read_text().splitlines()]
+    assert result["n"] == len(records) == 12 and result["samples"] == 3
+    samples = [s for r in records for s in r["samples"]]
+    for record in records:
+        assert {"question", "gold", "completion", "extracted", "correct"} <= set(record)
+        for s in record["samples"]:
+            # Regrade from the stored text with the grader itself.
+            assert s["correct"] == is_correct(s["completion"], record["gold"], "cevap")
+            assert s["flexible_correct"] == is_correct_flexible(s["completion"], record["gold"])
+    assert result["accuracy"] == pytest.approx(sum(is_correct(s["completion"], r["gold"], "cevap")
+                                                   for r in records for s in r["samples"]) / len(samples))
+    assert result["mean_completion_tokens"] == pytest.approx(sum(s["tokens"] for s in samples) / len(samples))
+    assert result["truncated_rate"] == pytest.approx(sum(s["truncated"] for s in samples) / len(samples))
+    assert 0 < result["mean_completion_tokens"] <= 48
+    # The base model never saw the tags.
+    assert result["strict_format_rate"] == 0
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_dir):
+    import torch
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import ModelConfig, PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(10, seed=3)]
+    batched = generation.generate(model, tokenizer, prompts, 40, batch_size=5)
+    for prompt, (answer,) in zip(prompts, batched):
+        ids = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=generation.stop_ids(model))
+        assert answer.text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--split", "nope"], "split 'nope' not found"),
+])
+def test_bad_evaluate_arguments(args, message, tmp_path, tiny_model_dir):
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(tiny_model_dir), *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "junk").mkdir()
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(tmp_path / "junk"))
+    assert result.returncode == 2 and "neither a model" in result.stderr
+
+
+def test_an_adapter_whose_base_is_gone(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(adapter))
+    assert result.returncode == 2 and "cannot be found" in result.stderr
+
+
+def test_an_empty_split(tmp_path, tiny_model_dir):
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "report.json").write_text("{}")
+    (data / "train.jsonl").write_text(json.dumps({"question": "a 1", "answer": "1"}) + "\n")
+    (data / "test.jsonl").write_text("")
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"data.dataset={data}", "--model", str(tiny_model_dir))
+    assert result.returncode == 2 and "is empty" in result.stderr
+
+
+def test_generate_prints_the_answer_and_reads_stdin(tiny_model_dir):
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "eval.max_new_tokens=20",
+                 stdin="Ali'nin 3 elması var. 2 elma daha alıyor. Kaç elması olur?\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Ali'nin 3 elması" in result.stdout and ("no answer block" in result.stdout or "→" in result.stdout)
+
+
+def test_report_writes_non_empty_plots(tmp_path):
+    run = tmp_path / "run"
+    for stage in ("sft", "grpo"):
+        (run / stage).mkdir(parents=True)
+    (run / "sft" / "log_history.json").write_text(json.dumps([{"step": s, "loss": 2.0 / s} for s in range(1, 6)]))
+    grpo = [{"step": s, "reward": 0.1 * s, "rewards/correctness_reward_func/mean": 0.05 * s,
+             "rewards/xmlcount_reward_func/mean": 0.02 * s} for s in range(1, 6)]
+    grpo.append({"step": 5, "eval/accuracy": 0.4})
+    (run / "grpo" / "log_history.json").write_text(json.dumps(grpo))
+    for stage, accuracy in (("base", 0.0), ("sft", 0.3), ("grpo", 0.4)):
+        folder = run / "eval" / stage
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"n": 2, "accuracy": accuracy, "flexible_accuracy": accuracy,
+                                                         "strict_format_rate": 0.9}))
+        (folder / "predictions.jsonl").write_text("\n".join(json.dumps({"tokens": t}) for t in (12, 30)))
+    result = cli("report", str(run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("rewards.png", "sft_loss.png", "stages.png", "lengths.png"):
+        data = (run / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
+    report = (run / "report.md").read_text()
+    assert "| grpo | 2 | 0.400" in report and "![GRPO rewards](rewards.png)" in report
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path):
+    result = cli("report", str(tmp_path))
+    assert result.returncode == 2 and "no stage outputs" in result.stderr

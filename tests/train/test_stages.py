@@ -1,0 +1,141 @@
+"""End-to-end: `gsm8k-tr sft` then `gsm8k-tr grpo` on the tiny recipe, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RECIPE
+
+pytestmark = pytest.mark.slow
+
+REWARDS = ("correctness", "strict_format", "soft_format", "xmlcount")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True)
+
+
+def tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    for stage in ("sft", "grpo"):
+        result = cli(stage, "--config", str(TINY_RECIPE), f"output_dir={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_stage_outputs_exist(run, stage):
+    folder = run / stage
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "merged/model.safetensors",
+                 "merged/config.json", "merged/tokenizer.json", "recipe.yaml", "manifest.json", "log_history.json",
+                 "README.md"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    # Weights are safetensors only (training_args.bin and optimizer.pt are the Trainer's resume state).
+    assert not list(folder.rglob("pytorch_model*")) and not list(folder.rglob("adapter_model.bin"))
+    assert list((folder / "tensorboard").rglob("events.out.tfevents.*"))
+    checkpoints = sorted((folder / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "trainer_state.json").is_file() for c in checkpoints)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("versions", "git_commit", "seed", "data_fingerprint", "device", "data_counts", "global_step"):
+        assert key in manifest, key
+    assert manifest["versions"]["trl"] and manifest["seed"] == 0
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "steps" in card
+
+
+def test_sft_trained_lora_and_left_the_base_alone(run, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = tensors(run / "sft" / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    # LoRA B starts at zero: non-zero means training changed it. All linear layers are adapted.
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert {k.split(".")[-3] for k in adapter} >= {"c_attn", "c_proj", "c_fc"}
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    wrapped = PeftModel.from_pretrained(base, run / "sft" / "adapter")
+    for name, value in wrapped.base_model.model.state_dict().items():
+        key = name.replace(".base_layer", "")
+        if "lora_" not in name:
+            assert torch.equal(value, original[key]), name
+    merged = tensors(run / "sft" / "merged" / "model.safetensors")
+    assert not torch.equal(merged["transformer.h.0.attn.c_attn.weight"], original["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_grpo_started_from_sft_and_changed_only_lora(run):
+    import torch
+
+    adapter = tensors(run / "grpo" / "adapter" / "adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    config = json.loads((run / "grpo" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(run / "sft" / "merged")
+    sft, grpo = tensors(run / "sft" / "merged" / "model.safetensors"), tensors(run / "grpo" / "merged" / "model.safetensors")
+    # Embeddings are not LoRA targets: GRPO must leave them as SFT left them.
+    assert torch.equal(sft["transformer.wte.weight"], grpo["transformer.wte.weight"])
+
+
+def test_grpo_logged_every_reward_and_accuracy(run):
+    history = json.loads((run / "grpo" / "log_history.json").read_text())
+    steps = [entry for entry in history if "reward" in entry]
+    assert len(steps) == 4  # logging_steps 1, max_steps 4
+    for entry in steps:
+        for name in REWARDS:
+            assert f"rewards/{name}_reward_func/mean" in entry
+        for key in ("accuracy", "completions/clipped_ratio", "completions/mean_length", "time/generation_s", "step_time"):
+            assert key in entry, key
+    held_out = [entry for entry in history if "eval/accuracy" in entry]
+    assert [e["step"] for e in held_out] == [2, 4]  # eval.every_steps 2
+    assert all(0 <= e["eval/accuracy"] <= 1 and "eval/strict_format_rate" in e for e in held_out)
+    sft_history = json.loads((run / "sft" / "log_history.json").read_text())
+    assert [e["loss"] for e in sft_history if "loss" in e]
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(run):
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={run}")
+    assert result.returncode == 2
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_after_an_interruption_finishes_at_the_same_step(run, tmp_path):
+    # A copy of the run as a kill after checkpoint-2 would leave it: no final outputs, no checkpoint-4.
+    out = tmp_path / "tiny"
+    shutil.copytree(run, out)
+    for name in ("manifest.json", "merged", "adapter", "checkpoints/checkpoint-4"):
+        path = out / "grpo" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={out}", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "grpo" / "manifest.json").read_text())
+    assert manifest["global_step"] == 4 and manifest["resumed_from"].endswith("checkpoint-2")
+    state = json.loads((out / "grpo" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [e["step"] for e in state["log_history"] if "reward" in e] == [1, 2, 3, 4]
+    # A finished stage resumes to a no-op.
+    again = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={out}", "--resume")
+    assert again.returncode == 0
+
+
+def test_grpo_without_sft_output_is_a_clear_error(tmp_path):
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'none'}")
+    assert result.returncode == 2
+    assert "gsm8k-tr sft" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grpo_refuses_an_sft_output_from_another_model(run, tmp_path):
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'x'}",
+                 f"model.sft_output={run / 'sft'}", "model.name_or_path=gpt2")
+    assert result.returncode == 2 and "trained from" in result.stderr

@@ -1,0 +1,192 @@
+"""Stage plumbing: TRL configs from recipes, checkpoints, stage folders, tokens, LoRA targets, data rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gsm8k_tr import modeling
+from gsm8k_tr.config import LoraConfig, ModelConfig, load_recipe
+from gsm8k_tr.data import examples as stage_rows
+from gsm8k_tr.data import splits
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.train import stage
+from gsm8k_tr.train.checkpoints import last_checkpoint
+from gsm8k_tr.train.trl_configs import check_report_to, trl_config
+
+trl = pytest.importorskip("trl")
+
+FORCED = {"output_dir": ("/tmp/x", "it is {output_dir}/sft/checkpoints"), "seed": (1, "set the top-level 'seed'")}
+
+
+def sft_config(values):
+    return trl_config(trl.SFTConfig, "sft", values, {"bf16": False, "report_to": []}, FORCED)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_stepz": 3}, "unknown recipe key 'sft.max_stepz'"),        # typo names section and key
+    ({"output_dir": "elsewhere"}, "'sft.output_dir' is set by gsm8k-tr"),  # forced keys are not the recipe's
+    ({"seed": 3}, "top-level 'seed'"),
+    ({"max_steps": "many"}, "'sft.max_steps' must be int"),          # wrong type names the key
+    ({"learning_rate": "fast"}, "'sft.learning_rate' must be float"),
+])
+def test_trl_config_rejects_bad_keys(values, message):
+    with pytest.raises(UserError, match=message):
+        sft_config(values)
+
+
+def test_trl_config_passes_keys_through_and_reads_yaml_floats():
+    config = sft_config({"max_steps": 7, "learning_rate": "5e-5"})  # YAML 1.1 reads 5e-5 as a string
+    assert config.max_steps == 7 and config.learning_rate == 5e-5 and config.seed == 1
+
+
+def test_old_gradient_checkpointing_name_overrides_our_default():
+    values = {"gradient_checkpointing": True}
+    config = trl_config(trl.SFTConfig, "sft", values, {"activation_checkpointing": False, "bf16": False,
+                                                                 "report_to": []}, FORCED)
+    assert config.activation_checkpointing is True
+
+
+def test_trl_value_errors_become_one_line_user_errors():
+    with pytest.raises(UserError, match="recipe section 'grpo'"):
+        trl_config(trl.GRPOConfig, "grpo", {"per_device_train_batch_size": 3, "num_generations": 2},
+                            {"bf16": False, "report_to": []}, FORCED)
+
+
+def test_check_positive_names_the_key():
+    with pytest.raises(UserError, match="'sft.per_device_train_batch_size' must be at least 1"):
+        sft_config({"per_device_train_batch_size": 0})  # before TRL, which would divide by it
+    with pytest.raises(UserError, match="'sft.max_steps' must be at least 1"):
+        sft_config({"max_steps": 0})
+    with pytest.raises(UserError, match="'sft.save_steps' must be at least 1"):
+        sft_config({"save_steps": 0.5})
+    assert sft_config({"max_steps": -1}).max_steps == -1  # -1: train by epochs
+
+
+def test_precision_is_fp32_on_cpu_and_refuses_bf16_there():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    assert modeling.precision({}, "sft") == {"bf16": False, "fp16": False}
+    with pytest.raises(UserError, match="'grpo.bf16'"):
+        modeling.precision({"bf16": True}, "grpo")
+
+
+def _checkpoint(folder, step, complete=True):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (path / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    else:  # an interrupted in-place save: weights but no trainer state
+        (path / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    return path
+
+
+def test_last_checkpoint_skips_incomplete_ones(tmp_path, caplog):
+    _checkpoint(tmp_path, 10)
+    _checkpoint(tmp_path, 20)
+    _checkpoint(tmp_path, 30, complete=False)
+    assert last_checkpoint(tmp_path).endswith("checkpoint-20")
+    assert "checkpoint-30" in caplog.text and "incomplete" in caplog.text
+
+
+def test_begin_refuses_an_existing_stage_and_resumes_or_overwrites(tmp_path):
+    recipe = load_recipe(None, {"output_dir": str(tmp_path)})
+    folder, checkpoint, done = stage.begin(recipe, "sft", resume=False, overwrite=False)
+    assert folder == tmp_path / "sft" and checkpoint is None and not done
+    _checkpoint(folder / "checkpoints", 5)
+    with pytest.raises(UserError, match="--resume"):
+        stage.begin(recipe, "sft", resume=False, overwrite=False)
+    assert stage.begin(recipe, "sft", resume=True, overwrite=False)[1].endswith("checkpoint-5")
+    assert stage.begin(recipe, "sft", resume=False, overwrite=True)[1] is None
+    assert not (folder / "checkpoints" / "checkpoint-5").exists()
+    with pytest.raises(UserError, match="contradict"):
+        stage.begin(recipe, "sft", resume=True, overwrite=True)
+
+
+def test_stop_token_must_be_one_token(tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    with pytest.raises(UserError, match="model.stop_token '<\\|bitti\\|>' is not a single token"):
+        modeling.configure_tokens(tokenizer, model, "<|bitti|>")
+    assert modeling.configure_tokens(tokenizer, model, None) == tokenizer.eos_token  # null: eos
+
+
+def test_pad_token_is_added_and_differs_from_stop(tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    assert tokenizer.pad_token is None  # like GPT-2
+    modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    stop = tokenizer.convert_tokens_to_ids("<|stop|>")
+    assert tokenizer.pad_token_id not in (None, stop)
+    assert model.generation_config.eos_token_id[0] == stop
+
+
+@pytest.mark.parametrize("make, expected", [
+    # GPT-2: Conv1D layers, transposed weights; PEFT's own default would be c_attn only.
+    ("gpt2", {"c_attn", "c_proj", "c_fc"}),
+    # Llama family (SmolLM2's architecture): nn.Linear projections.
+    ("llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+])
+def test_lora_targets_every_linear_layer_but_the_head(make, expected):
+    from peft import get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if make == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
+    config = modeling.lora_config(LoraConfig(r=2, alpha=4), model)
+    assert config.fan_in_fan_out == (make == "gpt2")
+    peft_model = get_peft_model(model, config)
+    adapted = {name.split(".")[-4] for name, _ in peft_model.named_parameters() if "lora_A" in name}
+    assert adapted == expected
+
+
+def test_sft_rows_leave_out_disagreeing_solutions_and_overlong_rows():
+    recipe = load_recipe(None, {})
+    rows = [
+        {"question": "Soru bir", "solution": "1+1=2", "answer": "2", "solution_agrees": True},
+        {"question": "Soru iki", "solution": "1+1=3", "answer": "2", "solution_agrees": False},  # would teach 3
+        {"question": "Soru üç " * 50, "solution": "2+2=4", "answer": "4", "solution_agrees": True},  # too long
+    ]
+    words = lambda text: len(text.split())  # noqa: E731
+    examples, counts = stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)
+    assert counts == {"rows": 3, "dropped_disagreeing": 1, "dropped_too_long": 1, "used": 1}
+    assert examples[0]["completion"].endswith("</cevap><|stop|>")
+    recipe.data.sft_keep_disagreeing = True
+    assert stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)[1]["dropped_disagreeing"] == 0
+
+
+def test_grpo_rows_leave_room_for_the_completion():
+    recipe = load_recipe(None, {})
+    rows = [{"question": "kısa", "answer": "2"}, {"question": "uzun " * 40, "answer": "3"}]
+    examples, counts = stage_rows.grpo_examples(rows, recipe, lambda text: len(text.split()), 30, 70)
+    assert counts == {"rows": 2, "dropped_too_long": 1, "used": 1} and examples[0]["answer"] == "2"
+
+
+def test_an_empty_split_is_an_error(tmp_path):
+    (tmp_path / "test.jsonl").write_text("")
+    with pytest.raises(UserError, match="split 'test' .* is empty"):
+        splits.load_split(tmp_path, "test")
+
+
+def test_report_to_a_backend_that_is_not_installed_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    config = sft_config({"report_to": ["wandb"]})
+    with pytest.raises(UserError, match="'sft.report_to' names 'wandb', which is not installed"):
+        check_report_to("sft", config)
+
+
+def test_a_run_stopped_by_a_recipe_error_does_not_block_the_next(tmp_path):
+    # begin() creates the empty folders; with no files in them a new run may start without --overwrite.
+    recipe = load_recipe(None, {"output_dir": str(tmp_path)})
+    stage.begin(recipe, "grpo", resume=False, overwrite=False)
+    assert stage.begin(recipe, "grpo", resume=False, overwrite=False)[1] is None
