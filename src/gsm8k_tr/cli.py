@@ -23,6 +23,11 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
                         help="recipe overrides with dotted keys, e.g. data.limit=50 output_dir=runs/try1")
 
 
+def _device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", metavar="D", help="cuda, cuda:N, mps or cpu (eval.device; default: CUDA, else "
+                        "MPS, else CPU)")
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.data import prepare
@@ -99,6 +104,8 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                         help="generation engine: transformers (default) or vLLM (GPU, pip install -e .[vllm])")
+    _device_arg(parser)
+
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -108,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     output = args.output or evaluate.default_output(recipe, args.model)
     result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite,
-                           args.backend)
+                           args.backend, args.device)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     print(f"wrote {output}/metrics.json and predictions.jsonl")
     return 0
@@ -137,6 +144,7 @@ def _generate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="M", help="as for evaluate")
     parser.add_argument("items", nargs="*", metavar="SORU",
                         help="questions, and key=value recipe overrides; without questions, one per line from stdin")
+    _device_arg(parser)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -150,7 +158,7 @@ def _generate(args: argparse.Namespace) -> int:
         questions = [line.strip() for line in sys.stdin if line.strip()]
     if not questions:
         raise UserError('no question given: gsm8k-tr generate --model M "soru…", or one question per line on stdin')
-    generate_command.main(args.model, recipe, questions)
+    generate_command.main(args.model, recipe, questions, args.device)
     return 0
 
 

@@ -81,6 +81,8 @@ class EvalConfig:
     temperature: float = 0.0
     every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
     held_out_size: int = 64  # how many test questions that in-training check answers
+    device: str | None = None  # null: CUDA, else MPS, else CPU (--device overrides)
+    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU
 
 
 def _default_rewards() -> dict[str, float]:
@@ -215,6 +217,8 @@ def _check(recipe: Recipe) -> None:
         raise UserError(f"recipe key 'on_non_finite' must be 'stop' or 'skip', got {recipe.on_non_finite!r}")
     if not 0.0 <= recipe.data.test_fraction < 1.0:
         raise UserError(f"recipe key 'data.test_fraction' must be in [0, 1), got {recipe.data.test_fraction}")
+    if recipe.eval.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"recipe key 'eval.dtype' must be auto, float32, bfloat16 or float16, got {recipe.eval.dtype!r}")
     if recipe.data.limit is not None and recipe.data.limit < 1:
         raise UserError(f"recipe key 'data.limit' must be at least 1, got {recipe.data.limit}")
     from gsm8k_tr.grading.rewards import REWARDS  # light: pure Python

@@ -8,12 +8,14 @@ handled where they arise rather than assumed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import LoraConfig, ModelConfig
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.gguf_convert import require_gguf, unmark_dequantized
 
 log = logging.getLogger(__name__)
 
@@ -69,54 +71,50 @@ def refuse_pickle(folder: Path) -> None:
                         "(model.save_pretrained(dir, safe_serialization=True)) and point at that folder")
 
 
-def load_model(cfg: ModelConfig, path: str | None = None) -> Any:
-    """The causal LM at `path` (default: the recipe's model), in float32.
+def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> Any:
+    """The causal LM at `path` (default: the recipe's model), in float32 unless `dtype` says otherwise.
 
-    Weights stay float32 and the trainer's autocast supplies bf16/fp16 where the
-    device has it: mixed precision needs fp32 master weights, and at 355M the
-    copy costs 1.4 GB.
+    Training keeps float32 weights and the trainer's autocast supplies
+    bf16/fp16 where the device has it: mixed precision needs fp32 master
+    weights, and at 355M the copy costs 1.4 GB. Inference passes the dtype
+    of its device (`inference_dtype`).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     source, kwargs = _source(cfg, path)
     gguf = "gguf_file" in kwargs
-    if not gguf:
+    if gguf:
+        require_gguf()
+    else:
         refuse_pickle(Path(source))
     try:
         # safetensors only, except for a GGUF file (which is not pickle either)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if gguf else dtype or torch.float32,
                                                      use_safetensors=None if gguf else True, **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {_one_line(error)}") from None
     if gguf:
-        _unmark_dequantized_gguf(model)
+        unmark_dequantized(model)
+        if dtype is not None:
+            model = model.to(dtype)  # GGUF tensors are unpacked to float32 first
     return model
 
 
-def _unmark_dequantized_gguf(model: Any) -> None:
-    """A GGUF file unpacked into dense float weights is an ordinary model: say so.
-
-    transformers keeps the GGUF quantizer attached even when it dequantized
-    every tensor (no packed-matmul kernel on CPU), and the Trainer then
-    refuses to train it. Packed weights would not be floating point; those
-    stay marked, and the Trainer's own error explains them.
-    """
-    if getattr(model, "hf_quantizer", None) is None or not all(p.is_floating_point() for p in model.parameters()):
-        return
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
 def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
-    """Make generation stop on the model's stop token and give the tokenizer a pad token.
+    """Make the stop token an ending, never text; give the tokenizer a pad token; clear sampling defaults.
 
-    GPT-2 has no pad token. Padding with the stop token would be harmless for
-    masked positions, but a distinct pad keeps "emitted the stop token"
-    unambiguous, so pad is the eos token where that differs from the stop
-    token. Returns the stop token.
+    - The stop token is marked special in the tokenizer, so every decode with
+      `skip_special_tokens=True` drops it: TRL's (whose text the rewards
+      score), ours, and vLLM's with the saved tokenizer. A tokenizer may
+      declare it a plain added token, and its text would then stay in every
+      completion after `</cevap>` (strict format 0 for all of them).
+    - GPT-2 has no pad token. Padding with the stop token would be harmless
+      for masked positions, but a distinct pad keeps "emitted the stop token"
+      unambiguous: pad is the first of eos, bos and unk that is not the stop.
+    - The model's generation config keeps only its token ids: see
+      `reset_generation_config`.
+    Returns the stop token.
     """
     stop = stop_token or tokenizer.eos_token
     if not stop:
@@ -126,14 +124,52 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
         raise UserError(f"model.stop_token {stop!r} is not a single token of this tokenizer (eos is "
                         f"{tokenizer.eos_token!r}); set model.stop_token to one of its special tokens, or null for eos")
     stop_id = ids[0]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token not in (None, stop) else (tokenizer.unk_token or stop)
+    _mark_special(tokenizer, stop, stop_id)
+    if tokenizer.pad_token in (None, stop):  # GPT-2 has none; some tokenizers pad with their stop token
+        candidates = [t for t in (tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token) if t not in (None, stop)]
+        tokenizer.pad_token = candidates[0] if candidates else stop
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    model.generation_config.eos_token_id = [stop_id, *[i for i in eos if i != stop_id]]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    reset_generation_config(model, [stop_id, *[i for i in eos if i != stop_id]], tokenizer.pad_token_id)
     model.config.pad_token_id = tokenizer.pad_token_id
     return stop
+
+
+def _mark_special(tokenizer: Any, token: str, token_id: int) -> None:
+    """Mark an existing token special (its id is unchanged), and check that decoding now drops it."""
+    from transformers import AddedToken
+
+    if tokenizer.decode([token_id], skip_special_tokens=True) == "":
+        return
+    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
+    if tokenizer.convert_tokens_to_ids(token) != token_id or tokenizer.decode([token_id], skip_special_tokens=True):
+        raise UserError(f"cannot make the stop token {token!r} special in this tokenizer ({type(tokenizer).__name__}), "
+                        "so its text would reach the rewards; use a fast tokenizer (tokenizer.json)")
+    log.info("the stop token %r is a plain token in this tokenizer; marked it special so decoded text never holds it",
+             token)
+
+
+def reset_generation_config(model: Any, eos_token_id: list[int], pad_token_id: int | None) -> dict[str, Any]:
+    """Replace the model's generation config by one with its token ids only; return the fields dropped.
+
+    Hub models often ship `repetition_penalty`, `no_repeat_ngram_size`,
+    `top_k`/`top_p`, `temperature`, `do_sample` or `num_beams` in
+    `generation_config.json`, and transformers fills every field a
+    `generate` call leaves unset from it. Evaluation and GRPO rollouts would
+    then decode differently from what the recipe says (and arithmetic, which
+    repeats numbers, would be penalised). With this, the recipe's `eval` and
+    `grpo` sections are the only source of sampling settings.
+    """
+    from transformers import GenerationConfig
+
+    old = model.generation_config
+    keep = {"eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "bos_token_id": old.bos_token_id,
+            "decoder_start_token_id": old.decoder_start_token_id}
+    dropped = {k: v for k, v in old.to_diff_dict().items() if k not in keep and k != "transformers_version"}
+    model.generation_config = GenerationConfig(**{k: v for k, v in keep.items() if v is not None})
+    if dropped:
+        log.info("ignoring the model's generation_config %s: sampling settings come from the recipe only", dropped)
+    return dropped
 
 
 def token_counter(tokenizer: Any) -> Callable[[str], int]:
@@ -194,7 +230,55 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    if torch.backends.mps.is_available():
+        return "mps"
     return "cpu"
+
+
+def inference_device(requested: str | None = None) -> Any:
+    """Where inference runs: `requested` (--device, eval.device) if given, else CUDA, else MPS, else CPU.
+
+    Under `accelerate launch` each process uses its own device.
+    """
+    import torch
+
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"device {requested!r} is not a device; use cuda, cuda:N, mps or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} was asked for but this machine has no CUDA GPU; use cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"device {requested!r} was asked for but MPS is not available here; use cpu")
+        return device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState().device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def inference_dtype(device: Any, requested: str = "auto") -> Any:
+    """Inference weights: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU; `requested` wins."""
+    import torch
+
+    if requested not in DTYPES:
+        raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
 
 
 def is_model_folder(path: Path) -> bool:

@@ -32,19 +32,17 @@ METRICS = ("accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_r
 RUN_PARTS = ("data", "sft", "grpo", "eval", "report.json")
 
 
-def _check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_folder(run: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse what cannot go on; return what --overwrite removes (only what a pipeline writes)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
     if run.exists() and not run.is_dir():
         raise UserError(f"{run} exists and is not a folder; choose another output_dir")
     held = [part for part in RUN_PARTS if (run / part).exists()]
-    if held and overwrite:
-        for part in held:  # only what a pipeline writes: a user's other files in the folder stay
-            target = run / part
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    elif held and not resume:
+    if held and not resume and not overwrite:
         raise UserError(f"{run} already holds a run ({', '.join(held)}); pass --resume to continue it "
                         "or --overwrite to start again")
+    return [run / part for part in held] if overwrite else []
 
 
 def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict[str, Any], float]:
@@ -96,10 +94,18 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
          announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
     from gsm8k_tr import report
+    from gsm8k_tr.processes import process_state
     from gsm8k_tr.run_folder import prepared_data
 
     run = Path(recipe.output_dir)
-    _check_run_folder(run, resume, overwrite)
+    remove = _check_run_folder(run, resume, overwrite)  # every process decides the same, so an error stops all
+    state = process_state()  # under accelerate launch every process runs this; only the main one writes and speaks
+    if state.is_main_process:
+        for target in remove:  # a user's other files in the folder stay
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    else:
+        announce = _silent
+    state.wait_for_everyone()
     started = time.perf_counter()
     announce(f"[1/7] preparing data into {run / 'data'}")
     data_dir = prepared_data(recipe)
@@ -122,9 +128,15 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
                         "seconds": round(train_seconds + eval_seconds, 1)}
     result = {"run": str(run), "data": str(data_dir), "stages": stages,
               "prepare_seconds": round(prepare_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    report_path = report.main(str(run))
-    for line in summary(stages):
-        announce(line)
-    announce(f"report: {report_path} (plots: {', '.join(p.name for p in sorted(run.glob('*.png')))})")
+    if state.is_main_process:
+        atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        report_path = report.main(str(run))
+        for line in summary(stages):
+            announce(line)
+        announce(f"report: {report_path} (plots: {', '.join(p.name for p in sorted(run.glob('*.png')))})")
+    state.wait_for_everyone()
     return result
+
+
+def _silent(line: str) -> None:
+    """The announcer of processes other than the main one."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
@@ -35,22 +37,105 @@ def process_state() -> Any:
 
 
 def check_devices(state: Any) -> None:
-    """An accelerate launch with more processes per machine than GPUs fails with one line, before any work.
+    """A launch that cannot work, or would not get what its accelerate config asked for, fails with one line.
 
-    Without this, rank k > GPUs dies deep in CUDA with "invalid device ordinal"
-    while the others hang waiting for it.
+    - More processes per machine than GPUs: rank k > GPUs would die deep in
+      CUDA with "invalid device ordinal" while the others hang waiting for it.
+    - FSDP or DeepSpeed without CUDA GPUs: accelerate quietly runs plain
+      data-parallel CPU processes instead, unsharded.
+    - `accelerate launch --cpu`: accelerate's simple launcher starts one
+      plain process, whatever `--num_processes` and the config say.
     """
     import torch
 
     kind = str(state.distributed_type).rsplit(".", 1)[-1]
+    wanted = next((name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+                   if os.environ.get(env, "").lower() == "true"), None)
+    if wanted and kind != wanted:
+        raise UserError(f"the accelerate config asks for {wanted}, which accelerate runs only on CUDA GPUs; this "
+                        f"launch would train unsharded ({kind}, {state.num_processes} process(es)). On CPU, launch "
+                        "recipes/accelerate/ddp.yaml for several processes")
+    asked = launcher_request()
+    if asked is not None and state.num_processes == 1 and (asked["processes"] > 1 or asked["kind"] != "NO"):
+        raise UserError(f"accelerate launch --cpu started 1 unsharded process, but the launch asked for "
+                        f"{asked['processes']} process(es) ({asked['kind']}): its --cpu always starts one plain "
+                        "process. For several CPU processes, launch recipes/accelerate/ddp.yaml without --cpu")
     if kind in ("MULTI_GPU", "DEEPSPEED", "FSDP") and state.num_processes > 1 and state.device.type != "cpu":
         gpus = torch.cuda.device_count()
         local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
         if local > gpus:
             raise UserError(f"accelerate started {local} processes on this machine but it has {gpus} GPU(s); "
                             f"launch with --num_processes {gpus}, or run without accelerate launch on one GPU")
-    elif kind in ("DEEPSPEED", "FSDP") and state.device.type == "cpu":
-        raise UserError(f"the accelerate config uses {kind}, which needs CUDA GPUs; use recipes/accelerate/ddp.yaml "
-                        "to run several CPU processes")
     if state.num_processes > 1:
         log.info("process %d of %d (%s) on %s", state.process_index, state.num_processes, kind, state.device)
+
+
+def launcher_request() -> dict[str, Any] | None:
+    """What `accelerate launch --cpu` was asked for: processes and distributed type; None when not launched so.
+
+    Only that launch loses the request on its way (it starts one process and
+    passes none of the config on), so it is read from the launcher's own
+    command line, where the system shows it (Linux); elsewhere, None.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true") or "WORLD_SIZE" in os.environ:
+        return None
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    args = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    # `accelerate launch …`, `python -m accelerate.commands.launch …`
+    if not any(part == "launch" or part.endswith("accelerate.commands.launch") for part in args) or \
+            not any("accelerate" in part for part in args):
+        return None
+
+    def option(name: str) -> str | None:
+        for i, part in enumerate(args):
+            if part == name and i + 1 < len(args):
+                return args[i + 1]
+            if part.startswith(name + "="):
+                return part.split("=", 1)[1]
+        return None
+
+    config: dict[str, Any] = {}
+    if (path := option("--config_file")) is not None:
+        import yaml
+
+        try:
+            config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+    processes = option("--num_processes") or config.get("num_processes") or 1
+    kind = str(config.get("distributed_type") or "NO").upper()
+    try:
+        return {"processes": int(processes), "kind": kind}
+    except ValueError:
+        return None
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several started by `accelerate launch` (or torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def split_and_gather(items: list[Any], work: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """Run `work` on this process's share of `items`; every process gets all results, in the items' order.
+
+    Shares are padded to equal length (the last item repeats), so processes
+    that must step together, such as generation on a sharded model, run the
+    same number of batches. One process: `work(items)`.
+    """
+    if not is_distributed():
+        return work(items)
+    from accelerate.utils import gather_object
+
+    state = process_state()
+    indexed = list(enumerate(items))
+    with state.split_between_processes(indexed, apply_padding=True) as share:
+        log.info("process %d of %d: %d of %d items", state.process_index, state.num_processes, len(share), len(items))
+        results = work([item for _, item in share])
+        pairs = [(index, result) for (index, _), result in zip(share, results)]
+    found: dict[int, Any] = {}
+    for index, result in gather_object(pairs):
+        found.setdefault(index, result)
+    return [found[index] for index in range(len(items))]

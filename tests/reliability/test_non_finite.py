@@ -32,12 +32,13 @@ class PoisonStep(TrainerCallback):
             self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _trainer(tmp_path: Path, mode: str, poison: PoisonStep, steps: int = 4) -> GuardedTrainer:
+def _trainer(tmp_path: Path, mode: str, poison: PoisonStep, steps: int = 4, fp16: bool = False) -> GuardedTrainer:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(50, (16, 8)).tolist()]
     args = TrainingArguments(output_dir=str(tmp_path / "checkpoints"), max_steps=steps, per_device_train_batch_size=4,
-                             learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True)
+                             learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             fp16=fp16)
     trainer = GuardedTrainer(model=model, args=args, train_dataset=rows, callbacks=[poison])
     trainer.on_non_finite = mode
     return trainer
@@ -73,6 +74,42 @@ def test_stop_names_the_gradient_and_the_way_on(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, "stop", PoisonStep(at=2))
     with pytest.raises(UserError, match=r"the gradient norm became nan at step 2; no checkpoint was saved yet.*"
                                         r"--resume, or set on_non_finite: skip"):
+        trainer.train()
+
+
+def _fp16(trainer: GuardedTrainer, init_scale: float) -> GuardedTrainer:
+    """The trainer as it runs on an fp16 GPU: fp16 autocast and torch's GradScaler in accelerate's code path.
+
+    accelerate creates a scaler only on a GPU; on CPU the same GradScaler
+    class runs (torch >= 2.3), so it is handed to the accelerator before
+    training prepares the optimizer. Everything after that is the library's
+    own path: scaled backward, unscale in the Trainer's norm clipping, the
+    skip inside `scaler.step` (here in the fused AdamW kernel), and the
+    scale's update.
+    """
+    assert trainer.args.fp16 and trainer.accelerator.scaler is None  # accelerate's own choice on CPU
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.accelerator.native_amp = True
+    return trainer
+
+
+def test_fp16_scaler_skips_are_counted_and_are_not_faults(tmp_path: Path) -> None:
+    # At 2**20 the first fp16 steps overflow (as at 2**16 on a GPU with a real model), the scaler skips them and
+    # halves its scale; with the default on_non_finite: stop the run must go on.
+    trainer = _fp16(_trainer(tmp_path, "stop", PoisonStep(at=99), steps=8, fp16=True), 2.0**20)
+    trainer.train()
+    assert trainer.state.global_step == 8
+    counts = [h["scaler_skipped_steps"] for h in trainer.state.log_history if "scaler_skipped_steps" in h]
+    assert counts[0] == 1 and counts[-1] >= 1
+    stepped = int(next(iter(trainer.optimizer.optimizer.state.values()))["step"])
+    assert counts[-1] == 8 - stepped  # exactly the steps the optimizer did not take
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_non_finite_step_the_scaler_misses_still_stops(tmp_path: Path) -> None:
+    # A gradient poisoned after unscaling: the scaler found nothing and would apply it.
+    trainer = _fp16(_trainer(tmp_path, "stop", PoisonStep(at=2), fp16=True), 2.0**8)
+    with pytest.raises(UserError, match=r"the gradient norm became nan at step 2"):
         trainer.train()
 
 

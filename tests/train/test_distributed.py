@@ -49,3 +49,49 @@ def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> 
     assert any("eval/accuracy" in e for e in history)  # the held-out check ran on rank 0 without hanging rank 1
     sft_history = json.loads((run / "sft" / "log_history.json").read_text())
     assert sft_history[-1]["step"] == 6
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_two_processes_shares_evaluations_and_writes_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "run"
+    done = _launch("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=4", "grpo.max_steps=2",
+                   "eval.limit=9", "eval.every_steps=1", "eval.held_out_size=8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert done.stdout.count("[1/7] preparing data") == 1 and done.stdout.count("report: ") == 1  # the main process
+    # Each evaluation: 9 questions in shares of 5 (the last one repeated), answered once each in the metrics.
+    for rank in (0, 1):
+        assert out.count(f"process {rank} of 2: 5 of 9 items") == 3, out[-3000:]
+    for name in ("base", "sft", "grpo"):
+        metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
+        assert metrics["n"] == 9
+        lines = (run / "eval" / name / "predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 9 and len({json.loads(line)["question"] for line in lines}) == 9
+    assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]  # no second writer's leftovers
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["stages"]) == {"base", "sft", "grpo"}
+    history = json.loads((run / "grpo" / "log_history.json").read_text())
+    assert [e["step"] for e in history if "eval/accuracy" in e] == [1, 2]
+
+
+FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch, says", [
+    # accelerate runs FSDP only on CUDA GPUs; on CPU processes it quietly trains unsharded (MULTI_CPU).
+    (["--config_file", str(FSDP), "--num_processes", "2"], "asks for FSDP, which accelerate runs only on CUDA GPUs"),
+    # --cpu makes accelerate start one plain process, whatever the config and --num_processes say.
+    (["--config_file", str(FSDP), "--cpu", "--num_processes", "2"], "--cpu started 1 unsharded process, but the launch "
+                                                                     "asked for 2 process(es) (FSDP)"),
+    (["--config_file", str(DDP), "--cpu"], "asked for 2 process(es) (MULTI_GPU)"),
+])
+def test_a_launch_that_loses_its_sharding_or_processes_says_so(launch: list[str], says: str, tmp_path: Path,
+                                                                tiny_model_dir: Path) -> None:
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port", str(_free_port()),
+               "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
+    assert lines and all(says in line for line in lines), done.stderr[-2000:]
+    assert not (tmp_path / "run" / "sft" / "checkpoints").exists() or not any((tmp_path / "run" / "sft").rglob("*.safetensors"))

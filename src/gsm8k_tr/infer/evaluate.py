@@ -108,25 +108,38 @@ def metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def load_for_inference(spec: str, recipe: Recipe) -> tuple[Any, Any, str]:
-    """Model, tokenizer and a description for `spec`: Hub id, `builtin:`, model folder, stage output or adapter."""
+def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> tuple[Any, Any, str]:
+    """Model, tokenizer and a description for `spec`: Hub id, `builtin:`, model folder, stage output or adapter.
+
+    The model goes to the inference device (`device`, else `eval.device`, else
+    CUDA, MPS or CPU) in its dtype (`eval.dtype`; auto: bf16 or fp16 on a GPU,
+    float32 on CPU).
+    """
+    target = modeling.inference_device(device or recipe.eval.device)
+    dtype = modeling.inference_dtype(target, recipe.eval.dtype)
     path = Path(spec).expanduser()
     stop = recipe.model.stop_token
-    if is_finished(path):  # a stage output: its merged model, with the stop token it was trained on
+    stage_output = is_finished(path)
+    if stage_output:  # its merged model, with the stop token it was trained on
         stop = read_manifest(path).get("stop_token", stop)
         path = path / "merged"
-    if path.is_dir() and (path / "adapter_config.json").is_file():
+    if spec == recipe.model.name_or_path and not stage_output:
+        # The recipe's own model, with its revision or GGUF file.
+        tokenizer, model = modeling.load_tokenizer(recipe.model), modeling.load_model(recipe.model, dtype=dtype)
+    elif path.is_dir() and (path / "adapter_config.json").is_file():
         model, tokenizer = _load_adapter(path, recipe)
+        model = model.to(dtype)
     elif path.is_dir() and modeling.is_model_folder(path):
-        tokenizer, model = modeling.load_tokenizer(recipe.model, str(path)), modeling.load_model(recipe.model, str(path))
+        tokenizer = modeling.load_tokenizer(recipe.model, str(path))
+        model = modeling.load_model(recipe.model, str(path), dtype=dtype)
     elif path.exists() or spec.startswith((".", "/", "~")):
         raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
                         "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
     else:
-        cfg = dataclasses.replace(recipe.model, name_or_path=spec)
-        tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+        cfg = dataclasses.replace(recipe.model, name_or_path=spec, gguf_file=None, revision=None)
+        tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg, dtype=dtype)
     modeling.configure_tokens(tokenizer, model, stop)
-    return model, tokenizer, str(path if path.exists() else spec)
+    return model.to(target), tokenizer, str(path if path.exists() else spec)
 
 
 def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
@@ -143,40 +156,57 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     else:
         model = modeling.load_model(dataclasses.replace(recipe.model, name_or_path=base))
     tokenizer = modeling.load_tokenizer(recipe.model, str(path if (path / "tokenizer_config.json").is_file() else local))
-    # Merged weights generate faster than an adapter applied on every call.
+    # Merged weights generate faster than an adapter applied on every call; merged in float32, then cast.
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), tokenizer
 
 
 def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, samples: int = 1,
-             progress: Any = None, vllm_folder: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             progress: Any = None, vllm_folder: str | None = None,
+             synced_gpus: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate and grade answers for `rows`; returns (metrics, prediction records).
 
-    With `vllm_folder` (a model folder or Hub id) vLLM generates instead of transformers.
+    Under `accelerate launch` each process answers its share of the rows and
+    every process gets all records. With `vllm_folder` (a model folder or Hub
+    id) vLLM generates instead of transformers. The metrics name the device,
+    dtype and every decoding setting used.
     """
+    from gsm8k_tr.processes import split_and_gather
+
     cfg = recipe.eval
     temperature = cfg.temperature
     if samples > 1 and temperature <= 0:
         temperature = 1.0  # k greedy samples would be k copies of one answer
         log.info("--samples %d: sampling at temperature 1.0 (eval.temperature is 0)", samples)
-    prompts = [build_prompt(r["question"], recipe.prompt) for r in rows]
-    if vllm_folder is not None:
-        from gsm8k_tr.infer import vllm_engine
 
-        outputs = vllm_engine.complete_with_vllm(vllm_folder, prompts, cfg.max_new_tokens, temperature, samples, recipe.seed,
-                                        generation.stop_ids(model))
-    else:
-        outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
-                                      samples, recipe.seed, progress)
-    records = [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(rows, outputs)]
-    return metrics(records), records
+    def answer(share: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        prompts = [build_prompt(r["question"], recipe.prompt) for r in share]
+        if vllm_folder is not None:
+            from gsm8k_tr.infer import vllm_engine
+
+            outputs = vllm_engine.complete_with_vllm(vllm_folder, tokenizer, prompts, cfg.max_new_tokens, temperature,
+                                                     samples, recipe.seed, generation.stop_ids(model))
+        else:
+            outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
+                                          samples, recipe.seed, progress, synced_gpus)
+        return [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(share, outputs)]
+
+    records = split_and_gather(rows, answer)
+    parameter = next(model.parameters())
+    where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
+             "generation": generation.settings(cfg.max_new_tokens, temperature)}
+    return {**metrics(records), **where}, records
 
 
 def check_backend(backend: str) -> None:
     """vLLM is an optional extra and needs a GPU; say so before loading anything."""
     if backend == "vllm":
         from gsm8k_tr.infer import vllm_engine
+        from gsm8k_tr.processes import is_distributed
 
         vllm_engine.require("--backend vllm", "use --backend hf")
+        if is_distributed():
+            raise UserError("--backend vllm runs in one process and uses the GPU itself; run evaluate without "
+                            "accelerate launch")
     elif backend != "hf":
         raise UserError(f"--backend must be hf or vllm, got {backend!r}")
 
@@ -197,11 +227,17 @@ def check_args(limit: int | None, samples: int) -> None:
 
 
 def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int | None = None, samples: int = 1,
-         output: str | None = None, overwrite: bool = False, backend: str = "hf") -> dict[str, Any]:
-    """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl."""
+         output: str | None = None, overwrite: bool = False, backend: str = "hf",
+         device: str | None = None) -> dict[str, Any]:
+    """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl.
+
+    Under `accelerate launch` the processes share the questions and only the
+    main process writes.
+    """
     from rich.progress import Progress
 
     from gsm8k_tr.outputs import atomic_directory, check_writable
+    from gsm8k_tr.processes import is_distributed, process_state
 
     limit = limit if limit is not None else recipe.eval.limit
     check_args(limit, samples)
@@ -210,7 +246,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     if target is not None:
         check_writable(target, overwrite)
     rows = load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
-    model, tokenizer, name = load_for_inference(model_spec, recipe)
+    model, tokenizer, name = load_for_inference(model_spec, recipe, device)
     started = time.perf_counter()
     if backend == "vllm":
         from gsm8k_tr.infer import vllm_engine
@@ -218,15 +254,18 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
         with vllm_engine.model_folder(model, tokenizer, name) as folder:
             result, records = evaluate(model, tokenizer, rows, recipe, samples, vllm_folder=folder)
     else:
-        with Progress(transient=True) as bar:
+        with Progress(transient=True, disable=is_distributed()) as bar:
             task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
             result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
     result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
               "seconds": round(time.perf_counter() - started, 1)}
-    if target is not None:
+    state = process_state() if is_distributed() else None
+    if target is not None and (state is None or state.is_main_process):
         with atomic_directory(target, overwrite) as tmp:
             (tmp / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
             with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if state is not None:
+        state.wait_for_everyone()
     return result

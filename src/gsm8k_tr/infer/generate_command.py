@@ -26,11 +26,11 @@ def render(text: str, answer_tag: str) -> str:
     return f"{body}\n[bold]{escape(f'<{answer_tag}>{block.strip()}</{answer_tag}>')}[/bold] → {found}"
 
 
-def main(model_spec: str, recipe: Recipe, questions: list[str]) -> None:
-    """Answer each question and print it."""
+def main(model_spec: str, recipe: Recipe, questions: list[str], device: str | None = None) -> None:
+    """Answer each question and print it (on `device`, else the recipe's or the detected one)."""
     from gsm8k_tr.infer.evaluate import load_for_inference
 
-    model, tokenizer, _ = load_for_inference(model_spec, recipe)
+    model, tokenizer, _ = load_for_inference(model_spec, recipe, device)
     prompts = [build_prompt(q, recipe.prompt) for q in questions]
     outputs = generation.generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
                                   recipe.eval.temperature, 1, recipe.seed)

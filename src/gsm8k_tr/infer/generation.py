@@ -6,6 +6,10 @@ little), left-padded (so every row's next token sits in the last column;
 `generate` derives position ids from the attention mask, so GPT-2's learned
 positions stay right), decoded with the KV cache, and a batch ends as soon as
 every row has emitted a stop token.
+
+Sampling settings come from the arguments only (see `generation_config`), and
+a completion's text ends before its stop token, whatever the tokenizer says
+about that token.
 """
 
 from __future__ import annotations
@@ -29,19 +33,56 @@ def stop_ids(model: Any) -> list[int]:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def _completions(rows: Any, stops: set[int], tokenizer: Any) -> list[Completion]:
-    """Cut each generated row after its first stop token; a row without one ran out of tokens."""
+def settings(max_new_tokens: int, temperature: float) -> dict[str, Any]:
+    """Every decoding field generation uses, as recorded in metrics.json: greedy, or plain sampling at `temperature`.
+
+    >>> settings(96, 0.0)["do_sample"], settings(96, 0.7)["top_k"]
+    (False, 0)
+    """
+    sampled = temperature > 0
+    return {"max_new_tokens": max_new_tokens, "do_sample": sampled, "temperature": temperature if sampled else None,
+            "top_k": 0 if sampled else None, "top_p": 1.0 if sampled else None, "num_beams": 1,
+            "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0}
+
+
+def generation_config(model: Any, pad_token_id: int | None, max_new_tokens: int, temperature: float,
+                      samples: int = 1) -> Any:
+    """A complete GenerationConfig: the recipe's settings and the model's stop and pad ids, nothing else.
+
+    transformers fills every field a call leaves unset from
+    `model.generation_config`; `modeling.configure_tokens` clears that, and
+    passing every field here keeps it so for a model that did not go through it.
+    """
+    from transformers import GenerationConfig
+
+    values = {k: v for k, v in settings(max_new_tokens, temperature).items() if v is not None}
+    return GenerationConfig(**values, eos_token_id=stop_ids(model), pad_token_id=pad_token_id, use_cache=True,
+                            num_return_sequences=samples)
+
+
+def completions(rows: list[list[int]], stops: set[int], tokenizer: Any) -> list[Completion]:
+    """Cut each generated row at its first stop token; a row without one ran out of tokens.
+
+    The stop token is counted but never decoded, so its text cannot reach a
+    grader or a prediction even when the tokenizer calls it a plain token.
+    """
     found = []
-    for row in rows.tolist():
+    for row in rows:
         end = next((i for i, token in enumerate(row) if token in stops), None)
-        kept = row if end is None else row[: end + 1]
-        found.append(Completion(tokenizer.decode(kept, skip_special_tokens=True), len(kept), end is None))
+        kept = row if end is None else row[:end]
+        found.append(Completion(tokenizer.decode(kept, skip_special_tokens=True), len(row) if end is None else end + 1,
+                                end is None))
     return found
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0, samples: int = 1, seed: int = 0, progress: Any = None) -> list[list[Completion]]:
-    """`samples` completions for each prompt, in the prompts' order."""
+             temperature: float = 0.0, samples: int = 1, seed: int = 0, progress: Any = None,
+             synced_gpus: bool = False) -> list[list[Completion]]:
+    """`samples` completions for each prompt, in the prompts' order.
+
+    `synced_gpus` keeps every process generating until all are done, which a
+    model sharded across processes (FSDP, ZeRO-3) needs for its gathers.
+    """
     if not prompts:
         return []
     import torch
@@ -53,31 +94,28 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                             device)
+                                device, synced_gpus)
     finally:
         tokenizer.padding_side = side
 
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-              temperature: float, samples: int, progress: Any, device: Any) -> list[list[Completion]]:
+                 temperature: float, samples: int, progress: Any, device: Any,
+                 synced_gpus: bool) -> list[list[Completion]]:
     import torch
 
-    stops = stop_ids(model)
+    config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
+    stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     results: list[list[Completion]] = [[] for _ in prompts]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt").to(device)
         with torch.inference_mode():
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, use_cache=True,
-                                    num_return_sequences=samples, eos_token_id=stops,
-                                    pad_token_id=tokenizer.pad_token_id, **sampling)
-        new = output[:, batch["input_ids"].shape[1]:]
-        found = _completions(new, set(stops), tokenizer)
+            output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus)
+        found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]
         if progress is not None:

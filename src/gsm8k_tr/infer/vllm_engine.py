@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.infer.generation import Completion
+from gsm8k_tr.infer.generation import Completion, completions
 
 
 def require(what: str, fallback: str) -> None:
@@ -70,14 +70,29 @@ def model_folder(model: Any, tokenizer: Any, source: str) -> Iterator[str]:
         yield tmp
 
 
-def complete_with_vllm(folder: str, prompts: list[str], max_new_tokens: int, temperature: float, samples: int, seed: int,
-             stop_ids: list[int], gpu_memory_utilization: float = 0.85) -> list[list[Completion]]:
-    """`samples` completions per prompt with vLLM, in the prompts' order."""
+def complete_with_vllm(folder: str, tokenizer: Any, prompts: list[str], max_new_tokens: int, temperature: float,
+                       samples: int, seed: int, stop_ids: list[int],
+                       gpu_memory_utilization: float = 0.85) -> list[list[Completion]]:
+    """`samples` completions per prompt with vLLM, in the prompts' order.
+
+    The model folder's own generation_config.json is ignored
+    (`generation_config="vllm"`): the arguments are the only sampling
+    settings. The text is decoded from the token ids with our tokenizer, cut
+    before the stop token: vLLM keeps a stop token's text when the tokenizer
+    does not call it special.
+    """
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=folder, seed=seed, gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=False)
-    params = SamplingParams(n=samples, temperature=temperature, max_tokens=max_new_tokens, stop_token_ids=stop_ids,
-                            seed=seed, skip_special_tokens=True)
+    llm = LLM(model=folder, seed=seed, gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=False,
+              generation_config="vllm")
+    params = SamplingParams(n=samples, temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
+                            max_tokens=max_new_tokens, stop_token_ids=stop_ids, seed=seed)
     outputs = llm.generate(prompts, params, use_tqdm=True)
-    return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
-            for out in outputs]
+    stops = set(stop_ids)
+    found = []
+    for out in outputs:
+        texts = completions([list(o.token_ids) for o in out.outputs], stops, tokenizer)
+        # vLLM says itself whether a sample stopped or ran out of tokens.
+        found.append([Completion(c.text, len(o.token_ids), o.finish_reason == "length")
+                      for c, o in zip(texts, out.outputs)])
+    return found

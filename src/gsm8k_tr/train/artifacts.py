@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import Recipe, save_recipe
+from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_directory
 from gsm8k_tr.train.faults import inject_fault
 
@@ -46,14 +48,39 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-def save_stage(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Write every stage output into `folder` (main process only); returns the manifest."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+ADAPTER_STAGING = ".adapter.saving"  # where trainer.save_model writes the gathered adapter
+RESUME_ONLY = ("training_args.bin",)  # the Trainer's pickled arguments: resume state, not an output
+
+
+def merge_adapter(recipe: Recipe, base: str | None, adapter: Path, stop: str) -> Any:
+    """The base model (a folder, or None for the recipe's model) with the adapter merged in, on the CPU, float32.
+
+    Built from the files, not from the training model: that one may be
+    sharded across processes, and this is the route a user takes too.
+    """
+    from peft import PeftModel
+
+    from gsm8k_tr import modeling
+
+    tokenizer, model = modeling.load_tokenizer(recipe.model, base), modeling.load_model(recipe.model, base)
+    modeling.configure_tokens(tokenizer, model, stop)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
+def save_stage(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any], staging: Path,
+               base: str | None) -> dict[str, Any]:
+    """Write every stage output into `folder` from the adapter in `staging` (main process only); returns the manifest."""
+    if not (staging / "adapter_model.safetensors").is_file():
+        raise UserError(f"the trainer saved no adapter weights into {staging}; under FSDP set "
+                        "fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config (recipes/accelerate/fsdp.yaml)")
     tokenizer = trainer.processing_class
     with atomic_directory(folder / "adapter", overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        for path in staging.iterdir():
+            if path.name not in RESUME_ONLY:
+                shutil.move(str(path), tmp / path.name)
         tokenizer.save_pretrained(tmp)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    shutil.rmtree(staging, ignore_errors=True)
+    merged = merge_adapter(recipe, base, folder / "adapter", info["stop_token"])
     with atomic_directory(folder / "merged", overwrite=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         inject_fault("kill-during-merge")  # the merged model is half in place: its folder is still temporary

@@ -89,6 +89,13 @@ class GRPOTrainer(AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
         return rewards
 
 
+def sampling(config: Any) -> dict[str, Any]:
+    """The rollouts' effective sampling settings: the recipe's, through TRL's config (nothing from the model)."""
+    keys = ("max_completion_length", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+            "generation_kwargs", "use_vllm")
+    return {key: getattr(config, key, None) for key in keys}
+
+
 def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
     """The SFT output GRPO starts from (None: the base model) and its manifest; checked for compatibility."""
     named = recipe.model.sft_output
@@ -149,11 +156,14 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     trainer.on_non_finite = recipe.on_non_finite
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
+    held_out = None
     if recipe.eval.every_steps:
-        held_out = splits.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size]
-        trainer.add_callback(HeldOutAccuracy(trainer, held_out, recipe))
+        held_out = HeldOutAccuracy(trainer, splits.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size],
+                                   recipe)
+        trainer.add_callback(held_out)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
-    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint,
-                               start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards))
-    return stage.finish(trainer, folder, recipe, STAGE, info)
+    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
+                            start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
+                            sampling=sampling(config), held_out=held_out.where if held_out else None)
+    return stage.finish(trainer, folder, recipe, STAGE, info, base=start)

@@ -24,6 +24,13 @@ class GuardNonFinite:
     and the running count goes into the log history as `skipped_steps`,
     which a resumed run continues from. DeepSpeed keeps gradients to itself,
     so under it only the loss is checked.
+
+    fp16 training (GPUs without bf16, such as the T4 and V100) runs a
+    gradient scaler whose first steps overflow by design: it finds the
+    inf/NaN while unscaling, skips the optimizer step itself and lowers the
+    scale. Such a step is no fault; it is counted as `scaler_skipped_steps`.
+    The guard acts on a non-finite loss, and on a non-finite gradient the
+    scaler did not catch (it would reach the weights).
     """
 
     on_non_finite = "stop"
@@ -31,6 +38,7 @@ class GuardNonFinite:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.skipped_steps: int | None = None  # read back from the log history when first needed
+        self.scaler_skipped_steps: int | None = None
         self.add_callback(_gradient_check(self))
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -43,9 +51,17 @@ class GuardNonFinite:
         return loss  # under `skip`, its gradients are dropped before the optimizer step
 
     def check_gradients(self) -> None:
-        """Before each optimizer step: stop, or drop every gradient, if any of them is not finite."""
+        """Before each optimizer step: stop, or drop every gradient, if any of them is not finite.
+
+        A step the fp16 gradient scaler skips itself is only counted.
+        """
         import torch
 
+        if self.scaler_will_skip():
+            self.scaler_skipped_steps = self._so_far("scaler_skipped_steps") + 1
+            log.info("step %d: the fp16 gradient scaler found inf/NaN gradients; it skips this step and lowers its "
+                     "scale (%d so far)", self.state.global_step + 1, self.scaler_skipped_steps)
+            return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
@@ -64,15 +80,41 @@ class GuardNonFinite:
                     "(on_non_finite: skip; %d skipped so far)", self.state.global_step + 1, float(norm),
                     self.skipped_steps)
 
+    def scaler(self) -> Any:
+        """The active gradient scaler (fp16), or None."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def scaler_will_skip(self) -> bool:
+        """Whether the gradient scaler found inf/NaN while unscaling this step's gradients, so it skips the step.
+
+        torch's GradScaler records what `unscale_` found per optimizer; the
+        Trainer unscales (to clip or measure the norm) before this point, and
+        `scaler.step` skips exactly when that record is non-zero (accelerate's
+        `optimizer_step_was_skipped` misses the skips of fused optimizers,
+        which take the record into their own kernel).
+        """
+        scaler = self.scaler()
+        if scaler is None:
+            return False
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
+        found = scaler._per_optimizer_states.get(id(optimizer), {}).get("found_inf_per_device", {})
+        return sum(float(v) for v in found.values()) > 0
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.on_non_finite == "skip":
             logs = {**logs, "skipped_steps": self._skipped_so_far()}
+        if self.scaler() is not None:
+            logs = {**logs, "scaler_skipped_steps": self._so_far("scaler_skipped_steps")}
         super().log(logs, *args, **kwargs)
 
     def _skipped_so_far(self) -> int:
-        if self.skipped_steps is None:  # a resumed run continues the count its checkpoint logged
-            self.skipped_steps = max((int(h.get("skipped_steps", 0)) for h in self.state.log_history), default=0)
-        return self.skipped_steps
+        return self._so_far("skipped_steps")
+
+    def _so_far(self, key: str) -> int:
+        if getattr(self, key) is None:  # a resumed run continues the count its checkpoint logged
+            setattr(self, key, max((int(h.get(key, 0)) for h in self.state.log_history), default=0))
+        return getattr(self, key)
 
     def _stop(self, what: str) -> None:
         good = last_checkpoint(Path(self.args.output_dir))

@@ -90,5 +90,5 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
-    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint)
+    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config)
     return stage.finish(trainer, folder, recipe, STAGE, info)

@@ -78,24 +78,38 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
-def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Save the stage outputs from the main process; every process gets the manifest."""
-    from gsm8k_tr.train.artifacts import save_stage
+def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any],
+           base: str | None = None) -> dict[str, Any]:
+    """Save the stage outputs; every process gets the manifest.
+
+    Under FSDP or DeepSpeed ZeRO-3 each process holds a piece of the weights,
+    so every process takes part in `trainer.save_model`, which gathers the
+    full adapter and writes it from the main process. The main process then
+    merges that adapter into the base model (`base`: a folder, or None for
+    the recipe's model) loaded afresh, and writes the rest.
+    """
+    from gsm8k_tr.train.artifacts import ADAPTER_STAGING, save_stage
 
     accelerator = trainer.accelerator
     info = {**info, "processes": accelerator.num_processes}
     log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
              trainer.state.global_step)
+    staging = folder / ADAPTER_STAGING
     if accelerator.is_main_process:
-        save_stage(trainer, folder, recipe, stage, info)
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_stage(trainer, folder, recipe, stage, info, staging, base)
         log.info("saved %s outputs to %s (main process only)", stage, folder)
     accelerator.wait_for_everyone()
     return read_manifest(folder)
 
 
 def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int], started: float,
-               checkpoint: str | None, **extra: Any) -> dict[str, Any]:
-    """The manifest fields both stages record."""
+               checkpoint: str | None, config: Any, **extra: Any) -> dict[str, Any]:
+    """The manifest fields both stages record (`config`: the TRL config the stage trained with)."""
     import time
 
     from gsm8k_tr.config import recipe_dict
@@ -104,5 +118,7 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
 
     return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
             "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),
-            "data_counts": counts, "device": device_name(), "train_seconds": time.perf_counter() - started,
+            "data_counts": counts, "device": device_name(),
+            "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
+            "train_seconds": time.perf_counter() - started,
             "resumed_from": checkpoint}

@@ -1,0 +1,55 @@
+"""GGUF files as ordinary models: dequantized by transformers, unmarked as quantized, saved as safetensors.
+
+transformers reads a GGUF file (`from_pretrained(folder, gguf_file=...)`,
+with the pure-Python `gguf` package) and unpacks every tensor into dense
+float weights. This is the route a user takes to fine-tune a GGUF model, and
+`builtin:smollm2-135m` takes it once to make a plain safetensors folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def require_gguf() -> None:
+    """The `gguf` package reads the files; say so in one line if it is missing."""
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading a GGUF file needs the gguf package: pip install gguf")
+
+
+def unmark_dequantized(model: Any) -> None:
+    """A GGUF file unpacked into dense float weights is an ordinary model: say so.
+
+    transformers keeps the GGUF quantizer attached even when it dequantized
+    every tensor (no packed-matmul kernel on CPU), and the Trainer then
+    refuses to train it. Packed weights would not be floating point; those
+    stay marked, and the Trainer's own error explains them.
+    """
+    if getattr(model, "hf_quantizer", None) is None or not all(p.is_floating_point() for p in model.parameters()):
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def convert(gguf_path: Path, target: Path) -> None:
+    """Write the model and tokenizer of a GGUF file into `target` as a safetensors model folder (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    require_gguf()
+    folder, name = str(gguf_path.parent), gguf_path.name
+    log.info("dequantizing %s into %s", gguf_path, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    unmark_dequantized(model)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
