@@ -1,5 +1,6 @@
 # make test : create .venv, install the package with its test extras, run every test (slow ones too)
-# make demo : create .venv, install, run the offline demo pipeline
+# make demo : create .venv, install the package alone (no test extras), run the offline demo pipeline
+# Nothing is compiled: every dependency comes as a wheel.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,15 +22,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 		|| $(PIP) install --quiet --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
 	fi
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --only-binary :all: -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet --only-binary :all: -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
