@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,33 @@ TINY_RECIPE = ROOT / "recipes" / "tiny.yaml"
 
 # Built-in models are built once per checkout (about 30 s), not once per test session.
 os.environ.setdefault("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))
+# Tests never reach the Hugging Face Hub. Set before any test imports huggingface_hub, which reads these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`gsm8k-tr ARGS` run in this process, with its exit status, stdout and stderr (logs included).
+
+    The command's own entry point runs, as `python -m gsm8k_tr` would run it;
+    what a separate process adds is importing torch, transformers and TRL
+    again (about 6 s each time), so tests that need no process of their own
+    (kills, several processes, a clean environment) use this.
+    """
+    from gsm8k_tr import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    stdin_was = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as stop:  # argparse's own errors
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.stdin = stdin_was
+    return subprocess.CompletedProcess(["gsm8k-tr", *args], code, out.getvalue(), err.getvalue())
 
 REFERENCE = {
     "train": [

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True, cwd=ROOT)
+cli = run_cli  # in this process: see conftest.run_cli
 
 
 def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, field):
             parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
         setattr(args, field, [*getattr(args, field), *extra])
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: the command owns the process's logging (and a second call in one process logs to its own stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
     if args.command in ("sft", "grpo", "pipeline"):
         from gsm8k_tr.processes import cpu_processes_without_gpus
 

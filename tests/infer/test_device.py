@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 from gsm8k_tr import modeling
 from gsm8k_tr.errors import UserError
@@ -54,15 +52,12 @@ def test_the_inference_dtype(device: str, bf16: bool, requested: str, expected: 
 
 
 def test_evaluate_records_its_device_and_dtype(tmp_path: Path, tiny_model_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "evaluate", "--config", str(TINY_RECIPE),
-                           f"output_dir={tmp_path}", "--model", str(tiny_model_dir), "--limit", "4", "--device", "cpu",
-                           "eval.dtype=bfloat16", "--output", str(tmp_path / "out")], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = run_cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(tiny_model_dir),
+                   "--limit", "4", "--device", "cpu", "eval.dtype=bfloat16", "--output", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["device"] == "cpu" and metrics["dtype"] == "bfloat16" and metrics["n"] == 4
-    refused = subprocess.run([sys.executable, "-m", "gsm8k_tr", "generate", "--config", str(TINY_RECIPE),
-                              "--model", str(tiny_model_dir), "--device", "cuda:7", "Ali'nin 3 elması var."],
-                             capture_output=True, text=True, cwd=ROOT)
+    refused = run_cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "--device", "cuda:7",
+                      "Ali'nin 3 elması var.")
     if not torch.cuda.is_available():
         assert refused.returncode == 2 and "no CUDA GPU" in refused.stderr and "Traceback" not in refused.stderr

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 from gsm8k_tr.grading.answers import is_correct, is_correct_flexible
 from gsm8k_tr.infer.evaluate import majority_correct, metrics, pass_at_k
@@ -54,8 +52,7 @@ def test_majority_vote_uses_the_graders_reading():
     assert majority_correct(["<cevap>1.250</cevap>", "<cevap>1250</cevap>", "<cevap>9</cevap>"], "1250", "cevap")
 
 
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True, input=stdin)
+cli = run_cli  # in this process: see conftest.run_cli
 
 
 @pytest.fixture(scope="module")

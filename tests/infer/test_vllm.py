@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer import evaluate, vllm_engine
@@ -80,7 +77,6 @@ def test_vllm_gets_a_full_model_folder(tmp_path, tiny_model_dir):
 
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_evaluate_backend_vllm_from_the_command_line_is_one_line():
-    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "evaluate", "--model", "builtin:tiny-gpt2",
-                           "--backend", "vllm", "--config", str(TINY_RECIPE)], capture_output=True, text=True)
+    done = run_cli("evaluate", "--model", "builtin:tiny-gpt2", "--backend", "vllm", "--config", str(TINY_RECIPE))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "pip install -e .[vllm]" in done.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_RECIPE
+from conftest import ROOT, TINY_RECIPE, run_cli
 
 from gsm8k_tr import modeling
 from gsm8k_tr.config import ModelConfig, load_recipe
@@ -88,10 +88,8 @@ def test_secrets_come_from_the_environment_and_never_reach_outputs(tmp_path: Pat
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
     # A learning rate this large sends the weights to infinity within a few steps.
-    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE), f"output_dir={run}",
-                           "sft.max_steps=30", "sft.save_steps=1", "sft.learning_rate=1e30", "sft.max_grad_norm=0",
-                           "sft.lr_scheduler_type=constant", "sft.warmup_steps=0"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=30", "sft.save_steps=1",
+                   "sft.learning_rate=1e30", "sft.max_grad_norm=0", "sft.lr_scheduler_type=constant", "sft.warmup_steps=0")
     assert done.returncode == 2, done.stderr[-2000:]
     last = _error_line(done.stderr)
     assert "the training loss became" in last and "--resume" in last and "Traceback" not in done.stderr
@@ -102,8 +100,7 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path
 def test_outputs_that_cannot_be_written_or_do_not_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
-                           f"output_dir={blocker / 'run'}"], capture_output=True, text=True, cwd=ROOT)
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={blocker / 'run'}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "cannot write" in _error_line(done.stderr)
 

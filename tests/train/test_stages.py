@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, run_cli
 
 pytestmark = pytest.mark.slow
 
 REWARDS = ("correctness", "strict_format", "soft_format", "xmlcount")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gsm8k_tr", *args], capture_output=True, text=True)
+cli = run_cli  # in this process: see conftest.run_cli
 
 
 def tensors(path: Path) -> dict:
