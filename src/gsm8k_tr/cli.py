@@ -41,9 +41,10 @@ def _prepare(args: argparse.Namespace) -> int:
     output = args.output or f"{recipe.output_dir}/data"
     report = prepare.main(recipe, output=output, overwrite=args.overwrite)
     summary = {k: report[k] for k in ("rows_read", "aligned", "unaligned", "aligned_rate", "test_rows_found",
-                                      "dropped", "solution_gold_disagreements", "written")}
+                                      "numbers_changed", "dropped", "excluded", "solution_gold_disagreements",
+                                      "written")}
     print(json.dumps(summary, ensure_ascii=False, indent=2))
-    print(f"wrote {output}/train.jsonl, test.jsonl and prepare_report.json")
+    print(f"wrote {output}/train.jsonl, validation.jsonl, test.jsonl, excluded.jsonl and prepare_report.json")
     return 0
 
 
@@ -60,7 +61,7 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
     _recipe_args(parser)
     parser.add_argument("--dataset", metavar="SRC", help="Hub id, or a local CSV/JSON/JSONL/Parquet file or folder (data.dataset)")
     parser.add_argument("--reference", metavar="REF", help="English GSM8K: Hub id, folder with train/test.jsonl, or 'none' (data.reference)")
-    parser.add_argument("--output", metavar="DIR", help="folder for train.jsonl, test.jsonl and prepare_report.json (default: {output_dir}/data)")
+    parser.add_argument("--output", metavar="DIR", help="folder for the splits, excluded.jsonl and prepare_report.json (default: {output_dir}/data)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

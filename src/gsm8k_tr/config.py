@@ -49,8 +49,10 @@ class DataConfig:
     keep_unaligned: bool = True  # unaligned rows keep their solution's last number as gold
     unaligned_split: str = "train"  # where kept unaligned rows go: train or test
     test_fraction: float = 0.1  # held out by question hash when there is no reference
-    min_align_score: float = 0.55
-    min_align_margin: float = 0.02
+    validation_fraction: float = 0.05  # of train, by question hash; at least 64 rows when train can spare them
+    min_align_score: float = 0.45  # question evidence (numbers, names, concepts) the best match needs
+    min_align_margin: float = 0.02  # and how far ahead of the runner-up it must be
+    keep_numbers_changed: bool = False  # rows whose translation changed the numbers: train on them with their own gold
     sft_keep_disagreeing: bool = False  # SFT targets from solutions that contradict the gold
     skip_invalid_rows: bool = False  # count and skip rows with empty fields or no number
     limit: int | None = None  # read only the first N rows (quick trials)
@@ -80,7 +82,8 @@ class EvalConfig:
     max_new_tokens: int = 256
     temperature: float = 0.0
     every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
-    held_out_size: int = 64  # how many test questions that in-training check answers
+    held_out_split: str = "validation"  # what that in-training check answers; test is for final evaluation
+    held_out_size: int = 64  # how many of its questions
     device: str | None = None  # null: CUDA, else MPS, else CPU (--device overrides)
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU
 
@@ -215,8 +218,10 @@ def _check(recipe: Recipe) -> None:
         raise UserError(f"recipe key 'data.unaligned_split' must be 'train' or 'test', got {recipe.data.unaligned_split!r}")
     if recipe.on_non_finite not in ("stop", "skip"):
         raise UserError(f"recipe key 'on_non_finite' must be 'stop' or 'skip', got {recipe.on_non_finite!r}")
-    if not 0.0 <= recipe.data.test_fraction < 1.0:
-        raise UserError(f"recipe key 'data.test_fraction' must be in [0, 1), got {recipe.data.test_fraction}")
+    for key in ("test_fraction", "validation_fraction"):
+        value = getattr(recipe.data, key)
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"recipe key 'data.{key}' must be in [0, 1), got {value}")
     if recipe.eval.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"recipe key 'eval.dtype' must be auto, float32, bfloat16 or float16, got {recipe.eval.dtype!r}")
     if recipe.data.limit is not None and recipe.data.limit < 1:

@@ -27,7 +27,7 @@ from gsm8k_tr.outputs import atomic_write_text
 log = logging.getLogger(__name__)
 
 STAGES = ("base", "sft", "grpo")
-METRICS = ("accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
+METRICS = ("split", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
            "truncated_rate", "n")
 RUN_PARTS = ("data", "sft", "grpo", "eval", "report.json")
 
@@ -83,9 +83,10 @@ def _train(recipe: Recipe, stage: str, resume: bool) -> float:
 
 def summary(stages: dict[str, dict[str, Any]]) -> list[str]:
     """A plain-text table of accuracy and format rate per stage."""
-    lines = [f"{'stage':<6} {'n':>5} {'accuracy':>9} {'flexible':>9} {'strict fmt':>11} {'soft fmt':>9} {'train s':>8}"]
+    lines = [f"{'stage':<6} {'split':<10} {'n':>5} {'accuracy':>9} {'flexible':>9} {'strict fmt':>11} {'soft fmt':>9} "
+             f"{'train s':>8}"]
     for name, s in stages.items():
-        lines.append(f"{name:<6} {s['n']:>5} {s['accuracy']:>9.3f} {s['flexible_accuracy']:>9.3f} "
+        lines.append(f"{name:<6} {s.get('split', ''):<10} {s['n']:>5} {s['accuracy']:>9.3f} {s['flexible_accuracy']:>9.3f} "
                      f"{s['strict_format_rate']:>11.3f} {s['soft_format_rate']:>9.3f} {s['train_seconds']:>8.0f}")
     return lines
 
@@ -126,7 +127,9 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
         stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(eval_seconds, 1),
                         "seconds": round(train_seconds + eval_seconds, 1)}
-    result = {"run": str(run), "data": str(data_dir), "stages": stages,
+    grpo_manifest = run / "grpo" / "manifest.json"
+    held_out = json.loads(grpo_manifest.read_text(encoding="utf-8")).get("held_out") if grpo_manifest.is_file() else None
+    result = {"run": str(run), "data": str(data_dir), "stages": stages, "held_out_during_grpo": held_out,
               "prepare_seconds": round(prepare_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1)}
     if state.is_main_process:
         atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -58,8 +58,11 @@ def _save(fig: Any, ax: Any, title: str, target: Path) -> bool:
     return True
 
 
-def plot_rewards(history: list[dict[str, Any]], target: Path) -> bool:
-    """Each reward's mean and the weighted total over GRPO steps; held-out accuracy on a second axis."""
+def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "held-out") -> bool:
+    """Each reward's mean and the weighted total over GRPO steps; held-out accuracy on a second axis.
+
+    `held_out` names where that accuracy comes from (split and size).
+    """
     import matplotlib.pyplot as plt
 
     names = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
@@ -74,8 +77,8 @@ def plot_rewards(history: list[dict[str, Any]], target: Path) -> bool:
     steps, accuracy = _series(history, "eval/accuracy")
     if steps:
         right = ax.twinx()
-        right.plot(steps, accuracy, "o--", color="tab:red", label="held-out accuracy")
-        right.set_ylabel("held-out accuracy")
+        right.plot(steps, accuracy, "o--", color="tab:red", label=f"accuracy, {held_out}")
+        right.set_ylabel(f"accuracy ({held_out})")
         right.set_ylim(0, 1)
         right.legend(loc="lower right")
     ax.legend(loc="upper left", fontsize=8)
@@ -133,7 +136,7 @@ def plot_lengths(lengths: dict[str, list[int]], target: Path) -> bool:
 
 
 def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
-    keys = ("n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
+    keys = ("split", "n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
             "truncated_rate")
     lines = ["| evaluation | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, m in evals.items():
@@ -142,22 +145,27 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _held_out(run: Path) -> str:
+    """Where GRPO's in-training accuracy came from, e.g. "validation, 64" (from its manifest)."""
+    path = run / "grpo" / "manifest.json"
+    where = json.loads(path.read_text(encoding="utf-8")).get("held_out") if path.is_file() else None
+    return f"{where['split']}, {where['questions']}" if where else "held-out"
+
+
 def main(run_dir: str) -> Path:
     """Write `run_dir/report.md` and its PNGs; returns the report path."""
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-    except ImportError:
-        raise UserError("report needs matplotlib: pip install -e .[plots]") from None
+    matplotlib.use("Agg")
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run folder {run_dir!r} does not exist")
     sft, grpo, evals = _history(run, "sft"), _history(run, "grpo"), evaluations(run)
+    held_out = _held_out(run)
     if not (sft or grpo or evals):
         raise UserError(f"{run_dir!r} has no stage outputs (sft/, grpo/) or evaluations (eval/); is it a run folder?")
     plots = {
-        "rewards.png": plot_rewards(grpo, run / "rewards.png"),
+        "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
         "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
         "stages.png": plot_stages(evals, run / "stages.png"),
         "lengths.png": plot_lengths({n: _lengths(run, n) for n in evals}, run / "lengths.png"),
@@ -171,6 +179,8 @@ def main(run_dir: str) -> Path:
         times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
         if times:
             lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
+    if any("eval/accuracy" in entry for entry in grpo):
+        lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
                         ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths")):
         if plots[name]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, TURKISH, write_csv
+from conftest import REFERENCE, SHARED_DATA, TURKISH, write_csv
 
 from gsm8k_tr.cli import main
 
@@ -26,8 +26,9 @@ def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_di
     out = tmp_path / "out"
     assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out)) == 0
     train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    validation = read_jsonl(out / "validation.jsonl")
     report = json.loads((out / "prepare_report.json").read_text())
-    by_question = {r["question"]: r for r in train + test}
+    by_question = {r["question"]: r for r in train + validation + test}
     cookie = by_question[TURKISH[4][0]]
     # The solution says 8, the official answer is 9: gold comes from the reference,
     # the row keeps the test split, and the disagreement is flagged.
@@ -41,8 +42,9 @@ def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_di
     assert goats["aligned"] is False and goats["gold_source"] == "solution" and goats["answer"] == "9"
     assert report["rows_read"] == 7 and report["aligned"] == 6 and report["unaligned"] == 1
     assert report["test_rows_found"] == 2 and report["solution_gold_disagreements"] == 1
-    assert report["written"] == {"train": 5, "test": 2} and report["samples"]
-    assert report["sft_usable_train_rows"] == 5
+    # Validation: a quarter of train when train is this small (5 rows: 1), by question hash.
+    assert report["written"] == {"train": 4, "validation": 1, "test": 2} and report["samples"]
+    assert report["sft_usable_train_rows"] == 4 and report["excluded"] == {} and report["numbers_changed"] == 0
     assert (out / "recipe.yaml").is_file()
 
 
@@ -50,7 +52,7 @@ def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, t
     out = tmp_path / "out"
     run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")
     report = json.loads((out / "prepare_report.json").read_text())
-    assert report["dropped"] == {"unaligned": 1} and report["written"]["train"] == 4
+    assert report["dropped"] == {"unaligned": 1} and report["written"]["train"] + report["written"]["validation"] == 4
 
 
 def test_reference_none_splits_by_hash_and_reads_hash_answers(tmp_path: Path) -> None:
@@ -59,9 +61,10 @@ def test_reference_none_splits_by_hash_and_reads_hash_answers(tmp_path: Path) ->
     out = tmp_path / "out"
     assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.test_fraction=0.25") == 0
     train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
-    assert len(train) + len(test) == 40 and 0 < len(test) < 25
+    validation = read_jsonl(out / "validation.jsonl")
+    assert len(train) + len(validation) + len(test) == 40 and 0 < len(test) < 25 and validation
     assert not {r["question"] for r in train} & {r["question"] for r in test}
-    first = next(r for r in train + test if r["question"].startswith("Soru 3:"))
+    first = next(r for r in train + validation + test if r["question"].startswith("Soru 3:"))
     assert first["answer"] == "7" and first["solution"] == "3 + 4 = 7" and first["gold_source"] == "solution"
 
 
@@ -173,3 +176,98 @@ def test_prepare_statistics_have_their_own_name_and_older_folders_still_read(tmp
         assert not is_prepared(folder)
         (folder / name).write_text("{}")
         assert is_prepared(folder) and report_path(folder) == folder / name
+
+
+# English originals of the hard rows below, with fillers; GSM8K's own wording, answers and split.
+HARD_REFERENCE = {
+    "train": [
+        ("An alien invades Earth.  It abducts 200 people.  He returns 80% of the people abducted.  After that he takes "
+         "10 people to another planet.  He took the rest to his home planet.  How many people did he take to his home "
+         "planet?", "200*.8=160\n200-160=40\n40-10=30\n#### 30"),
+        ("Traveling from Manhattan to the Bronx, Andrew rides the subway for 10 hours, takes the train and rides for "
+         "twice as much time as the subway ride, and then bikes the remaining distance for 8 hours. What's the total "
+         "time he takes to reach the Bronx from Manhattan?", "2*10=20\n10+20=30\n30+8=38\n#### 38"),
+        ("Mark can jump 6 inches off the ground. Lisa can jump double the height as Mark, and Jacob can jump double "
+         "the height of Lisa. If James jumps 2/3 as high Jacob, how high can James jump?",
+         "6*2=12\n12*2=24\n24*2/3=16\n#### 16"),
+        *((question, answer) for question, answer in REFERENCE["train"]),
+    ],
+    "test": [
+        ("Janet\u2019s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her "
+         "friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
+         "egg. How much in dollars does she make every day at the farmers' market?", "16-3-4=9\n9*2=18\n#### 18"),
+        *((question, answer) for question, answer in REFERENCE["test"]),
+    ],
+}
+ALIEN = ("Bir uzaylı Dünya'yı istila eder. 200 kişiyi kaçırır. Kaçırılan insanların %80'ini geri getirir. Daha sonra "
+         "10 kişiyi başka bir gezegene götürür. Geri kalanları kendi gezegenine götürür. Kendi gezegenine kaç kişi "
+         "götürmüştür?")
+# The machine-written solution is wrong, and its final number is the subway problem's official answer.
+ALIEN_SOLUTION = "Uzaylı 200 kişiden 10 kişiyi başka gezegene götürdü, 2 x 10 = 20, 10 + 20 = 30. Sonra 30 + 8 = 38 kişi."
+# "6 inches" became "15 cm": the official answer (16) no longer fits.
+MARK = ("Mark yerden 15 cm yükseğe zıplayabilir. Lisa, Mark'ın iki katı yüksekliğe zıplayabilir ve Jacob da Lisa'nın "
+        "iki katı yüksekliğe zıplayabilir. James, Jacob'ın 2/3'ü kadar yükseğe zıplarsa, James ne kadar yükseğe "
+        "zıplayabilir?")
+# A translated GSM8K test question whose numbers were all changed.
+DUCKS = ("Janet'in ördekleri günde 20 yumurta yumurtluyor. Her sabah kahvaltıda 5 tanesini yiyor ve her gün "
+         "arkadaşları için 6 tanesiyle kek pişiriyor. Geri kalanını her gün çiftçi pazarında tanesi 3 dolardan "
+         "satıyor. Çiftçi pazarında her gün kaç dolar kazanıyor?")
+
+
+def _hard(tmp_path: Path, *extra: str) -> tuple[Path, dict]:
+    reference = tmp_path / "gsm8k"
+    reference.mkdir(parents=True)
+    for split, rows in HARD_REFERENCE.items():
+        (reference / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows), encoding="utf-8")
+    rows = [(ALIEN, ALIEN_SOLUTION), (MARK, "15 x 2 = 30, 30 x 2 = 60, 60 x 2/3 = 40 cm."),
+            (DUCKS, "20 - 5 - 6 = 9, 9 x 3 = 27 dolar."), *TURKISH]
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(write_csv(tmp_path / "tr.csv", rows)), "--reference", str(reference),
+                       "--output", str(out), *extra) == 0
+    placed = {r["question"]: (split, r) for split in ("train", "validation", "test", "excluded")
+              for r in read_jsonl(out / f"{split}.jsonl")}
+    return out, placed
+
+
+def test_a_wrong_solution_with_another_problems_answer_keeps_the_true_original(tmp_path: Path) -> None:
+    _, placed = _hard(tmp_path)
+    split, alien = placed[ALIEN]
+    assert alien["reference_split"] == "train" and alien["reference_index"] == 0  # not the subway problem (1)
+    assert alien["answer"] == "30" and alien["solution_answer"] == "38" and alien["solution_agrees"] is False
+    assert split in ("train", "validation")
+
+
+def test_a_translation_with_changed_numbers_is_flagged_and_kept_out_of_training(tmp_path: Path) -> None:
+    out, placed = _hard(tmp_path)
+    where, mark = placed[MARK]
+    assert where == "excluded" and mark["reason"] == "numbers_changed" and mark["numbers_changed"] is True
+    assert mark["reference_index"] == 2 and "answer" not in mark and mark["reference_answer"] == "16"
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["numbers_changed"] == 1 and report["excluded"]["numbers_changed"] == 1
+    doubtful = report["samples"][0]  # the least certain alignment comes first, for a person to check
+    assert doubtful["why"] == "lowest number agreement" and doubtful["question"] == MARK
+    # Kept on request, with its own answer: the official one belongs to other numbers.
+    _, placed = _hard(tmp_path / "keep", "data.keep_numbers_changed=true")
+    where, mark = placed[MARK]
+    assert where in ("train", "validation") and mark["answer"] == "40" and mark["gold_source"] == "solution"
+
+
+def test_a_paraphrased_test_question_with_other_numbers_never_reaches_training(tmp_path: Path) -> None:
+    out, placed = _hard(tmp_path)
+    where, ducks = placed[DUCKS]
+    assert where in ("test", "excluded"), ducks
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert sum(report["excluded"].values()) == len(read_jsonl(out / "excluded.jsonl"))
+
+
+def test_validation_is_disjoint_from_train_and_test_and_stable(tmp_path: Path) -> None:
+    args = ("--dataset", "synthetic:600", "--reference", "none", "data.test_fraction=0.1")
+    runs = []
+    for name in ("a", "b"):
+        assert run_prepare(*args, "--output", str(tmp_path / name)) == 0
+        runs.append({split: read_jsonl(tmp_path / name / f"{split}.jsonl") for split in ("train", "validation", "test")})
+    questions = {split: {r["question"] for r in rows} for split, rows in runs[0].items()}
+    assert not questions["validation"] & questions["train"] and not questions["validation"] & questions["test"]
+    assert len(questions["validation"]) == 64  # at least 64: 5% of ~540 train rows would be 27
+    assert runs[0] == runs[1]  # the same rows, in the same order, every run

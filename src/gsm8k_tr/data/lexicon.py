@@ -25,7 +25,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "bread": ("bread loaf loaves", "ekmek"),
     "milk": ("milk", "süt"),
     "water": ("water", "su"),
-    "juice": ("juice", "meyve suyu"),
+    "juice": ("juice", "suyu"),  # "meyve suyu", "portakal suyu"; "meyve" alone is fruit
     "coffee": ("coffee", "kahve"),
     "tea": ("tea", "çay"),
     "chicken": ("chicken chickens hen hens", "tavuk"),
@@ -56,8 +56,8 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "test": ("test tests exam exams quiz", "sınav test"),
     "question": ("question questions", "soru"),
     "friend": ("friend friends", "arkadaş"),
-    "brother": ("brother brothers", "erkek kardeş ağabey abi"),
-    "sister": ("sister sisters", "kız kardeş abla"),
+    # "erkek kardeş" and "kız kardeş" are two words each; "erkek" and "kız" alone mean boy and girl.
+    "sibling": ("brother brothers sister sisters sibling siblings", "kardeş ağabey abi abla"),
     "mother": ("mother mom", "anne"),
     "father": ("father dad", "baba"),
     "son": ("son sons", "oğul oğlu"),
@@ -79,7 +79,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "cent": ("cent cents penny pennies", "sent kuruş"),
     "price": ("price cost costs", "fiyat maliyet"),
     "pay": ("pay pays paid", "öde"),
-    "buy": ("buy buys bought", "satın al"),
+    "buy": ("buy buys bought", "satın"),  # "satın almak"
     "sell": ("sell sells sold", "sat"),
     "save": ("save saves saved savings", "biriktir"),
     "earn": ("earn earns earned", "kazan"),
@@ -111,7 +111,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "game": ("game games", "oyun maç"),
     "team": ("team teams", "takım"),
     "player": ("player players", "oyuncu"),
-    "point": ("point points score", "puan sayı"),
+    "point": ("point points score", "puan"),  # "sayı" is any count ("çok sayıda")
     "toy": ("toy toys", "oyuncak"),
     "ball": ("ball balls", "top"),
     "marble": ("marble marbles", "bilye misket"),
@@ -135,7 +135,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "song": ("song songs", "şarkı"),
     "party": ("party parties", "parti"),
     "gift": ("gift gifts present presents", "hediye"),
-    "birthday": ("birthday", "doğum günü"),
+    "birthday": ("birthday", "doğum"),  # "doğum günü"; "günü" alone is any day
     "restaurant": ("restaurant restaurants", "restoran lokanta"),
     "meal": ("meal meals dinner lunch breakfast", "yemek"),
     "vegetable": ("vegetable vegetables", "sebze"),
@@ -161,7 +161,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "percent": ("percent percentage", "yüzde"),
     "half": ("half", "yarı"),
     "total": ("total", "toplam"),
-    "remaining": ("remaining left rest", "kalan geri kalan"),
+    "remaining": ("remaining left rest", "kalan"),  # "geri" alone is back
     "more": ("more", "fazla"),
     "less": ("less fewer", "az"),
     "times": ("times", "kat"),
@@ -169,7 +169,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "box_office": ("sale sales discount", "indirim satış"),
     "rent": ("rent", "kira"),
     "tax": ("tax", "vergi"),
-    "bill": ("bill", "fatura hesap"),
+    "bill": ("bill", "fatura"),  # "hesap" starts "hesapla" (calculate)
     "shelf": ("shelf shelves", "raf"),
     "necklace": ("necklace necklaces", "kolye"),
     "ring": ("ring rings", "yüzük"),
@@ -191,7 +191,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "soap": ("soap", "sabun"),
     "chlorine": ("chlorine", "klor"),
     "quarterback": ("quarterback pass passes", "pas"),
-    "sloth": ("sloth", "tembel hayvan"),
+    "sloth": ("sloth", "tembel"),
     "aquarium": ("aquarium", "akvaryum"),
     "calligraphy": ("calligraphy", "kaligrafi"),
     "dance": ("dance dancing", "dans"),
@@ -203,7 +203,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "popsicle": ("popsicle popsicles", "buzlu"),
     "jewelry": ("jewelry", "mücevher"),
     "stamp": ("stamp stamps", "pul"),
-    "coin": ("coin coins", "bozuk para madeni"),
+    "coin": ("coin coins", "madeni"),  # "madeni para"; "bozuk" alone is broken
     "candle": ("candle candles", "mum"),
     "tile": ("tile tiles", "fayans karo"),
     "fence": ("fence fences", "çit"),
@@ -214,7 +214,30 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     "cheese": ("cheese", "peynir"),
     "meat": ("meat beef steak", "et"),
     "soup": ("soup", "çorba"),
+    # Days and months: capitalised in both languages, so they are kept out of names and matched here.
+    "monday": ("monday mondays", "pazartesi"),
+    "tuesday": ("tuesday tuesdays", "salı"),
+    "wednesday": ("wednesday wednesdays", "çarşamba"),
+    "thursday": ("thursday thursdays", "perşembe"),
+    "friday": ("friday fridays", "cuma"),
+    "saturday": ("saturday saturdays", "cumartesi"),
+    "sunday": ("sunday sundays", "pazar"),
+    "january": ("january", "ocak"),
+    "february": ("february", "şubat"),
+    "april": ("april", "nisan"),
+    "june": ("june", "haziran"),
+    "july": ("july", "temmuz"),
+    "august": ("august", "ağustos"),
+    "september": ("september", "eylül"),
+    "october": ("october", "ekim"),
+    "november": ("november", "kasım"),
+    "december": ("december", "aralık"),
 }
+# ("May" and "March" are left out: as English verbs they would be read as months.)
+_CALENDAR = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february",
+             "april", "june", "july", "august", "september", "october", "november", "december")
+# Lower-case day and month words of both languages: capitalised, but not names.
+WEEKDAYS_AND_MONTHS = frozenset(w for c in _CALENDAR for w in " ".join(_ENTRIES[c]).split())
 
 _EN_INDEX: dict[str, str] = {}
 _TR_INDEX: dict[str, str] = {}

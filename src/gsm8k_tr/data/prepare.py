@@ -1,7 +1,10 @@
 """`gsm8k-tr prepare`: GSM8K-TR rows with verified gold answers and the official split.
 
 Linear: read rows → validate → align with English GSM8K → choose gold and
-split → write train.jsonl, test.jsonl and prepare_report.json atomically.
+split → keep out rows whose numbers changed in translation and rows close to
+an English test question → take validation from train → write train.jsonl,
+validation.jsonl, test.jsonl, excluded.jsonl (each with its reason) and
+prepare_report.json atomically.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import Recipe, save_recipe
-from gsm8k_tr.data.align import Aligner, Reference
+from gsm8k_tr.data.align import Aligner, Match, Reference
 from gsm8k_tr.data.sources import read_rows
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.grading.answers import canonical, last_number, matches, parse_gold, preferred, shown
+from gsm8k_tr.grading.answers import canonical, last_number, parse_gold, preferred, shown
+from gsm8k_tr.grading.answers import matches as matches_gold
 from gsm8k_tr.outputs import atomic_directory
 
 logger = logging.getLogger(__name__)
 
 _CALCULATOR = re.compile(r"<<[^<>]{0,200}>>")  # GSM8K's "<<2*3=6>>" annotations
 _SAMPLES = 5
+_DOUBTFUL = 20  # the lowest-agreement alignments the report shows first, for a person to check
+_MIN_VALIDATION = 64
 REPORT = "prepare_report.json"  # the prepare statistics (before 0.2: report.json)
 
 
@@ -69,10 +75,39 @@ def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
     return references, solutions
 
 
-def split_position(question: str) -> float:
-    """Where a question falls in [0, 1): below `data.test_fraction` it is held out for testing."""
-    digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
+def split_position(question: str, salt: str = "") -> float:
+    """Where a question falls in [0, 1): below `data.test_fraction` it is held out for testing.
+
+    A `salt` gives an independent draw for another split (validation).
+    """
+    digest = hashlib.sha256((salt + question.strip()).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_size(train_rows: int, fraction: float) -> int:
+    """How many train rows validation takes: the fraction, and at least 64 when train can spare them.
+
+    >>> validation_size(7000, 0.05), validation_size(300, 0.05), validation_size(100, 0.05), validation_size(100, 0.0)
+    (350, 64, 25, 0)
+    """
+    if fraction <= 0 or train_rows < 2:
+        return 0
+    return max(round(fraction * train_rows), min(_MIN_VALIDATION, train_rows // 4))
+
+
+def take_validation(train: list[dict[str, Any]], fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation): validation is the rows whose questions hash lowest, so it is stable across runs."""
+    size = validation_size(len(train), fraction)
+    chosen = set(sorted(range(len(train)), key=lambda i: split_position(train[i]["question"], "validation"))[:size])
+    return [r for i, r in enumerate(train) if i not in chosen], [r for i, r in enumerate(train) if i in chosen]
+
+
+def _sample(record: dict[str, Any], match: Match, why: str) -> dict[str, Any]:
+    ref = match.reference
+    return {"why": why, "question": record["question"], "reference_question": ref.question,
+            "reference_split": ref.split, "reference_index": ref.index, "answer": canonical(ref.gold),
+            "score": round(match.score, 3), "number_agreement": round(match.number_agreement, 3),
+            "numbers_changed": match.numbers_changed}
 
 
 def prepare(recipe: Recipe) -> dict[str, Any]:
@@ -80,13 +115,15 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     data = recipe.data
     rows, read_skips = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column], data.limit)
     loaded = load_references(recipe)
-    aligner = Aligner(*loaded) if loaded else None
+    texts = [f"{row.values[data.question_column]} {row.values[data.answer_column]}" for row in rows]
+    aligner = Aligner(*loaded, turkish_texts=texts) if loaded else None
     dropped: Counter = Counter(read_skips)
     out: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    excluded: list[dict[str, Any]] = []
     seen_questions: set[str] = set()
     used_references: dict[tuple[str, int], str] = {}
     counts: Counter = Counter()
-    samples: list[dict[str, Any]] = []
+    matches: list[tuple[dict[str, Any], Match]] = []
 
     def invalid(row_origin: str, reason: str, message: str) -> None:
         if not data.skip_invalid_rows:
@@ -112,11 +149,13 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
             continue
         seen_questions.add(key)
 
-        candidate = aligner.best(question, solution, solution_answer) if aligner else None
+        found = aligner.best(question, solution, solution_answer) if aligner else None
+        candidate = found.match if found else None
         match = candidate
         if match and (match.score < data.min_align_score or match.margin < data.min_align_margin):
             match = None
         record: dict[str, Any] = {"question": question, "solution": solution}
+        own_gold = _own_gold(label, solution_answer)
         if match:
             ref = match.reference
             ident = (ref.split, ref.index)
@@ -126,20 +165,13 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
             used_references[ident] = row.origin
             gold, split = ref.gold, ref.split
             record.update(gold_source="reference", aligned=True, reference_split=ref.split,
-                          reference_index=ref.index, align_score=round(match.score, 4))
+                          reference_index=ref.index, align_score=round(match.score, 4),
+                          number_agreement=round(match.number_agreement, 4), numbers_changed=match.numbers_changed)
             counts["aligned"] += 1
             counts[f"aligned_{ref.split}"] += 1
-            if len(samples) < _SAMPLES:
-                samples.append({"question": question, "reference_question": ref.question,
-                                "reference_split": ref.split, "reference_index": ref.index,
-                                "answer": canonical(gold), "score": round(match.score, 3)})
+            matches.append((record, match))
         else:
-            try:
-                gold = parse_gold(label) if label is not None else None
-            except ValueError:
-                gold = None
-            if gold is None and solution_answer is not None:
-                gold = preferred(solution_answer)
+            gold = own_gold
             if gold is None:
                 invalid(row.origin, "no_gold", "the answer has no number to use as gold")
                 continue
@@ -151,14 +183,36 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                 split = data.unaligned_split
             else:
                 split = "test" if split_position(question) < data.test_fraction else "train"
-            record.update(gold_source="solution", aligned=False, reference_split=None,
-                          reference_index=None, align_score=round(candidate.score, 4) if candidate else None)
-        agrees = matches(solution_answer, gold)
+            record.update(gold_source="solution", aligned=False, reference_split=None, reference_index=None,
+                          align_score=round(candidate.score, 4) if candidate else None, number_agreement=None,
+                          numbers_changed=False)
+        record["source"] = row.origin
+        if match and match.numbers_changed:
+            counts["numbers_changed"] += 1
+            # The official answer belongs to the English numbers, not to these: never shown as this row's gold.
+            record["reference_answer"] = canonical(match.reference.gold)
+            if not data.keep_numbers_changed or own_gold is None:
+                excluded.append({**record, "reason": "numbers_changed", "solution_answer": shown(solution_answer)})
+                continue
+            gold = own_gold
+            record["gold_source"] = "solution"
+        if split != "test" and found is not None and found.near_test(match):
+            # A translated test question, by its names, concepts and wording: training must not see it.
+            reason = "near_test_question" if match else "near_test_question_unaligned"
+            excluded.append({**record, "reason": reason, "nearest_test_index": found.nearest_test.index,
+                             "nearest_test_score": round(found.nearest_test_score, 4)})
+            continue
+        agrees = matches_gold(solution_answer, gold)
         counts["solution_disagrees"] += not agrees
-        record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold),
-                      solution_agrees=agrees, source=row.origin)
+        record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold), solution_agrees=agrees)
         out[split].append(record)
 
+    train, validation = take_validation(out["train"], data.validation_fraction)
+    splits = {"train": train, "validation": validation, "test": out["test"]}
+    reasons = Counter(r["reason"] for r in excluded)
+    doubtful = sorted(matches, key=lambda rm: (rm[1].number_agreement, rm[1].score))[:_DOUBTFUL]
+    samples = [_sample(r, m, "lowest number agreement") for r, m in doubtful]
+    samples += [_sample(r, m, "first rows") for r, m in matches[:_SAMPLES] if (r, m) not in doubtful]
     report = {
         "dataset": data.dataset,
         "reference": data.reference,
@@ -167,21 +221,36 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "unaligned": counts["unaligned"],
         "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,
         "test_rows_found": counts["aligned_test"],
+        "numbers_changed": counts["numbers_changed"],
         "dropped": dict(sorted(dropped.items())),
+        "excluded": dict(sorted(reasons.items())),
+        "decontamination": {"near_test_question": reasons["near_test_question"],
+                            "near_test_question_unaligned": reasons["near_test_question_unaligned"]},
         "solution_gold_disagreements": counts["solution_disagrees"],
-        "written": {split: len(records) for split, records in out.items()},
-        "sft_usable_train_rows": sum(r["solution_agrees"] or data.sft_keep_disagreeing for r in out["train"]),
+        "written": {split: len(records) for split, records in splits.items()},
+        "sft_usable_train_rows": sum(r["solution_agrees"] or data.sft_keep_disagreeing for r in train),
         "thresholds": {"min_align_score": data.min_align_score, "min_align_margin": data.min_align_margin},
         "samples": samples,
     }
-    return {"splits": out, "report": report}
+    return {"splits": splits, "excluded": excluded, "report": report}
+
+
+def _own_gold(label: str | None, solution_answer: Any) -> Any:
+    """The row's own gold: its `#### N` label, else its solution's last number."""
+    try:
+        gold = parse_gold(label) if label is not None else None
+    except ValueError:
+        gold = None
+    if gold is None and solution_answer is not None:
+        gold = preferred(solution_answer)
+    return gold
 
 
 def write_prepared(result: dict[str, Any], recipe: Recipe, output: Path, overwrite: bool) -> Path:
     """Write splits, report and recipe into `output` atomically."""
     with atomic_directory(output, overwrite) as tmp:
-        for split, records in result["splits"].items():
-            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+        for name, records in [*result["splits"].items(), ("excluded", result["excluded"])]:
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         (tmp / REPORT).write_text(json.dumps(result["report"], ensure_ascii=False, indent=2), encoding="utf-8")

@@ -61,7 +61,9 @@ def load_split(folder: Path, split: str) -> list[dict[str, Any]]:
     """The rows of one prepared split; an empty or missing split is an error."""
     path = folder / f"{split}.jsonl"
     if not path.is_file():
-        raise UserError(f"split {split!r} not found: {path} does not exist (splits are train and test)")
+        hint = "; folders prepared before 0.2 have none: prepare the data again" if split == "validation" else ""
+        raise UserError(f"split {split!r} not found: {path} does not exist (splits are train, validation and "
+                        f"test{hint})")
     if path.stat().st_size == 0:
         raise UserError(f"split {split!r} in {folder} is empty; check data.dataset and data.test_fraction")
     rows = []
@@ -75,6 +77,7 @@ def load_split(folder: Path, split: str) -> list[dict[str, Any]]:
 def fingerprint(folder: Path) -> str:
     """A short hash of the prepared data, for the run manifest."""
     digest = hashlib.sha256()
-    for name in SPLIT_FILES:
-        digest.update((folder / name).read_bytes())
+    for name in (*SPLIT_FILES, "validation.jsonl"):
+        if (folder / name).is_file():
+            digest.update((folder / name).read_bytes())
     return digest.hexdigest()[:16]

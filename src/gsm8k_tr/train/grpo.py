@@ -158,8 +158,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None
     if recipe.eval.every_steps:
-        held_out = HeldOutAccuracy(trainer, splits.load_split(data_dir, recipe.eval.split)[: recipe.eval.held_out_size],
-                                   recipe)
+        held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
+        held_out = HeldOutAccuracy(trainer, held_out_rows, recipe)
         trainer.add_callback(held_out)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -37,7 +37,7 @@ class HeldOutAccuracy(TrainerCallback):
         self.trainer, self.rows, self.recipe = trainer, rows, recipe
         accelerator = trainer.accelerator
         precision = {"bf16": "bfloat16", "fp16": "float16"}.get(str(accelerator.mixed_precision), "float32")
-        self.where = {"device": str(accelerator.device), "dtype": precision, "split": recipe.eval.split,
+        self.where = {"device": str(accelerator.device), "dtype": precision, "split": recipe.eval.held_out_split,
                       "questions": len(rows)}
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
