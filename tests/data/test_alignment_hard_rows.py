@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_CSV
 
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.data import prepare

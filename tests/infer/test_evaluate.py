@@ -159,8 +159,8 @@ def test_report_writes_non_empty_plots(tmp_path):
     for stage, accuracy in (("base", 0.0), ("sft", 0.3), ("grpo", 0.4)):
         folder = run / "eval" / stage
         folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps({"n": 2, "accuracy": accuracy, "flexible_accuracy": accuracy,
-                                                         "strict_format_rate": 0.9}))
+        (folder / "metrics.json").write_text(json.dumps({"split": "test", "n": 2, "accuracy": accuracy,
+                                                         "flexible_accuracy": accuracy, "strict_format_rate": 0.9}))
         (folder / "predictions.jsonl").write_text("\n".join(json.dumps({"tokens": t}) for t in (12, 30)))
     result = cli("report", str(run))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -168,7 +168,7 @@ def test_report_writes_non_empty_plots(tmp_path):
         data = (run / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000, name
     report = (run / "report.md").read_text()
-    assert "| grpo | 2 | 0.400" in report and "![GRPO rewards](rewards.png)" in report
+    assert "| grpo | test | 2 | 0.400" in report and "![GRPO rewards](rewards.png)" in report  # says which split
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):

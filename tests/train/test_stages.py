@@ -50,7 +50,7 @@ def test_stage_outputs_exist(run, stage):
     assert manifest["versions"]["trl"] and manifest["seed"] == 0
     assert manifest["precision"] == "fp32"  # CPU
     if stage == "grpo":  # the held-out check's device and dtype, and the rollouts' effective sampling settings
-        assert manifest["held_out"] == {"device": "cpu", "dtype": "float32", "split": "test", "questions": 8}
+        assert manifest["held_out"] == {"device": "cpu", "dtype": "float32", "split": "validation", "questions": 8}
         assert manifest["sampling"]["temperature"] == 1.0 and manifest["sampling"]["repetition_penalty"] == 1.0
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nbase_model:") and "steps" in card

@@ -162,8 +162,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
         held_out = HeldOutAccuracy(trainer, held_out_rows, recipe)
         trainer.add_callback(held_out)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    final = stage.train(trainer, checkpoint)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None)
-    return stage.finish(trainer, folder, recipe, STAGE, info, base=start)
+    return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

@@ -89,6 +89,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    final = stage.train(trainer, checkpoint)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config)
-    return stage.finish(trainer, folder, recipe, STAGE, info)
+    return stage.finish(trainer, folder, recipe, STAGE, info, final_checkpoint=final)

@@ -78,15 +78,36 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
+def train(trainer: Any, checkpoint: str | None) -> str | None:
+    """Train, resuming from `checkpoint`; returns the checkpoint itself when it already holds the last step.
+
+    A run killed after its last checkpoint (during the final save) resumes
+    with nothing left to train, and transformers would still take one more
+    step when the last step falls inside an epoch. The finished checkpoint's
+    own adapter and state are used instead.
+    """
+    if checkpoint is not None and trainer.args.max_steps > 0:
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        if state.global_step >= trainer.args.max_steps:
+            log.info("--resume: %s is at the last step (%d); nothing left to train", checkpoint, state.global_step)
+            trainer.state = state
+            return checkpoint
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return None
+
+
 def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any],
-           base: str | None = None) -> dict[str, Any]:
+           base: str | None = None, final_checkpoint: str | None = None) -> dict[str, Any]:
     """Save the stage outputs; every process gets the manifest.
 
     Under FSDP or DeepSpeed ZeRO-3 each process holds a piece of the weights,
     so every process takes part in `trainer.save_model`, which gathers the
-    full adapter and writes it from the main process. The main process then
-    merges that adapter into the base model (`base`: a folder, or None for
-    the recipe's model) loaded afresh, and writes the rest.
+    full adapter and writes it from the main process (or the adapter comes
+    from `final_checkpoint`, see `train`). The main process then merges that
+    adapter into the base model (`base`: a folder, or None for the recipe's
+    model) loaded afresh, and writes the rest.
     """
     from gsm8k_tr.train.artifacts import ADAPTER_STAGING, save_stage
 
@@ -97,9 +118,14 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     staging = folder / ADAPTER_STAGING
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+        if final_checkpoint is not None:
+            staging.mkdir()
+            for name in ("adapter_model.safetensors", "adapter_config.json"):
+                shutil.copy2(Path(final_checkpoint) / name, staging / name)
     accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
-    accelerator.wait_for_everyone()
+    if final_checkpoint is None:
+        trainer.save_model(str(staging))
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_stage(trainer, folder, recipe, stage, info, staging, base)
         log.info("saved %s outputs to %s (main process only)", stage, folder)
