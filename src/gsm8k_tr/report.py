@@ -59,20 +59,21 @@ def _save(fig: Any, ax: Any, title: str, target: Path) -> bool:
 
 
 def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "held-out") -> bool:
-    """Each reward's mean and the weighted total over GRPO steps; held-out accuracy on a second axis.
-
-    `held_out` names where that accuracy comes from (split and size).
-    """
+    """GRPO over its steps: each reward's mean and the weighted total, with held-out accuracy on a second axis
+    (`held_out` names its split and size); below, the share of prompt groups that teach nothing."""
     import matplotlib.pyplot as plt
 
     names = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
     if not names:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    zero = [(key, label) for key, label in (("frac_reward_zero_std", "by total reward (TRL)"),
+                                            ("frac_correctness_zero_std", "by correctness")) if _series(history, key)[0]]
+    fig, axes = plt.subplots(2 if zero else 1, 1, figsize=(8, 7 if zero else 4.5), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [2, 1] if zero else [1]})
+    ax = axes[0][0]
     for key in names:
         ax.plot(*_series(history, key), label=key.split("/")[1].removesuffix("_reward_func"), linewidth=1.2)
     ax.plot(*_series(history, "reward"), label="total (weighted)", color="black", linewidth=2)
-    ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     steps, accuracy = _series(history, "eval/accuracy")
     if steps:
@@ -82,7 +83,19 @@ def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "h
         right.set_ylim(0, 1)
         right.legend(loc="lower right")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, ax, "GRPO rewards", target)
+    ax.set_title("GRPO rewards")
+    if zero:
+        low = axes[1][0]
+        for key, label in zero:
+            low.plot(*_series(history, key), label=label, linewidth=1.2)
+        low.set_ylim(0, 1)
+        low.set_ylabel("groups with no advantage")
+        low.legend(loc="upper left", fontsize=8)
+    axes[-1][0].set_xlabel("GRPO step")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:

@@ -77,21 +77,29 @@ def test_the_pipeline_on_two_processes_shares_evaluations_and_writes_once(tmp_pa
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launch, says", [
+# Each launch, and the one line it must end with. They run at once: each is mostly library imports.
+LOST = [
     # accelerate runs FSDP only on CUDA GPUs; on CPU processes it quietly trains unsharded (MULTI_CPU).
     (["--config_file", str(FSDP), "--num_processes", "2"], "asks for FSDP, which accelerate runs only on CUDA GPUs"),
     # --cpu makes accelerate start one plain process, whatever the config and --num_processes say.
     (["--config_file", str(FSDP), "--cpu", "--num_processes", "2"], "--cpu started 1 unsharded process, but the launch "
                                                                      "asked for 2 process(es) (FSDP)"),
     (["--config_file", str(DDP), "--cpu"], "asked for 2 process(es) (MULTI_GPU)"),
-])
-def test_a_launch_that_loses_its_sharding_or_processes_says_so(launch: list[str], says: str, tmp_path: Path,
-                                                                tiny_model_dir: Path) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port", str(_free_port()),
-               "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
-    assert lines and all(says in line for line in lines), done.stderr[-2000:]
-    assert not (tmp_path / "run" / "sft" / "checkpoints").exists() or not any((tmp_path / "run" / "sft").rglob("*.safetensors"))
+]
+
+
+@pytest.mark.slow
+def test_a_launch_that_loses_its_sharding_or_processes_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
+    running = []
+    for i, (launch, says) in enumerate(LOST):
+        command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port",
+                   str(_free_port()), "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
+                   f"output_dir={tmp_path / str(i)}"]
+        running.append((subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT),
+                        says, tmp_path / str(i)))
+    for process, says, run in running:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode != 0, says
+        lines = [line for line in stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
+        assert lines and all(says in line for line in lines), stderr[-2000:]
+        assert not any((run / "sft").rglob("*.safetensors"))  # nothing trained

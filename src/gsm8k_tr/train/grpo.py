@@ -1,13 +1,16 @@
 """`gsm8k-tr grpo`: LoRA GRPO from the SFT output with the rule-based rewards.
 
 Linear: stage folder → the SFT output (merged model and tokenizer) → prompts
-with verified gold answers that leave room for a full completion → rewards and
-weights from the recipe → TRL GRPOTrainer with LoRA, the position-ids fix and
-dropout off → save adapter, merged model and run records.
+with verified gold answers that leave room for a full completion → (optional)
+the prompts the start model sometimes gets right → rewards and weights from the
+recipe → TRL GRPOTrainer with LoRA, the position-ids fix and dropout off →
+save adapter, merged model and run records.
 
 The trainer subclass adds only what TRL leaves out: correct position ids for
-left-padded scoring (positions.py), atomic checkpoints, and two metrics, task
-accuracy and generation time, so the console shows where a step's time goes.
+left-padded scoring (positions.py), atomic checkpoints, and three metrics: task
+accuracy, the share of prompt groups whose answers are all right or all wrong
+(no advantage, nothing learned), and generation time, so the console shows
+where a step's time goes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from gsm8k_tr.grading.rewards import build_rewards, completion_text
 from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.infer.generation import stop_ids
 from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
-from gsm8k_tr.train import stage
+from gsm8k_tr.train import memory, prompt_filter, stage
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
@@ -86,7 +89,36 @@ class GRPOTrainer(AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
         correct = [is_correct(completion_text(c), x.get("answer"), self.answer_tag) for c, x in zip(completions, inputs)]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["accuracy"].append(sum(correct) / max(len(correct), 1))
+        for key, value in zero_variance_groups(self._gather(correct), self.num_generations).items():
+            self._metrics[mode][key].append(value)
         return rewards
+
+    def _gather(self, values: list[bool]) -> list[bool]:
+        """Every process's values, in the global order (a group can straddle two processes)."""
+        import torch
+
+        if self.accelerator.num_processes == 1:
+            return values
+        local = torch.tensor(values, dtype=torch.float32, device=self.accelerator.device)
+        return [bool(v) for v in self.accelerator.gather(local).tolist()]
+
+
+def zero_variance_groups(correct: list[bool], group: int) -> dict[str, float]:
+    """The share of prompt groups whose completions are all right or all wrong: by correctness, no advantage.
+
+    TRL logs `frac_reward_zero_std` by the total reward, which the format
+    rewards keep apart even when every answer is wrong; this is the share that
+    teaches no arithmetic.
+
+    >>> zero_variance_groups([True, True, False, True, False, False, True, True], 2)
+    {'frac_correctness_zero_std': 0.75, 'correctness/all_right': 0.5, 'correctness/all_wrong': 0.25}
+    """
+    groups = [correct[i:i + group] for i in range(0, len(correct) - group + 1, group)]
+    if not groups:
+        return {}
+    right = sum(all(g) for g in groups) / len(groups)
+    wrong = sum(not any(g) for g in groups) / len(groups)
+    return {"frac_correctness_zero_std": right + wrong, "correctness/all_right": right, "correctness/all_wrong": wrong}
 
 
 def sampling(config: Any) -> dict[str, Any]:
@@ -143,10 +175,16 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
         raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
                         f"({context} tokens) minus the prompt, got {completion!r}")
 
+    memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config, config.num_generations)
+
     count = modeling.token_counter(tokenizer)
     prompts, counts = examples.grpo_examples(rows, recipe, count, completion, context)
     examples.require_rows(prompts, counts, STAGE)
     log.info("grpo data: %s", counts)
+    filtered = None
+    if recipe.prompt_filter.samples:  # keep the prompts the start model sometimes gets right
+        prompts, filtered = prompt_filter.apply(model, tokenizer, prompts, recipe, config, folder,
+                                                start or recipe.model.name_or_path, recipe.prompt.answer_tag)
 
     check_report_to(STAGE, config)
     stage.log_to(folder)
@@ -165,5 +203,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     final = stage.train(trainer, checkpoint)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
-                            sampling=sampling(config), held_out=held_out.where if held_out else None)
+                            sampling=sampling(config), held_out=held_out.where if held_out else None,
+                            prompt_filter=filtered)
     return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

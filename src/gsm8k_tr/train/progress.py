@@ -12,8 +12,10 @@ from typing import Any
 from transformers import ProgressCallback
 
 SHOWN = ("loss", "train_loss", "reward", "accuracy", "completions/mean_length", "completions/clipped_ratio",
-         "learning_rate", "grad_norm")
+         "frac_reward_zero_std", "frac_correctness_zero_std", "learning_rate", "grad_norm")
 HELD_OUT = ("eval/accuracy", "eval/strict_format_rate")
+# Shares of prompt groups with no advantage: by the total reward (TRL's) and by correctness alone.
+LABELS = {"frac_reward_zero_std": "zero_std", "frac_correctness_zero_std": "zero_std_correct"}
 
 
 def summary(logs: dict[str, Any]) -> str:
@@ -22,7 +24,8 @@ def summary(logs: dict[str, Any]) -> str:
     >>> summary({"loss": 0.51234, "rewards/correctness_reward_func/mean": 1.5, "step_time": 2.0, "time/generation_s": 1.5})
     'loss=0.5123 correctness=1.5 gen=75% step=2.00s'
     """
-    parts = [f"{key.split('/')[-1]}={value:.4g}" for key in SHOWN if isinstance(value := logs.get(key), (int, float))]
+    parts = [f"{LABELS.get(key, key.split('/')[-1])}={value:.4g}" for key in SHOWN
+             if isinstance(value := logs.get(key), (int, float))]
     parts += [f"held-out {key.split('/')[-1]}={value:.3f}" for key in HELD_OUT
               if isinstance(value := logs.get(key), (int, float))]
     for key, value in logs.items():

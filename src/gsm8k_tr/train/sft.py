@@ -21,7 +21,7 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.run_folder import prepared_data, read_manifest
-from gsm8k_tr.train import stage
+from gsm8k_tr.train import memory, stage
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
@@ -75,6 +75,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     max_length = config.max_length or context  # null: no truncation, so the whole context
     if max_length > context:
         raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
+
+    memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config)  # on a GPU: stop if it cannot fit
 
     count = modeling.token_counter(tokenizer)
     pairs, counts = examples.sft_examples(rows, recipe, stop, count, max_length)

@@ -1,0 +1,270 @@
+"""The memory plan: a stage's peak accelerator memory, estimated from the model's config and the recipe.
+
+Nothing is loaded but `config.json`. The estimate is a sum of parts, each a
+count of what the stage keeps in memory at its peak:
+
+- weights: every parameter, in the dtype training loads it in (float32: the
+  trainer's autocast supplies bf16/fp16, and mixed precision needs fp32
+  master weights);
+- lora: the LoRA parameters with their gradients and AdamW's two moments;
+- activations: what one micro-batch at the recipe's longest sequences keeps
+  for the backward pass, with activation checkpointing on or off
+  (`activations_checkpointed` is the other setting, for comparison);
+- logits: what the loss needs. SFT materialises the whole `(batch, length,
+  vocabulary)` logits in the compute dtype, a float32 copy and their
+  gradient; TRL's GRPO scores through a tiled LM head (4,096 tokens by up to
+  32,768 vocabulary entries at a time);
+- kv_cache: GRPO's rollouts (all completions of one optimizer step are
+  generated together) and the in-training held-out check keep keys and values
+  for every layer, token and sequence;
+- runtime: the CUDA context and the allocator's slack, on a GPU only.
+
+The peak is weights + lora + runtime + the larger of the training phase
+(activations and logits) and the generation phase (KV cache and the last
+token's logits). A recipe fits when that peak is at most 95% of the memory.
+
+The per-token activation counts below were measured on CPU (resident memory
+over a baseline; `benchmarks/memory_plan.py`), for GPT-2 and Llama blocks with
+LoRA on every linear layer. `docs/benchmarks.md` has the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.errors import UserError
+
+GIB = 2**30
+FITS_SHARE = 0.95  # leave the allocator some room
+CUDA_RUNTIME_GIB = 0.6  # CUDA context, cuBLAS workspaces and allocator slack (not in torch's own counts)
+TOKEN_TILE, VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel
+# The longest prompts and examples planned for. A GSM8K-TR prompt (instruction and question) takes up to about 450
+# tokens with an English tokenizer (SmolLM2, measured on the shared sample) and fewer with a Turkish one; a whole
+# SFT example with its solution, about 1,000. A recipe's own max_length or the model's context, when shorter, wins.
+PROMPT_TOKENS = 512
+EXAMPLE_TOKENS = 1024
+# Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i),
+# for a block with LoRA on every linear layer (measured: see the module docstring).
+ACTIVATION_H = {"gpt2": 11.0, "llama": 9.0}
+ACTIVATION_I = {"gpt2": 4.0, "llama": 4.0}
+DROPOUT_MASKS_H = 3.0  # attention-output, residual and MLP dropout masks (bool) when dropout is on (GPT-2 SFT)
+
+
+@dataclass
+class Shape:
+    """What the estimate needs to know about a model, read from its config."""
+
+    family: str  # "gpt2" or "llama" (the block layout the activation counts assume)
+    layers: int
+    hidden: int
+    heads: int
+    kv_dim: int  # keys (and values) per token and layer: heads x head size, fewer with grouped-query attention
+    mlp: int
+    vocab: int
+    context: int
+    parameters: int
+    linear_shapes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every LoRA target
+
+    @classmethod
+    def from_config(cls, config: Any) -> Shape:
+        """Read a Hugging Face config; parameters are counted on a model with no storage (the meta device)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.pytorch_utils import Conv1D
+
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        family = "gpt2" if text.model_type in ("gpt2", "gpt_neo", "gptj") else "llama"
+        hidden = getattr(text, "hidden_size", None) or text.n_embd
+        heads = getattr(text, "num_attention_heads", None) or text.n_head
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        mlp = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+        context = next(v for k in ("n_positions", "max_position_embeddings", "n_ctx") if (v := getattr(text, k, None)))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        head = model.get_output_embeddings()
+        linears = []
+        for module in model.modules():
+            if module is head:
+                continue
+            if isinstance(module, torch.nn.Linear):
+                linears.append((module.in_features, module.out_features))
+            elif isinstance(module, Conv1D):
+                linears.append(tuple(module.weight.shape))
+        return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
+                   kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
+                   linears)
+
+
+@dataclass
+class StagePlan:
+    """One stage's estimate, in GiB per part."""
+
+    stage: str
+    parts: dict[str, float]
+    peak_gib: float
+    memory_gib: float | None
+    fits: bool | None
+    settings: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peak_gib": round(self.peak_gib, 2), "fits": self.fits,
+                "parts": {k: round(v, 3) for k, v in self.parts.items()}, "settings": self.settings}
+
+
+def _activations(shape: Shape, tokens: int, compute_bytes: int, dropout: bool, checkpointing: bool,
+                 lora_rank: int) -> float:
+    """Bytes one micro-batch of `tokens` tokens keeps for the backward pass."""
+    per_layer = (ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp) * compute_bytes
+    per_layer += 4 * lora_rank * compute_bytes  # each adapter keeps its rank-r intermediate
+    if dropout:
+        per_layer += DROPOUT_MASKS_H * shape.hidden  # one byte per masked value
+    if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
+        return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer)
+    return tokens * shape.layers * per_layer
+
+
+def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
+             memory_gib: float | None = None) -> StagePlan:
+    """The peak memory of `stage` (sft or grpo) with `settings` (see `stage_settings`)."""
+    s = settings
+    compute = 2 if s["mixed_precision"] else 4
+    lora = s["lora_rank"] * sum(i + o for i, o in shape.linear_shapes)
+    parts = {"weights": shape.parameters * 4, "lora": lora * 16}
+    tokens = s["micro_batch"] * s["length"]
+    active = _activations(shape, tokens, compute, s["dropout"], s["checkpointing"], s["lora_rank"])
+    other = _activations(shape, tokens, compute, s["dropout"], not s["checkpointing"], s["lora_rank"])
+    parts["activations"] = active
+    parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
+    if stage == "sft":  # logits in the compute dtype, a float32 copy, and the float32 gradient
+        parts["logits"] = tokens * shape.vocab * (compute + 8)
+        parts["kv_cache"] = 0.0
+    else:
+        parts["logits"] = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * (compute + 4)
+        kv = 2 * shape.layers * shape.kv_dim * compute
+        rollouts = s["generation_batch"] * s["length"] * kv
+        held_out = s["eval_batch"] * s["eval_length"] * kv if s["eval_batch"] else 0
+        parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
+    parts["runtime"] = CUDA_RUNTIME_GIB * GIB if on_gpu else 0.0
+    generation = parts["kv_cache"] + s["generation_batch"] * shape.vocab * 4 if stage == "grpo" else 0.0
+    peak = parts["weights"] + parts["lora"] + parts["runtime"] + max(active + parts["logits"], generation)
+    if s["vllm"] and memory_gib:
+        parts["vllm"] = s["vllm_share"] * memory_gib * GIB  # vLLM takes its share of the GPU up front
+        peak += parts["vllm"]
+    gib = {k: v / GIB for k, v in parts.items()}
+    fits = None if memory_gib is None else peak / GIB <= FITS_SHARE * memory_gib
+    return StagePlan(stage, gib, peak / GIB, memory_gib, fits, dict(settings))
+
+
+def stage_settings(recipe: Recipe, stage: str, config: Any, context: int) -> dict[str, Any]:
+    """What the estimate reads from a stage's TRL config: batch sizes, lengths, precision, checkpointing."""
+    micro = config.per_device_train_batch_size
+    if stage == "sft":  # batches pad to their longest example: at worst max_length
+        length = min(config.max_length or context, context, EXAMPLE_TOKENS)
+        generation_batch = eval_batch = eval_length = 0
+    else:  # prompts are left-padded to the longest one, completions run to their limit
+        length = min(context, PROMPT_TOKENS + config.max_completion_length)
+        steps = getattr(config, "steps_per_generation", None) or config.gradient_accumulation_steps
+        generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
+        eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
+        eval_length = min(context, PROMPT_TOKENS + recipe.eval.max_new_tokens) if eval_batch else 0
+    return {
+        "micro_batch": micro,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "length": length,
+        "mixed_precision": bool(config.bf16 or config.fp16),
+        "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
+        # GRPO turns dropout off; GPT-2's own dropout runs during SFT (LoRA dropout is small change)
+        "dropout": stage == "sft",
+        "lora_rank": recipe.lora.r,
+        "generation_batch": generation_batch,
+        "eval_batch": eval_batch,
+        "eval_length": eval_length,
+        "vllm": bool(getattr(config, "use_vllm", False)) and getattr(config, "vllm_mode", "") == "colocate",
+        "vllm_share": getattr(config, "vllm_gpu_memory_utilization", 0.0) or 0.0,
+    }
+
+
+def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
+                num_generations: int = 1) -> list[tuple[dict[str, Any], float]]:
+    """Recipe changes that would fit, each with its estimate, best first (at most two).
+
+    First the largest smaller micro-batch that fits: halving it doubles
+    gradient accumulation, so the optimizer sees the same effective batch
+    and the run is barely slower (under GRPO it stays a multiple of the group
+    size). Then activation checkpointing (a third more compute), alone or
+    with a smaller micro-batch. Under GRPO, when the rollouts' KV cache is
+    what does not fit, a smaller generation batch.
+    """
+    smallest = num_generations if stage == "grpo" else 1
+    halvings = []
+    micro, accumulate = settings["micro_batch"], settings["gradient_accumulation_steps"]
+    while micro // 2 >= smallest and (stage != "grpo" or (micro // 2) % num_generations == 0):
+        accumulate *= 2
+        micro //= 2
+        halvings.append({"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulate})
+    groups = [halvings]
+    if not settings["checkpointing"]:
+        groups.append([{"activation_checkpointing": True, **h} for h in [{}, *halvings]])
+    if stage == "grpo":
+        generation, smaller = settings["generation_batch"], []
+        while generation // 2 >= max(settings["micro_batch"], num_generations):
+            generation //= 2
+            smaller.append({"generation_batch_size": generation})
+        groups.append(smaller)
+    names = {"per_device_train_batch_size": "micro_batch", "gradient_accumulation_steps": "gradient_accumulation_steps",
+             "activation_checkpointing": "checkpointing", "generation_batch_size": "generation_batch"}
+    found: list[tuple[dict[str, Any], float]] = []
+    for group in groups:  # the first change of each kind that fits
+        for change in group:
+            plan = estimate(shape, stage, {**settings, **{names[k]: v for k, v in change.items()}}, on_gpu, memory_gib)
+            if plan.fits:
+                found.append((change, plan.peak_gib))
+                break
+    return found[:2]
+
+
+def accelerator_memory() -> tuple[bool, float | None]:
+    """(whether a CUDA GPU is there, its free memory in GiB); (False, None) on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, None
+    free, _ = torch.cuda.mem_get_info()
+    return True, free / GIB
+
+
+def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1) -> StagePlan | None:
+    """Before a stage starts on a GPU: stop with one line when the recipe clearly does not fit.
+
+    "Clearly": the estimate is over the free memory by more than 10%, so a
+    recipe at the edge still gets to try. Off a GPU this checks nothing.
+    """
+    on_gpu, free = accelerator_memory()
+    if not on_gpu or free is None:
+        return None
+    settings = stage_settings(recipe, stage, config, shape.context)
+    plan = estimate(shape, stage, settings, on_gpu, free)
+    if plan.peak_gib <= 1.1 * FITS_SHARE * free:
+        return plan
+    options = suggestions(shape, stage, settings, on_gpu, free, num_generations)
+    if options:
+        hint = " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items()) + f" (about {gib:.1f} GiB)"
+                           for change, gib in options)
+    else:
+        hint = (f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length") + \
+            " or use a GPU with more memory"
+    raise UserError(f"{stage}: this recipe needs about {plan.peak_gib:.1f} GiB of GPU memory (gsm8k-tr plan shows the "
+                    f"parts) but the GPU has {free:.1f} GiB free; set {hint}")
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def round_up(gib: float) -> int:
+    """The card size a plan needs, in whole GiB."""
+    return math.ceil(gib / FITS_SHARE)

@@ -1,0 +1,95 @@
+"""`gsm8k-tr plan`: both stages' memory plans for a recipe, from the model's config alone.
+
+The stages' TRL configs are built as the stages build them (their defaults, the
+recipe's sections), then `memory.estimate` runs on each. Precision is chosen on
+the machine that trains, so a plan for a GPU assumes bf16 or fp16 unless the
+recipe turns both off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.train.memory import Shape, StagePlan, accelerator_memory, estimate, stage_settings
+
+log = logging.getLogger(__name__)
+
+
+# Configs of the models the shipped recipes name, for planning without the Hub (they are public: GPT-2 Medium's
+# shape). With Hub access the model's own config.json is read instead.
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "ytu-ce-cosmos/turkish-gpt2-medium-350m-instruct-v0.1": {
+        "model_type": "gpt2", "n_embd": 1024, "n_layer": 24, "n_head": 16, "n_positions": 1024, "vocab_size": 50257},
+}
+
+
+def model_config(recipe: Recipe) -> Any:
+    """The recipe model's config: from its folder or the Hub, else a known config when the Hub is unreachable."""
+    from transformers import AutoConfig
+
+    cfg = recipe.model
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    if cfg.name_or_path.startswith("builtin:"):
+        from gsm8k_tr import builtin
+
+        return builtin.model_config(cfg.name_or_path)
+    try:
+        return AutoConfig.from_pretrained(cfg.name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        known = KNOWN_CONFIGS.get(cfg.name_or_path)
+        if known is None:
+            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({str(error).splitlines()[0][:160]}); "
+                            "the plan needs its config.json (no weights)") from None
+        log.warning("%s: the Hub is not reachable; planning with its published shape %s",
+                                            cfg.name_or_path, known)
+        return AutoConfig.for_model(**known)
+
+
+def plan_recipe(recipe: Recipe, memory_gib: float | None = None) -> tuple[Shape, dict[str, StagePlan]]:
+    """The plan of both stages. With `memory_gib` the recipe is planned for a GPU of that size; without it, for
+    the GPU this machine has (its free memory), or for this CPU."""
+    import trl
+
+    from gsm8k_tr.train import grpo, sft
+    from gsm8k_tr.train.trl_configs import trl_config
+
+    shape = Shape.from_config(model_config(recipe))
+    on_gpu, free = accelerator_memory()
+    if memory_gib is not None:
+        on_gpu, free = True, memory_gib
+    forced = {"output_dir": ("/nonexistent/gsm8k-tr-plan", ""), "seed": (recipe.seed, "")}
+    neutral = {"bf16": False, "fp16": False, "use_cpu": True}
+    plans = {}
+    for stage, module, cls, section in (("sft", sft, trl.SFTConfig, recipe.sft), ("grpo", grpo, trl.GRPOConfig, recipe.grpo)):
+        values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
+        extra = {"reward_weights": (list(recipe.rewards.values()), "")} if stage == "grpo" else {}
+        config = trl_config(cls, stage, values, {**module.DEFAULTS, **neutral}, {**forced, **extra})
+        settings = stage_settings(recipe, stage, config, shape.context)
+        explicit_off = section.get("bf16") is False and section.get("fp16") is False
+        settings["mixed_precision"] = on_gpu and not explicit_off
+        settings["vllm"] = bool(section.get("use_vllm")) and section.get("vllm_mode", "colocate") == "colocate"
+        settings["vllm_share"] = float(section.get("vllm_gpu_memory_utilization", 0.3)) if settings["vllm"] else 0.0
+        plans[stage] = estimate(shape, stage, settings, on_gpu, free)
+    return shape, plans
+
+
+def table(plans: dict[str, StagePlan]) -> list[str]:
+    """The plan as text lines: one row per stage, one column per part, GiB."""
+    keys = ("weights", "lora", "activations", "logits", "kv_cache", "runtime")
+    lines = [f"{'stage':<6} " + " ".join(f"{k:>11}" for k in keys) + f" {'peak':>7}  fits"]
+    for name, p in plans.items():
+        other = next(k for k in p.parts if k.startswith("activations_"))
+        fits = "-" if p.fits is None else ("yes" if p.fits else "NO") + f" ({p.memory_gib:.1f} GiB)"
+        lines.append(f"{name:<6} " + " ".join(f"{p.parts.get(k, 0.0):>11.2f}" for k in keys) +
+                     f" {p.peak_gib:>7.2f}  {fits}")
+        state = "on" if p.settings["checkpointing"] else "off"
+        lines.append(f"{'':<6} activation checkpointing {state}; {other.replace('_', ' ')}: {p.parts[other]:.2f} GiB; "
+                     f"micro-batch {p.settings['micro_batch']} x {p.settings['length']} tokens")
+    return lines

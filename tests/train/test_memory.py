@@ -1,0 +1,107 @@
+"""The memory plan: it runs on every recipe from the config alone, recipes fit what they claim, a stage that
+cannot fit stops before training, and the estimate moves the way memory does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_RECIPE, run_cli
+
+from gsm8k_tr.config import load_recipe
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.train import memory, plan
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+GPT2_MEDIUM = memory.Shape("gpt2", layers=24, hidden=1024, heads=16, kv_dim=1024, mlp=4096, vocab=50257,
+                           context=1024, parameters=354_823_168, linear_shapes=[(1024, 3072), (1024, 1024),
+                                                                               (1024, 4096), (4096, 1024)] * 24)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_plan_runs_on_every_recipe_and_it_fits_the_size_it_claims(path: Path) -> None:
+    recipe = load_recipe(path)
+    shape, plans = plan.plan_recipe(recipe, recipe.sized_for_gib)
+    assert shape.parameters > 0 and set(plans) == {"sft", "grpo"}
+    for name, stage in plans.items():
+        assert stage.peak_gib > 0 and all(value >= 0 for value in stage.parts.values()), name
+        if recipe.sized_for_gib is not None:  # "sized for one GPU with N GB" must hold by the plan's own numbers
+            assert stage.fits, f"{path.name} claims {recipe.sized_for_gib} GiB but {name} needs {stage.peak_gib:.1f}"
+
+
+def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
+    done = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "16", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    assert printed["memory_gib"] == 16 and set(printed["stages"]) == {"sft", "grpo"}
+    for stage in printed["stages"].values():
+        assert stage["fits"] is True and stage["peak_gib"] > 0
+        assert {"weights", "lora", "activations", "logits", "kv_cache", "runtime"} <= set(stage["parts"])
+        assert any(key.startswith("activations_") for key in stage["parts"])  # the other checkpointing setting
+    text = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "0.5")
+    assert text.returncode == 0 and "NO (0.5 GiB)" in text.stdout and "activation checkpointing off" in text.stdout
+    bad = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "-1")
+    assert bad.returncode == 2 and "--gpu-memory" in bad.stderr
+
+
+SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,
+            "checkpointing": False, "dropout": True, "lora_rank": 32, "generation_batch": 64, "eval_batch": 32,
+            "eval_length": 896, "vllm": False, "vllm_share": 0.0}
+
+
+@pytest.mark.parametrize("change, part, direction", [
+    ({"micro_batch": 16}, "activations", 2.0),        # activations scale with the micro-batch
+    ({"micro_batch": 16}, "logits", 2.0),             # and so do SFT's logits
+    ({"mixed_precision": False}, "activations", 1.9),  # float32 compute keeps twice the bytes (masks stay bytes)
+    ({"checkpointing": True}, "activations", 0.15),   # checkpointing keeps each block's input only
+    ({"length": 512}, "activations", 0.5),
+    ({"lora_rank": 64}, "lora", 2.0),                 # LoRA state scales with the rank
+])
+def test_the_estimate_moves_the_way_memory_does(change: dict, part: str, direction: float) -> None:
+    base = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)
+    changed = memory.estimate(GPT2_MEDIUM, "sft", {**SETTINGS, **change}, on_gpu=True, memory_gib=24)
+    ratio = changed.parts[part] / base.parts[part]
+    assert ratio == pytest.approx(direction, rel=0.1) if direction >= 0.5 else ratio < direction
+
+
+def test_grpo_generation_and_vllm_are_planned() -> None:
+    grpo = memory.estimate(GPT2_MEDIUM, "grpo", {**SETTINGS, "dropout": False}, on_gpu=True, memory_gib=24)
+    # 64 rollouts of 1024 tokens: keys and values of 24 layers of 1024, two bytes each
+    assert grpo.parts["kv_cache"] == pytest.approx(64 * 1024 * 2 * 24 * 1024 * 2 / 2**30)
+    with_vllm = memory.estimate(GPT2_MEDIUM, "grpo", {**SETTINGS, "dropout": False, "vllm": True, "vllm_share": 0.3},
+                                on_gpu=True, memory_gib=80)
+    assert with_vllm.parts["kv_cache"] == 0 and with_vllm.parts["vllm"] == pytest.approx(24.0)
+
+
+def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  tiny_model_dir: Path) -> None:
+    from gsm8k_tr.train import sft
+
+    monkeypatch.setattr(memory, "accelerator_memory", lambda: (True, 1.0))  # a GPU with 1 GiB free
+    recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}", "sft.per_device_train_batch_size=256",
+                                            "sft.max_length=512"])
+    with pytest.raises(UserError) as error:
+        sft.main(recipe)
+    message = str(error.value)
+    assert "\n" not in message and "GiB of GPU memory" in message and "1.0 GiB free" in message
+    assert "sft.per_device_train_batch_size=" in message and "sft.gradient_accumulation_steps=" in message
+    assert not list((tmp_path / "run" / "sft" / "checkpoints").iterdir())  # nothing trained
+    # The same recipe on this machine's CPU, or at a size that fits, is not stopped by the plan.
+    monkeypatch.setattr(memory, "accelerator_memory", lambda: (False, None))
+    assert memory.check_fits(memory.Shape.from_config(plan.model_config(recipe)), recipe, "sft", None) is None
+
+
+def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
+    import torch
+
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "--steps" in done.stdout
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU answer is not what it gives")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no CUDA GPU" in done.stderr

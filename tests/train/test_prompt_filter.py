@@ -1,0 +1,96 @@
+"""The prompt filter keeps the prompts the start model sometimes gets right, caches its scores, and reports."""
+
+from __future__ import annotations
+
+import json
+from itertools import count
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RECIPE
+
+from gsm8k_tr.config import load_recipe
+from gsm8k_tr.errors import UserError
+from gsm8k_tr.train import prompt_filter
+from gsm8k_tr.train.grpo import zero_variance_groups
+
+
+@pytest.mark.parametrize("correct, group, expected", [
+    ([True, True, False, False], 2, (1.0, 0.5, 0.5)),   # one group all right, one all wrong: neither teaches
+    ([True, False, False, True], 2, (0.0, 0.0, 0.0)),   # both groups mixed: both teach
+    ([False] * 8, 4, (1.0, 0.0, 1.0)),                   # a model that never gets it: nothing to learn
+])
+def test_zero_variance_share_by_correctness(correct: list[bool], group: int, expected: tuple) -> None:
+    found = zero_variance_groups(correct, group)
+    assert (found["frac_correctness_zero_std"], found["correctness/all_right"], found["correctness/all_wrong"]) == expected
+
+
+def _alternating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Correctness that depends only on the prompt's answer and the sample: rates 0, 0.5 and 1 by answer."""
+    counter = count()
+
+    def graded(text: str, gold: str, tag: str) -> bool:
+        n = next(counter)
+        return {0: False, 1: n % 2 == 0, 2: True}[int(float(gold)) % 3]
+
+    monkeypatch.setattr(prompt_filter, "is_correct", graded)
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_the_kept_prompts_and_a_resume_does_not_score_again(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          tiny_model_dir: Path) -> None:
+    from gsm8k_tr.infer import generation
+    from gsm8k_tr.train import grpo, sft
+
+    _alternating(monkeypatch)
+    recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}", "sft.max_steps=2", "grpo.max_steps=2",
+                                            "eval.every_steps=0", "prompt_filter.samples=2",
+                                            "prompt_filter.max_new_tokens=8"])
+    sft.main(recipe)
+    manifest = grpo.main(recipe)
+    info = manifest["prompt_filter"]
+    assert info["scored"] == info["kept"] + info["dropped_low_pass_rate"] + info["dropped_high_pass_rate"]
+    assert info["kept"] and info["dropped_low_pass_rate"] and info["dropped_high_pass_rate"]
+    assert info["generated_tokens"] > 0 and info["samples"] == 2
+    cache = tmp_path / "run" / "grpo" / prompt_filter.CACHE
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert len(rows) == info["scored"] and {r["pass_rate"] for r in rows} == {0.0, 0.5, 1.0}
+
+    # Killed during training, then resumed: every score comes from the cache, the filter generates nothing.
+    import shutil
+
+    for name in ("manifest.json", "merged", "adapter", "checkpoints"):
+        path = tmp_path / "run" / "grpo" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    calls = []
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(1) or [])
+    again = grpo.main(recipe, resume=True)
+    assert not calls and again["prompt_filter"]["kept"] == info["kept"] and again["global_step"] == 2
+
+
+def test_no_prompt_left_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prompt_filter, "score", lambda *a, **k: [{"pass_rate": 0.0, "tokens": 3}] * 2)
+    recipe = load_recipe(None, ["prompt_filter.samples=4"])
+
+    class Config:
+        temperature, max_completion_length, bf16, fp16 = 1.0, 8, False, False
+
+    class Model:
+        training = True
+
+        def to(self, device: object) -> None:
+            pass
+
+        def train(self, mode: bool) -> None:
+            pass
+
+    prompts = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
+    with pytest.raises(UserError, match="no prompt has a pass rate strictly between 0.0 and 1.0 .2 below, 0 above"):
+        prompt_filter.apply(Model(), None, prompts, recipe, Config(), tmp_path, "m", "cevap")
+
+
+def test_the_recipe_section_is_checked() -> None:
+    with pytest.raises(UserError, match="prompt_filter"):
+        load_recipe(None, ["prompt_filter.keep_above=0.8", "prompt_filter.keep_below=0.2"])
+    assert load_recipe(None, ["prompt_filter.samples=8"]).prompt_filter.samples == 8
