@@ -103,10 +103,11 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
                 "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
     plan = memory.estimate(shape_info, stage, settings, on_gpu=False)
     parts = {k: v * 1024 for k, v in plan.parts.items()}  # MiB
+    fixed = parts["weights"] + parts["lora"] + parts["runtime"]
     if phase == "grpo_generation":
-        estimated = parts["weights"] + parts["lora"] + parts["kv_cache"] + generations * vocab * 4 / MIB
+        estimated = fixed + parts["kv_cache"] + generations * vocab * 4 / MIB
     else:
-        estimated = parts["weights"] + parts["lora"] + parts["activations"] + parts["logits"]
+        estimated = fixed + parts["activations"] + parts["logits"]
     return {"shape": shape, "phase": phase, "measured_mib": round(peak, 1), "estimated_mib": round(estimated, 1),
             "parts_mib": {k: round(v, 1) for k, v in parts.items()}, "parameters": shape_info.parameters}
 

@@ -17,15 +17,19 @@ count of what the stage keeps in memory at its peak:
 - kv_cache: GRPO's rollouts (all completions of one optimizer step are
   generated together) and the in-training held-out check keep keys and values
   for every layer, token and sequence;
-- runtime: the CUDA context and the allocator's slack, on a GPU only.
+- runtime: the CUDA context and the allocator's slack on a GPU (0.6 GiB, not
+  yet measured on one); PyTorch's own first-use buffers on a CPU (25 MiB,
+  measured).
 
 The peak is weights + lora + runtime + the larger of the training phase
 (activations and logits) and the generation phase (KV cache and the last
 token's logits). A recipe fits when that peak is at most 95% of the memory.
 
-The per-token activation counts below were measured on CPU (resident memory
-over a baseline; `benchmarks/memory_plan.py`), for GPT-2 and Llama blocks with
-LoRA on every linear layer. `docs/benchmarks.md` has the table.
+The per-token activation counts below were fitted to CPU measurements of the
+GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;
+`benchmarks/memory_plan.py`) and checked on the tiny and demo shapes; on a CPU,
+PyTorch's math attention also keeps the attention probabilities, which GPUs'
+fused kernels do not. `docs/benchmarks.md` has the table.
 """
 
 from __future__ import annotations
@@ -39,18 +43,20 @@ from gsm8k_tr.errors import UserError
 
 GIB = 2**30
 FITS_SHARE = 0.95  # leave the allocator some room
-CUDA_RUNTIME_GIB = 0.6  # CUDA context, cuBLAS workspaces and allocator slack (not in torch's own counts)
+CUDA_RUNTIME_GIB = 0.6  # CUDA context, cuBLAS workspaces and allocator slack (not yet measured on a GPU)
+CPU_RUNTIME_GIB = 25 / 1024  # PyTorch's own first-use buffers on a CPU (thread pools, kernel caches): measured
 TOKEN_TILE, VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel
 # The longest prompts and examples planned for. A GSM8K-TR prompt (instruction and question) takes up to about 450
 # tokens with an English tokenizer (SmolLM2, measured on the shared sample) and fewer with a Turkish one; a whole
 # SFT example with its solution, about 1,000. A recipe's own max_length or the model's context, when shorter, wins.
 PROMPT_TOKENS = 512
 EXAMPLE_TOKENS = 1024
-# Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i),
-# for a block with LoRA on every linear layer (measured: see the module docstring).
-ACTIVATION_H = {"gpt2": 11.0, "llama": 9.0}
-ACTIVATION_I = {"gpt2": 4.0, "llama": 4.0}
-DROPOUT_MASKS_H = 3.0  # attention-output, residual and MLP dropout masks (bool) when dropout is on (GPT-2 SFT)
+# Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i), for a
+# block with LoRA on every linear layer; fitted to resident-memory measurements of GPT-2 Medium and SmolLM2 shapes
+# on CPU (benchmarks/memory_plan.py), then checked on the other shapes.
+ACTIVATION_H = {"gpt2": 12.0, "llama": 10.0}
+ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
+DROPOUT_MASKS_H = 3.0  # attention-output, residual and MLP dropout masks (one byte each) when dropout is on
 
 
 @dataclass
@@ -67,6 +73,7 @@ class Shape:
     context: int
     parameters: int
     linear_shapes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every LoRA target
+    dropout: bool = True  # the model's own dropout (GPT-2's is 0.1; Llama's is 0) runs during SFT
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
@@ -94,9 +101,11 @@ class Shape:
                 linears.append((module.in_features, module.out_features))
             elif isinstance(module, Conv1D):
                 linears.append(tuple(module.weight.shape))
+        dropout = any((getattr(text, key, 0.0) or 0.0) > 0 for key in
+                      ("resid_pdrop", "attn_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout"))
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
-                   linears)
+                   linears, dropout)
 
 
 @dataclass
@@ -115,13 +124,19 @@ class StagePlan:
                 "parts": {k: round(v, 3) for k, v in self.parts.items()}, "settings": self.settings}
 
 
-def _activations(shape: Shape, tokens: int, compute_bytes: int, dropout: bool, checkpointing: bool,
-                 lora_rank: int) -> float:
-    """Bytes one micro-batch of `tokens` tokens keeps for the backward pass."""
-    per_layer = (ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp) * compute_bytes
-    per_layer += 4 * lora_rank * compute_bytes  # each adapter keeps its rank-r intermediate
-    if dropout:
-        per_layer += DROPOUT_MASKS_H * shape.hidden  # one byte per masked value
+def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, dropout: bool, checkpointing: bool,
+                 lora_rank: int, attention_weights: bool) -> float:
+    """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
+
+    `attention_weights`: the attention probabilities are kept too (heads x
+    length per token), as PyTorch's math attention does on a CPU; the fused
+    attention kernels GPUs use keep none, dropout included.
+    """
+    floats = ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp + 4 * lora_rank
+    if attention_weights:
+        floats += shape.heads * length * (2 if dropout else 1)  # the probabilities, and their dropped copy
+    per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden if dropout else 0.0)
+    tokens = batch * length
     if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
         return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer)
     return tokens * shape.layers * per_layer
@@ -135,8 +150,9 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     lora = s["lora_rank"] * sum(i + o for i, o in shape.linear_shapes)
     parts = {"weights": shape.parameters * 4, "lora": lora * 16}
     tokens = s["micro_batch"] * s["length"]
-    active = _activations(shape, tokens, compute, s["dropout"], s["checkpointing"], s["lora_rank"])
-    other = _activations(shape, tokens, compute, s["dropout"], not s["checkpointing"], s["lora_rank"])
+    kept = (s["micro_batch"], s["length"], compute, s["dropout"] and shape.dropout)
+    active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu)
+    other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu)
     parts["activations"] = active
     parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
     if stage == "sft":  # logits in the compute dtype, a float32 copy, and the float32 gradient
@@ -148,7 +164,7 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
         rollouts = s["generation_batch"] * s["length"] * kv
         held_out = s["eval_batch"] * s["eval_length"] * kv if s["eval_batch"] else 0
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
-    parts["runtime"] = CUDA_RUNTIME_GIB * GIB if on_gpu else 0.0
+    parts["runtime"] = (CUDA_RUNTIME_GIB if on_gpu else CPU_RUNTIME_GIB) * GIB
     generation = parts["kv_cache"] + s["generation_batch"] * shape.vocab * 4 if stage == "grpo" else 0.0
     peak = parts["weights"] + parts["lora"] + parts["runtime"] + max(active + parts["logits"], generation)
     if s["vllm"] and memory_gib:
@@ -177,8 +193,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int) -> dic
         "length": length,
         "mixed_precision": bool(config.bf16 or config.fp16),
         "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
-        # GRPO turns dropout off; GPT-2's own dropout runs during SFT (LoRA dropout is small change)
-        "dropout": stage == "sft",
+        "dropout": stage == "sft",  # GRPO turns the model's dropout off (LoRA's own dropout is small change)
         "lora_rank": recipe.lora.r,
         "generation_batch": generation_batch,
         "eval_batch": eval_batch,
