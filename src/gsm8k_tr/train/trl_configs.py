@@ -27,6 +27,12 @@ def _field_types(config_cls: type) -> dict[str, Any]:
         return {}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults: dict[str, Any],
                forced: dict[str, tuple[Any, str]]) -> Any:
     """Build TRL's `config_cls` from recipe `values` over our `defaults`.
@@ -55,6 +61,8 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
             if isinstance(value, str) and not isinstance(checked, str):
                 values[key] = checked  # `5e-5` read as a string by YAML
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
+    # Pinned host memory only speeds copies to a GPU; without one, torch's DataLoader warns at every stage.
+    defaults.setdefault("dataloader_pin_memory", _has_cuda())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
         return config_cls(**kwargs)
