@@ -160,17 +160,23 @@ def pretrain(model: Any, tokenizer: Any, texts: list[str], spec: Spec, seed: int
     return float(loss.detach())
 
 
+def gpt2_config(spec: Spec, tokenizer: Any) -> Any:
+    """The GPT2Config of `spec`'s shape over `tokenizer`'s vocabulary."""
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd,
+                      n_layer=spec.n_layer, n_head=spec.n_head, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+
+
 def build(spec: Spec, target: Path, seed: int = 0) -> None:
     """Train the tokenizer, initialise a GPT-2 of `spec`'s shape, pretrain it and save both."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(tokenizer_corpus())
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd,
-                        n_layer=spec.n_layer, n_head=spec.n_head, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(gpt2_config(spec, tokenizer))
     loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed), spec, seed)
     log.info("pretrained for %d steps, final loss %.3f", spec.steps, loss)
     model.save_pretrained(target)
@@ -231,20 +237,22 @@ SMOLLM2_CONFIG = {"model_type": "llama", "hidden_size": 576, "num_hidden_layers"
 
 def model_config(spec: str) -> Any:
     """The config of `builtin:NAME` without building its weights (a built one's own config when it exists)."""
-    from transformers import AutoConfig, GPT2Config
+    from transformers import AutoConfig
 
-    name = spec.removeprefix("builtin:")
-    if name not in SPECS and name not in WHEELS:
-        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
-    built = cache_root() / f"{name}-v{BUILD_VERSION}"
+    name, built = _cached_folder(spec)
     if (built / "config.json").is_file():
         return AutoConfig.from_pretrained(built)
     if name in WHEELS:
         return AutoConfig.for_model(**SMOLLM2_CONFIG)
-    shape = SPECS[name]
-    vocab = len(train_tokenizer(tokenizer_corpus()))  # seconds; the weights would take minutes
-    return GPT2Config(vocab_size=vocab, n_positions=shape.n_positions, n_embd=shape.n_embd, n_layer=shape.n_layer,
-                      n_head=shape.n_head)
+    return gpt2_config(SPECS[name], train_tokenizer(tokenizer_corpus()))  # seconds; the weights would take minutes
+
+
+def _cached_folder(spec: str) -> tuple[str, Path]:
+    """`builtin:NAME` → (NAME, its folder in the cache); an unknown name is one line."""
+    name = spec.removeprefix("builtin:")
+    if name not in SPECS and name not in WHEELS:
+        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
+    return name, cache_root() / f"{name}-v{BUILD_VERSION}"
 
 
 def names() -> list[str]:
@@ -254,10 +262,7 @@ def names() -> list[str]:
 
 def resolve(spec: str) -> Path:
     """The cached folder of `builtin:NAME`, built on first use."""
-    name = spec.removeprefix("builtin:")
-    if name not in SPECS and name not in WHEELS:
-        raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
-    target = cache_root() / f"{name}-v{BUILD_VERSION}"
+    name, target = _cached_folder(spec)
     if (target / "config.json").is_file():
         return target
     log.info("building %s into %s (once)", spec, target)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.run_folder import read_manifest
 
 STAGES = ("base", "sft", "grpo")
 
@@ -83,7 +84,6 @@ def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "h
         right.set_ylim(0, 1)
         right.legend(loc="lower right")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("GRPO rewards")
     if zero:
         low = axes[1][0]
         for key, label in zero:
@@ -92,10 +92,7 @@ def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "h
         low.set_ylabel("groups with no advantage")
         low.legend(loc="upper left", fontsize=8)
     axes[-1][0].set_xlabel("GRPO step")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, "GRPO rewards", target)
 
 
 def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
@@ -160,8 +157,7 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
 
 def _held_out(run: Path) -> str:
     """Where GRPO's in-training accuracy came from, e.g. "validation, 64" (from its manifest)."""
-    path = run / "grpo" / "manifest.json"
-    where = json.loads(path.read_text(encoding="utf-8")).get("held_out") if path.is_file() else None
+    where = read_manifest(run / "grpo").get("held_out") if (run / "grpo" / "manifest.json").is_file() else None
     return f"{where['split']}, {where['questions']}" if where else "held-out"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gsm8k_tr import modeling
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.train.memory import Shape, StagePlan, accelerator_memory, estimate, stage_settings
@@ -31,24 +32,19 @@ def model_config(recipe: Recipe) -> Any:
     from transformers import AutoConfig
 
     cfg = recipe.model
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
-    if cfg.revision:
-        kwargs["revision"] = cfg.revision
-    if cfg.gguf_file:
-        kwargs["gguf_file"] = cfg.gguf_file
-    if cfg.name_or_path.startswith("builtin:"):
+    if cfg.name_or_path.startswith("builtin:"):  # its config without building its weights
         from gsm8k_tr import builtin
 
         return builtin.model_config(cfg.name_or_path)
+    source, kwargs = modeling._source(cfg, None)  # revision, GGUF file, trust_remote_code as loading uses them
     try:
-        return AutoConfig.from_pretrained(cfg.name_or_path, **kwargs)
+        return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         known = KNOWN_CONFIGS.get(cfg.name_or_path)
         if known is None:
-            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({str(error).splitlines()[0][:160]}); "
+            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({modeling._one_line(error)[:160]}); "
                             "the plan needs its config.json (no weights)") from None
-        log.warning("%s: the Hub is not reachable; planning with its published shape %s",
-                                            cfg.name_or_path, known)
+        log.warning("%s: the Hub is not reachable; planning with its published shape %s", cfg.name_or_path, known)
         return AutoConfig.for_model(**known)
 
 
