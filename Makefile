@@ -12,7 +12,6 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	# torch first, so the package's range is already met: without a GPU, a local
 	# CPU wheel if there is one, else PyTorch's CPU index; never CUDA wheels.
 	if command -v nvidia-smi >/dev/null 2>&1; then \
@@ -31,11 +30,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+# Two workers: on 2 cores the tests' process starts and imports overlap (3.1 against 4.0 minutes, measured).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/gsm8k-tr pipeline --config recipes/demo.yaml --overwrite

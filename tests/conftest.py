@@ -19,6 +19,12 @@ TINY_RECIPE = ROOT / "recipes" / "tiny.yaml"
 
 # Built-in models are built once per checkout (about 30 s), not once per test session.
 os.environ.setdefault("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))
+# Parallel workers (`pytest -n N`) share the cores: each takes its share of threads, for itself and the processes
+# it starts, since torch's default of one thread per core in every worker makes them spin against each other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_threads))
 # Tests never reach the Hugging Face Hub. Set before any test imports huggingface_hub, which reads these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

