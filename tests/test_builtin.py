@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gsm8k_tr import builtin
 from gsm8k_tr.data.prepare import split_position
 
@@ -25,8 +27,6 @@ def test_pretraining_never_sees_a_question_a_test_split_can_hold() -> None:
 
 def test_a_build_holds_a_lock_and_a_waiting_process_finds_the_model_built(tmp_path: Path, monkeypatch: Any) -> None:
     import fcntl
-
-    import pytest
 
     monkeypatch.setenv("GSM8K_TR_CACHE", str(tmp_path))
     _, target = builtin._cached_folder("builtin:tiny-gpt2")
