@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 
 DEFAULT_INSTRUCTION = (
     "Aşağıdaki matematik sorusunu adım adım çöz. Düşünceni <{reasoning_tag}> ve "
@@ -259,8 +259,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"recipe file {str(path)!r} is not valid YAML: {first}")
+            raise UserError(f"recipe file {str(path)!r} is not valid YAML: {one_line(error)}") from None
         _merge(recipe, values)
     if overrides:
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)

@@ -1,4 +1,4 @@
-"""The one exception type that means "the user can fix this"."""
+"""The one exception type that means "the user can fix this", and the one line an error becomes in it."""
 
 
 class UserError(Exception):
@@ -6,3 +6,9 @@ class UserError(Exception):
 
     Messages name the file, row, key or value at fault and say how to fix it.
     """
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's first non-empty line (its type's name when it has no text), for a one-line UserError."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -14,15 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import LoraConfig, ModelConfig
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.gguf_convert import require_gguf, unmark_dequantized
 
 log = logging.getLogger(__name__)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def resolve_name(name_or_path: str) -> str:
@@ -34,7 +29,7 @@ def resolve_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def _source(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
+def load_source(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
     """What to load and how: the recipe's model (revision, GGUF file) or a local `path` (a stage output)."""
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if path is not None:
@@ -50,11 +45,11 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
     """The tokenizer of `path` (default: the recipe's model)."""
     from transformers import AutoTokenizer
 
-    source, kwargs = _source(cfg, path)
+    source, kwargs = load_source(cfg, path)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer of {source!r}: {_one_line(error)}") from None
+        raise UserError(f"cannot load the tokenizer of {source!r}: {one_line(error)}") from None
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -82,7 +77,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    source, kwargs = _source(cfg, path)
+    source, kwargs = load_source(cfg, path)
     gguf = "gguf_file" in kwargs
     if gguf:
         require_gguf()
@@ -93,7 +88,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if gguf else dtype or torch.float32,
                                                      use_safetensors=None if gguf else True, **kwargs)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load model {source!r}: {_one_line(error)}") from None
+        raise UserError(f"cannot load model {source!r}: {one_line(error)}") from None
     if gguf:
         unmark_dequantized(model)
         if dtype is not None:

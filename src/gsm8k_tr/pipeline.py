@@ -96,7 +96,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
     from gsm8k_tr import report
     from gsm8k_tr.processes import process_state
-    from gsm8k_tr.run_folder import prepared_data, read_manifest
+    from gsm8k_tr.run_folder import grpo_held_out, prepared_data
 
     run = Path(recipe.output_dir)
     remove = _check_run_folder(run, resume, overwrite)  # every process decides the same, so an error stops all
@@ -127,8 +127,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
         stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(eval_seconds, 1),
                         "seconds": round(train_seconds + eval_seconds, 1)}
-    held_out = read_manifest(run / "grpo").get("held_out") if (run / "grpo" / "manifest.json").is_file() else None
-    result = {"run": str(run), "data": str(data_dir), "stages": stages, "held_out_during_grpo": held_out,
+    result = {"run": str(run), "data": str(data_dir), "stages": stages, "held_out_during_grpo": grpo_held_out(run),
               "prepare_seconds": round(prepare_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1)}
     if state.is_main_process:
         atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.run_folder import read_manifest
+from gsm8k_tr.run_folder import grpo_held_out
 
 STAGES = ("base", "sft", "grpo")
 
@@ -157,7 +157,7 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
 
 def _held_out(run: Path) -> str:
     """Where GRPO's in-training accuracy came from, e.g. "validation, 64" (from its manifest)."""
-    where = read_manifest(run / "grpo").get("held_out") if (run / "grpo" / "manifest.json").is_file() else None
+    where = grpo_held_out(run)
     return f"{where['split']}, {where['questions']}" if where else "held-out"
 
 

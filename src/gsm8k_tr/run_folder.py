@@ -30,6 +30,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
 
 
+def grpo_held_out(run: Path) -> dict[str, Any] | None:
+    """Where a run's GRPO stage drew its in-training check from (split, questions); None before GRPO finished."""
+    folder = run / "grpo"
+    return read_manifest(folder).get("held_out") if (folder / "manifest.json").is_file() else None
+
+
 def prepared_data(recipe: Recipe) -> Path:
     """`data.splits.ensure_prepared`, done by the main process while the others wait."""
     from gsm8k_tr.data.splits import ensure_prepared

@@ -51,9 +51,9 @@ def test_no_eval_exec_or_pickle_in_the_package() -> None:
 
 def test_trust_remote_code_is_off_unless_the_recipe_turns_it_on() -> None:
     assert ModelConfig().trust_remote_code is False
-    source, kwargs = modeling._source(ModelConfig(name_or_path="someone/model"), None)
+    source, kwargs = modeling.load_source(ModelConfig(name_or_path="someone/model"), None)
     assert kwargs.get("trust_remote_code", False) is False
-    _, kwargs = modeling._source(ModelConfig(name_or_path="someone/model", trust_remote_code=True), None)
+    _, kwargs = modeling.load_source(ModelConfig(name_or_path="someone/model", trust_remote_code=True), None)
     assert kwargs["trust_remote_code"] is True
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 MAX_FIELD_CHARS = 1_000_000  # a question or solution longer than this is not one
@@ -102,7 +102,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         table = pq.read_table(path)
     except Exception as error:  # arrow raises several types for bad files
-        raise UserError(f"{path}: unreadable Parquet file ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{path}: unreadable Parquet file ({one_line(error)})") from None
     for index, row in enumerate(table.to_pylist(), start=1):
         yield index, row
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from gsm8k_tr import modeling
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.train.memory import Shape, StagePlan, accelerator_memory, estimate, stage_settings
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,13 @@ def model_config(recipe: Recipe) -> Any:
         from gsm8k_tr import builtin
 
         return builtin.model_config(cfg.name_or_path)
-    source, kwargs = modeling._source(cfg, None)  # revision, GGUF file, trust_remote_code as loading uses them
+    source, kwargs = modeling.load_source(cfg, None)  # revision, GGUF file, trust_remote_code as loading uses them
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         known = KNOWN_CONFIGS.get(cfg.name_or_path)
         if known is None:
-            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({modeling._one_line(error)[:160]}); "
+            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({one_line(error)[:160]}); "
                             "the plan needs its config.json (no weights)") from None
         log.warning("%s: the Hub is not reachable; planning with its published shape %s", cfg.name_or_path, known)
         return AutoConfig.for_model(**known)

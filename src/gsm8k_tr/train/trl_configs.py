@@ -7,7 +7,7 @@ import typing
 from typing import Any
 
 from gsm8k_tr.config import coerce
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
 # fails later, and divides by others before saying anything, so they are checked before the config is built.
@@ -25,12 +25,6 @@ def _field_types(config_cls: type) -> dict[str, Any]:
         return typing.get_type_hints(config_cls)
     except Exception:  # a library annotation we cannot resolve: check names only
         return {}
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults: dict[str, Any],
@@ -62,13 +56,14 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
                 values[key] = checked  # `5e-5` read as a string by YAML
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     # Pinned host memory only speeds copies to a GPU; without one, torch's DataLoader warns at every stage.
-    defaults.setdefault("dataloader_pin_memory", _has_cuda())
+    import torch
+
+    defaults.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"recipe section '{section}': {first}") from None
+        raise UserError(f"recipe section '{section}': {one_line(error)}") from None
 
 
 def check_report_to(section: str, config: Any) -> None:
