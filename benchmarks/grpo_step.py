@@ -85,7 +85,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
 
     from gsm8k_tr.train import grpo
-    from gsm8k_tr.train.trl_configs import trl_config
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
 
     work = Path(tempfile.mkdtemp(prefix=f"grpo-bench-{which}-"))
     recipe, (tokenizer, model), examples, funcs, weights, modeling = _setup(args, work)
@@ -95,7 +95,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
              "reward_weights": weights}
     per_step = args.prompts * args.generations
     if which == "ours":
-        config = trl_config(trl.GRPOConfig, "grpo", {}, {**grpo.DEFAULTS, **modeling.precision({}, "grpo"),
+        config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, **modeling.precision({}, "grpo"),
                                                                  **sizes, "per_device_train_batch_size": per_step}, {})
         trainer = _timed(grpo.GRPOTrainer)(model=model, reward_funcs=funcs, args=config,
                                           train_dataset=Dataset.from_list(examples), processing_class=tokenizer,

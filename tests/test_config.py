@@ -30,6 +30,18 @@ BAD = [
     (["data=5"], "section 'data' must be a mapping", "scalar for a section"),
     (["data.limit=0"], "'data.limit' must be at least 1", "range check"),
     (["rewards.format=1.0"], "unknown reward 'format'", "reward name checked against the registry"),
+    (["rewards.correctness.requires=strict"], "unknown parameter 'rewards.correctness.requires'",
+     "reward parameters checked against the reward's signature"),
+    (["rewards.correctness.requires_format=always"], "must be one of none, soft, strict", "a parameter's choices"),
+    (["rewards.xmlcount.trailing_penalty=lots"], "'rewards.xmlcount.trailing_penalty' must be float",
+     "a parameter's type"),
+    (["rewards.xmlcount.answer_tag=x"], "tags come from the 'prompt' section", "tags have one home"),
+    (["rewards.xmlcount.weight=heavy"], "'rewards.xmlcount.weight' must be float", "a weight's type"),
+    (["eval.split=dev"], "'eval.split' must be one of train, validation, test", "eval split names"),
+    (["eval.held_out_split=dev"], "'eval.held_out_split' must be one of", "held-out split names"),
+    (["eval.batch_size=0"], "'eval.batch_size' must be at least 1", "eval batch size"),
+    (["eval.temperature=-1"], "'eval.temperature' must be 0 (greedy) or more", "eval temperature"),
+    (["prompt_filter.temperature=0"], "'prompt_filter.temperature' must be above 0", "filter samples"),
     (["prompt.template=no placeholder"], "must contain {question}", "template without the question"),
     (["prompt.template={question} {oops}"], "unknown placeholder(s) ['oops']", "unknown placeholder"),
     (["novalue"], "is not key=value", "malformed override"),
@@ -59,6 +71,12 @@ def test_overrides_update_mapping_sections_and_files_replace_them(tmp_path: Path
     recipe = load_recipe(recipe_file, ["rewards.correctness=2", "sft.learning_rate=0.001"])
     assert recipe.rewards == {"correctness": 2.0, "xmlcount": 0.5}  # the file chose two rewards
     assert recipe.sft == {"max_steps": 5, "learning_rate": 0.001}
+    # A parameter override keeps the weight, and a weight override keeps the parameters.
+    recipe = load_recipe(recipe_file, ["rewards.correctness.requires_format=strict"])
+    assert recipe.rewards["correctness"] == {"weight": 1.0, "requires_format": "strict"}
+    recipe_file.write_text("rewards:\n  correctness: {weight: 2.0, requires_format: soft}\n")
+    recipe = load_recipe(recipe_file, ["rewards.correctness=3"])
+    assert recipe.rewards == {"correctness": {"weight": 3.0, "requires_format": "soft"}}
 
 
 def test_int_widens_to_float_and_numbers_to_strings() -> None:

@@ -122,6 +122,6 @@ def test_grading_and_data_do_not_import_torch() -> None:
 
 
 def test_no_module_is_over_the_size_limit() -> None:
-    # STYLE.md: about 400 lines; far past it, a module holds more than one job.
+    # The house style keeps a module to about 400 lines, one job each; far past that, a module holds more than one.
     long = [(module_name(p), n) for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450]
     assert not long, long

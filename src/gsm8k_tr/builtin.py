@@ -179,6 +179,7 @@ def build(spec: Spec, target: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(tokenizer_corpus())
     model = GPT2LMHeadModel(gpt2_config(spec, tokenizer))
+    model.loss_type = "ForCausalLM"  # the loss transformers falls back to, named (see modeling.name_causal_lm_loss)
     loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed), spec, seed)
     log.info("pretrained for %d steps, final loss %.3f", spec.steps, loss)
     model.save_pretrained(target)
@@ -255,6 +256,12 @@ def _cached_folder(spec: str) -> tuple[str, Path]:
     if name not in SPECS and name not in WHEELS:
         raise UserError(f"unknown built-in model {spec!r}; valid: {', '.join(names())}")
     return name, cache_root() / f"{name}-v{BUILD_VERSION}"
+
+
+def built_folder(spec: str) -> Path | None:
+    """The folder of `builtin:NAME` when it is built already, else None (nothing is built)."""
+    _, folder = _cached_folder(spec)
+    return folder if (folder / "config.json").is_file() else None
 
 
 def names() -> list[str]:

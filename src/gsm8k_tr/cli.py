@@ -196,6 +196,9 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise UserError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
     shape, plans = plan.plan_recipe(recipe, args.gpu_memory)
+    warning = plan.sized_for_warning(recipe)
+    if warning:
+        logging.getLogger("gsm8k_tr.plan").warning(warning)
     if args.json:
         print(json.dumps({"model": recipe.model.name_or_path, "parameters": shape.parameters,
                           "memory_gib": next(iter(plans.values())).memory_gib,
@@ -208,6 +211,19 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 COMMANDS["plan"] = ("estimate each stage's peak GPU memory from the recipe and the model's config", _plan_args, _plan)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train import recipe_check
+
+    recipe_check.check(load_recipe(args.config, _as_strings(list(args.overrides))))
+    print("ok")
+    return 0
+
+
+COMMANDS["check"] = ("check a whole recipe in seconds (every section, both stages' TRL configs); prints ok",
+                     _recipe_args, _check)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,7 +98,10 @@ class PromptFilterConfig:
     batch_size: int = 64  # prompts per generation batch
 
 
-def _default_rewards() -> dict[str, float]:
+SPLITS = ("train", "validation", "test")  # what `prepare` writes
+
+
+def _default_rewards() -> dict[str, float | dict[str, Any]]:
     return {"correctness": 1.0, "strict_format": 1.0, "soft_format": 1.0, "xmlcount": 1.0}
 
 
@@ -107,14 +110,15 @@ class Recipe:
     output_dir: str = "runs/default"
     seed: int = 42
     on_non_finite: str = "stop"  # a NaN/inf loss or gradient: stop at the last good checkpoint, or skip the step
-    sized_for_gib: float | None = None  # the GPU memory (GiB) this recipe is sized for; `gsm8k-tr plan` checks it
+    sized_for_gib: float | None = None  # the GPU memory (GiB) this recipe is sized for; plan and check warn past it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
-    rewards: dict[str, float] = field(default_factory=_default_rewards)
+    # name: weight, or name: {weight: w, <the reward's parameters>} (grading/rewards.py)
+    rewards: dict[str, float | dict[str, Any]] = field(default_factory=_default_rewards)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompt_filter: PromptFilterConfig = field(default_factory=PromptFilterConfig)
 
@@ -170,7 +174,8 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: b
 
     A recipe file replaces a mapping section (`rewards:` lists the rewards to
     use); a command-line override updates it (`rewards.correctness=2` keeps
-    the other rewards).
+    the other rewards, and `rewards.correctness.requires_format=strict` keeps
+    its weight).
     """
     if not isinstance(values, dict):
         raise UserError(f"recipe section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {values!r}")
@@ -187,8 +192,21 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: b
         else:
             value = coerce(value, hints[name], key)
             if update_maps and isinstance(current, dict):
-                value = {**current, **value}
+                merge = _merge_reward if name == "rewards" and not prefix else lambda old, new: new
+                value = {**current, **{k: merge(current.get(k), v) for k, v in value.items()}}
             setattr(target, name, value)
+
+
+def _merge_reward(old: Any, new: Any) -> Any:
+    """An override of one reward entry: a weight or parameters, each keeping the other.
+
+    >>> _merge_reward(2.0, {"requires_format": "strict"}), _merge_reward({"weight": 2.0, "requires_format": "soft"}, 3.0)
+    ({'weight': 2.0, 'requires_format': 'strict'}, {'weight': 3.0, 'requires_format': 'soft'})
+    """
+    if old is None or not isinstance(old, dict) and not isinstance(new, dict):
+        return new
+    old = old if isinstance(old, dict) else {"weight": old}
+    return {**old, **(new if isinstance(new, dict) else {"weight": new})}
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -238,15 +256,29 @@ def _check(recipe: Recipe) -> None:
     if pf.samples < 0 or pf.batch_size < 1 or not 0.0 <= pf.keep_above < pf.keep_below <= 1.0:
         raise UserError("recipe section 'prompt_filter' needs samples >= 0, batch_size >= 1 and "
                         f"0 <= keep_above < keep_below <= 1, got {dataclasses.asdict(pf)}")
+    ev = recipe.eval
+    for key in ("split", "held_out_split"):
+        if getattr(ev, key) not in SPLITS:
+            raise UserError(f"recipe key 'eval.{key}' must be one of {', '.join(SPLITS)}, got {getattr(ev, key)!r}")
+    for key, low in (("batch_size", 1), ("max_new_tokens", 1), ("every_steps", 0), ("held_out_size", 1)):
+        if getattr(ev, key) < low:
+            raise UserError(f"recipe key 'eval.{key}' must be at least {low}, got {getattr(ev, key)}")
+    if ev.limit is not None and ev.limit < 1:
+        raise UserError(f"recipe key 'eval.limit' must be at least 1 (or null for every question), got {ev.limit}")
+    if ev.temperature < 0:
+        raise UserError(f"recipe key 'eval.temperature' must be 0 (greedy) or more, got {ev.temperature}")
+    if pf.temperature is not None and pf.temperature <= 0:
+        raise UserError(f"recipe key 'prompt_filter.temperature' must be above 0 (it samples), got {pf.temperature}")
+    if pf.max_new_tokens is not None and pf.max_new_tokens < 1:
+        raise UserError(f"recipe key 'prompt_filter.max_new_tokens' must be at least 1, got {pf.max_new_tokens}")
     if recipe.eval.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"recipe key 'eval.dtype' must be auto, float32, bfloat16 or float16, got {recipe.eval.dtype!r}")
     if recipe.data.limit is not None and recipe.data.limit < 1:
         raise UserError(f"recipe key 'data.limit' must be at least 1, got {recipe.data.limit}")
-    from gsm8k_tr.grading.rewards import REWARDS  # light: pure Python
+    from gsm8k_tr.grading.rewards import reward_spec  # light: pure Python
 
-    for name in recipe.rewards:
-        if name.removesuffix("_reward_func") not in REWARDS:
-            raise UserError(f"unknown reward {name!r} in recipe key 'rewards'; valid rewards: {', '.join(REWARDS)}")
+    for name, entry in recipe.rewards.items():
+        reward_spec(name, entry)  # a known reward, its weight and parameters
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:

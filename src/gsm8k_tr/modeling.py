@@ -93,7 +93,20 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
         unmark_dequantized(model)
         if dtype is not None:
             model = model.to(dtype)  # GGUF tensors are unpacked to float32 first
+    name_causal_lm_loss(model)
     return model
+
+
+def name_causal_lm_loss(model: Any) -> None:
+    """Name the causal-LM loss on models whose class name does not (GPT2LMHeadModel).
+
+    transformers picks a model's loss from its class name; for GPT-2's it finds
+    none, warns "`loss_type=None` was set in the config but it is
+    unrecognized" and uses the causal-LM loss anyway. That loss is the one
+    meant, so it is named and the warning goes.
+    """
+    if getattr(model, "loss_type", "") is None:
+        model.loss_type = "ForCausalLM"
 
 
 def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
@@ -111,14 +124,7 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
       `reset_generation_config`.
     Returns the stop token.
     """
-    stop = stop_token or tokenizer.eos_token
-    if not stop:
-        raise UserError("the tokenizer has no eos token; set model.stop_token to the token that ends an answer")
-    ids = tokenizer.encode(stop, add_special_tokens=False)
-    if len(ids) != 1 or (tokenizer.unk_token_id is not None and ids[0] == tokenizer.unk_token_id):
-        raise UserError(f"model.stop_token {stop!r} is not a single token of this tokenizer (eos is "
-                        f"{tokenizer.eos_token!r}); set model.stop_token to one of its special tokens, or null for eos")
-    stop_id = ids[0]
+    stop, stop_id = stop_token_id(tokenizer, stop_token)
     _mark_special(tokenizer, stop, stop_id)
     if tokenizer.pad_token in (None, stop):  # GPT-2 has none; some tokenizers pad with their stop token
         candidates = [t for t in (tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token) if t not in (None, stop)]
@@ -128,6 +134,18 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
     reset_generation_config(model, [stop_id, *[i for i in eos if i != stop_id]], tokenizer.pad_token_id)
     model.config.pad_token_id = tokenizer.pad_token_id
     return stop
+
+
+def stop_token_id(tokenizer: Any, stop_token: str | None) -> tuple[str, int]:
+    """The stop token (`stop_token`, else the tokenizer's eos) and its id; one line when it is not a single token."""
+    stop = stop_token or tokenizer.eos_token
+    if not stop:
+        raise UserError("the tokenizer has no eos token; set model.stop_token to the token that ends an answer")
+    ids = tokenizer.encode(stop, add_special_tokens=False)
+    if len(ids) != 1 or (tokenizer.unk_token_id is not None and ids[0] == tokenizer.unk_token_id):
+        raise UserError(f"model.stop_token {stop!r} is not a single token of this tokenizer (eos is "
+                        f"{tokenizer.eos_token!r}); set model.stop_token to one of its special tokens, or null for eos")
+    return stop, ids[0]
 
 
 def _mark_special(tokenizer: Any, token: str, token_id: int) -> None:
@@ -184,12 +202,17 @@ def token_counter(tokenizer: Any) -> Callable[[str], int]:
 
 def context_length(model: Any) -> int:
     """How many tokens the model can attend to (prompt plus completion)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config_context_length(model.config, type(model).__name__)
+
+
+def config_context_length(config: Any, name: str = "the model") -> int:
+    """How many tokens a model with this config can attend to."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise UserError(f"cannot tell the context length of {type(model).__name__}; it has no n_positions or max_position_embeddings")
+    raise UserError(f"cannot tell the context length of {name}; it has no n_positions or max_position_embeddings")
 
 
 def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> Any:

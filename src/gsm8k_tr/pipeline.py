@@ -59,16 +59,16 @@ def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict
     return result, time.perf_counter() - started
 
 
-def _run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def _run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     from gsm8k_tr.train import sft
 
-    return sft.main(recipe, resume=resume, overwrite=overwrite)
+    return sft.main(recipe, resume=resume, overwrite=overwrite, check=check)
 
 
-def _run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def _run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     from gsm8k_tr.train import grpo
 
-    return grpo.main(recipe, resume=resume, overwrite=overwrite)
+    return grpo.main(recipe, resume=resume, overwrite=overwrite, check=check)
 
 
 # The training stages by name, for the pipeline and the `sft`/`grpo` commands. Imported when run, so the CLI's
@@ -77,7 +77,7 @@ TRAINING_STAGES: dict[str, Callable[..., dict[str, Any]]] = {"sft": _run_sft, "g
 
 
 def _train(recipe: Recipe, stage: str, resume: bool) -> float:
-    manifest = TRAINING_STAGES[stage](recipe, resume=resume, overwrite=False)
+    manifest = TRAINING_STAGES[stage](recipe, resume=resume, overwrite=False, check=False)  # checked at the start
     return float(manifest.get("train_seconds", 0.0))
 
 
@@ -97,8 +97,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
     from gsm8k_tr import report
     from gsm8k_tr.processes import process_state
     from gsm8k_tr.run_folder import grpo_held_out, prepared_data
+    from gsm8k_tr.train import recipe_check
 
     run = Path(recipe.output_dir)
+    recipe_check.check(recipe)  # every section, before any data is prepared or any model loaded
     remove = _check_run_folder(run, resume, overwrite)  # every process decides the same, so an error stops all
     state = process_state()  # under accelerate launch every process runs this; only the main one writes and speaks
     if state.is_main_process:

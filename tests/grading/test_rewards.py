@@ -124,3 +124,43 @@ def test_one_megabyte_completion_is_fast(name: str) -> None:
         start = time.perf_counter()
         REWARDS[name]([text], answer=["5"])
         assert time.perf_counter() - start < 0.5, text[:40]
+
+
+PARAMETERS = [
+    # (rewards section, completion, gold, expected score per reward, what it checks)
+    ({"correctness": 1.0}, "<cevap>18</cevap>", "18", [2.0], "a right answer without the reasoning block counts"),
+    ({"correctness": {"requires_format": "soft"}}, "<cevap>18</cevap>", "18", [0.0],
+     "with requires_format it counts only in the format"),
+    ({"correctness": {"requires_format": "strict"}}, GOOD, "18", [2.0], "strict format and right: counts"),
+    ({"correctness": {"requires_format": "strict"}}, "ön söz " + GOOD, "18", [0.0], "right but not strict: nothing"),
+    ({"xmlcount": {"trailing_penalty": 0.01}}, GOOD + "abc", "18", [0.5 - 0.03], "the penalty per trailing character"),
+]
+
+
+@pytest.mark.parametrize("section,completion,gold,expected,why", PARAMETERS, ids=[p[4] for p in PARAMETERS])
+def test_reward_parameters_from_the_recipe_change_the_score(section, completion, gold, expected, why) -> None:
+    from gsm8k_tr.config import load_recipe
+
+    recipe = load_recipe(None, [f"rewards={section}"])  # the way a recipe file sets them
+    funcs, _ = build_rewards({k: recipe.rewards[k] for k in section})
+    assert [f([completion], answer=[gold])[0] for f in funcs] == pytest.approx(expected), why
+
+
+def test_weights_read_from_both_forms_and_parameters_bind() -> None:
+    funcs, weights = build_rewards({"correctness": {"weight": 2, "requires_format": "strict"}, "xmlcount": 0.5})
+    assert weights == [2.0, 0.5]
+    assert funcs[0].keywords["requires_format"] == "strict" and funcs[0].__name__ == "correctness_reward_func"
+
+
+def test_a_new_reward_is_one_registered_function() -> None:
+    from gsm8k_tr.grading import rewards
+
+    @rewards.register("length_test")
+    def length_test_reward_func(completions, answer=None, *, limit: int = 3, **kwargs):
+        return [1.0 if len(rewards.completion_text(c)) <= limit else 0.0 for c in completions]
+
+    try:
+        funcs, weights = build_rewards({"length_test": {"weight": 0.5, "limit": 5}})
+        assert funcs[0](["kısa", "çok uzun metin"]) == [1.0, 0.0] and weights == [0.5]
+    finally:
+        del rewards.REWARDS["length_test"]

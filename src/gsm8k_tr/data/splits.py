@@ -37,20 +37,31 @@ def is_prepared(path: Path) -> bool:
     return path.is_dir() and all((path / name).is_file() for name in SPLIT_FILES) and report_path(path) is not None
 
 
-def ensure_prepared(recipe: Recipe) -> Path:
-    """The prepared-data folder for this recipe, preparing it on first use."""
+def prepared_folder(recipe: Recipe) -> tuple[Path, bool]:
+    """Where this recipe's prepared data is, and whether it is prepared already.
+
+    A run folder's data prepared from another `data` section is an error:
+    the run would train on data its recipe does not describe.
+    """
     named = Path(recipe.data.dataset).expanduser()
     if is_prepared(named):
-        return named
+        return named, True
     cache = Path(recipe.output_dir) / "data"
-    wanted = recipe_dict(recipe)["data"]
-    if is_prepared(cache):
-        import yaml
+    if not is_prepared(cache):
+        return cache, False
+    import yaml
 
-        saved = yaml.safe_load((cache / "recipe.yaml").read_text(encoding="utf-8")) if (cache / "recipe.yaml").is_file() else {}
-        if (saved or {}).get("data") != wanted:
-            raise UserError(f"{cache} was prepared from a different 'data' section than this recipe's; "
-                            "use another output_dir, or delete that folder to prepare it again")
+    saved = yaml.safe_load((cache / "recipe.yaml").read_text(encoding="utf-8")) if (cache / "recipe.yaml").is_file() else {}
+    if (saved or {}).get("data") != recipe_dict(recipe)["data"]:
+        raise UserError(f"{cache} was prepared from a different 'data' section than this recipe's; "
+                        "use another output_dir, or delete that folder to prepare it again")
+    return cache, True
+
+
+def ensure_prepared(recipe: Recipe) -> Path:
+    """The prepared-data folder for this recipe, preparing it on first use."""
+    cache, ready = prepared_folder(recipe)
+    if ready:
         return cache
     log.info("preparing data into %s", cache)
     prepare.main(recipe, output=str(cache), overwrite=cache.exists())

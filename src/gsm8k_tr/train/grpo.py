@@ -29,42 +29,20 @@ from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.answers import is_correct
 from gsm8k_tr.grading.rewards import build_rewards, completion_text
-from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.infer.generation import stop_ids
 from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
-from gsm8k_tr.train import memory, prompt_filter, stage
-from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
+from gsm8k_tr.train import memory, prompt_filter, recipe_check, stage
+from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutAccuracy
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
-from gsm8k_tr.train.trl_configs import check_report_to, trl_config
+from gsm8k_tr.train.trl_configs import grpo_args
 
 log = logging.getLogger(__name__)
 
 STAGE = "grpo"
-
-# Our defaults over TRL's; every one can be changed in the recipe's `grpo` section.
-DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-5,  # LoRA: about 10x the 5e-6 of a full-parameter GRPO run
-    "lr_scheduler_type": "constant_with_warmup",
-    "warmup_steps": 0.05,
-    "max_steps": 500,
-    "per_device_train_batch_size": 8,
-    "num_generations": 8,
-    "max_completion_length": 256,
-    "temperature": 1.0,
-    "beta": 0.0,  # no KL term, so no reference model in memory
-    "disable_dropout": True,  # score with the policy that sampled
-    "logging_steps": 1,
-    "save_strategy": "steps",
-    "save_steps": 50,
-    "save_total_limit": 2,
-    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
-    "report_to": ["tensorboard"],
-}
-
 
 class GRPOTrainer(AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, atomic checkpoints, accuracy and timing."""
@@ -147,8 +125,10 @@ def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
     return str(folder / "merged"), manifest
 
 
-def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run the GRPO stage; returns its manifest."""
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
+    """Run the GRPO stage; returns its manifest. `check=False`: the caller checked the whole recipe already."""
+    if check:
+        recipe_check.check(recipe)
     start, sft_manifest = start_model(recipe)
     folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite)
     if done:
@@ -160,20 +140,9 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     tokenizer, model = stage.load_base(recipe, start)
     stop = modeling.configure_tokens(tokenizer, model, sft_manifest.get("stop_token") or recipe.model.stop_token)
     context = modeling.context_length(model)
-    funcs, weights = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
-    # vLLM (optional) is checked before TRL tries to import it, and told the stop token.
-    values = vllm_engine.grpo_settings(recipe.grpo, stop_ids(model))
-    config = trl_config(
-        trl.GRPOConfig, STAGE, values,
-        defaults={**DEFAULTS, **modeling.precision(recipe.grpo, STAGE)},
-        forced={"output_dir": (str(folder / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
-                "seed": (recipe.seed, "set the top-level 'seed'"),
-                "reward_weights": (weights, "set the 'rewards' section")},
-    )
+    funcs, _ = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
+    config = grpo_args(recipe, stop_ids(model), context)
     completion = config.max_completion_length
-    if completion is None or not 0 < completion < context:
-        raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
-                        f"({context} tokens) minus the prompt, got {completion!r}")
 
     memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config, config.num_generations)
 
@@ -186,7 +155,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
         prompts, filtered = prompt_filter.apply(model, tokenizer, prompts, recipe, config, folder,
                                                 start or recipe.model.name_or_path, recipe.prompt.answer_tag)
 
-    check_report_to(STAGE, config)
     stage.log_to(folder)
     lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),

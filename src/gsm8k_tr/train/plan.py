@@ -48,32 +48,46 @@ def model_config(recipe: Recipe) -> Any:
         return AutoConfig.for_model(**known)
 
 
-def plan_recipe(recipe: Recipe, memory_gib: float | None = None) -> tuple[Shape, dict[str, StagePlan]]:
+def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
+                config: Any = None) -> tuple[Shape, dict[str, StagePlan]]:
     """The plan of both stages. With `memory_gib` the recipe is planned for a GPU of that size; without it, for
-    the GPU this machine has (its free memory), or for this CPU."""
+    the GPU this machine has (its free memory), or for this CPU. `config`: the model's, when already read."""
     import trl
 
-    from gsm8k_tr.train import grpo, sft
-    from gsm8k_tr.train.trl_configs import trl_config
+    from gsm8k_tr.grading.rewards import reward_weights
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
 
-    shape = Shape.from_config(model_config(recipe))
+    shape = Shape.from_config(config if config is not None else model_config(recipe))
     on_gpu, free = accelerator_memory()
     if memory_gib is not None:
         on_gpu, free = True, memory_gib
     forced = {"output_dir": ("/nonexistent/gsm8k-tr-plan", ""), "seed": (recipe.seed, "")}
     neutral = {"bf16": False, "fp16": False, "use_cpu": True}
     plans = {}
-    for stage, module, cls, section in (("sft", sft, trl.SFTConfig, recipe.sft), ("grpo", grpo, trl.GRPOConfig, recipe.grpo)):
+    for stage, defaults, cls, section in (("sft", SFT_DEFAULTS, trl.SFTConfig, recipe.sft),
+                                          ("grpo", GRPO_DEFAULTS, trl.GRPOConfig, recipe.grpo)):
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
-        extra = {"reward_weights": (list(recipe.rewards.values()), "")} if stage == "grpo" else {}
-        config = trl_config(cls, stage, values, {**module.DEFAULTS, **neutral}, {**forced, **extra})
-        settings = stage_settings(recipe, stage, config, shape.context)
+        extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
+        args = trl_config(cls, stage, values, {**defaults, **neutral}, {**forced, **extra})
+        settings = stage_settings(recipe, stage, args, shape.context)
         explicit_off = section.get("bf16") is False and section.get("fp16") is False
         settings["mixed_precision"] = on_gpu and not explicit_off
         settings["vllm"] = bool(section.get("use_vllm")) and section.get("vllm_mode", "colocate") == "colocate"
         settings["vllm_share"] = float(section.get("vllm_gpu_memory_utilization", 0.3)) if settings["vllm"] else 0.0
         plans[stage] = estimate(shape, stage, settings, on_gpu, free)
     return shape, plans
+
+
+def sized_for_warning(recipe: Recipe, config: Any = None) -> str | None:
+    """A warning when the recipe's own plan exceeds the `sized_for_gib` it claims; None when it fits or claims none."""
+    if recipe.sized_for_gib is None:
+        return None
+    _, plans = plan_recipe(recipe, recipe.sized_for_gib, config)
+    over = [f"{name} {p.peak_gib:.1f} GiB" for name, p in plans.items() if not p.fits]
+    if not over:
+        return None
+    return (f"the recipe says sized_for_gib: {recipe.sized_for_gib:g}, but its plan needs more there ({', '.join(over)}); "
+            "`gsm8k-tr plan` shows the parts and what to lower")
 
 
 def table(plans: dict[str, StagePlan]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# The TRL versions whose scoring path this hook was checked against (tests/test_positions.py).
+# The TRL versions whose scoring path this hook was checked against (tests/train/test_positions.py).
 TESTED_TRL = ("1.16",)
 
 
@@ -54,6 +54,6 @@ def add_position_ids(model: Any) -> Any:
     import trl
 
     if not trl.__version__.startswith(TESTED_TRL):
-        log.warning("the GRPO position-ids fix was checked against TRL %s, not %s; run tests/test_positions.py",
+        log.warning("the GRPO position-ids fix was checked against TRL %s, not %s; run tests/train/test_positions.py",
                     "/".join(TESTED_TRL), trl.__version__)
     return model.register_forward_pre_hook(_hook, with_kwargs=True)

@@ -19,42 +19,26 @@ from datasets import Dataset
 from gsm8k_tr import modeling
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
-from gsm8k_tr.errors import UserError
 from gsm8k_tr.run_folder import prepared_data, read_manifest
-from gsm8k_tr.train import memory, stage
-from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
+from gsm8k_tr.train import memory, recipe_check, stage
+from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.progress import use_compact_progress
-from gsm8k_tr.train.trl_configs import check_report_to, trl_config
+from gsm8k_tr.train.trl_configs import sft_args
 
 log = logging.getLogger(__name__)
 
 STAGE = "sft"
 
-# Our defaults over TRL's; every one can be changed in the recipe's `sft` section.
-DEFAULTS: dict[str, Any] = {
-    "learning_rate": 2e-4,  # LoRA: about 10x a full fine-tune's rate
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "num_train_epochs": 2,
-    "per_device_train_batch_size": 8,
-    "logging_steps": 10,
-    "save_strategy": "steps",
-    "save_steps": 200,
-    "save_total_limit": 2,
-    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
-    "report_to": ["tensorboard"],
-    "completion_only_loss": True,
-}
-
-
 class SFTTrainer(AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
     """TRL's SFTTrainer with atomic checkpoints and a guard against a non-finite loss or gradient."""
 
 
-def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run the SFT stage; returns its manifest."""
+def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
+    """Run the SFT stage; returns its manifest. `check=False`: the caller checked the whole recipe already."""
+    if check:
+        recipe_check.check(recipe)
     folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite)
     if done:
         log.info("%s already finished; nothing to resume", folder)
@@ -65,16 +49,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     tokenizer, model = stage.load_base(recipe)
     stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     context = modeling.context_length(model)
-    config = trl_config(
-        trl.SFTConfig, STAGE, recipe.sft,
-        defaults={**DEFAULTS, **modeling.precision(recipe.sft, STAGE), "max_length": context},
-        forced={"output_dir": (str(folder / CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
-                "seed": (recipe.seed, "set the top-level 'seed'"),
-                "eos_token": (stop, "set 'model.stop_token'")},
-    )
+    config = sft_args(recipe, stop, context)
     max_length = config.max_length or context  # null: no truncation, so the whole context
-    if max_length > context:
-        raise UserError(f"recipe key 'sft.max_length' is {max_length}, past the model's context of {context} tokens")
 
     memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config)  # on a GPU: stop if it cannot fit
 
@@ -83,7 +59,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[
     examples.require_rows(pairs, counts, STAGE)
     log.info("sft data: %s", counts)
 
-    check_report_to(STAGE, config)
     stage.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))

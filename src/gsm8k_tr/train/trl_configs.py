@@ -1,4 +1,9 @@
-"""TRL's SFTConfig and GRPOConfig built from a recipe section, checked key by key against TRL itself."""
+"""TRL's SFTConfig and GRPOConfig built from a recipe section, checked key by key against TRL itself.
+
+Both stages build their config here, and `recipe_check` builds the same ones
+before any work, so a mistake in either section stops a run in its first
+seconds rather than after an hour of SFT.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,88 @@ import dataclasses
 import typing
 from typing import Any
 
-from gsm8k_tr.config import coerce
+from gsm8k_tr import modeling
+from gsm8k_tr.config import Recipe, coerce
 from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.grading.rewards import reward_weights
+from gsm8k_tr.infer import vllm_engine
+from gsm8k_tr.run_folder import stage_dir
+from gsm8k_tr.train.checkpoints import CHECKPOINTS
+
+# Our defaults over TRL's; every one can be changed in the recipe's `sft` and `grpo` sections.
+SFT_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,  # LoRA: about 10x a full fine-tune's rate
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
+    "report_to": ["tensorboard"],
+    "completion_only_loss": True,
+}
+GRPO_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 5e-5,  # LoRA: about 10x the 5e-6 of a full-parameter GRPO run
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 0.05,
+    "max_steps": 500,
+    "per_device_train_batch_size": 8,
+    "num_generations": 8,
+    "max_completion_length": 256,
+    "temperature": 1.0,
+    "beta": 0.0,  # no KL term, so no reference model in memory
+    "disable_dropout": True,  # score with the policy that sampled
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+    "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
+    "report_to": ["tensorboard"],
+}
+
+
+def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
+    """The SFTConfig the SFT stage trains with: our defaults < the recipe's `sft` section < what gsm8k-tr sets.
+
+    `stop`: the stop token; `context`: the model's context length.
+    """
+    import trl
+
+    config = trl_config(
+        trl.SFTConfig, "sft", recipe.sft,
+        defaults={**SFT_DEFAULTS, **modeling.precision(recipe.sft, "sft"), "max_length": context},
+        forced={"output_dir": (str(stage_dir(recipe, "sft") / CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
+                "seed": (recipe.seed, "set the top-level 'seed'"),
+                "eos_token": (stop, "set 'model.stop_token'")},
+    )
+    if (config.max_length or context) > context:
+        raise UserError(f"recipe key 'sft.max_length' is {config.max_length}, past the model's context of {context} "
+                        "tokens")
+    check_report_to("sft", config)
+    return config
+
+
+def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
+    """The GRPOConfig the GRPO stage trains with; vLLM (optional) is checked and told the stop token ids."""
+    import trl
+
+    values = vllm_engine.grpo_settings(recipe.grpo, stop_ids)  # checked before TRL tries to import vLLM
+    config = trl_config(
+        trl.GRPOConfig, "grpo", values,
+        defaults={**GRPO_DEFAULTS, **modeling.precision(recipe.grpo, "grpo")},
+        forced={"output_dir": (str(stage_dir(recipe, "grpo") / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
+                "seed": (recipe.seed, "set the top-level 'seed'"),
+                "reward_weights": (reward_weights(recipe.rewards), "set the 'rewards' section")},
+    )
+    completion = config.max_completion_length
+    if completion is None or not 0 < completion < context:
+        raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
+                        f"({context} tokens) minus the prompt, got {completion!r}")
+    check_report_to("grpo", config)
+    return config
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
 # fails later, and divides by others before saying anything, so they are checked before the config is built.

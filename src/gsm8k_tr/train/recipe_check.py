@@ -1,0 +1,139 @@
+"""Check a whole recipe in seconds, before any data is prepared or any model is loaded.
+
+`sft`, `grpo` and `pipeline` run this first, and `gsm8k-tr check` runs it
+alone, so a typo in the `grpo` section stops a run before an hour of SFT, not
+after. What it checks, each the way the stage itself will:
+
+- every key and type (`load_recipe` did that), each reward with its parameters;
+- the data source (a local file that is not there, a malformed
+  `synthetic:N`) and a run folder whose data was prepared from another
+  `data` section;
+- the model's config and tokenizer when they are local (a folder, a built
+  `builtin:` model, or a Hub id already in the local cache): the stop token
+  is one token, the weights are not pickle-only, and the context length (a
+  shipped recipe's Hub model that is not local is checked at its published
+  shape);
+- both stages' TRL configs, built by the stages' own builders
+  (`trl_configs.sft_args`, `grpo_args`), so TRL's own checks run too;
+- the `eval` section's device, and the in-training checks' lengths;
+- on a GPU, the memory plan of both stages; and a recipe whose
+  `sized_for_gib` its own plan exceeds gets a warning.
+
+It checks on this machine what the stages will meet on this machine: a
+recipe that sets `sft.bf16: true` fails here on a CPU, as its SFT would.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr import modeling
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.data import sources, splits
+from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.grading.rewards import build_rewards
+from gsm8k_tr.train import memory, plan
+from gsm8k_tr.train.trl_configs import grpo_args, sft_args
+
+log = logging.getLogger(__name__)
+
+
+def check(recipe: Recipe) -> dict[str, Any]:
+    """Check every section of `recipe`; raise UserError (one line) at the first mistake.
+
+    Returns what was checked and what could not be (a Hub model that is not
+    in the local cache), for `gsm8k-tr check` to report.
+    """
+    _data(recipe)
+    config, tokenizer, model_note = _model(recipe)
+    context = modeling.config_context_length(config, recipe.model.name_or_path) if config is not None else None
+    stop, stop_id = (modeling.stop_token_id(tokenizer, recipe.model.stop_token) if tokenizer is not None
+                     else (recipe.model.stop_token or "<eos>", None))
+    # Without a local config the context is unknown; the lengths that depend on it are checked when the model loads.
+    budget = context or 1 << 30
+    sft = sft_args(recipe, stop, budget)
+    grpo = grpo_args(recipe, [stop_id] if stop_id is not None else [], budget)
+    build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
+    _eval(recipe, context)
+    if config is not None:
+        shape = memory.Shape.from_config(config)
+        memory.check_fits(shape, recipe, "sft", sft)  # on a GPU only
+        memory.check_fits(shape, recipe, "grpo", grpo, grpo.num_generations)
+        warning = plan.sized_for_warning(recipe, config)
+        if warning:
+            log.warning(warning)
+    log.info("recipe checked: every section; model %s", model_note)
+    return {"model": model_note, "context": context, "stop_token": stop, "sft_steps": sft.max_steps,
+            "grpo_steps": grpo.max_steps}
+
+
+def _data(recipe: Recipe) -> None:
+    data = recipe.data
+    spec = data.dataset
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        count = spec.partition(":")[2]
+        if count and not count.isdigit():
+            raise UserError(f"data source {spec!r}: write synthetic:N with N a whole number, e.g. synthetic:2000")
+    elif sources.looks_local(spec) and not Path(spec).expanduser().exists():
+        raise UserError(f"recipe key 'data.dataset': {spec!r} does not exist; give a CSV, JSON, JSONL or Parquet file, "
+                        "a folder of them, a folder written by `gsm8k-tr prepare`, or a Hub id")
+    reference = data.reference
+    if reference.lower() != "none" and sources.looks_local(reference):
+        folder = Path(reference).expanduser()
+        missing = [name for name in ("train.jsonl", "test.jsonl") if not (folder / name).is_file()]
+        if missing:
+            raise UserError(f"recipe key 'data.reference': {reference!r} has no {missing[0]}; give a folder with "
+                            "English GSM8K's train.jsonl and test.jsonl, a Hub id, or none")
+    splits.prepared_folder(recipe)  # a run folder prepared from another data section
+
+
+def _model(recipe: Recipe) -> tuple[Any, Any, str]:
+    """(config, tokenizer, what was checked): either may be None when it is not on this machine."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = recipe.model
+    name = cfg.name_or_path
+    if name.startswith("builtin:"):
+        from gsm8k_tr import builtin
+
+        folder = builtin.built_folder(name)  # an unknown name is one line
+        if folder is None:  # not built yet: its config without the minutes of pretraining
+            return builtin.model_config(name), None, f"{name} (not built yet: config only)"
+        return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), f"{name} ({folder})"
+    source, kwargs = modeling.load_source(cfg, None)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        modeling.refuse_pickle(local)
+    elif source.startswith((".", "/", "~")):
+        raise UserError(f"recipe key 'model.name_or_path': {name!r} does not exist; give a model folder, a Hub id "
+                        "or builtin:NAME")
+    else:
+        kwargs["local_files_only"] = True  # a Hub id: only what this machine already has; nothing is downloaded
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        if local.is_dir():
+            raise UserError(f"cannot read the config of {name!r}: {one_line(error)}") from None
+        known = plan.KNOWN_CONFIGS.get(name)  # a shipped recipe's model: its published shape, for lengths and memory
+        shape = AutoConfig.for_model(**known) if known else None
+        return shape, None, f"{name} (not in the local cache: {'its published shape; ' if known else ''}" \
+                            "its own files are checked when it loads)"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizer of {name!r}: {one_line(error)}") from None
+    return config, tokenizer, f"{name} (config and tokenizer)"
+
+
+def _eval(recipe: Recipe, context: int | None) -> None:
+    ev = recipe.eval
+    modeling.inference_device(ev.device)  # a device this machine does not have is one line
+    if context is None:
+        return
+    for key, tokens in (("eval.max_new_tokens", ev.max_new_tokens),
+                        ("prompt_filter.max_new_tokens", recipe.prompt_filter.max_new_tokens)):
+        if tokens is not None and tokens >= context:
+            raise UserError(f"recipe key {key!r} is {tokens}, which leaves no room for a prompt in the model's "
+                            f"context of {context} tokens")

@@ -1,0 +1,74 @@
+"""The whole recipe is checked in seconds, before data is prepared or a model is loaded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_RECIPE, run_cli
+
+TYPOS = [
+    # (override, what the one line says, the section it checks)
+    ("grpo.lossy_type=dapo", "unknown recipe key 'grpo.lossy_type': not an option of TRL's GRPOConfig", "grpo"),
+    ("grpo.num_generations=3", "generation_batch_size (4) must be divisible by num_generations (3)", "grpo (TRL's own)"),
+    ("sft.lerning_rate=1e-4", "unknown recipe key 'sft.lerning_rate'", "sft"),
+    ("sft.max_length=4096", "'sft.max_length' is 4096, past the model's context of 512", "sft against the model"),
+    ("rewards.corectness=1", "unknown reward 'corectness'", "rewards"),
+    ("rewards.correctness.requires_format=yes", "must be one of none, soft, strict", "a reward's parameter"),
+    ("eval.split=dev", "'eval.split' must be one of train, validation, test", "eval"),
+    ("eval.device=cuda:3", "no CUDA GPU", "eval's device"),
+    ("eval.max_new_tokens=600", "'eval.max_new_tokens' is 600, which leaves no room", "eval against the model"),
+    ("prompt_filter.keep_below=2", "recipe section 'prompt_filter' needs", "prompt_filter"),
+    ("model.stop_token=<|nope|>", "model.stop_token '<|nope|>' is not a single token", "model's tokenizer"),
+    ("model.name_or_path=./no-such-model", "'model.name_or_path': './no-such-model' does not exist", "model"),
+    ("data.dataset=./missing.csv", "'data.dataset': './missing.csv' does not exist", "data"),
+    ("data.dataset=synthetic:lots", "write synthetic:N with N a whole number", "data"),
+    ("lora.r=many", "'lora.r' must be int", "lora"),
+]
+
+
+@pytest.mark.parametrize("override,message,section", TYPOS, ids=[t[2] + ": " + t[0] for t in TYPOS])
+def test_a_typo_in_any_section_stops_the_pipeline_before_any_work(override, message, section, tmp_path,
+                                                                    tiny_model_dir) -> None:
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    done = run_cli("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", override)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr, done.stderr[-2000:]
+    assert "[1/7]" not in done.stdout and not (run / "data").exists(), "nothing is prepared before the check"
+    assert "Traceback" not in done.stderr
+    assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("command", ["sft", "grpo", "check"])
+def test_stages_and_check_stop_on_the_other_stages_typo(command: str, tmp_path: Path, tiny_model_dir) -> None:
+    # `sft` alone checks the grpo section too: the run will need it an hour later.
+    done = run_cli(command, "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", "grpo.lossy_type=dapo")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"gsm8k-tr {command}: error: unknown recipe key 'grpo.lossy_type'" in done.stderr
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:
+    done = run_cli("check", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), f"output_dir={tmp_path}")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    # No Hub access in the tests: the real model is not local, and the check says so instead of failing.
+    assert "not in the local cache" in done.stderr
+
+
+def test_a_recipe_past_its_sized_for_gib_is_warned_about(tmp_path: Path) -> None:
+    recipe = ROOT / "recipes" / "turkish-gpt2-medium.yaml"
+    for command in ("check", "plan"):
+        done = run_cli(command, "--config", str(recipe), f"output_dir={tmp_path}", "sized_for_gib=8")
+        assert done.returncode == 0, done.stderr
+        assert "says sized_for_gib: 8, but its plan needs more there (sft" in done.stderr, (command, done.stderr)
+    quiet = run_cli("check", "--config", str(recipe), f"output_dir={tmp_path}")
+    assert "sized_for_gib" not in quiet.stderr
+
+
+def test_a_run_folder_prepared_from_other_data_is_refused_first(tmp_path: Path, tiny_model_dir) -> None:
+    run = tmp_path / "run"
+    assert run_cli("prepare", "--config", str(TINY_RECIPE), f"output_dir={run}").returncode == 0
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "data.dataset=synthetic:150")
+    assert done.returncode == 2 and "prepared from a different 'data' section" in done.stderr
