@@ -54,6 +54,9 @@ class DataConfig:
     min_align_margin: float = 0.02  # and how far ahead of the runner-up it must be
     keep_numbers_changed: bool = False  # rows whose translation changed the numbers: train on them with their own gold
     sft_keep_disagreeing: bool = False  # SFT targets from solutions that contradict the gold
+    # The share of train rows whose worked solution SFT may use (chosen by question hash); the others are question
+    # and answer only, as when a user holds more answers than solutions: GRPO trains on them, SFT cannot.
+    solution_fraction: float = 1.0
     skip_invalid_rows: bool = False  # count and skip rows with empty fields or no number
     limit: int | None = None  # read only the first N rows (quick trials)
 
@@ -83,7 +86,8 @@ class EvalConfig:
     temperature: float = 0.0
     every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
     held_out_split: str = "validation"  # what that in-training check answers; test is for final evaluation
-    held_out_size: int = 64  # how many of its questions
+    held_out_size: int = 64  # how many of its questions (SFT's evaluations grade them too)
+    sft_patience: int = 0  # stop SFT after this many evaluations without a better metric_for_best_model (0: never)
     device: str | None = None  # null: CUDA, else MPS, else CPU (--device overrides)
     dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU
 
@@ -252,6 +256,8 @@ def _check(recipe: Recipe) -> None:
         value = getattr(recipe.data, key)
         if not 0.0 <= value < 1.0:
             raise UserError(f"recipe key 'data.{key}' must be in [0, 1), got {value}")
+    if not 0.0 <= recipe.data.solution_fraction <= 1.0:
+        raise UserError(f"recipe key 'data.solution_fraction' must be in [0, 1], got {recipe.data.solution_fraction}")
     pf = recipe.prompt_filter
     if pf.samples < 0 or pf.batch_size < 1 or not 0.0 <= pf.keep_above < pf.keep_below <= 1.0:
         raise UserError("recipe section 'prompt_filter' needs samples >= 0, batch_size >= 1 and "
@@ -260,7 +266,8 @@ def _check(recipe: Recipe) -> None:
     for key in ("split", "held_out_split"):
         if getattr(ev, key) not in SPLITS:
             raise UserError(f"recipe key 'eval.{key}' must be one of {', '.join(SPLITS)}, got {getattr(ev, key)!r}")
-    for key, low in (("batch_size", 1), ("max_new_tokens", 1), ("every_steps", 0), ("held_out_size", 1)):
+    for key, low in (("batch_size", 1), ("max_new_tokens", 1), ("every_steps", 0), ("held_out_size", 1),
+                     ("sft_patience", 0)):
         if getattr(ev, key) < low:
             raise UserError(f"recipe key 'eval.{key}' must be at least {low}, got {getattr(ev, key)}")
     if ev.limit is not None and ev.limit < 1:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsm8k_tr.config import Recipe
+from gsm8k_tr.data.prepare import split_position
 from gsm8k_tr.data.prompts import build_prompt, build_target, fit_context
 from gsm8k_tr.errors import UserError
 
@@ -17,17 +18,32 @@ def sft_examples(rows: list[dict[str, Any]], recipe: Recipe, stop_token: str, co
                  max_length: int) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Prompt/completion pairs for SFT, and the counts of rows left out and why.
 
-    A solution whose own final number contradicts the verified gold would teach
-    the wrong answer, so such rows are left out unless `data.sft_keep_disagreeing`.
+    A row without a worked solution (an answer only, or outside
+    `data.solution_fraction`) has nothing to imitate. A solution whose own final
+    number contradicts the verified gold would teach the wrong answer, so such
+    rows are left out unless `data.sft_keep_disagreeing`.
     """
+    with_solution = [r for r in rows if has_solution(r, recipe.data.solution_fraction)]
     keep = recipe.data.sft_keep_disagreeing
-    agreeing = [r for r in rows if keep or r.get("solution_agrees", True)]
+    agreeing = [r for r in with_solution if keep or r.get("solution_agrees", True)]
     examples = [{"prompt": build_prompt(r["question"], recipe.prompt),
                  "completion": build_target(r["solution"], r["answer"], recipe.prompt, stop_token)} for r in agreeing]
     fitted, too_long = fit_context(examples, count_tokens, 0, max_length, lambda e: e["prompt"] + e["completion"])
-    counts = {"rows": len(rows), "dropped_disagreeing": len(rows) - len(agreeing), "dropped_too_long": too_long,
+    counts = {"rows": len(rows), "dropped_no_solution": len(rows) - len(with_solution),
+              "dropped_disagreeing": len(with_solution) - len(agreeing), "dropped_too_long": too_long,
               "used": len(fitted)}
     return fitted, counts
+
+
+def has_solution(row: dict[str, Any], fraction: float = 1.0) -> bool:
+    """Whether SFT may use the row's worked solution: it has one, and its question falls in `fraction` (by hash).
+
+    >>> has_solution({"question": "q", "solution": ""}), has_solution({"question": "q", "solution": "2+2=4"})
+    (False, True)
+    """
+    if not str(row.get("solution") or "").strip():
+        return False
+    return fraction >= 1.0 or split_position(row["question"], "solution") < fraction
 
 
 def grpo_examples(rows: list[dict[str, Any]], recipe: Recipe, count_tokens: Callable[[str], int],

@@ -203,7 +203,8 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                              "nearest_test_score": round(found.nearest_test_score, 4)})
             continue
         agrees = matches_gold(solution_answer, gold)
-        counts["solution_disagrees"] += not agrees
+        counts["without_solution"] += not solution  # an answer only: GRPO can train on it, SFT cannot
+        counts["solution_disagrees"] += bool(solution) and not agrees
         record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold), solution_agrees=agrees)
         out[split].append(record)
 
@@ -227,8 +228,10 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "decontamination": {"near_test_question": reasons["near_test_question"],
                             "near_test_question_unaligned": reasons["near_test_question_unaligned"]},
         "solution_gold_disagreements": counts["solution_disagrees"],
+        "without_solution": counts["without_solution"],
         "written": {split: len(records) for split, records in splits.items()},
-        "sft_usable_train_rows": sum(r["solution_agrees"] or data.sft_keep_disagreeing for r in train),
+        "sft_usable_train_rows": sum(bool(r["solution"]) and (r["solution_agrees"] or data.sft_keep_disagreeing)
+                                     for r in train),
         "thresholds": {"min_align_score": data.min_align_score, "min_align_margin": data.min_align_margin},
         "samples": samples,
     }

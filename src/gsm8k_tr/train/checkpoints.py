@@ -71,10 +71,28 @@ class AtomicCheckpoints:
         if self.args.should_save:
             name = f"checkpoint-{self.state.global_step}"
             final = os.path.join(root, name)
+            self._point_at_best(root, os.path.join(staging, name))
             if os.path.exists(final):
                 shutil.rmtree(final)
             inject_fault("kill-during-save")  # the checkpoint is written but not yet in place
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+            rotate_checkpoints(output_dir=root, save_total_limit=self.args.save_total_limit, use_mtime=False,
+                               best_model_checkpoint=self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
+
+    def _point_at_best(self, root: str, written: str) -> None:
+        """Name the best checkpoint by its final path, in the state and in the checkpoint just written.
+
+        transformers looks for the best checkpoint beside the one it writes,
+        which here is the staging folder: it would record a path that the
+        rename is about to empty, `load_best_model_at_end` would then find
+        nothing, and rotation would not protect the best one.
+        """
+        best = self.state.best_global_step
+        if not best:
+            return
+        path = os.path.join(root, f"checkpoint-{best}")
+        if best == self.state.global_step or os.path.isdir(path):
+            self.state.best_model_checkpoint = path
+            self.state.save_to_json(os.path.join(written, "trainer_state.json"))

@@ -1,4 +1,5 @@
-"""The in-training held-out check: every `eval.every_steps` GRPO steps, greedy answers graded as `evaluate` does."""
+"""The in-training held-out check: greedy answers graded as `evaluate` does, during SFT's evaluations and every
+`eval.every_steps` GRPO steps."""
 
 from __future__ import annotations
 
@@ -19,16 +20,14 @@ def is_sharded(accelerator: Any) -> bool:
     return kind == "DEEPSPEED" and plugin is not None and getattr(plugin, "zero_stage", 0) == 3
 
 
-class HeldOutAccuracy(TrainerCallback):
-    """Every `eval.every_steps` steps, grade greedy answers on a held-out slice, as `evaluate` does.
+class HeldOutCheck:
+    """Greedy answers to a held-out slice, graded as `evaluate` does, on the model being trained.
 
-    TRL's GRPO has no task metric; the training reward is measured on sampled
-    answers to training prompts. This logs `eval/accuracy` and the format
-    rate to the console, TensorBoard and the log history while the run goes
-    on. Every process answers its share of the questions on the training
-    model, under the trainer's mixed precision; when the weights are sharded,
-    generation keeps the processes in step (`synced_gpus`), so no process
-    waits for a gather that never comes. The main process logs.
+    TRL's trainers have no task metric: SFT's loss and GRPO's rewards are
+    measured on training text. Every process answers its share of the
+    questions on the training model, under the trainer's mixed precision;
+    when the weights are sharded, generation keeps the processes in step
+    (`synced_gpus`), so no process waits for a gather that never comes.
     """
 
     KEYS = ("accuracy", "flexible_accuracy", "strict_format_rate", "mean_completion_tokens", "truncated_rate")
@@ -40,10 +39,8 @@ class HeldOutAccuracy(TrainerCallback):
         self.where = {"device": str(accelerator.device), "dtype": precision, "split": recipe.eval.held_out_split,
                       "questions": len(rows)}
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        every = self.recipe.eval.every_steps
-        if not every or state.global_step % every:
-            return
+    def measure(self) -> dict[str, float]:
+        """The held-out metrics now (every process gets them); the model's train/eval mode is kept."""
         accelerator = self.trainer.accelerator
         model = accelerator.unwrap_model(self.trainer.model)
         training_mode = model.training
@@ -51,11 +48,26 @@ class HeldOutAccuracy(TrainerCallback):
             result, _ = evaluate(model, self.trainer.processing_class, self.rows, self.recipe,
                                  synced_gpus=is_sharded(accelerator))
         model.train(training_mode)
+        return {key: result[key] for key in self.KEYS}
+
+
+class HeldOutAccuracy(TrainerCallback):
+    """GRPO: every `eval.every_steps` steps, log the held-out metrics as `eval/…` (console, TensorBoard, history)."""
+
+    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> None:
+        self.check = HeldOutCheck(trainer, rows, recipe)
+        self.trainer, self.recipe, self.where = trainer, recipe, self.check.where
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        every = self.recipe.eval.every_steps
+        if not every or state.global_step % every:
+            return
+        result = self.check.measure()
         if state.is_world_process_zero:
-            logs = {f"eval/{key}": result[key] for key in self.KEYS}
+            logs = {f"eval/{key}": value for key, value in result.items()}
             # Straight to the log history and the loggers: GRPOTrainer.log would flush the step's training metrics.
             state.log_history.append({**logs, "step": state.global_step})
             should_log = control.should_log  # on_log clears it, which would drop this step's training log
             self.trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
-        accelerator.wait_for_everyone()
+        self.trainer.accelerator.wait_for_everyone()

@@ -13,7 +13,7 @@ from transformers import ProgressCallback
 
 SHOWN = ("loss", "train_loss", "reward", "accuracy", "completions/mean_length", "completions/clipped_ratio",
          "frac_reward_zero_std", "frac_correctness_zero_std", "learning_rate", "grad_norm")
-HELD_OUT = ("eval/accuracy", "eval/strict_format_rate")
+HELD_OUT = ("eval/accuracy", "eval/strict_format_rate", "eval_accuracy", "eval_strict_format_rate", "eval_loss")
 # Shares of prompt groups with no advantage: by the total reward (TRL's) and by correctness alone.
 LABELS = {"frac_reward_zero_std": "zero_std", "frac_correctness_zero_std": "zero_std_correct"}
 
@@ -23,10 +23,12 @@ def summary(logs: dict[str, Any]) -> str:
 
     >>> summary({"loss": 0.51234, "rewards/correctness_reward_func/mean": 1.5, "step_time": 2.0, "time/generation_s": 1.5})
     'loss=0.5123 correctness=1.5 gen=75% step=2.00s'
+    >>> summary({"eval_loss": 0.8, "eval_accuracy": 0.5, "eval_runtime": 3.0})
+    'held-out accuracy=0.500 held-out loss=0.800'
     """
     parts = [f"{LABELS.get(key, key.split('/')[-1])}={value:.4g}" for key in SHOWN
              if isinstance(value := logs.get(key), (int, float))]
-    parts += [f"held-out {key.split('/')[-1]}={value:.3f}" for key in HELD_OUT
+    parts += [f"held-out {key.split('/')[-1].removeprefix('eval_')}={value:.3f}" for key in HELD_OUT
               if isinstance(value := logs.get(key), (int, float))]
     for key, value in logs.items():
         if key.startswith("rewards/") and key.endswith("/mean") and isinstance(value, (int, float)):
@@ -40,7 +42,10 @@ def summary(logs: dict[str, Any]) -> str:
 
 
 class CompactProgress(ProgressCallback):
-    """transformers' progress bar, printing `summary(logs)` under it."""
+    """transformers' progress bar, printing `summary(logs)` under it (no second bar for SFT's evaluations)."""
+
+    def on_prediction_step(self, *args: Any, **kwargs: Any) -> None:
+        pass  # an evaluation takes seconds; its own bar would break the training bar's line
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and self.training_bar is not None and logs:

@@ -5,6 +5,13 @@ tokens) → prompt/completion pairs that fit the context → TRL SFTTrainer with
 LoRA on every linear layer → save adapter, merged model and run records.
 Loss is on the completion only, and every target ends with the stop token, so
 the model learns to stop.
+
+With the `sft` section's `eval_strategy` on, each evaluation grades greedy
+answers to the held-out questions (`eval_accuracy`, beside the validation
+loss), so transformers' own `load_best_model_at_end` and
+`metric_for_best_model` (accuracy by default) keep the best checkpoint, and
+`eval.sft_patience` adds its `EarlyStoppingCallback`: SFT trains until
+validation stops improving.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 import trl
 from datasets import Dataset
+from transformers import EarlyStoppingCallback
 
 from gsm8k_tr import modeling
 from gsm8k_tr.config import Recipe
@@ -24,6 +32,7 @@ from gsm8k_tr.train import memory, recipe_check, stage
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
+from gsm8k_tr.train.held_out import HeldOutCheck
 from gsm8k_tr.train.progress import use_compact_progress
 from gsm8k_tr.train.trl_configs import sft_args
 
@@ -31,8 +40,18 @@ log = logging.getLogger(__name__)
 
 STAGE = "sft"
 
+
 class SFTTrainer(AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
-    """TRL's SFTTrainer with atomic checkpoints and a guard against a non-finite loss or gradient."""
+    """TRL's SFTTrainer with atomic checkpoints, a non-finite guard and held-out accuracy in its evaluations."""
+
+    held_out: HeldOutCheck | None = None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.held_out is not None:  # before on_evaluate, so early stopping and best-model tracking see it
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            output.metrics.update({f"{prefix}_{key}": value for key, value in self.held_out.measure().items()})
+        return output
 
 
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
@@ -59,13 +78,25 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     examples.require_rows(pairs, counts, STAGE)
     log.info("sft data: %s", counts)
 
+    evaluating = config.eval_strategy != "no"
+    if evaluating:  # the validation loss beside held-out accuracy
+        held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
+        validation, _ = examples.sft_examples(held_out_rows, recipe, stop, count, max_length)
+        examples.require_rows(validation, {"held_out_rows": len(held_out_rows)}, f"{STAGE} evaluation")
+
     stage.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                         eval_dataset=Dataset.from_list(validation) if evaluating else None,
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
     trainer.on_non_finite = recipe.on_non_finite
+    if evaluating:
+        trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe)
+    if recipe.eval.sft_patience:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=recipe.eval.sft_patience))
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()
     final = stage.train(trainer, checkpoint)
-    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config)
+    info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
+                            held_out=trainer.held_out.where if evaluating else None, **stage.best_model(trainer))
     return stage.finish(trainer, folder, recipe, STAGE, info, final_checkpoint=final)

@@ -133,6 +133,17 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     return read_manifest(folder)
 
 
+def best_model(trainer: Any) -> dict[str, Any]:
+    """Where a stage that evaluates stopped and which checkpoint it kept (empty when it does not evaluate)."""
+    args, state = trainer.args, trainer.state
+    if str(args.eval_strategy).rsplit(".", 1)[-1].lower() == "no":
+        return {}
+    return {"metric_for_best_model": args.metric_for_best_model, "best_metric": state.best_metric,
+            "best_step": state.best_global_step, "stopped_at_step": state.global_step,
+            "stopped_early": 0 < args.max_steps and state.global_step < args.max_steps,
+            "loaded_best": bool(args.load_best_model_at_end and state.best_model_checkpoint)}
+
+
 def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int], started: float,
                checkpoint: str | None, config: Any, **extra: Any) -> dict[str, Any]:
     """The manifest fields both stages record (`config`: the TRL config the stage trained with)."""

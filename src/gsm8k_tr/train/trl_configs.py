@@ -33,6 +33,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "activation_checkpointing": False,  # TRL turns it on; below 1B parameters it only costs time
     "report_to": ["tensorboard"],
     "completion_only_loss": True,
+    "metric_for_best_model": "accuracy",  # with eval_strategy on: held-out accuracy, the task's metric, not the loss
 }
 GRPO_DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,  # LoRA: about 10x the 5e-6 of a full-parameter GRPO run
@@ -71,6 +72,9 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
     if (config.max_length or context) > context:
         raise UserError(f"recipe key 'sft.max_length' is {config.max_length}, past the model's context of {context} "
                         "tokens")
+    if recipe.eval.sft_patience and (config.eval_strategy == "no" or not config.load_best_model_at_end):
+        raise UserError("recipe key 'eval.sft_patience' stops SFT when validation stops improving, which needs "
+                        "sft.eval_strategy: steps (with sft.eval_steps) and sft.load_best_model_at_end: true")
     check_report_to("sft", config)
     return config
 
