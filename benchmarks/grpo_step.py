@@ -84,6 +84,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
     import trl
     from datasets import Dataset
 
+    from gsm8k_tr import placement
     from gsm8k_tr.train import grpo
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
 
@@ -95,7 +96,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
              "reward_weights": weights}
     per_step = args.prompts * args.generations
     if which == "ours":
-        config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, **modeling.precision({}, "grpo"),
+        config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, **placement.training_precision({}, "grpo"),
                                                                  **sizes, "per_device_train_batch_size": per_step}, {})
         trainer = _timed(grpo.GRPOTrainer)(model=model, reward_funcs=funcs, args=config,
                                           train_dataset=Dataset.from_list(examples), processing_class=tokenizer,

@@ -8,7 +8,6 @@ handled where they arise rather than assumed.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from gsm8k_tr.config import LoraConfig, ModelConfig
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.gguf_convert import require_gguf, unmark_dequantized
+from gsm8k_tr.placement import fused_activation
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     Training keeps float32 weights and the trainer's autocast supplies
     bf16/fp16 where the device has it: mixed precision needs fp32 master
     weights, and at 355M the copy costs 1.4 GB. Inference passes the dtype
-    of its device (`inference_dtype`).
+    of its device (`placement.inference_dtype`).
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     source, kwargs = load_source(cfg, path)
     gguf = "gguf_file" in kwargs
@@ -84,9 +84,12 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     else:
         refuse_pickle(Path(source))
     try:
+        # The same activation as one fused kernel where there is one (GPT-2's tanh GELU): placement.fused_activation.
+        fused = fused_activation(getattr(AutoConfig.from_pretrained(source, **kwargs), "activation_function", None))
         # safetensors only, except for a GGUF file (which is not pickle either)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if gguf else dtype or torch.float32,
-                                                     use_safetensors=None if gguf else True, **kwargs)
+                                                     use_safetensors=None if gguf else True, **kwargs,
+                                                     **({"activation_function": fused} if fused else {}))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {one_line(error)}") from None
     if gguf:
@@ -235,78 +238,6 @@ def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> An
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-def precision(section: dict[str, Any], name: str) -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16 on a GPU, else fp32 (TRL would force bf16 everywhere)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if section.get("bf16") and not bf16_ok:
-        raise UserError(f"recipe key '{name}.bf16' is true but this machine has no bf16 GPU; remove it (fp32 is used on CPU)")
-    if section.get("fp16") and not cuda:
-        raise UserError(f"recipe key '{name}.fp16' is true but there is no GPU; remove it (fp32 is used on CPU)")
-    if section.get("bf16") is None and section.get("fp16") is None:
-        return {"bf16": bf16_ok, "fp16": cuda and not bf16_ok}
-    return {"bf16": bool(section.get("bf16")), "fp16": bool(section.get("fp16"))}
-
-
-def device_name() -> str:
-    """A short description of the device training runs on."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def inference_device(requested: str | None = None) -> Any:
-    """Where inference runs: `requested` (--device, eval.device) if given, else CUDA, else MPS, else CPU.
-
-    Under `accelerate launch` each process uses its own device.
-    """
-    import torch
-
-    if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            raise UserError(f"device {requested!r} is not a device; use cuda, cuda:N, mps or cpu") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {requested!r} was asked for but this machine has no CUDA GPU; use cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UserError(f"device {requested!r} was asked for but MPS is not available here; use cpu")
-        return device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def inference_dtype(device: Any, requested: str = "auto") -> Any:
-    """Inference weights: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU; `requested` wins."""
-    import torch
-
-    if requested not in DTYPES:
-        raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
 
 
 def is_model_folder(path: Path) -> bool:

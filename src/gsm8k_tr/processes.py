@@ -45,12 +45,18 @@ def check_devices(state: Any) -> None:
       data-parallel CPU processes instead, unsharded.
     - `accelerate launch --cpu`: accelerate's simple launcher starts one
       plain process, whatever `--num_processes` and the config say.
+
+    The type compared is the one the Accelerator will train with
+    (`placement.accelerate_kind`), not PartialState's: PartialState says
+    MULTI_GPU under every FSDP launch on GPUs.
     """
     import torch
 
-    kind = str(state.distributed_type).rsplit(".", 1)[-1]
-    wanted = next((name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
-                   if os.environ.get(env, "").lower() == "true"), None)
+    from gsm8k_tr.placement import accelerate_kind, requested_kind
+
+    partial = str(state.distributed_type).rsplit(".", 1)[-1]
+    kind = accelerate_kind(partial, cpu=state.device.type == "cpu")
+    wanted = requested_kind()
     if wanted and kind != wanted:
         raise UserError(f"the accelerate config asks for {wanted}, which accelerate runs only on CUDA GPUs; this "
                         f"launch would train unsharded ({kind}, {state.num_processes} process(es)). On CPU, launch "

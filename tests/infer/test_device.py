@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_RECIPE, run_cli
 
-from gsm8k_tr import modeling
+from gsm8k_tr import placement
 from gsm8k_tr.errors import UserError
 
 
@@ -24,7 +24,7 @@ def test_the_device_rule(cuda: bool, mps: bool, requested: str | None, expected:
                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert str(modeling.inference_device(requested)) == expected
+    assert str(placement.inference_device(requested)) == expected
 
 
 @pytest.mark.parametrize("requested, message", [
@@ -36,7 +36,7 @@ def test_a_device_that_is_not_there_is_one_line(requested: str, message: str, mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(UserError, match=message):
-        modeling.inference_device(requested)
+        placement.inference_device(requested)
 
 
 @pytest.mark.parametrize("device, bf16, requested, expected", [
@@ -48,7 +48,7 @@ def test_a_device_that_is_not_there_is_one_line(requested: str, message: str, mo
 def test_the_inference_dtype(device: str, bf16: bool, requested: str, expected: torch.dtype,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-    assert modeling.inference_dtype(torch.device(device), requested) == expected
+    assert placement.inference_dtype(torch.device(device), requested) == expected
 
 
 def test_evaluate_records_its_device_and_dtype(tmp_path: Path, tiny_model_dir: Path) -> None:

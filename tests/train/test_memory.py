@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY_RECIPE, run_cli
 
+from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.train import memory, plan
@@ -81,7 +82,7 @@ def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Pat
                                                                   tiny_model_dir: Path) -> None:
     from gsm8k_tr.train import sft
 
-    monkeypatch.setattr(memory, "accelerator_memory", lambda: (True, 1.0))  # a GPU with 1 GiB free
+    monkeypatch.setattr(placement, "accelerator_memory", lambda: (True, 1.0))  # a GPU with 1 GiB free
     recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}", "sft.per_device_train_batch_size=256",
                                             "sft.max_length=512"])
     with pytest.raises(UserError) as error:
@@ -91,7 +92,7 @@ def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Pat
     assert "sft.per_device_train_batch_size=" in message and "sft.gradient_accumulation_steps=" in message
     assert not (tmp_path / "run").exists()  # the recipe check stops it before any work
     # The same recipe on this machine's CPU, or at a size that fits, is not stopped by the plan.
-    monkeypatch.setattr(memory, "accelerator_memory", lambda: (False, None))
+    monkeypatch.setattr(placement, "accelerator_memory", lambda: (False, None))
     assert memory.check_fits(memory.Shape.from_config(plan.model_config(recipe)), recipe, "sft", None) is None
 
 

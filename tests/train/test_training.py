@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import LoraConfig, ModelConfig, load_recipe
 from gsm8k_tr.data import examples as stage_rows
 from gsm8k_tr.data import splits
@@ -69,9 +69,9 @@ def test_precision_is_fp32_on_cpu_and_refuses_bf16_there():
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    assert modeling.precision({}, "sft") == {"bf16": False, "fp16": False}
+    assert placement.training_precision({}, "sft") == {"bf16": False, "fp16": False}
     with pytest.raises(UserError, match="'grpo.bf16'"):
-        modeling.precision({"bf16": True}, "grpo")
+        placement.training_precision({"bf16": True}, "grpo")
 
 
 def _checkpoint(folder, step, complete=True):
@@ -156,7 +156,7 @@ def test_sft_rows_leave_out_disagreeing_solutions_and_overlong_rows():
     ]
     words = lambda text: len(text.split())  # noqa: E731
     examples, counts = stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)
-    assert counts == {"rows": 3, "dropped_disagreeing": 1, "dropped_too_long": 1, "used": 1}
+    assert counts == {"rows": 3, "dropped_no_solution": 0, "dropped_disagreeing": 1, "dropped_too_long": 1, "used": 1}
     assert examples[0]["completion"].endswith("</cevap><|stop|>")
     recipe.data.sft_keep_disagreeing = True
     assert stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)[1]["dropped_disagreeing"] == 0

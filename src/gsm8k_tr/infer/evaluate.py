@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data.prompts import build_prompt
 from gsm8k_tr.data.splits import load_split
@@ -115,8 +115,8 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
     CUDA, MPS or CPU) in its dtype (`eval.dtype`; auto: bf16 or fp16 on a GPU,
     float32 on CPU).
     """
-    target = modeling.inference_device(device or recipe.eval.device)
-    dtype = modeling.inference_dtype(target, recipe.eval.dtype)
+    target = placement.inference_device(device or recipe.eval.device)
+    dtype = placement.inference_dtype(target, recipe.eval.dtype)
     path = Path(spec).expanduser()
     stop = recipe.model.stop_token
     stage_output = is_finished(path)
@@ -200,10 +200,9 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
 def check_backend(backend: str) -> None:
     """vLLM is an optional extra and needs a GPU; say so before loading anything."""
     if backend == "vllm":
-        from gsm8k_tr.infer import vllm_engine
         from gsm8k_tr.processes import is_distributed
 
-        vllm_engine.require("--backend vllm", "use --backend hf")
+        placement.require_vllm("--backend vllm", "use --backend hf")
         if is_distributed():
             raise UserError("--backend vllm runs in one process and uses the GPU itself; run evaluate without "
                             "accelerate launch")

@@ -25,17 +25,7 @@ from typing import Any
 
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.generation import Completion, completions
-
-
-def require(what: str, fallback: str) -> None:
-    """Fail with one line when vLLM or a CUDA GPU is missing; `what` names the setting, `fallback` the way out."""
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError(f"{what} needs vLLM, an optional extra: pip install -e .[vllm] (on a machine with a CUDA GPU), "
-                        f"or {fallback}")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(f"{what} needs a CUDA GPU and this machine has none; {fallback}")
+from gsm8k_tr.placement import require_vllm
 
 
 def grpo_settings(values: dict[str, Any], stop_ids: list[int]) -> dict[str, Any]:
@@ -46,7 +36,7 @@ def grpo_settings(values: dict[str, Any], stop_ids: list[int]) -> dict[str, Any]
     if mode not in ("colocate", "server"):
         raise UserError(f"recipe key 'grpo.vllm_mode' must be colocate or server, got {mode!r}")
     if mode == "colocate":
-        require("grpo.use_vllm (colocate mode)", "set grpo.use_vllm=false to generate with transformers")
+        require_vllm("grpo.use_vllm (colocate mode)", "set grpo.use_vllm=false to generate with transformers")
     elif importlib.util.find_spec("vllm") is None:
         raise UserError("grpo.use_vllm (server mode) needs the vllm extra on this machine too: pip install -e .[vllm]")
     kwargs = dict(values.get("generation_kwargs") or {})

@@ -23,7 +23,7 @@ from typing import Any
 import trl
 from datasets import Dataset
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe, recipe_dict
 from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
@@ -38,14 +38,16 @@ from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutAccuracy
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
+from gsm8k_tr.train.rollouts import MergedRollouts
 from gsm8k_tr.train.trl_configs import grpo_args
 
 log = logging.getLogger(__name__)
 
 STAGE = "grpo"
 
-class GRPOTrainer(AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
-    """TRL's GRPOTrainer with position ids for left-padded scoring, atomic checkpoints, accuracy and timing."""
+class GRPOTrainer(MergedRollouts, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
+    """TRL's GRPOTrainer with position ids for left-padded scoring, merged rollouts, atomic checkpoints, accuracy
+    and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -160,17 +162,19 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
+    trainer.rollouts = {**placement.rollouts(config.use_vllm), "cache_implementation": config.cache_implementation}
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None
     if recipe.eval.every_steps:
         held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
-        held_out = HeldOutAccuracy(trainer, held_out_rows, recipe)
+        held_out = HeldOutAccuracy(trainer, held_out_rows, recipe, merge=trainer.rollouts["merge_lora"])
         trainer.add_callback(held_out)
     started = time.perf_counter()
     final = stage.train(trainer, checkpoint)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None,
+                            rollouts=trainer.rollouts,
                             prompt_filter=filtered)
     return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

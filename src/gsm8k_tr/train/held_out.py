@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from transformers import TrainerCallback
 
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
+from gsm8k_tr.train.rollouts import merged_adapter
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -32,8 +34,8 @@ class HeldOutCheck:
 
     KEYS = ("accuracy", "flexible_accuracy", "strict_format_rate", "mean_completion_tokens", "truncated_rate")
 
-    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> None:
-        self.trainer, self.rows, self.recipe = trainer, rows, recipe
+    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False) -> None:
+        self.trainer, self.rows, self.recipe, self.merge = trainer, rows, recipe, merge
         accelerator = trainer.accelerator
         precision = {"bf16": "bfloat16", "fp16": "float16"}.get(str(accelerator.mixed_precision), "float32")
         self.where = {"device": str(accelerator.device), "dtype": precision, "split": recipe.eval.held_out_split,
@@ -44,7 +46,7 @@ class HeldOutCheck:
         accelerator = self.trainer.accelerator
         model = accelerator.unwrap_model(self.trainer.model)
         training_mode = model.training
-        with accelerator.autocast():
+        with accelerator.autocast(), merged_adapter(model) if self.merge else nullcontext():
             result, _ = evaluate(model, self.trainer.processing_class, self.rows, self.recipe,
                                  synced_gpus=is_sharded(accelerator))
         model.train(training_mode)
@@ -54,8 +56,8 @@ class HeldOutCheck:
 class HeldOutAccuracy(TrainerCallback):
     """GRPO: every `eval.every_steps` steps, log the held-out metrics as `eval/…` (console, TensorBoard, history)."""
 
-    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> None:
-        self.check = HeldOutCheck(trainer, rows, recipe)
+    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False) -> None:
+        self.check = HeldOutCheck(trainer, rows, recipe, merge)
         self.trainer, self.recipe, self.where = trainer, recipe, self.check.where
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 
@@ -242,23 +243,13 @@ def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool
     return found[:2]
 
 
-def accelerator_memory() -> tuple[bool, float | None]:
-    """(whether a CUDA GPU is there, its free memory in GiB); (False, None) on CPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, None
-    free, _ = torch.cuda.mem_get_info()
-    return True, free / GIB
-
-
 def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1) -> StagePlan | None:
     """Before a stage starts on a GPU: stop with one line when the recipe clearly does not fit.
 
     "Clearly": the estimate is over the free memory by more than 10%, so a
     recipe at the edge still gets to try. Off a GPU this checks nothing.
     """
-    on_gpu, free = accelerator_memory()
+    on_gpu, free = placement.accelerator_memory()
     if not on_gpu or free is None:
         return None
     settings = stage_settings(recipe, stage, config, shape.context)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError, one_line
-from gsm8k_tr.train.memory import Shape, StagePlan, accelerator_memory, estimate, stage_settings
+from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
 
     shape = Shape.from_config(config if config is not None else model_config(recipe))
-    on_gpu, free = accelerator_memory()
+    on_gpu, free = placement.accelerator_memory()
     if memory_gib is not None:
         on_gpu, free = True, memory_gib
     forced = {"output_dir": ("/nonexistent/gsm8k-tr-plan", ""), "seed": (recipe.seed, "")}

@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import sources, splits
 from gsm8k_tr.errors import UserError, one_line
@@ -129,7 +129,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
 
 def _eval(recipe: Recipe, context: int | None) -> None:
     ev = recipe.eval
-    modeling.inference_device(ev.device)  # a device this machine does not have is one line
+    placement.inference_device(ev.device)  # a device this machine does not have is one line
     if context is None:
         return
     for key, tokens in (("eval.max_new_tokens", ev.max_new_tokens),

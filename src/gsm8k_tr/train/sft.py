@@ -24,7 +24,7 @@ import trl
 from datasets import Dataset
 from transformers import EarlyStoppingCallback
 
-from gsm8k_tr import modeling
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
 from gsm8k_tr.run_folder import prepared_data, read_manifest
@@ -90,7 +90,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
     trainer.on_non_finite = recipe.on_non_finite
     if evaluating:
-        trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe)
+        trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe, merge=placement.rollouts(False)["merge_lora"])
     if recipe.eval.sft_patience:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=recipe.eval.sft_patience))
     use_compact_progress(trainer)

@@ -112,7 +112,9 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     from gsm8k_tr.train.artifacts import ADAPTER_STAGING, save_stage
 
     accelerator = trainer.accelerator
-    info = {**info, "processes": accelerator.num_processes}
+    # The type the Accelerator trained with (FSDP, DEEPSPEED, ...), not the one PartialState reports.
+    info = {**info, "processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1]}
     log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
              trainer.state.global_step)
     staging = folder / ADAPTER_STAGING
@@ -151,7 +153,7 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
 
     from gsm8k_tr.config import recipe_dict
     from gsm8k_tr.data.splits import fingerprint
-    from gsm8k_tr.modeling import device_name
+    from gsm8k_tr.placement import device_name
 
     return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
             "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),

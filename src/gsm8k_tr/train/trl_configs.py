@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from gsm8k_tr import modeling
+from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe, coerce
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.grading.rewards import reward_weights
@@ -64,7 +64,7 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
 
     config = trl_config(
         trl.SFTConfig, "sft", recipe.sft,
-        defaults={**SFT_DEFAULTS, **modeling.precision(recipe.sft, "sft"), "max_length": context},
+        defaults={**SFT_DEFAULTS, **placement.training_precision(recipe.sft, "sft"), "max_length": context},
         forced={"output_dir": (str(stage_dir(recipe, "sft") / CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "eos_token": (stop, "set 'model.stop_token'")},
@@ -84,9 +84,11 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
     import trl
 
     values = vllm_engine.grpo_settings(recipe.grpo, stop_ids)  # checked before TRL tries to import vLLM
+    rollouts = placement.rollouts(bool(values.get("use_vllm")))
     config = trl_config(
         trl.GRPOConfig, "grpo", values,
-        defaults={**GRPO_DEFAULTS, **modeling.precision(recipe.grpo, "grpo")},
+        defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo"),
+                  "cache_implementation": rollouts["cache_implementation"]},
         forced={"output_dir": (str(stage_dir(recipe, "grpo") / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "reward_weights": (reward_weights(recipe.rewards), "set the 'rewards' section")},
@@ -144,10 +146,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
             if isinstance(value, str) and not isinstance(checked, str):
                 values[key] = checked  # `5e-5` read as a string by YAML
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
-    # Pinned host memory only speeds copies to a GPU; without one, torch's DataLoader warns at every stage.
-    import torch
-
-    defaults.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    defaults.setdefault("dataloader_pin_memory", placement.pin_memory())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
         return config_cls(**kwargs)

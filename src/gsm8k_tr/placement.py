@@ -1,0 +1,235 @@
+"""What runs where: every per-device choice, decided here once, and recorded in each stage's manifest.
+
+Open this module to learn what a run does on a machine:
+
+- **training precision** (`training_precision`): bf16 on a GPU that has it,
+  fp16 on other GPUs, fp32 on a CPU (TRL would force bf16 everywhere);
+- **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS,
+  else the CPU, or what `--device`/`eval.device` ask for; bf16 weights on a
+  GPU that has it, fp16 on other GPUs, float32 on a CPU;
+- **several processes** (`accelerate_kind`): the distributed type accelerate's
+  Accelerator will train with. `PartialState` reports `MULTI_GPU` under an
+  FSDP launch; only `AcceleratorState`, which the Accelerator builds, switches
+  to FSDP (and to DeepSpeed for a one-process launch), so the launch checks ask here;
+- **GRPO rollouts** (`rollouts`): the LoRA adapter merged into the weights
+  while generating (one matmul per layer instead of three and the adapter's
+  adds), on every device where the weights are whole on each process (not
+  under FSDP or DeepSpeed, not with vLLM, which gets merged weights from TRL);
+- **the KV cache** (`kv_cache`), for rollouts and evaluation: static on a CPU
+  (no per-token concatenation of the cache), the library's dynamic cache on a
+  GPU (static there is not yet measured);
+- **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
+  elementwise ops in Python) as PyTorch's one fused op, the same function;
+- **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
+- **data loading** (`pin_memory`): pinned host memory only with a GPU;
+- **memory** (`accelerator_memory`): the GPU's free memory, for the plan.
+
+`describe` gathers the choices for the manifest. The micro-batch is the
+memory plan's decision (`train/memory.py`), recorded beside these.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from gsm8k_tr.errors import UserError
+
+GIB = 2**30
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def has_cuda() -> bool:
+    """Whether a CUDA GPU is there."""
+    return bool(_torch().cuda.is_available())
+
+
+def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
+    """TRL's `bf16`/`fp16` for a stage: the recipe's when set (checked against this machine), else by device."""
+    torch = _torch()
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if section.get("bf16") and not bf16_ok:
+        raise UserError(f"recipe key '{name}.bf16' is true but this machine has no bf16 GPU; remove it (fp32 is used on CPU)")
+    if section.get("fp16") and not cuda:
+        raise UserError(f"recipe key '{name}.fp16' is true but there is no GPU; remove it (fp32 is used on CPU)")
+    if section.get("bf16") is None and section.get("fp16") is None:
+        return {"bf16": bf16_ok, "fp16": cuda and not bf16_ok}
+    return {"bf16": bool(section.get("bf16")), "fp16": bool(section.get("fp16"))}
+
+
+def device_name() -> str:
+    """A short description of the device training runs on."""
+    torch = _torch()
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def inference_device(requested: str | None = None) -> Any:
+    """Where inference runs: `requested` (--device, eval.device) if given, else CUDA, else MPS, else CPU.
+
+    Under `accelerate launch` each process uses its own device.
+    """
+    torch = _torch()
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"device {requested!r} is not a device; use cuda, cuda:N, mps or cpu") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} was asked for but this machine has no CUDA GPU; use cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"device {requested!r} was asked for but MPS is not available here; use cpu")
+        return device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState().device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def inference_dtype(device: Any, requested: str = "auto") -> Any:
+    """Inference weights: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU; `requested` wins."""
+    torch = _torch()
+    if requested not in DTYPES:
+        raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+# PartialState's types that AcceleratorState turns into FSDP under ACCELERATE_USE_FSDP (accelerate 1.x, state.py).
+FSDP_CAPABLE = ("MULTI_GPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_NPU", "MULTI_XPU", "MULTI_HPU",
+                "MULTI_NEURON")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def accelerate_kind(partial_kind: str, cpu: bool) -> str:
+    """The distributed type the Accelerator will train with, from what `PartialState` reports.
+
+    `AcceleratorState.__init__` (built by the Accelerator, so by every
+    trainer) changes PartialState's type: to DEEPSPEED whenever
+    ACCELERATE_USE_DEEPSPEED is set and the run is not on the CPU (a
+    multi-process DeepSpeed launch is DEEPSPEED in PartialState already, a
+    one-process one is not), and to FSDP when ACCELERATE_USE_FSDP is set and
+    the type is a multi-device one. Checking PartialState alone refuses every
+    FSDP launch on GPUs. `tests/test_placement.py` holds this to accelerate's
+    own AcceleratorState, launch by launch.
+    """
+    if _flag("ACCELERATE_USE_DEEPSPEED") and not cpu:
+        return "DEEPSPEED"
+    if partial_kind in FSDP_CAPABLE and _flag("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    return partial_kind
+
+
+def requested_kind() -> str | None:
+    """The sharding an accelerate launch asked for (its config sets these variables), or None."""
+    return next((kind for kind, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+                 if _flag(env)), None)
+
+
+def require_vllm(what: str, fallback: str) -> None:
+    """Fail with one line when vLLM or a CUDA GPU is missing; `what` names the setting, `fallback` the way out."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(f"{what} needs vLLM, an optional extra: pip install -e .[vllm] (on a machine with a CUDA GPU), "
+                        f"or {fallback}")
+    if not has_cuda():
+        raise UserError(f"{what} needs a CUDA GPU and this machine has none; {fallback}")
+
+
+def pin_memory() -> bool:
+    """Pinned host memory only speeds copies to a GPU; without one, torch's DataLoader warns at every stage."""
+    return has_cuda()
+
+
+def accelerator_memory() -> tuple[bool, float | None]:
+    """(whether a CUDA GPU is there, its free memory in GiB); (False, None) on CPU."""
+    torch = _torch()
+    if not torch.cuda.is_available():
+        return False, None
+    free, _ = torch.cuda.mem_get_info()
+    return True, free / GIB
+
+
+def training_device_type() -> str:
+    """The kind of device the trainer will put the model on (accelerate's order: CUDA, then MPS, then CPU)."""
+    torch = _torch()
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def kv_cache(device_type: str) -> str | None:
+    """The KV cache generation uses: `static` on a CPU, the library's default (dynamic, None) elsewhere.
+
+    On a CPU the dynamic cache concatenates every layer's keys and values at
+    each decoding step, a third of a step at the demo's shape; a static cache
+    is written in place. On a GPU static is not yet measured, so the default stays.
+    """
+    return "static" if device_type == "cpu" else None
+
+
+def rollout_path(device_type: str, sharded: bool, vllm: bool) -> dict[str, Any]:
+    """How GRPO generates its rollouts with transformers on this device.
+
+    - `merge_lora`: merge the adapter into the weights for the generation call
+      and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
+      does before it syncs vLLM; `train/rollouts.py`). Not where each process
+      holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
+    - `cache_implementation`: `kv_cache(device_type)`, as GRPOConfig's own key.
+    """
+    return {"merge_lora": not sharded and not vllm,
+            "cache_implementation": None if vllm else kv_cache(device_type)}
+
+
+def rollouts(vllm: bool) -> dict[str, Any]:
+    """The rollout path on this machine, for this launch."""
+    return rollout_path(training_device_type(), requested_kind() is not None, vllm)
+
+
+def fused_activation(activation: str | None) -> str | None:
+    """The fused equivalent of a model's activation, or None to keep it.
+
+    GPT-2's `gelu_new` is the tanh approximation of GELU written as six
+    elementwise operations; `gelu_pytorch_tanh` is the same function as one
+    PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every
+    device: on a CPU each op streams the activations through memory again, on
+    a GPU each is a kernel launch per layer and decoding step.
+    """
+    return "gelu_pytorch_tanh" if activation == "gelu_new" else None
+
+
+def describe(device: Any = None, rollouts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What runs where, for a manifest."""
+    torch = _torch()
+    found = {"device": device_name(), "torch": torch.__version__,
+             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    if device is not None:
+        found["training_device"] = str(device)
+    if rollouts is not None:
+        found["rollouts"] = rollouts
+    return found

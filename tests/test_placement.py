@@ -1,0 +1,110 @@
+"""What runs where: the distributed type a launch trains with, held to accelerate's own AcceleratorState."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gsm8k_tr import placement
+from gsm8k_tr.errors import UserError
+
+LAUNCHES = [
+    # (PartialState's type under the launch, on CPU, the variables the launch's config sets, what trains, the launch)
+    ("MULTI_GPU", False, {"ACCELERATE_USE_FSDP": "true"}, "FSDP", "fsdp.yaml on GPUs, 1 or 8 processes"),
+    ("MULTI_CPU", True, {"ACCELERATE_USE_FSDP": "true"}, "MULTI_CPU", "fsdp.yaml on CPUs: unsharded"),
+    ("DEEPSPEED", False, {"ACCELERATE_USE_DEEPSPEED": "true"}, "DEEPSPEED", "zero2.yaml on GPUs (torchrun)"),
+    ("NO", False, {"ACCELERATE_USE_DEEPSPEED": "true"}, "DEEPSPEED", "DeepSpeed in one process without torchrun"),
+    ("MULTI_CPU", True, {"ACCELERATE_USE_DEEPSPEED": "true"}, "MULTI_CPU", "zero2.yaml on CPUs: unsharded"),
+    ("MULTI_GPU", False, {}, "MULTI_GPU", "ddp.yaml on GPUs"),
+    ("MULTI_CPU", True, {}, "MULTI_CPU", "ddp.yaml on CPUs"),
+    ("NO", False, {"ACCELERATE_USE_FSDP": "true"}, "NO", "FSDP asked for, one plain process"),
+]
+
+# accelerate's AcceleratorState, built as the Accelerator builds it, over a PartialState of the given type.
+ACCELERATE = """
+import json, os, sys, torch
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, TorchDynamoPlugin
+class Plugin:  # what AcceleratorState calls on a DeepSpeed plugin
+    def set_mixed_precision(self, mixed_precision): pass
+    def select(self, **kwargs): pass
+found = []
+for kind, cpu, env in json.loads(sys.argv[1]):
+    os.environ.pop("ACCELERATE_USE_FSDP", None); os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    os.environ.update(env)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._shared_state.update(distributed_type=DistributedType[kind], device=torch.device("cpu" if cpu else "cuda"),
+                                      num_processes=1, process_index=0, local_process_index=0, backend=None,
+                                      fork_launched=False, debug=False)
+    state = AcceleratorState(cpu=cpu, dynamo_plugin=TorchDynamoPlugin(), deepspeed_plugin=Plugin(), _from_accelerator=True)
+    found.append(str(state.distributed_type).rsplit(".", 1)[-1])
+print(json.dumps(found))
+"""
+
+
+def test_the_kind_a_launch_trains_with_is_accelerates_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [[kind, cpu, env] for kind, cpu, env, _, _ in LAUNCHES]
+    done = subprocess.run([sys.executable, "-c", ACCELERATE, json.dumps(cases)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    accelerates = json.loads(done.stdout.strip().splitlines()[-1])
+    for (kind, cpu, env, expected, launch), theirs in zip(LAUNCHES, accelerates):
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert placement.accelerate_kind(kind, cpu) == theirs == expected, launch
+
+
+def _state(kind: str, device: str, processes: int) -> SimpleNamespace:
+    """What PartialState holds under a launch (its type is the one accelerate reports, not the Accelerator's)."""
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(distributed_type=DistributedType[kind], device=torch.device(device),
+                           num_processes=processes, process_index=0)
+
+
+def test_an_fsdp_launch_on_gpus_passes_and_one_on_cpus_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gsm8k_tr.processes import check_devices
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    check_devices(_state("MULTI_GPU", "cuda", 8))  # 8 GPUs: what the H200 run refused with 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    check_devices(_state("MULTI_GPU", "cuda", 1))
+    with pytest.raises(UserError) as error:
+        check_devices(_state("MULTI_CPU", "cpu", 2))
+    assert "asks for FSDP, which accelerate runs only on CUDA GPUs" in str(error.value)
+    assert "(MULTI_CPU, 2 process(es))" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("activation,fused", [
+    ("gelu_new", "gelu_pytorch_tanh"),  # GPT-2's: the same tanh GELU as one kernel
+    ("gelu", None),                     # the exact GELU has no cheaper equal: kept
+    ("silu", None),                     # Llama's
+    (None, None),
+])
+def test_fused_activation(activation: str | None, fused: str | None) -> None:
+    assert placement.fused_activation(activation) == fused
+
+
+def test_gelu_new_and_its_fused_kernel_agree() -> None:
+    from transformers.activations import ACT2FN
+
+    x = torch.randn(64, 128) * 4
+    assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device,sharded,vllm,expected", [
+    ("cpu", False, False, {"merge_lora": True, "cache_implementation": "static"}),   # measured faster on CPU
+    ("cuda", False, False, {"merge_lora": True, "cache_implementation": None}),      # static not yet measured there
+    ("cuda", True, False, {"merge_lora": False, "cache_implementation": None}),      # FSDP/ZeRO-3: shards, no merge
+    ("cuda", False, True, {"merge_lora": False, "cache_implementation": None}),      # vLLM gets merged weights itself
+])
+def test_the_rollout_path(device: str, sharded: bool, vllm: bool, expected: dict) -> None:
+    assert placement.rollout_path(device, sharded, vllm) == expected

@@ -1,0 +1,80 @@
+"""The fast rollout path gives today's answers: LoRA merged while generating, the static KV cache on CPU."""
+
+from __future__ import annotations
+
+import pytest
+from test_positions import _trainer, _worst_difference
+
+torch = pytest.importorskip("torch")
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+
+    rows = synth.make_problems(24, seed=11)  # prompts of different lengths: a left-padded batch
+    return [tokenizer(build_prompt(r["question"], PromptConfig()), add_special_tokens=False)["input_ids"] for r in rows]
+
+
+def _greedy(trainer, prompts, merge: bool, cache: str | None) -> list[list[int]]:
+    trainer.rollouts = {"merge_lora": merge, "cache_implementation": cache}
+    trainer.generation_config.do_sample = False
+    trainer.generation_config.max_new_tokens = 24
+    trainer.generation_config.cache_implementation = cache
+    completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
+    return completions
+
+
+def test_merged_rollouts_with_the_static_cache_give_todays_greedy_tokens(tiny_model_dir, tmp_path) -> None:
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    today = _greedy(trainer, prompts, merge=False, cache=None)
+    assert _greedy(trainer, prompts, merge=True, cache=None) == today
+    assert _greedy(trainer, prompts, merge=True, cache="static") == today
+    assert _greedy(trainer, prompts, merge=False, cache="static") == today
+    assert len({len(p) for p in prompts}) > 5 and any(len(c) > 10 for c in today)
+    # The adapter is unmerged again after each call, and scoring still gives batched rows their own positions.
+    assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
+    assert _worst_difference(trainer) < 1e-4
+
+
+def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_dir, tmp_path) -> None:
+    from gsm8k_tr.train.grpo import GRPOTrainer
+    from gsm8k_tr.train.rollouts import merged_adapter
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    model = trainer.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for _ in range(300):  # more rollouts than a demo run has steps
+        with merged_adapter(model):
+            pass
+    drift = max((p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters())
+    assert drift < 1e-6
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters() if "lora_" in name)
+    with pytest.raises(RuntimeError), merged_adapter(model):
+        raise RuntimeError("a failed generation")
+    assert not any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_the_evaluation_cache_gives_the_same_answers(tiny_model_dir, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(40, seed=3)]
+    answers = {}
+    for cache in (None, "static"):
+        monkeypatch.setattr(generation, "kv_cache", lambda device_type, cache=cache: cache)
+        found = generation.generate(model, tokenizer, prompts, max_new_tokens=40, batch_size=16)
+        answers[cache] = [c.text for out in found for c in out]
+    assert answers["static"] == answers[None] and any(answers[None])
