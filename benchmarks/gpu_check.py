@@ -1,41 +1,52 @@
-"""Do the GPU paths work, how fast, and how much memory? One command, about 10 minutes on one GPU.
+"""Do the GPU paths work, how fast against what the card can do, and how much memory against the plan? One command.
 
-    python benchmarks/gpu_check.py                    # HF generate, and vLLM too when the vllm extra is installed
-    python benchmarks/gpu_check.py --steps 3 --questions 64 --no-vllm
+    python benchmarks/gpu_check.py                  # about 3 minutes on one H100/H200-class GPU, without vLLM
+    python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
+    python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
 1,024-token context) with random weights and a tokenizer laid out like the
-real instruct model's: 50,257 entries, eos `<|endoftext|>`, `<|stop|>` a plain
-added token, no pad token. Lengths: the real recipe's
-(recipes/turkish-gpt2-medium.yaml: SFT max_length 1024, GRPO completions of
-384 tokens, micro-batches of 16), on generated problems.
+real instruct model's (50,257 entries, eos `<|endoftext|>`, `<|stop|>` a
+plain added token, no pad token). Data: the real GSM8K-TR rows of
+`../shared/data/gsm8k_tr_sample` aligned with English GSM8K when they are
+there (rows of their real lengths), else generated problems. Recipe:
+recipes/turkish-gpt2-medium.yaml with `per_device_train_batch_size: auto`.
 
-It runs, each in its own process so each peak is its own: a few SFT steps; a
-few GRPO steps generating with transformers, then with vLLM colocated (when
-installed); and evaluation of `--questions` questions with transformers and
-with vLLM. It prints, side by side: step time, the share of a GRPO step spent
-generating, completions per second, evaluation questions per second, peak
-GPU memory and `gsm8k-tr plan`'s estimate. It exits non-zero if any part
-fails, and with status 2 (one line) on a machine without a CUDA GPU.
+In one process (imports once), each part on the same model folder:
+- matmul: the card's measured bf16 matmul rate (8192-square), the yardstick;
+- sft: a few steps; trained tokens per second, and the share of the matmul
+  rate used at 4 x parameters FLOPs per token (LoRA: the forward pass and
+  the activations' gradients; no base-weight gradients);
+- grpo: a few steps; generated tokens per second in the rollouts and their
+  share of the step;
+- decode: ms per decoding step of 64 rollouts, today's path (adapter
+  unmerged, dynamic cache) against `placement`'s fast path, and the bound of
+  reading the bf16 weights once per step at the card's memory bandwidth;
+- eval: `--questions` questions; generated tokens per second.
+Each training part's peak GPU memory is printed beside the memory plan at the
+data's real lengths (the plan the stage itself ran). It exits non-zero if any
+part fails, and with status 2 (one line) on a machine without a CUDA GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "turkish-gpt2-medium.yaml"
 VOCAB = 50257
+SAMPLE = [ROOT.parent / "shared" / "data", ROOT / ".shared-data"]  # the shared sample, or its copy beside the project
+# Memory bandwidth (bytes/s) by card name, for the decoding bound; other cards print no bound.
+BANDWIDTH = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12,
+             "L4": 0.3e12, "T4": 0.32e12, "A10": 0.6e12, "4090": 1.0e12, "3090": 0.94e12}
 
 
 def build_model(folder: Path) -> None:
@@ -55,107 +66,197 @@ def build_model(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _peak_gib() -> float:
+def data_overrides() -> tuple[list[str], str]:
+    """Recipe overrides for the real rows when the shared sample is here, else generated problems."""
+    for root in SAMPLE:
+        sample, reference = root / "gsm8k_tr_sample" / "dev.csv", root / "gsm8k"
+        if sample.is_file() and (reference / "train.jsonl").is_file():
+            return [f"data.dataset={sample}", f"data.reference={reference}"], f"real GSM8K-TR rows ({sample})"
+    return ["data.dataset=synthetic:600", "data.reference=none"], "generated problems (the shared sample is not here)"
+
+
+def matmul_rate(device: Any) -> float:
+    """The measured bf16 matmul rate of the card, FLOP/s (float32 on a CPU)."""
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**30
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    started, runs = time.perf_counter(), 10
+    for _ in range(runs):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * runs / (time.perf_counter() - started)
 
 
-def run_part(part: str, model: str, work: Path, steps: int, questions: int) -> dict[str, Any]:
-    """One part, in this process: sft, grpo, grpo-vllm, eval or eval-vllm."""
+def _sync(device: Any) -> None:
     import torch
 
-    from gsm8k_tr.config import load_recipe
-    from gsm8k_tr.train import plan
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
-    common = [f"output_dir={work}", f"model.name_or_path={model}", "data.dataset=synthetic:600", "data.reference=none",
-              "eval.every_steps=0", f"sft.max_steps={steps}", f"grpo.max_steps={steps}", "sft.save_steps=1000",
-              "grpo.save_steps=1000", "sft.logging_steps=1", "grpo.logging_steps=1", "sft.report_to=[]",
-              "grpo.report_to=[]"]
-    if part == "grpo-vllm":
-        common += ["grpo.use_vllm=true", "grpo.vllm_mode=colocate", f"model.sft_output={work / 'sft'}"]
-    recipe = load_recipe(str(RECIPE), common)
-    torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    result: dict[str, Any] = {"part": part}
-    if part in ("sft", "grpo", "grpo-vllm"):
-        from gsm8k_tr.pipeline import TRAINING_STAGES
 
-        stage = "sft" if part == "sft" else "grpo"
-        recipe.output_dir = str(work / part) if part == "grpo-vllm" else str(work)
-        manifest = TRAINING_STAGES[stage](recipe, overwrite=True)
-        history = json.loads((Path(recipe.output_dir) / stage / "log_history.json").read_text())
-        steps_logged = [h for h in history if "step_time" in h or "loss" in h]
-        step_time = [h["step_time"] for h in steps_logged if "step_time" in h][1:]  # the first step warms up
-        result["step_s"] = sum(step_time) / len(step_time) if step_time else manifest["train_seconds"] / steps
-        if stage == "grpo":
-            generation = [h["time/generation_s"] for h in steps_logged if "time/generation_s" in h][1:]
-            result["generation_share"] = sum(generation) / sum(step_time) if step_time and generation else None
-            per_step = recipe.grpo.get("per_device_train_batch_size", 8) * recipe.grpo.get("gradient_accumulation_steps", 1)
-            result["completions_per_s"] = per_step / result["step_s"]
-        _, plans = plan.plan_recipe(recipe, torch.cuda.get_device_properties(0).total_memory / 2**30)
-        result["plan_gib"] = plans[stage].peak_gib
-    else:
-        from gsm8k_tr.infer import evaluate
+def _peak(device: Any) -> float | None:
+    import torch
 
-        metrics = evaluate.main(str(work / "sft"), recipe, limit=questions, output=str(work / f"eval-{part}"),
-                                overwrite=True, backend="vllm" if part == "eval-vllm" else "hf")
-        result["questions_per_s"] = metrics["n"] / metrics["seconds"]
-        result["dtype"] = metrics["dtype"]
-    result["seconds"] = time.perf_counter() - started
-    result["peak_gib"] = _peak_gib()
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def _reset(device: Any) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _timed_steps(history: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    return [h for h in history if key in h]
+
+
+def part_sft(recipe: Any, device: Any, parameters: int, rate: float) -> dict[str, Any]:
+    from gsm8k_tr.train import sft
+
+    manifest = sft.main(recipe, overwrite=True)
+    history = json.loads((Path(recipe.output_dir) / "sft" / "log_history.json").read_text())
+    logged = _timed_steps(history, "num_tokens")
+    first, last = logged[0], logged[-1]  # the first step warms up; rates from the steps after it
+    seconds = manifest["train_seconds"] * (last["step"] - first["step"]) / max(last["step"], 1)
+    tokens = last["num_tokens"] - first["num_tokens"]
+    per_s = tokens / seconds if seconds > 0 else 0.0
+    return {"steps": manifest["global_step"], "micro_batch": manifest.get("micro_batch"),
+            "tokens_per_s": round(per_s), "matmul_share": round(per_s * 4 * parameters / rate, 4),
+            "peak_gib": _peak(device), "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
+
+
+def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
+    from gsm8k_tr.train import grpo
+
+    manifest = grpo.main(recipe, overwrite=True)
+    history = json.loads((Path(recipe.output_dir) / "grpo" / "log_history.json").read_text())
+    logged = _timed_steps(history, "step_time")[1:] or _timed_steps(history, "step_time")
+    per_step = recipe.grpo.get("per_device_train_batch_size", 8)
+    per_step = (per_step if isinstance(per_step, int) else 8) * recipe.grpo.get("gradient_accumulation_steps", 1)
+    if manifest.get("micro_batch"):
+        per_step = manifest["micro_batch"]["per_device_train_batch_size"] * \
+            manifest["micro_batch"]["gradient_accumulation_steps"]
+    step = sum(h["step_time"] for h in logged) / len(logged)
+    generation = sum(h["time/generation_s"] for h in logged) / len(logged)
+    length = sum(h["completions/mean_length"] for h in logged) / len(logged)
+    return {"steps": manifest["global_step"], "step_s": round(step, 2), "generation_share": round(generation / step, 3),
+            "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
+            "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
+            "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
+
+
+def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rollouts import decode
+
+    result = decode(model, sequences, new_tokens, repeats=2)
+    name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else ""
+    bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
+    if bandwidth:  # one read of the bf16 weights per decoding step, the cache aside
+        result["weight_read_bound_ms"] = round(1000 * 2 * parameters / bandwidth, 3)
     return result
+
+
+def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, backend: str = "hf") -> dict[str, Any]:
+    from gsm8k_tr.infer import evaluate
+
+    metrics = evaluate.main(model, recipe, limit=questions, output=str(work / f"eval-{backend}"), overwrite=True,
+                            backend=backend)
+    tokens = metrics["mean_completion_tokens"] * metrics["n"]
+    return {"questions_per_s": round(metrics["n"] / metrics["seconds"], 2),
+            "generated_tokens_per_s": round(tokens / metrics["seconds"]), "dtype": metrics["dtype"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="SFT and GRPO steps per part (the first warms up)")
+    parser.add_argument("--steps", type=int, default=4, help="SFT and GRPO steps (the first warms up)")
     parser.add_argument("--questions", type=int, default=64, help="evaluation questions")
-    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM parts even when vLLM is installed")
+    parser.add_argument("--vllm", action="store_true", help="also GRPO and evaluation with vLLM (installed extra)")
+    parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
-    parser.add_argument("--part", nargs=3, metavar=("PART", "MODEL", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.cpu and not torch.cuda.is_available():
         print("gpu_check: this machine has no CUDA GPU (torch.cuda.is_available() is False); run it where "
-              "nvidia-smi lists one", file=sys.stderr)
+              "nvidia-smi lists one, or pass --cpu for a smoke run", file=sys.stderr)
         return 2
-    if args.part:
-        part, model, work = args.part
-        print("RESULT " + json.dumps(run_part(part, model, Path(work), args.steps, args.questions)))
-        return 0
+    from gsm8k_tr.config import load_recipe
 
+    started = time.perf_counter()
     work = Path(args.keep or tempfile.mkdtemp(prefix="gsm8k-tr-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
-    if not (model / "config.json").is_file():
-        build_model(model)
-    vllm = importlib.util.find_spec("vllm") is not None and not args.no_vllm
-    parts = ["sft", "grpo", "eval"] + (["grpo-vllm", "eval-vllm"] if vllm else [])
-    name = torch.cuda.get_device_name(0)
-    total = torch.cuda.get_device_properties(0).total_memory / 2**30
-    print(f"{name}, {total:.0f} GiB; torch {torch.__version__}; vLLM: "
-          f"{'yes' if vllm else 'not installed (pip install -e .[vllm])' if not args.no_vllm else 'skipped'}")
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    rows, failed = [], []
-    for part in parts:
-        done = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--questions", str(args.questions),
-                               "--part", part, str(model), str(work)], capture_output=True, text=True, env=env)
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
+    device = torch.device("cpu" if args.cpu else "cuda")
+    if args.cpu:
+        model, tokens = "builtin:tiny-gpt2", 48  # its context is 512 tokens
+    else:
+        model, tokens = str(work / "model"), 384
+        if not (work / "model" / "config.json").is_file():
+            build_model(work / "model")
+    data, where = data_overrides()
+    common = [f"output_dir={work}", f"model.name_or_path={model}", *data, "eval.every_steps=0",
+              f"sft.max_steps={args.steps}", f"grpo.max_steps={args.steps}", "sft.save_steps=1000",
+              "grpo.save_steps=1000", "sft.logging_steps=1", "grpo.logging_steps=1", "sft.report_to=[]",
+              "grpo.report_to=[]", "sft.per_device_train_batch_size=auto", "grpo.per_device_train_batch_size=auto",
+              f"grpo.max_completion_length={tokens}", f"eval.max_new_tokens={tokens}",
+              *(["sft.max_length=512"] if args.cpu else [])]
+    recipe = load_recipe(str(RECIPE), common)
+    from gsm8k_tr.train.plan import model_config
+
+    parameters = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(
+        model_config(recipe)).parameters())
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    rate = matmul_rate(device)
+    print(f"{name}; torch {torch.__version__}; model {parameters / 1e6:.0f}M parameters; data: {where}; "
+          f"measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul rate {rate / 1e12:.1f} TFLOP/s")
+    parts: list[tuple[str, Any]] = [
+        ("sft", lambda: part_sft(recipe, device, parameters, rate)),
+        ("grpo", lambda: part_grpo(recipe, device)),
+        ("decode", lambda: part_decode(model, device, parameters, 64 if not args.cpu else 16, 64 if not args.cpu else 16)),
+        ("eval", lambda: part_eval(str(work / "sft"), recipe, device, args.questions, work)),
+    ]
+    if args.vllm:
+        vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
+                                                f"model.sft_output={work / 'sft'}"])
+        parts += [("grpo-vllm", lambda: part_grpo(vllm_recipe, device)),
+                  ("eval-vllm", lambda: part_eval(str(work / "sft"), recipe, device, args.questions, work, "vllm"))]
+    results: dict[str, Any] = {"device": name, "matmul_tflops": round(rate / 1e12, 1), "data": where,
+                               "parameters": parameters}
+    failed = []
+    for part, run in parts:
+        _reset(device)
+        part_started = time.perf_counter()
+        try:
+            results[part] = {**run(), "seconds": round(time.perf_counter() - part_started, 1)}
+        except Exception as error:  # one failed part must not hide the others' numbers
             failed.append(part)
-            print(f"{part}: FAILED (exit {done.returncode}): {(done.stderr.strip().splitlines() or ['?'])[-1][:300]}")
-            continue
-        rows.append(json.loads(line[7:]))
-    print(f"{'part':<10} {'step s':>7} {'gen share':>9} {'compl/s':>8} {'eval q/s':>8} {'peak GiB':>9} {'plan GiB':>9}")
-    for r in rows:
-        def cell(key: str, fmt: str) -> str:
-            return format(r[key], fmt) if r.get(key) is not None else "-"
-        print(f"{r['part']:<10} {cell('step_s', '7.2f'):>7} {cell('generation_share', '9.0%'):>9} "
-              f"{cell('completions_per_s', '8.1f'):>8} {cell('questions_per_s', '8.1f'):>8} "
-              f"{cell('peak_gib', '9.1f'):>9} {cell('plan_gib', '9.1f'):>9}")
-    (work / "gpu_check.json").write_text(json.dumps({"device": name, "rows": rows, "failed": failed}, indent=1))
+            results[part] = {"error": f"{type(error).__name__}: {error}"}
+            traceback.print_exc()
+        print(f"{part}: {json.dumps(results[part])}", flush=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    sft_, grpo_, decode_, eval_ = (results.get(k, {}) for k in ("sft", "grpo", "decode", "eval"))
+    print(f"SFT: {sft_.get('tokens_per_s')} tokens/s, {100 * (sft_.get('matmul_share') or 0):.1f}% of the matmul rate "
+          f"(micro-batch {(sft_.get('micro_batch') or {}).get('per_device_train_batch_size')}); peak "
+          f"{sft_.get('peak_gib')} GiB, plan {sft_.get('plan_gib')} GiB")
+    print(f"GRPO: {grpo_.get('step_s')} s/step, {grpo_.get('generated_tokens_per_s')} generated tokens/s in rollouts, "
+          f"generating {100 * (grpo_.get('generation_share') or 0):.0f}% of a step; peak {grpo_.get('peak_gib')} GiB, "
+          f"plan {grpo_.get('plan_gib')} GiB")
+    if "today" in decode_:
+        print(f"decode: today {decode_['today']['ms_per_step']} ms/step, fast {decode_['fast']['ms_per_step']} ms/step "
+              f"({decode_['ratio']}x); weight-read bound {decode_.get('weight_read_bound_ms', '-')} ms")
+    print(f"eval: {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} questions/s")
+    print(f"gpu_check: {results['seconds']:.0f} s in all")
+    (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     if failed:

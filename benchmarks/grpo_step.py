@@ -2,7 +2,7 @@
 
     python benchmarks/grpo_step.py                      # tiny built-in GPT-2 on CPU, a few minutes on 2 cores
     python benchmarks/grpo_step.py --model builtin:demo-gpt2 --steps 6
-    python benchmarks/grpo_step.py --random-gpt2-medium --completion-length 256    # GPU: the real shape
+    python benchmarks/grpo_step.py --random-gpt2-medium --completion-length 256    # GPU: the real shape (355M)
 
 (a) ours: gsm8k_tr.train.grpo.GRPOTrainer with the stage's defaults: LoRA on every
     linear layer, activation checkpointing off (so generation keeps its KV
@@ -47,14 +47,16 @@ def _setup(args: argparse.Namespace, work: Path) -> tuple[Any, Any, list[dict[st
     folder = splits.ensure_prepared(recipe)
     rows = splits.load_split(folder, "train")
     if args.random_gpt2_medium:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        # Saved to a folder and loaded from there, as a user's model is: TRL builds (b)'s reference model from the
+        # policy's name, which a model built in memory does not have.
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from gpu_check import build_model
 
-        tokenizer = modeling.load_tokenizer(recipe.model)
-        config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=1024, n_layer=24, n_head=16,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        model = GPT2LMHeadModel(config)
-    else:
-        tokenizer, model = modeling.load_tokenizer(recipe.model), modeling.load_model(recipe.model)
+        folder = Path(tempfile.gettempdir()) / "gsm8k-tr-random-gpt2-medium"
+        if not (folder / "config.json").is_file():
+            build_model(folder)
+        recipe.model.name_or_path = str(folder)
+    tokenizer, model = modeling.load_tokenizer(recipe.model), modeling.load_model(recipe.model)
     modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     count = modeling.token_counter(tokenizer)
     examples, _ = stage_rows.grpo_examples(rows, recipe, count, args.completion_length, modeling.context_length(model))

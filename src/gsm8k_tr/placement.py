@@ -22,7 +22,8 @@ Open this module to learn what a run does on a machine:
   elementwise ops in Python) as PyTorch's one fused op, the same function;
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
 - **data loading** (`pin_memory`): pinned host memory only with a GPU;
-- **memory** (`accelerator_memory`): the GPU's free memory, for the plan.
+- **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free
+  memory, or the host's on a CPU, for the plan.
 
 `describe` gathers the choices for the manifest. The micro-batch is the
 memory plan's decision (`train/memory.py`), recorded beside these.
@@ -191,6 +192,14 @@ def kv_cache(device_type: str) -> str | None:
     is written in place. On a GPU static is not yet measured, so the default stays.
     """
     return "static" if device_type == "cpu" else None
+
+
+def available_host_memory() -> float:
+    """The memory the system has available now, in GiB (what a CPU run can use)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB
+    except (ValueError, OSError, AttributeError):  # not Linux: assume a laptop's share
+        return 8.0
 
 
 def rollout_path(device_type: str, sharded: bool, vllm: bool) -> dict[str, Any]:

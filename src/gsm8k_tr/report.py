@@ -96,17 +96,56 @@ def plot_rewards(history: list[dict[str, Any]], target: Path, held_out: str = "h
 
 
 def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
-    """SFT training loss over steps."""
+    """SFT training loss over steps, with held-out accuracy from its evaluations on a second axis."""
     import matplotlib.pyplot as plt
 
     steps, loss = _series(history, "loss")
     if not steps:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, marker=".")
+    ax.plot(steps, loss, marker=".", label="training loss")
     ax.set_xlabel("SFT step")
     ax.set_ylabel("loss (completion tokens)")
+    evaluated, accuracy = _series(history, "eval_accuracy")
+    if evaluated:
+        right = ax.twinx()
+        right.plot(evaluated, accuracy, "o--", color="tab:red", label="held-out accuracy")
+        right.set_ylabel("held-out accuracy")
+        right.set_ylim(0, 1)
+        right.legend(loc="lower right")
     return _save(fig, ax, "SFT loss", target)
+
+
+def plot_budget(result: dict[str, Any], target: Path) -> bool:
+    """`benchmarks/sft_vs_grpo.py`'s output: test accuracy against budget, (a) more SFT and (b) GRPO from the same
+    SFT start; one thin line per seed and the mean over seeds; by wall time and by tokens trained plus generated."""
+    import matplotlib.pyplot as plt
+
+    seeds = result.get("seeds") or []
+    if not seeds:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for key, label, color in (("more_sft", "(a) more SFT", "tab:blue"), ("grpo", "(b) GRPO", "tab:red")):
+        for ax, unit in zip(axes, ("seconds", "tokens")):
+            lines = []
+            for s in seeds:
+                run, start = s[key], s["start"]["test_accuracy"]
+                steps = max(run["steps"], 1)
+                scale = run["seconds"] / steps if unit == "seconds" else run["tokens"]["total"] / steps
+                xs = [0.0] + [p["step"] * scale for p in run["curve"]]
+                ys = [start] + [p["accuracy"] for p in run["curve"]]
+                ax.plot(xs, ys, color=color, alpha=0.3, linewidth=1)
+                lines.append((xs, ys))
+            width = min(len(xs) for xs, _ in lines)
+            mean_x = [sum(xs[i] for xs, _ in lines) / len(lines) for i in range(width)]
+            mean_y = [sum(ys[i] for _, ys in lines) / len(lines) for i in range(width)]
+            ax.plot(mean_x, mean_y, "o-", color=color, linewidth=2, label=f"{label}, mean of {len(seeds)} seeds")
+    axes[0].set_xlabel("budget after the SFT start: wall-clock seconds")
+    axes[1].set_xlabel("budget after the SFT start: tokens trained + generated")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Same start, same budget: more SFT or GRPO")
+    return _save(fig, axes[1], "", target)
 
 
 def plot_stages(evals: dict[str, dict[str, Any]], target: Path) -> bool:
@@ -171,13 +210,16 @@ def main(run_dir: str) -> Path:
         raise UserError(f"run folder {run_dir!r} does not exist")
     sft, grpo, evals = _history(run, "sft"), _history(run, "grpo"), evaluations(run)
     held_out = _held_out(run)
-    if not (sft or grpo or evals):
+    budget = run / "sft_vs_grpo.json"
+    if not (sft or grpo or evals or budget.is_file()):
         raise UserError(f"{run_dir!r} has no stage outputs (sft/, grpo/) or evaluations (eval/); is it a run folder?")
     plots = {
         "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
         "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
         "stages.png": plot_stages(evals, run / "stages.png"),
         "lengths.png": plot_lengths({n: _lengths(run, n) for n in evals}, run / "lengths.png"),
+        "sft_vs_grpo.png": budget.is_file() and plot_budget(json.loads(budget.read_text(encoding="utf-8")),
+                                                            run / "sft_vs_grpo.png"),
     }
     lines = [f"# Report: {run.name}", ""]
     if evals:
@@ -191,7 +233,8 @@ def main(run_dir: str) -> Path:
     if any("eval/accuracy" in entry for entry in grpo):
         lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
-                        ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths")):
+                        ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
+                        ("sft_vs_grpo.png", "Same budget: more SFT or GRPO")):
         if plots[name]:
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
     target = run / "report.md"

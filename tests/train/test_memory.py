@@ -106,3 +106,56 @@ def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
         pytest.skip("this machine has a GPU: the no-GPU answer is not what it gives")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no CUDA GPU" in done.stderr
+
+
+@pytest.mark.parametrize("stage, longest, memory_gib, micro, accumulation", [
+    ("sft", 120, 22.0, 32, 1),    # GSM8K-TR rows of ~120 tokens: the whole effective batch of 32 in one micro-batch
+    ("sft", 400, 22.0, 16, 2),    # longer rows: two micro-batches
+    ("sft", 1024, 22.0, 8, 4),    # the longest the context allows: the recipe's own split (18.6 GiB)
+    ("sft", 120, 4.0, 4, 8),      # a small GPU: small micro-batches, the same effective batch
+    ("grpo", 150, 60.0, 64, 1),   # GRPO: 64 completions of one step in one micro-batch on an 80 GB card
+    ("grpo", 150, 10.0, 8, 8),    # a multiple of the group of 8, never 4 or 2
+])
+def test_auto_micro_batch_keeps_the_effective_batch_and_fits(stage: str, longest: int, memory_gib: float, micro: int,
+                                                              accumulation: int) -> None:
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
+
+    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", ["sft.per_device_train_batch_size=auto",
+                                                                        "grpo.per_device_train_batch_size=auto"])
+    cls, defaults = (trl.SFTConfig, SFT_DEFAULTS) if stage == "sft" else (trl.GRPOConfig, GRPO_DEFAULTS)
+    section = {k: v for k, v in getattr(recipe, stage).items() if k not in ("bf16", "fp16")}
+    config = trl_config(cls, stage, section, {**defaults, "bf16": True, "use_cpu": True},
+                        {"output_dir": ("/nonexistent", "")})
+    batch = memory.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, longest, getattr(config, "num_generations", 1),
+                                   (True, memory_gib))
+    assert (batch["per_device_train_batch_size"], batch["gradient_accumulation_steps"]) == (micro, accumulation)
+    assert micro * accumulation == 8 * getattr(recipe, stage)["gradient_accumulation_steps"]
+    assert batch["planned_gib"] <= memory.FITS_SHARE * memory_gib or micro == (8 if stage == "grpo" else 1)
+
+
+@pytest.mark.slow
+def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_model_dir: Path) -> None:
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_steps=2",
+                   "sft.per_device_train_batch_size=auto", "sft.gradient_accumulation_steps=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    batch = manifest["micro_batch"]
+    assert batch["per_device_train_batch_size"] * batch["gradient_accumulation_steps"] == 16  # 8 x 2, kept
+    assert batch["longest_tokens"] > 20 and batch["on_gpu"] is False
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
+    # The GPU check's own code, on the CPU with the tiny model, so it works the first time a GPU is there.
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--questions", "4", "--keep",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["sft"]["tokens_per_s"] > 0 and result["sft"]["micro_batch"]["per_device_train_batch_size"] >= 8
+    assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
+    assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
+    assert result["eval"]["generated_tokens_per_s"] > 0
+    assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout

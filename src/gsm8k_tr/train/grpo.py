@@ -146,12 +146,18 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     config = grpo_args(recipe, stop_ids(model), context)
     completion = config.max_completion_length
 
-    memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config, config.num_generations)
-
     count = modeling.token_counter(tokenizer)
     prompts, counts = examples.grpo_examples(rows, recipe, count, completion, context)
     examples.require_rows(prompts, counts, STAGE)
     log.info("grpo data: %s", counts)
+    shape, longest = memory.Shape.from_config(model.config), max(count(p["prompt"]) for p in prompts)
+    batch = None
+    if memory.wants_auto(recipe.grpo):  # the largest micro-batch the plan fits at these lengths, same generation batch
+        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest, config.num_generations)
+        recipe = memory.with_micro_batch(recipe, STAGE, batch)
+        config = grpo_args(recipe, stop_ids(model), context)
+        log.info("grpo micro-batch (auto): %s", batch)
+    plan = memory.check_fits(shape, recipe, STAGE, config, config.num_generations, longest)  # on a GPU
     filtered = None
     if recipe.prompt_filter.samples:  # keep the prompts the start model sometimes gets right
         prompts, filtered = prompt_filter.apply(model, tokenizer, prompts, recipe, config, folder,
@@ -175,6 +181,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None,
-                            rollouts=trainer.rollouts,
+                            rollouts=trainer.rollouts, micro_batch=batch, memory_plan=plan.as_dict() if plan else None,
                             prompt_filter=filtered)
     return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

@@ -39,45 +39,62 @@ class GuardNonFinite:
         super().__init__(*args, **kwargs)
         self.skipped_steps: int | None = None  # read back from the log history when first needed
         self.scaler_skipped_steps: int | None = None
+        self._bad_loss: Any = None  # the first non-finite micro-batch loss since the last optimizer step (on device)
         self.add_callback(_gradient_check(self))
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        import math
+        import torch
 
         loss = super().training_step(*args, **kwargs)
-        value = float(loss.detach())
-        if not math.isfinite(value) and self.on_non_finite == "stop":
-            self._stop(f"the training loss became {value}")
-        return loss  # under `skip`, its gradients are dropped before the optimizer step
+        # Kept on the device: reading the value here would wait for the GPU at every micro-batch, so the CPU could
+        # not queue the next one. The check reads it once, before the optimizer step.
+        value = loss.detach()
+        first = self._bad_loss if self._bad_loss is not None else torch.zeros_like(value)
+        self._bad_loss = torch.where(torch.isfinite(first) & ~torch.isfinite(value), value, first)
+        return loss
 
     def check_gradients(self) -> None:
-        """Before each optimizer step: stop, or drop every gradient, if any of them is not finite.
+        """Before each optimizer step: stop, or drop every gradient, if a loss or gradient since the last one is
+        not finite (one read from the device per optimizer step).
 
         A step the fp16 gradient scaler skips itself is only counted.
         """
         import torch
 
+        bad_loss, self._bad_loss = self._bad_loss, None
         if self.scaler_will_skip():
             self.scaler_skipped_steps = self._so_far("scaler_skipped_steps") + 1
             log.info("step %d: the fp16 gradient scaler found inf/NaN gradients; it skips this step and lowers its "
                      "scale (%d so far)", self.state.global_step + 1, self.scaler_skipped_steps)
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
+        found = []  # [loss, gradient norm], as far as they are known (DeepSpeed keeps gradients to itself)
+        if bad_loss is not None:
+            found.append(bad_loss.float().reshape(()))
+        if grads:
+            found.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float())
+                                                               for g in grads])).to(found[0].device if found else None))
+        if not found:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
-        bad = (~torch.isfinite(norm)).float()
+        values = torch.stack(found)
+        bad = (~torch.isfinite(values)).any().float()
         if self.accelerator.num_processes > 1:  # sharded gradients (FSDP): every rank must decide the same
             bad = self.accelerator.reduce(bad, reduction="sum")
         if not bad.item():
             return
+        read = values.tolist()  # only on the bad path: a second read does not matter here
+        loss = read[0] if bad_loss is not None else 0.0
+        norm = read[-1] if grads else None
         if self.on_non_finite == "stop":
-            self._stop(f"the gradient norm became {float(norm)}")
+            import math
+
+            self._stop(f"the training loss became {loss}" if not math.isfinite(loss)
+                       else f"the gradient norm became {norm}")
         for p in self.model.parameters():
             p.grad = None
         self.skipped_steps = self._skipped_so_far() + 1
-        log.warning("step %d: the loss or gradient norm is not finite (%s); skipped this optimizer step "
-                    "(on_non_finite: skip; %d skipped so far)", self.state.global_step + 1, float(norm),
+        log.warning("step %d: the loss or gradient norm is not finite (loss %s, gradient norm %s); skipped this "
+                    "optimizer step (on_non_finite: skip; %d skipped so far)", self.state.global_step + 1, loss, norm,
                     self.skipped_steps)
 
     def scaler(self) -> Any:

@@ -176,14 +176,19 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     return StagePlan(stage, gib, peak / GIB, memory_gib, fits, dict(settings))
 
 
-def stage_settings(recipe: Recipe, stage: str, config: Any, context: int) -> dict[str, Any]:
-    """What the estimate reads from a stage's TRL config: batch sizes, lengths, precision, checkpointing."""
+def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
+                   longest: int | None = None) -> dict[str, Any]:
+    """What the estimate reads from a stage's TRL config: batch sizes, lengths, precision, checkpointing.
+
+    `longest`: the data's longest SFT example or GRPO prompt in tokens, when known; otherwise the plan
+    assumes the longest the recipe allows.
+    """
     micro = config.per_device_train_batch_size
     if stage == "sft":  # batches pad to their longest example: at worst max_length
-        length = min(config.max_length or context, context, EXAMPLE_TOKENS)
+        length = min(config.max_length or context, context, longest or EXAMPLE_TOKENS)
         generation_batch = eval_batch = eval_length = 0
     else:  # prompts are left-padded to the longest one, completions run to their limit
-        length = min(context, PROMPT_TOKENS + config.max_completion_length)
+        length = min(context, (longest or PROMPT_TOKENS) + config.max_completion_length)
         steps = getattr(config, "steps_per_generation", None) or config.gradient_accumulation_steps
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
@@ -243,16 +248,61 @@ def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool
     return found[:2]
 
 
-def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1) -> StagePlan | None:
+AUTO = "auto"  # per_device_train_batch_size: auto
+
+
+def wants_auto(section: dict[str, Any]) -> bool:
+    """Whether a stage section asks for `per_device_train_batch_size: auto`."""
+    return section.get("per_device_train_batch_size") == AUTO
+
+
+def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longest: int | None,
+                    num_generations: int = 1, memory: tuple[bool, float] | None = None) -> dict[str, Any]:
+    """`per_device_train_batch_size: auto`: the largest micro-batch that fits at the data's real lengths.
+
+    The effective batch is kept: the recipe's `gradient_accumulation_steps`
+    times the default micro-batch (the config was built with it), split into
+    the fewest micro-batches whose plan fits, under GRPO a multiple of the
+    group size. On a GPU the plan is held to its free memory; on a CPU to
+    half the memory the system has available (`memory`: (on a GPU, GiB)
+    instead). Returns the two TRL keys and the plan's numbers, for the manifest.
+    """
+    effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    on_gpu, free = memory or placement.accelerator_memory()
+    if not on_gpu or free is None:
+        free = placement.available_host_memory() / 2
+    candidates = [m for m in range(effective, 0, -1)
+                  if effective % m == 0 and (stage != "grpo" or m % num_generations == 0)] or [effective]
+    for micro in candidates:
+        settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
+        plan = estimate(shape, stage, settings, on_gpu, free)
+        if plan.peak_gib <= FITS_SHARE * free or micro == candidates[-1]:
+            return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro,
+                    "longest_tokens": longest, "planned_gib": round(plan.peak_gib, 2), "memory_gib": round(free, 1),
+                    "on_gpu": on_gpu}
+    raise AssertionError("unreachable: the last candidate is always returned")
+
+
+def with_micro_batch(recipe: Recipe, stage: str, batch: dict[str, Any]) -> Recipe:
+    """The recipe with `fit_micro_batch`'s split written into the stage's section."""
+    import dataclasses
+
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    return dataclasses.replace(recipe, **{stage: {**getattr(recipe, stage), **{k: batch[k] for k in keys}}})
+
+
+def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1,
+               longest: int | None = None) -> StagePlan | None:
     """Before a stage starts on a GPU: stop with one line when the recipe clearly does not fit.
 
     "Clearly": the estimate is over the free memory by more than 10%, so a
     recipe at the edge still gets to try. Off a GPU this checks nothing.
+    `longest`: the data's longest example or prompt, once the stage knows it.
     """
     on_gpu, free = placement.accelerator_memory()
     if not on_gpu or free is None:
         return None
-    settings = stage_settings(recipe, stage, config, shape.context)
+    settings = stage_settings(recipe, stage, config, shape.context, longest)
     plan = estimate(shape, stage, settings, on_gpu, free)
     if plan.peak_gib <= 1.1 * FITS_SHARE * free:
         return plan

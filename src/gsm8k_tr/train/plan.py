@@ -14,7 +14,7 @@ from typing import Any
 from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError, one_line
-from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
+from gsm8k_tr.train.memory import Shape, StagePlan, estimate, fit_micro_batch, stage_settings, wants_auto
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
         args = trl_config(cls, stage, values, {**defaults, **neutral}, {**forced, **extra})
+        if wants_auto(section):  # the micro-batch the stage would choose at the planned lengths
+            batch = fit_micro_batch(shape, recipe, stage, args, None, getattr(args, "num_generations", 1),
+                                    (on_gpu, free) if on_gpu else None)
+            args.per_device_train_batch_size = batch["per_device_train_batch_size"]
+            args.gradient_accumulation_steps = batch["gradient_accumulation_steps"]
         settings = stage_settings(recipe, stage, args, shape.context)
         explicit_off = section.get("bf16") is False and section.get("fp16") is False
         settings["mixed_precision"] = on_gpu and not explicit_off

@@ -71,12 +71,18 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     config = sft_args(recipe, stop, context)
     max_length = config.max_length or context  # null: no truncation, so the whole context
 
-    memory.check_fits(memory.Shape.from_config(model.config), recipe, STAGE, config)  # on a GPU: stop if it cannot fit
-
     count = modeling.token_counter(tokenizer)
     pairs, counts = examples.sft_examples(rows, recipe, stop, count, max_length)
     examples.require_rows(pairs, counts, STAGE)
     log.info("sft data: %s", counts)
+    shape, longest = memory.Shape.from_config(model.config), max(count(p["prompt"] + p["completion"]) for p in pairs)
+    batch = None
+    if memory.wants_auto(recipe.sft):  # the largest micro-batch the plan fits at these lengths, same effective batch
+        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest)
+        recipe = memory.with_micro_batch(recipe, STAGE, batch)
+        config = sft_args(recipe, stop, context)
+        log.info("sft micro-batch (auto): %s", batch)
+    plan = memory.check_fits(shape, recipe, STAGE, config, longest=longest)  # on a GPU: stop if it cannot fit
 
     evaluating = config.eval_strategy != "no"
     if evaluating:  # the validation loss beside held-out accuracy
@@ -98,5 +104,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     started = time.perf_counter()
     final = stage.train(trainer, checkpoint)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
-                            held_out=trainer.held_out.where if evaluating else None, **stage.best_model(trainer))
+                            held_out=trainer.held_out.where if evaluating else None, micro_batch=batch,
+                            memory_plan=plan.as_dict() if plan else None,
+                            **stage.best_model(trainer))
     return stage.finish(trainer, folder, recipe, STAGE, info, final_checkpoint=final)

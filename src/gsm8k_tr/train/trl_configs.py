@@ -123,11 +123,15 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     """Build TRL's `config_cls` from recipe `values` over our `defaults`.
 
     Keys must be fields of the TRL class; `forced` keys are set by gsm8k-tr
-    (value, why) and may not appear in the recipe.
+    (value, why) and may not appear in the recipe. `per_device_train_batch_size:
+    auto` builds with the default micro-batch; the stage then lets the memory
+    plan split the same effective batch (`memory.fit_micro_batch`).
     """
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
     hints = _field_types(config_cls)
     values = dict(values)
+    if values.get("per_device_train_batch_size") == "auto":
+        values.pop("per_device_train_batch_size")
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")

@@ -1,0 +1,166 @@
+"""Does GRPO pay for its cost? From the same SFT start, the same budget spent two ways, over seeds.
+
+    python benchmarks/sft_vs_grpo.py                                  # the demo recipe, seeds 42 43 44
+    python benchmarks/sft_vs_grpo.py --seeds 42 --grpo-steps 100 grpo.learning_rate=5e-4
+
+For each seed:
+1. SFT to its plateau: the recipe's SFT with its evaluations and
+   `eval.sft_patience` (validation accuracy stops improving; the best
+   checkpoint is kept). This is the common start.
+2. (b) GRPO from it, as the recipe says (the in-training held-out check off: it
+   is monitoring, not training). Its wall time is the budget.
+3. (a) More SFT from the same start for the same wall time: a fresh LoRA
+   adapter on the start's merged weights, the recipe's SFT settings, as many
+   steps as the budget buys at the start's own seconds per step, evaluated as
+   the recipe's SFT evaluates, the best checkpoint by validation kept (no
+   early stop: it may use its whole budget).
+Both are graded on the test split at the end and at `--points` checkpoints on
+the way (the curve of accuracy against budget). The budget is also counted in
+tokens: trained (TRL's `num_tokens`, prompt and completion) plus generated.
+
+Prints a table per seed, the mean and spread over seeds, and the mean gain of
+(b) over (a); writes `{output}/sft_vs_grpo.json` and `{output}/sft_vs_grpo.png`
+(`gsm8k-tr report {output}` shows them too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _history(folder: Path) -> list[dict[str, Any]]:
+    return json.loads((folder / "log_history.json").read_text())
+
+
+def _tokens(history: list[dict[str, Any]], completions_per_step: int = 0) -> dict[str, float]:
+    """Tokens trained (TRL's cumulative `num_tokens`) and, for GRPO, generated (completion lengths x completions)."""
+    trained = max((e["num_tokens"] for e in history if "num_tokens" in e), default=0.0)
+    generated = sum(e["completions/mean_length"] * completions_per_step for e in history
+                    if "completions/mean_length" in e)
+    return {"trained": trained, "generated": generated, "total": trained + generated}
+
+
+def _test(model: str, recipe: Any, output: Path) -> float:
+    from gsm8k_tr.infer import evaluate
+
+    return evaluate.main(model, recipe, output=str(output), overwrite=True)["accuracy"]
+
+
+def _curve(stage: Path, recipe: Any, seconds: float, steps: int, out: Path) -> list[dict[str, float]]:
+    """Test accuracy at each saved checkpoint, placed on the budget by its share of the run's steps."""
+    points = []
+    for checkpoint in sorted(stage.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(checkpoint.name.split("-")[1])
+        points.append({"step": step, "seconds": seconds * step / steps,
+                       "accuracy": _test(str(checkpoint), recipe, out / f"eval-{stage.name}-{step}")})
+    return points
+
+
+def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: int,
+             overrides: list[str]) -> dict[str, Any]:
+    """The start, (a) and (b) for one seed."""
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.run_folder import prepared_data
+    from gsm8k_tr.train import grpo, sft
+
+    folder = out / f"seed-{seed}"
+    common = [f"seed={seed}", *overrides]
+    start_recipe = load_recipe(config, [f"output_dir={folder / 'start'}", *common])
+    data = str(prepared_data(start_recipe))
+    start = sft.main(start_recipe, resume=True)
+    start_dir = folder / "start" / "sft"
+    per_step = start["train_seconds"] / start["global_step"]
+    start_tokens = _tokens(_history(start_dir))["total"]
+    result: dict[str, Any] = {"seed": seed, "start": {
+        "steps": start["global_step"], "best_step": start.get("best_step"), "seconds": start["train_seconds"],
+        "tokens": start_tokens, "test_accuracy": _test(str(start_dir), start_recipe, folder / "eval-start")}}
+
+    grpo_recipe = load_recipe(config, [f"output_dir={folder / 'grpo'}", f"model.sft_output={start_dir}",
+                                       f"data.dataset={data}", "eval.every_steps=0", *common,
+                                       *([f"grpo.max_steps={grpo_steps}"] if grpo_steps else [])])
+    steps = grpo_recipe.grpo.get("max_steps", 500)
+    grpo_recipe.grpo["save_steps"] = max(1, steps // points)
+    grpo_recipe.grpo["save_total_limit"] = None
+    manifest = grpo.main(grpo_recipe, resume=True)
+    completions = grpo_recipe.grpo.get("per_device_train_batch_size", 8) * \
+        grpo_recipe.grpo.get("gradient_accumulation_steps", 1)
+    budget = manifest["train_seconds"]
+    grpo_dir = folder / "grpo" / "grpo"
+    result["grpo"] = {"steps": manifest["global_step"], "seconds": budget,
+                      "tokens": _tokens(_history(grpo_dir), completions),
+                      "test_accuracy": _test(str(grpo_dir), grpo_recipe, folder / "eval-grpo"),
+                      "curve": _curve(grpo_dir, grpo_recipe, budget, manifest["global_step"], folder)}
+
+    sft_steps = max(1, round(budget / per_step))
+    more = load_recipe(config, [f"output_dir={folder / 'more-sft'}", f"model.name_or_path={start_dir / 'merged'}",
+                                f"data.dataset={data}", f"sft.max_steps={sft_steps}", "eval.sft_patience=0", *common])
+    every = max(1, sft_steps // points)
+    more.sft.update({"save_steps": every, "eval_steps": every, "save_total_limit": None})
+    more_manifest = sft.main(more, resume=True)
+    more_dir = folder / "more-sft" / "sft"
+    result["more_sft"] = {"steps": more_manifest["global_step"], "best_step": more_manifest.get("best_step"),
+                          "seconds": more_manifest["train_seconds"], "tokens": _tokens(_history(more_dir)),
+                          "test_accuracy": _test(str(more_dir), more, folder / "eval-more-sft"),
+                          "curve": _curve(more_dir, more, more_manifest["train_seconds"], more_manifest["global_step"],
+                                          folder)}
+    return result
+
+
+def summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and range over seeds of each way's test accuracy, and of (b) - (a)."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values)}
+
+    gains = [s["grpo"]["test_accuracy"] - s["more_sft"]["test_accuracy"] for s in seeds]
+    over_start = [s["grpo"]["test_accuracy"] - s["start"]["test_accuracy"] for s in seeds]
+    return {"start": stats([s["start"]["test_accuracy"] for s in seeds]),
+            "more_sft": stats([s["more_sft"]["test_accuracy"] for s in seeds]),
+            "grpo": stats([s["grpo"]["test_accuracy"] for s in seeds]),
+            "grpo_minus_more_sft": stats(gains), "grpo_minus_start": stats(over_start),
+            "grpo_gained_on_every_seed": all(g > 0 for g in over_start)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "demo.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--grpo-steps", type=int, help="GRPO steps (default: the recipe's)")
+    parser.add_argument("--points", type=int, default=4, help="checkpoints graded on the way, per run")
+    parser.add_argument("--output", default=str(ROOT / "runs" / "sft-vs-grpo"))
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for every run, key=value")
+    args = parser.parse_args()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    seeds = [one_seed(args.config, seed, out, args.grpo_steps, args.points, args.overrides) for seed in args.seeds]
+    result = {"config": args.config, "overrides": args.overrides, "seeds": seeds, "summary": summary(seeds),
+              "seconds": round(time.perf_counter() - started)}
+    (out / "sft_vs_grpo.json").write_text(json.dumps(result, indent=1))
+    from gsm8k_tr import report
+
+    report.plot_budget(result, out / "sft_vs_grpo.png")
+    print(f"{'seed':>5} {'start':>7} {'(a) more SFT':>13} {'(b) GRPO':>9} {'b - a':>7}   budget: s (a / b), tokens (a / b)")
+    for s in seeds:
+        a, b = s["more_sft"], s["grpo"]
+        print(f"{s['seed']:>5} {s['start']['test_accuracy']:>7.3f} {a['test_accuracy']:>13.3f} {b['test_accuracy']:>9.3f} "
+              f"{b['test_accuracy'] - a['test_accuracy']:>+7.3f}   {a['seconds']:.0f} / {b['seconds']:.0f} s, "
+              f"{a['tokens']['total']:,.0f} / {b['tokens']['total']:,.0f} tokens")
+    m = result["summary"]
+    print(f"mean over {len(seeds)} seeds: start {m['start']['mean']:.3f}, (a) {m['more_sft']['mean']:.3f} "
+          f"± {m['more_sft']['std']:.3f}, (b) {m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f}; "
+          f"(b) - (a) {m['grpo_minus_more_sft']['mean']:+.3f} (range {m['grpo_minus_more_sft']['min']:+.3f} to "
+          f"{m['grpo_minus_more_sft']['max']:+.3f}); GRPO gained over its start on every seed: "
+          f"{m['grpo_gained_on_every_seed']}")
+    print(f"wrote {out / 'sft_vs_grpo.json'} and {out / 'sft_vs_grpo.png'}")
+
+
+if __name__ == "__main__":
+    main()
