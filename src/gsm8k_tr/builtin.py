@@ -33,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.data.synth import ONE_STEP
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 10
+BUILD_VERSION = 9
 HTML_TAGS = ("b", "i", "p", "em", "not", "span")
 SPECIAL_TOKENS = ["<|endoftext|>"]
 STOP = "<|stop|>"  # an added token that is not special, as the instruct model's tokenizer may declare it
@@ -96,31 +95,25 @@ class Spec:
     learning_rate: float = 3e-3
     problems: int = 4000
     n_positions: int = 512
-    kinds: tuple[str, ...] | None = None  # the problem kinds it reads solved (None: all); the others it never sees
-    facts: float = 0.0  # the share of its texts that are arithmetic facts instead of solved problems
 
 
 SPECS: dict[str, Spec] = {
     # Seconds to build; enough that SFT can teach it the tags in a few dozen steps.
     "tiny-gpt2": Spec(n_embd=64, n_layer=2, n_head=4, steps=300),
-    # The demo's stand-in for the pretrained Turkish GPT-2: about 7 minutes on 2 CPU cores. Like the real model, it
-    # has read Turkish, instructions and arithmetic, and solved one-step problems, but never the multi-step kinds
-    # the demo trains and tests on: SFT has to teach those from the data's noisy solutions.
-    "demo-gpt2": Spec(n_embd=128, n_layer=4, n_head=4, steps=1100, problems=12000, kinds=ONE_STEP, facts=0.35),
+    # The demo's stand-in for the pretrained Turkish GPT-2: about 6 minutes on 2 CPU cores.
+    "demo-gpt2": Spec(n_embd=128, n_layer=4, n_head=4, steps=1100, problems=12000),
 }
 
 
-def pretraining_texts(count: int, seed: int, kinds: tuple[str, ...] | None = None, facts: float = 0.0) -> list[str]:
-    """Instruct-style examples without tags (prompt, free-text solution, stop token), and arithmetic facts.
+def pretraining_texts(count: int, seed: int) -> list[str]:
+    """Instruct-style examples without tags: prompt, free-text solution, stop token.
 
     The stand-in base model learns what the real instruct model already
     knows (the prompt format, Turkish solutions, stopping, that markup
-    exists, arithmetic) and nothing of the `<sebep>`/`<cevap>` format that SFT
-    is there to teach. Without any markup the tied embeddings of `<` and `</`
-    stay untrained, and LoRA, which leaves embeddings alone, can hardly learn
-    to emit them: a quirk of a from-scratch model that the real one lacks.
-    `kinds` limits the solved problems to those kinds; `facts` is the share of
-    texts that are lines of arithmetic facts (`synth.arithmetic_facts`).
+    exists) and nothing of the `<sebep>`/`<cevap>` format that SFT is there
+    to teach. Without any markup the tied embeddings of `<` and `</` stay
+    untrained, and LoRA, which leaves embeddings alone, can hardly learn to
+    emit them: a quirk of a from-scratch model that the real one lacks.
     """
     from gsm8k_tr.config import PromptConfig
     from gsm8k_tr.data import synth
@@ -132,7 +125,7 @@ def pretraining_texts(count: int, seed: int, kinds: tuple[str, ...] | None = Non
     prompt = PromptConfig()
     rng = random.Random(seed)
     texts = []
-    for row in synth.make_problems(count, seed + 1, kinds=kinds):
+    for row in synth.make_problems(count, seed + 1):
         if split_position(row["question"]) < HELD_OUT_BAND:
             continue  # never a question that a recipe with test_fraction <= HELD_OUT_BAND may test on
         answer = row["solution"]
@@ -140,10 +133,6 @@ def pretraining_texts(count: int, seed: int, kinds: tuple[str, ...] | None = Non
             tag = rng.choice(HTML_TAGS)
             answer = f"<{tag}>{answer}</{tag}>"
         texts.append(build_prompt(row["question"], prompt) + answer + STOP)
-    known = synth.arithmetic_facts(seed)
-    for _ in range(round(len(texts) * facts / (1 - facts)) if facts else 0):  # a few facts a line, as in a textbook
-        texts.append(". ".join(rng.choice(known) for _ in range(rng.randint(3, 8))) + ".")
-    rng.shuffle(texts)
     return texts
 
 
@@ -191,7 +180,7 @@ def build(spec: Spec, target: Path, seed: int = 0) -> None:
     tokenizer = train_tokenizer(tokenizer_corpus())
     model = GPT2LMHeadModel(gpt2_config(spec, tokenizer))
     model.loss_type = "ForCausalLM"  # the loss transformers falls back to, named (see modeling.name_causal_lm_loss)
-    loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed, spec.kinds, spec.facts), spec, seed)
+    loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed), spec, seed)
     log.info("pretrained for %d steps, final loss %.3f", spec.steps, loss)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)

@@ -215,9 +215,14 @@ def rollout_path(device_type: str, sharded: bool, vllm: bool) -> dict[str, Any]:
             "cache_implementation": None if vllm else kv_cache(device_type)}
 
 
+def weights_whole() -> bool:
+    """Whether each process holds the whole model (no FSDP or DeepSpeed sharding), so an adapter can be merged."""
+    return requested_kind() is None
+
+
 def rollouts(vllm: bool) -> dict[str, Any]:
     """The rollout path on this machine, for this launch."""
-    return rollout_path(training_device_type(), requested_kind() is not None, vllm)
+    return rollout_path(training_device_type(), not weights_whole(), vllm)
 
 
 def fused_activation(activation: str | None) -> str | None:

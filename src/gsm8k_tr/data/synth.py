@@ -186,38 +186,11 @@ def _weight(r: random.Random) -> Problem:
 TEMPLATES: dict[Callable[[random.Random], Problem], float] = {
     _add: 0.05, _sub: 0.05, _groups: 0.3, _money: 0.3, _percent: 0.6, _time: 0.6, _share: 0.05, _weight: 0.05,
 }
-KINDS = {"add": _add, "sub": _sub, "groups": _groups, "money": _money, "percent": _percent, "time": _time,
-         "share": _share, "weight": _weight}
-# One operation each; the others chain two (a product or quotient, then a sum, difference or conversion).
-ONE_STEP = ("add", "sub", "weight")
 
 
 def kind_of(template: Callable[[random.Random], Problem]) -> str:
-    """A template's kind name (`_percent` → `percent`)."""
+    """A template's kind name (`_percent` → `percent`), kept with each row for analysis by kind."""
     return template.__name__.lstrip("_")
-
-
-def arithmetic_facts(seed: int = 0) -> list[str]:
-    """The arithmetic the templates use, as plain facts in Turkish notation, shuffled: products, quotients,
-    percentages, sums and differences over the templates' number ranges, one fact each, no word problems.
-
-    >>> facts = arithmetic_facts()
-    >>> "7 x 8 = 56" in facts, "120 / 60 = 2" in facts, "80 TL'nin %25'i 20 TL'dir" in facts
-    (True, True, True)
-    """
-    facts = {f"{a} x {b} = {a * b}" for a in range(2, 10) for b in range(2, 10)}
-    facts |= {f"{a} x {b} = {tr_number(a * b)}" for a in range(2, 15) for b in (5, 10, 15, 20, 30, 50, 60)}
-    facts |= {f"{a * b} / {b} = {a}" for a in range(1, 15) for b in range(2, 10)}
-    facts |= {f"{m} / 60 = {m // 60}" for m in range(60, 901, 60)}
-    facts |= {f"{p} TL'nin %{pct}'i {p * pct // 100} TL'dir" for p in range(20, 101, 20) for pct in (10, 20, 25)}
-    facts |= {f"{p} x {pct} / 100 = {p * pct // 100}" for p in range(20, 101, 20) for pct in (10, 20, 25)}
-    facts |= {f"{a} + {b} = {a + b}" for a in range(2, 26) for b in range(1, 10)}
-    facts |= {f"{a} - {b} = {a - b}" for a in range(2, 101) for b in range(1, 10) if a > b}
-    facts |= {f"{tr_number(budget)} - {tr_number(t)} = {tr_number(budget - t)}" for budget in (100, 200, 500, 1000)
-              for t in range(10, 251, 5) if t < budget}
-    ordered = sorted(facts)
-    random.Random(seed).shuffle(ordered)
-    return ordered
 
 
 def answer_text(value: int | Fraction) -> str:
@@ -226,20 +199,18 @@ def answer_text(value: int | Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
 
 
-def make_problems(count: int, seed: int = 0, noisy: bool = True,
-                  kinds: tuple[str, ...] | None = None) -> list[dict[str, str]]:
+def make_problems(count: int, seed: int = 0, noisy: bool = True) -> list[dict[str, str]]:
     """`count` distinct problems as {"question", "solution", "gold", "kind"} rows, deterministic for a seed.
 
     With `noisy`, a row's solution is its template's wrong one at that
-    template's error rate. `kinds` (default: all) draws from those templates only.
+    template's error rate.
 
     >>> rows = make_problems(3, seed=1)
     >>> len(rows), sorted(rows[0])
     (3, ['gold', 'kind', 'question', 'solution'])
     """
     r = random.Random(seed)
-    chosen = {t: rate for t, rate in TEMPLATES.items() if kinds is None or kind_of(t) in kinds}
-    templates, rates = list(chosen), list(chosen.values())
+    templates, rates = list(TEMPLATES), list(TEMPLATES.values())
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     attempts = 0

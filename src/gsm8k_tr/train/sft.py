@@ -96,7 +96,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                          processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
     trainer.on_non_finite = recipe.on_non_finite
     if evaluating:
-        trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe, merge=placement.rollouts(False)["merge_lora"])
+        trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe, merge=placement.weights_whole())
     if recipe.eval.sft_patience:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=recipe.eval.sft_patience))
     use_compact_progress(trainer)
