@@ -7,8 +7,8 @@
 (a) today: a PEFT model with the LoRA adapter unmerged, transformers' dynamic
     KV cache, GPT-2's `gelu_new` as written (six elementwise ops).
 (b) fast: what `gsm8k_tr.placement` chooses on this machine: the adapter
-    merged while generating (`train/rollouts.py`), the KV cache of
-    `placement.kv_cache` (static on a CPU), `gelu_pytorch_tanh` (one kernel).
+    merged while generating (`train/rollouts.py`) and `gelu_pytorch_tanh`
+    (one kernel).
 
 Decoding: a batch of `--sequences` left-padded prompts (8 questions repeated
 to fill it) decodes `--new-tokens` tokens, with a LoRA adapter whose B
@@ -40,10 +40,8 @@ DEMO = ROOT / "recipes" / "demo.yaml"
 def use_todays_path() -> None:
     """Turn the fast path off in this process: unmerged adapter, dynamic cache, gelu_new as written."""
     from gsm8k_tr import modeling, placement
-    from gsm8k_tr.infer import generation
 
-    placement.rollout_path = lambda device_type, sharded, vllm: {"merge_lora": False, "cache_implementation": None}
-    generation.kv_cache = lambda device_type: None
+    placement.rollout_path = lambda device_type, sharded, vllm: {"merge_lora": False}
     modeling.fused_activation = lambda activation: None
 
 
@@ -89,13 +87,11 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
     batch = tokenizer([prompts[i % len(prompts)] for i in range(sequences)], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    cache = placement.kv_cache(device.type)
 
     def run(label: str, sample: bool) -> tuple[float, list[list[int]]]:
         config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=sample,
                                   temperature=0.7 if sample else None, top_k=0 if sample else None,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None,
-                                  cache_implementation=cache if label == "fast" else None)
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
         model = paths[label]
         torch.manual_seed(0)
         with torch.no_grad(), autocast, merged_adapter(model) if label == "fast" else _nothing():
@@ -174,6 +170,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (the fastest counts)")
     parser.add_argument("--grpo-steps", type=int, default=8, help="demo GRPO steps per path (0: skip)")
+    parser.add_argument("--rounds", type=int, default=2, help="GRPO runs per path, alternating")
     parser.add_argument("--start", help="the SFT output GRPO starts from (default: 150 demo SFT steps, trained first)")
     parser.add_argument("--work", help="folder for the runs (default: a temporary one)")
     parser.add_argument("--only", nargs=2, metavar=("PATH", "START"), help=argparse.SUPPRESS)
@@ -197,20 +194,27 @@ def main() -> None:
               f"{r['identical_greedy_tokens']}/{r['sequences']}")
     if args.grpo_steps:
         start = args.start or sft_start(work)
-        results = []
-        for path in ("today", "fast"):
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-            done = subprocess.run([sys.executable, __file__, "--grpo-steps", str(args.grpo_steps), "--work", str(work),
-                                   "--only", path, start], capture_output=True, text=True, env=env)
-            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
-            results.append(json.loads(line.removeprefix("RESULT ")))
-        print(f"GRPO, demo recipe, {args.grpo_steps} steps of 8 x 8 completions from {start}:")
-        for r in results:
-            print(f"  {r['path']:<6} {r['step_s']:6.2f} s/step, generating {r['generation_share']:.0%} "
-                  f"({r['generation_s']:.2f} s), {r['mean_completion_tokens']} tokens per completion; {r['rollouts']}")
-        print(f"  ratio today/fast seconds per step: {results[0]['step_s'] / results[1]['step_s']:.2f}x")
+        runs: dict[str, list[dict[str, Any]]] = {"today": [], "fast": []}
+        for _ in range(args.rounds):  # alternating, so a slow spell of the machine falls on both paths
+            for path in runs:
+                env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+                done = subprocess.run([sys.executable, __file__, "--grpo-steps", str(args.grpo_steps), "--work",
+                                       str(work), "--only", path, start], capture_output=True, text=True, env=env)
+                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
+                runs[path].append(json.loads(line.removeprefix("RESULT ")))
+        print(f"GRPO, demo recipe, {args.rounds} x {args.grpo_steps} steps of 8 x 8 completions from {start}:")
+        mean = {}
+        for path, results in runs.items():
+            mean[path] = {key: sum(r[key] for r in results) / len(results)
+                          for key in ("step_s", "generation_s", "mean_completion_tokens")}
+            m = mean[path]
+            print(f"  {path:<6} {m['step_s']:6.2f} s/step (runs: {', '.join(str(r['step_s']) for r in results)}), "
+                  f"generating {m['generation_s']:.2f} s, {m['mean_completion_tokens']:.1f} tokens per completion; "
+                  f"{results[0]['rollouts']}")
+        print(f"  ratio today/fast seconds per step: {mean['today']['step_s'] / mean['fast']['step_s']:.2f}x "
+              f"(generation {mean['today']['generation_s'] / mean['fast']['generation_s']:.2f}x)")
 
 
 if __name__ == "__main__":

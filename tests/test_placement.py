@@ -101,10 +101,10 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
 
 
 @pytest.mark.parametrize("device,sharded,vllm,expected", [
-    ("cpu", False, False, {"merge_lora": True, "cache_implementation": "static"}),   # measured faster on CPU
-    ("cuda", False, False, {"merge_lora": True, "cache_implementation": None}),      # static not yet measured there
-    ("cuda", True, False, {"merge_lora": False, "cache_implementation": None}),      # FSDP/ZeRO-3: shards, no merge
-    ("cuda", False, True, {"merge_lora": False, "cache_implementation": None}),      # vLLM gets merged weights itself
+    ("cpu", False, False, {"merge_lora": True}),    # measured faster on CPU
+    ("cuda", False, False, {"merge_lora": True}),   # fewer kernels per decoding step
+    ("cuda", True, False, {"merge_lora": False}),   # FSDP/DeepSpeed: shards, no merge
+    ("cuda", False, True, {"merge_lora": False}),   # vLLM gets merged weights from TRL itself
 ])
 def test_the_rollout_path(device: str, sharded: bool, vllm: bool, expected: dict) -> None:
     assert placement.rollout_path(device, sharded, vllm) == expected

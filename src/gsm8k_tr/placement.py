@@ -15,9 +15,8 @@ Open this module to learn what a run does on a machine:
   while generating (one matmul per layer instead of three and the adapter's
   adds), on every device where the weights are whole on each process (not
   under FSDP or DeepSpeed, not with vLLM, which gets merged weights from TRL);
-- **the KV cache** (`kv_cache`), for rollouts and evaluation: static on a CPU
-  (no per-token concatenation of the cache), the library's dynamic cache on a
-  GPU (static there is not yet measured);
+  the KV cache is transformers' dynamic one (a static cache measured no faster
+  on a CPU);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
   elementwise ops in Python) as PyTorch's one fused op, the same function;
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
@@ -184,35 +183,18 @@ def training_device_type() -> str:
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
-def kv_cache(device_type: str) -> str | None:
-    """The KV cache generation uses: `static` on a CPU, the library's default (dynamic, None) elsewhere.
-
-    On a CPU the dynamic cache concatenates every layer's keys and values at
-    each decoding step, a third of a step at the demo's shape; a static cache
-    is written in place. On a GPU static is not yet measured, so the default stays.
-    """
-    return "static" if device_type == "cpu" else None
-
-
-def available_host_memory() -> float:
-    """The memory the system has available now, in GiB (what a CPU run can use)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB
-    except (ValueError, OSError, AttributeError):  # not Linux: assume a laptop's share
-        return 8.0
-
-
 def rollout_path(device_type: str, sharded: bool, vllm: bool) -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on this device.
 
-    - `merge_lora`: merge the adapter into the weights for the generation call
-      and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
-      does before it syncs vLLM; `train/rollouts.py`). Not where each process
-      holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    - `cache_implementation`: `kv_cache(device_type)`, as GRPOConfig's own key.
+    `merge_lora`: merge the adapter into the weights for the generation call
+    and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
+    does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
+    each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
+    The KV cache stays transformers' dynamic one: a static cache
+    (GRPOConfig's `cache_implementation: static`) measured no faster on 2 CPU
+    cores (docs/benchmarks.md), and is not yet measured on a GPU.
     """
-    return {"merge_lora": not sharded and not vllm,
-            "cache_implementation": None if vllm else kv_cache(device_type)}
+    return {"merge_lora": not sharded and not vllm}
 
 
 def weights_whole() -> bool:

@@ -194,6 +194,24 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def budget_table(result: dict[str, Any]) -> list[str]:
+    """`benchmarks/sft_vs_grpo.py`'s output as a table: test accuracy per seed, then the mean and spread."""
+    lines = ["## Same budget: more SFT or GRPO", "",
+             "| seed | SFT start | (a) more SFT | (b) GRPO | (b) - (a) | seconds (a / b) | tokens (a / b) |",
+             "|---|---|---|---|---|---|---|"]
+    for s in result.get("seeds", []):
+        a, b = s["more_sft"], s["grpo"]
+        lines.append(f"| {s['seed']} | {s['start']['test_accuracy']:.3f} | {a['test_accuracy']:.3f} | "
+                     f"{b['test_accuracy']:.3f} | {b['test_accuracy'] - a['test_accuracy']:+.3f} | "
+                     f"{a['seconds']:.0f} / {b['seconds']:.0f} | {a['tokens']['total']:,.0f} / {b['tokens']['total']:,.0f} |")
+    m = result.get("summary")
+    if m:
+        lines.append(f"| mean ± std | {m['start']['mean']:.3f} | {m['more_sft']['mean']:.3f} ± {m['more_sft']['std']:.3f} | "
+                     f"{m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f} | {m['grpo_minus_more_sft']['mean']:+.3f} "
+                     f"({m['grpo_minus_more_sft']['min']:+.3f} to {m['grpo_minus_more_sft']['max']:+.3f}) | | |")
+    return lines
+
+
 def _held_out(run: Path) -> str:
     """Where GRPO's in-training accuracy came from, e.g. "validation, 64" (from its manifest)."""
     where = grpo_held_out(run)
@@ -230,6 +248,8 @@ def main(run_dir: str) -> Path:
         times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
         if times:
             lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
+    if budget.is_file():
+        lines += [*budget_table(json.loads(budget.read_text(encoding="utf-8"))), ""]
     if any("eval/accuracy" in entry for entry in grpo):
         lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),

@@ -271,3 +271,25 @@ def test_validation_is_disjoint_from_train_and_test_and_stable(tmp_path: Path) -
     assert not questions["validation"] & questions["train"] and not questions["validation"] & questions["test"]
     assert len(questions["validation"]) == 64  # at least 64: 5% of ~540 train rows would be 27
     assert runs[0] == runs[1]  # the same rows, in the same order, every run
+
+
+def test_answer_only_rows_are_kept_for_grpo_and_counted_apart(tmp_path: Path) -> None:
+    # A user's question-and-answer pairs without worked solutions: gold from `#### N`, no solution for SFT, and not
+    # counted as a solution that disagrees with the gold.
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.data.examples import grpo_examples, sft_examples
+
+    rows = [(f"Soru {i}: {i} elma ve {i + 1} armut?", f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}") for i in range(10)]
+    rows += [(f"Cevap {i}: {i} kalem ve {i} silgi?", f"#### {2 * i}") for i in range(1, 11)]
+    src = write_csv(tmp_path / "pairs.csv", rows)
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.test_fraction=0",
+                       "data.validation_fraction=0") == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["without_solution"] == 10 and report["solution_gold_disagreements"] == 0
+    assert report["sft_usable_train_rows"] == 10
+    train = read_jsonl(out / "train.jsonl")
+    recipe = load_recipe(None, [f"data.dataset={out}"])
+    pairs, counts = sft_examples(train, recipe, "<|stop|>", lambda text: len(text.split()), 512)
+    prompts, _ = grpo_examples(train, recipe, lambda text: len(text.split()), 64, 512)
+    assert counts["dropped_no_solution"] == 10 and counts["used"] == 10 and len(prompts) == 20

@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gsm8k_tr.placement import kv_cache
-
 
 @dataclass
 class Completion:
@@ -54,14 +52,12 @@ def generation_config(model: Any, pad_token_id: int | None, max_new_tokens: int,
     transformers fills every field a call leaves unset from
     `model.generation_config`; `modeling.configure_tokens` clears that, and
     passing every field here keeps it so for a model that did not go through it.
-    The KV cache is the one `placement.kv_cache` chooses for the model's device.
     """
     from transformers import GenerationConfig
 
     values = {k: v for k, v in settings(max_new_tokens, temperature).items() if v is not None}
-    device = next(model.parameters()).device
     return GenerationConfig(**values, eos_token_id=stop_ids(model), pad_token_id=pad_token_id, use_cache=True,
-                            num_return_sequences=samples, cache_implementation=kv_cache(device.type))
+                            num_return_sequences=samples)
 
 
 def completions(rows: list[list[int]], stops: set[int], tokenizer: Any) -> list[Completion]:

@@ -27,6 +27,7 @@ from transformers import EarlyStoppingCallback
 from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
+from gsm8k_tr.errors import UserError
 from gsm8k_tr.run_folder import prepared_data, read_manifest
 from gsm8k_tr.train import memory, recipe_check, stage
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
@@ -88,7 +89,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     if evaluating:  # the validation loss beside held-out accuracy
         held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
         validation, _ = examples.sft_examples(held_out_rows, recipe, stop, count, max_length)
-        examples.require_rows(validation, {"held_out_rows": len(held_out_rows)}, f"{STAGE} evaluation")
+        if not validation:
+            raise UserError(f"sft.eval_strategy evaluates on the {recipe.eval.held_out_split} split, but none of its "
+                            f"{len(held_out_rows)} rows has a usable solution for the validation loss; raise "
+                            "eval.held_out_size or data.solution_fraction, or set sft.eval_strategy=no")
 
     stage.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),

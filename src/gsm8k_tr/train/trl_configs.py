@@ -84,11 +84,9 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
     import trl
 
     values = vllm_engine.grpo_settings(recipe.grpo, stop_ids)  # checked before TRL tries to import vLLM
-    rollouts = placement.rollouts(bool(values.get("use_vllm")))
     config = trl_config(
         trl.GRPOConfig, "grpo", values,
-        defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo"),
-                  "cache_implementation": rollouts["cache_implementation"]},
+        defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo")},
         forced={"output_dir": (str(stage_dir(recipe, "grpo") / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "reward_weights": (reward_weights(recipe.rewards), "set the 'rewards' section")},
