@@ -14,8 +14,13 @@ For each seed:
    steps as the budget buys at the start's own seconds per step, evaluated as
    the recipe's SFT evaluates, the best checkpoint by validation kept (no
    early stop: it may use its whole budget).
-Both are graded on the test split at the end and at `--points` checkpoints on
-the way (the curve of accuracy against budget). The budget is also counted in
+4. (c) SFT alone from the base model for the pipeline's whole budget (the
+   start's time plus GRPO's), as one run with one learning-rate schedule, the
+   best checkpoint by validation kept: what a user would get by not running
+   GRPO at all.
+All are graded on the test split at the end, (a) and (b) also at `--points`
+checkpoints on the way (the curve of accuracy against budget; the reported
+(a) is its best checkpoint by validation, as SFT keeps). The budget is also counted in
 tokens: trained (TRL's `num_tokens`, prompt and completion) plus generated.
 
 Prints a table per seed, the mean and spread over seeds, and the mean gain of
@@ -110,6 +115,17 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
                           "test_accuracy": _test(str(more_dir), more, folder / "eval-more-sft"),
                           "curve": _curve(more_dir, more, more_manifest["train_seconds"], more_manifest["global_step"],
                                           folder)}
+
+    # (c) SFT alone from the base model for the pipeline's whole budget, as one run with one schedule.
+    total = start["train_seconds"] + budget
+    alone = load_recipe(config, [f"output_dir={folder / 'sft-alone'}", f"data.dataset={data}",
+                                 f"sft.max_steps={max(1, round(total / per_step))}", "eval.sft_patience=0", *common])
+    alone_manifest = sft.main(alone, resume=True)
+    alone_dir = folder / "sft-alone" / "sft"
+    result["sft_alone"] = {"steps": alone_manifest["global_step"], "best_step": alone_manifest.get("best_step"),
+                           "seconds": alone_manifest["train_seconds"], "tokens": _tokens(_history(alone_dir)),
+                           "test_accuracy": _test(str(alone_dir), alone, folder / "eval-sft-alone"),
+                           "pipeline_seconds": total, "pipeline_tokens": start_tokens + result["grpo"]["tokens"]["total"]}
     return result
 
 
@@ -121,11 +137,16 @@ def summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
 
     gains = [s["grpo"]["test_accuracy"] - s["more_sft"]["test_accuracy"] for s in seeds]
     over_start = [s["grpo"]["test_accuracy"] - s["start"]["test_accuracy"] for s in seeds]
-    return {"start": stats([s["start"]["test_accuracy"] for s in seeds]),
-            "more_sft": stats([s["more_sft"]["test_accuracy"] for s in seeds]),
-            "grpo": stats([s["grpo"]["test_accuracy"] for s in seeds]),
-            "grpo_minus_more_sft": stats(gains), "grpo_minus_start": stats(over_start),
-            "grpo_gained_on_every_seed": all(g > 0 for g in over_start)}
+    found = {"start": stats([s["start"]["test_accuracy"] for s in seeds]),
+             "more_sft": stats([s["more_sft"]["test_accuracy"] for s in seeds]),
+             "grpo": stats([s["grpo"]["test_accuracy"] for s in seeds]),
+             "grpo_minus_more_sft": stats(gains), "grpo_minus_start": stats(over_start),
+             "grpo_gained_on_every_seed": all(g > 0 for g in over_start)}
+    if all("sft_alone" in s for s in seeds):
+        found["sft_alone"] = stats([s["sft_alone"]["test_accuracy"] for s in seeds])
+        found["grpo_minus_sft_alone"] = stats([s["grpo"]["test_accuracy"] - s["sft_alone"]["test_accuracy"]
+                                               for s in seeds])
+    return found
 
 
 def main() -> None:
@@ -147,18 +168,23 @@ def main() -> None:
     from gsm8k_tr import report
 
     report.plot_budget(result, out / "sft_vs_grpo.png")
-    print(f"{'seed':>5} {'start':>7} {'(a) more SFT':>13} {'(b) GRPO':>9} {'b - a':>7}   budget: s (a / b), tokens (a / b)")
+    print(f"{'seed':>5} {'start':>7} {'(a) more SFT':>13} {'(b) GRPO':>9} {'b - a':>7} {'(c) SFT alone':>14} {'b - c':>7}"
+          f"   budget: s (a / b), tokens (a / b); (c) s / pipeline s")
     for s in seeds:
-        a, b = s["more_sft"], s["grpo"]
+        a, b, c = s["more_sft"], s["grpo"], s["sft_alone"]
         print(f"{s['seed']:>5} {s['start']['test_accuracy']:>7.3f} {a['test_accuracy']:>13.3f} {b['test_accuracy']:>9.3f} "
-              f"{b['test_accuracy'] - a['test_accuracy']:>+7.3f}   {a['seconds']:.0f} / {b['seconds']:.0f} s, "
-              f"{a['tokens']['total']:,.0f} / {b['tokens']['total']:,.0f} tokens")
+              f"{b['test_accuracy'] - a['test_accuracy']:>+7.3f} {c['test_accuracy']:>14.3f} "
+              f"{b['test_accuracy'] - c['test_accuracy']:>+7.3f}   {a['seconds']:.0f} / {b['seconds']:.0f} s, "
+              f"{a['tokens']['total']:,.0f} / {b['tokens']['total']:,.0f} tokens; "
+              f"{c['seconds']:.0f} / {c['pipeline_seconds']:.0f} s")
     m = result["summary"]
     print(f"mean over {len(seeds)} seeds: start {m['start']['mean']:.3f}, (a) {m['more_sft']['mean']:.3f} "
-          f"± {m['more_sft']['std']:.3f}, (b) {m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f}; "
-          f"(b) - (a) {m['grpo_minus_more_sft']['mean']:+.3f} (range {m['grpo_minus_more_sft']['min']:+.3f} to "
-          f"{m['grpo_minus_more_sft']['max']:+.3f}); GRPO gained over its start on every seed: "
-          f"{m['grpo_gained_on_every_seed']}")
+          f"± {m['more_sft']['std']:.3f}, (b) {m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f}, "
+          f"(c) {m['sft_alone']['mean']:.3f} ± {m['sft_alone']['std']:.3f}; (b) - (a) "
+          f"{m['grpo_minus_more_sft']['mean']:+.3f} (range {m['grpo_minus_more_sft']['min']:+.3f} to "
+          f"{m['grpo_minus_more_sft']['max']:+.3f}); (b) - (c) {m['grpo_minus_sft_alone']['mean']:+.3f} (range "
+          f"{m['grpo_minus_sft_alone']['min']:+.3f} to {m['grpo_minus_sft_alone']['max']:+.3f}); GRPO gained over "
+          f"its start on every seed: {m['grpo_gained_on_every_seed']}")
     print(f"wrote {out / 'sft_vs_grpo.json'} and {out / 'sft_vs_grpo.png'}")
 
 

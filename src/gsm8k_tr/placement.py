@@ -175,6 +175,14 @@ def accelerator_memory() -> tuple[bool, float | None]:
     return True, free / GIB
 
 
+def available_host_memory() -> float:
+    """The memory the system has available now, in GiB (what a CPU run can use)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB
+    except (ValueError, OSError, AttributeError):  # not Linux: assume a laptop's share
+        return 8.0
+
+
 def training_device_type() -> str:
     """The kind of device the trainer will put the model on (accelerate's order: CUDA, then MPS, then CPU)."""
     torch = _torch()

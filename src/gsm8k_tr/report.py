@@ -197,18 +197,23 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
 def budget_table(result: dict[str, Any]) -> list[str]:
     """`benchmarks/sft_vs_grpo.py`'s output as a table: test accuracy per seed, then the mean and spread."""
     lines = ["## Same budget: more SFT or GRPO", "",
-             "| seed | SFT start | (a) more SFT | (b) GRPO | (b) - (a) | seconds (a / b) | tokens (a / b) |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | SFT start | (a) more SFT | (b) GRPO | (b) - (a) | (c) SFT alone | (b) - (c) | seconds (a / b) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in result.get("seeds", []):
-        a, b = s["more_sft"], s["grpo"]
+        a, b, c = s["more_sft"], s["grpo"], s.get("sft_alone")
+        alone = f"{c['test_accuracy']:.3f} | {b['test_accuracy'] - c['test_accuracy']:+.3f}" if c else "- | -"
         lines.append(f"| {s['seed']} | {s['start']['test_accuracy']:.3f} | {a['test_accuracy']:.3f} | "
-                     f"{b['test_accuracy']:.3f} | {b['test_accuracy'] - a['test_accuracy']:+.3f} | "
-                     f"{a['seconds']:.0f} / {b['seconds']:.0f} | {a['tokens']['total']:,.0f} / {b['tokens']['total']:,.0f} |")
+                     f"{b['test_accuracy']:.3f} | {b['test_accuracy'] - a['test_accuracy']:+.3f} | {alone} | "
+                     f"{a['seconds']:.0f} / {b['seconds']:.0f} |")
     m = result.get("summary")
     if m:
+        def spread(key: str) -> str:
+            return f"{m[key]['mean']:+.3f} ({m[key]['min']:+.3f} to {m[key]['max']:+.3f})" if key in m else "-"
+
+        alone = f"{m['sft_alone']['mean']:.3f} ± {m['sft_alone']['std']:.3f}" if "sft_alone" in m else "-"
         lines.append(f"| mean ± std | {m['start']['mean']:.3f} | {m['more_sft']['mean']:.3f} ± {m['more_sft']['std']:.3f} | "
-                     f"{m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f} | {m['grpo_minus_more_sft']['mean']:+.3f} "
-                     f"({m['grpo_minus_more_sft']['min']:+.3f} to {m['grpo_minus_more_sft']['max']:+.3f}) | | |")
+                     f"{m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f} | {spread('grpo_minus_more_sft')} | {alone} | "
+                     f"{spread('grpo_minus_sft_alone')} | |")
     return lines
 
 
