@@ -38,10 +38,10 @@ DEMO = ROOT / "recipes" / "demo.yaml"
 
 
 def use_todays_path() -> None:
-    """Turn the fast path off in this process: unmerged adapter, dynamic cache, gelu_new as written."""
+    """Turn the fast path off in this process: unmerged adapter, gelu_new as written."""
     from gsm8k_tr import modeling, placement
 
-    placement.rollout_path = lambda device_type, sharded, vllm: {"merge_lora": False}
+    placement.rollout_path = lambda sharded, vllm: {"merge_lora": False}
     modeling.fused_activation = lambda activation: None
 
 

@@ -100,11 +100,10 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("device,sharded,vllm,expected", [
-    ("cpu", False, False, {"merge_lora": True}),    # measured faster on CPU
-    ("cuda", False, False, {"merge_lora": True}),   # fewer kernels per decoding step
-    ("cuda", True, False, {"merge_lora": False}),   # FSDP/DeepSpeed: shards, no merge
-    ("cuda", False, True, {"merge_lora": False}),   # vLLM gets merged weights from TRL itself
+@pytest.mark.parametrize("sharded,vllm,expected", [
+    (False, False, {"merge_lora": True}),   # measured faster on CPU; fewer kernels per decoding step on a GPU
+    (True, False, {"merge_lora": False}),   # FSDP/DeepSpeed: shards, no merge
+    (False, True, {"merge_lora": False}),   # vLLM gets merged weights from TRL itself
 ])
-def test_the_rollout_path(device: str, sharded: bool, vllm: bool, expected: dict) -> None:
-    assert placement.rollout_path(device, sharded, vllm) == expected
+def test_the_rollout_path(sharded: bool, vllm: bool, expected: dict) -> None:
+    assert placement.rollout_path(sharded, vllm) == expected

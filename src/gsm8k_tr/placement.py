@@ -183,16 +183,8 @@ def available_host_memory() -> float:
         return 8.0
 
 
-def training_device_type() -> str:
-    """The kind of device the trainer will put the model on (accelerate's order: CUDA, then MPS, then CPU)."""
-    torch = _torch()
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def rollout_path(device_type: str, sharded: bool, vllm: bool) -> dict[str, Any]:
-    """How GRPO generates its rollouts with transformers on this device.
+def rollout_path(sharded: bool, vllm: bool) -> dict[str, Any]:
+    """How GRPO generates its rollouts with transformers.
 
     `merge_lora`: merge the adapter into the weights for the generation call
     and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
@@ -212,7 +204,7 @@ def weights_whole() -> bool:
 
 def rollouts(vllm: bool) -> dict[str, Any]:
     """The rollout path on this machine, for this launch."""
-    return rollout_path(training_device_type(), not weights_whole(), vllm)
+    return rollout_path(not weights_whole(), vllm)
 
 
 def fused_activation(activation: str | None) -> str | None:

@@ -117,34 +117,50 @@ def plot_sft_loss(history: list[dict[str, Any]], target: Path) -> bool:
 
 
 def plot_budget(result: dict[str, Any], target: Path) -> bool:
-    """`benchmarks/sft_vs_grpo.py`'s output: test accuracy against budget, (a) more SFT and (b) GRPO from the same
-    SFT start; one thin line per seed and the mean over seeds; by wall time and by tokens trained plus generated."""
+    """`benchmarks/sft_vs_grpo.py`'s output: test accuracy against the budget spent from the base model.
+
+    (a) more SFT and (b) GRPO continue from the SFT start (placed at its own
+    cost), one thin line per seed and the mean over seeds; (c) SFT alone for
+    the whole budget is one point per seed and their mean. By wall time and by
+    tokens trained plus generated.
+    """
     import matplotlib.pyplot as plt
 
     seeds = result.get("seeds") or []
     if not seeds:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for key, label, color in (("more_sft", "(a) more SFT", "tab:blue"), ("grpo", "(b) GRPO", "tab:red")):
-        for ax, unit in zip(axes, ("seconds", "tokens")):
+    for ax, unit in zip(axes, ("seconds", "tokens")):
+        def cost(run: dict[str, Any]) -> float:
+            if unit == "seconds":
+                return run["seconds"]
+            tokens = run["tokens"]  # the start's is one number (it only trains), the others' a breakdown
+            return tokens["total"] if isinstance(tokens, dict) else tokens
+
+        for key, label, color in (("more_sft", "(a) more SFT", "tab:blue"), ("grpo", "(b) GRPO", "tab:red")):
             lines = []
             for s in seeds:
-                run, start = s[key], s["start"]["test_accuracy"]
-                steps = max(run["steps"], 1)
-                scale = run["seconds"] / steps if unit == "seconds" else run["tokens"]["total"] / steps
-                xs = [0.0] + [p["step"] * scale for p in run["curve"]]
-                ys = [start] + [p["accuracy"] for p in run["curve"]]
+                run, offset = s[key], cost(s["start"])
+                scale = cost(run) / max(run["steps"], 1)
+                xs = [offset] + [offset + p["step"] * scale for p in run["curve"]]
+                ys = [s["start"]["test_accuracy"]] + [p["accuracy"] for p in run["curve"]]
                 ax.plot(xs, ys, color=color, alpha=0.3, linewidth=1)
                 lines.append((xs, ys))
             width = min(len(xs) for xs, _ in lines)
             mean_x = [sum(xs[i] for xs, _ in lines) / len(lines) for i in range(width)]
             mean_y = [sum(ys[i] for _, ys in lines) / len(lines) for i in range(width)]
-            ax.plot(mean_x, mean_y, "o-", color=color, linewidth=2, label=f"{label}, mean of {len(seeds)} seeds")
-    axes[0].set_xlabel("budget after the SFT start: wall-clock seconds")
-    axes[1].set_xlabel("budget after the SFT start: tokens trained + generated")
+            ax.plot(mean_x, mean_y, "o-", color=color, linewidth=2,
+                    label=f"{label} from the SFT start, mean of {len(seeds)} seeds")
+        alone = [(cost(s["sft_alone"]), s["sft_alone"]["test_accuracy"]) for s in seeds if "sft_alone" in s]
+        if alone:
+            ax.scatter([x for x, _ in alone], [y for _, y in alone], color="tab:green", alpha=0.4, s=20)
+            ax.scatter([sum(x for x, _ in alone) / len(alone)], [sum(y for _, y in alone) / len(alone)],
+                       color="tab:green", marker="*", s=160, label="(c) SFT alone for the whole budget, mean")
+    axes[0].set_xlabel("budget from the base model: wall-clock seconds of training")
+    axes[1].set_xlabel("budget from the base model: tokens trained + generated")
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Same start, same budget: more SFT or GRPO")
+    fig.suptitle("The same budget three ways: more SFT, GRPO, or SFT alone")
     return _save(fig, axes[1], "", target)
 
 
