@@ -39,7 +39,7 @@ def test_summary_and_report_of_the_same_budget_comparison(tmp_path: Path) -> Non
     (tmp_path / "sft_vs_grpo.json").write_text(json.dumps({"seeds": seeds, "summary": summary}))
     path = report.main(str(tmp_path))
     text = path.read_text()
-    assert "## Same budget: more SFT or GRPO" in text
+    assert "## Same budget: more SFT, GRPO, or SFT alone" in text
     assert "| 42 | 0.580 | 0.600 | 0.660 | +0.060 | 0.600 | +0.060 | 200 / 195 |" in text
-    assert "![Same budget: more SFT or GRPO](sft_vs_grpo.png)" in text
+    assert "![Same budget: more SFT, GRPO, or SFT alone](sft_vs_grpo.png)" in text
     assert (tmp_path / "sft_vs_grpo.png").stat().st_size > 5000

@@ -212,7 +212,7 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
 
 def budget_table(result: dict[str, Any]) -> list[str]:
     """`benchmarks/sft_vs_grpo.py`'s output as a table: test accuracy per seed, then the mean and spread."""
-    lines = ["## Same budget: more SFT or GRPO", "",
+    lines = ["## Same budget: more SFT, GRPO, or SFT alone", "",
              "| seed | SFT start | (a) more SFT | (b) GRPO | (b) - (a) | (c) SFT alone | (b) - (c) | seconds (a / b) |",
              "|---|---|---|---|---|---|---|---|"]
     for s in result.get("seeds", []):
@@ -275,7 +275,7 @@ def main(run_dir: str) -> Path:
         lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
                         ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
-                        ("sft_vs_grpo.png", "Same budget: more SFT or GRPO")):
+                        ("sft_vs_grpo.png", "Same budget: more SFT, GRPO, or SFT alone")):
         if plots[name]:
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
     target = run / "report.md"
