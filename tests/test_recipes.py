@@ -27,5 +27,8 @@ def test_every_recipe_passes_the_check(path: Path, tmp_path: Path):
     from gsm8k_tr.train import recipe_check
 
     recipe = load_recipe(path, [f"output_dir={tmp_path}"])
+    shared = recipe.data.dataset.startswith("../shared/")  # the project's sample data, beside a checkout only
+    if shared and not (ROOT / recipe.data.dataset).exists():
+        pytest.skip(f"{recipe.data.dataset} is not here (the shared sample data)")
     checked = recipe_check.check(recipe)
     assert checked["sft_steps"] != 0 and checked["grpo_steps"] > 0
