@@ -43,3 +43,14 @@ def test_summary_and_report_of_the_same_budget_comparison(tmp_path: Path) -> Non
     assert "| 42 | 0.580 | 0.600 | 0.660 | +0.060 | 0.600 | +0.060 | 200 / 195 |" in text
     assert "![Same budget: more SFT, GRPO, or SFT alone](sft_vs_grpo.png)" in text
     assert (tmp_path / "sft_vs_grpo.png").stat().st_size > 5000
+
+
+def test_a_broken_benchmark_output_is_named_in_one_line(tmp_path: Path) -> None:
+    import pytest
+
+    from gsm8k_tr import report
+    from gsm8k_tr.errors import UserError
+
+    (tmp_path / "sft_vs_grpo.json").write_text('{"seeds": [')  # a run killed while writing it
+    with pytest.raises(UserError, match=r"sft_vs_grpo\.json is not valid JSON"):
+        report.main(str(tmp_path))

@@ -210,9 +210,22 @@ def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+BUDGET_TITLE = "Same budget: more SFT, GRPO, or SFT alone"
+
+
+def _budget(path: Path) -> dict[str, Any] | None:
+    """`benchmarks/sft_vs_grpo.py`'s output in a run folder, read once for its plot and its table; None if absent."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); run benchmarks/sft_vs_grpo.py again or remove it") from None
+
+
 def budget_table(result: dict[str, Any]) -> list[str]:
     """`benchmarks/sft_vs_grpo.py`'s output as a table: test accuracy per seed, then the mean and spread."""
-    lines = ["## Same budget: more SFT, GRPO, or SFT alone", "",
+    lines = [f"## {BUDGET_TITLE}", "",
              "| seed | SFT start | (a) more SFT | (b) GRPO | (b) - (a) | (c) SFT alone | (b) - (c) | seconds (a / b) |",
              "|---|---|---|---|---|---|---|---|"]
     for s in result.get("seeds", []):
@@ -249,16 +262,15 @@ def main(run_dir: str) -> Path:
         raise UserError(f"run folder {run_dir!r} does not exist")
     sft, grpo, evals = _history(run, "sft"), _history(run, "grpo"), evaluations(run)
     held_out = _held_out(run)
-    budget = run / "sft_vs_grpo.json"
-    if not (sft or grpo or evals or budget.is_file()):
+    budget = _budget(run / "sft_vs_grpo.json")
+    if not (sft or grpo or evals or budget is not None):
         raise UserError(f"{run_dir!r} has no stage outputs (sft/, grpo/) or evaluations (eval/); is it a run folder?")
     plots = {
         "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
         "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
         "stages.png": plot_stages(evals, run / "stages.png"),
         "lengths.png": plot_lengths({n: _lengths(run, n) for n in evals}, run / "lengths.png"),
-        "sft_vs_grpo.png": budget.is_file() and plot_budget(json.loads(budget.read_text(encoding="utf-8")),
-                                                            run / "sft_vs_grpo.png"),
+        "sft_vs_grpo.png": budget is not None and plot_budget(budget, run / "sft_vs_grpo.png"),
     }
     lines = [f"# Report: {run.name}", ""]
     if evals:
@@ -269,13 +281,13 @@ def main(run_dir: str) -> Path:
         times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
         if times:
             lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
-    if budget.is_file():
-        lines += [*budget_table(json.loads(budget.read_text(encoding="utf-8"))), ""]
+    if budget is not None:
+        lines += [*budget_table(budget), ""]
     if any("eval/accuracy" in entry for entry in grpo):
         lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
                         ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
-                        ("sft_vs_grpo.png", "Same budget: more SFT, GRPO, or SFT alone")):
+                        ("sft_vs_grpo.png", BUDGET_TITLE)):
         if plots[name]:
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
     target = run / "report.md"
