@@ -7,8 +7,10 @@
 (a) today: a PEFT model with the LoRA adapter unmerged, transformers' dynamic
     KV cache, GPT-2's `gelu_new` as written (six elementwise ops).
 (b) fast: what `gsm8k_tr.placement` chooses on this machine: the adapter
-    merged while generating (`train/rollouts.py`) and `gelu_pytorch_tanh`
-    (one kernel).
+    merged while generating (`train/rollouts.py`), `gelu_pytorch_tanh`
+    (one kernel) and the KV cache written in place (`infer/kv_cache.py`).
+    Decoding also times (b) with transformers' dynamic cache, to show what the
+    cache alone gives.
 
 Decoding: a batch of `--sequences` left-padded prompts (8 questions repeated
 to fill it) decodes `--new-tokens` tokens, with a LoRA adapter whose B
@@ -38,10 +40,12 @@ DEMO = ROOT / "recipes" / "demo.yaml"
 
 
 def use_todays_path() -> None:
-    """Turn the fast path off in this process: unmerged adapter, gelu_new as written."""
+    """Turn the fast path off in this process: unmerged adapter, gelu_new as written, transformers' own cache."""
     from gsm8k_tr import modeling, placement
 
-    placement.rollout_path = lambda sharded, vllm: {"merge_lora": False}
+    placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
+    placement.rollout_path = lambda sharded, vllm, cache_implementation=None: {
+        "merge_lora": False, "kv_cache": placement.kv_cache(cache_implementation)}
     modeling.fused_activation = lambda activation: None
 
 
@@ -56,7 +60,8 @@ def gpt2_medium(folder: Path) -> str:
 
 
 def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> dict[str, Any]:
-    """ms per decoding step for (a) and (b), alternating, on one model with a trained-looking adapter."""
+    """ms per decoding step for (a), (b) and (b) with the dynamic cache, alternating, on one model with a
+    trained-looking adapter."""
     import peft
     import torch
     from transformers import GenerationConfig
@@ -65,6 +70,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
     from gsm8k_tr.config import LoraConfig, ModelConfig, PromptConfig
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer.kv_cache import growing_cache
     from gsm8k_tr.train.rollouts import merged_adapter
 
     cfg = ModelConfig(name_or_path=model_name)
@@ -81,6 +87,8 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                 if "lora_" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
         paths[label] = model
+    paths["fast, dynamic cache"] = paths["fast"]
+    growing = placement.kv_cache() == "growing"
     rows = synth.make_problems(8, seed=5)
     prompts = [build_prompt(r["question"], PromptConfig()) for r in rows]
     tokenizer.padding_side = "left"
@@ -94,7 +102,8 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
         model = paths[label]
         torch.manual_seed(0)
-        with torch.no_grad(), autocast, merged_adapter(model) if label == "fast" else _nothing():
+        with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else _nothing(),
+              growing_cache(model) if label == "fast" and growing else _nothing()):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -112,7 +121,8 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
             seconds[label].append(run(label, True)[0])
     result = {"model": model_name, "device": str(device), "sequences": sequences, "new_tokens": new_tokens,
               "prompt_tokens": batch["input_ids"].shape[1], "identical_greedy_tokens":
-              sum(a == b for a, b in zip(greedy["today"], greedy["fast"])), "threads": torch.get_num_threads()}
+              min(sum(a == b for a, b in zip(greedy["today"], greedy[label])) for label in paths),
+              "threads": torch.get_num_threads(), "kv_cache": placement.kv_cache()}
     for label, times in seconds.items():
         best = min(times)
         result[label] = {"ms_per_step": round(1000 * best / new_tokens, 2),
@@ -187,11 +197,12 @@ def main() -> None:
         r = decode(name, sequences, tokens, args.repeats)
         print(f"decoding, {Path(r['model']).name} on {r['device']} ({r['threads']} threads): {r['sequences']} sequences, "
               f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens")
-        for label in ("today", "fast"):
-            print(f"  ({'a' if label == 'today' else 'b'}) {label:<6} {r[label]['ms_per_step']:8.2f} ms/step "
+        for label, name in (("today", "(a) today"), ("fast", "(b) fast"), ("fast, dynamic cache", "    (b), dynamic cache")):
+            print(f"  {name:<22} {r[label]['ms_per_step']:8.2f} ms/step "
                   f"{r[label]['completions_per_s']:8.1f} completions/s {r[label]['tokens_per_s']:8d} tokens/s")
-        print(f"  ratio (a)/(b) ms per step: {r['ratio']:.2f}x; identical greedy completions: "
-              f"{r['identical_greedy_tokens']}/{r['sequences']}")
+        print(f"  ratio (a)/(b) ms per step: {r['ratio']:.2f}x (the {r['kv_cache']} cache alone: "
+              f"{r['fast, dynamic cache']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x); identical greedy "
+              f"completions: {r['identical_greedy_tokens']}/{r['sequences']} (the fewest of either fast path)")
     if args.grpo_steps:
         start = args.start or sft_start(work)
         runs: dict[str, list[dict[str, Any]]] = {"today": [], "fast": []}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gsm8k_tr.config import load_recipe, parse_overrides, save_recipe
+from gsm8k_tr.config import coerce, load_recipe, parse_overrides, save_recipe
 from gsm8k_tr.errors import UserError
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -82,6 +82,15 @@ def test_overrides_update_mapping_sections_and_files_replace_them(tmp_path: Path
 def test_int_widens_to_float_and_numbers_to_strings() -> None:
     recipe = load_recipe(None, ["data.min_align_score=1", "output_dir=2024"])
     assert recipe.data.min_align_score == 1.0 and recipe.output_dir == "2024"
+
+
+def test_a_strategy_written_no_reads_as_no_not_as_false() -> None:
+    trainer_utils = pytest.importorskip("transformers.trainer_utils")
+    strategy = trainer_utils.IntervalStrategy | str
+    assert coerce(False, strategy, "sft.eval_strategy") == "no"  # YAML 1.1: `no` is false
+    assert coerce("steps", strategy, "sft.eval_strategy") == "steps"
+    with pytest.raises(UserError, match="'sft.eval_strategy' must be IntervalStrategy, got True"):
+        coerce(True, strategy, "sft.eval_strategy")
 
 
 def test_parse_overrides_nests_dotted_keys() -> None:

@@ -10,6 +10,7 @@ TRL itself, so this module need not import TRL (and `--help` stays instant).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import string
 import types
 import typing
@@ -168,6 +169,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # `run=2024` on the command line reads as a number
+    if value is False and isinstance(tp, type) and issubclass(tp, enum.Enum) and "no" in {m.value for m in tp}:
+        return tp("no")  # YAML 1.1 reads `eval_strategy: no` as false; TrainingArguments' strategies spell off "no"
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise UserError(f"recipe key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     return value

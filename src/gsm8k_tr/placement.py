@@ -183,18 +183,29 @@ def available_host_memory() -> float:
         return 8.0
 
 
-def rollout_path(sharded: bool, vllm: bool) -> dict[str, Any]:
+def kv_cache(cache_implementation: str | None = None) -> str:
+    """The KV cache transformers' `generate` runs with, in GRPO's rollouts and in every evaluation.
+
+    "growing" (`infer/kv_cache.py`): the dynamic cache written in place instead
+    of concatenated at every step, on every device: the same tokens, without
+    copying the whole cache each step (docs/benchmarks.md; not yet measured on
+    a GPU, where the copy it saves is memory traffic). A recipe's
+    `cache_implementation` (GRPOConfig's, e.g. `static`) is used as it says; a
+    static cache measured no faster on 2 CPU cores.
+    """
+    return cache_implementation or "growing"
+
+
+def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None) -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers.
 
     `merge_lora`: merge the adapter into the weights for the generation call
     and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
     does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    The KV cache stays transformers' dynamic one: a static cache
-    (GRPOConfig's `cache_implementation: static`) measured no faster on 2 CPU
-    cores (docs/benchmarks.md), and is not yet measured on a GPU.
+    `kv_cache`: as `kv_cache` says, or vLLM's own.
     """
-    return {"merge_lora": not sharded and not vllm}
+    return {"merge_lora": not sharded and not vllm, "kv_cache": "vllm" if vllm else kv_cache(cache_implementation)}
 
 
 def weights_whole() -> bool:
@@ -202,9 +213,9 @@ def weights_whole() -> bool:
     return requested_kind() is None
 
 
-def rollouts(vllm: bool) -> dict[str, Any]:
+def rollouts(vllm: bool, cache_implementation: str | None = None) -> dict[str, Any]:
     """The rollout path on this machine, for this launch."""
-    return rollout_path(not weights_whole(), vllm)
+    return rollout_path(not weights_whole(), vllm, cache_implementation)
 
 
 def fused_activation(activation: str | None) -> str | None:

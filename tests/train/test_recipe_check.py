@@ -57,6 +57,17 @@ def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:
     assert "not in the local cache" in done.stderr
 
 
+def test_strategies_written_no_pass_the_check_as_no(tmp_path: Path) -> None:
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train.trl_configs import sft_args
+
+    # YAML 1.1 reads `no` as false, in a recipe file and on the command line alike.
+    recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path}", "sft.eval_strategy=no", "sft.save_strategy=no"])
+    assert recipe.sft["eval_strategy"] is False
+    config = sft_args(recipe, "<|stop|>", 512)
+    assert config.eval_strategy == "no" and config.save_strategy == "no"
+
+
 def test_a_recipe_past_its_sized_for_gib_is_warned_about(tmp_path: Path) -> None:
     recipe = ROOT / "recipes" / "turkish-gpt2-medium.yaml"
     for command in ("check", "plan"):

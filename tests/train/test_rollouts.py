@@ -1,4 +1,5 @@
-"""The fast rollout path gives today's answers: LoRA merged while generating (and with TRL's static KV cache)."""
+"""The fast rollout path gives today's answers: LoRA merged while generating, the growing KV cache (and TRL's static
+one)."""
 
 from __future__ import annotations
 
@@ -18,23 +19,39 @@ def _prompts(tokenizer) -> list[list[int]]:
 
 
 def _greedy(trainer, prompts, merge: bool, cache: str | None) -> list[list[int]]:
-    trainer.rollouts = {"merge_lora": merge, "cache_implementation": cache}
+    from gsm8k_tr import placement
+
+    trainer.rollouts = placement.rollout_path(sharded=not merge, vllm=False, cache_implementation=cache)
+    if cache == "dynamic":  # transformers' own cache: nothing handed to generate
+        trainer.rollouts["kv_cache"] = "dynamic"
     trainer.generation_config.do_sample = False
     trainer.generation_config.max_new_tokens = 24
-    trainer.generation_config.cache_implementation = cache
+    trainer.generation_config.cache_implementation = None if cache == "dynamic" else cache
     completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
     return completions
 
 
-def test_merged_rollouts_with_the_static_cache_give_todays_greedy_tokens(tiny_model_dir, tmp_path) -> None:
+def test_fast_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    from gsm8k_tr.infer import kv_cache
     from gsm8k_tr.train.grpo import GRPOTrainer
 
     trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
     prompts = _prompts(trainer.processing_class)
-    today = _greedy(trainer, prompts, merge=False, cache=None)
+    today = _greedy(trainer, prompts, merge=False, cache="dynamic")
+    assert _greedy(trainer, prompts, merge=True, cache="dynamic") == today
+    caches = []  # the growing cache is really the one generate runs with
+
+    class Counted(kv_cache.GrowingCache):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            caches.append(self)
+
+    monkeypatch.setattr(kv_cache, "GrowingCache", Counted)
     assert _greedy(trainer, prompts, merge=True, cache=None) == today
+    assert _greedy(trainer, prompts, merge=False, cache=None) == today
+    assert len(caches) == 2 and caches[0].get_seq_length() > 0
+    assert "generate" not in vars(trainer.accelerator.unwrap_model(trainer.model))  # the shadowing is undone
     assert _greedy(trainer, prompts, merge=True, cache="static") == today
-    assert _greedy(trainer, prompts, merge=False, cache="static") == today
     assert len({len(p) for p in prompts}) > 5 and any(len(c) > 10 for c in today)
     # The adapter is unmerged again after each call, and scoring still gives batched rows their own positions.
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged

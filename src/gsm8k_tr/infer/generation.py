@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gsm8k_tr import placement
+
 
 @dataclass
 class Completion:
@@ -104,6 +106,8 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                  synced_gpus: bool) -> list[list[Completion]]:
     import torch
 
+    from gsm8k_tr.infer import kv_cache
+
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -113,8 +117,10 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt").to(device)
+        cache = (kv_cache.for_generation(model, batch["input_ids"], config)
+                 if placement.kv_cache(config.cache_implementation) == "growing" else {})
         with torch.inference_mode():
-            output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus)
+            output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]

@@ -38,14 +38,14 @@ from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutAccuracy
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
-from gsm8k_tr.train.rollouts import MergedRollouts
+from gsm8k_tr.train.rollouts import FastRollouts
 from gsm8k_tr.train.trl_configs import grpo_args
 
 log = logging.getLogger(__name__)
 
 STAGE = "grpo"
 
-class GRPOTrainer(MergedRollouts, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
+class GRPOTrainer(FastRollouts, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, merged rollouts, atomic checkpoints, accuracy
     and timing."""
 
@@ -168,7 +168,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
-    trainer.rollouts = {**placement.rollouts(config.use_vllm), "cache_implementation": config.cache_implementation}
+    trainer.rollouts = placement.rollouts(config.use_vllm, config.cache_implementation)
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None

@@ -1,4 +1,5 @@
-"""GRPO's rollouts with the LoRA adapter merged into the weights while they are generated.
+"""GRPO's rollouts with the LoRA adapter merged into the weights while they are generated, and the KV cache
+written in place.
 
 With the adapter unmerged, every adapted layer runs three matmuls and the
 adapter's scale and add at each decoding step: on a GPU these are kernel
@@ -10,14 +11,19 @@ adapter's parameters are untouched, so training, checkpoints and the saved
 adapter are what they would be; the base weights get the adapter's product
 added and taken away again, which leaves them within a rounding step of where
 they were (`tests/train/test_rollouts.py` measures it over many merges).
-`placement.rollout_path` decides where this runs.
+
+TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
+describes is handed to it by shadowing the model's `generate` for the call.
+`placement.rollout_path` decides where each of these runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
+
+from gsm8k_tr.infer.kv_cache import growing_cache
 
 
 @contextmanager
@@ -37,13 +43,19 @@ def merged_adapter(model: Any) -> Iterator[None]:
         model.unmerge_adapter()
 
 
-class MergedRollouts:
-    """GRPOTrainer mixin: generate rollouts with the adapter merged, when `rollouts["merge_lora"]` says so."""
+class FastRollouts:
+    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`) and the growing KV cache
+    (`rollouts["kv_cache"] == "growing"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
 
     rollouts: dict[str, Any] = {}
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.rollouts.get("merge_lora") or self.use_vllm:
+        if self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
-        with merged_adapter(self.accelerator.unwrap_model(self.model)):
+        model = self.accelerator.unwrap_model(self.model)
+        with ExitStack() as stack:
+            if self.rollouts.get("merge_lora"):
+                stack.enter_context(merged_adapter(model))
+            if self.rollouts.get("kv_cache") == "growing":
+                stack.enter_context(growing_cache(model))
             return super()._generate_single_turn(*args, **kwargs)

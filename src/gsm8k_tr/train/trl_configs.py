@@ -145,8 +145,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
                 checked = coerce(value, hints[key], f"{section}.{key}")
             except TypeError:  # Literal and other annotations isinstance cannot check
                 continue
-            if isinstance(value, str) and not isinstance(checked, str):
-                values[key] = checked  # `5e-5` read as a string by YAML
+            values[key] = checked  # as checked: `5e-5` read as a string by YAML, `no` read as false
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     defaults.setdefault("dataloader_pin_memory", placement.pin_memory())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}

@@ -1,0 +1,70 @@
+"""GrowingCache gives attention what transformers' DynamicCache gives it, and generation the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _states(batch: int, length: int, seed: int) -> tuple:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 2, length, 8, generator=generator), torch.randn(batch, 2, length, 8, generator=generator))
+
+
+def test_a_growing_layer_returns_what_a_dynamic_layer_returns_step_by_step() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from gsm8k_tr.infer.kv_cache import GrowingLayer
+
+    growing, dynamic = GrowingLayer(), DynamicLayer()
+    previous, buffers = None, 0
+    for step, length in enumerate([7, *[1] * 40]):  # a prompt, then one token at a time past two doublings
+        keys, values = _states(3, length, step)
+        grown, reference = growing.update(keys, values), dynamic.update(keys, values)
+        assert torch.equal(grown[0], reference[0]) and torch.equal(grown[1], reference[1])
+        assert growing.get_seq_length() == dynamic.get_seq_length() == 7 + step
+        buffers += growing.key_buffer is not previous
+        previous = growing.key_buffer
+    assert buffers == 4  # 7, 14, 28, 56 positions: the cache was copied 4 times, not 41
+
+    sized = GrowingLayer(max_length=47)  # told the generation's length: one buffer, never grown
+    first = sized.update(*_states(3, 7, 0))[0]
+    for step in range(1, 41):
+        sized.update(*_states(3, 1, step))
+    assert sized.key_buffer.data_ptr() == first.data_ptr() and sized.key_buffer.shape[-2] == 47
+    assert torch.equal(sized.keys, dynamic.keys)
+
+    # What the other DynamicLayer methods do still holds, and the next update builds on it.
+    growing.crop(-5), dynamic.crop(-5)
+    growing.batch_select_indices(torch.tensor([2, 0])), dynamic.batch_select_indices(torch.tensor([2, 0]))
+    keys, values = _states(2, 1, 99)
+    grown, reference = growing.update(keys, values), dynamic.update(keys, values)
+    assert torch.equal(grown[0], reference[0]) and torch.equal(grown[1], reference[1])
+    growing.reset()
+    assert growing.get_seq_length() == 0 and growing.key_buffer is None
+
+
+def test_generation_with_the_growing_cache_gives_the_same_tokens(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer.kv_cache import KEYWORD, GrowingCache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    tokenizer.pad_token = tokenizer.eos_token
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(12, seed=5)]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)  # left-padded, prompts of different lengths
+    assert (batch["attention_mask"] == 0).any()
+    for settings in ({"do_sample": False}, {"do_sample": True, "temperature": 0.9, "num_return_sequences": 3}):
+        runs = []
+        for cache in (None, GrowingCache(config=model.config)):
+            torch.manual_seed(0)
+            with torch.inference_mode():
+                runs.append(model.generate(**batch, max_new_tokens=40, pad_token_id=tokenizer.pad_token_id,
+                                           **({KEYWORD: cache} if cache else {}), **settings))
+        assert torch.equal(runs[0], runs[1])
+        assert runs[0].shape[1] > batch["input_ids"].shape[1] + 20
