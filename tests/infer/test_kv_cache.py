@@ -68,3 +68,34 @@ def test_generation_with_the_growing_cache_gives_the_same_tokens(tiny_model_dir)
                                            **({KEYWORD: cache} if cache else {}), **settings))
         assert torch.equal(runs[0], runs[1])
         assert runs[0].shape[1] > batch["input_ids"].shape[1] + 20
+
+
+def test_evaluation_generates_with_the_growing_cache_and_the_same_answers(tiny_model_dir, monkeypatch) -> None:
+    from gsm8k_tr import modeling, placement
+    from gsm8k_tr.config import ModelConfig, PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation, kv_cache
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(config), modeling.load_model(config)
+    modeling.configure_tokens(tokenizer, model, config.stop_token)
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(10, seed=3)]
+    made = []
+
+    class Counted(kv_cache.GrowingCache):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(kv_cache, "GrowingCache", Counted)
+    answers = {}
+    for path in ("dynamic", "growing"):
+        monkeypatch.setattr(placement, "kv_cache", lambda cache_implementation=None, path=path: path)
+        for temperature, samples in ((0.0, 1), (0.8, 2)):
+            found = generation.generate(model, tokenizer, prompts, 32, batch_size=4, temperature=temperature,
+                                        samples=samples, seed=1)
+            answers[path, temperature] = [(c.text, c.tokens) for row in found for c in row]
+        assert len(made) == (0 if path == "dynamic" else 6)  # 3 batches, greedy and sampled
+    assert answers["dynamic", 0.0] == answers["growing", 0.0]
+    assert answers["dynamic", 0.8] == answers["growing", 0.8]

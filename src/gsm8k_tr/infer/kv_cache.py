@@ -8,11 +8,12 @@ but attends over its whole maximum length from the first token, and is meant
 for `torch.compile`.
 
 `GrowingCache` is `DynamicCache` with one change per layer: keys and values
-live in a buffer with room to spare, doubled when full, and `update` writes
-the new tokens into it and returns a view of the filled part. Amortised, a
-step copies only its own tokens. What attention sees is the same tensors'
-values as with `DynamicCache` (`tests/infer/test_kv_cache.py` compares the
-generated tokens).
+live in a buffer sized for the whole generation (prompt plus new tokens;
+doubled when full where that length is not known), and `update` writes the
+new tokens into it and returns a view of the filled part, so a step copies
+only its own tokens. Attention sees the same values as with `DynamicCache`
+(`tests/infer/test_kv_cache.py` compares the generated tokens, greedy and
+sampled).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class GrowingCache(DynamicCache):
 def for_generation(model: Any, input_ids: Any, generation_config: Any) -> dict[str, Any]:
     """`generate`'s keyword argument with a fresh cache for one call of `input_ids` under `generation_config`.
 
-    None where transformers would not build a `DynamicCache` itself: a model that supplies its own cache
+    Empty where transformers would not build a `DynamicCache` itself: a model that supplies its own cache
     (`_supports_default_dynamic_cache`), a recipe's `cache_implementation`, or no cache at all.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
