@@ -34,6 +34,8 @@ def test_a_growing_layer_returns_what_a_dynamic_layer_returns_step_by_step() -> 
         sized.update(*_states(3, 1, step))
     assert sized.key_buffer.data_ptr() == first.data_ptr() and sized.key_buffer.shape[-2] == 47
     assert torch.equal(sized.keys, dynamic.keys)
+    sized.update(*_states(3, 1, 41))  # one step past it (synced_gpus keeps finished processes stepping): doubled
+    assert sized.key_buffer.shape[-2] == 94 and sized.get_seq_length() == 48
 
     # What the other DynamicLayer methods do still holds, and the next update builds on it.
     growing.crop(-5), dynamic.crop(-5)

@@ -55,7 +55,8 @@ class GrowingLayer(DynamicLayer):
         if (self.key_buffer is None or length == 0 or needed > self.key_buffer.shape[-2]
                 or self.keys.data_ptr() != self.key_buffer.data_ptr()
                 or key_states.shape[0] != self.key_buffer.shape[0]):
-            capacity = max(needed, self.max_length or 2 * length)
+            # Past `max_length` (a process that keeps stepping for its peers under `synced_gpus`) it doubles.
+            capacity = max(needed, self.max_length or 0, 2 * length)
             self.key_buffer = self._grown(self.keys, key_states, length, capacity)
             self.value_buffer = self._grown(self.values, value_states, length, capacity)
         self.key_buffer[..., length:needed, :].copy_(key_states)
