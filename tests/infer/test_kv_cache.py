@@ -47,7 +47,11 @@ def test_a_growing_layer_returns_what_a_dynamic_layer_returns_step_by_step() -> 
     assert growing.get_seq_length() == 0 and growing.key_buffer is None
 
 
-def test_generation_with_the_growing_cache_gives_the_same_tokens(tiny_model_dir) -> None:
+# GPT-2 (learned positions, one KV head per head) and the real SmolLM2 (Llama: rotary positions, grouped-query
+# attention with 3 KV heads for 9 query heads).
+@pytest.mark.parametrize("model_fixture,questions,new_tokens", [("tiny_model_dir", 12, 40), ("smollm2_dir", 4, 24)])
+def test_generation_with_the_growing_cache_gives_the_same_tokens(model_fixture, questions, new_tokens,
+                                                                  request) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gsm8k_tr.config import PromptConfig
@@ -55,10 +59,11 @@ def test_generation_with_the_growing_cache_gives_the_same_tokens(tiny_model_dir)
     from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.infer.kv_cache import KEYWORD, GrowingCache
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
-    tokenizer.pad_token = tokenizer.eos_token
-    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(12, seed=5)]
+    folder = request.getfixturevalue(model_fixture)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(questions, seed=5)]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)  # left-padded, prompts of different lengths
     assert (batch["attention_mask"] == 0).any()
     for settings in ({"do_sample": False}, {"do_sample": True, "temperature": 0.9, "num_return_sequences": 3}):
@@ -66,10 +71,10 @@ def test_generation_with_the_growing_cache_gives_the_same_tokens(tiny_model_dir)
         for cache in (None, GrowingCache(config=model.config)):
             torch.manual_seed(0)
             with torch.inference_mode():
-                runs.append(model.generate(**batch, max_new_tokens=40, pad_token_id=tokenizer.pad_token_id,
+                runs.append(model.generate(**batch, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
                                            **({KEYWORD: cache} if cache else {}), **settings))
         assert torch.equal(runs[0], runs[1])
-        assert runs[0].shape[1] > batch["input_ids"].shape[1] + 20
+        assert runs[0].shape[1] > batch["input_ids"].shape[1] + new_tokens // 2
 
 
 def test_evaluation_generates_with_the_growing_cache_and_the_same_answers(tiny_model_dir, monkeypatch) -> None:

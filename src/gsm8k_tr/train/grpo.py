@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 STAGE = "grpo"
 
 class GRPOTrainer(FastRollouts, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
-    """TRL's GRPOTrainer with position ids for left-padded scoring, merged rollouts, atomic checkpoints, accuracy
-    and timing."""
+    """TRL's GRPOTrainer with position ids for left-padded scoring, fast rollouts (adapter merged, KV cache written
+    in place), atomic checkpoints, accuracy and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
