@@ -5,12 +5,16 @@
     python benchmarks/rollouts.py --grpo-steps 0           # decoding only
 
 (a) today: a PEFT model with the LoRA adapter unmerged, transformers' dynamic
-    KV cache, GPT-2's `gelu_new` as written (six elementwise ops).
+    KV cache, GPT-2's `gelu_new` as written (six elementwise ops), and in the
+    loss TRL's fused LM head over every position (its choice off Triton).
 (b) fast: what `gsm8k_tr.placement` chooses on this machine: the adapter
     merged while generating (`train/rollouts.py`), `gelu_pytorch_tanh`
-    (one kernel) and the KV cache written in place (`infer/kv_cache.py`).
-    Decoding also times (b) with transformers' dynamic cache, to show what the
-    cache alone gives.
+    (one kernel), the KV cache written in place (`infer/kv_cache.py`) and
+    filled once per distinct prompt (`infer/shared_prefill.py`), on a
+    CPU one random number per sampled token (`infer/sampling.py`), and the LM
+    head over the completion tokens only (`train/scoring.py`). Decoding also
+    times (b) with transformers' dynamic cache and (b) with torch's sampling,
+    to show what the cache and the sampler each give.
 
 Decoding: a batch of `--sequences` left-padded prompts (8 questions repeated
 to fill it) decodes `--new-tokens` tokens, with a LoRA adapter whose B
@@ -40,13 +44,17 @@ DEMO = ROOT / "recipes" / "demo.yaml"
 
 
 def use_todays_path() -> None:
-    """Turn the fast path off in this process: unmerged adapter, gelu_new as written, transformers' own cache."""
+    """Turn the fast path off in this process: unmerged adapter, gelu_new as written, transformers' own cache,
+    torch's sampling, and TRL's LM head over every position in the loss."""
     from gsm8k_tr import modeling, placement
 
     placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
-    placement.rollout_path = lambda sharded, vllm, cache_implementation=None: {
-        "merge_lora": False, "kv_cache": placement.kv_cache(cache_implementation)}
+    placement.rollout_path = lambda sharded, vllm, cache_implementation=None, device="cpu": {
+        "merge_lora": False, "kv_cache": placement.kv_cache(cache_implementation), "shared_prefill": False,
+        "sampler": "multinomial"}
     modeling.fused_activation = lambda activation: None
+    placement.compact_scoring = lambda device: False
+    placement.row_sampling = lambda device: False
 
 
 def gpt2_medium(folder: Path) -> str:
@@ -60,8 +68,8 @@ def gpt2_medium(folder: Path) -> str:
 
 
 def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> dict[str, Any]:
-    """ms per decoding step for (a), (b) and (b) with the dynamic cache, alternating, on one model with a
-    trained-looking adapter."""
+    """ms per decoding step for (a), (b), (b) with the dynamic cache and (b) with torch's sampling, alternating, on
+    one model with a trained-looking adapter."""
     import peft
     import torch
     from transformers import GenerationConfig
@@ -71,6 +79,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.infer.kv_cache import growing_cache
+    from gsm8k_tr.infer.sampling import one_draw_per_row
     from gsm8k_tr.train.rollouts import merged_adapter
 
     cfg = ModelConfig(name_or_path=model_name)
@@ -87,8 +96,8 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                 if "lora_" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
         paths[label] = model
-    paths["fast, dynamic cache"] = paths["fast"]
-    growing = placement.kv_cache() == "growing"
+    paths["fast, dynamic cache"] = paths["fast, torch sampling"] = paths["fast"]
+    growing, row_sampling = placement.kv_cache() == "growing", placement.row_sampling(device)
     rows = synth.make_problems(8, seed=5)
     prompts = [build_prompt(r["question"], PromptConfig()) for r in rows]
     tokenizer.padding_side = "left"
@@ -103,7 +112,9 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
         model = paths[label]
         torch.manual_seed(0)
         with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else _nothing(),
-              growing_cache(model) if label == "fast" and growing else _nothing()):
+              growing_cache(model, share_prompts=True) if label not in ("fast, dynamic cache", "today") and growing
+              else _nothing(),
+              one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -122,7 +133,8 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
     result = {"model": model_name, "device": str(device), "sequences": sequences, "new_tokens": new_tokens,
               "prompt_tokens": batch["input_ids"].shape[1], "identical_greedy_tokens":
               min(sum(a == b for a, b in zip(greedy["today"], greedy[label])) for label in paths),
-              "threads": torch.get_num_threads(), "kv_cache": placement.kv_cache()}
+              "threads": torch.get_num_threads(), "kv_cache": placement.kv_cache(),
+              "sampler": "inverse_cdf" if row_sampling else "multinomial"}
     for label, times in seconds.items():
         best = min(times)
         result[label] = {"ms_per_step": round(1000 * best / new_tokens, 2),
@@ -158,7 +170,7 @@ def grpo_steps(path: str, start: str, steps: int, work: Path) -> dict[str, Any]:
     length = sum(h["completions/mean_length"] for h in logged) / len(logged)
     return {"path": path, "steps": steps, "step_s": round(step, 3), "generation_s": round(generation, 3),
             "generation_share": round(generation / step, 3), "mean_completion_tokens": round(length, 1),
-            "rollouts": manifest.get("rollouts")}
+            "rollouts": manifest.get("rollouts"), "lm_head_positions": manifest.get("lm_head_positions")}
 
 
 def sft_start(work: Path) -> str:
@@ -197,11 +209,13 @@ def main() -> None:
         r = decode(name, sequences, tokens, args.repeats)
         print(f"decoding, {Path(r['model']).name} on {r['device']} ({r['threads']} threads): {r['sequences']} sequences, "
               f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens")
-        for label, name in (("today", "(a) today"), ("fast", "(b) fast"), ("fast, dynamic cache", "    (b), dynamic cache")):
+        for label, name in (("today", "(a) today"), ("fast", "(b) fast"), ("fast, dynamic cache", "    (b), dynamic cache"),
+                            ("fast, torch sampling", "    (b), torch sampling")):
             print(f"  {name:<22} {r[label]['ms_per_step']:8.2f} ms/step "
                   f"{r[label]['completions_per_s']:8.1f} completions/s {r[label]['tokens_per_s']:8d} tokens/s")
         print(f"  ratio (a)/(b) ms per step: {r['ratio']:.2f}x (the {r['kv_cache']} cache alone: "
-              f"{r['fast, dynamic cache']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x); identical greedy "
+              f"{r['fast, dynamic cache']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x, the {r['sampler']} sampler "
+              f"alone: {r['fast, torch sampling']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x); identical greedy "
               f"completions: {r['identical_greedy_tokens']}/{r['sequences']} (the fewest of either fast path)")
     if args.grpo_steps:
         start = args.start or sft_start(work)
@@ -223,7 +237,7 @@ def main() -> None:
             m = mean[path]
             print(f"  {path:<6} {m['step_s']:6.2f} s/step (runs: {', '.join(str(r['step_s']) for r in results)}), "
                   f"generating {m['generation_s']:.2f} s, {m['mean_completion_tokens']:.1f} tokens per completion; "
-                  f"{results[0]['rollouts']}")
+                  f"{results[0]['rollouts']}, LM head over {results[0]['lm_head_positions']} positions")
         print(f"  ratio today/fast seconds per step: {mean['today']['step_s'] / mean['fast']['step_s']:.2f}x "
               f"(generation {mean['today']['generation_s'] / mean['fast']['generation_s']:.2f}x)")
 

@@ -100,12 +100,21 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("sharded,vllm,cache,expected", [
-    # Both measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, {"merge_lora": True, "kv_cache": "growing"}),
-    (True, False, None, {"merge_lora": False, "kv_cache": "growing"}),   # FSDP/DeepSpeed: shards, no merge
-    (False, True, None, {"merge_lora": False, "kv_cache": "vllm"}),   # vLLM gets merged weights from TRL itself
-    (False, False, "static", {"merge_lora": True, "kv_cache": "static"}),   # a recipe's cache_implementation wins
+@pytest.mark.parametrize("sharded,vllm,cache,device,expected", [
+    # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
+    (False, False, None, "cpu", {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
+                                 "sampler": "inverse_cdf"}),
+    # A GPU draws torch's per-entry random numbers in parallel.
+    (False, False, None, "cuda", {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
+                                  "sampler": "multinomial"}),
+    # FSDP/DeepSpeed: shards, no merge
+    (True, False, None, "cuda", {"merge_lora": False, "kv_cache": "growing", "shared_prefill": True,
+                                 "sampler": "multinomial"}),
+    # vLLM gets merged weights from TRL itself, and samples itself
+    (False, True, None, "cuda", {"merge_lora": False, "kv_cache": "vllm", "shared_prefill": False, "sampler": "vllm"}),
+    # a recipe's cache_implementation wins (and holds no prefill to share)
+    (False, False, "static", "cpu", {"merge_lora": True, "kv_cache": "static", "shared_prefill": False,
+                                     "sampler": "inverse_cdf"}),
 ])
-def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, expected: dict) -> None:
-    assert placement.rollout_path(sharded, vllm, cache) == expected
+def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, expected: dict) -> None:
+    assert placement.rollout_path(sharded, vllm, cache, torch.device(device)) == expected

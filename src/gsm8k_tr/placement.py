@@ -15,8 +15,16 @@ Open this module to learn what a run does on a machine:
   while generating (one matmul per layer instead of three and the adapter's
   adds), on every device where the weights are whole on each process (not
   under FSDP or DeepSpeed, not with vLLM, which gets merged weights from TRL);
-  the KV cache is transformers' dynamic one (a static cache measured no faster
-  on a CPU);
+  the KV cache written in place (`kv_cache`: transformers' dynamic cache
+  without its per-step concatenation; a static cache measured no faster on a
+  CPU);
+- **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for
+  all its completions, where the cache is the growing one;
+- **sampling** (`row_sampling`): one random number per row by inverse CDF
+  on a CPU, where torch's `multinomial` draws one per vocabulary entry, one
+  at a time; torch's own on a GPU;
+- **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over
+  the scored tokens only, also off Triton (TRL projects every position there);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
   elementwise ops in Python) as PyTorch's one fused op, the same function;
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
@@ -24,8 +32,9 @@ Open this module to learn what a run does on a machine:
 - **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free
   memory, or the host's on a CPU, for the plan.
 
-`describe` gathers the choices for the manifest. The micro-batch is the
-memory plan's decision (`train/memory.py`), recorded beside these.
+Each stage's manifest records the choices it ran with (`device`,
+`precision`, `distributed_type`, `lm_head_positions`; GRPO's `rollouts`),
+beside the micro-batch, which is the memory plan's decision (`train/memory.py`).
 """
 
 from __future__ import annotations
@@ -196,16 +205,45 @@ def kv_cache(cache_implementation: str | None = None) -> str:
     return cache_implementation or "growing"
 
 
-def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None) -> dict[str, Any]:
-    """How GRPO generates its rollouts with transformers.
+def row_sampling(device: Any) -> bool:
+    """Whether sampling in `generate` draws one random number per row (`infer/sampling.py`) instead of torch's one
+    per vocabulary entry: on a CPU, where those come one at a time (a quarter of the demo's decoding step); a GPU
+    draws them in parallel."""
+    return getattr(device, "type", str(device)) == "cpu"
+
+
+def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
+                 device: Any = "cpu") -> dict[str, Any]:
+    """How GRPO generates its rollouts with transformers on `device`.
 
     `merge_lora`: merge the adapter into the weights for the generation call
     and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
     does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    `kv_cache`: as `kv_cache` says, or vLLM's own.
+    `kv_cache`: as `kv_cache` says, or vLLM's own. `shared_prefill`: with
+    the growing cache, each group's prompt is prefilled once for its
+    `num_generations` rows (`infer/shared_prefill.py`), on every device.
+    `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
+    "multinomial"), or vLLM's own.
     """
-    return {"merge_lora": not sharded and not vllm, "kv_cache": "vllm" if vllm else kv_cache(cache_implementation)}
+    if vllm:
+        return {"merge_lora": False, "kv_cache": "vllm", "shared_prefill": False, "sampler": "vllm"}
+    cache = kv_cache(cache_implementation)
+    return {"merge_lora": not sharded, "kv_cache": cache, "shared_prefill": cache == "growing",
+            "sampler": "inverse_cdf" if row_sampling(device) else "multinomial"}
+
+
+def compact_scoring(device: Any) -> bool:
+    """Whether TRL's fused LM head on `device` should project only the positions that have a label.
+
+    TRL does so on Triton devices (CUDA, XPU) and projects every position
+    elsewhere, to keep the tile shapes fixed for a compiler such as Neuron's
+    (`train/scoring.py`). CPUs and MPS compile nothing, so there the prompt
+    and padding positions are work thrown away: the demo's GRPO step's
+    training pass took 0.82 s with them and 0.65 s without, with the same
+    losses (docs/benchmarks.md). Other devices keep TRL's choice.
+    """
+    return getattr(device, "type", str(device)) in ("cpu", "mps", "cuda", "xpu")
 
 
 def weights_whole() -> bool:
@@ -213,9 +251,9 @@ def weights_whole() -> bool:
     return requested_kind() is None
 
 
-def rollouts(vllm: bool, cache_implementation: str | None = None) -> dict[str, Any]:
-    """The rollout path on this machine, for this launch."""
-    return rollout_path(not weights_whole(), vllm, cache_implementation)
+def rollouts(vllm: bool, cache_implementation: str | None, device: Any) -> dict[str, Any]:
+    """The rollout path on this machine, for this launch, with the policy on `device`."""
+    return rollout_path(not weights_whole(), vllm, cache_implementation, device)
 
 
 def fused_activation(activation: str | None) -> str | None:
@@ -228,15 +266,3 @@ def fused_activation(activation: str | None) -> str | None:
     a GPU each is a kernel launch per layer and decoding step.
     """
     return "gelu_pytorch_tanh" if activation == "gelu_new" else None
-
-
-def describe(device: Any = None, rollouts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What runs where, for a manifest."""
-    torch = _torch()
-    found = {"device": device_name(), "torch": torch.__version__,
-             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-    if device is not None:
-        found["training_device"] = str(device)
-    if rollouts is not None:
-        found["rollouts"] = rollouts
-    return found

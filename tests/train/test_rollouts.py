@@ -1,5 +1,5 @@
 """The fast rollout path gives today's answers: LoRA merged while generating, the growing KV cache (and TRL's static
-one)."""
+one), each group's prompt prefilled once."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def test_fast_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, monke
     assert len(caches) == 2 and caches[0].get_seq_length() > 0
     assert "generate" not in vars(trainer.accelerator.unwrap_model(trainer.model))  # the shadowing is undone
     assert _greedy(trainer, prompts, merge=True, cache="static") == today
+    # A group's prompt repeated as TRL repeats it: prefilled once, the same tokens.
+    from gsm8k_tr.infer import shared_prefill
+
+    shared = []
+    real = shared_prefill.prefill
+    monkeypatch.setattr(shared_prefill, "prefill", lambda *args: shared.append(real(*args)) or shared[-1])
+    grouped = [p for p in prompts[:6] for _ in range(4)]
+    reference = _greedy(trainer, grouped, merge=False, cache="dynamic")
+    assert _greedy(trainer, grouped, merge=True, cache=None) == reference
+    assert shared == [True] and reference[0] == reference[3]
     assert len({len(p) for p in prompts}) > 5 and any(len(c) > 10 for c in today)
     # The adapter is unmerged again after each call, and scoring still gives batched rows their own positions.
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged

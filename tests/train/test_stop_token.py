@@ -71,7 +71,8 @@ def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pyt
                                             "grpo.per_device_train_batch_size=8", "eval.every_steps=0"])
     sft.main(recipe)
     manifest = grpo.main(recipe)
-    assert manifest["rollouts"] == {"merge_lora": True, "kv_cache": "growing"}  # the fast rollout path ran
+    assert manifest["rollouts"] == {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
+                                    "sampler": "inverse_cdf"}  # the fast path ran
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft" / "merged")
     stop = tokenizer.convert_tokens_to_ids(STOP)
     texts = [text for batch, _, _ in seen for text in batch]

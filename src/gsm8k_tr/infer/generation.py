@@ -106,7 +106,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                  synced_gpus: bool) -> list[list[Completion]]:
     import torch
 
-    from gsm8k_tr.infer import kv_cache
+    from gsm8k_tr.infer import kv_cache, sampling
 
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
     stops = set(stop_ids(model))
@@ -119,7 +119,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt").to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], config)
                  if placement.kv_cache(config.cache_implementation) == "growing" else {})
-        with torch.inference_mode():
+        with torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)):
             output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):

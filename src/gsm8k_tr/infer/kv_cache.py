@@ -105,18 +105,25 @@ def for_generation(model: Any, input_ids: Any, generation_config: Any) -> dict[s
 
 
 @contextmanager
-def growing_cache(model: Any) -> Iterator[None]:
-    """Within the block, each `model.generate` call that brings no cache of its own gets a fresh `GrowingCache`.
+def growing_cache(model: Any, share_prompts: bool = False) -> Iterator[None]:
+    """Within the block, each `model.generate` call that brings no cache of its own gets a fresh `GrowingCache`;
+    with `share_prompts`, filled once per distinct prompt (`infer/shared_prefill.py`).
 
     For callers that build the `generate` call themselves (TRL's rollouts): the
     instance attribute shadows the method for the block and is removed after.
     """
+    from gsm8k_tr.infer import shared_prefill
+
     method, shadowed = model.generate, vars(model).get("generate")
 
     def generate(*args: Any, **kwargs: Any) -> Any:
         if not ({"cache", "past_key_values"} & kwargs.keys()) and "input_ids" in kwargs:
-            kwargs.update(for_generation(model, kwargs["input_ids"], kwargs.get("generation_config")
-                                         or model.generation_config))
+            given = for_generation(model, kwargs["input_ids"], kwargs.get("generation_config")
+                                   or model.generation_config)
+            cache = given.get(KEYWORD)
+            if share_prompts and cache is not None and all(isinstance(layer, GrowingLayer) for layer in cache.layers):
+                shared_prefill.prefill(model, kwargs["input_ids"], kwargs.get("attention_mask"), cache, KEYWORD)
+            kwargs.update(given)
         return method(*args, **kwargs)
 
     model.generate = generate

@@ -7,10 +7,11 @@ recipe → TRL GRPOTrainer with LoRA, the position-ids fix and dropout off →
 save adapter, merged model and run records.
 
 The trainer subclass adds only what TRL leaves out: correct position ids for
-left-padded scoring (positions.py), atomic checkpoints, and three metrics: task
-accuracy, the share of prompt groups whose answers are all right or all wrong
-(no advantage, nothing learned), and generation time, so the console shows
-where a step's time goes.
+left-padded scoring (positions.py), fast rollouts (rollouts.py), the LM head
+over the completion tokens only on every device (scoring.py), atomic
+checkpoints, and three metrics: task accuracy, the share of prompt groups whose
+answers are all right or all wrong (no advantage, nothing learned), and
+generation time, so the console shows where a step's time goes.
 """
 
 from __future__ import annotations
@@ -39,15 +40,16 @@ from gsm8k_tr.train.held_out import HeldOutAccuracy
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
 from gsm8k_tr.train.rollouts import FastRollouts
+from gsm8k_tr.train.scoring import CompactScoring
 from gsm8k_tr.train.trl_configs import grpo_args
 
 log = logging.getLogger(__name__)
 
 STAGE = "grpo"
 
-class GRPOTrainer(FastRollouts, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
+class GRPOTrainer(FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, fast rollouts (adapter merged, KV cache written
-    in place), atomic checkpoints, accuracy and timing."""
+    in place), the LM head over the completion tokens only, atomic checkpoints, accuracy and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,7 +170,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
-    trainer.rollouts = placement.rollouts(config.use_vllm, config.cache_implementation)
+    trainer.rollouts = placement.rollouts(config.use_vllm, config.cache_implementation, trainer.args.device)
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None

@@ -1,5 +1,5 @@
-"""GRPO's rollouts with the LoRA adapter merged into the weights while they are generated, and the KV cache
-written in place.
+"""GRPO's rollouts with the LoRA adapter merged into the weights while they are generated, the KV cache written
+in place and each prompt prefilled once for its group, and on a CPU one random number per sampled token.
 
 With the adapter unmerged, every adapted layer runs three matmuls and the
 adapter's scale and add at each decoding step: on a GPU these are kernel
@@ -13,7 +13,9 @@ added and taken away again, which leaves them within a rounding step of where
 they were (`tests/train/test_rollouts.py` measures it over many merges).
 
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
-describes is handed to it by shadowing the model's `generate` for the call.
+describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
+shadowing the model's `generate` for the call, and the sampler of
+`infer/sampling.py` stands in for `torch.multinomial`.
 `placement.rollout_path` decides where each of these runs.
 """
 
@@ -24,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from gsm8k_tr.infer.kv_cache import growing_cache
+from gsm8k_tr.infer.sampling import one_draw_per_row
 
 
 @contextmanager
@@ -44,8 +47,10 @@ def merged_adapter(model: Any) -> Iterator[None]:
 
 
 class FastRollouts:
-    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`) and the growing KV cache
-    (`rollouts["kv_cache"] == "growing"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
+    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`), the growing KV cache
+    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the
+    inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), as
+    `placement.rollout_path` says; vLLM's rollouts are left alone."""
 
     rollouts: dict[str, Any] = {}
 
@@ -57,5 +62,6 @@ class FastRollouts:
             if self.rollouts.get("merge_lora"):
                 stack.enter_context(merged_adapter(model))
             if self.rollouts.get("kv_cache") == "growing":
-                stack.enter_context(growing_cache(model))
+                stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
+            stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
             return super()._generate_single_turn(*args, **kwargs)

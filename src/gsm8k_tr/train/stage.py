@@ -153,11 +153,12 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
 
     from gsm8k_tr.config import recipe_dict
     from gsm8k_tr.data.splits import fingerprint
-    from gsm8k_tr.placement import device_name
+    from gsm8k_tr.placement import compact_scoring, device_name
 
     return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
             "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),
             "data_counts": counts, "device": device_name(),
             "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
+            "lm_head_positions": "scored" if compact_scoring(config.device) else "all",
             "train_seconds": time.perf_counter() - started,
             "resumed_from": checkpoint}

@@ -1,0 +1,57 @@
+"""A group's completions share their prompt's prefill.
+
+GRPO samples `num_generations` completions of each prompt, and TRL gets them by
+repeating the prompt that many times in the batch it hands to `generate`, so
+the prompt's keys and values are computed once per completion: 8 times in the
+demo and in the real recipe. `prefill` runs the model once over the distinct
+prompts, all but their last token, into the KV cache, and gives every row a
+copy of its prompt's entries. `generate`, handed that cache with the full
+prompts, then starts from it, as it does for any cache brought to it: its
+prefill runs only the last prompt token of each row. The model sees the same
+positions and attention mask as in `generate`'s own prefill
+(`tests/infer/test_shared_prefill.py` compares the tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def distinct_rows(input_ids: Any, attention_mask: Any) -> tuple[Any, Any] | None:
+    """(the index of each distinct prompt's first row, each row's distinct prompt), or None when no row repeats."""
+    import torch
+
+    rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=-1)  # the mask too: a pad id can be a token
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if unique.shape[0] == rows.shape[0]:
+        return None
+    order = torch.arange(rows.shape[0], device=rows.device)
+    first = torch.full((unique.shape[0],), rows.shape[0], dtype=order.dtype, device=rows.device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")
+    return first, inverse
+
+
+def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, keyword: str) -> bool:
+    """Fill the empty `cache` with every row's prompt but its last token, computing each distinct prompt once.
+
+    Returns False, with the cache left empty, when there is nothing to share
+    (no repeated row, or a prompt of one token). `keyword` is the models'
+    name for the cache argument.
+    """
+    import torch
+
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if input_ids.shape[-1] < 2 or cache.get_seq_length() != 0:
+        return False
+    found = distinct_rows(input_ids, attention_mask)
+    if found is None:
+        return False
+    first, inverse = found
+    ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+    # The positions `generate` gives a left-padded prompt (`_prepare_position_ids_for_generation`).
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+          **{keyword: cache})
+    cache.batch_select_indices(inverse)
+    return True

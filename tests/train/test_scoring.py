@@ -1,0 +1,150 @@
+"""The LM head over the scored tokens only (`train/scoring.py`), held to TRL's own fused LM head.
+
+TRL projects every position off Triton devices; with `compact_scoring` it
+projects only the positions that have a label. The log-probabilities, the
+entropies and the gradients must be the same numbers, and the projection must
+really see fewer rows, or the override does nothing (another TRL).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gsm8k_tr import placement  # noqa: E402
+from gsm8k_tr.train import scoring  # noqa: E402
+
+
+def _left_padded_batch(pad: int) -> tuple:
+    """Three rows of prompt and completion, prompts left-padded and completions right-padded, as GRPO scores them."""
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 800, (n,), generator=generator) for n in (30, 12, 21)]
+    completions = [torch.randint(5, 800, (n,), generator=generator) for n in (6, 10, 3)]
+    width, length = max(map(len, prompts)), max(map(len, completions))
+    ids = torch.full((3, width + length), pad)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids[row, width - len(prompt):width], mask[row, width - len(prompt):width] = prompt, 1
+        ids[row, width:width + len(completion)], mask[row, width:width + len(completion)] = completion, 1
+    return ids, mask, length, sum(map(len, completions))
+
+
+def _rows_projected(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many positions each call of TRL's chunked log-prob kernel projects."""
+    from trl.trainer import utils
+
+    seen: list[int] = []
+    real = utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        seen.append(hidden.shape[0])
+        return real(hidden, *args)
+
+    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply", spy)
+    return seen
+
+
+def _grpo_trainer(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import LoraConfig, ModelConfig
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=8, report_to=[], bf16=False, use_cpu=True,
+                      activation_checkpointing=False, disable_dropout=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
+                          train_dataset=Dataset.from_list([{"prompt": "a b c"}] * 8), processing_class=tokenizer,
+                          peft_config=modeling.lora_config(LoraConfig(r=4, alpha=8, dropout=0.0), model))
+    with torch.no_grad():  # random LoRA B, so the adapter's gradients are not all zero-born
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    return trainer
+
+
+def test_grpo_scoring_projects_only_the_completion_tokens_and_gives_the_same_numbers(
+        tiny_model_dir, tmp_path, monkeypatch) -> None:
+    trainer = _grpo_trainer(tiny_model_dir, tmp_path)
+    ids, mask, length, completion_tokens = _left_padded_batch(trainer.processing_class.pad_token_id)
+    seen = _rows_projected(monkeypatch)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def score() -> tuple:
+        trainer.model.zero_grad()
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, length,
+                                                                         compute_entropy=True)
+        keep = mask[:, -length:].bool()
+        (logps[keep].sum() + entropies[keep].sum()).backward()
+        return logps[keep].detach(), entropies[keep].detach(), [p.grad.clone() for p in params]
+
+    compact = score()
+    monkeypatch.setattr(placement, "compact_scoring", lambda device: False)  # TRL's own choice on a CPU
+    every = score()
+    assert seen == [completion_tokens, ids.shape[0] * (ids.shape[1] - 1)]  # the override is what changed the work
+    torch.testing.assert_close(compact[0], every[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compact[1], every[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(compact[2], every[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in compact[2])
+
+
+def test_sft_loss_through_trls_fused_head_is_the_same_with_fewer_rows(tiny_model_dir, monkeypatch) -> None:
+    """SFTTrainer's loss goes through the same fused forward (`model(..., fused_lm_head=True)`)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import ModelConfig
+
+    model = modeling.load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids, mask, length, completion_tokens = _left_padded_batch(0)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-length] = -100  # completion-only loss
+    seen = _rows_projected(monkeypatch)
+
+    def loss(compact: bool) -> tuple:
+        model.zero_grad()
+        with scoring.compact_scoring(torch.device("cpu")) if compact else _nothing():
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.detach(), model.transformer.h[0].attn.c_attn.weight.grad.clone()
+
+    compact, every = loss(True), loss(False)
+    assert seen == [completion_tokens, ids.shape[0] * (ids.shape[1] - 1)]
+    torch.testing.assert_close(compact[0], every[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compact[1], every[1], rtol=1e-4, atol=1e-6)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def test_the_override_is_undone_after_the_block_also_on_error() -> None:
+    from trl.trainer import utils
+
+    original = utils._use_triton
+    with pytest.raises(ValueError), scoring.compact_scoring(torch.device("cpu")):
+        assert utils._use_triton is not original
+        raise ValueError("boom")
+    assert utils._use_triton is original
+
+
+def test_devices_that_compile_keep_trls_choice() -> None:
+    from trl.trainer import utils
+
+    assert placement.compact_scoring(torch.device("cpu")) and placement.compact_scoring(torch.device("cuda"))
+    assert not placement.compact_scoring("xla") and not placement.compact_scoring("neuron")
+    original = utils._use_triton
+    with scoring.compact_scoring("xla"):
+        assert utils._use_triton is original
