@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,9 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
         model = paths[label]
         torch.manual_seed(0)
-        with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else _nothing(),
+        with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else nullcontext(),
               growing_cache(model, share_prompts=True) if label not in ("fast, dynamic cache", "today") and growing
-              else _nothing(),
+              else nullcontext(),
               one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -142,14 +143,6 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                          "tokens_per_s": round(sequences * new_tokens / best)}
     result["ratio"] = round(result["today"]["ms_per_step"] / result["fast"]["ms_per_step"], 2)
     return result
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
 
 
 def grpo_steps(path: str, start: str, steps: int, work: Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ Open this module to learn what a run does on a machine:
   without its per-step concatenation; a static cache measured no faster on a
   CPU);
 - **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for
-  all its completions, where the cache is the growing one;
+  all its completions, where the cache is the growing one and the weights
+  are whole on each process;
 - **sampling** (`row_sampling`): one random number per row by inverse CDF
   on a CPU, where torch's `multinomial` draws one per vocabulary entry, one
   at a time; torch's own on a GPU;
@@ -222,14 +223,16 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
     `kv_cache`: as `kv_cache` says, or vLLM's own. `shared_prefill`: with
     the growing cache, each group's prompt is prefilled once for its
-    `num_generations` rows (`infer/shared_prefill.py`), on every device.
-    `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
-    "multinomial"), or vLLM's own.
+    `num_generations` rows (`infer/shared_prefill.py`), on every device; not
+    where the weights are sharded, since a process whose rows happen not to
+    repeat would skip the extra forward that its peers run, and FSDP's
+    gathers would wait for it. `sampler`: as `row_sampling` says
+    ("inverse_cdf" or torch's "multinomial"), or vLLM's own.
     """
     if vllm:
         return {"merge_lora": False, "kv_cache": "vllm", "shared_prefill": False, "sampler": "vllm"}
     cache = kv_cache(cache_implementation)
-    return {"merge_lora": not sharded, "kv_cache": cache, "shared_prefill": cache == "growing",
+    return {"merge_lora": not sharded, "kv_cache": cache, "shared_prefill": cache == "growing" and not sharded,
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial"}
 
 
@@ -241,7 +244,9 @@ def compact_scoring(device: Any) -> bool:
     (`train/scoring.py`). CPUs and MPS compile nothing, so there the prompt
     and padding positions are work thrown away: the demo's GRPO step's
     training pass took 0.82 s with them and 0.65 s without, with the same
-    losses (docs/benchmarks.md). Other devices keep TRL's choice.
+    losses (docs/benchmarks.md). On CUDA and XPU this changes nothing where
+    Triton is installed and scores compactly where it is not; other devices
+    (XLA, Neuron) keep TRL's choice.
     """
     return getattr(device, "type", str(device)) in ("cpu", "mps", "cuda", "xpu")
 

@@ -47,25 +47,32 @@ def test_a_growing_layer_returns_what_a_dynamic_layer_returns_step_by_step() -> 
     assert growing.get_seq_length() == 0 and growing.key_buffer is None
 
 
-# GPT-2 (learned positions, one KV head per head) and the real SmolLM2 (Llama: rotary positions, grouped-query
-# attention with 3 KV heads for 9 query heads).
-@pytest.mark.parametrize("model_fixture,questions,new_tokens", [("tiny_model_dir", 12, 40), ("smollm2_dir", 4, 24)])
-def test_generation_with_the_growing_cache_gives_the_same_tokens(model_fixture, questions, new_tokens,
-                                                                  request) -> None:
+def model_and_prompts(folder, questions: int, repeat: int = 1) -> tuple:
+    """A model, its left-padding tokenizer and a left-padded batch of `questions` prompts of different lengths,
+    each repeated `repeat` times in a row (as TRL repeats a GRPO group's prompt)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gsm8k_tr.config import PromptConfig
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
-    from gsm8k_tr.infer.kv_cache import KEYWORD, GrowingCache
 
-    folder = request.getfixturevalue(model_fixture)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(questions, seed=5)]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)  # left-padded, prompts of different lengths
+    batch = tokenizer([p for p in prompts for _ in range(repeat)], return_tensors="pt", padding=True)
     assert (batch["attention_mask"] == 0).any()
+    return model, tokenizer, batch
+
+
+# GPT-2 (learned positions, one KV head per head) and the real SmolLM2 (Llama: rotary positions, grouped-query
+# attention with 3 KV heads for 9 query heads).
+@pytest.mark.parametrize("model_fixture,questions,new_tokens", [("tiny_model_dir", 12, 40), ("smollm2_dir", 4, 24)])
+def test_generation_with_the_growing_cache_gives_the_same_tokens(model_fixture, questions, new_tokens,
+                                                                  request) -> None:
+    from gsm8k_tr.infer.kv_cache import KEYWORD, GrowingCache
+
+    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions)
     for settings in ({"do_sample": False}, {"do_sample": True, "temperature": 0.9, "num_return_sequences": 3}):
         runs = []
         for cache in (None, GrowingCache(config=model.config)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_kv_cache import model_and_prompts
 
 torch = pytest.importorskip("torch")
 
@@ -26,21 +27,10 @@ def test_distinct_rows_finds_each_prompts_first_row_and_its_group() -> None:
 @pytest.mark.parametrize("model_fixture,questions,new_tokens", [("tiny_model_dir", 6, 40), ("smollm2_dir", 3, 16)])
 def test_generation_from_the_shared_prefill_gives_the_same_tokens(model_fixture, questions, new_tokens,
                                                                    request) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from gsm8k_tr.config import PromptConfig
-    from gsm8k_tr.data import synth
-    from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.infer import kv_cache
 
-    folder = request.getfixturevalue(model_fixture)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(questions, seed=5)]
     group = 4
-    batch = tokenizer([p for p in prompts for _ in range(group)], return_tensors="pt", padding=True)  # as TRL repeats
-    assert (batch["attention_mask"] == 0).any()
+    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions, repeat=group)
     rows_seen = []
     model.register_forward_pre_hook(lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
                                     with_kwargs=True)

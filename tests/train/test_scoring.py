@@ -8,7 +8,10 @@ really see fewer rows, or the override does nothing (another TRL).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
+from test_positions import _trainer
 
 torch = pytest.importorskip("torch")
 
@@ -45,33 +48,11 @@ def _rows_projected(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def _grpo_trainer(tiny_model_dir, tmp_path):
-    from datasets import Dataset
-    from trl import GRPOConfig
-
-    from gsm8k_tr import modeling
-    from gsm8k_tr.config import LoraConfig, ModelConfig
-    from gsm8k_tr.train.grpo import GRPOTrainer
-
-    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
-    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
-    modeling.configure_tokens(tokenizer, model, "<|stop|>")
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
-                      max_completion_length=8, report_to=[], bf16=False, use_cpu=True,
-                      activation_checkpointing=False, disable_dropout=True)
-    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
-                          train_dataset=Dataset.from_list([{"prompt": "a b c"}] * 8), processing_class=tokenizer,
-                          peft_config=modeling.lora_config(LoraConfig(r=4, alpha=8, dropout=0.0), model))
-    with torch.no_grad():  # random LoRA B, so the adapter's gradients are not all zero-born
-        for name, param in trainer.model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    return trainer
-
-
 def test_grpo_scoring_projects_only_the_completion_tokens_and_gives_the_same_numbers(
         tiny_model_dir, tmp_path, monkeypatch) -> None:
-    trainer = _grpo_trainer(tiny_model_dir, tmp_path)
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)  # LoRA with random B, as after some training
     ids, mask, length, completion_tokens = _left_padded_batch(trainer.processing_class.pad_token_id)
     seen = _rows_projected(monkeypatch)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -111,7 +92,7 @@ def test_sft_loss_through_trls_fused_head_is_the_same_with_fewer_rows(tiny_model
 
     def loss(compact: bool) -> tuple:
         model.zero_grad()
-        with scoring.compact_scoring(torch.device("cpu")) if compact else _nothing():
+        with scoring.compact_scoring(torch.device("cpu")) if compact else nullcontext():
             out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
         out.loss.backward()
         return out.loss.detach(), model.transformer.h[0].attn.c_attn.weight.grad.clone()
@@ -120,14 +101,6 @@ def test_sft_loss_through_trls_fused_head_is_the_same_with_fewer_rows(tiny_model
     assert seen == [completion_tokens, ids.shape[0] * (ids.shape[1] - 1)]
     torch.testing.assert_close(compact[0], every[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compact[1], every[1], rtol=1e-4, atol=1e-6)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def test_the_override_is_undone_after_the_block_also_on_error() -> None:
