@@ -39,6 +39,15 @@ def test_a_one_hot_row_and_a_large_vocabulary() -> None:
     assert drawn[:2] == [50256, 0] and 0 <= drawn[2] < 50257
 
 
+@pytest.mark.parametrize("uniform,expected", [(0.0, 1), (1.0, 3)])
+def test_the_ends_of_the_uniform_land_on_tokens_that_can_be_drawn(monkeypatch, uniform, expected) -> None:
+    """A uniform of exactly 0, or one whose product with the total rounds up to it, still picks a token with
+    probability above 0 (the first and the last such token), never a cut one or one past the vocabulary."""
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, uniform, dtype=kwargs["dtype"]))
+    assert sampling.draw(probs, 1).item() == expected
+
+
 def test_seeded_draws_repeat_and_follow_a_generator() -> None:
     probs = torch.softmax(torch.randn(16, 300), -1)
     torch.manual_seed(5)
