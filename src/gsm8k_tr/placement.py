@@ -206,11 +206,16 @@ def kv_cache(cache_implementation: str | None = None) -> str:
     return cache_implementation or "growing"
 
 
+def _device_type(device: Any) -> str:
+    """"cpu", "cuda", ... of a torch device or a device name."""
+    return getattr(device, "type", str(device))
+
+
 def row_sampling(device: Any) -> bool:
     """Whether sampling in `generate` draws one random number per row (`infer/sampling.py`) instead of torch's one
     per vocabulary entry: on a CPU, where those come one at a time (a quarter of the demo's decoding step); a GPU
     draws them in parallel."""
-    return getattr(device, "type", str(device)) == "cpu"
+    return _device_type(device) == "cpu"
 
 
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
@@ -248,7 +253,7 @@ def compact_scoring(device: Any) -> bool:
     Triton is installed and scores compactly where it is not; other devices
     (XLA, Neuron) keep TRL's choice.
     """
-    return getattr(device, "type", str(device)) in ("cpu", "mps", "cuda", "xpu")
+    return _device_type(device) in ("cpu", "mps", "cuda", "xpu")
 
 
 def weights_whole() -> bool:

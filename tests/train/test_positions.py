@@ -38,18 +38,26 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls):
     return trainer
 
 
-def _worst_difference(trainer) -> float:
-    """Max |batched - alone| over the real completion tokens of a left-padded batch."""
+def left_padded_batch(pad: int) -> tuple:
+    """Three rows of prompt and completion as GRPO scores them: prompts left-padded, completions right-padded.
+
+    Returns (prompts, completions, ids, mask, completion columns).
+    """
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 800, (n,), generator=generator) for n in (30, 12, 21)]
     completions = [torch.randint(5, 800, (n,), generator=generator) for n in (6, 10, 3)]
     width, length = max(map(len, prompts)), max(map(len, completions))
-    pad = trainer.processing_class.pad_token_id
     ids = torch.full((3, width + length), pad)
     mask = torch.zeros_like(ids)
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         ids[row, width - len(prompt):width], mask[row, width - len(prompt):width] = prompt, 1  # left padding
         ids[row, width:width + len(completion)], mask[row, width:width + len(completion)] = completion, 1
+    return prompts, completions, ids, mask, length
+
+
+def _worst_difference(trainer) -> float:
+    """Max |batched - alone| over the real completion tokens of a left-padded batch."""
+    prompts, completions, ids, mask, length = left_padded_batch(trainer.processing_class.pad_token_id)
     score = trainer._get_per_token_logps_and_entropies
     worst = 0.0
     with torch.no_grad():

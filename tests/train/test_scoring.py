@@ -11,26 +11,12 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import pytest
-from test_positions import _trainer
+from test_positions import _trainer, left_padded_batch
 
 torch = pytest.importorskip("torch")
 
 from gsm8k_tr import placement  # noqa: E402
 from gsm8k_tr.train import scoring  # noqa: E402
-
-
-def _left_padded_batch(pad: int) -> tuple:
-    """Three rows of prompt and completion, prompts left-padded and completions right-padded, as GRPO scores them."""
-    generator = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(5, 800, (n,), generator=generator) for n in (30, 12, 21)]
-    completions = [torch.randint(5, 800, (n,), generator=generator) for n in (6, 10, 3)]
-    width, length = max(map(len, prompts)), max(map(len, completions))
-    ids = torch.full((3, width + length), pad)
-    mask = torch.zeros_like(ids)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-        ids[row, width - len(prompt):width], mask[row, width - len(prompt):width] = prompt, 1
-        ids[row, width:width + len(completion)], mask[row, width:width + len(completion)] = completion, 1
-    return ids, mask, length, sum(map(len, completions))
 
 
 def _rows_projected(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -53,7 +39,8 @@ def test_grpo_scoring_projects_only_the_completion_tokens_and_gives_the_same_num
     from gsm8k_tr.train.grpo import GRPOTrainer
 
     trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)  # LoRA with random B, as after some training
-    ids, mask, length, completion_tokens = _left_padded_batch(trainer.processing_class.pad_token_id)
+    _, completions, ids, mask, length = left_padded_batch(trainer.processing_class.pad_token_id)
+    completion_tokens = sum(map(len, completions))
     seen = _rows_projected(monkeypatch)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
 
@@ -85,7 +72,8 @@ def test_sft_loss_through_trls_fused_head_is_the_same_with_fewer_rows(tiny_model
 
     model = modeling.load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    ids, mask, length, completion_tokens = _left_padded_batch(0)
+    _, completions, ids, mask, length = left_padded_batch(0)
+    completion_tokens = sum(map(len, completions))
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :-length] = -100  # completion-only loss
     seen = _rows_projected(monkeypatch)

@@ -27,6 +27,8 @@ from typing import Any
 from transformers import GPT2Model
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from gsm8k_tr.infer import shared_prefill
+
 # transformers 5 renamed generate's and the models' `past_key_values` to `cache` (the old name warns until 6.0).
 KEYWORD = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
@@ -112,8 +114,6 @@ def growing_cache(model: Any, share_prompts: bool = False) -> Iterator[None]:
     For callers that build the `generate` call themselves (TRL's rollouts): the
     instance attribute shadows the method for the block and is removed after.
     """
-    from gsm8k_tr.infer import shared_prefill
-
     method, shadowed = model.generate, vars(model).get("generate")
 
     def generate(*args: Any, **kwargs: Any) -> Any:
