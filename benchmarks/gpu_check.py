@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                  # about 3 minutes on one H100/H200-class GPU, without vLLM
     python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
+    python benchmarks/gpu_check.py --compiled       # also GRPO, decoding and evaluation with `decoding: compiled`
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
@@ -22,7 +23,12 @@ In one process (imports once), each part on the same model folder:
 - decode: ms per decoding step of 64 rollouts, today's path (adapter
   unmerged, dynamic cache) against `placement`'s fast path, and the bound of
   reading the bf16 weights once per step at the card's memory bandwidth;
-- eval: `--questions` questions; generated tokens per second.
+- eval: `--questions` questions; generated tokens per second;
+- with `--compiled`: decode also times compiled decoding (a static cache and
+  CUDA graphs, `infer/compiled_decoding.py`), and grpo-compiled and
+  eval-compiled run GRPO and evaluation with it, each printing its compile
+  time apart (the first step, the first call) and greedy answers compared
+  with eval's.
 Each training part's peak GPU memory is printed beside the memory plan at the
 data's real lengths (the plan the stage itself ran). It exits non-zero if any
 part fails, and with status 2 (one line) on a machine without a CUDA GPU.
@@ -147,19 +153,21 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
         per_step = manifest["micro_batch"]["per_device_train_batch_size"] * \
             manifest["micro_batch"]["gradient_accumulation_steps"]
     step = sum(h["step_time"] for h in logged) / len(logged)
+    first = _timed_steps(history, "step_time")[0]["step_time"]  # with compiled decoding: the compile
     generation = sum(h["time/generation_s"] for h in logged) / len(logged)
     length = sum(h["completions/mean_length"] for h in logged) / len(logged)
-    return {"steps": manifest["global_step"], "step_s": round(step, 2), "generation_share": round(generation / step, 3),
+    return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1), "generation_share": round(generation / step, 3),
             "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
             "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
 
 
-def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int) -> dict[str, Any]:
+def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int,
+                compiled: bool) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from rollouts import decode
 
-    result = decode(model, sequences, new_tokens, repeats=2)
+    result = decode(model, sequences, new_tokens, repeats=2, compiled=compiled)
     name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else ""
     bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
     if bandwidth:  # one read of the bf16 weights per decoding step, the cache aside
@@ -167,21 +175,34 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
     return result
 
 
-def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, backend: str = "hf") -> dict[str, Any]:
+def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, backend: str = "hf",
+              label: str = "eval") -> dict[str, Any]:
     from gsm8k_tr.infer import evaluate
 
-    metrics = evaluate.main(model, recipe, limit=questions, output=str(work / f"eval-{backend}"), overwrite=True,
-                            backend=backend)
+    first = None
+    if recipe.decoding == "compiled":  # a first call compiles; the second is the one timed
+        first = evaluate.main(model, recipe, limit=questions, output=str(work / f"{label}-first"), overwrite=True)
+    metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True, backend=backend)
     tokens = metrics["mean_completion_tokens"] * metrics["n"]
-    return {"questions_per_s": round(metrics["n"] / metrics["seconds"], 2),
-            "generated_tokens_per_s": round(tokens / metrics["seconds"]), "dtype": metrics["dtype"]}
+    result = {"questions_per_s": round(metrics["n"] / metrics["seconds"], 2),
+              "generated_tokens_per_s": round(tokens / metrics["seconds"]), "dtype": metrics["dtype"],
+              "decoding": metrics.get("decoding"), "accuracy": metrics.get("accuracy")}
+    if first is not None:
+        result["first_call_s"] = first["seconds"]
+    if label != "eval" and (work / "eval" / "predictions.jsonl").is_file():  # the same greedy answers as eval's?
+        answers = [[json.loads(line)["completion"] for line in (work / folder / "predictions.jsonl").open()]
+                   for folder in ("eval", label)]
+        result["same_completions"] = f"{sum(a == b for a, b in zip(*answers))}/{len(answers[0])}"
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="SFT and GRPO steps (the first warms up)")
     parser.add_argument("--questions", type=int, default=64, help="evaluation questions")
-    parser.add_argument("--vllm", action="store_true", help="also GRPO and evaluation with vLLM (installed extra)")
+    parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=False,
+                        help="also GRPO and evaluation with vLLM (installed extra)")
+    parser.add_argument("--compiled", action="store_true", help="also GRPO, decoding and evaluation compiled")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -222,9 +243,16 @@ def main() -> int:
     parts: list[tuple[str, Any]] = [
         ("sft", lambda: part_sft(recipe, device, parameters, rate)),
         ("grpo", lambda: part_grpo(recipe, device)),
-        ("decode", lambda: part_decode(model, device, parameters, 64 if not args.cpu else 16, 64 if not args.cpu else 16)),
+        ("decode", lambda: part_decode(model, device, parameters, 64 if not args.cpu else 16, 64 if not args.cpu else 16,
+                                       args.compiled)),
         ("eval", lambda: part_eval(str(work / "sft"), recipe, device, args.questions, work)),
     ]
+    if args.compiled:
+        compiled = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'compiled'}", "decoding=compiled",
+                                             f"model.sft_output={work / 'sft'}"])
+        parts += [("grpo-compiled", lambda: part_grpo(compiled, device)),
+                  ("eval-compiled", lambda: part_eval(str(work / "sft"), compiled, device, args.questions, work,
+                                                     label="eval-compiled"))]
     if args.vllm:
         vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
                                                 f"model.sft_output={work / 'sft'}"])
@@ -255,6 +283,12 @@ def main() -> int:
         print(f"decode: today {decode_['today']['ms_per_step']} ms/step, fast {decode_['fast']['ms_per_step']} ms/step "
               f"({decode_['ratio']}x); weight-read bound {decode_.get('weight_read_bound_ms', '-')} ms")
     print(f"eval: {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} questions/s")
+    if args.compiled:
+        grpo_c, eval_c = results.get("grpo-compiled", {}), results.get("eval-compiled", {})
+        print(f"compiled: GRPO {grpo_c.get('step_s')} s/step ({grpo_c.get('generated_tokens_per_s')} generated tokens/s; "
+              f"first step {grpo_c.get('first_step_s')} s), decode {decode_.get('compiled_ratio')}x (b)'s speed, eval "
+              f"{eval_c.get('generated_tokens_per_s')} generated tokens/s (first call {eval_c.get('first_call_s')} s), "
+              f"completions the same as eval's: {eval_c.get('same_completions')}")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:

@@ -3,6 +3,7 @@
     python benchmarks/rollouts.py                          # decoding: builtin:demo-gpt2; GRPO steps on the demo
     python benchmarks/rollouts.py --gpt2-medium --sequences 16 --new-tokens 32   # and a GPT-2 Medium-shaped model
     python benchmarks/rollouts.py --grpo-steps 0           # decoding only
+    python benchmarks/rollouts.py --grpo-steps 0 --compiled  # and compiled decoding (on by default on a GPU)
 
 (a) today: a PEFT model with the LoRA adapter unmerged, transformers' dynamic
     KV cache, GPT-2's `gelu_new` as written (six elementwise ops), and in the
@@ -14,7 +15,11 @@
     CPU one random number per sampled token (`infer/sampling.py`), and the LM
     head over the completion tokens only (`train/scoring.py`). Decoding also
     times (b) with transformers' dynamic cache and (b) with torch's sampling,
-    to show what the cache and the sampler each give.
+    to show what the cache and the sampler each give, and with `--compiled`
+    (the default on a GPU) (b) with compiled decoding (`decoding: compiled`:
+    a static cache and torch.compile, CUDA graphs on a GPU; prompts padded to
+    a multiple of 64 tokens; `infer/compiled_decoding.py`), timed after a
+    first call that compiles.
 
 Decoding: a batch of `--sequences` left-padded prompts (8 questions repeated
 to fill it) decodes `--new-tokens` tokens, with a LoRA adapter whose B
@@ -68,9 +73,9 @@ def gpt2_medium(folder: Path) -> str:
     return str(folder)
 
 
-def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> dict[str, Any]:
-    """ms per decoding step for (a), (b), (b) with the dynamic cache and (b) with torch's sampling, alternating, on
-    one model with a trained-looking adapter."""
+def decode(model_name: str, sequences: int, new_tokens: int, repeats: int, compiled: bool | None = None) -> dict[str, Any]:
+    """ms per decoding step for (a), (b), (b) with the dynamic cache, (b) with torch's sampling and, if `compiled`
+    (None: on a GPU), (b) with compiled decoding, alternating, on one model with a trained-looking adapter."""
     import peft
     import torch
     from transformers import GenerationConfig
@@ -79,6 +84,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
     from gsm8k_tr.config import LoraConfig, ModelConfig, PromptConfig
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import compiled_decoding
     from gsm8k_tr.infer.kv_cache import growing_cache
     from gsm8k_tr.infer.sampling import one_draw_per_row
     from gsm8k_tr.train.rollouts import merged_adapter
@@ -98,34 +104,42 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
         paths[label] = model
     paths["fast, dynamic cache"] = paths["fast, torch sampling"] = paths["fast"]
+    if compiled if compiled is not None else device.type == "cuda":
+        paths["fast, compiled"] = paths["fast"]
     growing, row_sampling = placement.kv_cache() == "growing", placement.row_sampling(device)
     rows = synth.make_problems(8, seed=5)
     prompts = [build_prompt(r["question"], PromptConfig()) for r in rows]
     tokenizer.padding_side = "left"
-    batch = tokenizer([prompts[i % len(prompts)] for i in range(sequences)], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(device)
+    rows_text = [prompts[i % len(prompts)] for i in range(sequences)]
+    batch = tokenizer(rows_text, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    padded = tokenizer(rows_text, return_tensors="pt", padding=True, add_special_tokens=False,
+                       pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def run(label: str, sample: bool) -> tuple[float, list[list[int]]]:
         config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=sample,
                                   temperature=0.7 if sample else None, top_k=0 if sample else None,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        inputs = batch
+        if label == "fast, compiled":
+            config, inputs = compiled_decoding.generation_config(config, device), padded
         model = paths[label]
         torch.manual_seed(0)
         with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else nullcontext(),
-              growing_cache(model, share_prompts=True) if label not in ("fast, dynamic cache", "today") and growing
-              else nullcontext(),
+              growing_cache(model, share_prompts=True)
+              if label not in ("fast, dynamic cache", "today", "fast, compiled") and growing else nullcontext(),
               one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            out = model.generate(**batch, generation_config=config)
+            out = model.generate(**inputs, generation_config=config)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        return time.perf_counter() - started, out[:, batch["input_ids"].shape[1]:].tolist()
+        return time.perf_counter() - started, out[:, inputs["input_ids"].shape[1]:].tolist()
 
-    for label in paths:  # warm-up: first allocations, kernels
-        run(label, True)
+    warm_up = {}
+    for label in paths:  # warm-up: first allocations, kernels, and compiling
+        warm_up[label] = round(run(label, True)[0], 2)
     greedy = {label: run(label, False)[1] for label in paths}
     seconds: dict[str, list[float]] = {label: [] for label in paths}
     for _ in range(repeats):
@@ -135,13 +149,15 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int) -> di
               "prompt_tokens": batch["input_ids"].shape[1], "identical_greedy_tokens":
               min(sum(a == b for a, b in zip(greedy["today"], greedy[label])) for label in paths),
               "threads": torch.get_num_threads(), "kv_cache": placement.kv_cache(),
-              "sampler": "inverse_cdf" if row_sampling else "multinomial"}
+              "sampler": "inverse_cdf" if row_sampling else "multinomial", "first_call_s": warm_up}
     for label, times in seconds.items():
         best = min(times)
         result[label] = {"ms_per_step": round(1000 * best / new_tokens, 2),
                          "completions_per_s": round(sequences / best, 1),
                          "tokens_per_s": round(sequences * new_tokens / best)}
     result["ratio"] = round(result["today"]["ms_per_step"] / result["fast"]["ms_per_step"], 2)
+    if "fast, compiled" in paths:
+        result["compiled_ratio"] = round(result["fast"]["ms_per_step"] / result["fast, compiled"]["ms_per_step"], 2)
     return result
 
 
@@ -184,6 +200,8 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=64, help="completions decoded together (GRPO: 8 x 8)")
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (the fastest counts)")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time compiled decoding (default: on a GPU)")
     parser.add_argument("--grpo-steps", type=int, default=8, help="demo GRPO steps per path (0: skip)")
     parser.add_argument("--rounds", type=int, default=2, help="GRPO runs per path, alternating")
     parser.add_argument("--start", help="the SFT output GRPO starts from (default: 150 demo SFT steps, trained first)")
@@ -199,17 +217,22 @@ def main() -> None:
         sequences, tokens = (args.sequences, args.new_tokens) if name == args.model else (16, 32)
         if name != args.model and (args.sequences, args.new_tokens) != (64, 96):
             sequences, tokens = args.sequences, args.new_tokens
-        r = decode(name, sequences, tokens, args.repeats)
+        r = decode(name, sequences, tokens, args.repeats, args.compiled)
         print(f"decoding, {Path(r['model']).name} on {r['device']} ({r['threads']} threads): {r['sequences']} sequences, "
               f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens")
         for label, name in (("today", "(a) today"), ("fast", "(b) fast"), ("fast, dynamic cache", "    (b), dynamic cache"),
-                            ("fast, torch sampling", "    (b), torch sampling")):
+                            ("fast, torch sampling", "    (b), torch sampling"), ("fast, compiled", "    (b), compiled")):
+            if label not in r:
+                continue
             print(f"  {name:<22} {r[label]['ms_per_step']:8.2f} ms/step "
                   f"{r[label]['completions_per_s']:8.1f} completions/s {r[label]['tokens_per_s']:8d} tokens/s")
         print(f"  ratio (a)/(b) ms per step: {r['ratio']:.2f}x (the {r['kv_cache']} cache alone: "
               f"{r['fast, dynamic cache']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x, the {r['sampler']} sampler "
               f"alone: {r['fast, torch sampling']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x); identical greedy "
-              f"completions: {r['identical_greedy_tokens']}/{r['sequences']} (the fewest of either fast path)")
+              f"completions: {r['identical_greedy_tokens']}/{r['sequences']} (the fewest of any fast path)")
+        if "compiled_ratio" in r:
+            print(f"  compiled decoding against (b): {r['compiled_ratio']:.2f}x per step, after a first call of "
+                  f"{r['first_call_s']['fast, compiled']:.1f} s (compiling; (b)'s first call: {r['first_call_s']['fast']:.1f} s)")
     if args.grpo_steps:
         start = args.start or sft_start(work)
         runs: dict[str, list[dict[str, Any]]] = {"today": [], "fast": []}

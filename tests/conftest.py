@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,31 @@ def shared_sample() -> tuple[Path, Path]:
     if not (SAMPLE_CSV.is_file() and (GSM8K / "train.jsonl").is_file() and (GSM8K / "test.jsonl").is_file()):
         pytest.skip(f"the shared sample ({SAMPLE_CSV}) or English GSM8K ({GSM8K}) is not there")
     return SAMPLE_CSV, GSM8K
+
+
+# Inductor builds C++ for a CPU; without a compiler there is nothing to run (GPUs use Triton instead).
+needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
+                                    reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch) -> list:
+    """The shapes of the decoding steps that ran through transformers' compiled forward."""
+    from transformers import PreTrainedModel
+
+    calls: list = []
+    real = PreTrainedModel.get_compiled_call
+
+    def counted(self, compile_config):
+        compiled = real(self, compile_config)
+
+        def call(*args, **kwargs):
+            calls.append(tuple(kwargs["input_ids"].shape))
+            return compiled(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(PreTrainedModel, "get_compiled_call", counted)
+    yield calls
+    import torch
+
+    torch._dynamo.reset()  # the next test compiles afresh

@@ -100,21 +100,26 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("sharded,vllm,cache,device,expected", [
+@pytest.mark.parametrize("sharded,vllm,cache,device,decoding,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
-                                 "sampler": "inverse_cdf"}),
+    (False, False, None, "cpu", "auto", {"merge_lora": True, "decoding": "eager", "kv_cache": "growing",
+                                         "shared_prefill": True, "sampler": "inverse_cdf"}),
     # A GPU draws torch's per-entry random numbers in parallel.
-    (False, False, None, "cuda", {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
-                                  "sampler": "multinomial"}),
+    (False, False, None, "cuda", "auto", {"merge_lora": True, "decoding": "eager", "kv_cache": "growing",
+                                          "shared_prefill": True, "sampler": "multinomial"}),
     # FSDP/DeepSpeed: shards, no merge, and no extra forward that one process might skip
-    (True, False, None, "cuda", {"merge_lora": False, "kv_cache": "growing", "shared_prefill": False,
-                                 "sampler": "multinomial"}),
-    # vLLM gets merged weights from TRL itself, and samples itself
-    (False, True, None, "cuda", {"merge_lora": False, "kv_cache": "vllm", "shared_prefill": False, "sampler": "vllm"}),
+    (True, False, None, "cuda", "auto", {"merge_lora": False, "decoding": "eager", "kv_cache": "growing",
+                                         "shared_prefill": False, "sampler": "multinomial"}),
+    # vLLM gets merged weights from TRL itself, and decodes and samples itself
+    (False, True, None, "cuda", "compiled", {"merge_lora": False, "decoding": "vllm", "kv_cache": "vllm",
+                                             "shared_prefill": False, "sampler": "vllm"}),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", {"merge_lora": True, "kv_cache": "static", "shared_prefill": False,
-                                     "sampler": "inverse_cdf"}),
+    (False, False, "static", "cpu", "eager", {"merge_lora": True, "decoding": "eager", "kv_cache": "static",
+                                              "shared_prefill": False, "sampler": "inverse_cdf"}),
+    # compiled decoding, asked for by the recipe: its own static cache, on a GPU too
+    (False, False, None, "cuda", "compiled", {"merge_lora": True, "decoding": "compiled", "kv_cache": "static",
+                                              "shared_prefill": False, "sampler": "multinomial"}),
 ])
-def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, expected: dict) -> None:
-    assert placement.rollout_path(sharded, vllm, cache, torch.device(device)) == expected
+def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str,
+                          expected: dict) -> None:
+    assert placement.rollout_path(sharded, vllm, cache, torch.device(device), decoding) == expected

@@ -116,6 +116,9 @@ class Recipe:
     seed: int = 42
     on_non_finite: str = "stop"  # a NaN/inf loss or gradient: stop at the last good checkpoint, or skip the step
     sized_for_gib: float | None = None  # the GPU memory (GiB) this recipe is sized for; plan and check warn past it
+    # How generate runs each decoding step, in GRPO's rollouts and every evaluation: auto (placement's choice: eager),
+    # eager, or compiled (a static cache and torch.compile, CUDA graphs on a GPU; infer/compiled_decoding.py).
+    decoding: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -253,6 +256,10 @@ def _check(recipe: Recipe) -> None:
         raise UserError("recipe key 'prompt.template' must contain {question}")
     if recipe.data.unaligned_split not in ("train", "test"):
         raise UserError(f"recipe key 'data.unaligned_split' must be 'train' or 'test', got {recipe.data.unaligned_split!r}")
+    from gsm8k_tr.placement import DECODINGS  # light: no torch
+
+    if recipe.decoding not in DECODINGS:
+        raise UserError(f"recipe key 'decoding' must be one of {', '.join(DECODINGS)}, got {recipe.decoding!r}")
     if recipe.on_non_finite not in ("stop", "skip"):
         raise UserError(f"recipe key 'on_non_finite' must be 'stop' or 'skip', got {recipe.on_non_finite!r}")
     for key in ("test_fraction", "validation_fraction"):

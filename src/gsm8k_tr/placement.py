@@ -18,6 +18,10 @@ Open this module to learn what a run does on a machine:
   the KV cache written in place (`kv_cache`: transformers' dynamic cache
   without its per-step concatenation; a static cache measured no faster on a
   CPU);
+- **decoding** (`decoding`): each decoding step in eager PyTorch, or, where
+  a recipe says `decoding: compiled`, as one compiled graph with a static
+  cache (CUDA graphs on a GPU; `infer/compiled_decoding.py`), in GRPO's
+  rollouts and every evaluation; eager by default until measured on a GPU;
 - **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for
   all its completions, where the cache is the growing one and the weights
   are whole on each process;
@@ -211,6 +215,26 @@ def _device_type(device: Any) -> str:
     return getattr(device, "type", str(device))
 
 
+DECODINGS = ("auto", "eager", "compiled")
+
+
+def decoding(requested: str, device: Any) -> str:
+    """How `generate` runs each decoding step on `device`: "eager" or "compiled" (`infer/compiled_decoding.py`).
+
+    `requested` is the recipe's `decoding`; "auto" is eager on every device.
+    On 2 CPU cores compiled decoding ran 0.79x (demo model) and 0.66x (GPT-2
+    Medium's shape) the speed of the eager fast path, after 14-46 s of
+    compiling (docs/benchmarks.md): a CPU has no kernel launches to save, and
+    the static cache attends over its whole length. On a GPU it is what should
+    stop decoding waiting on Python's launches, but it is not yet measured on
+    a GPU, so "auto" does not choose it there yet; `benchmarks/gpu_check.py
+    --compiled` measures both.
+    """
+    if requested not in DECODINGS:  # the recipe check names the key; this is a caller's mistake
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
+    return "compiled" if requested == "compiled" else "eager"
+
+
 def row_sampling(device: Any) -> bool:
     """Whether sampling in `generate` draws one random number per row (`infer/sampling.py`) instead of torch's one
     per vocabulary entry: on a CPU, where those come one at a time (a quarter of the demo's decoding step); a GPU
@@ -219,25 +243,30 @@ def row_sampling(device: Any) -> bool:
 
 
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
-                 device: Any = "cpu") -> dict[str, Any]:
+                 device: Any = "cpu", decoding_request: str = "auto") -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on `device`.
 
     `merge_lora`: merge the adapter into the weights for the generation call
     and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
     does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    `kv_cache`: as `kv_cache` says, or vLLM's own. `shared_prefill`: with
-    the growing cache, each group's prompt is prefilled once for its
-    `num_generations` rows (`infer/shared_prefill.py`), on every device; not
-    where the weights are sharded, since a process whose rows happen not to
-    repeat would skip the extra forward that its peers run, and FSDP's
-    gathers would wait for it. `sampler`: as `row_sampling` says
-    ("inverse_cdf" or torch's "multinomial"), or vLLM's own.
+    `decoding`: as `decoding` says; compiled decoding brings its own static
+    cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's
+    own. `shared_prefill`: with the growing cache, each group's prompt is
+    prefilled once for its `num_generations` rows
+    (`infer/shared_prefill.py`), on every device; not where the weights are
+    sharded, since a process whose rows happen not to repeat would skip the
+    extra forward that its peers run, and FSDP's gathers would wait for it.
+    `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
+    "multinomial"), or vLLM's own.
     """
     if vllm:
-        return {"merge_lora": False, "kv_cache": "vllm", "shared_prefill": False, "sampler": "vllm"}
-    cache = kv_cache(cache_implementation)
-    return {"merge_lora": not sharded, "kv_cache": cache, "shared_prefill": cache == "growing" and not sharded,
+        return {"merge_lora": False, "decoding": "vllm", "kv_cache": "vllm", "shared_prefill": False,
+                "sampler": "vllm"}
+    how = decoding(decoding_request, device)
+    cache = "static" if how == "compiled" else kv_cache(cache_implementation)
+    return {"merge_lora": not sharded, "decoding": how, "kv_cache": cache,
+            "shared_prefill": cache == "growing" and not sharded,
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial"}
 
 
@@ -261,9 +290,9 @@ def weights_whole() -> bool:
     return requested_kind() is None
 
 
-def rollouts(vllm: bool, cache_implementation: str | None, device: Any) -> dict[str, Any]:
+def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding_request: str = "auto") -> dict[str, Any]:
     """The rollout path on this machine, for this launch, with the policy on `device`."""
-    return rollout_path(not weights_whole(), vllm, cache_implementation, device)
+    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request)
 
 
 def fused_activation(activation: str | None) -> str | None:

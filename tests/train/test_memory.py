@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_RECIPE, run_cli
+from conftest import ROOT, TINY_RECIPE, needs_compiler, run_cli
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
@@ -75,6 +75,18 @@ def test_grpo_generation_and_vllm_are_planned() -> None:
     with_vllm = memory.estimate(GPT2_MEDIUM, "grpo", {**SETTINGS, "dropout": False, "vllm": True, "vllm_share": 0.3},
                                 on_gpu=True, memory_gib=80)
     assert with_vllm.parts["kv_cache"] == 0 and with_vllm.parts["vllm"] == pytest.approx(24.0)
+    # Compiled decoding's static cache also holds the prompts' padding to a multiple of 64 tokens.
+    padded = memory.estimate(GPT2_MEDIUM, "grpo", {**SETTINGS, "dropout": False, "cache_padding": 63}, on_gpu=True,
+                             memory_gib=24)
+    assert padded.parts["kv_cache"] == pytest.approx(grpo.parts["kv_cache"] * (1024 + 63) / 1024)
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
+
+    config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, "use_cpu": True}, {"output_dir": ("/nonexistent", "")})
+    for decoding, padding in (("auto", 0), ("eager", 0), ("compiled", 63)):
+        recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [f"decoding={decoding}"])
+        assert memory.stage_settings(recipe, "grpo", config, 1024, 150)["cache_padding"] == padding
 
 
 def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Path,
@@ -148,10 +160,13 @@ def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_mo
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
-    # The GPU check's own code, on the CPU with the tiny model, so it works the first time a GPU is there.
+    # The GPU check's own code, on the CPU with the tiny model, so it works the first time a GPU is there; with
+    # compiled decoding where a C++ compiler lets torch.compile build for the CPU.
     script = ROOT / "benchmarks" / "gpu_check.py"
+    compiled = not needs_compiler.args[0]
     done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--questions", "4", "--keep",
-                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+                           str(tmp_path), *(["--compiled"] if compiled else [])], capture_output=True, text=True,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["sft"]["tokens_per_s"] > 0 and result["sft"]["micro_batch"]["per_device_train_batch_size"] >= 8
@@ -159,3 +174,7 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
     assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout
+    if compiled:
+        assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
+        assert result["eval-compiled"]["decoding"] == "compiled" and result["eval-compiled"]["same_completions"] == "4/4"
+        assert "compiled: GRPO" in done.stdout

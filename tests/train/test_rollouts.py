@@ -4,6 +4,7 @@ one), each group's prompt prefilled once."""
 from __future__ import annotations
 
 import pytest
+from conftest import needs_compiler
 from test_positions import _trainer, _worst_difference
 
 torch = pytest.importorskip("torch")
@@ -18,10 +19,11 @@ def _prompts(tokenizer) -> list[list[int]]:
     return [tokenizer(build_prompt(r["question"], PromptConfig()), add_special_tokens=False)["input_ids"] for r in rows]
 
 
-def _greedy(trainer, prompts, merge: bool, cache: str | None) -> list[list[int]]:
+def _greedy(trainer, prompts, merge: bool, cache: str | None, decoding: str = "auto") -> list[list[int]]:
     from gsm8k_tr import placement
 
-    trainer.rollouts = placement.rollout_path(sharded=not merge, vllm=False, cache_implementation=cache)
+    trainer.rollouts = placement.rollout_path(sharded=not merge, vllm=False, cache_implementation=cache,
+                                              decoding_request=decoding)
     if cache == "dynamic":  # transformers' own cache: nothing handed to generate
         trainer.rollouts["kv_cache"] = "dynamic"
     trainer.generation_config.do_sample = False
@@ -66,6 +68,30 @@ def test_fast_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, monke
     # The adapter is unmerged again after each call, and scoring still gives batched rows their own positions.
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
     assert _worst_difference(trainer) < 1e-4
+
+
+@needs_compiler
+def test_compiled_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, compiled_calls, monkeypatch) -> None:
+    from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    today = _greedy(trainer, prompts, merge=False, cache="dynamic")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    seen = []
+    real = type(model).generate
+    monkeypatch.setattr(type(model), "generate", lambda self, **kw: seen.append(
+        (kw["input_ids"].shape[1], kw["generation_config"].cache_implementation, trainer.pad_to_multiple_of))
+        or real(self, **kw))
+    own_config, own_multiple = trainer.generation_config, trainer.pad_to_multiple_of
+    assert _greedy(trainer, prompts, merge=True, cache=None, decoding="compiled") == today
+    assert seen and all(length % PROMPT_MULTIPLE == 0 and cache == "static" for length, cache, _ in seen)
+    assert len(compiled_calls) == 23  # 24 new tokens: the prefill, then 23 compiled decoding steps
+    # TRL's own config (compiling off) and padding are back for everything after the rollouts.
+    assert trainer.generation_config is own_config and own_config.disable_compile
+    assert trainer.pad_to_multiple_of == own_multiple
+    assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
 
 
 def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_dir, tmp_path) -> None:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, needs_compiler
 from transformers import AutoTokenizer
 
 from gsm8k_tr import modeling
@@ -62,17 +62,23 @@ def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[st
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("decoding, path", [
+    ("auto", {"merge_lora": True, "decoding": "eager", "kv_cache": "growing", "shared_prefill": True,
+              "sampler": "inverse_cdf"}),
+    pytest.param("compiled", {"merge_lora": True, "decoding": "compiled", "kv_cache": "static",
+                              "shared_prefill": False, "sampler": "inverse_cdf"}, marks=needs_compiler),
+])
 def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                tiny_model_dir: Path) -> None:
+                                                tiny_model_dir: Path, decoding: str, path: dict) -> None:
     from gsm8k_tr.train import grpo, sft
 
     seen = _spy_on_strict_format(monkeypatch)
     recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}", "sft.max_steps=30", "grpo.max_steps=2",
-                                            "grpo.per_device_train_batch_size=8", "eval.every_steps=0"])
+                                            "grpo.per_device_train_batch_size=8", "eval.every_steps=0",
+                                            f"decoding={decoding}"])
     sft.main(recipe)
     manifest = grpo.main(recipe)
-    assert manifest["rollouts"] == {"merge_lora": True, "kv_cache": "growing", "shared_prefill": True,
-                                    "sampler": "inverse_cdf"}  # the fast path ran
+    assert manifest["rollouts"] == path  # the fast path ran, and compiled decoding where asked
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft" / "merged")
     stop = tokenizer.convert_tokens_to_ids(STOP)
     texts = [text for batch, _, _ in seen for text in batch]

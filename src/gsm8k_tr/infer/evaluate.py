@@ -187,13 +187,14 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
                                                      samples, recipe.seed, generation.stop_ids(model))
         else:
             outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
-                                          samples, recipe.seed, progress, synced_gpus)
+                                          samples, recipe.seed, progress, synced_gpus, recipe.decoding)
         return [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(share, outputs)]
 
     records = split_and_gather(rows, answer)
     parameter = next(model.parameters())
     where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
-             "generation": generation.settings(cfg.max_new_tokens, temperature)}
+             "generation": generation.settings(cfg.max_new_tokens, temperature),
+             "decoding": "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device)}
     return {**metrics(records), **where}, records
 
 

@@ -33,7 +33,7 @@ def main(model_spec: str, recipe: Recipe, questions: list[str], device: str | No
     model, tokenizer, _ = load_for_inference(model_spec, recipe, device)
     prompts = [build_prompt(q, recipe.prompt) for q in questions]
     outputs = generation.generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
-                                  recipe.eval.temperature, 1, recipe.seed)
+                                  recipe.eval.temperature, 1, recipe.seed, decoding=recipe.decoding)
     console = Console()
     for question, (completion,) in zip(questions, outputs):
         console.rule(escape(question[:100]))

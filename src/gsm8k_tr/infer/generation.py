@@ -79,11 +79,12 @@ def completions(rows: list[list[int]], stops: set[int], tokenizer: Any) -> list[
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
              temperature: float = 0.0, samples: int = 1, seed: int = 0, progress: Any = None,
-             synced_gpus: bool = False) -> list[list[Completion]]:
+             synced_gpus: bool = False, decoding: str = "auto") -> list[list[Completion]]:
     """`samples` completions for each prompt, in the prompts' order.
 
     `synced_gpus` keeps every process generating until all are done, which a
     model sharded across processes (FSDP, ZeRO-3) needs for its gathers.
+    `decoding` is the recipe's (`placement.decoding`).
     """
     if not prompts:
         return []
@@ -96,19 +97,21 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus)
+                                device, synced_gpus, placement.decoding(decoding, device) == "compiled")
     finally:
         tokenizer.padding_side = side
 
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float, samples: int, progress: Any, device: Any,
-                 synced_gpus: bool) -> list[list[Completion]]:
+                 synced_gpus: bool, compiled: bool) -> list[list[Completion]]:
     import torch
 
-    from gsm8k_tr.infer import kv_cache, sampling
+    from gsm8k_tr.infer import compiled_decoding, kv_cache, sampling
 
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
+    if compiled:
+        config = compiled_decoding.generation_config(config, device)
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -116,7 +119,8 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt").to(device)
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt",
+                              pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE if compiled else None).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], config)
                  if placement.kv_cache(config.cache_implementation) == "growing" else {})
         with torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)):

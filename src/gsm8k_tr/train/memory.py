@@ -16,7 +16,8 @@ count of what the stage keeps in memory at its peak:
   32,768 vocabulary entries at a time);
 - kv_cache: GRPO's rollouts (all completions of one optimizer step are
   generated together) and the in-training held-out check keep keys and values
-  for every layer, token and sequence;
+  for every layer, token and sequence; with compiled decoding the static
+  cache also holds the prompts' extra padding (`infer/compiled_decoding.py`);
 - runtime: the CUDA context and the allocator's slack on a GPU (0.6 GiB, not
   yet measured on one); PyTorch's own first-use buffers on a CPU (25 MiB,
   measured).
@@ -41,6 +42,7 @@ from typing import Any
 from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
 
 GIB = 2**30
 FITS_SHARE = 0.95  # leave the allocator some room
@@ -162,8 +164,9 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     else:
         parts["logits"] = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * (compute + 4)
         kv = 2 * shape.layers * shape.kv_dim * compute
-        rollouts = s["generation_batch"] * s["length"] * kv
-        held_out = s["eval_batch"] * s["eval_length"] * kv if s["eval_batch"] else 0
+        padding = s.get("cache_padding", 0)
+        rollouts = s["generation_batch"] * (s["length"] + padding) * kv
+        held_out = s["eval_batch"] * (s["eval_length"] + padding) * kv if s["eval_batch"] else 0
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
     parts["runtime"] = (CUDA_RUNTIME_GIB if on_gpu else CPU_RUNTIME_GIB) * GIB
     generation = parts["kv_cache"] + s["generation_batch"] * shape.vocab * 4 if stage == "grpo" else 0.0
@@ -206,6 +209,9 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "eval_length": eval_length,
         "vllm": bool(getattr(config, "use_vllm", False)) and getattr(config, "vllm_mode", "") == "colocate",
         "vllm_share": getattr(config, "vllm_gpu_memory_utilization", 0.0) or 0.0,
+        # Compiled decoding pads prompts to a multiple of PROMPT_MULTIPLE tokens: up to one less than that more.
+        "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and placement.decoding(recipe.decoding, "cuda")
+        == "compiled" else 0,
     }
 
 

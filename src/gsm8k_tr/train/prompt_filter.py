@@ -72,7 +72,7 @@ def score(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], recipe: Rec
 
         def answer(share: list[dict[str, Any]]) -> list[dict[str, Any]]:
             outputs = generation.generate(model, tokenizer, [p["prompt"] for p in share], max_new_tokens, cfg.batch_size,
-                                          temperature, cfg.samples, recipe.seed + start)
+                                          temperature, cfg.samples, recipe.seed + start, decoding=recipe.decoding)
             return [{"key": _key(p), "prompt": p["prompt"], "answer": p["answer"], "pass_rate": sum(is_correct(c.text, p["answer"], answer_tag) for c in out) / len(out),
                      "tokens": sum(c.tokens for c in out), "settings": settings} for p, out in zip(share, outputs)]
 

@@ -15,8 +15,11 @@ they were (`tests/train/test_rollouts.py` measures it over many merges).
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
 describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
 shadowing the model's `generate` for the call, and the sampler of
-`infer/sampling.py` stands in for `torch.multinomial`.
-`placement.rollout_path` decides where each of these runs.
+`infer/sampling.py` stands in for `torch.multinomial`. With compiled decoding
+(`infer/compiled_decoding.py`) the call gets the compiled generation config
+in place of TRL's (which turns compiling off) and its prompts padded to a
+multiple of `PROMPT_MULTIPLE` tokens (TRL's own `pad_to_multiple_of`), both
+for that call only. `placement.rollout_path` decides where each of these runs.
 """
 
 from __future__ import annotations
@@ -25,8 +28,22 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from gsm8k_tr.infer import compiled_decoding
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
+
+
+@contextmanager
+def swapped(owner: Any, **values: Any) -> Iterator[None]:
+    """Set attributes of `owner` for the block and put the old values back after, also on error."""
+    old = {name: getattr(owner, name) for name in values}
+    for name, value in values.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(owner, name, value)
 
 
 @contextmanager
@@ -47,10 +64,10 @@ def merged_adapter(model: Any) -> Iterator[None]:
 
 
 class FastRollouts:
-    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`), the growing KV cache
-    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the
-    inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), as
-    `placement.rollout_path` says; vLLM's rollouts are left alone."""
+    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`), compiled decoding
+    (`rollouts["decoding"] == "compiled"`), the growing KV cache (`rollouts["kv_cache"] == "growing"`, prefilled once
+    per prompt with `rollouts["shared_prefill"]`) and the inverse-CDF sampler (`rollouts["sampler"] ==
+    "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
 
     rollouts: dict[str, Any] = {}
 
@@ -61,6 +78,10 @@ class FastRollouts:
         with ExitStack() as stack:
             if self.rollouts.get("merge_lora"):
                 stack.enter_context(merged_adapter(model))
+            if self.rollouts.get("decoding") == "compiled":
+                config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
+                stack.enter_context(swapped(self, generation_config=config,
+                                            pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE))
             if self.rollouts.get("kv_cache") == "growing":
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))

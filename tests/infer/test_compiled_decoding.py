@@ -1,0 +1,64 @@
+"""Compiled decoding (a static cache and torch.compile's graph for each decoding step) gives the eager path's tokens."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import needs_compiler
+
+torch = pytest.importorskip("torch")
+
+def test_the_compiled_config_asks_transformers_for_a_static_cache_and_its_compile() -> None:
+    from transformers import GenerationConfig
+
+    from gsm8k_tr.infer.compiled_decoding import generation_config
+
+    trl_like = GenerationConfig(max_new_tokens=8, do_sample=True, disable_compile=True)
+    for device, mode, everywhere in (("cuda", "reduce-overhead", None), ("cpu", "default", True)):
+        config = generation_config(trl_like, torch.device(device))
+        assert (config.cache_implementation, config.disable_compile) == ("static", False)
+        assert (config.compile_config.mode, config.compile_config.dynamic) == (mode, False)
+        assert config.compile_config._compile_all_devices is everywhere
+    assert trl_like.disable_compile and trl_like.cache_implementation is None  # the caller's config is untouched
+
+
+@needs_compiler
+def test_compiled_evaluation_gives_the_eager_tokens(tiny_model_dir, compiled_calls, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation
+    from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(40, seed=3)]
+    lengths = sorted(len(tokenizer(p)["input_ids"]) for p in prompts)
+    assert lengths[0] <= PROMPT_MULTIPLE < lengths[-1]  # two prompt buckets: a second, longer cache
+    padded = []
+    real_generate = type(model).generate
+    monkeypatch.setattr(type(model), "generate",
+                        lambda self, **kw: padded.append(kw["input_ids"].shape[1]) or real_generate(self, **kw))
+    eager = generation.generate(model, tokenizer, prompts, 24, batch_size=8, decoding="eager")
+    eager_lengths, padded[:] = list(padded), []
+    compiled = generation.generate(model, tokenizer, prompts, 24, batch_size=8, decoding="compiled")
+    assert [[c.text for c in row] for row in compiled] == [[c.text for c in row] for row in eager]
+    assert [[c.tokens for c in row] for row in compiled] == [[c.tokens for c in row] for row in eager]
+    assert all(length % PROMPT_MULTIPLE == 0 for length in padded) and padded != eager_lengths
+    assert len(set(padded)) == 2 and all(c.truncated for row in eager for c in row)
+    assert len(compiled_calls) == 5 * 23  # every decoding step of the 5 batches (24 tokens: prefill + 23), compiled
+    assert {shape[1] for shape in compiled_calls} == {1}  # decoding steps only: the prefill runs eagerly
+
+
+def test_decoding_is_eager_unless_a_recipe_asks_for_compiled() -> None:
+    from gsm8k_tr import placement
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.errors import UserError
+
+    for device in ("cpu", "cuda", "mps"):  # until compiled decoding is measured on a GPU (the rollout path:
+        assert placement.decoding("auto", device) == placement.decoding("eager", device) == "eager"  # test_placement)
+        assert placement.decoding("compiled", device) == "compiled"
+    assert load_recipe(None, ["decoding=compiled"]).decoding == "compiled"
+    with pytest.raises(UserError, match="recipe key 'decoding' must be one of auto, eager, compiled, got 'fast'"):
+        load_recipe(None, ["decoding=fast"])
