@@ -119,6 +119,9 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     # compiled decoding, asked for by the recipe: its own static cache, on a GPU too
     (False, False, None, "cuda", "compiled", {"merge_lora": True, "decoding": "compiled", "kv_cache": "static",
                                               "shared_prefill": False, "sampler": "multinomial"}),
+    # but not where each process gathers shards inside the forward
+    (True, False, None, "cuda", "compiled", {"merge_lora": False, "decoding": "eager", "kv_cache": "growing",
+                                             "shared_prefill": False, "sampler": "multinomial"}),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str,
                           expected: dict) -> None:

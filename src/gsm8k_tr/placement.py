@@ -218,7 +218,7 @@ def _device_type(device: Any) -> str:
 DECODINGS = ("auto", "eager", "compiled")
 
 
-def decoding(requested: str, device: Any) -> str:
+def decoding(requested: str, device: Any, sharded: bool = False) -> str:
     """How `generate` runs each decoding step on `device`: "eager" or "compiled" (`infer/compiled_decoding.py`).
 
     `requested` is the recipe's `decoding`; "auto" is eager on every device.
@@ -228,11 +228,13 @@ def decoding(requested: str, device: Any) -> str:
     the static cache attends over its whole length. On a GPU it is what should
     stop decoding waiting on Python's launches, but it is not yet measured on
     a GPU, so "auto" does not choose it there yet; `benchmarks/gpu_check.py
-    --compiled` measures both.
+    --compiled` measures both. Eager where the weights are `sharded` (FSDP,
+    ZeRO-3): each layer's weights are gathered inside the forward, which a
+    graph compiled for fixed weights does not follow (not tried).
     """
     if requested not in DECODINGS:  # the recipe check names the key; this is a caller's mistake
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
-    return "compiled" if requested == "compiled" else "eager"
+    return "compiled" if requested == "compiled" and not sharded else "eager"
 
 
 def row_sampling(device: Any) -> bool:
@@ -263,7 +265,7 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     if vllm:
         return {"merge_lora": False, "decoding": "vllm", "kv_cache": "vllm", "shared_prefill": False,
                 "sampler": "vllm"}
-    how = decoding(decoding_request, device)
+    how = decoding(decoding_request, device, sharded)
     cache = "static" if how == "compiled" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,

@@ -106,6 +106,28 @@ def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_dir):
         assert answer.text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def test_answers_stop_at_the_models_context(tiny_model_dir, caplog):
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import ModelConfig
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.infer import generation
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    sentence = "Ali 3 elma aldı ve 4 armut sattı. "
+    long, short = sentence * 28, sentence * 2  # the long one leaves 35 of the 512-token context
+    room = 512 - len(tokenizer(long, add_special_tokens=False)["input_ids"])
+    assert 0 < room < 40
+    # GPT-2's positions run out past the context (an IndexError before): the long prompt's batch stops there.
+    (cut,), (free,), (alone,) = generation.generate(model, tokenizer, [long, short, short], 40, batch_size=2)
+    assert cut.truncated and cut.tokens == room and free.tokens <= room  # its batch stops at the context
+    assert alone.tokens == 40 or not alone.truncated  # a batch of short prompts keeps max_new_tokens
+    assert "2 of 3 prompts were in batches whose longest prompt leaves fewer than 40 new tokens" in caplog.text
+    with pytest.raises(UserError, match="prompt 2 of 2 is 5.. tokens and the model's context is 512"):
+        generation.generate(model, tokenizer, [short, sentence * 31], 40)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--limit", "0"], "--limit must be at least 1"),
     (["--samples", "0"], "--samples must be at least 1"),

@@ -194,7 +194,8 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     parameter = next(model.parameters())
     where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
              "generation": generation.settings(cfg.max_new_tokens, temperature),
-             "decoding": "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device)}
+             "decoding": "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device,
+                                                                                  synced_gpus)}
     return {**metrics(records), **where}, records
 
 

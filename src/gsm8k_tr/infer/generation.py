@@ -14,10 +14,15 @@ about that token.
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gsm8k_tr import placement
+from gsm8k_tr import modeling, placement
+from gsm8k_tr.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,7 +102,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus, placement.decoding(decoding, device) == "compiled")
+                                device, synced_gpus, placement.decoding(decoding, device, synced_gpus) == "compiled")
     finally:
         tokenizer.padding_side = side
 
@@ -115,19 +120,36 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    context = modeling.context_length(model)
+    if len(encoded[order[0]]) >= context:
+        raise UserError(f"prompt {order[0] + 1} of {len(prompts)} is {len(encoded[order[0]])} tokens and the model's "
+                        f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
+    cut = 0
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
+        # Past its context a model has no positions left (GPT-2's learned ones would index out of range): a batch
+        # whose longest prompt leaves less room than max_new_tokens stops at the context, its answers truncated there.
+        room = context - len(encoded[chunk[0]])
+        batch_config = config
+        if room < max_new_tokens:
+            batch_config = copy.deepcopy(config)
+            batch_config.max_new_tokens = room
+            cut += len(chunk)
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt",
                               pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE if compiled else None).to(device)
-        cache = (kv_cache.for_generation(model, batch["input_ids"], config)
+        cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
                  if placement.kv_cache(config.cache_implementation) == "growing" else {})
         with torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)):
-            output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus, **cache)
+            output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]
         if progress is not None:
             progress(len(chunk))
+    if cut:
+        log.warning("%d of %d prompts were in batches whose longest prompt leaves fewer than %d new tokens in the "
+                    "model's %d-token context: their answers stop at the context (counted as truncated)", cut,
+                    len(prompts), max_new_tokens, context)
     return results
