@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def _trainer(tiny_model_dir, tmp_path, trainer_cls):
+def _trainer(tiny_model_dir, tmp_path, trainer_cls, **config):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -24,7 +24,7 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls):
     tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
     modeling.configure_tokens(tokenizer, model, "<|stop|>")
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
-                      max_completion_length=8, report_to=[], bf16=False, use_cpu=True,
+                      max_completion_length=8, report_to=[], use_cpu=True, **{"bf16": False, **config},
                       activation_checkpointing=False, disable_dropout=True)
     trainer = trainer_cls(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
                           train_dataset=Dataset.from_list([{"prompt": "a b c"}] * 8), processing_class=tokenizer,

@@ -94,6 +94,24 @@ def test_compiled_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, c
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
 
 
+def test_rollouts_run_in_the_trainers_mixed_precision(tiny_model_dir, tmp_path) -> None:
+    # accelerate autocasts the prepared model's forward, but PEFT's generate calls the base model's own forward, so
+    # TRL's rollouts ran in float32 under bf16 training (on a GPU: float32 matmuls and twice the bytes per step).
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer, bf16=True)
+    assert str(trainer.accelerator.mixed_precision) == "bf16"
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    dtypes = []
+    model.base_model.model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    prompts = _prompts(trainer.processing_class)[:4]
+    for merge, cache in ((False, "dynamic"), (True, None)):
+        dtypes.clear()
+        _greedy(trainer, prompts, merge=merge, cache=cache)
+        assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.float32  # the weights stay float32 masters
+
+
 def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_dir, tmp_path) -> None:
     from gsm8k_tr.train.grpo import GRPOTrainer
     from gsm8k_tr.train.rollouts import merged_adapter

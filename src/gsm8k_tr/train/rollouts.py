@@ -12,6 +12,13 @@ adapter are what they would be; the base weights get the adapter's product
 added and taken away again, which leaves them within a rounding step of where
 they were (`tests/train/test_rollouts.py` measures it over many merges).
 
+Rollouts run in the trainer's mixed precision (bf16 or fp16 autocast, as the
+training forward does). accelerate autocasts the prepared model's `forward`,
+but PEFT's `generate` calls the base model's own, so TRL's rollouts decoded in
+float32 under bf16 training: on a GPU, float32 matmuls and twice the weight
+and KV-cache bytes per decoding step (the memory plan already counted the
+cache in the compute dtype). The held-out checks run under the same autocast.
+
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
 describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
 shadowing the model's `generate` for the call, and the sampler of
@@ -64,10 +71,11 @@ def merged_adapter(model: Any) -> Iterator[None]:
 
 
 class FastRollouts:
-    """GRPOTrainer mixin: rollouts with the adapter merged (`rollouts["merge_lora"]`), compiled decoding
-    (`rollouts["decoding"] == "compiled"`), the growing KV cache (`rollouts["kv_cache"] == "growing"`, prefilled once
-    per prompt with `rollouts["shared_prefill"]`) and the inverse-CDF sampler (`rollouts["sampler"] ==
-    "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
+    """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
+    (`rollouts["merge_lora"]`), compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache
+    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the
+    inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts
+    are left alone."""
 
     rollouts: dict[str, Any] = {}
 
@@ -77,7 +85,8 @@ class FastRollouts:
         model = self.accelerator.unwrap_model(self.model)
         with ExitStack() as stack:
             if self.rollouts.get("merge_lora"):
-                stack.enter_context(merged_adapter(model))
+                stack.enter_context(merged_adapter(model))  # before autocast: the adapter's product in float32
+            stack.enter_context(self.accelerator.autocast())  # a no-op without mixed precision (CPU)
             if self.rollouts.get("decoding") == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
                 stack.enter_context(swapped(self, generation_config=config,
