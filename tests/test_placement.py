@@ -102,25 +102,25 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
 
 @pytest.mark.parametrize("sharded,vllm,cache,device,decoding,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", "auto", {"merge_lora": True, "decoding": "eager", "kv_cache": "growing",
+    (False, False, None, "cpu", "auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
                                          "shared_prefill": True, "sampler": "inverse_cdf"}),
     # A GPU draws torch's per-entry random numbers in parallel.
-    (False, False, None, "cuda", "auto", {"merge_lora": True, "decoding": "eager", "kv_cache": "growing",
+    (False, False, None, "cuda", "auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
                                           "shared_prefill": True, "sampler": "multinomial"}),
     # FSDP/DeepSpeed: shards, no merge, and no extra forward that one process might skip
-    (True, False, None, "cuda", "auto", {"merge_lora": False, "decoding": "eager", "kv_cache": "growing",
+    (True, False, None, "cuda", "auto", {"merge_lora": False, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
                                          "shared_prefill": False, "sampler": "multinomial"}),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
-    (False, True, None, "cuda", "compiled", {"merge_lora": False, "decoding": "vllm", "kv_cache": "vllm",
+    (False, True, None, "cuda", "compiled", {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                                              "shared_prefill": False, "sampler": "vllm"}),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", "eager", {"merge_lora": True, "decoding": "eager", "kv_cache": "static",
+    (False, False, "static", "cpu", "eager", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "static",
                                               "shared_prefill": False, "sampler": "inverse_cdf"}),
     # compiled decoding, asked for by the recipe: its own static cache, on a GPU too
-    (False, False, None, "cuda", "compiled", {"merge_lora": True, "decoding": "compiled", "kv_cache": "static",
+    (False, False, None, "cuda", "compiled", {"merge_lora": True, "weights_dtype": None, "decoding": "compiled", "kv_cache": "static",
                                               "shared_prefill": False, "sampler": "multinomial"}),
     # but not where each process gathers shards inside the forward
-    (True, False, None, "cuda", "compiled", {"merge_lora": False, "decoding": "eager", "kv_cache": "growing",
+    (True, False, None, "cuda", "compiled", {"merge_lora": False, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
                                              "shared_prefill": False, "sampler": "multinomial"}),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str,

@@ -22,6 +22,9 @@ Open this module to learn what a run does on a machine:
   a recipe says `decoding: compiled`, as one compiled graph with a static
   cache (CUDA graphs on a GPU; `infer/compiled_decoding.py`), in GRPO's
   rollouts and every evaluation; eager by default until measured on a GPU;
+- **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's
+  rollouts run under the trainer's autocast with the frozen matmul weights in
+  that dtype for the call (TRL's decoded in float32);
 - **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for
   all its completions, where the cache is the growing one and the weights
   are whole on each process;
@@ -244,15 +247,20 @@ def row_sampling(device: Any) -> bool:
     return _device_type(device) == "cpu"
 
 
+COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # accelerate's mixed precision: its compute dtype
+
+
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
-                 device: Any = "cpu", decoding_request: str = "auto") -> dict[str, Any]:
+                 device: Any = "cpu", decoding_request: str = "auto", mixed_precision: str = "no") -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on `device`.
 
     `merge_lora`: merge the adapter into the weights for the generation call
     and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
     does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    `decoding`: as `decoding` says; compiled decoding brings its own static
+    `weights_dtype`: under bf16 or fp16 `mixed_precision`, where the adapter
+    is merged, the frozen matmul weights are used in that dtype for the call
+    (`train/rollouts.py`), else None. `decoding`: as `decoding` says; compiled decoding brings its own static
     cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's
     own. `shared_prefill`: with the growing cache, each group's prompt is
     prefilled once for its `num_generations` rows
@@ -263,11 +271,12 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     "multinomial"), or vLLM's own.
     """
     if vllm:
-        return {"merge_lora": False, "decoding": "vllm", "kv_cache": "vllm", "shared_prefill": False,
-                "sampler": "vllm"}
+        return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
+                "shared_prefill": False, "sampler": "vllm"}
     how = decoding(decoding_request, device, sharded)
     cache = "static" if how == "compiled" else kv_cache(cache_implementation)
-    return {"merge_lora": not sharded, "decoding": how, "kv_cache": cache,
+    return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
+            "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial"}
 
@@ -292,9 +301,10 @@ def weights_whole() -> bool:
     return requested_kind() is None
 
 
-def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding_request: str = "auto") -> dict[str, Any]:
+def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding_request: str = "auto",
+             mixed_precision: str = "no") -> dict[str, Any]:
     """The rollout path on this machine, for this launch, with the policy on `device`."""
-    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request)
+    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request, mixed_precision)
 
 
 def fused_activation(activation: str | None) -> str | None:

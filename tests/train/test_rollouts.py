@@ -19,11 +19,12 @@ def _prompts(tokenizer) -> list[list[int]]:
     return [tokenizer(build_prompt(r["question"], PromptConfig()), add_special_tokens=False)["input_ids"] for r in rows]
 
 
-def _greedy(trainer, prompts, merge: bool, cache: str | None, decoding: str = "auto") -> list[list[int]]:
+def _greedy(trainer, prompts, merge: bool, cache: str | None, decoding: str = "auto",
+            mixed_precision: str = "no") -> list[list[int]]:
     from gsm8k_tr import placement
 
     trainer.rollouts = placement.rollout_path(sharded=not merge, vllm=False, cache_implementation=cache,
-                                              decoding_request=decoding)
+                                              decoding_request=decoding, mixed_precision=mixed_precision)
     if cache == "dynamic":  # transformers' own cache: nothing handed to generate
         trainer.rollouts["kv_cache"] = "dynamic"
     trainer.generation_config.do_sample = False
@@ -96,20 +97,33 @@ def test_compiled_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, c
 
 def test_rollouts_run_in_the_trainers_mixed_precision(tiny_model_dir, tmp_path) -> None:
     # accelerate autocasts the prepared model's forward, but PEFT's generate calls the base model's own forward, so
-    # TRL's rollouts ran in float32 under bf16 training (on a GPU: float32 matmuls and twice the bytes per step).
+    # TRL's rollouts ran in float32 under bf16 training (on a GPU: float32 matmuls).
     from gsm8k_tr.train.grpo import GRPOTrainer
 
     trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer, bf16=True)
     assert str(trainer.accelerator.mixed_precision) == "bf16"
     model = trainer.accelerator.unwrap_model(trainer.model)
-    dtypes = []
-    model.base_model.model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
-    prompts = _prompts(trainer.processing_class)[:4]
-    for merge, cache in ((False, "dynamic"), (True, None)):
-        dtypes.clear()
-        _greedy(trainer, prompts, merge=merge, cache=cache)
-        assert dtypes and set(dtypes) == {torch.bfloat16}
-    assert next(model.parameters()).dtype == torch.float32  # the weights stay float32 masters
+    layer = model.base_model.model.transformer.h[0].mlp.c_fc.base_layer
+    seen = []
+    layer.register_forward_hook(lambda m, i, o: seen.append((o.dtype, m.weight.dtype)))
+    before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    prompts = _prompts(trainer.processing_class)[:8]
+    runs = {}
+    for label, merge, cache, precision in (("unmerged, autocast only", False, "dynamic", "no"),
+                                           ("merged, autocast only", True, None, "no"),
+                                           ("merged, bf16 weights", True, None, "bf16")):
+        seen.clear()
+        runs[label] = _greedy(trainer, prompts, merge=merge, cache=cache, mixed_precision=precision)
+        assert seen and {out for out, _ in seen} == {torch.bfloat16}, label  # the matmuls ran in bf16
+        assert {weight for _, weight in seen} == {torch.bfloat16 if precision == "bf16" else torch.float32}, label
+    # The bf16 copies are the values autocast makes of the float32 weights: the same tokens.
+    assert runs["merged, bf16 weights"] == runs["merged, autocast only"]
+    assert trainer.rollouts["weights_dtype"] == "bfloat16"
+    # The float32 weights are back, the same tensors; the merges leave them within a rounding step.
+    for name, param in model.named_parameters():
+        kept, values = before[name]
+        assert param is kept and param.dtype == values.dtype == torch.float32
+        assert torch.allclose(param, values, atol=1e-6, rtol=0), name
 
 
 def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_dir, tmp_path) -> None:

@@ -18,13 +18,15 @@ count of what the stage keeps in memory at its peak:
   generated together) and the in-training held-out check keep keys and values
   for every layer, token and sequence; with compiled decoding the static
   cache also holds the prompts' extra padding (`infer/compiled_decoding.py`);
+- rollout_weights: under mixed precision, GRPO's rollouts use a copy of the
+  frozen matmul weights in the compute dtype (`train/rollouts.py`);
 - runtime: the CUDA context and the allocator's slack on a GPU (0.6 GiB, not
   yet measured on one); PyTorch's own first-use buffers on a CPU (25 MiB,
   measured).
 
 The peak is weights + lora + runtime + the larger of the training phase
-(activations and logits) and the generation phase (KV cache and the last
-token's logits). A recipe fits when that peak is at most 95% of the memory.
+(activations and logits) and the generation phase (KV cache, the rollouts'
+weight copy and the last token's logits). A recipe fits when that peak is at most 95% of the memory.
 
 The per-token activation counts below were fitted to CPU measurements of the
 GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;
@@ -168,8 +170,11 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
         rollouts = s["generation_batch"] * (s["length"] + padding) * kv
         held_out = s["eval_batch"] * (s["eval_length"] + padding) * kv if s["eval_batch"] else 0
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
+        copied = s["mixed_precision"] and not s["vllm"]
+        parts["rollout_weights"] = sum(i * o for i, o in shape.linear_shapes) * compute if copied else 0.0
     parts["runtime"] = (CUDA_RUNTIME_GIB if on_gpu else CPU_RUNTIME_GIB) * GIB
-    generation = parts["kv_cache"] + s["generation_batch"] * shape.vocab * 4 if stage == "grpo" else 0.0
+    generation = (parts["kv_cache"] + parts["rollout_weights"] + s["generation_batch"] * shape.vocab * 4
+                  if stage == "grpo" else 0.0)
     peak = parts["weights"] + parts["lora"] + parts["runtime"] + max(active + parts["logits"], generation)
     if s["vllm"] and memory_gib:
         parts["vllm"] = s["vllm_share"] * memory_gib * GIB  # vLLM takes its share of the GPU up front

@@ -12,12 +12,21 @@ adapter are what they would be; the base weights get the adapter's product
 added and taken away again, which leaves them within a rounding step of where
 they were (`tests/train/test_rollouts.py` measures it over many merges).
 
-Rollouts run in the trainer's mixed precision (bf16 or fp16 autocast, as the
-training forward does). accelerate autocasts the prepared model's `forward`,
-but PEFT's `generate` calls the base model's own, so TRL's rollouts decoded in
-float32 under bf16 training: on a GPU, float32 matmuls and twice the weight
-and KV-cache bytes per decoding step (the memory plan already counted the
-cache in the compute dtype). The held-out checks run under the same autocast.
+Rollouts run in the trainer's mixed precision, as the loss scores them.
+accelerate autocasts the prepared model's `forward`, but PEFT's `generate`
+calls the base model's own, so TRL's rollouts decoded in float32 under bf16
+or fp16 training: sampled from a float32 policy, scored as a bf16 one, and on
+a GPU float32 matmuls (about 0.7 ms of arithmetic per decoding step at GPT-2
+Medium's 64 rollouts on an H200, against 0.15 ms to read bf16 weights).
+Autocast alone would cast every frozen float32 weight again at each step
+(autocast caches casts only of weights that train): a kernel and 2 bytes
+written per weight per step. So for the call the frozen matmul weights
+(`Linear`, GPT-2's `Conv1D`) are swapped for copies in the compute dtype, the
+very values autocast would make, and the float32 tensors put back after:
+the same tokens as autocast alone (`tests/train/test_rollouts.py`), the
+weights exactly as they were, and one copy of them in the compute dtype
+while generating (the memory plan's `rollout_weights`). Embeddings and norms
+stay float32, as under autocast.
 
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
 describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
@@ -54,6 +63,34 @@ def swapped(owner: Any, **values: Any) -> Iterator[None]:
 
 
 @contextmanager
+def matmul_weights_in(model: Any, dtype_name: str | None) -> Iterator[None]:
+    """The frozen weights and biases of `model`'s Linear and Conv1D layers as copies in `dtype_name` ("bfloat16")
+    for the block; the original tensors are put back after, also on error. Trained parameters (LoRA's) are left
+    alone; None changes nothing."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kept = []
+    if dtype_name is not None:
+        dtype = getattr(torch, dtype_name)
+        # An LM head tied to the input embeddings (GPT-2's) shares their tensor: the embeddings must stay float32.
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        for module in model.modules():
+            if not isinstance(module, (torch.nn.Linear, Conv1D)):
+                continue
+            for param in (module.weight, module.bias):
+                if (param is not None and not param.requires_grad and param.is_floating_point()
+                        and param.dtype != dtype and id(param) not in embeddings):
+                    kept.append((param, param.data))
+                    param.data = param.data.to(dtype)
+    try:
+        yield
+    finally:
+        for param, data in kept:
+            param.data = data
+
+
+@contextmanager
 def merged_adapter(model: Any) -> Iterator[None]:
     """Merge a PEFT model's active adapter into its weights for the block; unmerge after, also on error.
 
@@ -72,7 +109,7 @@ def merged_adapter(model: Any) -> Iterator[None]:
 
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
-    (`rollouts["merge_lora"]`), compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache
+    (`rollouts["merge_lora"]`) and the matmul weights in the compute dtype (`rollouts["weights_dtype"]`), compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache
     (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the
     inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts
     are left alone."""
@@ -84,8 +121,9 @@ class FastRollouts:
             return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
         with ExitStack() as stack:
-            if self.rollouts.get("merge_lora"):
-                stack.enter_context(merged_adapter(model))  # before autocast: the adapter's product in float32
+            if self.rollouts.get("merge_lora"):  # whole weights on this process (not FSDP or DeepSpeed shards)
+                stack.enter_context(merged_adapter(model))  # first: the adapter's product added in float32
+                stack.enter_context(matmul_weights_in(model, self.rollouts.get("weights_dtype")))
             stack.enter_context(self.accelerator.autocast())  # a no-op without mixed precision (CPU)
             if self.rollouts.get("decoding") == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
