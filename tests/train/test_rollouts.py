@@ -119,6 +119,16 @@ def test_rollouts_run_in_the_trainers_mixed_precision(tiny_model_dir, tmp_path) 
     # The bf16 copies are the values autocast makes of the float32 weights: the same tokens.
     assert runs["merged, bf16 weights"] == runs["merged, autocast only"]
     assert trainer.rollouts["weights_dtype"] == "bfloat16"
+    # The held-out check does the same on the training model.
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.train.held_out import HeldOutCheck
+
+    seen.clear()
+    recipe = load_recipe(None, ["eval.max_new_tokens=8", "eval.batch_size=4"])
+    rows = [{"question": r["question"], "answer": r["gold"]} for r in synth.make_problems(4, seed=2)]
+    result = HeldOutCheck(trainer, rows, recipe, merge=True).measure()
+    assert 0 <= result["accuracy"] <= 1 and {weight for _, weight in seen} == {torch.bfloat16}
     # The float32 weights are back, the same tensors; the merges leave them within a rounding step.
     for name, param in model.named_parameters():
         kept, values = before[name]
