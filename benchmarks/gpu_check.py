@@ -156,7 +156,8 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
     first = _timed_steps(history, "step_time")[0]["step_time"]  # with compiled decoding: the compile
     generation = sum(h["time/generation_s"] for h in logged) / len(logged)
     length = sum(h["completions/mean_length"] for h in logged) / len(logged)
-    return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1), "generation_share": round(generation / step, 3),
+    return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1),
+            "generation_share": round(generation / step, 3),
             "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
             "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
@@ -176,9 +177,10 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
 
 
 def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, backend: str = "hf",
-              label: str = "eval") -> dict[str, Any]:
+              label: str | None = None) -> dict[str, Any]:
     from gsm8k_tr.infer import evaluate
 
+    label = label or f"eval-{backend}"
     first = None
     if recipe.decoding == "compiled":  # a first call compiles; the second is the one timed
         first = evaluate.main(model, recipe, limit=questions, output=str(work / f"{label}-first"), overwrite=True)
@@ -189,9 +191,9 @@ def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, 
               "decoding": metrics.get("decoding"), "accuracy": metrics.get("accuracy")}
     if first is not None:
         result["first_call_s"] = first["seconds"]
-    if label != "eval" and (work / "eval" / "predictions.jsonl").is_file():  # the same greedy answers as eval's?
+    if label != "eval-hf" and (work / "eval-hf" / "predictions.jsonl").is_file():  # eval's greedy answers?
         answers = [[json.loads(line)["completion"] for line in (work / folder / "predictions.jsonl").open()]
-                   for folder in ("eval", label)]
+                   for folder in ("eval-hf", label)]
         result["same_completions"] = f"{sum(a == b for a, b in zip(*answers))}/{len(answers[0])}"
     return result
 
@@ -243,7 +245,7 @@ def main() -> int:
     parts: list[tuple[str, Any]] = [
         ("sft", lambda: part_sft(recipe, device, parameters, rate)),
         ("grpo", lambda: part_grpo(recipe, device)),
-        ("decode", lambda: part_decode(model, device, parameters, 64 if not args.cpu else 16, 64 if not args.cpu else 16,
+        ("decode", lambda: part_decode(model, device, parameters, 16 if args.cpu else 64, 16 if args.cpu else 64,
                                        args.compiled)),
         ("eval", lambda: part_eval(str(work / "sft"), recipe, device, args.questions, work)),
     ]
@@ -285,9 +287,10 @@ def main() -> int:
     print(f"eval: {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} questions/s")
     if args.compiled:
         grpo_c, eval_c = results.get("grpo-compiled", {}), results.get("eval-compiled", {})
-        print(f"compiled: GRPO {grpo_c.get('step_s')} s/step ({grpo_c.get('generated_tokens_per_s')} generated tokens/s; "
-              f"first step {grpo_c.get('first_step_s')} s), decode {decode_.get('compiled_ratio')}x (b)'s speed, eval "
-              f"{eval_c.get('generated_tokens_per_s')} generated tokens/s (first call {eval_c.get('first_call_s')} s), "
+        print(f"compiled: GRPO {grpo_c.get('step_s')} s/step ({grpo_c.get('generated_tokens_per_s')} generated "
+              f"tokens/s; first step {grpo_c.get('first_step_s')} s), decode {decode_.get('compiled_ratio')}x (b)'s "
+              f"speed, eval {eval_c.get('generated_tokens_per_s')} generated tokens/s (first call "
+              f"{eval_c.get('first_call_s')} s), "
               f"completions the same as eval's: {eval_c.get('same_completions')}")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))

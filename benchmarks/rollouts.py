@@ -73,7 +73,8 @@ def gpt2_medium(folder: Path) -> str:
     return str(folder)
 
 
-def decode(model_name: str, sequences: int, new_tokens: int, repeats: int, compiled: bool | None = None) -> dict[str, Any]:
+def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
+           compiled: bool | None = None) -> dict[str, Any]:
     """ms per decoding step for (a), (b), (b) with the dynamic cache, (b) with torch's sampling and, if `compiled`
     (None: on a GPU), (b) with compiled decoding, alternating, on one model with a trained-looking adapter."""
     import peft
@@ -220,8 +221,10 @@ def main() -> None:
         r = decode(name, sequences, tokens, args.repeats, args.compiled)
         print(f"decoding, {Path(r['model']).name} on {r['device']} ({r['threads']} threads): {r['sequences']} sequences, "
               f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens")
-        for label, name in (("today", "(a) today"), ("fast", "(b) fast"), ("fast, dynamic cache", "    (b), dynamic cache"),
-                            ("fast, torch sampling", "    (b), torch sampling"), ("fast, compiled", "    (b), compiled")):
+        for label, name in (("today", "(a) today"), ("fast", "(b) fast"),
+                            ("fast, dynamic cache", "    (b), dynamic cache"),
+                            ("fast, torch sampling", "    (b), torch sampling"),
+                            ("fast, compiled", "    (b), compiled")):
             if label not in r:
                 continue
             print(f"  {name:<22} {r[label]['ms_per_step']:8.2f} ms/step "
@@ -231,8 +234,9 @@ def main() -> None:
               f"alone: {r['fast, torch sampling']['ms_per_step'] / r['fast']['ms_per_step']:.2f}x); identical greedy "
               f"completions: {r['identical_greedy_tokens']}/{r['sequences']} (the fewest of any fast path)")
         if "compiled_ratio" in r:
+            first = r["first_call_s"]
             print(f"  compiled decoding against (b): {r['compiled_ratio']:.2f}x per step, after a first call of "
-                  f"{r['first_call_s']['fast, compiled']:.1f} s (compiling; (b)'s first call: {r['first_call_s']['fast']:.1f} s)")
+                  f"{first['fast, compiled']:.1f} s (compiling; (b)'s first call: {first['fast']:.1f} s)")
     if args.grpo_steps:
         start = args.start or sft_start(work)
         runs: dict[str, list[dict[str, Any]]] = {"today": [], "fast": []}

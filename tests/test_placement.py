@@ -100,29 +100,27 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("sharded,vllm,cache,device,decoding,expected", [
+PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler")
+
+
+@pytest.mark.parametrize("sharded,vllm,cache,device,decoding,precision,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", "auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-                                         "shared_prefill": True, "sampler": "inverse_cdf"}),
-    # A GPU draws torch's per-entry random numbers in parallel.
-    (False, False, None, "cuda", "auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-                                          "shared_prefill": True, "sampler": "multinomial"}),
-    # FSDP/DeepSpeed: shards, no merge, and no extra forward that one process might skip
-    (True, False, None, "cuda", "auto", {"merge_lora": False, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-                                         "shared_prefill": False, "sampler": "multinomial"}),
+    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf")),
+    # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies.
+    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial")),
+    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "eager", "growing", True, "multinomial")),
+    # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip
+    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial")),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
-    (False, True, None, "cuda", "compiled", {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
-                                             "shared_prefill": False, "sampler": "vllm"}),
+    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm")),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", "eager", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "static",
-                                              "shared_prefill": False, "sampler": "inverse_cdf"}),
+    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf")),
     # compiled decoding, asked for by the recipe: its own static cache, on a GPU too
-    (False, False, None, "cuda", "compiled", {"merge_lora": True, "weights_dtype": None, "decoding": "compiled", "kv_cache": "static",
-                                              "shared_prefill": False, "sampler": "multinomial"}),
+    (False, False, None, "cuda", "compiled", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial")),
     # but not where each process gathers shards inside the forward
-    (True, False, None, "cuda", "compiled", {"merge_lora": False, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-                                             "shared_prefill": False, "sampler": "multinomial"}),
+    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial")),
 ])
-def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str,
-                          expected: dict) -> None:
-    assert placement.rollout_path(sharded, vllm, cache, torch.device(device), decoding) == expected
+def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str, precision: str,
+                          expected: tuple) -> None:
+    path = placement.rollout_path(sharded, vllm, cache, torch.device(device), decoding, precision)
+    assert path == dict(zip(PATH_KEYS, expected))

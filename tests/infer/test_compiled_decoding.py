@@ -31,7 +31,8 @@ def test_compiled_evaluation_gives_the_eager_tokens(tiny_model_dir, compiled_cal
     from gsm8k_tr.infer import generation
     from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
 
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(40, seed=3)]
     lengths = sorted(len(tokenizer(p)["input_ids"]) for p in prompts)

@@ -83,7 +83,8 @@ def test_grpo_generation_and_vllm_are_planned() -> None:
 
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
 
-    config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, "use_cpu": True}, {"output_dir": ("/nonexistent", "")})
+    config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, "use_cpu": True},
+                        {"output_dir": ("/nonexistent", "")})
     for decoding, padding in (("auto", 0), ("eager", 0), ("compiled", 63)):
         recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [f"decoding={decoding}"])
         assert memory.stage_settings(recipe, "grpo", config, 1024, 150)["cache_padding"] == padding
@@ -176,5 +177,6 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout
     if compiled:
         assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
-        assert result["eval-compiled"]["decoding"] == "compiled" and result["eval-compiled"]["same_completions"] == "4/4"
+        compiled_eval = result["eval-compiled"]
+        assert compiled_eval["decoding"] == "compiled" and compiled_eval["same_completions"] == "4/4"
         assert "compiled: GRPO" in done.stdout

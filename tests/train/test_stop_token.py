@@ -63,8 +63,8 @@ def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("decoding, path", [
-    ("auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing", "shared_prefill": True,
-              "sampler": "inverse_cdf"}),
+    ("auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
+              "shared_prefill": True, "sampler": "inverse_cdf"}),
     pytest.param("compiled", {"merge_lora": True, "weights_dtype": None, "decoding": "compiled", "kv_cache": "static",
                               "shared_prefill": False, "sampler": "inverse_cdf"}, marks=needs_compiler),
 ])

@@ -109,10 +109,10 @@ def merged_adapter(model: Any) -> Iterator[None]:
 
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
-    (`rollouts["merge_lora"]`) and the matmul weights in the compute dtype (`rollouts["weights_dtype"]`), compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache
-    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the
-    inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts
-    are left alone."""
+    (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
+    compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache (`rollouts["kv_cache"] ==
+    "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the inverse-CDF sampler
+    (`rollouts["sampler"] == "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
 
     rollouts: dict[str, Any] = {}
 
