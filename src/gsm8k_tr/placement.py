@@ -260,8 +260,8 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
     `weights_dtype`: under bf16 or fp16 `mixed_precision`, where the adapter
     is merged, the frozen matmul weights are used in that dtype for the call
-    (`train/rollouts.py`), else None. `decoding`: as `decoding` says; compiled decoding brings its own static
-    cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's
+    (`train/rollouts.py`), else None. `decoding`: as `decoding` says;
+    compiled decoding brings its own static cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's
     own. `shared_prefill`: with the growing cache, each group's prompt is
     prefilled once for its `num_generations` rows
     (`infer/shared_prefill.py`), on every device; not where the weights are

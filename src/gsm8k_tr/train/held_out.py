@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 from transformers import TrainerCallback
@@ -11,7 +10,7 @@ from transformers import TrainerCallback
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
 from gsm8k_tr.placement import COMPUTE_DTYPES
-from gsm8k_tr.train.rollouts import matmul_weights_in, merged_adapter
+from gsm8k_tr.train.rollouts import generating_policy
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -47,10 +46,7 @@ class HeldOutCheck:
         accelerator = self.trainer.accelerator
         model = accelerator.unwrap_model(self.trainer.model)
         training_mode = model.training
-        # As GRPO's rollouts: with the adapter merged, the frozen matmul weights in the compute dtype for the call.
-        weights = COMPUTE_DTYPES.get(str(accelerator.mixed_precision)) if self.merge else None
-        with (merged_adapter(model) if self.merge else nullcontext(), matmul_weights_in(model, weights),
-              accelerator.autocast()):
+        with generating_policy(model, accelerator, self.merge, COMPUTE_DTYPES.get(str(accelerator.mixed_precision))):
             result, _ = evaluate(model, self.trainer.processing_class, self.rows, self.recipe,
                                  synced_gpus=is_sharded(accelerator))
         model.train(training_mode)

@@ -26,7 +26,8 @@ count of what the stage keeps in memory at its peak:
 
 The peak is weights + lora + runtime + the larger of the training phase
 (activations and logits) and the generation phase (KV cache, the rollouts'
-weight copy and the last token's logits). A recipe fits when that peak is at most 95% of the memory.
+weight copy and the last token's logits). A recipe fits when that peak is at
+most 95% of the memory.
 
 The per-token activation counts below were fitted to CPU measurements of the
 GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;

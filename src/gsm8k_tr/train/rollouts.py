@@ -107,6 +107,19 @@ def merged_adapter(model: Any) -> Iterator[None]:
         model.unmerge_adapter()
 
 
+@contextmanager
+def generating_policy(model: Any, accelerator: Any, merge: bool, weights_dtype: str | None) -> Iterator[None]:
+    """The policy as GRPO's rollouts and the held-out checks generate with it: the adapter merged (`merge`; in
+    float32, so before autocast), the frozen matmul weights in `weights_dtype`, under the trainer's autocast (a no-op
+    without mixed precision, as on a CPU)."""
+    with ExitStack() as stack:
+        if merge:
+            stack.enter_context(merged_adapter(model))
+            stack.enter_context(matmul_weights_in(model, weights_dtype))
+        stack.enter_context(accelerator.autocast())
+        yield
+
+
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
@@ -121,10 +134,9 @@ class FastRollouts:
             return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
         with ExitStack() as stack:
-            if self.rollouts.get("merge_lora"):  # whole weights on this process (not FSDP or DeepSpeed shards)
-                stack.enter_context(merged_adapter(model))  # first: the adapter's product added in float32
-                stack.enter_context(matmul_weights_in(model, self.rollouts.get("weights_dtype")))
-            stack.enter_context(self.accelerator.autocast())  # a no-op without mixed precision (CPU)
+            # merge_lora: whole weights on this process (not FSDP or DeepSpeed shards)
+            stack.enter_context(generating_policy(model, self.accelerator, self.rollouts.get("merge_lora", False),
+                                                  self.rollouts.get("weights_dtype")))
             if self.rollouts.get("decoding") == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
                 stack.enter_context(swapped(self, generation_config=config,

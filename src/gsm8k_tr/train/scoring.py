@@ -21,14 +21,11 @@ to each other, gradients included). `placement.compact_scoring` decides where.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from gsm8k_tr import placement
-
-log = logging.getLogger(__name__)
 
 
 @contextmanager
