@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py                  # about 3 minutes on one H100/H200-class GPU, without vLLM
     python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
-    python benchmarks/gpu_check.py --compiled       # also GRPO, decoding and evaluation with `decoding: compiled`
+    python benchmarks/gpu_check.py --both-decodings # also GRPO and evaluation with the decoding `auto` left out
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
@@ -15,20 +15,23 @@ recipes/turkish-gpt2-medium.yaml with `per_device_train_batch_size: auto`.
 
 In one process (imports once), each part on the same model folder:
 - matmul: the card's measured bf16 matmul rate (8192-square), the yardstick;
-- sft: a few steps; trained tokens per second, and the share of the matmul
+- sft: `--sft-steps` steps; trained tokens per second over the steps after
+  the first (each step's time from SFT's logs), and the share of the matmul
   rate used at 4 x parameters FLOPs per token (LoRA: the forward pass and
   the activations' gradients; no base-weight gradients);
 - grpo: a few steps; generated tokens per second in the rollouts and their
   share of the step;
 - decode: ms per decoding step of 64 rollouts, today's path (adapter
-  unmerged, dynamic cache) against `placement`'s fast path, and the bound of
-  reading the bf16 weights once per step at the card's memory bandwidth;
+  unmerged, dynamic cache) against `placement`'s eager fast path and, on a
+  GPU, compiled decoding (a static cache and CUDA graphs,
+  `infer/compiled_decoding.py`), and the bound of reading the bf16 weights
+  once per step at the card's memory bandwidth;
 - eval: `--questions` questions; generated tokens per second;
-- with `--compiled`: decode also times compiled decoding (a static cache and
-  CUDA graphs, `infer/compiled_decoding.py`), and grpo-compiled and
-  eval-compiled run GRPO and evaluation with it, each printing its compile
-  time apart (the first step, the first call) and greedy answers compared
-  with eval's.
+- GRPO and evaluation run with `decoding: auto` (compiled on a GPU with
+  Triton), each printing its compile time apart (the first step, the first
+  call); with `--both-decodings`, grpo-eager and eval-eager (or -compiled
+  where auto is eager) run them the other way too, and compare the greedy
+  answers with eval's.
 Each training part's peak GPU memory is printed beside the memory plan at the
 data's real lengths (the plan the stage itself ran). It exits non-zero if any
 part fails, and with status 2 (one line) on a machine without a CUDA GPU.
@@ -131,12 +134,14 @@ def part_sft(recipe: Any, device: Any, parameters: int, rate: float) -> dict[str
 
     manifest = sft.main(recipe, overwrite=True)
     history = json.loads((Path(recipe.output_dir) / "sft" / "log_history.json").read_text())
-    logged = _timed_steps(history, "num_tokens")
-    first, last = logged[0], logged[-1]  # the first step warms up; rates from the steps after it
-    seconds = manifest["train_seconds"] * (last["step"] - first["step"]) / max(last["step"], 1)
+    logged = _timed_steps(history, "step_time")  # one entry per step (logging_steps=1)
+    first, last = logged[0], logged[-1]  # the first step warms up (CUDA's and cuBLAS's setup); rates from the rest
+    seconds = sum(h["step_time"] for h in logged[1:])
     tokens = last["num_tokens"] - first["num_tokens"]
     per_s = tokens / seconds if seconds > 0 else 0.0
     return {"steps": manifest["global_step"], "micro_batch": manifest.get("micro_batch"),
+            "step_s": round(seconds / max(len(logged) - 1, 1), 3), "first_step_s": round(first["step_time"], 2),
+            "tokens_per_step": round(tokens / max(len(logged) - 1, 1)),
             "tokens_per_s": round(per_s), "matmul_share": round(per_s * 4 * parameters / rate, 4),
             "peak_gib": _peak(device), "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
 
@@ -178,11 +183,13 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
 
 def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, backend: str = "hf",
               label: str | None = None) -> dict[str, Any]:
+    from gsm8k_tr import placement
     from gsm8k_tr.infer import evaluate
 
     label = label or f"eval-{backend}"
     first = None
-    if recipe.decoding == "compiled":  # a first call compiles; the second is the one timed
+    # Compiled: a first call compiles; the second is the one timed.
+    if backend == "hf" and placement.decoding(recipe.decoding, device) == "compiled":
         first = evaluate.main(model, recipe, limit=questions, output=str(work / f"{label}-first"), overwrite=True)
     metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True, backend=backend)
     tokens = metrics["mean_completion_tokens"] * metrics["n"]
@@ -200,11 +207,13 @@ def part_eval(model: str, recipe: Any, device: Any, questions: int, work: Path, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="SFT and GRPO steps (the first warms up)")
+    parser.add_argument("--steps", type=int, default=4, help="GRPO steps (the first warms up)")
+    parser.add_argument("--sft-steps", type=int, default=10, help="SFT steps (the first warms up)")
     parser.add_argument("--questions", type=int, default=64, help="evaluation questions")
     parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=False,
                         help="also GRPO and evaluation with vLLM (installed extra)")
-    parser.add_argument("--compiled", action="store_true", help="also GRPO, decoding and evaluation compiled")
+    parser.add_argument("--both-decodings", action="store_true",
+                        help="also GRPO and evaluation with the decoding that `auto` does not choose here")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -228,7 +237,7 @@ def main() -> int:
             build_model(work / "model")
     data, where = data_overrides()
     common = [f"output_dir={work}", f"model.name_or_path={model}", *data, "eval.every_steps=0",
-              f"sft.max_steps={args.steps}", f"grpo.max_steps={args.steps}", "sft.save_steps=1000",
+              f"sft.max_steps={args.sft_steps}", f"grpo.max_steps={args.steps}", "sft.save_steps=1000",
               "grpo.save_steps=1000", "sft.logging_steps=1", "grpo.logging_steps=1", "sft.report_to=[]",
               "grpo.report_to=[]", "sft.per_device_train_batch_size=auto", "grpo.per_device_train_batch_size=auto",
               f"grpo.max_completion_length={tokens}", f"eval.max_new_tokens={tokens}",
@@ -246,15 +255,19 @@ def main() -> int:
         ("sft", lambda: part_sft(recipe, device, parameters, rate)),
         ("grpo", lambda: part_grpo(recipe, device)),
         ("decode", lambda: part_decode(model, device, parameters, 16 if args.cpu else 64, 16 if args.cpu else 64,
-                                       args.compiled)),
+                                       None if not args.cpu else args.both_decodings)),
         ("eval", lambda: part_eval(str(work / "sft"), recipe, device, args.questions, work)),
     ]
-    if args.compiled:
-        compiled = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'compiled'}", "decoding=compiled",
-                                             f"model.sft_output={work / 'sft'}"])
-        parts += [("grpo-compiled", lambda: part_grpo(compiled, device)),
-                  ("eval-compiled", lambda: part_eval(str(work / "sft"), compiled, device, args.questions, work,
-                                                     label="eval-compiled"))]
+    from gsm8k_tr import placement
+
+    chosen = placement.decoding(recipe.decoding, device)
+    other = "eager" if chosen == "compiled" else "compiled"
+    if args.both_decodings:
+        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / other}", f"decoding={other}",
+                                           f"model.sft_output={work / 'sft'}"])
+        parts += [(f"grpo-{other}", lambda: part_grpo(second, device)),
+                  (f"eval-{other}", lambda: part_eval(str(work / "sft"), second, device, args.questions, work,
+                                                      label=f"eval-{other}"))]
     if args.vllm:
         vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
                                                 f"model.sft_output={work / 'sft'}"])
@@ -278,20 +291,21 @@ def main() -> int:
     print(f"SFT: {sft_.get('tokens_per_s')} tokens/s, {100 * (sft_.get('matmul_share') or 0):.1f}% of the matmul rate "
           f"(micro-batch {(sft_.get('micro_batch') or {}).get('per_device_train_batch_size')}); peak "
           f"{sft_.get('peak_gib')} GiB, plan {sft_.get('plan_gib')} GiB")
-    print(f"GRPO: {grpo_.get('step_s')} s/step, {grpo_.get('generated_tokens_per_s')} generated tokens/s in rollouts, "
-          f"generating {100 * (grpo_.get('generation_share') or 0):.0f}% of a step; peak {grpo_.get('peak_gib')} GiB, "
-          f"plan {grpo_.get('plan_gib')} GiB")
+    print(f"GRPO ({chosen}): {grpo_.get('step_s')} s/step, {grpo_.get('generated_tokens_per_s')} generated tokens/s "
+          f"in rollouts, generating {100 * (grpo_.get('generation_share') or 0):.0f}% of a step, first step "
+          f"{grpo_.get('first_step_s')} s; peak {grpo_.get('peak_gib')} GiB, plan {grpo_.get('plan_gib')} GiB")
     if "today" in decode_:
-        print(f"decode: today {decode_['today']['ms_per_step']} ms/step, fast {decode_['fast']['ms_per_step']} ms/step "
-              f"({decode_['ratio']}x); weight-read bound {decode_.get('weight_read_bound_ms', '-')} ms")
-    print(f"eval: {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} questions/s")
-    if args.compiled:
-        grpo_c, eval_c = results.get("grpo-compiled", {}), results.get("eval-compiled", {})
-        print(f"compiled: GRPO {grpo_c.get('step_s')} s/step ({grpo_c.get('generated_tokens_per_s')} generated "
-              f"tokens/s; first step {grpo_c.get('first_step_s')} s), decode {decode_.get('compiled_ratio')}x (b)'s "
-              f"speed, eval {eval_c.get('generated_tokens_per_s')} generated tokens/s (first call "
-              f"{eval_c.get('first_call_s')} s), "
-              f"completions the same as eval's: {eval_c.get('same_completions')}")
+        print(f"decode: today {decode_['today']['ms_per_step']} ms/step, eager fast {decode_['fast']['ms_per_step']} "
+              f"ms/step ({decode_['ratio']}x), compiled {(decode_.get('fast, compiled') or {}).get('ms_per_step', '-')}"
+              f" ms/step; weight-read bound {decode_.get('weight_read_bound_ms', '-')} ms")
+    print(f"eval ({chosen}): {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} "
+          f"questions/s, first call {eval_.get('first_call_s', '-')} s")
+    if args.both_decodings:
+        grpo_o, eval_o = results.get(f"grpo-{other}", {}), results.get(f"eval-{other}", {})
+        print(f"{other}: GRPO {grpo_o.get('step_s')} s/step ({grpo_o.get('generated_tokens_per_s')} generated "
+              f"tokens/s; first step {grpo_o.get('first_step_s')} s), eval {eval_o.get('generated_tokens_per_s')} "
+              f"generated tokens/s (first call {eval_o.get('first_call_s', '-')} s), completions the same as "
+              f"eval's: {eval_o.get('same_completions')}")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:

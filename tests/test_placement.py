@@ -106,21 +106,24 @@ PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_pref
 @pytest.mark.parametrize("sharded,vllm,cache,device,decoding,precision,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
     (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf")),
-    # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies.
-    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial")),
-    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "eager", "growing", True, "multinomial")),
+    # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies;
+    # CUDA decodes compiled, with its static cache (measured 9.7x faster on an H200), unless the recipe says eager.
+    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial")),
+    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial")),
+    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial")),
     # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip
     (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial")),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
     (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm")),
     # a recipe's cache_implementation wins (and holds no prefill to share)
     (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf")),
-    # compiled decoding, asked for by the recipe: its own static cache, on a GPU too
-    (False, False, None, "cuda", "compiled", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial")),
+    # compiled decoding, asked for by the recipe: its own static cache, on a CPU too
+    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf")),
     # but not where each process gathers shards inside the forward
     (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial")),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str, precision: str,
-                          expected: tuple) -> None:
+                          expected: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "has_triton", lambda: True)  # as on CUDA machines with torch's own wheels
     path = placement.rollout_path(sharded, vllm, cache, torch.device(device), decoding, precision)
     assert path == dict(zip(PATH_KEYS, expected))

@@ -224,20 +224,38 @@ DECODINGS = ("auto", "eager", "compiled")
 def decoding(requested: str, device: Any, sharded: bool = False) -> str:
     """How `generate` runs each decoding step on `device`: "eager" or "compiled" (`infer/compiled_decoding.py`).
 
-    `requested` is the recipe's `decoding`; "auto" is eager on every device.
-    On 2 CPU cores compiled decoding ran 0.79x (demo model) and 0.66x (GPT-2
-    Medium's shape) the speed of the eager fast path, after 14-46 s of
-    compiling (docs/benchmarks.md): a CPU has no kernel launches to save, and
-    the static cache attends over its whole length. On a GPU it is what should
-    stop decoding waiting on Python's launches, but it is not yet measured on
-    a GPU, so "auto" does not choose it there yet; `benchmarks/gpu_check.py
-    --compiled` measures both. Eager where the weights are `sharded` (FSDP,
-    ZeRO-3): each layer's weights are gathered inside the forward, which a
-    graph compiled for fixed weights does not follow (not tried).
+    `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where
+    Triton is installed (torch's compiler needs it there), eager elsewhere.
+    On one H200 in bf16 (docs/benchmarks.md), GPT-2 Medium's shape: a GRPO
+    step of 64 rollouts of 384 tokens took 2.2-2.9 s compiled against 21.0 s
+    eager, evaluation generated 6.5-7.0k tokens/s against 432, after 15-33 s
+    of compiling once per run; each eager decoding step waits on a few hundred
+    kernel launches from Python, which the CUDA graph replays at once.
+    Greedy answers are the eager ones up to bf16 rounding: on the demo's
+    test split 397/403 and 399/403 graded answers the same (eager bf16
+    against float32 on a CPU: 395/403 and 402/403); `decoding: eager` keeps
+    the eager tokens exactly. On 2 CPU cores compiled decoding ran 0.79x
+    (demo model) and 0.66x (GPT-2 Medium's shape) the eager fast path's
+    speed: a CPU has no launches to save, and the static cache attends over
+    its whole length. Eager where the weights are `sharded` (FSDP, ZeRO-3):
+    each layer's weights are gathered inside the forward, which a graph
+    compiled for fixed weights does not follow (not tried).
     """
     if requested not in DECODINGS:  # the recipe check names the key; this is a caller's mistake
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
-    return "compiled" if requested == "compiled" and not sharded else "eager"
+    if sharded or requested == "eager":
+        return "eager"
+    if requested == "compiled":
+        return "compiled"
+    return "compiled" if _device_type(device) == "cuda" and has_triton() else "eager"
+
+
+def has_triton() -> bool:
+    """Whether torch's compiler can generate kernels for the CUDA GPU here (Triton installed and the card new
+    enough for it)."""
+    from torch.utils._triton import has_triton as triton_here
+
+    return triton_here()
 
 
 def row_sampling(device: Any) -> bool:

@@ -85,7 +85,7 @@ def test_grpo_generation_and_vllm_are_planned() -> None:
 
     config = trl_config(trl.GRPOConfig, "grpo", {}, {**GRPO_DEFAULTS, "use_cpu": True},
                         {"output_dir": ("/nonexistent", "")})
-    for decoding, padding in (("auto", 0), ("eager", 0), ("compiled", 63)):
+    for decoding, padding in (("auto", 63), ("eager", 0), ("compiled", 63)):  # auto: compiled on a CUDA GPU
         recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [f"decoding={decoding}"])
         assert memory.stage_settings(recipe, "grpo", config, 1024, 150)["cache_padding"] == padding
 
@@ -162,15 +162,16 @@ def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_mo
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     # The GPU check's own code, on the CPU with the tiny model, so it works the first time a GPU is there; with
-    # compiled decoding where a C++ compiler lets torch.compile build for the CPU.
+    # compiled decoding too (what auto chooses on a GPU) where a C++ compiler lets torch.compile build for the CPU.
     script = ROOT / "benchmarks" / "gpu_check.py"
     compiled = not needs_compiler.args[0]
-    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--questions", "4", "--keep",
-                           str(tmp_path), *(["--compiled"] if compiled else [])], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--sft-steps", "3", "--questions",
+                           "4", "--keep", str(tmp_path), *(["--both-decodings"] if compiled else [])],
+                          capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["sft"]["tokens_per_s"] > 0 and result["sft"]["micro_batch"]["per_device_train_batch_size"] >= 8
+    assert result["sft"]["steps"] == 3 and result["sft"]["tokens_per_step"] > 0
     assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
@@ -179,4 +180,4 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
         assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
         compiled_eval = result["eval-compiled"]
         assert compiled_eval["decoding"] == "compiled" and compiled_eval["same_completions"] == "4/4"
-        assert "compiled: GRPO" in done.stdout
+        assert "compiled: GRPO" in done.stdout and "GRPO (eager)" in done.stdout

@@ -141,3 +141,13 @@ def test_grpo_refuses_an_sft_output_from_another_model(run, tmp_path):
     result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'x'}",
                  f"model.sft_output={run / 'sft'}", "model.name_or_path=gpt2")
     assert result.returncode == 2 and "trained from" in result.stderr
+
+
+def test_sft_logs_each_steps_time(run):
+    """SFT's logs carry `step_time` as GRPO's do (TRL logs none for SFT), so tokens/s = tokens / step time."""
+    history = json.loads((run / "sft" / "log_history.json").read_text())
+    logged = [h for h in history if "loss" in h]
+    manifest = json.loads((run / "sft" / "manifest.json").read_text())
+    assert logged and all(h["step_time"] > 0 for h in logged)
+    interval = logged[0]["step"]  # logging_steps: each entry is the mean over that many steps
+    assert sum(h["step_time"] for h in logged) * interval <= manifest["train_seconds"]

@@ -7,7 +7,9 @@ compiles the model's forward for the decoding steps when the cache is static
 (a fixed shape) and `compile_config` says how; with `mode="reduce-overhead"`
 torch replays each step as one CUDA graph. TRL's GRPO turns that off
 (`disable_compile=True` in its GenerationConfig); `decoding: compiled` in a
-recipe turns it on for the rollouts and every evaluation.
+recipe, and `auto` on CUDA (`placement.decoding`), turns it on for the
+rollouts and every evaluation: on an H200, 5 ms a GPT-2 Medium decoding step
+of 64 rows against 16 ms eager.
 
 Compiled code is specialised to its shapes, and a static cache is as long as
 the prompt plus `max_new_tokens`. Prompts are padded on the left to a
@@ -18,7 +20,8 @@ for the longest prompts serves every shorter one: a run compiles once per new
 longest bucket and batch size. Extra left padding is masked, and `generate`
 derives positions from the mask, so the tokens are today's
 (`tests/infer/test_compiled_decoding.py`). The first call of each shape pays
-the compile: about 12 s for the tiny model on 2 CPU cores.
+the compile: about 12 s for the tiny model on 2 CPU cores, 15-33 s for GPT-2
+Medium on an H200.
 """
 
 from __future__ import annotations

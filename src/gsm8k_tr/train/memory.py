@@ -216,8 +216,8 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "vllm": bool(getattr(config, "use_vllm", False)) and getattr(config, "vllm_mode", "") == "colocate",
         "vllm_share": getattr(config, "vllm_gpu_memory_utilization", 0.0) or 0.0,
         # Compiled decoding pads prompts to a multiple of PROMPT_MULTIPLE tokens: up to one less than that more.
-        "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and placement.decoding(recipe.decoding, "cuda")
-        == "compiled" else 0,
+        # `auto` compiles on a CUDA GPU with Triton (placement.decoding), which the plan assumes wherever it runs.
+        "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and recipe.decoding != "eager" else 0,
     }
 
 

@@ -7,9 +7,10 @@ time went). Everything still goes to TensorBoard and the log history.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from transformers import ProgressCallback
+from transformers import ProgressCallback, TrainerCallback
 
 SHOWN = ("loss", "train_loss", "reward", "accuracy", "completions/mean_length", "completions/clipped_ratio",
          "frac_reward_zero_std", "frac_correctness_zero_std", "learning_rate", "grad_norm")
@@ -54,7 +55,50 @@ class CompactProgress(ProgressCallback):
                 self.training_bar.write(f"step {state.global_step}: {line}")
 
 
+class StepClock(TrainerCallback):
+    """Wall seconds of each optimizer step, from the end of the one before (or the start of training): its batches
+    fetched, forward, backward, update and log. Evaluations and checkpoints, which run between steps, are left out."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.seconds: list[float] = []
+
+    def _restart(self, *args: Any, **kwargs: Any) -> None:
+        self.last = time.perf_counter()
+
+    on_train_begin = on_evaluate = on_save = _restart
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds.append(now - self.last)
+        self.last = now
+
+    def mean(self) -> float | None:
+        """The mean step since the last call, and start afresh; None when no step ended since."""
+        taken, self.seconds = self.seconds, []
+        return sum(taken) / len(taken) if taken else None
+
+
+class TimedSteps:
+    """Adds `step_time` to each training log that lacks one (SFT's; TRL's GRPO logs its own): the mean seconds of
+    the optimizer steps since the last log, for the console line and the log history (with `num_tokens`: tokens
+    per second). Timed on the host, which runs at most a step ahead: each step reads its loss back."""
+
+    clock: StepClock | None = None
+
+    def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if self.clock is not None and "loss" in logs and "step_time" not in logs:
+            mean = self.clock.mean()
+            if mean is not None:
+                logs = {**logs, "step_time": mean}
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+
 def use_compact_progress(trainer: Any) -> None:
-    """Swap the trainer's progress printer for CompactProgress."""
+    """Swap the trainer's progress printer for CompactProgress; a `TimedSteps` trainer gets its clock."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgress())
+    if isinstance(trainer, TimedSteps):
+        trainer.clock = StepClock()
+        trainer.add_callback(trainer.clock)

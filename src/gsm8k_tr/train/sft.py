@@ -34,7 +34,7 @@ from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutCheck
-from gsm8k_tr.train.progress import use_compact_progress
+from gsm8k_tr.train.progress import TimedSteps, use_compact_progress
 from gsm8k_tr.train.scoring import CompactScoring
 from gsm8k_tr.train.trl_configs import sft_args
 
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 STAGE = "sft"
 
 
-class SFTTrainer(CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
-    """TRL's SFTTrainer with the LM head over the scored tokens only, atomic checkpoints, a non-finite guard and
-    held-out accuracy in its evaluations."""
+class SFTTrainer(TimedSteps, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
+    """TRL's SFTTrainer with the LM head over the scored tokens only, atomic checkpoints, a non-finite guard,
+    held-out accuracy in its evaluations and each step's time in its logs."""
 
     held_out: HeldOutCheck | None = None
 

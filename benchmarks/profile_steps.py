@@ -1,0 +1,220 @@
+"""Where an SFT step and an eager decoding step spend their time: torch.profiler, one run.
+
+    python benchmarks/profile_steps.py                      # a GPU: GPT-2 Medium's shape, random weights
+    python benchmarks/profile_steps.py --model /tmp/gc/model   # a model folder (gpu_check --keep's)
+    python benchmarks/profile_steps.py --cpu                # the same on the CPU with builtin:tiny-gpt2
+
+- sft: steps 3 to 5 of the SFT stage (the recipe of gpu_check: real GSM8K-TR
+  rows when the shared sample is there, micro-batch auto) under the profiler;
+  per step: wall time, the time the device's kernels ran, kernel launches,
+  and the operators that took the most host and device time.
+- decode: `--sequences` greedy rollouts of `--new-tokens` tokens from real
+  prompts, the model in bfloat16 on a GPU (as evaluation loads it), eager,
+  with the growing KV cache and with transformers' dynamic one: ms per
+  decoding step over the first, middle and last stretch of the generation
+  (does a step slow down as the cache grows?), then one growing-cache call
+  under the profiler, per step as for sft.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_check import RECIPE, build_model, data_overrides  # noqa: E402
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
+
+
+def summarize(profile: Any, steps: int, wall: float, device: Any) -> dict[str, Any]:
+    """Per step: wall ms, device-kernel ms, launches, and the top operators by host time and by the device time of
+    the kernels they launched.
+
+    Device time is summed over the device's own events (kernels, copies) only, as torch's table does: an
+    operator's self device time is its kernels' time again.
+    """
+    from torch.autograd import DeviceType
+
+    events = profile.key_averages()
+    on_device = device.type == "cuda"
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    launches = sum(e.count for e in events if e.key in LAUNCHES)
+    operators = [e for e in events if e.device_type == DeviceType.CPU]
+    top_host = sorted(operators, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    top_device = sorted(operators, key=lambda e: e.self_device_time_total, reverse=True)[:8] if on_device else []
+    return {"steps": steps, "wall_ms_per_step": round(1000 * wall / steps, 2),
+            "device_kernel_ms_per_step": round(kernel_us / 1000 / steps, 2) if on_device else None,
+            "device_busy_share": round(kernel_us / 1e6 / wall, 3) if on_device else None,
+            "launches_per_step": round(launches / steps, 1),
+            "top_host_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top_host},
+            "top_device_ms_per_step": {e.key[:60]: round(e.self_device_time_total / 1000 / steps, 2)
+                                       for e in top_device}}
+
+
+def _activities(device: Any) -> list[Any]:
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
+    """Steps 3-5 of the SFT stage under the profiler, through the stage's own trainer."""
+    import torch
+    from transformers import TrainerCallback
+
+    from gsm8k_tr.train import sft
+
+    first, last, found = 3, 5, {}
+
+    class Profile(TrainerCallback):
+        profile: Any = None
+        started = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == first - 1:  # global_step counts the steps done: this one is step `first`
+                _sync(device)
+                self.profile = torch.profiler.profile(activities=_activities(device))
+                self.profile.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == last and self.profile is not None:
+                _sync(device)
+                wall = time.perf_counter() - self.started
+                self.profile.__exit__(None, None, None)
+                found.update(summarize(self.profile, last - first + 1, wall, device))
+
+    original = sft.use_compact_progress
+
+    def with_profile(trainer: Any) -> None:
+        original(trainer)
+        trainer.add_callback(Profile())
+
+    sft.use_compact_progress = with_profile
+    try:
+        manifest = sft.main(recipe, overwrite=True)
+    finally:
+        sft.use_compact_progress = original
+    return {"micro_batch": manifest.get("micro_batch"), **found}
+
+
+class StepTimes:
+    """A stopping criterion that never stops and notes the time of each decoding step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_tokens: int) -> dict[str, Any]:
+    import torch
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import ModelConfig
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.data.splits import load_split
+    from gsm8k_tr.infer import kv_cache
+    from gsm8k_tr.run_folder import prepared_data
+
+    cfg = ModelConfig(name_or_path=model_name)
+    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, model, cfg.stop_token)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    rows = load_split(prepared_data(recipe), "train")
+    prompts = [build_prompt(r["question"], recipe.prompt) for r in rows[:sequences]]
+    prompts = [prompts[i % len(prompts)] for i in range(sequences)]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+
+    def run(cache: str, profile: Any = None) -> tuple[float, list[float]]:
+        times = StepTimes()
+        extra = kv_cache.for_generation(model, batch["input_ids"], config) if cache == "growing" else {}
+        _sync(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**batch, generation_config=config, stopping_criteria=StoppingCriteriaList([times]), **extra)
+        _sync(device)
+        return time.perf_counter() - started, times.times
+
+    result: dict[str, Any] = {"sequences": sequences, "new_tokens": new_tokens,
+                              "prompt_tokens": batch["input_ids"].shape[1], "dtype": str(dtype).removeprefix("torch.")}
+    run("growing")  # warm-up
+    third = new_tokens // 3
+    for cache in ("growing", "dynamic"):
+        seconds, times = run(cache)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        stretches = {"first": gaps[:third], "middle": gaps[third:2 * third], "last": gaps[2 * third:]}
+        result[cache] = {"ms_per_step": round(1000 * seconds / new_tokens, 2),
+                         **{f"{k}_ms": round(1000 * sum(v) / max(len(v), 1), 2) for k, v in stretches.items()}}
+    with torch.profiler.profile(activities=_activities(device)) as profile:
+        seconds, _ = run("growing")
+    result["profile_growing"] = summarize(profile, new_tokens, seconds, device)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model folder (default: build GPT-2 Medium's shape; --cpu: tiny)")
+    parser.add_argument("--sequences", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=384)
+    parser.add_argument("--cpu", action="store_true", help="on the CPU, builtin:tiny-gpt2 unless --model")
+    parser.add_argument("--parts", nargs="+", choices=("sft", "decode"), default=["sft", "decode"])
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    args = parser.parse_args()
+    import torch
+
+    from gsm8k_tr.config import load_recipe
+
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gsm8k-tr-profile-") as tmp:
+        work = Path(tmp)
+        model = args.model or ("builtin:tiny-gpt2" if device.type == "cpu" else str(work / "model"))
+        if not args.model and device.type == "cuda":
+            build_model(work / "model")
+        data, where = data_overrides()
+        recipe = load_recipe(str(RECIPE), [f"output_dir={work}", f"model.name_or_path={model}", *data,
+                                           "eval.every_steps=0", "sft.max_steps=6", "sft.save_steps=1000",
+                                           "sft.logging_steps=1", "sft.report_to=[]",
+                                           "sft.per_device_train_batch_size=auto",
+                                           *(["sft.max_length=512"] if device.type == "cpu" else [])])
+        results["setup"] = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+                            "model": model, "data": where, "torch": torch.__version__}
+        print(f"setup: {json.dumps(results['setup'])}", flush=True)
+        for part in args.parts:
+            started = time.perf_counter()
+            results[part] = (part_sft(recipe, device) if part == "sft" else
+                             part_decode(model, recipe, device, args.sequences, args.new_tokens))
+            results[part]["seconds"] = round(time.perf_counter() - started, 1)
+            print(f"{part}: {json.dumps(results[part])}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
