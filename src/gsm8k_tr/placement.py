@@ -221,11 +221,15 @@ def _device_type(device: Any) -> str:
 DECODINGS = ("auto", "eager", "compiled")
 
 
-def decoding(requested: str, device: Any, sharded: bool = False) -> str:
+def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None) -> str:
     """How `generate` runs each decoding step on `device`: "eager" or "compiled" (`infer/compiled_decoding.py`).
 
     `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where
-    Triton is installed (torch's compiler needs it there), eager elsewhere.
+    Triton is installed (torch's compiler needs it there), eager elsewhere,
+    and eager for a call of a single generation batch (`batches`, where the
+    caller knows it: `gsm8k-tr generate`, a small evaluation), whose one
+    compile would cost more than it saves (15-33 s against at most about
+    18 s for 384 eager steps at the real lengths).
     On one H200 in bf16 (docs/benchmarks.md), GPT-2 Medium's shape: a GRPO
     step of 64 rollouts of 384 tokens took 2.2-2.9 s compiled against 21.0 s
     eager, evaluation generated 6.5-7.0k tokens/s against 432, after 15-33 s
@@ -247,6 +251,8 @@ def decoding(requested: str, device: Any, sharded: bool = False) -> str:
         return "eager"
     if requested == "compiled":
         return "compiled"
+    if batches is not None and batches <= 1:
+        return "eager"
     return "compiled" if _device_type(device) == "cuda" and has_triton() else "eager"
 
 

@@ -124,6 +124,12 @@ def is_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def share_size(items: int) -> int:
+    """How many items `split_and_gather` gives each process (its shares are padded to one length)."""
+    processes = process_state().num_processes if is_distributed() else 1
+    return -(-items // processes)
+
+
 def split_and_gather(items: list[Any], work: Callable[[list[Any]], list[Any]]) -> list[Any]:
     """Run `work` on this process's share of `items`; every process gets all results, in the items' order.
 

@@ -70,3 +70,22 @@ def test_auto_decoding_is_compiled_on_cuda_with_triton_only(monkeypatch: pytest.
     assert load_recipe(None, ["decoding=compiled"]).decoding == "compiled"
     with pytest.raises(UserError, match="recipe key 'decoding' must be one of auto, eager, compiled, got 'fast'"):
         load_recipe(None, ["decoding=fast"])
+
+
+def test_auto_stays_eager_for_a_single_generation_batch(monkeypatch: pytest.MonkeyPatch, tiny_model_dir) -> None:
+    """One batch (`gsm8k-tr generate`, a small evaluation) would pay a whole compile to save less than it costs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.infer import generation
+
+    monkeypatch.setattr(placement, "has_triton", lambda: True)
+    assert [placement.decoding("auto", "cuda", batches=n) for n in (1, 2, None)] == ["eager", "compiled", "compiled"]
+    assert placement.decoding("compiled", "cuda", batches=1) == "compiled"  # asked for: compiled all the same
+    seen, choose = [], placement.decoding
+    monkeypatch.setattr(placement, "decoding", lambda *args: seen.append(args) or choose(*args))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    generation.generate(model, tokenizer, ["1 + 1 ="] * 5, 2, batch_size=2)
+    assert seen and seen[-1][3] == 3  # five prompts in batches of two

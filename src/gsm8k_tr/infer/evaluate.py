@@ -170,7 +170,7 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     id) vLLM generates instead of transformers. The metrics name the device,
     dtype and every decoding setting used.
     """
-    from gsm8k_tr.processes import split_and_gather
+    from gsm8k_tr.processes import share_size, split_and_gather
 
     cfg = recipe.eval
     temperature = cfg.temperature
@@ -192,10 +192,11 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
 
     records = split_and_gather(rows, answer)
     parameter = next(model.parameters())
+    batches = generation.batches(share_size(len(rows)), cfg.batch_size)  # this process's, as `generate` ran them
     where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
              "generation": generation.settings(cfg.max_new_tokens, temperature),
-             "decoding": "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device,
-                                                                                  synced_gpus)}
+             "decoding": "vllm" if vllm_folder is not None else placement.decoding(
+                 recipe.decoding, parameter.device, synced_gpus, batches)}
     return {**metrics(records), **where}, records
 
 

@@ -101,10 +101,16 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
+            how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size))
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus, placement.decoding(decoding, device, synced_gpus) == "compiled")
+                                device, synced_gpus, how == "compiled")
     finally:
         tokenizer.padding_side = side
+
+
+def batches(prompts: int, batch_size: int) -> int:
+    """How many generation batches `generate` runs for `prompts` prompts."""
+    return -(-prompts // batch_size)
 
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
