@@ -258,9 +258,11 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
 
 def has_triton() -> bool:
     """Whether torch's compiler can generate kernels for the CUDA GPU here (Triton installed and the card new
-    enough for it)."""
-    from torch.utils._triton import has_triton as triton_here
-
+    enough for it), by torch's own check; False on a torch without that check."""
+    try:
+        from torch.utils._triton import has_triton as triton_here
+    except ImportError:
+        return False
     return triton_here()
 
 
