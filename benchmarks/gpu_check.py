@@ -1,6 +1,6 @@
 """Do the GPU paths work, how fast against what the card can do, and how much memory against the plan? One command.
 
-    python benchmarks/gpu_check.py                  # about 3 minutes on one H100/H200-class GPU, without vLLM
+    python benchmarks/gpu_check.py                  # 207 s on one H200, without vLLM
     python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
     python benchmarks/gpu_check.py --both-decodings # also GRPO and evaluation with the decoding `auto` left out
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
