@@ -12,8 +12,8 @@
   prompts, the model in bfloat16 on a GPU (as evaluation loads it), eager,
   with the growing KV cache and with transformers' dynamic one: ms per
   decoding step over the first, middle and last stretch of the generation
-  (does a step slow down as the cache grows?), then one growing-cache call
-  under the profiler, per step as for sft.
+  (does a step slow down as the cache grows?), then the last 20 steps of a
+  growing-cache call under the profiler, per step as for sft.
 """
 
 from __future__ import annotations
@@ -114,15 +114,19 @@ def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
 
 
 class StepTimes:
-    """A stopping criterion that never stops and notes the time of each decoding step."""
+    """A stopping criterion that never stops, notes the time of each decoding step and steps a profiler's
+    schedule."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: Any = None) -> None:
         self.times: list[float] = []
+        self.profile = profile
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         self.times.append(time.perf_counter())
+        if self.profile is not None:
+            self.profile.step()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -150,19 +154,20 @@ def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_t
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
 
-    def run(cache: str, profile: Any = None) -> tuple[float, list[float]]:
-        times = StepTimes()
-        extra = kv_cache.for_generation(model, batch["input_ids"], config) if cache == "growing" else {}
+    def run(cache: str, profile: Any = None, tokens: int = new_tokens) -> tuple[float, list[float]]:
+        times = StepTimes(profile)
+        call = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": tokens, "min_new_tokens": tokens})
+        extra = kv_cache.for_generation(model, batch["input_ids"], call) if cache == "growing" else {}
         _sync(device)
         started = time.perf_counter()
         with torch.inference_mode():
-            model.generate(**batch, generation_config=config, stopping_criteria=StoppingCriteriaList([times]), **extra)
+            model.generate(**batch, generation_config=call, stopping_criteria=StoppingCriteriaList([times]), **extra)
         _sync(device)
         return time.perf_counter() - started, times.times
 
     result: dict[str, Any] = {"sequences": sequences, "new_tokens": new_tokens,
                               "prompt_tokens": batch["input_ids"].shape[1], "dtype": str(dtype).removeprefix("torch.")}
-    run("growing")  # warm-up
+    run("growing", tokens=8)  # warm-up
     third = new_tokens // 3
     for cache in ("growing", "dynamic"):
         seconds, times = run(cache)
@@ -170,9 +175,13 @@ def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_t
         stretches = {"first": gaps[:third], "middle": gaps[third:2 * third], "last": gaps[2 * third:]}
         result[cache] = {"ms_per_step": round(1000 * seconds / new_tokens, 2),
                          **{f"{k}_ms": round(1000 * sum(v) / max(len(v), 1), 2) for k, v in stretches.items()}}
-    with torch.profiler.profile(activities=_activities(device)) as profile:
-        seconds, _ = run("growing")
-    result["profile_growing"] = summarize(profile, new_tokens, seconds, device)
+    # The profile covers the last `active` steps only, where the cache is longest (and the trace stays small).
+    active = min(20, new_tokens // 4)
+    schedule = torch.profiler.schedule(wait=new_tokens - active - 3, warmup=2, active=active, repeat=1)
+    with torch.profiler.profile(activities=_activities(device), schedule=schedule) as profile:
+        _, times = run("growing", profile)
+    window = times[new_tokens - active - 2:new_tokens - 1]  # the stamps that open and close the profiled steps
+    result["profile_growing_last_steps"] = summarize(profile, active, window[-1] - window[0], device)
     return result
 
 
