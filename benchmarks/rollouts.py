@@ -50,14 +50,19 @@ DEMO = ROOT / "recipes" / "demo.yaml"
 
 
 def use_todays_path() -> None:
-    """Turn the fast path off in this process: unmerged adapter, gelu_new as written, transformers' own cache,
-    torch's sampling, and TRL's LM head over every position in the loss."""
+    """Turn the fast path off in this process: unmerged adapter in TRL's float32 rollouts, eager decoding with
+    transformers' own cache, gelu_new as written, torch's sampling, and TRL's LM head over every position in the
+    loss."""
     from gsm8k_tr import modeling, placement
 
+    def todays_rollouts(sharded: bool, vllm: bool, cache_implementation: str | None = None, *args: Any,
+                        **kwargs: Any) -> dict[str, Any]:  # placement.rollout_path's signature, every choice off
+        return {"merge_lora": False, "weights_dtype": None, "decoding": "eager",
+                "kv_cache": placement.kv_cache(cache_implementation), "shared_prefill": False,
+                "sampler": "multinomial"}
+
     placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
-    placement.rollout_path = lambda sharded, vllm, cache_implementation=None, device="cpu": {
-        "merge_lora": False, "kv_cache": placement.kv_cache(cache_implementation), "shared_prefill": False,
-        "sampler": "multinomial"}
+    placement.rollout_path = todays_rollouts
     modeling.fused_activation = lambda activation: None
     placement.compact_scoring = lambda device: False
     placement.row_sampling = lambda device: False
