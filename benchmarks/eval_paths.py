@@ -22,8 +22,10 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("today", "fast", "compiled")
@@ -49,10 +51,8 @@ def answer(run: Path, stage: str, path: str, config: str, device: str | None, wo
     from gsm8k_tr.infer import evaluate
 
     recipe = load_recipe(config, [f"output_dir={run}", f"decoding={'compiled' if path == 'compiled' else 'eager'}"])
-    chosen = placement.kv_cache
-    if path == "today":  # transformers' own cache, for this call only
-        placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
-    try:
+    todays_cache = lambda cache_implementation=None: cache_implementation or "dynamic"  # noqa: E731
+    with patch.object(placement, "kv_cache", todays_cache) if path == "today" else nullcontext():
         started = time.perf_counter()  # a first call warms up (and compiles, for compiled decoding); untimed
         evaluate.main(str(run / stage), recipe, output=str(work / f"{stage}-{path}-first"), overwrite=True,
                       device=device)
@@ -61,8 +61,6 @@ def answer(run: Path, stage: str, path: str, config: str, device: str | None, wo
         metrics = evaluate.main(str(run / stage), recipe, output=str(work / f"{stage}-{path}"), overwrite=True,
                                 device=device)
         seconds = time.perf_counter() - started
-    finally:
-        placement.kv_cache = chosen
     tokens = metrics["mean_completion_tokens"] * metrics["n"]
     return {"accuracy": round(metrics["accuracy"], 4), "dtype": metrics["dtype"], "device": metrics["device"],
             "decoding": metrics.get("decoding"), "seconds": round(seconds, 2),

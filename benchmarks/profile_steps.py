@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -105,11 +106,8 @@ def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
         original(trainer)
         trainer.add_callback(Profile())
 
-    sft.use_compact_progress = with_profile
-    try:
+    with patch.object(sft, "use_compact_progress", with_profile):
         manifest = sft.main(recipe, overwrite=True)
-    finally:
-        sft.use_compact_progress = original
     return {"micro_batch": manifest.get("micro_batch"), **found}
 
 
