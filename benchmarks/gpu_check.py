@@ -25,7 +25,8 @@ In one process (imports once), each part on the same model folder:
   unmerged, dynamic cache) against `placement`'s eager fast path and, on a
   GPU, compiled decoding (a static cache and CUDA graphs,
   `infer/compiled_decoding.py`), and the bound of reading the bf16 weights
-  once per step at the card's memory bandwidth;
+  once per step at the card's memory bandwidth, alone and with the KV cache
+  at its mean length in the call (what attention must read);
 - eval: `--questions` questions; generated tokens per second;
 - GRPO and evaluation run with `decoding: auto` (compiled on a GPU with
   Triton), each printing its compile time apart (the first step, the first
@@ -33,7 +34,9 @@ In one process (imports once), each part on the same model folder:
   where auto is eager) run them the other way too, and compare the greedy
   answers with eval's.
 Each training part's peak GPU memory is printed beside the memory plan at the
-data's real lengths (the plan the stage itself ran). It exits non-zero if any
+data's real lengths (the plan the stage itself ran, which assumes the longest
+row in every batch) and beside the same plan at the largest batch the part
+actually ran (rows x padded tokens), the like-for-like comparison. It exits non-zero if any
 part fails, and with status 2 (one line) on a machine without a CUDA GPU.
 """
 
@@ -46,8 +49,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "turkish-gpt2-medium.yaml"
@@ -129,10 +135,49 @@ def _timed_steps(history: list[dict[str, Any]], key: str) -> list[dict[str, Any]
     return [h for h in history if key in h]
 
 
+@contextmanager
+def longest_batch(owner: Any, name: str, stage: str) -> Iterator[dict[str, int]]:
+    """The largest (rows, tokens) batch the stage ran while in the block: SFT's collated batches (`owner.name` is
+    the collator's call), GRPO's scored ones (`owner.name` is the scoring method, its third argument the ids)."""
+    seen = {"rows": 0, "tokens": 0}
+    original = getattr(owner, name)
+
+    def note(ids: Any) -> None:
+        rows, tokens = ids.shape
+        if rows * tokens > seen["rows"] * seen["tokens"]:
+            seen.update(rows=rows, tokens=tokens)
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        note(result["input_ids"] if stage == "sft" else args[1])
+        return result
+
+    with patch.object(owner, name, recording):
+        yield seen
+
+
+def plan_at(model: str, manifest: dict[str, Any], stage: str, seen: dict[str, int]) -> float | None:
+    """The stage's memory plan (its own settings) at the largest batch it ran, in GiB: the like-for-like
+    comparison with the measured peak (the stage's own plan assumes its longest row in every batch)."""
+    from transformers import AutoConfig
+
+    from gsm8k_tr.train import memory
+
+    plan = manifest.get("memory_plan")
+    if not plan or not seen["tokens"]:
+        return None
+    settings = {**plan["settings"], "micro_batch": seen["rows"], "length": seen["tokens"]}
+    shape = memory.Shape.from_config(AutoConfig.from_pretrained(model))
+    return round(memory.estimate(shape, stage, settings, on_gpu=True).peak_gib, 2)
+
+
 def part_sft(recipe: Any, device: Any, parameters: int, rate: float) -> dict[str, Any]:
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     from gsm8k_tr.train import sft
 
-    manifest = sft.main(recipe, overwrite=True)
+    with longest_batch(DataCollatorForLanguageModeling, "torch_call", "sft") as seen:
+        manifest = sft.main(recipe, overwrite=True)
     history = json.loads((Path(recipe.output_dir) / "sft" / "log_history.json").read_text())
     logged = _timed_steps(history, "step_time")  # one entry per step (logging_steps=1)
     first, last = logged[0], logged[-1]  # the first step warms up (CUDA's and cuBLAS's setup); rates from the rest
@@ -143,13 +188,18 @@ def part_sft(recipe: Any, device: Any, parameters: int, rate: float) -> dict[str
             "step_s": round(seconds / max(len(logged) - 1, 1), 3), "first_step_s": round(first["step_time"], 2),
             "tokens_per_step": round(tokens / max(len(logged) - 1, 1)),
             "tokens_per_s": round(per_s), "matmul_share": round(per_s * 4 * parameters / rate, 4),
-            "peak_gib": _peak(device), "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
+            "peak_gib": _peak(device), "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib"),
+            "longest_batch": seen, "plan_at_longest_batch_gib": plan_at(recipe.model.name_or_path, manifest, "sft",
+                                                                        seen)}
 
 
 def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
+    import trl
+
     from gsm8k_tr.train import grpo
 
-    manifest = grpo.main(recipe, overwrite=True)
+    with longest_batch(trl.GRPOTrainer, "_get_per_token_logps_and_entropies", "grpo") as seen:
+        manifest = grpo.main(recipe, overwrite=True)
     history = json.loads((Path(recipe.output_dir) / "grpo" / "log_history.json").read_text())
     logged = _timed_steps(history, "step_time")[1:] or _timed_steps(history, "step_time")
     per_step = recipe.grpo.get("per_device_train_batch_size", 8)
@@ -165,7 +215,8 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
             "generation_share": round(generation / step, 3),
             "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
-            "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib")}
+            "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib"), "longest_batch": seen,
+            "plan_at_longest_batch_gib": plan_at(recipe.model.name_or_path, manifest, "grpo", seen)}
 
 
 def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int,
@@ -176,9 +227,23 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
     result = decode(model, sequences, new_tokens, repeats=2, compiled=compiled)
     name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else ""
     bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
-    if bandwidth:  # one read of the bf16 weights per decoding step, the cache aside
+    if bandwidth:  # what a decoding step must read at least, at the card's memory bandwidth
+        cache = kv_cache_bytes(model, sequences, result["prompt_tokens"] + new_tokens / 2)
         result["weight_read_bound_ms"] = round(1000 * 2 * parameters / bandwidth, 3)
+        result["read_bound_ms"] = round(1000 * (2 * parameters + cache) / bandwidth, 3)
     return result
+
+
+def kv_cache_bytes(model: str, sequences: int, length: float) -> float:
+    """The bf16 keys and values of `sequences` rows of `length` tokens: what attention reads in a decoding step."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model).get_text_config()
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_dim = (getattr(config, "num_key_value_heads", None) or heads) * (hidden // heads)
+    return 2 * layers * kv_dim * 2 * sequences * length
 
 
 def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str = "hf",
@@ -289,14 +354,17 @@ def main() -> int:
     sft_, grpo_, decode_, eval_ = (results.get(k, {}) for k in ("sft", "grpo", "decode", "eval"))
     print(f"SFT: {sft_.get('tokens_per_s')} tokens/s, {100 * (sft_.get('matmul_share') or 0):.1f}% of the matmul rate "
           f"(micro-batch {(sft_.get('micro_batch') or {}).get('per_device_train_batch_size')}); peak "
-          f"{sft_.get('peak_gib')} GiB, plan {sft_.get('plan_gib')} GiB")
+          f"{sft_.get('peak_gib')} GiB, plan {sft_.get('plan_gib')} GiB at the longest row, "
+          f"{sft_.get('plan_at_longest_batch_gib')} GiB at the largest batch run {sft_.get('longest_batch')}")
     print(f"GRPO ({chosen}): {grpo_.get('step_s')} s/step, {grpo_.get('generated_tokens_per_s')} generated tokens/s "
           f"in rollouts, generating {100 * (grpo_.get('generation_share') or 0):.0f}% of a step, first step "
-          f"{grpo_.get('first_step_s')} s; peak {grpo_.get('peak_gib')} GiB, plan {grpo_.get('plan_gib')} GiB")
+          f"{grpo_.get('first_step_s')} s; peak {grpo_.get('peak_gib')} GiB, plan {grpo_.get('plan_gib')} GiB, "
+          f"{grpo_.get('plan_at_longest_batch_gib')} GiB at the largest batch scored {grpo_.get('longest_batch')}")
     if "today" in decode_:
         print(f"decode: today {decode_['today']['ms_per_step']} ms/step, eager fast {decode_['fast']['ms_per_step']} "
               f"ms/step ({decode_['ratio']}x), compiled {(decode_.get('fast, compiled') or {}).get('ms_per_step', '-')}"
-              f" ms/step; weight-read bound {decode_.get('weight_read_bound_ms', '-')} ms")
+              f" ms/step; bound: reading the weights {decode_.get('weight_read_bound_ms', '-')} ms, and the KV "
+              f"cache too {decode_.get('read_bound_ms', '-')} ms")
     print(f"eval ({chosen}): {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} "
           f"questions/s, first call {eval_.get('first_call_s', '-')} s")
     if args.both_decodings:

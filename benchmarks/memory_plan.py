@@ -4,9 +4,10 @@
     python benchmarks/memory_plan.py --shapes tiny demo
 
 Each phase runs in a fresh process: SFT (one training step: forward, backward
-and an AdamW step on LoRA, GPT-2's dropout on), GRPO's generation (a batch of
-rollouts with the KV cache) and GRPO's training step (no dropout, TRL's tiled
-log-prob head). What is measured is the rise of resident memory over a
+and an AdamW step on LoRA, GPT-2's dropout on, every token scored through
+TRL's fused LM head as its SFTTrainer does), GRPO's generation (a batch of
+rollouts with the KV cache) and GRPO's training step (no dropout, the same
+tiled head). What is measured is the rise of resident memory over a
 baseline taken after the imports (peak RSS, VmHWM, reset at the baseline),
 with glibc told to hand every allocation over 64 KiB straight back to the
 system, so resident memory follows live tensors. Models have random weights
@@ -34,6 +35,7 @@ SHAPES: dict[str, tuple[str, int, int, int, int, int]] = {
     "gpt2-medium": ("gpt2-medium", 2, 256, 4, 128, 64),
 }
 MIB = 2**20
+SFT_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL 1.16's SFTTrainer asks its fused LM head for
 
 
 def _rss_kib(field: str) -> int:
@@ -75,8 +77,8 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
             if hasattr(config, key):
                 setattr(config, key, 0.0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if phase == "grpo_training":
-        add_fused_lm_head(model)
+    if phase != "grpo_generation":  # both trainers score through TRL's fused LM head, SFT with its metrics' outputs
+        add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
     lora = LoraConfig(r=16, alpha=32, dropout=0.0)
     model = get_peft_model(model, modeling.lora_config(lora, model))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -90,8 +92,7 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
     else:
         model.train()
         ids = torch.randint(5, vocab, (batch, length))
-        kwargs = {"fused_lm_head": True} if phase == "grpo_training" else {}
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, **kwargs).loss
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True).loss
         loss.backward()
         optimizer.step()
     peak = (_rss_kib("VmHWM") - baseline) / 1024

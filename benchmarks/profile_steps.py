@@ -1,4 +1,4 @@
-"""Where an SFT step and an eager decoding step spend their time: torch.profiler, one run.
+"""Where an SFT step and a decoding step (eager and compiled) spend their time: torch.profiler, one run.
 
     python benchmarks/profile_steps.py                      # a GPU: GPT-2 Medium's shape, random weights
     python benchmarks/profile_steps.py --model /tmp/gc/model   # a model folder (gpu_check --keep's)
@@ -14,6 +14,11 @@
   decoding step over the first, middle and last stretch of the generation
   (does a step slow down as the cache grows?), then the last 20 steps of a
   growing-cache call under the profiler, per step as for sft.
+- decode-compiled: the same prompts decoded as GRPO's rollouts decode them on
+  a GPU (sampled, compiled, a static cache, CUDA graphs): ms a step after the
+  compiling call, then its last 20 steps under the profiler. The share of a
+  step the device is busy says who sets the pace: the GPU, or the host's
+  Python in `generate` between graph replays.
 """
 
 from __future__ import annotations
@@ -128,15 +133,16 @@ class StepTimes:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_tokens: int) -> dict[str, Any]:
+def _decode_inputs(model_name: str, recipe: Any, device: Any, sequences: int,
+                   multiple: int | None = None) -> tuple[Any, Any, Any]:
+    """The model (bf16 on a GPU, as evaluation loads it), its tokenizer, and `sequences` real prompts left-padded
+    (to a multiple of `multiple` tokens, as compiled decoding pads them)."""
     import torch
-    from transformers import GenerationConfig, StoppingCriteriaList
 
     from gsm8k_tr import modeling
     from gsm8k_tr.config import ModelConfig
     from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.data.splits import load_split
-    from gsm8k_tr.infer import kv_cache
     from gsm8k_tr.run_folder import prepared_data
 
     cfg = ModelConfig(name_or_path=model_name)
@@ -148,23 +154,56 @@ def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_t
     prompts = [build_prompt(r["question"], recipe.prompt) for r in rows[:sequences]]
     prompts = [prompts[i % len(prompts)] for i in range(sequences)]
     tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                      pad_to_multiple_of=multiple).to(device)
+    return model, tokenizer, batch
+
+
+def _timed_generate(model: Any, batch: Any, config: Any, device: Any, profile: Any = None,
+                    extra: dict[str, Any] | None = None) -> tuple[float, list[float]]:
+    """One `generate` call: its seconds and the time each decoding step ended (stepping `profile`'s schedule)."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    times = StepTimes(profile)
+    _sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**batch, generation_config=config, stopping_criteria=StoppingCriteriaList([times]),
+                       **(extra or {}))
+    _sync(device)
+    return time.perf_counter() - started, times.times
+
+
+def _profile_last_steps(model: Any, batch: Any, config: Any, device: Any, new_tokens: int,
+                        extra: Any = lambda: {}) -> dict[str, Any]:
+    """The last 20 steps of a call under the profiler (where the cache is longest, and the trace stays small)."""
+    import torch
+
+    active = min(20, new_tokens // 4)
+    schedule = torch.profiler.schedule(wait=new_tokens - active - 3, warmup=2, active=active, repeat=1)
+    with torch.profiler.profile(activities=_activities(device), schedule=schedule) as profile:
+        _, times = _timed_generate(model, batch, config, device, profile, extra())
+    window = times[new_tokens - active - 2:new_tokens - 1]  # the stamps that open and close the profiled steps
+    return summarize(profile, active, window[-1] - window[0], device)
+
+
+def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_tokens: int) -> dict[str, Any]:
+    from transformers import GenerationConfig
+
+    from gsm8k_tr.infer import kv_cache
+
+    model, tokenizer, batch = _decode_inputs(model_name, recipe, device, sequences)
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
 
     def run(cache: str, profile: Any = None, tokens: int = new_tokens) -> tuple[float, list[float]]:
-        times = StepTimes(profile)
         call = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": tokens, "min_new_tokens": tokens})
         extra = kv_cache.for_generation(model, batch["input_ids"], call) if cache == "growing" else {}
-        _sync(device)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(**batch, generation_config=call, stopping_criteria=StoppingCriteriaList([times]), **extra)
-        _sync(device)
-        return time.perf_counter() - started, times.times
+        return _timed_generate(model, batch, call, device, profile, extra)
 
     result: dict[str, Any] = {"sequences": sequences, "new_tokens": new_tokens,
-                              "prompt_tokens": batch["input_ids"].shape[1], "dtype": str(dtype).removeprefix("torch.")}
+                              "prompt_tokens": batch["input_ids"].shape[1], "dtype": str(model.dtype).split(".")[-1]}
     run("growing", tokens=8)  # warm-up
     third = new_tokens // 3
     for cache in ("growing", "dynamic"):
@@ -173,14 +212,35 @@ def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_t
         stretches = {"first": gaps[:third], "middle": gaps[third:2 * third], "last": gaps[2 * third:]}
         result[cache] = {"ms_per_step": round(1000 * seconds / new_tokens, 2),
                          **{f"{k}_ms": round(1000 * sum(v) / max(len(v), 1), 2) for k, v in stretches.items()}}
-    # The profile covers the last `active` steps only, where the cache is longest (and the trace stays small).
-    active = min(20, new_tokens // 4)
-    schedule = torch.profiler.schedule(wait=new_tokens - active - 3, warmup=2, active=active, repeat=1)
-    with torch.profiler.profile(activities=_activities(device), schedule=schedule) as profile:
-        _, times = run("growing", profile)
-    window = times[new_tokens - active - 2:new_tokens - 1]  # the stamps that open and close the profiled steps
-    result["profile_growing_last_steps"] = summarize(profile, active, window[-1] - window[0], device)
+    result["profile_growing_last_steps"] = _profile_last_steps(
+        model, batch, config, device, new_tokens, lambda: kv_cache.for_generation(model, batch["input_ids"], config))
     return result
+
+
+def part_decode_compiled(model_name: str, recipe: Any, device: Any, sequences: int,
+                         new_tokens: int) -> dict[str, Any]:
+    """Compiled decoding as GRPO's rollouts run it (sampled at temperature 1, prompts padded to a multiple of 64,
+    a static cache, CUDA graphs on a GPU): ms a step, and where a step's time goes once the graph replays. The
+    device-busy share says whether the GPU or the host (generate's own Python between replays) sets the pace."""
+    from transformers import GenerationConfig
+
+    from gsm8k_tr.infer import compiled_decoding
+
+    model, tokenizer, batch = _decode_inputs(model_name, recipe, device, sequences, compiled_decoding.PROMPT_MULTIPLE)
+    config = compiled_decoding.generation_config(
+        GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0,
+                         top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=None), device)
+    started = time.perf_counter()
+    _timed_generate(model, batch, config, device)  # compiles, and records the graph
+    first = time.perf_counter() - started
+    seconds, _ = _timed_generate(model, batch, config, device)
+    return {"sequences": sequences, "new_tokens": new_tokens, "prompt_tokens": batch["input_ids"].shape[1],
+            "first_call_s": round(first, 1), "ms_per_step": round(1000 * seconds / new_tokens, 2),
+            "generated_tokens_per_s": round(sequences * new_tokens / seconds),
+            "profile_last_steps": _profile_last_steps(model, batch, config, device, new_tokens)}
+
+
+PARTS = {"sft": part_sft, "decode": part_decode, "decode-compiled": part_decode_compiled}
 
 
 def main() -> int:
@@ -189,7 +249,7 @@ def main() -> int:
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=384)
     parser.add_argument("--cpu", action="store_true", help="on the CPU, builtin:tiny-gpt2 unless --model")
-    parser.add_argument("--parts", nargs="+", choices=("sft", "decode"), default=["sft", "decode"])
+    parser.add_argument("--parts", nargs="+", choices=tuple(PARTS), default=["sft", "decode", "decode-compiled"])
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
     import torch
@@ -215,7 +275,7 @@ def main() -> int:
         for part in args.parts:
             started = time.perf_counter()
             results[part] = (part_sft(recipe, device) if part == "sft" else
-                             part_decode(model, recipe, device, args.sequences, args.new_tokens))
+                             PARTS[part](model, recipe, device, args.sequences, args.new_tokens))
             results[part]["seconds"] = round(time.perf_counter() - started, 1)
             print(f"{part}: {json.dumps(results[part])}", flush=True)
     if args.json:

@@ -100,30 +100,52 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler")
+PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler", "attention")
+NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
 
 
 @pytest.mark.parametrize("sharded,vllm,cache,device,decoding,precision,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf")),
+    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf", None)),
     # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies;
     # CUDA decodes compiled, with its static cache (measured 9.7x faster on an H200), unless the recipe says eager.
-    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial")),
-    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial")),
-    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial")),
+    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial", None)),
+    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial", None)),
+    # eager on CUDA: keys one token longer each step, so attention without cuDNN's per-shape set-up
+    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial", NO_CUDNN)),
     # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip
-    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial")),
+    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN)),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
-    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm")),
+    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm", None)),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf")),
+    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf", None)),
     # compiled decoding, asked for by the recipe: its own static cache, on a CPU too
-    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf")),
+    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf", None)),
     # but not where each process gathers shards inside the forward
-    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial")),
+    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN)),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str, precision: str,
                           expected: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(placement, "has_triton", lambda: True)  # as on CUDA machines with torch's own wheels
     path = placement.rollout_path(sharded, vllm, cache, torch.device(device), decoding, precision)
     assert path == dict(zip(PATH_KEYS, expected))
+
+
+@pytest.mark.parametrize("cuda, context, expected", [
+    (True, 1024, 64),    # a GPU: batch lengths in steps of 64, so attention's per-shape set-up is done once a length
+    (False, 1024, None),  # a CPU: padding would only be work thrown away
+    (True, 1000, None),   # a context that 64 does not divide: a padded SFT row could pass the learned positions
+])
+def test_batches_are_padded_to_a_multiple_on_a_gpu_only(cuda: bool, context: int, expected: int | None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "has_cuda", lambda: cuda)
+    assert placement.pad_to_multiple_of(context) == expected
+
+
+def test_the_attention_kernels_named_for_eager_decoding_exist() -> None:
+    from torch.nn.attention import SDPBackend
+
+    names = placement.decoding_attention(torch.device("cuda"), "eager")
+    assert names and all(hasattr(SDPBackend, name) for name in names) and "CUDNN_ATTENTION" not in names
+    assert placement.decoding_attention(torch.device("cuda"), "compiled") is None
+    assert placement.decoding_attention(torch.device("cpu"), "eager") is None

@@ -47,3 +47,22 @@ def test_a_real_cpu_profile_summarizes() -> None:
             a @ a
     summary = _benchmark().summarize(profile, steps=3, wall=0.01, device=torch.device("cpu"))
     assert "aten::mm" in summary["top_host_ms_per_step"] and summary["device_kernel_ms_per_step"] is None
+
+
+@pytest.mark.slow
+def test_the_compiled_decoding_profile_runs_on_the_cpu(tmp_path) -> None:
+    import json
+    import subprocess
+
+    from conftest import needs_compiler
+
+    if needs_compiler.args[0]:
+        pytest.skip(needs_compiler.kwargs["reason"])
+    out = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_steps.py"), "--cpu", "--parts",
+                           "decode-compiled", "--sequences", "4", "--new-tokens", "24", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = json.loads(out.read_text())["decode-compiled"]
+    assert compiled["ms_per_step"] > 0 and compiled["prompt_tokens"] % 64 == 0  # padded as the rollouts pad
+    assert compiled["profile_last_steps"]["steps"] == 6 and compiled["profile_last_steps"]["top_host_ms_per_step"]

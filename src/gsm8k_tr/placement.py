@@ -32,6 +32,12 @@ Open this module to learn what a run does on a machine:
 - **sampling** (`row_sampling`): one random number per row by inverse CDF
   on a CPU, where torch's `multinomial` draws one per vocabulary entry, one
   at a time; torch's own on a GPU;
+- **batch shapes** (`pad_to_multiple_of`): SFT's and GRPO's batches padded
+  to a multiple of 64 tokens on a CUDA GPU, so that attention's per-shape
+  set-up (cuDNN's execution graphs) is done once per length, not per batch;
+- **attention in eager decoding** (`decoding_attention`): on a CUDA GPU,
+  torch's attention kernels without cuDNN's, whose set-up would be redone at
+  every step as the keys grow by one token;
 - **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over
   the scored tokens only, also off Triton (TRL projects every position there);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
@@ -42,7 +48,8 @@ Open this module to learn what a run does on a machine:
   memory, or the host's on a CPU, for the plan.
 
 Each stage's manifest records the choices it ran with (`device`,
-`precision`, `distributed_type`, `lm_head_positions`; GRPO's `rollouts`),
+`precision`, `distributed_type`, `lm_head_positions`, `pad_to_multiple_of`;
+GRPO's `rollouts`),
 beside the micro-batch, which is the memory plan's decision (`train/memory.py`).
 """
 
@@ -295,17 +302,69 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
-    "multinomial"), or vLLM's own.
+    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     """
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
-                "shared_prefill": False, "sampler": "vllm"}
+                "shared_prefill": False, "sampler": "vllm", "attention": None}
     how = decoding(decoding_request, device, sharded)
     cache = "static" if how == "compiled" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
-            "sampler": "inverse_cdf" if row_sampling(device) else "multinomial"}
+            "sampler": "inverse_cdf" if row_sampling(device) else "multinomial",
+            "attention": decoding_attention(device, how)}
+
+
+SHAPE_MULTIPLE = 64  # tokens: 16 lengths in a 1,024-token context
+
+
+def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
+    """TRL's `pad_to_multiple_of` for SFT's and GRPO's batches in a model of `context` tokens: 64 on a CUDA GPU,
+    None (each batch padded to its own longest row) elsewhere. `cuda`: plan for a CUDA GPU (True) or not, instead
+    of asking this machine.
+
+    On an H100, H200 or B200 (sm90/sm100) torch's attention tries cuDNN's
+    kernel first (`TORCH_CUDNN_SDPA_PREFERRED`, on by default), and cuDNN
+    builds an execution graph for every new combination of shapes and
+    strides (torch's `MHA.cpp` caches them by exactly that), forward and
+    backward, at milliseconds of host time each. A batch padded to its own
+    longest row is nearly always a new length: in SFT's profile on an H200,
+    cuDNN attention took 152 ms of host time in a 462 ms step
+    (docs/benchmarks.md). Padded to a multiple of 64 a run sees at most 16
+    lengths, each set up once; the price is at most 63 padding tokens a row,
+    masked and unscored. TRL itself pads so on Neuron, which compiles once
+    per shape. Other GPUs run flash attention first and set up nothing per
+    shape; there padding only steadies cuBLAS's and the allocator's choices.
+    A CPU has no such cost, so padding there is only work thrown away (0.93x
+    on 2 cores); MPS is left as it was, not measured.
+    None where the context is not a multiple of 64: SFT passes no position
+    ids, and a padded row past the context would index past GPT-2's learned
+    positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
+    """
+    if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
+        return None
+    return SHAPE_MULTIPLE
+
+
+def decoding_attention(device: Any, how: str) -> list[str] | None:
+    """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
+    it decodes `how` ("eager" or "compiled"), or None for torch's own choice.
+
+    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are
+    one token longer than the last, a new shape, for which cuDNN (tried first
+    on sm90/sm100, see `pad_to_multiple_of`) would build and cache a new
+    execution graph, at every step of every batch. Flash attention (no
+    padding mask) or the memory-efficient kernel (a padding mask) set up
+    nothing per shape. Compiled decoding keeps one shape per call (a static
+    cache) and keeps torch's choice; so does every other device. Not yet
+    measured on a GPU (`benchmarks/gpu_shapes.py`): eager decoding at the
+    real prompt lengths took 52 ms a step on an H200 against 15 ms with
+    76-token prompts, which this is meant to explain.
+    """
+    if _device_type(device) != "cuda" or how != "eager":
+        return None
+    return ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
 
 
 def compact_scoring(device: Any) -> bool:

@@ -55,7 +55,7 @@ SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, 
 
 @pytest.mark.parametrize("change, part, direction", [
     ({"micro_batch": 16}, "activations", 2.0),        # activations scale with the micro-batch
-    ({"micro_batch": 16}, "logits", 2.0),             # and so do SFT's logits
+    ({"micro_batch": 16}, "logits", 1.0),             # TRL's fused LM head holds one tile, whatever the batch
     ({"mixed_precision": False}, "activations", 1.9),  # float32 compute keeps twice the bytes (masks stay bytes)
     ({"checkpointing": True}, "activations", 0.15),   # checkpointing keeps each block's input only
     ({"length": 512}, "activations", 0.5),
@@ -124,8 +124,8 @@ def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
 @pytest.mark.parametrize("stage, longest, memory_gib, micro, accumulation", [
     ("sft", 120, 22.0, 32, 1),    # GSM8K-TR rows of ~120 tokens: the whole effective batch of 32 in one micro-batch
     ("sft", 400, 22.0, 16, 2),    # longer rows: two micro-batches
-    ("sft", 1024, 22.0, 8, 4),    # the longest the context allows: the recipe's own split (18.6 GiB)
-    ("sft", 120, 4.0, 4, 8),      # a small GPU: small micro-batches, the same effective batch
+    ("sft", 1024, 22.0, 8, 4),    # the longest the context allows: the recipe's own split (15.5 GiB)
+    ("sft", 120, 4.0, 8, 4),      # a small GPU: smaller micro-batches, the same effective batch
     ("grpo", 150, 60.0, 64, 1),   # GRPO: 64 completions of one step in one micro-batch on an 80 GB card
     ("grpo", 150, 10.0, 8, 8),    # a multiple of the group of 8, never 4 or 2
 ])
@@ -172,6 +172,9 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["sft"]["tokens_per_s"] > 0 and result["sft"]["micro_batch"]["per_device_train_batch_size"] >= 8
     assert result["sft"]["steps"] == 3 and result["sft"]["tokens_per_step"] > 0
+    for part in ("sft", "grpo"):  # the largest batch each training part ran, for the plan's like-for-like figure
+        seen = result[part]["longest_batch"]
+        assert seen["rows"] >= 1 and seen["tokens"] > 8 and "plan_at_longest_batch_gib" in result[part]
     assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
@@ -181,3 +184,84 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
         compiled_eval = result["eval-compiled"]
         assert compiled_eval["decoding"] == "compiled" and compiled_eval["same_completions"] == "4/4"
         assert "compiled: GRPO" in done.stdout and "GRPO (eager)" in done.stdout
+
+
+def test_the_plan_counts_the_padding_to_a_multiple() -> None:
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
+
+    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [])
+    lengths = {}
+    for multiple in (None, 64):
+        sft_config = trl_config(trl.SFTConfig, "sft", {}, {**SFT_DEFAULTS, "use_cpu": True, "max_length": 1024,
+                                                           "pad_to_multiple_of": multiple},
+                                {"output_dir": ("/nonexistent", "")})
+        grpo_config = trl_config(trl.GRPOConfig, "grpo", {"max_completion_length": 300},
+                                 {**GRPO_DEFAULTS, "use_cpu": True, "pad_to_multiple_of": multiple},
+                                 {"output_dir": ("/nonexistent", "")})
+        lengths[multiple] = (memory.stage_settings(recipe, "sft", sft_config, 1024, 700)["length"],
+                             memory.stage_settings(recipe, "grpo", grpo_config, 1024, 150))
+    assert lengths[None][0] == 700 and lengths[64][0] == 704  # the longest row, then up to the multiple
+    unpadded, padded = lengths[None][1], lengths[64][1]
+    assert unpadded["length"] == 450 and padded["length"] == 192 + 320  # prompt and completion, each padded
+    # TRL pads the prompts for generation too, so compiled decoding adds no padding of its own
+    assert unpadded["cache_padding"] == 63 and padded["cache_padding"] == 0
+
+
+def test_sft_padding_may_not_pass_the_context(tmp_path: Path) -> None:
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.train.trl_configs import sft_args
+
+    fine = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", "sft.pad_to_multiple_of=64",
+                                                        "sft.use_cpu=true"])
+    assert sft_args(fine, "<|stop|>", 512).pad_to_multiple_of == 64
+    past = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", "sft.pad_to_multiple_of=96",
+                                                        "sft.use_cpu=true"])
+    with pytest.raises(UserError, match="sft.pad_to_multiple_of' is 96.*context of 512"):
+        sft_args(past, "<|stop|>", 512)
+
+
+def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from transformers import AutoConfig
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    manifest = {"memory_plan": {"settings": SETTINGS}}  # the stage's own plan: 8 rows of 1024 tokens
+    shape = memory.Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    expected = memory.estimate(shape, "sft", {**SETTINGS, "micro_batch": 4, "length": 300}, on_gpu=True).peak_gib
+    at = gpu_check.plan_at(str(tiny_model_dir), manifest, "sft", {"rows": 4, "tokens": 300})
+    assert at == pytest.approx(expected, abs=0.01)
+    assert gpu_check.plan_at(str(tiny_model_dir), {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
+
+
+def test_gpu_shapes_runs_both_comparisons_on_the_cpu(tmp_path: Path) -> None:
+    # benchmarks/gpu_shapes.py's own code on the CPU, so it works the first time a GPU is there.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "2",
+                           "--sequences", "4", "--new-tokens", "8", "--work", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "sft:" in done.stdout and "decode:" in done.stdout and "the same answers for 4/4" in done.stdout
+    result = json.loads((tmp_path / "gpu_shapes.json").read_text())
+    assert result["sft-64"]["longest_batch"]["tokens"] % 64 == 0  # the padded run's batches are whole multiples
+    assert result["sft-none"]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, 64), (False, None)])
+def test_both_stages_pad_to_the_multiple_placement_chooses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          cuda: bool, expected: int | None) -> None:
+    from gsm8k_tr import placement
+    from gsm8k_tr.train.trl_configs import grpo_args, sft_args
+
+    monkeypatch.setattr(placement, "has_cuda", lambda: cuda)
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", "sft.use_cpu=true",
+                                                          "grpo.use_cpu=true"])
+    assert sft_args(recipe, "<|stop|>", 512).pad_to_multiple_of == expected
+    assert grpo_args(recipe, [0], 512).pad_to_multiple_of == expected
+    own = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", "sft.use_cpu=true",
+                                                       "sft.pad_to_multiple_of=8"])
+    assert sft_args(own, "<|stop|>", 512).pad_to_multiple_of == 8  # a recipe's own value wins

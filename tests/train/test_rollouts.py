@@ -152,3 +152,24 @@ def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_
     with pytest.raises(RuntimeError), merged_adapter(model):
         raise RuntimeError("a failed generation")
     assert not any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_rollouts_run_with_the_attention_kernels_of_their_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """Eager rollouts on CUDA leave cuDNN's attention out (`placement.decoding_attention`); the trainer enters
+    that choice around TRL's generate call, and the tokens do not change."""
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    seen, real_generate = [], type(model).generate
+    monkeypatch.setattr(type(model), "generate",
+                        lambda self, *a, **kw: seen.append(_cur_sdpa_kernel_backends()) or real_generate(self, *a, **kw))
+    plain = _greedy(trainer, prompts, merge=True, cache=None)
+    monkeypatch.setattr(placement, "decoding_attention", lambda device, how: ["MATH"])  # as for CUDA, eager
+    limited = _greedy(trainer, prompts, merge=True, cache=None)
+    assert trainer.rollouts["attention"] == ["MATH"] and seen[-1] == [SDPBackend.MATH] != seen[0]
+    assert limited == plain

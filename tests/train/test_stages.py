@@ -50,6 +50,7 @@ def test_stage_outputs_exist(run, stage):
     assert manifest["versions"]["trl"] and manifest["seed"] == 0
     assert manifest["precision"] == "fp32"  # CPU
     assert manifest["lm_head_positions"] == "scored"  # train/scoring.py: the loss projects only labelled positions
+    assert manifest["pad_to_multiple_of"] is None  # a CPU pads each batch to its own longest row (placement)
     if stage == "grpo":  # the held-out check's device and dtype, and the rollouts' effective sampling settings
         assert manifest["held_out"] == {"device": "cpu", "dtype": "float32", "split": "validation", "questions": 8}
         assert manifest["sampling"]["temperature"] == 1.0 and manifest["sampling"]["repetition_penalty"] == 1.0

@@ -118,7 +118,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                  synced_gpus: bool, compiled: bool) -> list[list[Completion]]:
     import torch
 
-    from gsm8k_tr.infer import compiled_decoding, kv_cache, sampling
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, kv_cache, sampling
 
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
     if compiled:
@@ -131,6 +131,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
         raise UserError(f"prompt {order[0] + 1} of {len(prompts)} is {len(encoded[order[0]])} tokens and the model's "
                         f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
+    kernels = placement.decoding_attention(device, "compiled" if compiled else "eager")
     cut = 0
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -147,7 +148,8 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                               pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE if compiled else None).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
                  if placement.kv_cache(config.cache_implementation) == "growing" else {})
-        with torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)):
+        with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
+              attention_kernels.only(kernels)):
             output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):

@@ -10,10 +10,10 @@ count of what the stage keeps in memory at its peak:
 - activations: what one micro-batch at the recipe's longest sequences keeps
   for the backward pass, with activation checkpointing on or off
   (`activations_checkpointed` is the other setting, for comparison);
-- logits: what the loss needs. SFT materialises the whole `(batch, length,
-  vocabulary)` logits in the compute dtype, a float32 copy and their
-  gradient; TRL's GRPO scores through a tiled LM head (4,096 tokens by up to
-  32,768 vocabulary entries at a time);
+- logits: what the loss needs. TRL 1.16 scores SFT and GRPO alike through a
+  fused LM head (`trl.trainer.utils.add_fused_lm_head`) that never holds the
+  `(batch, length, vocabulary)` logits: it projects tiles of 4,096 tokens by
+  up to 32,768 vocabulary entries at a time;
 - kv_cache: GRPO's rollouts (all completions of one optimizer step are
   generated together) and the in-training held-out check keep keys and values
   for every layer, token and sequence; with compiled decoding the static
@@ -62,7 +62,9 @@ EXAMPLE_TOKENS = 1024
 # on CPU (benchmarks/memory_plan.py), then checked on the other shapes.
 ACTIVATION_H = {"gpt2": 12.0, "llama": 10.0}
 ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
-DROPOUT_MASKS_H = 3.0  # attention-output, residual and MLP dropout masks (one byte each) when dropout is on
+# Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
+# (a boolean mask), the scaled noise itself in the compute dtype on a CPU (`torch.dropout`'s path off CUDA).
+DROPOUT_MASKS_H = 3.0
 
 
 @dataclass
@@ -135,13 +137,15 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
 
     `attention_weights`: the attention probabilities are kept too (heads x
-    length per token), as PyTorch's math attention does on a CPU; the fused
-    attention kernels GPUs use keep none, dropout included.
+    length per token), as PyTorch's math attention does on a CPU, where
+    dropout also keeps its noise at full width; the fused attention kernels
+    GPUs use keep none, dropout included, and a GPU's dropout masks are bytes.
     """
     floats = ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp + 4 * lora_rank
     if attention_weights:
-        floats += shape.heads * length * (2 if dropout else 1)  # the probabilities, and their dropped copy
-    per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden if dropout else 0.0)
+        floats += shape.heads * length * (3 if dropout else 1)  # the probabilities, their noise and dropped copy
+    mask_bytes = 1 if not attention_weights else compute_bytes
+    per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden * mask_bytes if dropout else 0.0)
     tokens = batch * length
     if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
         return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer)
@@ -161,11 +165,13 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu)
     parts["activations"] = active
     parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
-    if stage == "sft":  # logits in the compute dtype, a float32 copy, and the float32 gradient
-        parts["logits"] = tokens * shape.vocab * (compute + 8)
+    # One tile of the fused LM head's projection in the compute dtype and its float32 statistics. TRL allocates the
+    # tile VOCAB_TILE wide whatever the vocabulary; a CPU's resident memory holds only the part it writes.
+    width = VOCAB_TILE if on_gpu else min(shape.vocab, VOCAB_TILE)
+    parts["logits"] = min(tokens, TOKEN_TILE) * width * (compute + 4)
+    if stage == "sft":
         parts["kv_cache"] = 0.0
     else:
-        parts["logits"] = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * (compute + 4)
         kv = 2 * shape.layers * shape.kv_dim * compute
         padding = s.get("cache_padding", 0)
         rollouts = s["generation_batch"] * (s["length"] + padding) * kv
@@ -193,11 +199,14 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
     assumes the longest the recipe allows.
     """
     micro = config.per_device_train_batch_size
-    if stage == "sft":  # batches pad to their longest example: at worst max_length
-        length = min(config.max_length or context, context, longest or EXAMPLE_TOKENS)
+    multiple = padding_multiple(config)
+    if stage == "sft":  # batches pad to their longest example (then to the multiple): at worst max_length
+        length = padded(min(config.max_length or context, context, longest or EXAMPLE_TOKENS), multiple)
         generation_batch = eval_batch = eval_length = 0
-    else:  # prompts are left-padded to the longest one, completions run to their limit
-        length = min(context, (longest or PROMPT_TOKENS) + config.max_completion_length)
+    else:  # prompts are left-padded to the longest one, completions run to their limit; each to the multiple
+        prompt, completion = longest or PROMPT_TOKENS, config.max_completion_length
+        length = padded(prompt, multiple) + padded(completion, multiple) if multiple else min(context,
+                                                                                             prompt + completion)
         steps = getattr(config, "steps_per_generation", None) or config.gradient_accumulation_steps
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
@@ -215,10 +224,27 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "eval_length": eval_length,
         "vllm": bool(getattr(config, "use_vllm", False)) and getattr(config, "vllm_mode", "") == "colocate",
         "vllm_share": getattr(config, "vllm_gpu_memory_utilization", 0.0) or 0.0,
-        # Compiled decoding pads prompts to a multiple of PROMPT_MULTIPLE tokens: up to one less than that more.
-        # `auto` compiles on a CUDA GPU with Triton (placement.decoding), which the plan assumes wherever it runs.
-        "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and recipe.decoding != "eager" else 0,
+        # Compiled decoding pads prompts to a multiple of PROMPT_MULTIPLE tokens: up to one less than that more,
+        # unless the stage pads them so already. `auto` compiles on a CUDA GPU with Triton (placement.decoding),
+        # which the plan assumes wherever it runs.
+        "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and recipe.decoding != "eager"
+        and not (multiple and multiple % PROMPT_MULTIPLE == 0) else 0,
     }
+
+
+def padding_multiple(config: Any) -> int | None:
+    """TRL's `pad_to_multiple_of` of a stage config (`placement.pad_to_multiple_of`), or None."""
+    multiple = getattr(config, "pad_to_multiple_of", None)
+    return multiple if isinstance(multiple, int) and multiple > 1 else None
+
+
+def padded(tokens: int, multiple: int | None) -> int:
+    """`tokens` rounded up to `multiple`.
+
+    >>> padded(100, 64), padded(128, 64), padded(100, None)
+    (128, 128, 100)
+    """
+    return -(-tokens // multiple) * multiple if multiple else tokens
 
 
 def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,

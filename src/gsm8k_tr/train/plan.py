@@ -68,7 +68,8 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
                                           ("grpo", GRPO_DEFAULTS, trl.GRPOConfig, recipe.grpo)):
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
-        args = trl_config(cls, stage, values, {**defaults, **neutral}, {**forced, **extra})
+        padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu)}  # as the stage pads
+        args = trl_config(cls, stage, values, {**defaults, **neutral, **padding}, {**forced, **extra})
         if wants_auto(section):  # the micro-batch the stage would choose at the planned lengths
             batch = fit_micro_batch(shape, recipe, stage, args, None, getattr(args, "num_generations", 1),
                                     (on_gpu, free) if on_gpu else None)

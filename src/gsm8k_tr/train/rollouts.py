@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from gsm8k_tr.infer import compiled_decoding
+from gsm8k_tr.infer import attention_kernels, compiled_decoding
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
 
@@ -144,4 +144,5 @@ class FastRollouts:
             if self.rollouts.get("kv_cache") == "growing":
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
+            stack.enter_context(attention_kernels.only(self.rollouts.get("attention")))
             return super()._generate_single_turn(*args, **kwargs)

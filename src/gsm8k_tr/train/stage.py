@@ -160,5 +160,6 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
             "data_counts": counts, "device": device_name(),
             "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
             "lm_head_positions": "scored" if compact_scoring(config.device) else "all",
+            "pad_to_multiple_of": getattr(config, "pad_to_multiple_of", None),
             "train_seconds": time.perf_counter() - started,
             "resumed_from": checkpoint}

@@ -18,6 +18,7 @@ from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.run_folder import stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS
+from gsm8k_tr.train.memory import padded, padding_multiple
 
 # Our defaults over TRL's; every one can be changed in the recipe's `sft` and `grpo` sections.
 SFT_DEFAULTS: dict[str, Any] = {
@@ -64,7 +65,8 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
 
     config = trl_config(
         trl.SFTConfig, "sft", recipe.sft,
-        defaults={**SFT_DEFAULTS, **placement.training_precision(recipe.sft, "sft"), "max_length": context},
+        defaults={**SFT_DEFAULTS, **placement.training_precision(recipe.sft, "sft"), "max_length": context,
+                  "pad_to_multiple_of": placement.pad_to_multiple_of(context)},
         forced={"output_dir": (str(stage_dir(recipe, "sft") / CHECKPOINTS), "it is {output_dir}/sft/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "eos_token": (stop, "set 'model.stop_token'")},
@@ -72,6 +74,11 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
     if (config.max_length or context) > context:
         raise UserError(f"recipe key 'sft.max_length' is {config.max_length}, past the model's context of {context} "
                         "tokens")
+    multiple, longest = padding_multiple(config), config.max_length or context
+    if padded(longest, multiple) > context:  # SFT passes no position ids: no padded row may pass the context
+        raise UserError(f"recipe key 'sft.pad_to_multiple_of' is {multiple}, which pads rows of up to {longest} "
+                        f"tokens past the model's context of {context}; use a number that divides {context}, or "
+                        "lower sft.max_length")
     if recipe.eval.sft_patience and (config.eval_strategy == "no" or not config.load_best_model_at_end):
         raise UserError("recipe key 'eval.sft_patience' stops SFT when validation stops improving, which needs "
                         "sft.eval_strategy: steps (with sft.eval_steps) and sft.load_best_model_at_end: true")
@@ -86,7 +93,8 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
     values = vllm_engine.grpo_settings(recipe.grpo, stop_ids)  # checked before TRL tries to import vLLM
     config = trl_config(
         trl.GRPOConfig, "grpo", values,
-        defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo")},
+        defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo"),
+                  "pad_to_multiple_of": placement.pad_to_multiple_of(context)},
         forced={"output_dir": (str(stage_dir(recipe, "grpo") / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "reward_weights": (reward_weights(recipe.rewards), "set the 'rewards' section")},

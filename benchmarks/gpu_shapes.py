@@ -1,0 +1,171 @@
+"""Batch shapes and attention kernels: two comparisons, each configuration in a fresh process, one ratio each.
+
+    python benchmarks/gpu_shapes.py                # a CUDA GPU: GPT-2 Medium's shape, random weights, real rows
+    python benchmarks/gpu_shapes.py --model /tmp/gc/model   # a model folder (gpu_check --keep's)
+    python benchmarks/gpu_shapes.py --cpu          # the same on the CPU with builtin:tiny-gpt2: a smoke run
+
+- sft: `--sft-steps` SFT steps (gpu_check's recipe: real GSM8K-TR rows when
+  the shared sample is there, micro-batch auto) with every batch padded to
+  its own longest row, against padded to a multiple of 64 tokens
+  (`placement.pad_to_multiple_of`, the default on CUDA): trained tokens per
+  second over the steps after the first, and the ratio.
+- decode: `--sequences` greedy answers to the sample's questions (their real
+  prompt lengths; generated problems without the sample), eager decoding in
+  bfloat16 on a GPU, with torch's own choice of attention kernel against
+  without cuDNN's (`placement.decoding_attention`, the default for eager
+  decoding on CUDA): ms per decoding step, the ratio, and whether the tokens
+  are the same.
+
+Each configuration runs in its own process, because cuDNN keeps the graphs it
+has built for the life of a process: a second run in the same one would find
+the first run's shapes set up. On a CPU neither choice is made (padding is
+only work there, and there is no cuDNN), so `--cpu` checks that the script
+runs, not what the choices gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_check import RECIPE, SAMPLE, build_model, data_overrides, part_sft  # noqa: E402
+
+
+def questions(count: int) -> list[str]:
+    """The first `count` questions of the shared GSM8K-TR sample, or generated problems without it."""
+    for root in SAMPLE:
+        sample = root / "gsm8k_tr_sample" / "dev.csv"
+        if sample.is_file():
+            with sample.open(encoding="utf-8") as handle:
+                return [row["question"] for row in csv.DictReader(handle)][:count]
+    from gsm8k_tr.data import synth
+
+    return [row["question"] for row in synth.make_problems(count, seed=5)]
+
+
+def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool) -> dict[str, Any]:
+    import torch
+
+    from gsm8k_tr.config import load_recipe
+
+    data, _ = data_overrides()
+    recipe = load_recipe(str(RECIPE), [f"output_dir={work}", f"model.name_or_path={model}", *data,
+                                       "eval.every_steps=0", f"sft.max_steps={steps}", "sft.save_steps=1000",
+                                       "sft.logging_steps=1", "sft.report_to=[]",
+                                       "sft.per_device_train_batch_size=auto",
+                                       f"sft.pad_to_multiple_of={multiple if multiple else 'null'}",
+                                       *(["sft.max_length=512"] if cpu else [])])
+    result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
+    return {key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step", "micro_batch",
+                                         "longest_batch", "peak_gib")}
+
+
+def run_decode(model: str, kernels: str, sequences: int, new_tokens: int, cpu: bool) -> dict[str, Any]:
+    import torch
+
+    from gsm8k_tr import modeling, placement
+    from gsm8k_tr.config import ModelConfig, PromptConfig
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation
+
+    device = torch.device("cpu" if cpu else "cuda")
+    cfg = ModelConfig(name_or_path=model)
+    tokenizer, loaded = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+    modeling.configure_tokens(tokenizer, loaded, cfg.stop_token)
+    loaded = loaded.to(device=device, dtype=placement.inference_dtype(device)).eval()
+    loaded.generation_config.eos_token_id = None  # every row runs to the limit: the same number of steps each way
+    prompts = [build_prompt(q, PromptConfig()) for q in questions(sequences)]
+    chosen = (lambda device, how: None) if kernels == "torch" else placement.decoding_attention
+
+    def timed(tokens: int) -> tuple[float, list[str]]:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = generation.generate(loaded, tokenizer, prompts, tokens, batch_size=sequences, decoding="eager")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, [c[0].text for c in out]
+
+    with patch.object(placement, "decoding_attention", chosen):
+        timed(4)  # first use of the kernels and the allocator
+        seconds, texts = timed(new_tokens)
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    return {"ms_per_step": round(1000 * seconds / new_tokens, 2), "longest_prompt_tokens": longest,
+            "kernels": chosen(device, "eager") or "torch's choice", "texts": texts}
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    what, setting = args.only
+    if what == "sft":
+        return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if setting == "none" else int(setting),
+                       args.sft_steps, args.cpu)
+    return run_decode(args.model, setting, args.sequences, args.new_tokens, args.cpu)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model folder (default: GPT-2 Medium's shape, random weights)")
+    parser.add_argument("--sft-steps", type=int, default=30, help="SFT steps per configuration (the first warms up)")
+    parser.add_argument("--sequences", type=int, default=64, help="rows decoded together")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
+    parser.add_argument("--parts", nargs="+", default=["sft", "decode"], choices=["sft", "decode"])
+    parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        print("RESULT " + json.dumps(child(args)))
+        return 0
+    import torch
+
+    if not args.cpu and not torch.cuda.is_available():
+        print("gpu_shapes: this machine has no CUDA GPU (torch.cuda.is_available() is False); run it where "
+              "nvidia-smi lists one, or pass --cpu for a smoke run", file=sys.stderr)
+        return 2
+    work = Path(args.work or tempfile.mkdtemp(prefix="gsm8k-tr-gpu-shapes-"))
+    model = args.model or ("builtin:tiny-gpt2" if args.cpu else str(work / "model"))
+    if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
+        build_model(work / "model")
+    runs = {"sft": ("none", "64"), "decode": ("torch", "placement")}
+    results: dict[str, Any] = {}
+    for part in args.parts:
+        for setting in runs[part]:
+            command = [sys.executable, __file__, "--only", part, setting, "--model", model, "--work", str(work),
+                       "--sft-steps", str(args.sft_steps), "--sequences", str(args.sequences), "--new-tokens",
+                       str(args.new_tokens), *(["--cpu"] if args.cpu else [])]
+            done = subprocess.run(command, capture_output=True, text=True)
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{part} {setting}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            results[f"{part}-{setting}"] = json.loads(line[7:])
+    if "sft" in args.parts:
+        plain, padded = results["sft-none"], results["sft-64"]
+        print(f"sft: {plain['tokens_per_s']} tokens/s padded to each batch's longest row, {padded['tokens_per_s']} "
+              f"padded to a multiple of 64: {padded['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x "
+              f"({args.sft_steps} steps; steps after the first; first step {plain['first_step_s']} s against "
+              f"{padded['first_step_s']} s)")
+    if "decode" in args.parts:
+        torch_choice, ours = results["decode-torch"], results["decode-placement"]
+        same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))
+        print(f"decode: {torch_choice['ms_per_step']} ms/step with torch's choice of attention kernel, "
+              f"{ours['ms_per_step']} ms/step with {ours['kernels']}: "
+              f"{torch_choice['ms_per_step'] / ours['ms_per_step']:.2f}x; the same answers for {same}/{args.sequences} "
+              f"(longest prompt {ours['longest_prompt_tokens']} tokens)")
+    (work / "gpu_shapes.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
