@@ -90,6 +90,15 @@ def data_overrides() -> tuple[list[str], str]:
     return ["data.dataset=synthetic:600", "data.reference=none"], "generated problems (the shared sample is not here)"
 
 
+def sft_overrides(work: Path, model: str, data: list[str], sft_steps: int, cpu: bool) -> list[str]:
+    """The recipe overrides of gpu_check's SFT (and of the benchmarks that profile or vary it): `model` on `data`
+    (`data_overrides`), `sft_steps` steps each logged with its time, micro-batch auto, no evaluation and no
+    checkpoint in the way; on the CPU, rows cut to the tiny model's context."""
+    return [f"output_dir={work}", f"model.name_or_path={model}", *data, "eval.every_steps=0",
+            f"sft.max_steps={sft_steps}", "sft.save_steps=1000", "sft.logging_steps=1", "sft.report_to=[]",
+            "sft.per_device_train_batch_size=auto", *(["sft.max_length=512"] if cpu else [])]
+
+
 def matmul_rate(device: Any) -> float:
     """The measured bf16 matmul rate of the card, FLOP/s (float32 on a CPU)."""
     import torch
@@ -156,18 +165,17 @@ def longest_batch(owner: Any, name: str, stage: str) -> Iterator[dict[str, int]]
         yield seen
 
 
-def plan_at(model: str, manifest: dict[str, Any], stage: str, seen: dict[str, int]) -> float | None:
+def plan_at(recipe: Any, manifest: dict[str, Any], stage: str, seen: dict[str, int]) -> float | None:
     """The stage's memory plan (its own settings) at the largest batch it ran, in GiB: the like-for-like
     comparison with the measured peak (the stage's own plan assumes its longest row in every batch)."""
-    from transformers import AutoConfig
-
     from gsm8k_tr.train import memory
+    from gsm8k_tr.train.plan import model_config
 
     plan = manifest.get("memory_plan")
     if not plan or not seen["tokens"]:
         return None
     settings = {**plan["settings"], "micro_batch": seen["rows"], "length": seen["tokens"]}
-    shape = memory.Shape.from_config(AutoConfig.from_pretrained(model))
+    shape = memory.Shape.from_config(model_config(recipe))
     return round(memory.estimate(shape, stage, settings, on_gpu=True).peak_gib, 2)
 
 
@@ -189,8 +197,7 @@ def part_sft(recipe: Any, device: Any, parameters: int, rate: float) -> dict[str
             "tokens_per_step": round(tokens / max(len(logged) - 1, 1)),
             "tokens_per_s": round(per_s), "matmul_share": round(per_s * 4 * parameters / rate, 4),
             "peak_gib": _peak(device), "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib"),
-            "longest_batch": seen, "plan_at_longest_batch_gib": plan_at(recipe.model.name_or_path, manifest, "sft",
-                                                                        seen)}
+            "longest_batch": seen, "plan_at_longest_batch_gib": plan_at(recipe, manifest, "sft", seen)}
 
 
 def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
@@ -216,7 +223,7 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
             "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
             "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib"), "longest_batch": seen,
-            "plan_at_longest_batch_gib": plan_at(recipe.model.name_or_path, manifest, "grpo", seen)}
+            "plan_at_longest_batch_gib": plan_at(recipe, manifest, "grpo", seen)}
 
 
 def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int,
@@ -228,22 +235,16 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
     name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else ""
     bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
     if bandwidth:  # what a decoding step must read at least, at the card's memory bandwidth
-        cache = kv_cache_bytes(model, sequences, result["prompt_tokens"] + new_tokens / 2)
+        from transformers import AutoConfig
+
+        from gsm8k_tr.train import memory
+
+        shape = memory.Shape.from_config(AutoConfig.from_pretrained(model))
+        # the bf16 keys and values attention reads, at the cache's mean length over the call
+        cache = memory.kv_cache_bytes(shape, sequences * (result["prompt_tokens"] + new_tokens / 2), 2)
         result["weight_read_bound_ms"] = round(1000 * 2 * parameters / bandwidth, 3)
         result["read_bound_ms"] = round(1000 * (2 * parameters + cache) / bandwidth, 3)
     return result
-
-
-def kv_cache_bytes(model: str, sequences: int, length: float) -> float:
-    """The bf16 keys and values of `sequences` rows of `length` tokens: what attention reads in a decoding step."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model).get_text_config()
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    kv_dim = (getattr(config, "num_key_value_heads", None) or heads) * (hidden // heads)
-    return 2 * layers * kv_dim * 2 * sequences * length
 
 
 def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str = "hf",
@@ -300,12 +301,10 @@ def main() -> int:
         if not (work / "model" / "config.json").is_file():
             build_model(work / "model")
     data, where = data_overrides()
-    common = [f"output_dir={work}", f"model.name_or_path={model}", *data, "eval.every_steps=0",
-              f"sft.max_steps={args.sft_steps}", f"grpo.max_steps={args.steps}", "sft.save_steps=1000",
-              "grpo.save_steps=1000", "sft.logging_steps=1", "grpo.logging_steps=1", "sft.report_to=[]",
-              "grpo.report_to=[]", "sft.per_device_train_batch_size=auto", "grpo.per_device_train_batch_size=auto",
-              f"grpo.max_completion_length={tokens}", f"eval.max_new_tokens={tokens}",
-              *(["sft.max_length=512"] if args.cpu else [])]
+    common = [*sft_overrides(work, model, data, args.sft_steps, args.cpu), f"grpo.max_steps={args.steps}",
+              "grpo.save_steps=1000", "grpo.logging_steps=1", "grpo.report_to=[]",
+              "grpo.per_device_train_batch_size=auto", f"grpo.max_completion_length={tokens}",
+              f"eval.max_new_tokens={tokens}"]
     recipe = load_recipe(str(RECIPE), common)
     from gsm8k_tr.train.plan import model_config
 

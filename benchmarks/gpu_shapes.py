@@ -9,8 +9,9 @@
   its own longest row, against padded to a multiple of 64 tokens
   (`placement.pad_to_multiple_of`, the default on CUDA): trained tokens per
   second over the steps after the first, and the ratio.
-- decode: `--sequences` greedy answers to the sample's questions (their real
-  prompt lengths; generated problems without the sample), eager decoding in
+- decode: `--sequences` greedy answers to the training questions of
+  gpu_check's data (the sample's real rows, so their real prompt lengths;
+  generated problems without the sample), eager decoding in
   bfloat16 on a GPU, with torch's own choice of attention kernel against
   without cuDNN's (`placement.decoding_attention`, the default for eager
   decoding on CUDA): ms per decoding step, the ratio, and whether the tokens
@@ -26,7 +27,6 @@ runs, not what the choices gain.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -39,44 +39,31 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import RECIPE, SAMPLE, build_model, data_overrides, part_sft  # noqa: E402
+from gpu_check import RECIPE, build_model, data_overrides, part_sft, sft_overrides  # noqa: E402
+from profile_steps import real_prompts  # noqa: E402
 
 
-def questions(count: int) -> list[str]:
-    """The first `count` questions of the shared GSM8K-TR sample, or generated problems without it."""
-    for root in SAMPLE:
-        sample = root / "gsm8k_tr_sample" / "dev.csv"
-        if sample.is_file():
-            with sample.open(encoding="utf-8") as handle:
-                return [row["question"] for row in csv.DictReader(handle)][:count]
-    from gsm8k_tr.data import synth
+def _recipe(work: Path, model: str, steps: int, cpu: bool, *extra: str) -> Any:
+    """gpu_check's recipe (`sft_overrides`) with `extra` overrides."""
+    from gsm8k_tr.config import load_recipe
 
-    return [row["question"] for row in synth.make_problems(count, seed=5)]
+    return load_recipe(str(RECIPE), [*sft_overrides(work, model, data_overrides()[0], steps, cpu), *extra])
 
 
 def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool) -> dict[str, Any]:
     import torch
 
-    from gsm8k_tr.config import load_recipe
-
-    data, _ = data_overrides()
-    recipe = load_recipe(str(RECIPE), [f"output_dir={work}", f"model.name_or_path={model}", *data,
-                                       "eval.every_steps=0", f"sft.max_steps={steps}", "sft.save_steps=1000",
-                                       "sft.logging_steps=1", "sft.report_to=[]",
-                                       "sft.per_device_train_batch_size=auto",
-                                       f"sft.pad_to_multiple_of={multiple if multiple else 'null'}",
-                                       *(["sft.max_length=512"] if cpu else [])])
+    recipe = _recipe(work, model, steps, cpu, f"sft.pad_to_multiple_of={multiple if multiple else 'null'}")
     result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
     return {key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step", "micro_batch",
                                          "longest_batch", "peak_gib")}
 
 
-def run_decode(model: str, kernels: str, sequences: int, new_tokens: int, cpu: bool) -> dict[str, Any]:
+def run_decode(model: str, work: Path, kernels: str, sequences: int, new_tokens: int, cpu: bool) -> dict[str, Any]:
     import torch
 
     from gsm8k_tr import modeling, placement
-    from gsm8k_tr.config import ModelConfig, PromptConfig
-    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.config import ModelConfig
     from gsm8k_tr.infer import generation
 
     device = torch.device("cpu" if cpu else "cuda")
@@ -85,7 +72,7 @@ def run_decode(model: str, kernels: str, sequences: int, new_tokens: int, cpu: b
     modeling.configure_tokens(tokenizer, loaded, cfg.stop_token)
     loaded = loaded.to(device=device, dtype=placement.inference_dtype(device)).eval()
     loaded.generation_config.eos_token_id = None  # every row runs to the limit: the same number of steps each way
-    prompts = [build_prompt(q, PromptConfig()) for q in questions(sequences)]
+    prompts = real_prompts(_recipe(work, model, 1, cpu), sequences)
     chosen = (lambda device, how: None) if kernels == "torch" else placement.decoding_attention
 
     def timed(tokens: int) -> tuple[float, list[str]]:
@@ -110,7 +97,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if what == "sft":
         return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if setting == "none" else int(setting),
                        args.sft_steps, args.cpu)
-    return run_decode(args.model, setting, args.sequences, args.new_tokens, args.cpu)
+    return run_decode(args.model, Path(args.work) / f"decode-{setting}", setting, args.sequences, args.new_tokens,
+                      args.cpu)
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import RECIPE, build_model, data_overrides  # noqa: E402
+from gpu_check import RECIPE, build_model, data_overrides, sft_overrides  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
 
@@ -141,22 +141,28 @@ def _decode_inputs(model_name: str, recipe: Any, device: Any, sequences: int,
 
     from gsm8k_tr import modeling
     from gsm8k_tr.config import ModelConfig
-    from gsm8k_tr.data.prompts import build_prompt
-    from gsm8k_tr.data.splits import load_split
-    from gsm8k_tr.run_folder import prepared_data
 
     cfg = ModelConfig(name_or_path=model_name)
     tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
     modeling.configure_tokens(tokenizer, model, cfg.stop_token)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
-    rows = load_split(prepared_data(recipe), "train")
-    prompts = [build_prompt(r["question"], recipe.prompt) for r in rows[:sequences]]
-    prompts = [prompts[i % len(prompts)] for i in range(sequences)]
     tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+    batch = tokenizer(real_prompts(recipe, sequences), return_tensors="pt", padding=True, add_special_tokens=False,
                       pad_to_multiple_of=multiple).to(device)
     return model, tokenizer, batch
+
+
+def real_prompts(recipe: Any, count: int) -> list[str]:
+    """`count` prompts of the recipe's training questions (the shared sample's real rows when gpu_check's data
+    overrides found it), repeated if there are fewer."""
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.data.splits import load_split
+    from gsm8k_tr.run_folder import prepared_data
+
+    rows = load_split(prepared_data(recipe), "train")
+    prompts = [build_prompt(r["question"], recipe.prompt) for r in rows[:count]]
+    return [prompts[i % len(prompts)] for i in range(count)]
 
 
 def _timed_generate(model: Any, batch: Any, config: Any, device: Any, profile: Any = None,
@@ -240,7 +246,7 @@ def part_decode_compiled(model_name: str, recipe: Any, device: Any, sequences: i
             "profile_last_steps": _profile_last_steps(model, batch, config, device, new_tokens)}
 
 
-PARTS = {"sft": part_sft, "decode": part_decode, "decode-compiled": part_decode_compiled}
+DECODE_PARTS = {"decode": part_decode, "decode-compiled": part_decode_compiled}
 
 
 def main() -> int:
@@ -249,7 +255,8 @@ def main() -> int:
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=384)
     parser.add_argument("--cpu", action="store_true", help="on the CPU, builtin:tiny-gpt2 unless --model")
-    parser.add_argument("--parts", nargs="+", choices=tuple(PARTS), default=["sft", "decode", "decode-compiled"])
+    parser.add_argument("--parts", nargs="+", choices=("sft", *DECODE_PARTS),
+                        default=["sft", *DECODE_PARTS])
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
     import torch
@@ -264,18 +271,14 @@ def main() -> int:
         if not args.model and device.type == "cuda":
             build_model(work / "model")
         data, where = data_overrides()
-        recipe = load_recipe(str(RECIPE), [f"output_dir={work}", f"model.name_or_path={model}", *data,
-                                           "eval.every_steps=0", "sft.max_steps=6", "sft.save_steps=1000",
-                                           "sft.logging_steps=1", "sft.report_to=[]",
-                                           "sft.per_device_train_batch_size=auto",
-                                           *(["sft.max_length=512"] if device.type == "cpu" else [])])
+        recipe = load_recipe(str(RECIPE), sft_overrides(work, model, data, 6, device.type == "cpu"))
         results["setup"] = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                             "model": model, "data": where, "torch": torch.__version__}
         print(f"setup: {json.dumps(results['setup'])}", flush=True)
         for part in args.parts:
             started = time.perf_counter()
             results[part] = (part_sft(recipe, device) if part == "sft" else
-                             PARTS[part](model, recipe, device, args.sequences, args.new_tokens))
+                             DECODE_PARTS[part](model, recipe, device, args.sequences, args.new_tokens))
             results[part]["seconds"] = round(time.perf_counter() - started, 1)
             print(f"{part}: {json.dumps(results[part])}", flush=True)
     if args.json:

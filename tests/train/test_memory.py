@@ -232,11 +232,12 @@ def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path, monkeypa
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     manifest = {"memory_plan": {"settings": SETTINGS}}  # the stage's own plan: 8 rows of 1024 tokens
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"model.name_or_path={tiny_model_dir}"])
     shape = memory.Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
     expected = memory.estimate(shape, "sft", {**SETTINGS, "micro_batch": 4, "length": 300}, on_gpu=True).peak_gib
-    at = gpu_check.plan_at(str(tiny_model_dir), manifest, "sft", {"rows": 4, "tokens": 300})
+    at = gpu_check.plan_at(recipe, manifest, "sft", {"rows": 4, "tokens": 300})
     assert at == pytest.approx(expected, abs=0.01)
-    assert gpu_check.plan_at(str(tiny_model_dir), {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
+    assert gpu_check.plan_at(recipe, {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
 
 
 def test_gpu_shapes_runs_both_comparisons_on_the_cpu(tmp_path: Path) -> None:

@@ -172,10 +172,9 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     if stage == "sft":
         parts["kv_cache"] = 0.0
     else:
-        kv = 2 * shape.layers * shape.kv_dim * compute
         padding = s.get("cache_padding", 0)
-        rollouts = s["generation_batch"] * (s["length"] + padding) * kv
-        held_out = s["eval_batch"] * (s["eval_length"] + padding) * kv if s["eval_batch"] else 0
+        rollouts = kv_cache_bytes(shape, s["generation_batch"] * (s["length"] + padding), compute)
+        held_out = kv_cache_bytes(shape, s["eval_batch"] * (s["eval_length"] + padding), compute)
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
         copied = s["mixed_precision"] and not s["vllm"]
         parts["rollout_weights"] = sum(i * o for i, o in shape.linear_shapes) * compute if copied else 0.0
@@ -189,6 +188,11 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     gib = {k: v / GIB for k, v in parts.items()}
     fits = None if memory_gib is None else peak / GIB <= FITS_SHARE * memory_gib
     return StagePlan(stage, gib, peak / GIB, memory_gib, fits, dict(settings))
+
+
+def kv_cache_bytes(shape: Shape, tokens: float, dtype_bytes: int) -> float:
+    """The keys and values of every layer for `tokens` cached tokens (rows x positions)."""
+    return 2 * shape.layers * shape.kv_dim * dtype_bytes * tokens
 
 
 def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
