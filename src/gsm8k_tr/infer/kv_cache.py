@@ -19,10 +19,10 @@ sampled).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
+from unittest.mock import patch
 
 from transformers import GPT2Model
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -106,15 +106,14 @@ def for_generation(model: Any, input_ids: Any, generation_config: Any) -> dict[s
     return {KEYWORD: GrowingCache(config=config, max_length=input_ids.shape[-1] + new if new else None)}
 
 
-@contextmanager
-def growing_cache(model: Any, share_prompts: bool = False) -> Iterator[None]:
+def growing_cache(model: Any, share_prompts: bool = False) -> AbstractContextManager[Any]:
     """Within the block, each `model.generate` call that brings no cache of its own gets a fresh `GrowingCache`;
     with `share_prompts`, filled once per distinct prompt (`infer/shared_prefill.py`).
 
-    For callers that build the `generate` call themselves (TRL's rollouts): the
+    For callers that build the `generate` call themselves (TRL's rollouts): an
     instance attribute shadows the method for the block and is removed after.
     """
-    method, shadowed = model.generate, vars(model).get("generate")
+    method = model.generate
 
     def generate(*args: Any, **kwargs: Any) -> Any:
         if not ({"cache", "past_key_values"} & kwargs.keys()) and "input_ids" in kwargs:
@@ -126,11 +125,4 @@ def growing_cache(model: Any, share_prompts: bool = False) -> Iterator[None]:
             kwargs.update(given)
         return method(*args, **kwargs)
 
-    model.generate = generate
-    try:
-        yield
-    finally:
-        if shadowed is None:
-            del model.generate
-        else:
-            model.generate = shadowed
+    return patch.object(model, "generate", generate)

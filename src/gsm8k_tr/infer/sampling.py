@@ -19,15 +19,16 @@ errors.
 
 transformers calls `torch.multinomial` inside `generate` and offers no hook for
 the draw, so `one_draw_per_row` puts this function in its place for the block
-and restores it after. `placement.rollout_path` and `infer/generation.py` use
+and restores it after (`unittest.mock.patch`, the standard library's
+set-and-restore, as for every library attribute this project replaces). `placement.rollout_path` and `infer/generation.py` use
 it where `placement.row_sampling` says (on a CPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+from unittest.mock import patch
 
 import torch
 
@@ -48,15 +49,8 @@ def draw(probs: Any, num_samples: int, replacement: bool = False, *, generator: 
     return torch.searchsorted(cdf, u, right=True)
 
 
-@contextmanager
-def one_draw_per_row(enabled: bool = True) -> Iterator[None]:
+def one_draw_per_row(enabled: bool = True) -> AbstractContextManager[Any]:
     """Within the block, `torch.multinomial` is `draw` (which hands everything but a CPU draw back to torch)."""
-    original = torch.multinomial
-    if not enabled or original is draw:
-        yield
-        return
-    torch.multinomial = draw
-    try:
-        yield
-    finally:
-        torch.multinomial = original
+    if not enabled or torch.multinomial is draw:
+        return nullcontext()
+    return patch.object(torch, "multinomial", draw)

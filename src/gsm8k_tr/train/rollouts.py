@@ -43,23 +43,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
+from unittest.mock import patch
 
 from gsm8k_tr.infer import attention_kernels, compiled_decoding
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
-
-
-@contextmanager
-def swapped(owner: Any, **values: Any) -> Iterator[None]:
-    """Set attributes of `owner` for the block and put the old values back after, also on error."""
-    old = {name: getattr(owner, name) for name in values}
-    for name, value in values.items():
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            setattr(owner, name, value)
 
 
 @contextmanager
@@ -139,8 +127,8 @@ class FastRollouts:
                                                   self.rollouts.get("weights_dtype")))
             if self.rollouts.get("decoding") == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
-                stack.enter_context(swapped(self, generation_config=config,
-                                            pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE))
+                stack.enter_context(patch.multiple(self, generation_config=config,
+                                                   pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE))
             if self.rollouts.get("kv_cache") == "growing":
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))

@@ -21,28 +21,21 @@ to each other, gradients included). `placement.compact_scoring` decides where.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+from unittest.mock import patch
 
 from gsm8k_tr import placement
 
 
-@contextmanager
-def compact_scoring(device: Any) -> Iterator[None]:
+def compact_scoring(device: Any) -> AbstractContextManager[Any]:
     """Within the block, TRL's fused LM head on `device` projects only the positions with a label."""
     from trl.trainer import utils
 
-    original = getattr(utils, "_use_triton", None)
-    if not placement.compact_scoring(device) or original is None:
+    if not placement.compact_scoring(device) or not hasattr(utils, "_use_triton"):
         # Without the name (another TRL), the loss is still right: every position is projected, as TRL does.
-        yield
-        return
-    utils._use_triton = lambda device: True
-    try:
-        yield
-    finally:
-        utils._use_triton = original
+        return nullcontext()
+    return patch.object(utils, "_use_triton", lambda device: True)
 
 
 class CompactScoring:
