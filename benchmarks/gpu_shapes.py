@@ -1,4 +1,4 @@
-"""Batch shapes and attention kernels: two comparisons, each configuration in a fresh process, one ratio each.
+"""Batch shapes, attention kernels and the stop check: three comparisons, one ratio each.
 
     python benchmarks/gpu_shapes.py                # a CUDA GPU: GPT-2 Medium's shape, random weights, real rows
     python benchmarks/gpu_shapes.py --model /tmp/gc/model   # a model folder (gpu_check --keep's)
@@ -16,12 +16,20 @@
   without cuDNN's (`placement.decoding_attention`, the default for eager
   decoding on CUDA): ms per decoding step, the ratio, and whether the tokens
   are the same.
+- stop: the same rows decoded as GRPO's rollouts decode them on a GPU
+  (compiled), with `generate` reading its stop flag after every step against
+  a step late (`placement.stop_check`, the default on a GPU): ms per decoding
+  step, the ratio, and whether the tokens are the same.
 
-Each configuration runs in its own process, because cuDNN keeps the graphs it
-has built for the life of a process: a second run in the same one would find
-the first run's shapes set up. On a CPU neither choice is made (padding is
-only work there, and there is no cuDNN), so `--cpu` checks that the script
-runs, not what the choices gain.
+The first two run each configuration in its own process, because cuDNN keeps
+the graphs it has built for the life of a process: a second run in the same
+one would find the first run's shapes set up. The stop check leaves nothing
+behind, so its two settings alternate in one process (twice each, the fastest
+counted) after one call that compiles. On a CPU none of the choices is made
+(padding is only work there, there is no cuDNN, and nothing to overlap), so
+`--cpu` checks that the script runs, not what the choices gain; the stop part
+needs a GPU's events, and its code is run on the CPU by
+`tests/train/test_memory.py` with those stood in for.
 """
 
 from __future__ import annotations
@@ -59,37 +67,73 @@ def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool)
                                          "longest_batch", "peak_gib")}
 
 
-def run_decode(model: str, work: Path, kernels: str, sequences: int, new_tokens: int, cpu: bool) -> dict[str, Any]:
+def _decoder(model: str, work: Path, sequences: int, cpu: bool) -> tuple[Any, Any, Any, list[str]]:
+    """(device, model, tokenizer, prompts) for the decoding parts: the model in inference precision, every row
+    running to the limit (no stop token), so each configuration runs the same number of steps."""
     import torch
 
     from gsm8k_tr import modeling, placement
     from gsm8k_tr.config import ModelConfig
-    from gsm8k_tr.infer import generation
 
     device = torch.device("cpu" if cpu else "cuda")
     cfg = ModelConfig(name_or_path=model)
     tokenizer, loaded = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
     modeling.configure_tokens(tokenizer, loaded, cfg.stop_token)
     loaded = loaded.to(device=device, dtype=placement.inference_dtype(device)).eval()
-    loaded.generation_config.eos_token_id = None  # every row runs to the limit: the same number of steps each way
-    prompts = real_prompts(_recipe(work, model, 1, cpu), sequences)
+    loaded.generation_config.eos_token_id = None
+    return device, loaded, tokenizer, real_prompts(_recipe(work, model, 1, cpu), sequences)
+
+
+def _timed(device: Any, loaded: Any, tokenizer: Any, prompts: list[str], tokens: int,
+           decoding: str) -> tuple[float, list[str]]:
+    """Seconds for `generation.generate` over `prompts` (one batch), and the answers."""
+    import torch
+
+    from gsm8k_tr.infer import generation
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = generation.generate(loaded, tokenizer, prompts, tokens, batch_size=len(prompts), decoding=decoding)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, [c[0].text for c in out]
+
+
+def run_decode(model: str, work: Path, kernels: str, sequences: int, new_tokens: int, cpu: bool) -> dict[str, Any]:
+    from gsm8k_tr import placement
+
+    device, loaded, tokenizer, prompts = _decoder(model, work, sequences, cpu)
     chosen = (lambda device, how: None) if kernels == "torch" else placement.decoding_attention
-
-    def timed(tokens: int) -> tuple[float, list[str]]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        out = generation.generate(loaded, tokenizer, prompts, tokens, batch_size=sequences, decoding="eager")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started, [c[0].text for c in out]
-
     with patch.object(placement, "decoding_attention", chosen):
-        timed(4)  # first use of the kernels and the allocator
-        seconds, texts = timed(new_tokens)
+        _timed(device, loaded, tokenizer, prompts, 4, "eager")  # first use of the kernels and the allocator
+        seconds, texts = _timed(device, loaded, tokenizer, prompts, new_tokens, "eager")
     longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     return {"ms_per_step": round(1000 * seconds / new_tokens, 2), "longest_prompt_tokens": longest,
             "kernels": chosen(device, "eager") or "torch's choice", "texts": texts}
+
+
+STOP_CHECKS = ("every step", "deferred")
+
+
+def run_stop(model: str, work: Path, sequences: int, new_tokens: int, cpu: bool, rounds: int = 2) -> dict[str, Any]:
+    """Decoding as GRPO's rollouts run it on the device (compiled on a GPU) with the stop flag read after every
+    step against a step late (`placement.stop_check`), alternating in one process (nothing here outlives a
+    call), fastest of `rounds` each."""
+    from gsm8k_tr import placement
+
+    device, loaded, tokenizer, prompts = _decoder(model, work, sequences, cpu)
+    how = "eager" if cpu else "compiled"
+    _timed(device, loaded, tokenizer, prompts, new_tokens, how)  # compiles, for the very shape timed below
+    best: dict[str, float] = {}
+    texts: dict[str, list[str]] = {}
+    for _ in range(rounds):
+        for check in STOP_CHECKS:
+            with patch.object(placement, "stop_check", lambda device, synced=False, check=check: check):
+                seconds, texts[check] = _timed(device, loaded, tokenizer, prompts, new_tokens, how)
+            best[check] = min(best.get(check, seconds), seconds)
+    return {"decoding": how, "ms_per_step": {check: round(1000 * best[check] / new_tokens, 2) for check in STOP_CHECKS},
+            "same_answers": sum(a == b for a, b in zip(*(texts[check] for check in STOP_CHECKS)))}
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +141,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if what == "sft":
         return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if setting == "none" else int(setting),
                        args.sft_steps, args.cpu)
+    if what == "stop":
+        return run_stop(args.model, Path(args.work) / "stop", args.sequences, args.new_tokens, args.cpu)
     return run_decode(args.model, Path(args.work) / f"decode-{setting}", setting, args.sequences, args.new_tokens,
                       args.cpu)
 
@@ -107,7 +153,8 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=30, help="SFT steps per configuration (the first warms up)")
     parser.add_argument("--sequences", type=int, default=64, help="rows decoded together")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
-    parser.add_argument("--parts", nargs="+", default=["sft", "decode"], choices=["sft", "decode"])
+    parser.add_argument("--parts", nargs="+", choices=["sft", "decode", "stop"],
+                        help="default: all three on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)
@@ -121,11 +168,16 @@ def main() -> int:
         print("gpu_shapes: this machine has no CUDA GPU (torch.cuda.is_available() is False); run it where "
               "nvidia-smi lists one, or pass --cpu for a smoke run", file=sys.stderr)
         return 2
+    if args.cpu and "stop" in (args.parts or []):
+        print("gpu_shapes: the stop part needs a GPU (a CPU has no events to wait on, and nothing to overlap); "
+              "leave it out of --parts with --cpu", file=sys.stderr)
+        return 2
+    args.parts = args.parts or (["sft", "decode"] if args.cpu else ["sft", "decode", "stop"])
     work = Path(args.work or tempfile.mkdtemp(prefix="gsm8k-tr-gpu-shapes-"))
     model = args.model or ("builtin:tiny-gpt2" if args.cpu else str(work / "model"))
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
-    runs = {"sft": ("none", "64"), "decode": ("torch", "placement")}
+    runs = {"sft": ("none", "64"), "decode": ("torch", "placement"), "stop": ("both",)}
     results: dict[str, Any] = {}
     for part in args.parts:
         for setting in runs[part]:
@@ -151,6 +203,12 @@ def main() -> int:
               f"{ours['ms_per_step']} ms/step with {ours['kernels']}: "
               f"{torch_choice['ms_per_step'] / ours['ms_per_step']:.2f}x; the same answers for {same}/{args.sequences} "
               f"(longest prompt {ours['longest_prompt_tokens']} tokens)")
+    if "stop" in args.parts:
+        stop = results["stop-both"]
+        each, late = (stop["ms_per_step"][check] for check in STOP_CHECKS)
+        print(f"stop: {stop['decoding']} decoding, {args.sequences} rows: {each} ms/step reading the stop flag after "
+              f"every step, {late} ms/step a step late: {each / late:.2f}x; the same answers for "
+              f"{stop['same_answers']}/{args.sequences}")
     (work / "gpu_shapes.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -59,7 +59,7 @@ def use_todays_path() -> None:
                         **kwargs: Any) -> dict[str, Any]:  # placement.rollout_path's signature, every choice off
         return {"merge_lora": False, "weights_dtype": None, "decoding": "eager",
                 "kv_cache": placement.kv_cache(cache_implementation), "shared_prefill": False,
-                "sampler": "multinomial", "attention": None}
+                "sampler": "multinomial", "attention": None, "stop_check": "every step"}
 
     placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
     placement.rollout_path = todays_rollouts

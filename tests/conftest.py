@@ -163,3 +163,36 @@ def compiled_calls(monkeypatch) -> list:
     import torch
 
     torch._dynamo.reset()  # the next test compiles afresh
+
+
+@pytest.fixture
+def deferred_stop_checks(monkeypatch) -> list:
+    """The stop check deferred as on a GPU (`placement.stop_check`), on the CPU: torch's events, which transformers'
+    `DeferredStopCheck` waits on and a CPU lacks, become no-ops (a CPU's copies are done when they return).
+    Yields each `DeferredStopCheck` that `generate` built."""
+    import torch
+    from transformers.generation import utils
+
+    from gsm8k_tr import placement
+
+    class HostEvent:
+        def __init__(self, device=None, blocking=False):
+            pass
+
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    built: list = []
+    real_init = utils.DeferredStopCheck.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "Event", HostEvent)
+    monkeypatch.setattr(utils.DeferredStopCheck, "__init__", counted)
+    monkeypatch.setattr(placement, "stop_check", lambda device, synced=False: "every step" if synced else "deferred")
+    return built

@@ -100,29 +100,37 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler", "attention")
+PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler", "attention",
+             "stop_check")
 NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+LATE, EACH = "deferred", "every step"  # the stop check: read a step late on a GPU, after every step elsewhere
 
 
 @pytest.mark.parametrize("sharded,vllm,cache,device,decoding,precision,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf", None)),
+    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf", None, EACH)),
     # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies;
     # CUDA decodes compiled, with its static cache (measured 9.7x faster on an H200), unless the recipe says eager.
-    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial", None)),
-    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial", None)),
+    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial", None,
+                                                 LATE)),
+    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial", None,
+                                                 LATE)),
     # eager on CUDA: keys one token longer each step, so attention without cuDNN's per-shape set-up
-    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial", NO_CUDNN)),
-    # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip
-    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN)),
+    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial", NO_CUDNN,
+                                                  LATE)),
+    # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip;
+    # each step waits on the peers anyway, so the stop check is read at every step
+    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN,
+                                                 EACH)),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
-    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm", None)),
+    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm", None, "vllm")),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf", None)),
+    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf", None, EACH)),
     # compiled decoding, asked for by the recipe: its own static cache, on a CPU too
-    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf", None)),
+    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf", None, EACH)),
     # but not where each process gathers shards inside the forward
-    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN)),
+    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN,
+                                                 EACH)),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str, precision: str,
                           expected: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,3 +157,13 @@ def test_the_attention_kernels_named_for_eager_decoding_exist() -> None:
     assert names and all(hasattr(SDPBackend, name) for name in names) and "CUDNN_ATTENTION" not in names
     assert placement.decoding_attention(torch.device("cuda"), "compiled") is None
     assert placement.decoding_attention(torch.device("cpu"), "eager") is None
+
+
+@pytest.mark.parametrize("device, synced, expected", [
+    ("cuda", False, "deferred"),   # the host queues the next step instead of waiting for the card
+    ("mps", False, "deferred"),    # transformers' own choice on MPS
+    ("cpu", False, "every step"),  # a CPU finishes each operation before Python goes on: nothing to overlap
+    ("cuda", True, "every step"),  # synced processes wait for their peers' flags at every step anyway
+])
+def test_the_stop_check_is_deferred_on_gpus(device: str, synced: bool, expected: str) -> None:
+    assert placement.stop_check(torch.device(device), synced) == expected

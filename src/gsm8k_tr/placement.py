@@ -38,6 +38,9 @@ Open this module to learn what a run does on a machine:
 - **attention in eager decoding** (`decoding_attention`): on a CUDA GPU,
   torch's attention kernels without cuDNN's, whose set-up would be redone at
   every step as the keys grow by one token;
+- **the stop check** (`stop_check`): on a GPU, `generate` reads whether
+  every row has stopped one step late, so the host queues the next step
+  instead of waiting for the card (`infer/stop_check.py`);
 - **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over
   the scored tokens only, also off Triton (TRL projects every position there);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
@@ -303,17 +306,19 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     extra forward that its peers run, and FSDP's gathers would wait for it.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
+    `stop_check`: as `stop_check` says, every step where the weights are
+    sharded (each process then waits on its peers at every step anyway).
     """
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
-                "shared_prefill": False, "sampler": "vllm", "attention": None}
+                "shared_prefill": False, "sampler": "vllm", "attention": None, "stop_check": "vllm"}
     how = decoding(decoding_request, device, sharded)
     cache = "static" if how == "compiled" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial",
-            "attention": decoding_attention(device, how)}
+            "attention": decoding_attention(device, how), "stop_check": stop_check(device, sharded)}
 
 
 SHAPE_MULTIPLE = 64  # tokens: 16 lengths in a 1,024-token context
@@ -365,6 +370,28 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     if _device_type(device) != "cuda" or how != "eager":
         return None
     return ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+
+
+STOP_CHECKS = ("deferred", "every step")
+
+
+def stop_check(device: Any, synced: bool = False) -> str:
+    """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting
+    for the device; `infer/stop_check.py`) or "every step".
+
+    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the
+    read after each step (`unfinished_sequences.max() == 0`) makes the host
+    wait for the card to finish the step before it can queue the next one, so
+    a step costs the host's Python plus the card's work. That read is the one
+    left in a compiled decoding step, which took about 5 ms on an H200 against
+    0.8-1.3 ms for what it must read (docs/benchmarks.md). Every step on a
+    CPU, which finishes each operation before Python goes on, and where
+    processes are `synced` (FSDP, ZeRO-3: every step waits for the peers'
+    flags anyway). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
+    """
+    if synced or _device_type(device) not in ("cuda", "mps"):
+        return "every step"
+    return "deferred"
 
 
 def compact_scoring(device: Any) -> bool:

@@ -57,6 +57,8 @@ def test_evaluate_records_its_device_and_dtype(tmp_path: Path, tiny_model_dir: P
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["device"] == "cpu" and metrics["dtype"] == "bfloat16" and metrics["n"] == 4
+    # and the per-device decoding choices it ran with (a CPU: eager, torch's kernels, the stop flag every step)
+    assert (metrics["decoding"], metrics["attention"], metrics["stop_check"]) == ("eager", None, "every step")
     refused = run_cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "--device", "cuda:7",
                       "Ali'nin 3 elması var.")
     if not torch.cuda.is_available():

@@ -252,6 +252,24 @@ def test_gpu_shapes_runs_both_comparisons_on_the_cpu(tmp_path: Path) -> None:
     assert result["sft-none"]["tokens_per_s"] > 0
 
 
+def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          deferred_stop_checks: list) -> None:
+    # The stop part needs a GPU's events; its own code on the CPU, with those stood in for, so it works first time.
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("gpu_shapes", ROOT / "benchmarks" / "gpu_shapes.py")
+    gpu_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_shapes)
+    result = gpu_shapes.run_stop("builtin:tiny-gpt2", tmp_path, sequences=4, new_tokens=8, cpu=True)
+    assert result["decoding"] == "eager" and result["same_answers"] == 4
+    assert set(result["ms_per_step"]) == {"every step", "deferred"} and all(result["ms_per_step"].values())
+    assert len(deferred_stop_checks) == 3  # the warm-up (deferred, as on a GPU) and the deferred setting twice
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--parts", "stop"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "the stop part needs a GPU" in done.stderr
+
+
 @pytest.mark.parametrize("cuda, expected", [(True, 64), (False, None)])
 def test_both_stages_pad_to_the_multiple_placement_chooses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           cuda: bool, expected: int | None) -> None:

@@ -173,3 +173,17 @@ def test_rollouts_run_with_the_attention_kernels_of_their_path(tiny_model_dir, t
     limited = _greedy(trainer, prompts, merge=True, cache=None)
     assert trainer.rollouts["attention"] == ["MATH"] and seen[-1] == [SDPBackend.MATH] != seen[0]
     assert limited == plain
+
+
+def test_rollouts_defer_the_stop_check_where_their_path_says(tiny_model_dir, tmp_path, deferred_stop_checks) -> None:
+    """On a GPU the rollouts' `generate` reads its stop flag a step late (`placement.stop_check`, here made to say
+    so on the CPU); the trainer enters that around TRL's generate call, and the tokens do not change."""
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    late = _greedy(trainer, prompts, merge=True, cache=None)
+    assert trainer.rollouts["stop_check"] == "deferred" and len(deferred_stop_checks) == 1
+    each = _greedy(trainer, prompts, merge=False, cache=None)  # sharded: every step
+    assert trainer.rollouts["stop_check"] == "every step" and len(deferred_stop_checks) == 1
+    assert late == each

@@ -64,9 +64,11 @@ def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[st
 @pytest.mark.slow
 @pytest.mark.parametrize("decoding, path", [
     ("auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-              "shared_prefill": True, "sampler": "inverse_cdf", "attention": None}),
+              "shared_prefill": True, "sampler": "inverse_cdf", "attention": None,
+              "stop_check": "every step"}),
     pytest.param("compiled", {"merge_lora": True, "weights_dtype": None, "decoding": "compiled", "kv_cache": "static",
-                              "shared_prefill": False, "sampler": "inverse_cdf", "attention": None},
+                              "shared_prefill": False, "sampler": "inverse_cdf", "attention": None,
+                              "stop_check": "every step"},
                  marks=needs_compiler),
 ])
 def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

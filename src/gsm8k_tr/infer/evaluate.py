@@ -193,10 +193,12 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     records = split_and_gather(rows, answer)
     parameter = next(model.parameters())
     batches = generation.batches(share_size(len(rows)), cfg.batch_size)  # this process's, as `generate` ran them
+    how = "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device, synced_gpus,
+                                                                    batches)
     where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
-             "generation": generation.settings(cfg.max_new_tokens, temperature),
-             "decoding": "vllm" if vllm_folder is not None else placement.decoding(
-                 recipe.decoding, parameter.device, synced_gpus, batches)}
+             "generation": generation.settings(cfg.max_new_tokens, temperature), "decoding": how,
+             "attention": placement.decoding_attention(parameter.device, how),
+             "stop_check": "vllm" if how == "vllm" else placement.stop_check(parameter.device, synced_gpus)}
     return {**metrics(records), **where}, records
 
 

@@ -118,7 +118,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                  synced_gpus: bool, compiled: bool) -> list[list[Completion]]:
     import torch
 
-    from gsm8k_tr.infer import attention_kernels, compiled_decoding, kv_cache, sampling
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, kv_cache, sampling, stop_check
 
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
     if compiled:
@@ -132,6 +132,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                         f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
     kernels = placement.decoding_attention(device, "compiled" if compiled else "eager")
+    defer = placement.stop_check(device, synced_gpus) == "deferred"
     cut = 0
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -149,7 +150,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
                  if placement.kv_cache(config.cache_implementation) == "growing" else {})
         with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
-              attention_kernels.only(kernels)):
+              attention_kernels.only(kernels), stop_check.deferred(defer)):
             output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):

@@ -31,7 +31,8 @@ stay float32, as under autocast.
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
 describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
 shadowing the model's `generate` for the call, and the sampler of
-`infer/sampling.py` stands in for `torch.multinomial`. With compiled decoding
+`infer/sampling.py` stands in for `torch.multinomial`; on a GPU `generate`
+reads its stop flag a step late (`infer/stop_check.py`). With compiled decoding
 (`infer/compiled_decoding.py`) the call gets the compiled generation config
 in place of TRL's (which turns compiling off) and its prompts padded to a
 multiple of `PROMPT_MULTIPLE` tokens (TRL's own `pad_to_multiple_of`), both
@@ -45,7 +46,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest.mock import patch
 
-from gsm8k_tr.infer import attention_kernels, compiled_decoding
+from gsm8k_tr.infer import attention_kernels, compiled_decoding, stop_check
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
 
@@ -112,8 +113,9 @@ class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
     compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache (`rollouts["kv_cache"] ==
-    "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`) and the inverse-CDF sampler
-    (`rollouts["sampler"] == "inverse_cdf"`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
+    "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`), the inverse-CDF sampler
+    (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`) and the deferred stop
+    check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
 
     rollouts: dict[str, Any] = {}
 
@@ -133,4 +135,5 @@ class FastRollouts:
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
             stack.enter_context(attention_kernels.only(self.rollouts.get("attention")))
+            stack.enter_context(stop_check.deferred(self.rollouts.get("stop_check") == "deferred"))
             return super()._generate_single_turn(*args, **kwargs)
