@@ -12,7 +12,9 @@
     merged while generating (`train/rollouts.py`), `gelu_pytorch_tanh`
     (one kernel), the KV cache written in place (`infer/kv_cache.py`) and
     filled once per distinct prompt (`infer/shared_prefill.py`), on a
-    CPU one random number per sampled token (`infer/sampling.py`), and the LM
+    CPU one random number per sampled token (`infer/sampling.py`), on a GPU
+    eager attention without cuDNN's kernel (`infer/attention_kernels.py`) and
+    the stop flag read a step late (`infer/stop_check.py`), and the LM
     head over the completion tokens only (`train/scoring.py`). Decoding also
     times (b) with transformers' dynamic cache and (b) with torch's sampling,
     to show what the cache and the sampler each give, and with `--compiled`
@@ -90,7 +92,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
     from gsm8k_tr.config import LoraConfig, ModelConfig, PromptConfig
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
-    from gsm8k_tr.infer import compiled_decoding
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, stop_check
     from gsm8k_tr.infer.kv_cache import growing_cache
     from gsm8k_tr.infer.sampling import one_draw_per_row
     from gsm8k_tr.train.rollouts import merged_adapter
@@ -134,7 +136,11 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
         with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else nullcontext(),
               growing_cache(model, share_prompts=True)
               if label not in ("fast, dynamic cache", "today", "fast, compiled") and growing else nullcontext(),
-              one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling)):
+              one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling),
+              # the fast paths' attention kernels and stop check as the rollouts run them on this device
+              attention_kernels.only(None if label == "today" else placement.decoding_attention(
+                  device, "compiled" if label == "fast, compiled" else "eager")),
+              stop_check.deferred(label != "today" and placement.stop_check(device) == "deferred")):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
