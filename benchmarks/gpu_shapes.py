@@ -8,7 +8,9 @@
   the shared sample is there, micro-batch auto) with every batch padded to
   its own longest row, against padded to a multiple of 64 tokens
   (`placement.pad_to_multiple_of`, the default on CUDA): trained tokens per
-  second over the steps after the first, and the ratio.
+  second over the steps after the first, and the ratio; and padded to 64
+  with attention kept off cuDNN's kernel (forward and backward), to tell
+  cuDNN's per-shape set-up from its cost per call.
 - decode: `--sequences` greedy answers to the training questions of
   gpu_check's data (the sample's real rows, so their real prompt lengths;
   generated problems without the sample), eager decoding in
@@ -58,11 +60,20 @@ def _recipe(work: Path, model: str, steps: int, cpu: bool, *extra: str) -> Any:
     return load_recipe(str(RECIPE), [*sft_overrides(work, model, data_overrides()[0], steps, cpu), *extra])
 
 
-def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool) -> dict[str, Any]:
+NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # torch's attention kernels but cuDNN's, its order
+
+
+def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool,
+            kernels: list[str] | None = None) -> dict[str, Any]:
+    """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row), attention on `kernels`
+    (None: torch's choice) for the whole run, backward included."""
     import torch
 
+    from gsm8k_tr.infer import attention_kernels
+
     recipe = _recipe(work, model, steps, cpu, f"sft.pad_to_multiple_of={multiple if multiple else 'null'}")
-    result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
+    with attention_kernels.only(kernels):
+        result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
     return {key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step", "micro_batch",
                                          "longest_batch", "peak_gib")}
 
@@ -139,8 +150,9 @@ def run_stop(model: str, work: Path, sequences: int, new_tokens: int, cpu: bool,
 def child(args: argparse.Namespace) -> dict[str, Any]:
     what, setting = args.only
     if what == "sft":
-        return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if setting == "none" else int(setting),
-                       args.sft_steps, args.cpu)
+        multiple = setting.removesuffix("-no-cudnn")
+        return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if multiple == "none" else int(multiple),
+                       args.sft_steps, args.cpu, NO_CUDNN if setting.endswith("-no-cudnn") else None)
     if what == "stop":
         return run_stop(args.model, Path(args.work) / "stop", args.sequences, args.new_tokens, args.cpu)
     return run_decode(args.model, Path(args.work) / f"decode-{setting}", setting, args.sequences, args.new_tokens,
@@ -177,7 +189,7 @@ def main() -> int:
     model = args.model or ("builtin:tiny-gpt2" if args.cpu else str(work / "model"))
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
-    runs = {"sft": ("none", "64"), "decode": ("torch", "placement"), "stop": ("both",)}
+    runs = {"sft": ("none", "64", "64-no-cudnn"), "decode": ("torch", "placement"), "stop": ("both",)}
     results: dict[str, Any] = {}
     for part in args.parts:
         for setting in runs[part]:
@@ -191,11 +203,12 @@ def main() -> int:
                 return 1
             results[f"{part}-{setting}"] = json.loads(line[7:])
     if "sft" in args.parts:
-        plain, padded = results["sft-none"], results["sft-64"]
+        plain, padded, no_cudnn = results["sft-none"], results["sft-64"], results["sft-64-no-cudnn"]
         print(f"sft: {plain['tokens_per_s']} tokens/s padded to each batch's longest row, {padded['tokens_per_s']} "
               f"padded to a multiple of 64: {padded['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x "
               f"({args.sft_steps} steps; steps after the first; first step {plain['first_step_s']} s against "
-              f"{padded['first_step_s']} s)")
+              f"{padded['first_step_s']} s); padded to 64 without cuDNN's attention {no_cudnn['tokens_per_s']}: "
+              f"{no_cudnn['tokens_per_s'] / max(padded['tokens_per_s'], 1):.2f}x the padded run with torch's choice")
     if "decode" in args.parts:
         torch_choice, ours = results["decode-torch"], results["decode-placement"]
         same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))

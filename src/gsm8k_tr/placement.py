@@ -372,9 +372,6 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     return ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
 
 
-STOP_CHECKS = ("deferred", "every step")
-
-
 def stop_check(device: Any, synced: bool = False) -> str:
     """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting
     for the device; `infer/stop_check.py`) or "every step".

@@ -240,7 +240,7 @@ def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path, monkeypa
     assert gpu_check.plan_at(recipe, {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
 
 
-def test_gpu_shapes_runs_both_comparisons_on_the_cpu(tmp_path: Path) -> None:
+def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     # benchmarks/gpu_shapes.py's own code on the CPU, so it works the first time a GPU is there.
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "2",
                            "--sequences", "4", "--new-tokens", "8", "--work", str(tmp_path)],
@@ -249,7 +249,8 @@ def test_gpu_shapes_runs_both_comparisons_on_the_cpu(tmp_path: Path) -> None:
     assert "sft:" in done.stdout and "decode:" in done.stdout and "the same answers for 4/4" in done.stdout
     result = json.loads((tmp_path / "gpu_shapes.json").read_text())
     assert result["sft-64"]["longest_batch"]["tokens"] % 64 == 0  # the padded run's batches are whole multiples
-    assert result["sft-none"]["tokens_per_s"] > 0
+    assert result["sft-none"]["tokens_per_s"] > 0 and result["sft-64-no-cudnn"]["tokens_per_s"] > 0
+    assert "without cuDNN's attention" in done.stdout
 
 
 def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -19,9 +19,10 @@ errors.
 
 transformers calls `torch.multinomial` inside `generate` and offers no hook for
 the draw, so `one_draw_per_row` puts this function in its place for the block
-and restores it after (`unittest.mock.patch`, the standard library's
-set-and-restore, as for every library attribute this project replaces). `placement.rollout_path` and `infer/generation.py` use
-it where `placement.row_sampling` says (on a CPU).
+and restores it after (with `unittest.mock.patch`, the standard library's
+set-and-restore, as for every library attribute this project replaces).
+`placement.rollout_path` and `infer/generation.py` use it where
+`placement.row_sampling` says (on a CPU).
 """
 
 from __future__ import annotations
