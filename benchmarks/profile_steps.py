@@ -15,10 +15,10 @@
   (does a step slow down as the cache grows?), then the last 20 steps of a
   growing-cache call under the profiler, per step as for sft.
 - decode-compiled: the same prompts decoded as GRPO's rollouts decode them on
-  a GPU (sampled, compiled, a static cache, CUDA graphs): ms a step after the
-  compiling call, then its last 20 steps under the profiler. The share of a
-  step the device is busy says who sets the pace: the GPU, or the host's
-  Python in `generate` between graph replays.
+  a GPU (sampled, compiled, a static cache, CUDA graphs, the stop flag read a
+  step late): ms a step after the compiling call, then its last 20 steps
+  under the profiler. The share of a step the device is busy says who sets
+  the pace: the GPU, or the host's Python in `generate` between graph replays.
 """
 
 from __future__ import annotations
@@ -226,24 +226,28 @@ def part_decode(model_name: str, recipe: Any, device: Any, sequences: int, new_t
 def part_decode_compiled(model_name: str, recipe: Any, device: Any, sequences: int,
                          new_tokens: int) -> dict[str, Any]:
     """Compiled decoding as GRPO's rollouts run it (sampled at temperature 1, prompts padded to a multiple of 64,
-    a static cache, CUDA graphs on a GPU): ms a step, and where a step's time goes once the graph replays. The
-    device-busy share says whether the GPU or the host (generate's own Python between replays) sets the pace."""
+    a static cache, CUDA graphs and the stop flag read a step late on a GPU): ms a step, and where a step's time
+    goes once the graph replays. The device-busy share says whether the GPU or the host (generate's own Python
+    between replays) sets the pace."""
     from transformers import GenerationConfig
 
-    from gsm8k_tr.infer import compiled_decoding
+    from gsm8k_tr import placement
+    from gsm8k_tr.infer import compiled_decoding, stop_check
 
     model, tokenizer, batch = _decode_inputs(model_name, recipe, device, sequences, compiled_decoding.PROMPT_MULTIPLE)
     config = compiled_decoding.generation_config(
         GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0,
                          top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=None), device)
-    started = time.perf_counter()
-    _timed_generate(model, batch, config, device)  # compiles, and records the graph
-    first = time.perf_counter() - started
-    seconds, _ = _timed_generate(model, batch, config, device)
+    check = placement.stop_check(device)
+    with stop_check.deferred(check == "deferred"):
+        started = time.perf_counter()
+        _timed_generate(model, batch, config, device)  # compiles, and records the graph
+        first = time.perf_counter() - started
+        seconds, _ = _timed_generate(model, batch, config, device)
+        profiled = _profile_last_steps(model, batch, config, device, new_tokens)
     return {"sequences": sequences, "new_tokens": new_tokens, "prompt_tokens": batch["input_ids"].shape[1],
-            "first_call_s": round(first, 1), "ms_per_step": round(1000 * seconds / new_tokens, 2),
-            "generated_tokens_per_s": round(sequences * new_tokens / seconds),
-            "profile_last_steps": _profile_last_steps(model, batch, config, device, new_tokens)}
+            "stop_check": check, "first_call_s": round(first, 1), "ms_per_step": round(1000 * seconds / new_tokens, 2),
+            "generated_tokens_per_s": round(sequences * new_tokens / seconds), "profile_last_steps": profiled}
 
 
 DECODE_PARTS = {"decode": part_decode, "decode-compiled": part_decode_compiled}

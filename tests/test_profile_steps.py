@@ -65,4 +65,5 @@ def test_the_compiled_decoding_profile_runs_on_the_cpu(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(out.read_text())["decode-compiled"]
     assert compiled["ms_per_step"] > 0 and compiled["prompt_tokens"] % 64 == 0  # padded as the rollouts pad
+    assert compiled["stop_check"] == "every step"  # a CPU: nothing to overlap
     assert compiled["profile_last_steps"]["steps"] == 6 and compiled["profile_last_steps"]["top_host_ms_per_step"]
