@@ -60,9 +60,6 @@ def _recipe(work: Path, model: str, steps: int, cpu: bool, *extra: str) -> Any:
     return load_recipe(str(RECIPE), [*sft_overrides(work, model, data_overrides()[0], steps, cpu), *extra])
 
 
-NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # torch's attention kernels but cuDNN's, its order
-
-
 def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool,
             kernels: list[str] | None = None) -> dict[str, Any]:
     """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row), attention on `kernels`
@@ -148,11 +145,14 @@ def run_stop(model: str, work: Path, sequences: int, new_tokens: int, cpu: bool,
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
+    from gsm8k_tr import placement
+
     what, setting = args.only
     if what == "sft":
         multiple = setting.removesuffix("-no-cudnn")
         return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if multiple == "none" else int(multiple),
-                       args.sft_steps, args.cpu, NO_CUDNN if setting.endswith("-no-cudnn") else None)
+                       args.sft_steps, args.cpu,
+                       list(placement.WITHOUT_CUDNN) if setting.endswith("-no-cudnn") else None)
     if what == "stop":
         return run_stop(args.model, Path(args.work) / "stop", args.sequences, args.new_tokens, args.cpu)
     return run_decode(args.model, Path(args.work) / f"decode-{setting}", setting, args.sequences, args.new_tokens,

@@ -352,6 +352,9 @@ def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
     return SHAPE_MULTIPLE
 
 
+WITHOUT_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's attention kernels but cuDNN's, its order
+
+
 def decoding_attention(device: Any, how: str) -> list[str] | None:
     """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
     it decodes `how` ("eager" or "compiled"), or None for torch's own choice.
@@ -369,7 +372,7 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     """
     if _device_type(device) != "cuda" or how != "eager":
         return None
-    return ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    return list(WITHOUT_CUDNN)
 
 
 def stop_check(device: Any, synced: bool = False) -> str:
