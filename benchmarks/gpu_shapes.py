@@ -191,7 +191,8 @@ def main() -> int:
         build_model(work / "model")
     runs = {"sft": ("none", "64", "64-no-cudnn"), "decode": ("torch", "placement"), "stop": ("both",)}
     results: dict[str, Any] = {}
-    for part in args.parts:
+    failed = []
+    for part in args.parts:  # each part's line as soon as it is done, so a time limit keeps the parts before it
         for setting in runs[part]:
             command = [sys.executable, __file__, "--only", part, setting, "--model", model, "--work", str(work),
                        "--sft-steps", str(args.sft_steps), "--sequences", str(args.sequences), "--new-tokens",
@@ -200,30 +201,36 @@ def main() -> int:
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"{part} {setting}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
-                return 1
+                failed.append(part)
+                break
             results[f"{part}-{setting}"] = json.loads(line[7:])
-    if "sft" in args.parts:
+        else:
+            print(report(part, results, args), flush=True)
+        (work / "gpu_shapes.json").write_text(json.dumps(results, indent=1))
+    return 1 if failed else 0
+
+
+def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
+    """The line that says what one part measured."""
+    if part == "sft":
         plain, padded, no_cudnn = results["sft-none"], results["sft-64"], results["sft-64-no-cudnn"]
-        print(f"sft: {plain['tokens_per_s']} tokens/s padded to each batch's longest row, {padded['tokens_per_s']} "
-              f"padded to a multiple of 64: {padded['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x "
-              f"({args.sft_steps} steps; steps after the first; first step {plain['first_step_s']} s against "
-              f"{padded['first_step_s']} s); padded to 64 without cuDNN's attention {no_cudnn['tokens_per_s']}: "
-              f"{no_cudnn['tokens_per_s'] / max(padded['tokens_per_s'], 1):.2f}x the padded run with torch's choice")
-    if "decode" in args.parts:
+        return (f"sft: {plain['tokens_per_s']} tokens/s padded to each batch's longest row, {padded['tokens_per_s']} "
+                f"padded to a multiple of 64: {padded['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x "
+                f"({args.sft_steps} steps; steps after the first; first step {plain['first_step_s']} s against "
+                f"{padded['first_step_s']} s); padded to 64 without cuDNN's attention {no_cudnn['tokens_per_s']}: "
+                f"{no_cudnn['tokens_per_s'] / max(padded['tokens_per_s'], 1):.2f}x the padded run with torch's choice")
+    if part == "decode":
         torch_choice, ours = results["decode-torch"], results["decode-placement"]
         same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))
-        print(f"decode: {torch_choice['ms_per_step']} ms/step with torch's choice of attention kernel, "
-              f"{ours['ms_per_step']} ms/step with {ours['kernels']}: "
-              f"{torch_choice['ms_per_step'] / ours['ms_per_step']:.2f}x; the same answers for {same}/{args.sequences} "
-              f"(longest prompt {ours['longest_prompt_tokens']} tokens)")
-    if "stop" in args.parts:
-        stop = results["stop-both"]
-        each, late = (stop["ms_per_step"][check] for check in STOP_CHECKS)
-        print(f"stop: {stop['decoding']} decoding, {args.sequences} rows: {each} ms/step reading the stop flag after "
-              f"every step, {late} ms/step a step late: {each / late:.2f}x; the same answers for "
-              f"{stop['same_answers']}/{args.sequences}")
-    (work / "gpu_shapes.json").write_text(json.dumps(results, indent=1))
-    return 0
+        return (f"decode: {torch_choice['ms_per_step']} ms/step with torch's choice of attention kernel, "
+                f"{ours['ms_per_step']} ms/step with {ours['kernels']}: "
+                f"{torch_choice['ms_per_step'] / ours['ms_per_step']:.2f}x; the same answers for "
+                f"{same}/{args.sequences} (longest prompt {ours['longest_prompt_tokens']} tokens)")
+    stop = results["stop-both"]
+    each, late = (stop["ms_per_step"][check] for check in STOP_CHECKS)
+    return (f"stop: {stop['decoding']} decoding, {args.sequences} rows: {each} ms/step reading the stop flag after "
+            f"every step, {late} ms/step a step late: {each / late:.2f}x; the same answers for "
+            f"{stop['same_answers']}/{args.sequences}")
 
 
 if __name__ == "__main__":
