@@ -258,8 +258,9 @@ def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str 
         first = metrics
         metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True)
     tokens = metrics["mean_completion_tokens"] * metrics["n"]
-    result = {"questions_per_s": round(metrics["n"] / metrics["seconds"], 2),
-              "generated_tokens_per_s": round(tokens / metrics["seconds"]), "dtype": metrics["dtype"],
+    seconds = max(metrics["seconds"], 1e-3)  # never a division by a time that rounded to zero
+    result = {"questions_per_s": round(metrics["n"] / seconds, 2),
+              "generated_tokens_per_s": round(tokens / seconds), "dtype": metrics["dtype"],
               "decoding": metrics.get("decoding"), "accuracy": metrics.get("accuracy")}
     if first is not None:
         result["first_call_s"] = first["seconds"]

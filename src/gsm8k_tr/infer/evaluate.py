@@ -262,7 +262,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
             task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
             result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
     result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": round(time.perf_counter() - started, 3)}  # a rate over a short evaluation needs the ms
     state = process_state() if is_distributed() else None
     if target is not None and (state is None or state.is_main_process):
         with atomic_directory(target, overwrite) as tmp:
