@@ -61,20 +61,26 @@ def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[st
     return seen
 
 
+EAGER_PATH = {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
+              "shared_prefill": True, "sampler": "inverse_cdf", "attention": None, "stop_check": "every step"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("decoding, path", [
-    ("auto", {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-              "shared_prefill": True, "sampler": "inverse_cdf", "attention": None,
-              "stop_check": "every step"}),
-    pytest.param("compiled", {"merge_lora": True, "weights_dtype": None, "decoding": "compiled", "kv_cache": "static",
-                              "shared_prefill": False, "sampler": "inverse_cdf", "attention": None,
-                              "stop_check": "every step"},
+@pytest.mark.parametrize("decoding, deferred, path", [
+    ("auto", False, EAGER_PATH),
+    # the stop flag read a step late, as on a GPU (the GPU's events stood in for): the extra step is taken back
+    ("auto", True, {**EAGER_PATH, "stop_check": "deferred"}),
+    pytest.param("compiled", False, {"merge_lora": True, "weights_dtype": None, "decoding": "compiled",
+                                     "kv_cache": "static", "shared_prefill": False, "sampler": "inverse_cdf",
+                                     "attention": None, "stop_check": "every step"},
                  marks=needs_compiler),
 ])
 def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                tiny_model_dir: Path, decoding: str, path: dict) -> None:
+                                                request: pytest.FixtureRequest, tiny_model_dir: Path, decoding: str,
+                                                deferred: bool, path: dict) -> None:
     from gsm8k_tr.train import grpo, sft
 
+    checks = request.getfixturevalue("deferred_stop_checks") if deferred else []
     seen = _spy_on_strict_format(monkeypatch)
     recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}", "sft.max_steps=30", "grpo.max_steps=2",
                                             "grpo.per_device_train_batch_size=8", "eval.every_steps=0",
@@ -82,6 +88,7 @@ def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pyt
     sft.main(recipe)
     manifest = grpo.main(recipe)
     assert manifest["rollouts"] == path  # the fast path ran, and compiled decoding where asked
+    assert len(checks) == (2 if deferred else 0)  # each rollout batch's generate read its stop flag a step late
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "sft" / "merged")
     stop = tokenizer.convert_tokens_to_ids(STOP)
     texts = [text for batch, _, _ in seen for text in batch]
