@@ -108,15 +108,16 @@ def matmul_rate(device: Any) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    _sync(device)
+    sync(device)
     started, runs = time.perf_counter(), 10
     for _ in range(runs):
         a @ b
-    _sync(device)
+    sync(device)
     return 2 * n**3 * runs / (time.perf_counter() - started)
 
 
-def _sync(device: Any) -> None:
+def sync(device: Any) -> None:
+    """Wait for the device's queued work, so that a host clock times it (a no-op on a CPU)."""
     import torch
 
     if device.type == "cuda":

@@ -49,7 +49,7 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import RECIPE, build_model, data_overrides, part_sft, sft_overrides  # noqa: E402
+from gpu_check import RECIPE, build_model, data_overrides, part_sft, sft_overrides, sync  # noqa: E402
 from profile_steps import real_prompts  # noqa: E402
 
 
@@ -95,16 +95,12 @@ def _decoder(model: str, work: Path, sequences: int, cpu: bool) -> tuple[Any, An
 def _timed(device: Any, loaded: Any, tokenizer: Any, prompts: list[str], tokens: int,
            decoding: str) -> tuple[float, list[str]]:
     """Seconds for `generation.generate` over `prompts` (one batch), and the answers."""
-    import torch
-
     from gsm8k_tr.infer import generation
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     started = time.perf_counter()
     out = generation.generate(loaded, tokenizer, prompts, tokens, batch_size=len(prompts), decoding=decoding)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return time.perf_counter() - started, [c[0].text for c in out]
 
 

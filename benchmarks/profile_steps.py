@@ -35,7 +35,7 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import RECIPE, build_model, data_overrides, sft_overrides  # noqa: E402
+from gpu_check import RECIPE, build_model, data_overrides, sft_overrides, sync  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
 
@@ -71,13 +71,6 @@ def _activities(device: Any) -> list[Any]:
     return [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
     """Steps 3-5 of the SFT stage under the profiler, through the stage's own trainer."""
     import torch
@@ -93,14 +86,14 @@ def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == first - 1:  # global_step counts the steps done: this one is step `first`
-                _sync(device)
+                sync(device)
                 self.profile = torch.profiler.profile(activities=_activities(device))
                 self.profile.__enter__()
                 self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == last and self.profile is not None:
-                _sync(device)
+                sync(device)
                 wall = time.perf_counter() - self.started
                 self.profile.__exit__(None, None, None)
                 found.update(summarize(self.profile, last - first + 1, wall, device))
@@ -172,12 +165,12 @@ def _timed_generate(model: Any, batch: Any, config: Any, device: Any, profile: A
     from transformers import StoppingCriteriaList
 
     times = StepTimes(profile)
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     with torch.inference_mode():
         model.generate(**batch, generation_config=config, stopping_criteria=StoppingCriteriaList([times]),
                        **(extra or {}))
-    _sync(device)
+    sync(device)
     return time.perf_counter() - started, times.times
 
 
