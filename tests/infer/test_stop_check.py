@@ -32,8 +32,12 @@ def test_deferred_turns_transformers_check_on_for_the_block_only() -> None:
     assert isinstance(vars(DeferredStopCheck)["is_supported"], staticmethod)  # put back as it was
 
 
-@pytest.mark.parametrize("decoding", ["eager", pytest.param("compiled", marks=needs_compiler)])
-def test_answers_are_the_same_with_the_stop_check_deferred(tiny_model_dir, monkeypatch, deferred_stop_checks,
+@pytest.mark.parametrize("model_fixture, decoding", [
+    ("tiny_model_dir", "eager"),
+    pytest.param("tiny_model_dir", "compiled", marks=needs_compiler),
+    ("smollm2_dir", "eager"),  # the real SmolLM2-135M: Llama's cache layers, a real tokenizer's special tokens
+])
+def test_answers_are_the_same_with_the_stop_check_deferred(model_fixture: str, monkeypatch, deferred_stop_checks,
                                                            request, decoding: str) -> None:
     """Every row stops early, so each batch runs one step past the end and takes it back: same completions, with
     transformers' cache (compiled: a static one) and with the growing cache that generation hands to `generate`."""
@@ -45,8 +49,9 @@ def test_answers_are_the_same_with_the_stop_check_deferred(tiny_model_dir, monke
     from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.infer import generation
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    folder = request.getfixturevalue(model_fixture)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(6, seed=2)]
     # Stop tokens that every row emits within its first three tokens, so every batch ends before the limit.
