@@ -1,4 +1,4 @@
-"""Batch shapes, attention kernels and the stop check: three comparisons, one ratio each.
+"""Batch shapes, attention kernels, compiled training and the stop check: one ratio each.
 
     python benchmarks/gpu_shapes.py                # a CUDA GPU: GPT-2 Medium's shape, random weights, real rows
     python benchmarks/gpu_shapes.py --model /tmp/gc/model   # a model folder (gpu_check --keep's)
@@ -11,6 +11,13 @@
   second over the steps after the first, and the ratio; and padded to 64
   with attention kept off cuDNN's kernel (forward and backward), to tell
   cuDNN's per-shape set-up from its cost per call.
+- sft-compiled: the same steps padded to 64 with the model under
+  torch.compile (TrainingArguments' `torch_compile`, not a default): tokens
+  per second over the steps after the first that compiled nothing, against
+  the eager run padded to 64 counted the same way when sft ran before it
+  (in this call, or an earlier one with the same `--work`),
+  and the steps that compiled with their seconds (a new batch length or
+  row count can compile again before the shapes turn dynamic).
 - decode: `--sequences` greedy answers to the training questions of
   gpu_check's data (the sample's real rows, so their real prompt lengths;
   generated problems without the sample), eager decoding in
@@ -23,7 +30,7 @@
   a step late (`placement.stop_check`, the default on a GPU): ms per decoding
   step, the ratio, and whether the tokens are the same.
 
-The first two run each configuration in its own process, because cuDNN keeps
+The SFT and decoding parts run each configuration in its own process, because cuDNN keeps
 the graphs it has built for the life of a process: a second run in the same
 one would find the first run's shapes set up. The stop check leaves nothing
 behind, so its two settings alternate in one process (twice each, the fastest
@@ -42,6 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -60,19 +69,63 @@ def _recipe(work: Path, model: str, steps: int, cpu: bool, *extra: str) -> Any:
     return load_recipe(str(RECIPE), [*sft_overrides(work, model, data_overrides()[0], steps, cpu), *extra])
 
 
+@contextmanager
+def graphs_per_step() -> Iterator[list[int]]:
+    """The number of graphs torch's compiler has compiled so far: on entering the block, then at the end of each SFT
+    step in it."""
+    import torch._dynamo.utils
+    from transformers import TrainerCallback
+
+    from gsm8k_tr.train import sft
+
+    counts = [torch._dynamo.utils.counters["stats"]["unique_graphs"]]  # and one more at the end of each step
+
+    class Note(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+    original = sft.use_compact_progress
+
+    def noting(trainer: Any) -> None:
+        original(trainer)
+        trainer.add_callback(Note())
+
+    with patch.object(sft, "use_compact_progress", noting):
+        yield counts
+
+
+def without_compiling(history: list[dict[str, Any]], graphs: list[int]) -> dict[str, Any]:
+    """Tokens/s over the steps after the first that compiled nothing, and the steps that compiled (step numbers and
+    their seconds): a compiled run's steady rate apart from its compiles, which a run of a few steps cannot spread
+    as a whole epoch would. Each entry of `history` is one step's log (logging_steps=1); `graphs` is
+    `graphs_per_step`'s list."""
+    logged = [h for h in history if "step_time" in h]
+    compiling = [i for i in range(min(len(logged), len(graphs) - 1)) if graphs[i + 1] > graphs[i]]
+    steady = [i for i in range(1, len(logged)) if i not in compiling]
+    seconds = sum(logged[i]["step_time"] for i in steady)
+    tokens = sum(logged[i]["num_tokens"] - logged[i - 1]["num_tokens"] for i in steady)
+    return {"tokens_per_s_without_compiling": round(tokens / seconds) if seconds > 0 else None,
+            "compiling_steps": [i + 1 for i in compiling],
+            "compiling_s": round(sum(logged[i]["step_time"] for i in compiling), 1)}
+
+
 def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool,
-            kernels: list[str] | None = None) -> dict[str, Any]:
+            kernels: list[str] | None = None, compiled: bool = False) -> dict[str, Any]:
     """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row), attention on `kernels`
-    (None: torch's choice) for the whole run, backward included."""
+    (None: torch's choice) for the whole run, backward included; `compiled`: the model under torch.compile
+    (TrainingArguments' `torch_compile`), its steps that compiled counted apart."""
     import torch
 
     from gsm8k_tr.infer import attention_kernels
 
-    recipe = _recipe(work, model, steps, cpu, f"sft.pad_to_multiple_of={multiple if multiple else 'null'}")
-    with attention_kernels.only(kernels):
+    recipe = _recipe(work, model, steps, cpu, f"sft.pad_to_multiple_of={multiple if multiple else 'null'}",
+                     f"sft.torch_compile={str(compiled).lower()}")
+    with attention_kernels.only(kernels), graphs_per_step() as graphs:
         result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
-    return {key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step", "micro_batch",
-                                         "longest_batch", "peak_gib")}
+    history = json.loads((Path(recipe.output_dir) / "sft" / "log_history.json").read_text())
+    return {**{key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step",
+                                            "micro_batch", "longest_batch", "peak_gib")},
+            **without_compiling(history, graphs)}
 
 
 def _decoder(model: str, work: Path, sequences: int, cpu: bool) -> tuple[Any, Any, Any, list[str]]:
@@ -144,11 +197,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from gsm8k_tr import placement
 
     what, setting = args.only
-    if what == "sft":
+    if what in ("sft", "sft-compiled"):
         multiple = setting.removesuffix("-no-cudnn")
-        return run_sft(args.model, Path(args.work) / f"sft-{setting}", None if multiple == "none" else int(multiple),
+        return run_sft(args.model, Path(args.work) / f"{what}-{setting}", None if multiple == "none" else int(multiple),
                        args.sft_steps, args.cpu,
-                       list(placement.WITHOUT_CUDNN) if setting.endswith("-no-cudnn") else None)
+                       list(placement.WITHOUT_CUDNN) if setting.endswith("-no-cudnn") else None,
+                       compiled=what == "sft-compiled")
     if what == "stop":
         return run_stop(args.model, Path(args.work) / "stop", args.sequences, args.new_tokens, args.cpu)
     return run_decode(args.model, Path(args.work) / f"decode-{setting}", setting, args.sequences, args.new_tokens,
@@ -161,8 +215,8 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=30, help="SFT steps per configuration (the first warms up)")
     parser.add_argument("--sequences", type=int, default=64, help="rows decoded together")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
-    parser.add_argument("--parts", nargs="+", choices=["sft", "decode", "stop"],
-                        help="default: all three on a GPU; sft and decode with --cpu")
+    parser.add_argument("--parts", nargs="+", choices=["sft", "sft-compiled", "decode", "stop"],
+                        help="default: sft, decode and stop on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)
@@ -185,8 +239,10 @@ def main() -> int:
     model = args.model or ("builtin:tiny-gpt2" if args.cpu else str(work / "model"))
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
-    runs = {"sft": ("none", "64", "64-no-cudnn"), "decode": ("torch", "placement"), "stop": ("both",)}
-    results: dict[str, Any] = {}
+    runs = {"sft": ("none", "64", "64-no-cudnn"), "sft-compiled": ("64",), "decode": ("torch", "placement"),
+            "stop": ("both",)}
+    saved = work / "gpu_shapes.json"  # an earlier call's results with the same --work: kept, and compared with
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}
     failed = []
     for part in args.parts:  # each part's line as soon as it is done, so a time limit keeps the parts before it
         for setting in runs[part]:
@@ -202,7 +258,7 @@ def main() -> int:
             results[f"{part}-{setting}"] = json.loads(line[7:])
         else:
             print(report(part, results, args), flush=True)
-        (work / "gpu_shapes.json").write_text(json.dumps(results, indent=1))
+        saved.write_text(json.dumps(results, indent=1))
     return 1 if failed else 0
 
 
@@ -215,6 +271,16 @@ def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"({args.sft_steps} steps; steps after the first; first step {plain['first_step_s']} s against "
                 f"{padded['first_step_s']} s); padded to 64 without cuDNN's attention {no_cudnn['tokens_per_s']}: "
                 f"{no_cudnn['tokens_per_s'] / max(padded['tokens_per_s'], 1):.2f}x the padded run with torch's choice")
+    if part == "sft-compiled":
+        compiled, eager = results["sft-compiled-64"], results.get("sft-64")
+        steady, eager_steady = compiled["tokens_per_s_without_compiling"], (eager or {}).get(
+            "tokens_per_s_without_compiling")
+        against = (f": {steady / eager_steady:.2f}x the eager run padded to 64 ({eager_steady} tokens/s over its steps "
+                   "that compiled nothing)" if steady and eager_steady else "")
+        return (f"sft-compiled: padded to 64 under torch.compile, {steady} tokens/s "
+                f"over the steps after the first that compiled nothing{against}; steps "
+                f"{compiled['compiling_steps']} compiled, {compiled['compiling_s']} s in all ({args.sft_steps} steps; "
+                f"{compiled['tokens_per_s']} tokens/s over every step after the first)")
     if part == "decode":
         torch_choice, ours = results["decode-torch"], results["decode-placement"]
         same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))
