@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -141,6 +142,26 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["dropped"] == {"empty_question": 1, "no_number": 1, "ragged_csv_row": 1}
     assert sum(report["written"].values()) == 1 and report["rows_read"] == 4
+
+
+def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv: Path, tmp_path: Path) -> None:
+    # Excel in a Turkish locale saves CSV with semicolons (the comma is the decimal separator) and a BOM.
+    rows = list(csv.reader(turkish_csv.open(encoding="utf-8", newline="")))
+    rows.append(["Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "25"])  # a decimal comma and a semicolon in a quoted field
+    semicolons = tmp_path / "excel.csv"
+    with open(semicolons, "w", encoding="utf-8-sig", newline="") as handle:
+        csv.writer(handle, delimiter=";").writerows(rows)
+    commas = write_csv(tmp_path / "commas.csv", [tuple(row) for row in rows[1:]])
+    written = {}
+    for source in (commas, semicolons):
+        out = tmp_path / f"out-{source.stem}"
+        assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(out)) == 0
+        report = json.loads((out / "prepare_report.json").read_text())
+        assert report["rows_read"] == len(rows) - 1 and not report["dropped"]
+        written[source.stem] = sorted((json.loads(line)["question"], json.loads(line)["answer"])
+                                      for split in ("train", "validation", "test")
+                                      for line in (out / f"{split}.jsonl").read_text().splitlines())
+    assert written["excel"] == written["commas"] and ("Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "25") in written["excel"]
 
 
 def test_cli_process_exits_non_zero_without_traceback(tmp_path: Path) -> None:

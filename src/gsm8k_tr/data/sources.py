@@ -41,13 +41,27 @@ def _decode(path: Path) -> str:
     except UnicodeDecodeError as error:
         raise UserError(
             f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
-            "re-save the file as UTF-8"
+            "re-save the file as UTF-8 (a Turkish Windows file is usually Windows-1254: iconv -f cp1254 -t utf-8)"
         ) from None
+
+
+def delimiter(text: str) -> str:
+    """The field separator of a CSV text: the one of comma, semicolon and tab that splits its header row into the
+    most fields (a comma on a tie).
+
+    Excel in a Turkish locale, where the comma is the decimal separator, writes its CSV files with semicolons.
+
+    >>> delimiter("question;answer\\n"), delimiter('"q, with comma",answer\\n'), delimiter("soru\\tcevap")
+    (';', ',', '\\t')
+    """
+    header = next(iter(io.StringIO(text, newline="")), "")
+    return max(",;\t", key=lambda separator: len(next(csv.reader([header], delimiter=separator), [])))
 
 
 def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(_decode(path), newline=""))
+    text = _decode(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(text))
     try:
         header = next(reader)
         for row in reader:
