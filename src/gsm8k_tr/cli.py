@@ -195,17 +195,23 @@ def _plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise UserError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
-    shape, plans = plan.plan_recipe(recipe, args.gpu_memory)
-    warning = plan.sized_for_warning(recipe)
+    config = plan.model_config(recipe)  # read once: without the Hub, reading it warns
+    shape, plans = plan.plan_recipe(recipe, args.gpu_memory, config)
+    warning = plan.sized_for_warning(recipe, config)
     if warning:
         logging.getLogger("gsm8k_tr.plan").warning(warning)
+    memory_gib = next(iter(plans.values())).memory_gib
     if args.json:
         print(json.dumps({"model": recipe.model.name_or_path, "parameters": shape.parameters,
-                          "memory_gib": next(iter(plans.values())).memory_gib,
+                          "planned_for": "cpu" if memory_gib is None else "gpu", "memory_gib": memory_gib,
                           "stages": {name: p.as_dict() for name, p in plans.items()}}, indent=2))
     else:
+        # Without a GPU the plan is this CPU's (float32, math attention): say so, as a GPU would need far less.
+        target = ("this machine's CPU, in float32 (no GPU here; --gpu-memory GIB plans for a GPU of that size)"
+                  if memory_gib is None else f"a GPU with {memory_gib:g} GiB" +
+                  (" free" if args.gpu_memory is None else ""))
         print(f"{recipe.model.name_or_path}: {shape.parameters / 1e6:.0f}M parameters, {shape.layers} layers, "
-              f"context {shape.context}; estimated peak accelerator memory in GiB:")
+              f"context {shape.context}; estimated peak memory in GiB on {target}:")
         print("\n".join(plan.table(plans)))
     return 0
 

@@ -34,17 +34,37 @@ def test_plan_runs_on_every_recipe_and_it_fits_the_size_it_claims(path: Path) ->
             assert stage.fits, f"{path.name} claims {recipe.sized_for_gib} GiB but {name} needs {stage.peak_gib:.1f}"
 
 
+@pytest.mark.parametrize("path", [p for p in RECIPES if "SFT peaks at" in p.read_text()], ids=lambda p: p.name)
+def test_the_memory_a_recipe_states_is_its_plan(path: Path) -> None:
+    # A recipe's header quotes its plan ("by `gsm8k-tr plan ... --gpu-memory N`: SFT peaks at X GiB ... GRPO at Y
+    # GiB"); the figures went stale once when the plan changed, so they are held to it.
+    import re
+
+    text = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+    size = float(re.search(r"--gpu-memory (\d+)", text).group(1))
+    stated = {"sft": float(re.search(r"SFT peaks at ([\d.]+) GiB", text).group(1)),
+              "grpo": float(re.search(r"GRPO at ([\d.]+) GiB", text).group(1))}
+    _, plans = plan.plan_recipe(load_recipe(path), size)
+    assert {name: round(plans[name].peak_gib, 1) for name in stated} == stated
+
+
 def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
     done = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "16", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout)
-    assert printed["memory_gib"] == 16 and set(printed["stages"]) == {"sft", "grpo"}
+    assert printed["memory_gib"] == 16 and printed["planned_for"] == "gpu" and set(printed["stages"]) == {"sft", "grpo"}
     for stage in printed["stages"].values():
         assert stage["fits"] is True and stage["peak_gib"] > 0
         assert {"weights", "lora", "activations", "logits", "kv_cache", "runtime"} <= set(stage["parts"])
         assert any(key.startswith("activations_") for key in stage["parts"])  # the other checkpointing setting
     text = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "0.5")
     assert text.returncode == 0 and "NO (0.5 GiB)" in text.stdout and "activation checkpointing off" in text.stdout
+    assert "on a GPU with 0.5 GiB:" in text.stdout
+    real = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "24")
+    assert real.returncode == 0 and real.stderr.count("the Hub is not reachable") <= 1  # said once, not per reading
+    if not placement.accelerator_memory()[0]:  # without a GPU the plan is this CPU's, and says so
+        here = run_cli("plan", "--config", str(TINY_RECIPE))
+        assert "on this machine's CPU, in float32 (no GPU here; --gpu-memory GIB plans" in here.stdout
     bad = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "-1")
     assert bad.returncode == 2 and "--gpu-memory" in bad.stderr
 
