@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def test_pickle_weights_are_refused(tmp_path: Path, tiny_model_dir: Path) -> Non
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")  # never opened
     with pytest.raises(UserError, match="only as pickle .*pytorch_model.bin.*safetensors only"):
         modeling.load_model(ModelConfig(name_or_path=str(folder)))
+    # Evaluation and generate name the pickle too, rather than calling the folder no model.
+    done = run_cli("generate", "--model", str(folder), "Ali'nin 3 elması var. Kaç elması var?")
+    assert done.returncode == 2 and "only as pickle (pytorch_model.bin)" in done.stderr
+
+
+def test_pickle_adapter_weights_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # PEFT unpickles adapter_model.bin when an adapter folder has no safetensors file; a LoRA adapter is weights too.
+    from gsm8k_tr.train import artifacts
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir),
+                                                             "peft_type": "LORA", "r": 2}))
+    (adapter / "adapter_model.bin").write_bytes(b"\x80\x04not really")  # never opened
+    done = run_cli("generate", "--model", str(adapter), "Ali'nin 3 elması var. Kaç elması var?")
+    assert done.returncode == 2 and "only as pickle (adapter_model.bin)" in done.stderr
+    with pytest.raises(UserError, match="only as pickle .*adapter_model.bin"):
+        artifacts.merge_adapter(load_recipe(TINY_RECIPE), str(tiny_model_dir), adapter, "<|stop|>")
 
 
 @pytest.mark.slow

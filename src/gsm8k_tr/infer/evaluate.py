@@ -133,6 +133,7 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
         tokenizer = modeling.load_tokenizer(recipe.model, str(path))
         model = modeling.load_model(recipe.model, str(path), dtype=dtype)
     elif path.exists() or spec.startswith((".", "/", "~")):
+        modeling.refuse_pickle(path)  # a folder with pickle weights only is told so, not that it is no model
         raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
                         "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
     else:
@@ -145,6 +146,7 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
 def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     from peft import PeftModel
 
+    modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path")
     if not base or (base.startswith((".", "/", "~")) and not Path(base).expanduser().exists()):

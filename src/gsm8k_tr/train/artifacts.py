@@ -62,6 +62,7 @@ def merge_adapter(recipe: Recipe, base: str | None, adapter: Path, stop: str) ->
 
     from gsm8k_tr import modeling
 
+    modeling.refuse_pickle(adapter)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     tokenizer, model = modeling.load_tokenizer(recipe.model, base), modeling.load_model(recipe.model, base)
     modeling.configure_tokens(tokenizer, model, stop)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
