@@ -218,7 +218,8 @@ def main() -> int:
     parser.add_argument("--parts", nargs="+", choices=["sft", "sft-compiled", "decode", "stop"],
                         help="default: sft, decode and stop on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
-    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help="the work folder, kept (default: a new temporary one); results of an earlier "
+                        "call with the same folder are kept and compared with")
     parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
