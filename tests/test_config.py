@@ -63,6 +63,13 @@ def test_missing_and_broken_recipe_files(tmp_path: Path) -> None:
     broken.write_text("data: [unclosed\n")
     with pytest.raises(UserError, match="is not valid YAML"):
         load_recipe(broken)
+    # Where the problem is, and what: a tab in the indentation is the usual one.
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("seed: 1\nsft:\n\tlearning_rate: 1.0e-4\n")
+    with pytest.raises(UserError) as error:
+        load_recipe(tabbed)
+    assert str(error.value).endswith("is not valid YAML: line 3, column 1: found character '\\t' that cannot start "
+                                     "any token; indent with spaces, not tabs")
 
 
 def test_overrides_update_mapping_sections_and_files_replace_them(tmp_path: Path) -> None:

@@ -299,6 +299,17 @@ def _check(recipe: Recipe) -> None:
         reward_spec(name, entry)  # a known reward, its weight and parameters
 
 
+def _yaml_problem(error: BaseException) -> str:
+    """Where and what: PyYAML's first line is only its context ("while scanning for the next token")."""
+    import yaml
+
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if not isinstance(error, yaml.MarkedYAMLError) or mark is None or not problem:
+        return one_line(error)
+    hint = "; indent with spaces, not tabs" if "'\\t'" in problem else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{hint}"
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
     """Build a Recipe from defaults, an optional YAML file, then overrides."""
     recipe = Recipe()
@@ -309,7 +320,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise UserError(f"recipe file {str(path)!r} is not valid YAML: {one_line(error)}") from None
+            raise UserError(f"recipe file {str(path)!r} is not valid YAML: {_yaml_problem(error)}") from None
         _merge(recipe, values)
     if overrides:
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
