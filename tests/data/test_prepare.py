@@ -147,10 +147,12 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
 def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv: Path, tmp_path: Path) -> None:
     # Excel in a Turkish locale saves CSV with semicolons (the comma is the decimal separator) and a BOM.
     rows = list(csv.reader(turkish_csv.open(encoding="utf-8", newline="")))
-    rows.append(["Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "25"])  # a decimal comma and a semicolon in a quoted field
+    # A decimal comma and a semicolon in a quoted field, and a solution of two lines.
+    rows.append(["Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "2 x 12,5 = 25 TL eder.\nCevap: 25"])
     semicolons = tmp_path / "excel.csv"
-    with open(semicolons, "w", encoding="utf-8-sig", newline="") as handle:
-        csv.writer(handle, delimiter=";").writerows(rows)
+    with open(semicolons, "w", encoding="utf-8-sig", newline="") as handle:  # and Windows line ends, in fields too
+        csv.writer(handle, delimiter=";", lineterminator="\r\n").writerows(
+            [[cell.replace("\n", "\r\n") for cell in row] for row in rows])
     commas = write_csv(tmp_path / "commas.csv", [tuple(row) for row in rows[1:]])
     written = {}
     for source in (commas, semicolons):
@@ -158,11 +160,12 @@ def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv
         assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(out)) == 0
         report = json.loads((out / "prepare_report.json").read_text())
         assert report["rows_read"] == len(rows) - 1 and not report["dropped"]
-        written[source.stem] = sorted((json.loads(line)["question"], json.loads(line)["answer"])
+        written[source.stem] = sorted((json.loads(line)["question"], json.loads(line)["solution"],
+                                       json.loads(line)["answer"])
                                       for split in ("train", "validation", "test")
                                       for line in (out / f"{split}.jsonl").read_text().splitlines())
     assert written["excel"] == written["commas"]
-    assert ("Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "25") in written["excel"]
+    assert ("Bir kilo elma 12,5 TL; 2 kilo kaç TL?", "2 x 12,5 = 25 TL eder.\nCevap: 25", "25") in written["excel"]
 
 
 def test_cli_process_exits_non_zero_without_traceback(tmp_path: Path) -> None:

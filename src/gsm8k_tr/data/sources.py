@@ -212,7 +212,8 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
             checked.add(source)
         for column in columns:
             value = row.values[column]
-            row.values[column] = "" if value is None else str(value)
+            # Windows line ends (a CSV saved by Excel) would teach the model to write carriage returns.
+            row.values[column] = "" if value is None else str(value).replace("\r\n", "\n").replace("\r", "\n")
         if any(len(row.values[c]) > MAX_FIELD_CHARS for c in columns):
             skipped["field_too_long"] += 1  # a megabyte is not a grade-school problem
             continue
