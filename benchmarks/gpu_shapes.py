@@ -133,16 +133,12 @@ def _decoder(model: str, work: Path, sequences: int, cpu: bool) -> tuple[Any, An
     running to the limit (no stop token), so each configuration runs the same number of steps."""
     import torch
 
-    from gsm8k_tr import modeling, placement
-    from gsm8k_tr.config import ModelConfig
+    from gsm8k_tr.infer import evaluate
 
-    device = torch.device("cpu" if cpu else "cuda")
-    cfg = ModelConfig(name_or_path=model)
-    tokenizer, loaded = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
-    modeling.configure_tokens(tokenizer, loaded, cfg.stop_token)
-    loaded = loaded.to(device=device, dtype=placement.inference_dtype(device)).eval()
-    loaded.generation_config.eos_token_id = None
-    return device, loaded, tokenizer, real_prompts(_recipe(work, model, 1, cpu), sequences)
+    device, recipe = torch.device("cpu" if cpu else "cuda"), _recipe(work, model, 1, cpu)
+    loaded, tokenizer, _ = evaluate.load_for_inference(model, recipe, str(device))  # as evaluation loads it
+    loaded.eval().generation_config.eos_token_id = None
+    return device, loaded, tokenizer, real_prompts(recipe, sequences)
 
 
 def _timed(device: Any, loaded: Any, tokenizer: Any, prompts: list[str], tokens: int,

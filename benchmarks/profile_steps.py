@@ -128,18 +128,12 @@ class StepTimes:
 
 def _decode_inputs(model_name: str, recipe: Any, device: Any, sequences: int,
                    multiple: int | None = None) -> tuple[Any, Any, Any]:
-    """The model (bf16 on a GPU, as evaluation loads it), its tokenizer, and `sequences` real prompts left-padded
-    (to a multiple of `multiple` tokens, as compiled decoding pads them)."""
-    import torch
+    """The model as evaluation loads it (bf16 or fp16 on a GPU), its tokenizer, and `sequences` real prompts
+    left-padded (to a multiple of `multiple` tokens, as compiled decoding pads them)."""
+    from gsm8k_tr.infer import evaluate
 
-    from gsm8k_tr import modeling
-    from gsm8k_tr.config import ModelConfig
-
-    cfg = ModelConfig(name_or_path=model_name)
-    tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
-    modeling.configure_tokens(tokenizer, model, cfg.stop_token)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = model.to(device=device, dtype=dtype).eval()
+    model, tokenizer, _ = evaluate.load_for_inference(model_name, recipe, str(device))
+    model.eval()
     tokenizer.padding_side = "left"
     batch = tokenizer(real_prompts(recipe, sequences), return_tensors="pt", padding=True, add_special_tokens=False,
                       pad_to_multiple_of=multiple).to(device)
