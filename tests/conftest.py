@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,18 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 # Tests never reach the Hugging Face Hub. Set before any test imports huggingface_hub, which reads these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """benchmarks/NAME.py as a module. The scripts import their siblings (gpu_check, profile_steps), so their folder
+    is put on the import path, at its end, as the scripts themselves put it at its start when they run."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 
 torch = pytest.importorskip("torch")
-
-
-def _benchmark():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("profile_steps", ROOT / "benchmarks" / "profile_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_device_time_counts_each_kernel_once() -> None:
@@ -33,7 +24,7 @@ def test_device_time_counts_each_kernel_once() -> None:
               event("elementwise_kernel", DeviceType.CUDA, device_us=2000),
               event("cudaLaunchKernel", DeviceType.CPU, cpu_us=50, count=6)]
     profile = SimpleNamespace(key_averages=lambda: events)
-    summary = _benchmark().summarize(profile, steps=2, wall=0.02, device=torch.device("cuda"))
+    summary = load_benchmark("profile_steps").summarize(profile, steps=2, wall=0.02, device=torch.device("cuda"))
     assert summary["device_kernel_ms_per_step"] == 5.0 and summary["device_busy_share"] == 0.5
     assert summary["launches_per_step"] == 3.0 and summary["wall_ms_per_step"] == 10.0
     assert list(summary["top_device_ms_per_step"]) == ["aten::mm", "aten::add", "cudaLaunchKernel"]
@@ -45,7 +36,7 @@ def test_a_real_cpu_profile_summarizes() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for _ in range(3):
             a @ a
-    summary = _benchmark().summarize(profile, steps=3, wall=0.01, device=torch.device("cpu"))
+    summary = load_benchmark("profile_steps").summarize(profile, steps=3, wall=0.01, device=torch.device("cpu"))
     assert "aten::mm" in summary["top_host_ms_per_step"] and summary["device_kernel_ms_per_step"] is None
 
 

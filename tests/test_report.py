@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from conftest import ROOT
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("sft_vs_grpo", ROOT / "benchmarks" / "sft_vs_grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def _seed(seed: int, start: float, more: float, grpo: float, alone: float = 0.6) -> dict:
@@ -31,7 +23,7 @@ def test_summary_and_report_of_the_same_budget_comparison(tmp_path: Path) -> Non
     from gsm8k_tr import report
 
     seeds = [_seed(42, 0.58, 0.60, 0.66), _seed(43, 0.55, 0.57, 0.60), _seed(44, 0.57, 0.58, 0.56)]
-    summary = _benchmark().summary(seeds)
+    summary = load_benchmark("sft_vs_grpo").summary(seeds)
     assert round(summary["grpo_minus_more_sft"]["mean"], 4) == round((0.06 + 0.03 - 0.02) / 3, 4)
     assert abs(summary["grpo_minus_more_sft"]["min"] + 0.02) < 1e-9
     assert summary["grpo_gained_on_every_seed"] is False  # seed 44 lost against its own start

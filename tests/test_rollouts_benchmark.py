@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import ROOT
+from conftest import load_benchmark
 
 from gsm8k_tr import modeling, placement
 
@@ -15,10 +13,7 @@ def test_todays_path_turns_every_rollout_choice_off(monkeypatch: pytest.MonkeyPa
                          (placement, "row_sampling"), (modeling, "fused_activation")):
         monkeypatch.setattr(module, name, getattr(module, name))  # put back after the test
     fast = placement.rollouts(False, None, "cpu", "auto", "bf16")
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("rollouts_benchmark", ROOT / "benchmarks" / "rollouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("rollouts")
     module.use_todays_path()
     today = placement.rollouts(False, None, "cpu", "auto", "bf16")  # as train/grpo.py calls it
     assert today.keys() == fast.keys()

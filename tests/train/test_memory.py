@@ -7,10 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ROOT, TINY_RECIPE, needs_compiler, run_cli
+from conftest import ROOT, TINY_RECIPE, load_benchmark, needs_compiler, run_cli
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
@@ -243,15 +242,10 @@ def test_sft_padding_may_not_pass_the_context(tmp_path: Path) -> None:
         sft_args(past, "<|stop|>", 512)
 
 
-def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
+def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path) -> None:
     from transformers import AutoConfig
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_benchmark("gpu_check")
     manifest = {"memory_plan": {"settings": SETTINGS}}  # the stage's own plan: 8 rows of 1024 tokens
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"model.name_or_path={tiny_model_dir}"])
     shape = memory.Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
@@ -276,19 +270,9 @@ def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     assert "without cuDNN's attention" in done.stdout
 
 
-def _gpu_shapes(monkeypatch: pytest.MonkeyPatch) -> Any:
-    import importlib.util
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("gpu_shapes", ROOT / "benchmarks" / "gpu_shapes.py")
-    gpu_shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_shapes)
-    return gpu_shapes
-
-
 def test_gpu_shapes_rates_compiled_sft_over_the_steps_that_compiled_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     # The compiled SFT setting's steady rate: steps 1 (always left out), 2 and 4 compiled a graph each.
-    gpu_shapes = _gpu_shapes(monkeypatch)
+    gpu_shapes = load_benchmark("gpu_shapes")
     history = [{"step_time": t, "num_tokens": n} for t, n in
                [(30.0, 1000), (20.0, 2000), (1.0, 3000), (25.0, 4000), (2.0, 7000)]] + [{"train_loss": 1.0}]
     result = gpu_shapes.without_compiling(history, [5, 6, 7, 7, 8, 8])  # 5 graphs before the run
@@ -317,10 +301,9 @@ def test_gpu_shapes_rates_compiled_sft_over_the_steps_that_compiled_nothing(monk
     assert [count - graphs[0] for count in graphs] == [0, 1, 1, 2]
 
 
-def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          deferred_stop_checks: list) -> None:
+def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, deferred_stop_checks: list) -> None:
     # The stop part needs a GPU's events; its own code on the CPU, with those stood in for, so it works first time.
-    gpu_shapes = _gpu_shapes(monkeypatch)
+    gpu_shapes = load_benchmark("gpu_shapes")
     result = gpu_shapes.run_stop("builtin:tiny-gpt2", tmp_path, sequences=4, new_tokens=8, cpu=True)
     assert result["decoding"] == "eager" and result["same_answers"] == 4
     assert set(result["ms_per_step"]) == {"every step", "deferred"} and all(result["ms_per_step"].values())
