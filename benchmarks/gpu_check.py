@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                  # 207 s on one H200, without vLLM
     python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
     python benchmarks/gpu_check.py --both-decodings # also GRPO and evaluation with the decoding `auto` left out
+    python benchmarks/gpu_check.py --also-decodings compiled-step   # also GRPO and evaluation decoded so
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
@@ -32,7 +33,8 @@ In one process (imports once), each part on the same model folder:
   Triton), each printing its compile time apart (the first step, the first
   call); with `--both-decodings`, grpo-eager and eval-eager (or -compiled
   where auto is eager) run them the other way too, and compare the greedy
-  answers with eval's.
+  answers with eval's; `--also-decodings` names further ways (grpo-NAME,
+  eval-NAME).
 Each training part's peak GPU memory is printed beside the memory plan at the
 data's real lengths (the plan the stage itself ran, which assumes the longest
 row in every batch) and beside the same plan at the largest batch the part
@@ -255,7 +257,7 @@ def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str 
     label = label or f"eval-{backend}"
     first = None
     metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True, backend=backend)
-    if metrics.get("decoding") == "compiled":  # that call compiled; time a second one
+    if metrics.get("decoding") in ("compiled", "compiled-step"):  # that call compiled; time a second one
         first = metrics
         metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True)
     tokens = metrics["mean_completion_tokens"] * metrics["n"]
@@ -281,6 +283,8 @@ def main() -> int:
                         help="also GRPO and evaluation with vLLM (installed extra)")
     parser.add_argument("--both-decodings", action="store_true",
                         help="also GRPO and evaluation with the decoding that `auto` does not choose here")
+    parser.add_argument("--also-decodings", nargs="+", default=[], choices=("eager", "compiled", "compiled-step"),
+                        help="also GRPO and evaluation with these decodings")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -327,12 +331,13 @@ def main() -> int:
 
     chosen = placement.decoding(recipe.decoding, device)
     other = "eager" if chosen == "compiled" else "compiled"
-    if args.both_decodings:
-        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / other}", f"decoding={other}",
+    others = list(dict.fromkeys([*([other] if args.both_decodings else []), *args.also_decodings]))
+    for way in others:
+        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / way}", f"decoding={way}",
                                            f"model.sft_output={work / 'sft'}"])
-        parts += [(f"grpo-{other}", lambda: part_grpo(second, device)),
-                  (f"eval-{other}", lambda: part_eval(str(work / "sft"), second, args.questions, work,
-                                                      label=f"eval-{other}"))]
+        parts += [(f"grpo-{way}", lambda second=second: part_grpo(second, device)),
+                  (f"eval-{way}", lambda second=second, way=way: part_eval(str(work / "sft"), second, args.questions,
+                                                                           work, label=f"eval-{way}"))]
     if args.vllm:
         vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
                                                 f"model.sft_output={work / 'sft'}"])
@@ -368,9 +373,9 @@ def main() -> int:
               f"cache too {decode_.get('read_bound_ms', '-')} ms")
     print(f"eval ({chosen}): {eval_.get('generated_tokens_per_s')} generated tokens/s, {eval_.get('questions_per_s')} "
           f"questions/s, first call {eval_.get('first_call_s', '-')} s")
-    if args.both_decodings:
-        grpo_o, eval_o = results.get(f"grpo-{other}", {}), results.get(f"eval-{other}", {})
-        print(f"{other}: GRPO {grpo_o.get('step_s')} s/step ({grpo_o.get('generated_tokens_per_s')} generated "
+    for way in others:
+        grpo_o, eval_o = results.get(f"grpo-{way}", {}), results.get(f"eval-{way}", {})
+        print(f"{way}: GRPO {grpo_o.get('step_s')} s/step ({grpo_o.get('generated_tokens_per_s')} generated "
               f"tokens/s; first step {grpo_o.get('first_step_s')} s), eval {eval_o.get('generated_tokens_per_s')} "
               f"generated tokens/s (first call {eval_o.get('first_call_s', '-')} s), completions the same as "
               f"eval's: {eval_o.get('same_completions')}")

@@ -22,7 +22,9 @@ Open this module to learn what a run does on a machine:
   static cache (CUDA graphs; `infer/compiled_decoding.py`) on a CUDA GPU,
   measured 9.7x the eager GRPO step on an H200, and in eager PyTorch
   elsewhere and for a single generation batch, in GRPO's rollouts and every
-  evaluation; a recipe's `decoding` can force either;
+  evaluation; a recipe's `decoding` can force either, or ask for the whole
+  step (the forward, the draw and the stop bookkeeping) as one compiled
+  graph (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU);
 - **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's
   rollouts run under the trainer's autocast with the frozen matmul weights in
   that dtype for the call (TRL's decoded in float32);
@@ -229,11 +231,13 @@ def _device_type(device: Any) -> str:
     return getattr(device, "type", str(device))
 
 
-DECODINGS = ("auto", "eager", "compiled")
+DECODINGS = ("auto", "eager", "compiled", "compiled-step")
 
 
 def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None) -> str:
-    """How `generate` runs each decoding step on `device`: "eager" or "compiled" (`infer/compiled_decoding.py`).
+    """How each decoding step runs on `device`: "eager", "compiled" (transformers' `generate` with its compiled
+    forward, `infer/compiled_decoding.py`) or "compiled-step" (the whole step one compiled graph,
+    `infer/compiled_step.py`; only where a recipe asks for it: not yet measured on a GPU).
 
     `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where
     Triton is installed (torch's compiler needs it there), eager elsewhere,
@@ -260,8 +264,8 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
     if sharded or requested == "eager":
         return "eager"
-    if requested == "compiled":
-        return "compiled"
+    if requested in ("compiled", "compiled-step"):
+        return requested
     if batches is not None and batches <= 1:
         return "eager"
     return "compiled" if _device_type(device) == "cuda" and has_triton() else "eager"
@@ -313,7 +317,7 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                 "shared_prefill": False, "sampler": "vllm", "attention": None, "stop_check": "vllm"}
     how = decoding(decoding_request, device, sharded)
-    cache = "static" if how == "compiled" else kv_cache(cache_implementation)
+    cache = "static" if how != "eager" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
@@ -357,7 +361,7 @@ WITHOUT_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's at
 
 def decoding_attention(device: Any, how: str) -> list[str] | None:
     """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
-    it decodes `how` ("eager" or "compiled"), or None for torch's own choice.
+    it decodes `how` ("eager", "compiled" or "compiled-step"), or None for torch's own choice.
 
     Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are
     one token longer than the last, a new shape, for which cuDNN (tried first

@@ -186,7 +186,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     script = ROOT / "benchmarks" / "gpu_check.py"
     compiled = not needs_compiler.args[0]
     done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--sft-steps", "3", "--questions",
-                           "4", "--keep", str(tmp_path), *(["--both-decodings"] if compiled else [])],
+                           "4", "--keep", str(tmp_path),
+                           *(["--both-decodings", "--also-decodings", "compiled-step"] if compiled else [])],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -204,6 +205,10 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
         compiled_eval = result["eval-compiled"]
         assert compiled_eval["decoding"] == "compiled" and compiled_eval["same_completions"] == "4/4"
         assert "compiled: GRPO" in done.stdout and "GRPO (eager)" in done.stdout
+        assert result["grpo-compiled-step"]["rollouts"]["decoding"] == "compiled-step"
+        step_eval = result["eval-compiled-step"]
+        assert step_eval["decoding"] == "compiled-step" and step_eval["same_completions"] == "4/4"
+        assert "compiled-step: GRPO" in done.stdout
 
 
 def test_the_plan_counts_the_padding_to_a_multiple() -> None:

@@ -95,6 +95,28 @@ def test_compiled_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, c
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
 
 
+@needs_compiler
+def test_compiled_step_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    from gsm8k_tr.infer import compiled_step
+    from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    today = _greedy(trainer, prompts, merge=False, cache="dynamic")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    steps, widths = [], []
+    real_step, real_decode = compiled_step._compiled_step, compiled_step._decode
+    monkeypatch.setattr(compiled_step, "_compiled_step", lambda device: lambda *a: steps.append(1) or real_step(device)(*a))
+    monkeypatch.setattr(compiled_step, "_decode", lambda m, ids, *a: widths.append(ids.shape[1]) or real_decode(m, ids, *a))
+    own_multiple = trainer.pad_to_multiple_of
+    assert _greedy(trainer, prompts, merge=True, cache=None, decoding="compiled-step") == today
+    assert widths and all(width % PROMPT_MULTIPLE == 0 for width in widths) and 0 < len(steps) <= 23
+    # TRL's padding, the model's own generate and the unmerged adapter are back after the rollouts.
+    assert trainer.pad_to_multiple_of == own_multiple and "generate" not in vars(model)
+    assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
+
+
 def test_rollouts_run_in_the_trainers_mixed_precision(tiny_model_dir, tmp_path) -> None:
     # accelerate autocasts the prepared model's forward, but PEFT's generate calls the base model's own forward, so
     # TRL's rollouts ran in float32 under bf16 training (on a GPU: float32 matmuls).

@@ -103,7 +103,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             torch.manual_seed(seed)
             how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size))
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus, how == "compiled")
+                                device, synced_gpus, how)
     finally:
         tokenizer.padding_side = side
 
@@ -115,14 +115,16 @@ def batches(prompts: int, batch_size: int) -> int:
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float, samples: int, progress: Any, device: Any,
-                 synced_gpus: bool, compiled: bool) -> list[list[Completion]]:
+                 synced_gpus: bool, how: str) -> list[list[Completion]]:
     import torch
 
-    from gsm8k_tr.infer import attention_kernels, compiled_decoding, kv_cache, sampling, stop_check
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, kv_cache, sampling, stop_check
 
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
-    if compiled:
+    if how == "compiled":
         config = compiled_decoding.generation_config(config, device)
+    # Both compiled paths pad prompts so that a run sees a few shapes; compiled-step brings its own static cache.
+    multiple = None if how == "eager" else compiled_decoding.PROMPT_MULTIPLE
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -131,7 +133,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
         raise UserError(f"prompt {order[0] + 1} of {len(prompts)} is {len(encoded[order[0]])} tokens and the model's "
                         f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
-    kernels = placement.decoding_attention(device, "compiled" if compiled else "eager")
+    kernels = placement.decoding_attention(device, how)
     defer = placement.stop_check(device, synced_gpus) == "deferred"
     cut = 0
     model.eval()
@@ -146,12 +148,15 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             batch_config.max_new_tokens = room
             cut += len(chunk)
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt",
-                              pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE if compiled else None).to(device)
+                              pad_to_multiple_of=multiple).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
-                 if placement.kv_cache(config.cache_implementation) == "growing" else {})
+                 if how == "eager" and placement.kv_cache(config.cache_implementation) == "growing" else {})
         with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
               attention_kernels.only(kernels), stop_check.deferred(defer)):
-            output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
+            if how == "compiled-step":
+                output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], batch_config)
+            else:
+                output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]

@@ -36,7 +36,8 @@ reads its stop flag a step late (`infer/stop_check.py`). With compiled decoding
 (`infer/compiled_decoding.py`) the call gets the compiled generation config
 in place of TRL's (which turns compiling off) and its prompts padded to a
 multiple of `PROMPT_MULTIPLE` tokens (TRL's own `pad_to_multiple_of`), both
-for that call only. `placement.rollout_path` decides where each of these runs.
+for that call only; with `compiled-step` the call goes to
+`infer/compiled_step.py`, its prompts padded alike. `placement.rollout_path` decides where each of these runs.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest.mock import patch
 
-from gsm8k_tr.infer import attention_kernels, compiled_decoding, stop_check
+from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, stop_check
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
 
@@ -112,7 +113,7 @@ def generating_policy(model: Any, accelerator: Any, merge: bool, weights_dtype: 
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
-    compiled decoding (`rollouts["decoding"] == "compiled"`), the growing KV cache (`rollouts["kv_cache"] ==
+    compiled decoding (`rollouts["decoding"]`: "compiled", or "compiled-step"), the growing KV cache (`rollouts["kv_cache"] ==
     "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`), the inverse-CDF sampler
     (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`) and the deferred stop
     check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
@@ -127,10 +128,14 @@ class FastRollouts:
             # merge_lora: whole weights on this process (not FSDP or DeepSpeed shards)
             stack.enter_context(generating_policy(model, self.accelerator, self.rollouts.get("merge_lora", False),
                                                   self.rollouts.get("weights_dtype")))
-            if self.rollouts.get("decoding") == "compiled":
+            how = self.rollouts.get("decoding")
+            if how == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
                 stack.enter_context(patch.multiple(self, generation_config=config,
                                                    pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE))
+            elif how == "compiled-step":
+                stack.enter_context(patch.object(self, "pad_to_multiple_of", compiled_decoding.PROMPT_MULTIPLE))
+                stack.enter_context(compiled_step.in_generate(model))
             if self.rollouts.get("kv_cache") == "growing":
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
