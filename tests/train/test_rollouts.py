@@ -158,6 +158,27 @@ def test_rollouts_run_in_the_trainers_mixed_precision(tiny_model_dir, tmp_path) 
         assert torch.allclose(param, values, atol=1e-6, rtol=0), name
 
 
+def test_the_compute_dtype_copies_keep_their_address_and_follow_the_weights(tiny_model_dir) -> None:
+    """CUDA graphs record each weight's address: the copies are refreshed in place at every call, not made anew,
+    from the weights as they are then, whether the caller is in inference mode or not."""
+    from transformers import AutoModelForCausalLM
+
+    from gsm8k_tr.train.rollouts import matmul_weights_in
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).requires_grad_(False)
+    layer = model.transformer.h[0].mlp.c_fc
+    own = layer.weight.data
+    seen = []
+    for mode in (torch.no_grad, torch.inference_mode, torch.no_grad):
+        expected = own.to(torch.bfloat16)
+        with mode(), matmul_weights_in(model, "bfloat16"):
+            seen.append(layer.weight.data_ptr())
+            assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight.detach(), expected)
+        assert layer.weight.data_ptr() == own.data_ptr() and layer.weight.dtype == torch.float32
+        own.add_(1.0)  # as a training step or a merged adapter changes the weights between calls
+    assert len(set(seen)) == 1 and seen[0] != own.data_ptr()
+
+
 def test_merging_for_each_rollout_leaves_the_weights_where_they_were(tiny_model_dir, tmp_path) -> None:
     from gsm8k_tr.train.grpo import GRPOTrainer
     from gsm8k_tr.train.rollouts import merged_adapter

@@ -19,7 +19,12 @@ count of what the stage keeps in memory at its peak:
   for every layer, token and sequence; with compiled decoding the static
   cache also holds the prompts' extra padding (`infer/compiled_decoding.py`);
 - rollout_weights: under mixed precision, GRPO's rollouts use a copy of the
-  frozen matmul weights in the compute dtype (`train/rollouts.py`);
+  frozen matmul weights in the compute dtype (`train/rollouts.py`). It is
+  kept between rollouts, as compiled decoding keeps its static cache, so that
+  CUDA graphs find them where they recorded them; the plan still counts both
+  in the generation phase only (on an H200 the GRPO peak, 48.9 GiB with the
+  static cache kept, was under the plan's 82.8 GiB, docs/benchmarks.md; the
+  copies add 0.6 GiB for GPT-2 Medium);
 - runtime: the CUDA context and the allocator's slack on a GPU (0.6 GiB, not
   yet measured on one); PyTorch's own first-use buffers on a CPU (25 MiB,
   measured).

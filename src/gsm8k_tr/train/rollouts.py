@@ -25,7 +25,8 @@ written per weight per step. So for the call the frozen matmul weights
 very values autocast would make, and the float32 tensors put back after:
 the same tokens as autocast alone (`tests/train/test_rollouts.py`), the
 weights exactly as they were, and one copy of them in the compute dtype
-while generating (the memory plan's `rollout_weights`). Embeddings and norms
+(the memory plan's `rollout_weights`), kept between calls and refreshed in
+place so that CUDA graphs find each weight where they recorded it. Embeddings and norms
 stay float32, as under autocast.
 
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
@@ -51,28 +52,45 @@ from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, 
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
 
+COPIES = "_gsm8k_tr_weight_copies"  # the model's attribute holding the copies between calls
+
 
 @contextmanager
 def matmul_weights_in(model: Any, dtype_name: str | None) -> Iterator[None]:
     """The frozen weights and biases of `model`'s Linear and Conv1D layers as copies in `dtype_name` ("bfloat16")
     for the block; the original tensors are put back after, also on error. Trained parameters (LoRA's) are left
-    alone; None changes nothing."""
+    alone; None changes nothing.
+
+    The copies are kept on the model and refreshed in place at each call, so a layer's weight has the same address
+    every call: CUDA graphs (compiled decoding) treat weights as fixed inputs and record the graph again when one
+    moves (a warm-up run and a capture, at each GRPO step), and torch's CUDA graph trees have counted such
+    re-recordings toward a limit (`cudagraph_unexpected_rerecord_limit`, 128) past which a function stops replaying
+    graphs for the rest of the run. torch 2.13 exempts them; the GPU image's torch 2.11 was not checked."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
     kept = []
     if dtype_name is not None:
         dtype = getattr(torch, dtype_name)
+        copies: dict[int, Any] = model.__dict__.setdefault(COPIES, {})
         # An LM head tied to the input embeddings (GPT-2's) shares their tensor: the embeddings must stay float32.
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-        for module in model.modules():
-            if not isinstance(module, (torch.nn.Linear, Conv1D)):
-                continue
-            for param in (module.weight, module.bias):
-                if (param is not None and not param.requires_grad and param.is_floating_point()
-                        and param.dtype != dtype and id(param) not in embeddings):
+        # Ordinary tensors, also when a caller is in inference mode: a later call refreshes them in place.
+        with torch.inference_mode(False), torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, (torch.nn.Linear, Conv1D)):
+                    continue
+                for param in (module.weight, module.bias):
+                    if (param is None or param.requires_grad or not param.is_floating_point()
+                            or param.dtype == dtype or id(param) in embeddings):
+                        continue
+                    copy = copies.get(id(param))
+                    if copy is None or (copy.shape, copy.dtype, copy.device) != (param.shape, dtype, param.device):
+                        copy = copies[id(param)] = param.data.to(dtype)
+                    else:
+                        copy.copy_(param.data)  # the weights as they are now (a merged adapter, a training step)
                     kept.append((param, param.data))
-                    param.data = param.data.to(dtype)
+                    param.data = copy
     try:
         yield
     finally:
