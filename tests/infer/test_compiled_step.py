@@ -109,11 +109,14 @@ def test_what_it_does_not_do_goes_to_generate_with_one_line(tiny, caplog) -> Non
                            ({"temperature": 0.0}, "temperature=0.0")):
         config = GenerationConfig(**{**trl_like.to_diff_dict(), **change})
         assert compiled_step.unsupported(compiled_step.effective_config(model, config)) == reason
-    # The model's own generation config fills what a call leaves unset, as in generate.
+    # The model's own generation config fills what a call leaves unset, as in generate; greedy decoding does not use
+    # the sampling settings, as in generate.
     model.generation_config.top_p = 0.9
     try:
-        assert compiled_step.unsupported(compiled_step.effective_config(model, GenerationConfig(max_new_tokens=8))) \
-            == "top_p=0.9"
+        sampled = GenerationConfig(max_new_tokens=8, do_sample=True)
+        assert compiled_step.unsupported(compiled_step.effective_config(model, sampled)) == "top_p=0.9"
+        greedy = GenerationConfig(max_new_tokens=8, do_sample=False)
+        assert compiled_step.unsupported(compiled_step.effective_config(model, greedy)) is None
     finally:
         model.generation_config.top_p = None
     calls = []

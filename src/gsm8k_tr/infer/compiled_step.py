@@ -57,6 +57,7 @@ NEUTRAL = {"num_beams": (1,), "top_k": (0,), "top_p": (1.0,), "typical_p": (1.0,
            "num_beam_groups": (1,), "diversity_penalty": (0.0,), "use_cache": (True,), "renormalize_logits": (False,),
            "output_scores": (False,), "output_logits": (False,), "output_attentions": (False,),
            "output_hidden_states": (False,), "return_dict_in_generate": (False,), "remove_invalid_values": (False,)}
+SAMPLING_ONLY = {"temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}  # greedy: unused
 _reported: set[str] = set()
 
 
@@ -72,7 +73,8 @@ def unsupported(config: Any) -> str | None:
     if not config.max_new_tokens:
         return "no max_new_tokens"
     for key, value in config.to_diff_dict().items():
-        if key in SET_FREELY or (key in NEUTRAL and value in NEUTRAL[key]):
+        if (key in SET_FREELY or (key in NEUTRAL and value in NEUTRAL[key])
+                or (key in SAMPLING_ONLY and not config.do_sample)):
             continue
         return f"{key}={value!r}"
     if config.do_sample and config.temperature is not None and config.temperature <= 0:
