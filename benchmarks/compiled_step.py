@@ -5,8 +5,9 @@
     python benchmarks/compiled_step.py --cpu --model builtin:demo-gpt2
     python benchmarks/compiled_step.py --model /tmp/gc/model        # a GPU: gpu_check --keep's GPT-2 Medium shape
 
-For each path (eager: the growing cache, as `decoding: eager` runs), as GRPO's rollouts decode (`--sequences` real prompts padded to
-a multiple of 64, the model as evaluation loads it: bf16 or fp16 on a GPU):
+For each path (eager: the growing cache, as `decoding: eager` runs), as
+GRPO's rollouts decode (`--sequences` real prompts padded to a multiple of
+64, the model as evaluation loads it: bf16 or fp16 on a GPU):
 the first call's seconds (compiled paths compile), then the fastest of `--rounds` calls of
 `--new-tokens` sampled tokens at temperature 1 with no stop token (every call
 runs every step), in ms a step and generated tokens per second; the greedy
@@ -96,7 +97,8 @@ def ops_per_step(path: str, model: Any, batch: Any, config: Any, device: Any) ->
         counted.append(outermost_ops(profile))
     span = config.max_new_tokens - 8
     return {"ops_outside_graph": round((counted[1][0] - counted[0][0]) / span, 1),
-            "launches_outside_graph": round((counted[1][1] - counted[0][1]) / span, 1) if device.type == "cuda" else None}
+            "launches_outside_graph": (round((counted[1][1] - counted[0][1]) / span, 1)
+                                       if device.type == "cuda" else None)}
 
 
 def measure(model: Any, batch: Any, tokenizer: Any, device: Any, new_tokens: int, rounds: int) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def main() -> int:
         model, tokenizer, batch = _decode_inputs(model_name, recipe, device, args.sequences, PROMPT_MULTIPLE)
         setup = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "model": model_name,
                  "dtype": str(model.dtype).split(".")[-1], "data": where, "sequences": args.sequences,
-                 "prompt_tokens": batch["input_ids"].shape[1], "new_tokens": args.new_tokens, "torch": torch.__version__}
+                 "prompt_tokens": batch["input_ids"].shape[1], "new_tokens": args.new_tokens,
+                 "torch": torch.__version__}
         print(f"setup: {json.dumps(setup)}", flush=True)
         results = {"setup": setup, **measure(model, batch, tokenizer, device, args.new_tokens, args.rounds)}
     print(f"compiled-step is {results['ratio']}x the speed of transformers' compiled generate "

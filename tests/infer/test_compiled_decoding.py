@@ -68,7 +68,8 @@ def test_auto_decoding_is_compiled_on_cuda_with_triton_only(monkeypatch: pytest.
         assert placement.decoding("auto", device, sharded=True) == "eager"
         assert placement.decoding("compiled", device, sharded=True) == "eager"
     assert load_recipe(None, ["decoding=compiled"]).decoding == "compiled"
-    with pytest.raises(UserError, match="recipe key 'decoding' must be one of auto, eager, compiled, compiled-step, got 'fast'"):
+    with pytest.raises(UserError,
+                       match="recipe key 'decoding' must be one of auto, eager, compiled, compiled-step, got 'fast'"):
         load_recipe(None, ["decoding=fast"])
 
 

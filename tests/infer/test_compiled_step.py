@@ -1,4 +1,4 @@
-"""Decoding with each whole step one compiled graph (`decoding: compiled-step`) gives transformers' `generate` output."""
+"""Each whole decoding step one compiled graph (`decoding: compiled-step`) gives transformers' `generate` output."""
 
 from __future__ import annotations
 
@@ -50,9 +50,13 @@ def test_greedy_answers_are_generates_own(tiny, monkeypatch) -> None:
     assert [[c.tokens for c in row] for row in stepped] == [[c.tokens for c in row] for row in eager]
     answers = [c for row in eager for c in row]
     assert not any(c.truncated for c in answers) and max(c.tokens for c in answers) < 96  # every batch ended early
-    # The five batches ran at most CHECK_EVERY - 1 steps past their last answer, each step through the compiled graph,
-    # and the buffers kept from the first (longest) batch served the shorter bucket: one graph for all five.
-    assert len(steps) < 5 * 96
+    # Each batch stopped at the first check of the stop flags after its longest answer (every CHECK_EVERY steps; the
+    # prefill gives the first token), each step through the compiled graph, and the buffers kept from the first
+    # (longest-prompt) batch served the shorter bucket: one graph for all five batches.
+    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(prompts[i])["input_ids"]), reverse=True)
+    longest = [max(eager[i][0].tokens for i in order[start:start + 8]) for start in range(0, len(order), 8)]
+    every = compiled_step.CHECK_EVERY
+    assert len(steps) == sum(min(95, every * -(-last // every) - 1) for last in longest)
     assert graphs_eager == graphs and counters["stats"]["unique_graphs"] == graphs + 1
     # The sequences themselves, prompts and padding included, are generate's: the same length, cut where it stopped.
     tokenizer.padding_side = "left"

@@ -107,8 +107,10 @@ def test_compiled_step_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_pa
     model = trainer.accelerator.unwrap_model(trainer.model)
     steps, widths = [], []
     real_step, real_decode = compiled_step._compiled_step, compiled_step._decode
-    monkeypatch.setattr(compiled_step, "_compiled_step", lambda device: lambda *a: steps.append(1) or real_step(device)(*a))
-    monkeypatch.setattr(compiled_step, "_decode", lambda m, ids, *a: widths.append(ids.shape[1]) or real_decode(m, ids, *a))
+    monkeypatch.setattr(compiled_step, "_compiled_step",
+                        lambda device: lambda *a: steps.append(1) or real_step(device)(*a))
+    monkeypatch.setattr(compiled_step, "_decode",
+                        lambda m, ids, *a: widths.append(ids.shape[1]) or real_decode(m, ids, *a))
     own_multiple = trainer.pad_to_multiple_of
     assert _greedy(trainer, prompts, merge=True, cache=None, decoding="compiled-step") == today
     assert widths and all(width % PROMPT_MULTIPLE == 0 for width in widths) and 0 < len(steps) <= 23

@@ -57,7 +57,8 @@ NEUTRAL = {"num_beams": (1,), "top_k": (0,), "top_p": (1.0,), "typical_p": (1.0,
            "num_beam_groups": (1,), "diversity_penalty": (0.0,), "use_cache": (True,), "renormalize_logits": (False,),
            "output_scores": (False,), "output_logits": (False,), "output_attentions": (False,),
            "output_hidden_states": (False,), "return_dict_in_generate": (False,), "remove_invalid_values": (False,)}
-SAMPLING_ONLY = {"temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}  # greedy: unused
+# Settings that greedy decoding does not use (generate ignores them too).
+SAMPLING_ONLY = {"temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
 _reported: set[str] = set()
 
 

@@ -26,8 +26,8 @@ very values autocast would make, and the float32 tensors put back after:
 the same tokens as autocast alone (`tests/train/test_rollouts.py`), the
 weights exactly as they were, and one copy of them in the compute dtype
 (the memory plan's `rollout_weights`), kept between calls and refreshed in
-place so that CUDA graphs find each weight where they recorded it. Embeddings and norms
-stay float32, as under autocast.
+place so that CUDA graphs find each weight where they recorded it.
+Embeddings and norms stay float32, as under autocast.
 
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
 describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
@@ -38,7 +38,8 @@ reads its stop flag a step late (`infer/stop_check.py`). With compiled decoding
 in place of TRL's (which turns compiling off) and its prompts padded to a
 multiple of `PROMPT_MULTIPLE` tokens (TRL's own `pad_to_multiple_of`), both
 for that call only; with `compiled-step` the call goes to
-`infer/compiled_step.py`, its prompts padded alike. `placement.rollout_path` decides where each of these runs.
+`infer/compiled_step.py`, its prompts padded alike. `placement.rollout_path`
+decides where each of these runs.
 """
 
 from __future__ import annotations
@@ -131,10 +132,11 @@ def generating_policy(model: Any, accelerator: Any, merge: bool, weights_dtype: 
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
-    compiled decoding (`rollouts["decoding"]`: "compiled", or "compiled-step"), the growing KV cache (`rollouts["kv_cache"] ==
-    "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`), the inverse-CDF sampler
-    (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`) and the deferred stop
-    check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are left alone."""
+    compiled decoding (`rollouts["decoding"]`: "compiled" or "compiled-step"), the growing KV cache
+    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`), the
+    inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`)
+    and the deferred stop check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are
+    left alone."""
 
     rollouts: dict[str, Any] = {}
 
