@@ -1,4 +1,4 @@
-"""Greedy evaluation of a finished run three ways on one device, against the run's own answers, in one run.
+"""Greedy evaluation of a finished run four ways on one device, against the run's own answers, in one run.
 
     python benchmarks/eval_paths.py runs/demo                  # after `make demo`: its sft and grpo stages
     python benchmarks/eval_paths.py runs/demo --device cuda    # on a GPU, in its default dtype (bfloat16)
@@ -10,6 +10,8 @@ on its machine), it answers the recipe's test split
 (b) fast: eager, the KV cache written in place (`infer/kv_cache.py`);
 (c) compiled: `decoding: compiled` (a static cache and torch.compile, CUDA
     graphs on a GPU);
+(d) compiled-step: `decoding: compiled-step` (the whole decoding step one
+    compiled graph, `infer/compiled_step.py`);
 each timed on a second call after a first that warms up (and compiles), and
 prints, for each, the accuracy, how many completions and graded answers match
 the reference and (a), and generated tokens/s with the ratio to (a).
@@ -28,7 +30,7 @@ from typing import Any
 from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ("today", "fast", "compiled")
+PATHS = ("today", "fast", "compiled", "compiled-step")
 
 
 def _predictions(folder: Path) -> list[dict[str, Any]]:
@@ -50,7 +52,8 @@ def answer(run: Path, stage: str, path: str, config: str, device: str | None, wo
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.infer import evaluate
 
-    recipe = load_recipe(config, [f"output_dir={run}", f"decoding={'compiled' if path == 'compiled' else 'eager'}"])
+    decoding = path if path in ("compiled", "compiled-step") else "eager"
+    recipe = load_recipe(config, [f"output_dir={run}", f"decoding={decoding}"])
     todays_cache = lambda cache_implementation=None: cache_implementation or "dynamic"  # noqa: E731
     with patch.object(placement, "kv_cache", todays_cache) if path == "today" else nullcontext():
         started = time.perf_counter()  # a first call warms up (and compiles, for compiled decoding); untimed
