@@ -72,6 +72,27 @@ def test_greedy_answers_are_generates_own(tiny, monkeypatch) -> None:
 
 
 @needs_compiler
+def test_a_short_last_batch_is_filled_up_to_replay_the_full_batchs_graph(tiny, monkeypatch) -> None:
+    from torch._dynamo.utils import counters
+
+    from gsm8k_tr.infer import compiled_step, generation
+
+    model, tokenizer = tiny
+    prompts = _prompts(20, seed=3)  # batches of 8, 8 and 4
+    rows = []
+    real = compiled_step.generate
+    monkeypatch.setattr(compiled_step, "generate", lambda m, ids, *a: rows.append(ids.shape[0]) or real(m, ids, *a))
+    eager = generation.generate(model, tokenizer, prompts, 96, batch_size=8, decoding="eager")
+    graphs = counters["stats"]["unique_graphs"]
+    stepped = generation.generate(model, tokenizer, prompts, 96, batch_size=8, decoding="compiled-step")
+    assert rows == [8, 8, 8] and counters["stats"]["unique_graphs"] - graphs <= 1  # one batch size, one graph
+    assert [[(c.text, c.tokens) for c in row] for row in stepped] == [[(c.text, c.tokens) for c in row] for row in eager]
+    rows.clear()
+    generation.generate(model, tokenizer, prompts[:5], 96, batch_size=8, decoding="compiled-step")
+    assert rows == [5]  # a single batch is not filled: it compiles for its own size either way
+
+
+@needs_compiler
 def test_sampling_repeats_with_its_seed_and_draws_from_the_softmax(tiny) -> None:
     from gsm8k_tr.infer import compiled_step, generation
 

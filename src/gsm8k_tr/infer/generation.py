@@ -147,8 +147,13 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             batch_config = copy.deepcopy(config)
             batch_config.max_new_tokens = room
             cut += len(chunk)
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt",
-                              pad_to_multiple_of=multiple).to(device)
+        rows = [encoded[i] for i in chunk]
+        # Compiled code is specialised to the batch size, so a short last batch would compile again (15-33 s for
+        # GPT-2 Medium on an H200) where a full one replays the graph already built. It is filled up with copies of
+        # its first (longest) prompt, whose answers are dropped; greedy copies stop with that row, adding no steps.
+        if how != "eager" and start > 0:
+            rows += [rows[0]] * (batch_size - len(rows))
+        batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", pad_to_multiple_of=multiple).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
                  if how == "eager" and placement.kv_cache(config.cache_implementation) == "growing" else {})
         with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
