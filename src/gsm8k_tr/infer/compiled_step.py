@@ -44,6 +44,7 @@ from typing import Any
 from unittest.mock import patch
 
 from gsm8k_tr.infer.kv_cache import KEYWORD
+from gsm8k_tr.infer.shared_prefill import prompt_positions
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ class Buffers:
         import torch
         from transformers import StaticCache
 
-        self.length = length
         self.cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
         self.ids = torch.zeros(rows, length, dtype=torch.long, device=device)
         self.mask = torch.zeros(rows, length, dtype=torch.long, device=device)
@@ -156,10 +156,10 @@ def _buffers(model: Any, rows: int, length: int, device: Any) -> Buffers:
     set at a time, as transformers keeps one static cache: a 64-row cache of GPT-2 Medium at 896 positions is
     5.3 GiB in bf16)."""
     found: Buffers | None = model.__dict__.get("_gsm8k_tr_step_buffers")
-    if found is not None and found.ids.shape[0] == rows and found.length >= length and found.ids.device == device:
+    if found is not None and found.ids.shape[0] == rows and found.ids.shape[1] >= length and found.ids.device == device:
         found.reset()
         return found
-    longest = found.length if found is not None and found.ids.shape[0] == rows else 0
+    longest = found.ids.shape[1] if found is not None and found.ids.shape[0] == rows else 0
     model.__dict__["_gsm8k_tr_step_buffers"] = None  # the old cache goes before the new one is allocated
     found = model.__dict__["_gsm8k_tr_step_buffers"] = Buffers(model, rows, max(length, longest), device)
     return found
@@ -206,7 +206,7 @@ def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: A
     stops = torch.tensor(stop_list, dtype=torch.long, device=device)
     # The prefill, eagerly, with the positions `generate` gives a left-padded prompt.
     state.mask[:, :prompt] = attention_mask
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    positions = prompt_positions(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=state.mask, position_ids=positions, use_cache=True,
                    logits_to_keep=1, **{KEYWORD: state.cache}).logits[:, -1]
     first = choose(logits, temperature)

@@ -31,6 +31,17 @@ def distinct_rows(input_ids: Any, attention_mask: Any) -> tuple[Any, Any] | None
     return first, inverse
 
 
+def prompt_positions(mask: Any) -> Any:
+    """The position ids `generate` gives a left-padded prompt (`_prepare_position_ids_for_generation`): counted from
+    each row's first real token, 0 on the padding.
+
+    >>> import torch
+    >>> prompt_positions(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist()
+    [[0, 0, 0, 1], [0, 1, 2, 3]]
+    """
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
 def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, keyword: str) -> bool:
     """Fill the empty `cache` with every row's prompt but its last token, computing each distinct prompt once.
 
@@ -49,9 +60,7 @@ def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, 
         return False
     first, inverse = found
     ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
-    # The positions `generate` gives a left-padded prompt (`_prepare_position_ids_for_generation`).
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+    model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
           **{keyword: cache})
     cache.batch_select_indices(inverse)
     return True
