@@ -2,6 +2,7 @@
 
     python benchmarks/memory_plan.py                 # tiny, demo, SmolLM2 and GPT-2 Medium shapes: a few minutes
     python benchmarks/memory_plan.py --shapes tiny demo
+    python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: a minute
 
 Each phase runs in a fresh process: SFT (one training step: forward, backward
 and an AdamW step on LoRA, GPT-2's dropout on, every token scored through
@@ -14,6 +15,22 @@ system, so resident memory follows live tensors. Models have random weights
 built from their configs (so no file is mapped). Against it stands
 `gsm8k_tr.train.memory.estimate` for the same phase, on CPU (float32 compute,
 no CUDA runtime). Prints one row per shape and phase, and the ratio.
+
+`--saved` checks the plan for a GPU without one. Under bf16 mixed precision
+on a GPU the resident-memory fit above does not carry over: activations are
+bf16 and float32 by turns, PyTorch's fused attention keeps no probabilities,
+dropout keeps a one-byte mask, and autocast keeps a bf16 copy of every frozen
+matmul weight for the backward pass. So each training phase runs here under
+torch's CPU autocast in bf16, with dropout taking the path CUDA takes
+(`torch.native_dropout`, which keeps a boolean mask), attention dropout off
+(the GPU's fused kernels keep only their random state, and with it off the
+CPU takes its fused kernel too), and every tensor autograd saves for the
+backward pass is counted once per storage (`torch.autograd.graph.
+saved_tensors_hooks`), parameters left out. Counted per token: what the plan
+calls activations; counted once: autocast's weight copies (`weight_casts`).
+Against them stands `estimate` on a GPU in bf16. What this leaves out is
+what a GPU allocates beside the saved tensors (the backward pass's
+transient buffers, the allocator's rounding), which `gpu_check.py` measures.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (config source, micro-batch, sequence length, GRPO generation batch, prompt tokens, completion tokens)
@@ -55,7 +73,7 @@ def _config(source: str) -> Any:
     return AutoConfig.from_pretrained(builtin.resolve(source))
 
 
-def measure(shape: str, phase: str) -> dict[str, Any]:
+def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
     """Run one phase in this process; return its peak memory rise (MiB) and the estimate's parts."""
     import torch
     from peft import get_peft_model
@@ -79,7 +97,7 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if phase != "grpo_generation":  # both trainers score through TRL's fused LM head, SFT with its metrics' outputs
         add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
-    lora = LoraConfig(r=16, alpha=32, dropout=0.0)
+    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout)
     model = get_peft_model(model, modeling.lora_config(lora, model))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = config.vocab_size
@@ -100,7 +118,8 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
     stage = "sft" if phase == "sft" else "grpo"
     settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length if phase != "grpo_generation"
                 else prompt + completion, "mixed_precision": False, "checkpointing": False, "dropout": phase == "sft",
-                "lora_rank": lora.r, "generation_batch": generations if phase == "grpo_generation" else 0,
+                "lora_rank": lora.r, "lora_dropout": lora_dropout > 0, "decoding": "eager",
+                "generation_batch": generations if phase == "grpo_generation" else 0,
                 "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
     plan = memory.estimate(shape_info, stage, settings, on_gpu=False)
     parts = {k: v * 1024 for k, v in plan.parts.items()}  # MiB
@@ -113,15 +132,116 @@ def measure(shape: str, phase: str) -> dict[str, Any]:
             "parts_mib": {k: round(v, 1) for k, v in parts.items()}, "parameters": shape_info.parameters}
 
 
+def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, length: int = 200) -> dict[str, Any]:
+    """What autograd keeps for the backward pass of one `phase` micro-batch, counted as a GPU in bf16 would keep it
+    (see the module's docstring), beside the plan's activations and weight casts for a GPU; bytes per token and
+    layer, and MiB."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import LoraConfig
+    from gsm8k_tr.train import memory
+
+    config = _config(SHAPES[shape][0])
+    for key in ("attn_pdrop", "attention_dropout"):  # a GPU's fused attention keeps no dropout mask
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    if phase != "sft":  # GRPO turns the model's dropout off
+        for key in ("resid_pdrop", "embd_pdrop"):
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
+    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout)
+    model = get_peft_model(model, modeling.lora_config(lora, model))
+    model.train()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
+    token_dims = {batch, batch * length, batch * (length - 1)}  # rows, tokens, scored tokens
+    collision = token_dims & {d for s in weight_shapes for d in s}
+    assert not collision, f"pick another batch or length: {collision} is also a weight's size"
+    counted: dict[int, tuple[str, int]] = {}
+
+    def pack(tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in parameters or key in counted or storage.nbytes() == 0:
+            return tensor
+        kind = ("per_token" if tensor.dim() and tensor.shape[0] in token_dims
+                else "weight_casts" if tuple(tensor.shape) in weight_shapes else "other")
+        counted[key] = (kind, storage.nbytes())
+        return tensor
+
+    def gpu_dropout(x: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        return torch.native_dropout(x, p, True)[0] if training and p > 0 else x  # CUDA's path: a boolean mask
+
+    ids = torch.randint(5, config.vocab_size, (batch, length))
+    mask = torch.ones_like(ids)
+    mask[0, : length // 4] = 0  # a left-padded row, as the trainers' batches have
+    with patch("torch.nn.functional.dropout", gpu_dropout), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True)
+    totals = {kind: sum(n for k, n in counted.values() if k == kind) for kind in ("per_token", "weight_casts", "other")}
+    shape_info = memory.Shape.from_config(config)
+    stage = "sft" if phase == "sft" else "grpo"
+    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": True,
+                "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora.r,
+                "lora_dropout": lora_dropout > 0, "generation_batch": 0, "eval_batch": 0, "eval_length": 0,
+                "vllm": False, "vllm_share": 0.0, "decoding": "eager"}
+    plan = memory.estimate(shape_info, stage, settings, on_gpu=True)
+    per_token_layer = batch * length * shape_info.layers
+    return {"shape": shape, "phase": phase, "lora_dropout": lora_dropout,
+            "counted_bytes_per_token_layer": round(totals["per_token"] / per_token_layer, 1),
+            "planned_bytes_per_token_layer": round(plan.parts["activations"] * 2**30 / per_token_layer, 1),
+            "counted_weight_casts_mib": round(totals["weight_casts"] / MIB, 2),
+            "planned_weight_casts_mib": round(plan.parts["weight_casts"] * 1024, 2),
+            "other_mib": round(totals["other"] / MIB, 2)}
+
+
+def main_saved(shapes: list[str], lora_dropouts: list[float]) -> None:
+    """`--saved`: one row per shape, phase and LoRA dropout; the ratio of plan to count."""
+    import torch
+
+    torch.set_num_threads(2)
+    print(f"{'shape':<12} {'phase':<14} {'LoRA dropout':>12} {'B/token/layer counted':>22} {'planned':>8} {'ratio':>6} "
+          f"{'weight casts MiB counted':>25} {'planned':>8}")
+    rows = []
+    for shape in shapes:
+        for phase in ("sft", "grpo_training"):
+            for dropout in lora_dropouts:
+                row = count_saved(shape, phase, dropout)
+                rows.append(row)
+                ratio = row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
+                print(f"{shape:<12} {phase:<14} {dropout:>12} {row['counted_bytes_per_token_layer']:>22.1f} "
+                      f"{row['planned_bytes_per_token_layer']:>8.1f} {ratio:>6.2f} "
+                      f"{row['counted_weight_casts_mib']:>25.1f} {row['planned_weight_casts_mib']:>8.1f}")
+    worst = max(abs(r["planned_bytes_per_token_layer"] / r["counted_bytes_per_token_layer"] - 1) for r in rows)
+    print(f"largest relative error of the activations: {worst:.0%}")
+    Path(ROOT / "runs").mkdir(exist_ok=True)
+    (ROOT / "runs" / "memory_plan_saved.json").write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--phases", nargs="+", default=["sft", "grpo_generation", "grpo_training"],
                         choices=["sft", "grpo_generation", "grpo_training"])
-    parser.add_argument("--only", nargs=2, metavar=("SHAPE", "PHASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--saved", action="store_true",
+                        help="count what a GPU in bf16 keeps for backward (see the docstring) instead of measuring RSS")
+    parser.add_argument("--lora-dropout", nargs="+", type=float, default=[0.05],
+                        help="LoRA dropout of the adapters (default: 0.05, the recipes'); --saved takes several")
+    parser.add_argument("--only", nargs=3, metavar=("SHAPE", "PHASE", "LORA_DROPOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.saved:
+        main_saved(args.shapes, args.lora_dropout)
+        return
     if args.only:
-        print("RESULT " + json.dumps(measure(*args.only)))
+        print("RESULT " + json.dumps(measure(args.only[0], args.only[1], float(args.only[2]))))
         return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "TRANSFORMERS_VERBOSITY": "error",
            "GSM8K_TR_CACHE": os.environ.get("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))}
@@ -129,8 +249,8 @@ def main() -> None:
     rows = []
     for shape in args.shapes:
         for phase in args.phases:
-            done = subprocess.run([sys.executable, __file__, "--only", shape, phase], capture_output=True, text=True,
-                                  env=env)
+            done = subprocess.run([sys.executable, __file__, "--only", shape, phase, str(args.lora_dropout[0])],
+                                  capture_output=True, text=True, env=env)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"{shape:<12} {phase:<16} failed: {done.stderr.strip().splitlines()[-1:]}")

@@ -88,6 +88,41 @@ def test_the_estimate_moves_the_way_memory_does(change: dict, part: str, directi
     assert ratio == pytest.approx(direction, rel=0.1) if direction >= 0.5 else ratio < direction
 
 
+def test_lora_dropout_and_autocast_weight_casts_are_planned() -> None:
+    # LoRA's dropout keeps a one-byte mask of every adapted layer's input on a GPU: GPT-2 Medium's adapted layers
+    # take 3 x 1024 + 4096 input values per token and layer.
+    plain = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)
+    dropped = memory.estimate(GPT2_MEDIUM, "sft", {**SETTINGS, "lora_dropout": True}, on_gpu=True, memory_gib=24)
+    tokens_layers = SETTINGS["micro_batch"] * SETTINGS["length"] * 24
+    assert (dropped.parts["activations"] - plain.parts["activations"]) * 2**30 == pytest.approx(tokens_layers * 7168)
+    # Under mixed precision autocast keeps a bf16 copy of every matmul weight (LoRA's too) for the backward pass.
+    matmul = sum(i * o + 32 * (i + o) for i, o in GPT2_MEDIUM.linear_shapes)
+    assert plain.parts["weight_casts"] * 2**30 == 2 * matmul
+    assert plain.peak_gib == pytest.approx(sum(plain.parts[k] for k in ("weights", "lora", "runtime", "activations",
+                                                                        "weight_casts", "logits")))
+    fp32 = memory.estimate(GPT2_MEDIUM, "sft", {**SETTINGS, "mixed_precision": False}, on_gpu=True, memory_gib=24)
+    assert fp32.parts["weight_casts"] == 0
+
+
+@pytest.mark.parametrize("decoding, on_gpu, cache_kept", [("auto", True, True), ("auto", False, False),
+                                                          ("compiled", False, True), ("compiled-step", True, True),
+                                                          ("eager", True, False)])
+def test_what_grpo_keeps_between_rollouts_is_planned_beside_training(decoding: str, on_gpu: bool,
+                                                                      cache_kept: bool) -> None:
+    # Compiled decoding keeps its static KV cache on the model between rollouts, and the rollouts keep their weight
+    # copies: both are still there while the step trains. Eager decoding's cache is gone by then.
+    settings = {**SETTINGS, "dropout": False, "decoding": decoding}
+    grpo = memory.estimate(GPT2_MEDIUM, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
+    p = {k: v * 2**30 for k, v in grpo.parts.items()}
+    kept = p["rollout_weights"] + (p["kv_cache"] if cache_kept else 0.0)
+    training = p["activations"] + p["weight_casts"] + p["logits"]
+    generating = (0.0 if cache_kept else p["kv_cache"]) + 64 * 50257 * 4
+    assert grpo.peak_gib * 2**30 == pytest.approx(p["weights"] + p["lora"] + p["runtime"] + kept +
+                                                  max(training, generating))
+    assert p["kv_cache"] > 0 and p["rollout_weights"] == (2 * sum(i * o for i, o in GPT2_MEDIUM.linear_shapes)
+                                                          if grpo.settings["mixed_precision"] else 0)
+
+
 def test_grpo_generation_and_vllm_are_planned() -> None:
     grpo = memory.estimate(GPT2_MEDIUM, "grpo", {**SETTINGS, "dropout": False}, on_gpu=True, memory_gib=24)
     # 64 rollouts of 1024 tokens: keys and values of 24 layers of 1024, two bytes each
@@ -107,7 +142,23 @@ def test_grpo_generation_and_vllm_are_planned() -> None:
                         {"output_dir": ("/nonexistent", "")})
     for decoding, padding in (("auto", 63), ("eager", 0), ("compiled", 63)):  # auto: compiled on a CUDA GPU
         recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [f"decoding={decoding}"])
-        assert memory.stage_settings(recipe, "grpo", config, 1024, 150)["cache_padding"] == padding
+        settings = memory.stage_settings(recipe, "grpo", config, 1024, 150)
+        assert settings["cache_padding"] == padding and settings["decoding"] == decoding
+        assert settings["lora_dropout"] is (recipe.lora.dropout > 0)
+
+
+def test_the_gpu_plan_matches_what_autograd_keeps_in_bf16() -> None:
+    # benchmarks/memory_plan.py --saved: every tensor autograd saves for backward under bf16 autocast, with CUDA's
+    # dropout (a byte mask) and fused attention, counted once per storage. A small model keeps proportionally more
+    # outside its layers (embeddings, the head's input) than the plan spreads over them: 3-4% for the demo's.
+    bench = load_benchmark("memory_plan")
+    for phase, lora_dropout in (("sft", 0.05), ("grpo_training", 0.0)):
+        row = bench.count_saved("demo", phase, lora_dropout)
+        ratio = row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
+        assert 0.93 <= ratio <= 1.05, row
+        # The plan also counts the first layer's input projection, whose copy no backward needs (nothing before it
+        # trains): 6% of the demo model's matmul weights.
+        assert row["planned_weight_casts_mib"] == pytest.approx(row["counted_weight_casts_mib"], rel=0.08), row
 
 
 def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Path,
@@ -144,9 +195,10 @@ def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
 @pytest.mark.parametrize("stage, longest, memory_gib, micro, accumulation", [
     ("sft", 120, 22.0, 32, 1),    # GSM8K-TR rows of ~120 tokens: the whole effective batch of 32 in one micro-batch
     ("sft", 400, 22.0, 16, 2),    # longer rows: two micro-batches
-    ("sft", 1024, 22.0, 8, 4),    # the longest the context allows: the recipe's own split (15.5 GiB)
-    ("sft", 120, 4.0, 8, 4),      # a small GPU: smaller micro-batches, the same effective batch
-    ("grpo", 150, 60.0, 64, 1),   # GRPO: 64 completions of one step in one micro-batch on an 80 GB card
+    ("sft", 1024, 22.0, 8, 4),    # the longest the context allows: the recipe's own split (17.4 GiB)
+    ("sft", 120, 4.0, 4, 8),      # a small GPU: smaller micro-batches, the same effective batch
+    ("grpo", 150, 80.0, 64, 1),   # GRPO: 64 completions of one step in one micro-batch on an 80 GB card
+    ("grpo", 150, 60.0, 32, 2),   # beside the KV cache and weight copies kept between rollouts: two on 60 GiB
     ("grpo", 150, 10.0, 8, 8),    # a multiple of the group of 8, never 4 or 2
 ])
 def test_auto_micro_batch_keeps_the_effective_batch_and_fits(stage: str, longest: int, memory_gib: float, micro: int,

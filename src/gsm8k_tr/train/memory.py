@@ -9,7 +9,11 @@ count of what the stage keeps in memory at its peak:
 - lora: the LoRA parameters with their gradients and AdamW's two moments;
 - activations: what one micro-batch at the recipe's longest sequences keeps
   for the backward pass, with activation checkpointing on or off
-  (`activations_checkpointed` is the other setting, for comparison);
+  (`activations_checkpointed` is the other setting, for comparison), and
+  LoRA's dropout masks when its dropout is on;
+- weight_casts: under mixed precision, autocast's copy of every matmul
+  weight in the compute dtype (the frozen ones and LoRA's), which each layer
+  keeps for its backward pass;
 - logits: what the loss needs. TRL 1.16 scores SFT and GRPO alike through a
   fused LM head (`trl.trainer.utils.add_fused_lm_head`) that never holds the
   `(batch, length, vocabulary)` logits: it projects tiles of 4,096 tokens by
@@ -19,26 +23,28 @@ count of what the stage keeps in memory at its peak:
   for every layer, token and sequence; with compiled decoding the static
   cache also holds the prompts' extra padding (`infer/compiled_decoding.py`);
 - rollout_weights: under mixed precision, GRPO's rollouts use a copy of the
-  frozen matmul weights in the compute dtype (`train/rollouts.py`). It is
-  kept between rollouts, as compiled decoding keeps its static cache, so that
-  CUDA graphs find them where they recorded them; the plan still counts both
-  in the generation phase only (on an H200 the GRPO peak, 48.9 GiB with the
-  static cache kept, was under the plan's 82.8 GiB, docs/benchmarks.md; the
-  copies add 0.6 GiB for GPT-2 Medium);
+  frozen matmul weights in the compute dtype (`train/rollouts.py`);
 - runtime: the CUDA context and the allocator's slack on a GPU (0.6 GiB, not
   yet measured on one); PyTorch's own first-use buffers on a CPU (25 MiB,
   measured).
 
-The peak is weights + lora + runtime + the larger of the training phase
-(activations and logits) and the generation phase (KV cache, the rollouts'
-weight copy and the last token's logits). A recipe fits when that peak is at
-most 95% of the memory.
+The peak is weights + lora + runtime + what GRPO keeps between rollouts +
+the larger of the training phase (activations, weight casts and logits) and
+the generation phase (the KV cache unless it is kept, the last token's
+logits). Kept between rollouts, so also while training: the rollouts' weight
+copies, and with compiled decoding the static KV cache (transformers keeps
+the longest built so far on the model, `infer/compiled_step.py` its
+buffers), so that CUDA graphs find them where they recorded them. A recipe
+fits when the peak is at most 95% of the memory.
 
 The per-token activation counts below were fitted to CPU measurements of the
 GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;
 `benchmarks/memory_plan.py`) and checked on the tiny and demo shapes; on a CPU,
 PyTorch's math attention also keeps the attention probabilities, which GPUs'
-fused kernels do not. `docs/benchmarks.md` has the table.
+fused kernels do not. For a GPU in bf16 the same script counts what autograd
+saves under autocast with CUDA's dropout (`--saved`): the plan's activations
+are 2-4% over that count for GPT-2 Medium and 6-7% under it for SmolLM2, and
+its weight casts 1% over. `docs/benchmarks.md` has the tables.
 """
 
 from __future__ import annotations
@@ -70,6 +76,16 @@ ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
 # Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
 # (a boolean mask), the scaled noise itself in the compute dtype on a CPU (`torch.dropout`'s path off CUDA).
 DROPOUT_MASKS_H = 3.0
+# LoRA's dropout, per value of each adapted layer's input and token. Without it the adapter's first matmul keeps its
+# input for the backward pass (the frozen layer beside it keeps none); with it, it keeps the dropped input instead,
+# and dropout keeps its mask. On a GPU under autocast the adapter keeps a bf16 cast either way (PEFT casts the input
+# to its float32 weights first), so what it adds is the mask: a byte. On a CPU in float32 the mask is float noise,
+# the dropped input is a new tensor per adapted layer, and the input it replaces was kept once per distinct input
+# (Llama's q, k and v share theirs): 3 x hidden + the MLP width a layer, in both families. Counted with
+# `benchmarks/memory_plan.py --saved` (and on a CPU with resident memory): 1.0 byte a value on a GPU for GPT-2
+# Medium and SmolLM2; on a CPU 4.5 and 5.8 against the 4.0 and 5.4 that this gives.
+LORA_DROPOUT_BYTES = {"gpu": 1.0, "cpu": 8.0}
+LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct input
 
 
 @dataclass
@@ -138,19 +154,26 @@ class StagePlan:
 
 
 def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, dropout: bool, checkpointing: bool,
-                 lora_rank: int, attention_weights: bool) -> float:
+                 lora_rank: int, attention_weights: bool, lora_dropout: bool = False) -> float:
     """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
 
     `attention_weights`: the attention probabilities are kept too (heads x
     length per token), as PyTorch's math attention does on a CPU, where
     dropout also keeps its noise at full width; the fused attention kernels
     GPUs use keep none, dropout included, and a GPU's dropout masks are bytes.
+    `lora_dropout`: LoRA's dropout is on, and keeps a mask of every adapted
+    layer's input.
     """
     floats = ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp + 4 * lora_rank
     if attention_weights:
         floats += shape.heads * length * (3 if dropout else 1)  # the probabilities, their noise and dropped copy
     mask_bytes = 1 if not attention_weights else compute_bytes
     per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden * mask_bytes if dropout else 0.0)
+    if lora_dropout:
+        inputs = sum(i for i, _ in shape.linear_shapes) / shape.layers  # adapted layers' input values per token
+        per_layer += inputs * LORA_DROPOUT_BYTES["cpu" if attention_weights else "gpu"]
+        if attention_weights:
+            per_layer -= (3 * shape.hidden + shape.mlp) * LORA_DROPOUT_REPLACED_CPU
     tokens = batch * length
     if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
         return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer)
@@ -166,14 +189,18 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     parts = {"weights": shape.parameters * 4, "lora": lora * 16}
     tokens = s["micro_batch"] * s["length"]
     kept = (s["micro_batch"], s["length"], compute, s["dropout"] and shape.dropout)
-    active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu)
-    other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu)
+    lora_dropout = bool(s.get("lora_dropout", False))
+    active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout)
+    other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout)
     parts["activations"] = active
     parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
+    matmul_weights = sum(i * o for i, o in shape.linear_shapes)
+    parts["weight_casts"] = (matmul_weights + lora) * compute if s["mixed_precision"] else 0.0
     # One tile of the fused LM head's projection in the compute dtype and its float32 statistics. TRL allocates the
     # tile VOCAB_TILE wide whatever the vocabulary; a CPU's resident memory holds only the part it writes.
     width = VOCAB_TILE if on_gpu else min(shape.vocab, VOCAB_TILE)
     parts["logits"] = min(tokens, TOKEN_TILE) * width * (compute + 4)
+    generation = kept_between = 0.0
     if stage == "sft":
         parts["kv_cache"] = 0.0
     else:
@@ -182,17 +209,25 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
         held_out = kv_cache_bytes(shape, s["eval_batch"] * (s["eval_length"] + padding), compute)
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
         copied = s["mixed_precision"] and not s["vllm"]
-        parts["rollout_weights"] = sum(i * o for i, o in shape.linear_shapes) * compute if copied else 0.0
+        parts["rollout_weights"] = matmul_weights * compute if copied else 0.0
+        cache_kept = keeps_cache(s.get("decoding", "auto"), on_gpu) and not s["vllm"]
+        kept_between = parts["rollout_weights"] + (parts["kv_cache"] if cache_kept else 0.0)
+        generation = (0.0 if cache_kept else parts["kv_cache"]) + s["generation_batch"] * shape.vocab * 4
     parts["runtime"] = (CUDA_RUNTIME_GIB if on_gpu else CPU_RUNTIME_GIB) * GIB
-    generation = (parts["kv_cache"] + parts["rollout_weights"] + s["generation_batch"] * shape.vocab * 4
-                  if stage == "grpo" else 0.0)
-    peak = parts["weights"] + parts["lora"] + parts["runtime"] + max(active + parts["logits"], generation)
+    training = active + parts["weight_casts"] + parts["logits"]
+    peak = parts["weights"] + parts["lora"] + parts["runtime"] + kept_between + max(training, generation)
     if s["vllm"] and memory_gib:
         parts["vllm"] = s["vllm_share"] * memory_gib * GIB  # vLLM takes its share of the GPU up front
         peak += parts["vllm"]
     gib = {k: v / GIB for k, v in parts.items()}
     fits = None if memory_gib is None else peak / GIB <= FITS_SHARE * memory_gib
     return StagePlan(stage, gib, peak / GIB, memory_gib, fits, dict(settings))
+
+
+def keeps_cache(decoding: str, on_gpu: bool) -> bool:
+    """Whether GRPO's rollouts keep their KV cache between calls: compiled decoding does (a static cache), which
+    `auto` is on a GPU (`placement.decoding`; the plan assumes Triton there)."""
+    return decoding in ("compiled", "compiled-step") or (decoding == "auto" and on_gpu)
 
 
 def kv_cache_bytes(shape: Shape, tokens: float, dtype_bytes: int) -> float:
@@ -228,6 +263,8 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
         "dropout": stage == "sft",  # GRPO turns the model's dropout off (LoRA's own dropout is small change)
         "lora_rank": recipe.lora.r,
+        "lora_dropout": recipe.lora.dropout > 0,
+        "decoding": recipe.decoding,
         "generation_batch": generation_batch,
         "eval_batch": eval_batch,
         "eval_length": eval_length,

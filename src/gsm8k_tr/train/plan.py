@@ -98,8 +98,9 @@ def sized_for_warning(recipe: Recipe, config: Any = None) -> str | None:
 
 def table(plans: dict[str, StagePlan]) -> list[str]:
     """The plan as text lines: one row per stage, one column per part, GiB."""
-    keys = ("weights", "lora", "activations", "logits", "kv_cache", "runtime")
-    lines = [f"{'stage':<6} " + " ".join(f"{k:>11}" for k in keys) + f" {'peak':>7}  fits"]
+    keys = {"weights": "weights", "lora": "lora", "activations": "activations", "weight_casts": "casts",
+            "logits": "logits", "kv_cache": "kv_cache", "rollout_weights": "copies", "runtime": "runtime"}
+    lines = [f"{'stage':<6} " + " ".join(f"{k:>11}" for k in keys.values()) + f" {'peak':>7}  fits"]
     for name, p in plans.items():
         other = next(k for k in p.parts if k.startswith("activations_"))
         fits = "-" if p.fits is None else ("yes" if p.fits else "NO") + f" ({p.memory_gib:.1f} GiB)"
@@ -108,4 +109,6 @@ def table(plans: dict[str, StagePlan]) -> list[str]:
         state = "on" if p.settings["checkpointing"] else "off"
         lines.append(f"{'':<6} activation checkpointing {state}; {other.replace('_', ' ')}: {p.parts[other]:.2f} GiB; "
                      f"micro-batch {p.settings['micro_batch']} x {p.settings['length']} tokens")
+    lines.append("casts: autocast's copies of the matmul weights, kept for the backward pass; copies: the rollouts' "
+                 "weights in the compute dtype, kept between rollouts, as compiled decoding keeps its KV cache")
     return lines
