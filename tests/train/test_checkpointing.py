@@ -1,9 +1,10 @@
 """Activation checkpointing under GRPO with a LoRA adapter: the gradients are the ones without it.
 
 The memory plan proposes `activation_checkpointing: true` when a stage does
-not fit, and the 16 GB recipe's GRPO uses it. With PEFT, checkpointing has a
-known way to go wrong silently: frozen embeddings give the checkpointed blocks
-inputs that need no gradient, and the adapter's gradients come out zero. TRL
+not fit (`gsm8k-tr plan`, and the line a stage stops with). With PEFT,
+checkpointing has a known way to go wrong: frozen embeddings give the
+checkpointed blocks inputs that need no gradient, and the adapter's gradients
+come out zero or the backward pass fails. TRL
 guards against it (`enable_input_require_grads`); this checks the outcome
 through TRL's own scoring path, with the trainer switching checkpointing on as
 `Trainer.train` does.

@@ -155,7 +155,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     shape, longest = memory.Shape.from_config(model.config), max(count(p["prompt"]) for p in prompts)
     batch = None
     if memory.wants_auto(recipe.grpo):  # the largest micro-batch the plan fits at these lengths, same generation batch
-        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest, config.num_generations)
+        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest)
         recipe = memory.with_micro_batch(recipe, STAGE, batch)
         config = grpo_args(recipe, stop_ids(model), context)
         log.info("grpo micro-batch (auto): %s", batch)

@@ -255,15 +255,17 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
         eval_length = min(context, PROMPT_TOKENS + recipe.eval.max_new_tokens) if eval_batch else 0
+    # GRPO turns the model's dropout off, and LoRA's with it (`train/grpo.py`), unless `disable_dropout` is off
+    dropout = stage == "sft" or not getattr(config, "disable_dropout", True)
     return {
         "micro_batch": micro,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "length": length,
         "mixed_precision": bool(config.bf16 or config.fp16),
         "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
-        "dropout": stage == "sft",  # GRPO turns the model's dropout off (LoRA's own dropout is small change)
+        "dropout": dropout,
         "lora_rank": recipe.lora.r,
-        "lora_dropout": recipe.lora.dropout > 0,
+        "lora_dropout": dropout and recipe.lora.dropout > 0,
         "decoding": recipe.decoding,
         "generation_batch": generation_batch,
         "eval_batch": eval_batch,
@@ -299,15 +301,16 @@ def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool
 
     First the largest smaller micro-batch that fits: halving it doubles
     gradient accumulation, so the optimizer sees the same effective batch
-    and the run is barely slower (under GRPO it stays a multiple of the group
-    size). Then activation checkpointing (a third more compute), alone or
-    with a smaller micro-batch. Under GRPO, when the rollouts' KV cache is
-    what does not fit, a smaller generation batch.
+    and the run is barely slower. Under GRPO the generation batch stays as it
+    is, a multiple of the group size; the micro-batches need not be (TRL
+    shuffles the generation batch before it splits it into micro-batches, so
+    they never held whole groups). Then activation checkpointing (a third
+    more compute), alone or with a smaller micro-batch. Under GRPO, when the
+    rollouts' KV cache is what does not fit, a smaller generation batch.
     """
-    smallest = num_generations if stage == "grpo" else 1
     halvings = []
     micro, accumulate = settings["micro_batch"], settings["gradient_accumulation_steps"]
-    while micro // 2 >= smallest and (stage != "grpo" or (micro // 2) % num_generations == 0):
+    while micro // 2 >= 1:
         accumulate *= 2
         micro //= 2
         halvings.append({"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulate})
@@ -341,22 +344,22 @@ def wants_auto(section: dict[str, Any]) -> bool:
 
 
 def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longest: int | None,
-                    num_generations: int = 1, memory: tuple[bool, float] | None = None) -> dict[str, Any]:
+                    memory: tuple[bool, float] | None = None) -> dict[str, Any]:
     """`per_device_train_batch_size: auto`: the largest micro-batch that fits at the data's real lengths.
 
     The effective batch is kept: the recipe's `gradient_accumulation_steps`
     times the default micro-batch (the config was built with it), split into
-    the fewest micro-batches whose plan fits, under GRPO a multiple of the
-    group size. On a GPU the plan is held to its free memory; on a CPU to
-    half the memory the system has available (`memory`: (on a GPU, GiB)
-    instead). Returns the two TRL keys and the plan's numbers, for the manifest.
+    the fewest micro-batches whose plan fits (under GRPO the generation batch
+    stays a multiple of the group size; see `suggestions`). On a GPU the plan
+    is held to its free memory; on a CPU to half the memory the system has
+    available (`memory`: (on a GPU, GiB) instead). Returns the two TRL keys
+    and the plan's numbers, for the manifest.
     """
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     on_gpu, free = memory or placement.accelerator_memory()
     if not on_gpu or free is None:
         free = placement.available_host_memory() / 2
-    candidates = [m for m in range(effective, 0, -1)
-                  if effective % m == 0 and (stage != "grpo" or m % num_generations == 0)] or [effective]
+    candidates = [m for m in range(effective, 0, -1) if effective % m == 0]
     for micro in candidates:
         settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
         plan = estimate(shape, stage, settings, on_gpu, free)

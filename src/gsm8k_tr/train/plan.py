@@ -62,22 +62,22 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     if memory_gib is not None:
         on_gpu, free = True, memory_gib
     forced = {"output_dir": ("/nonexistent/gsm8k-tr-plan", ""), "seed": (recipe.seed, "")}
-    neutral = {"bf16": False, "fp16": False, "use_cpu": True}
     plans = {}
     for stage, defaults, cls, section in (("sft", SFT_DEFAULTS, trl.SFTConfig, recipe.sft),
                                           ("grpo", GRPO_DEFAULTS, trl.GRPOConfig, recipe.grpo)):
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
+        mixed = on_gpu and not (section.get("bf16") is False and section.get("fp16") is False)
+        # The precision planned for, so that an auto micro-batch is fitted in it too (bf16 stands for fp16 as well).
+        neutral = {"bf16": mixed, "fp16": False, "use_cpu": True}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
         padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu)}  # as the stage pads
         args = trl_config(cls, stage, values, {**defaults, **neutral, **padding}, {**forced, **extra})
         if wants_auto(section):  # the micro-batch the stage would choose at the planned lengths
-            batch = fit_micro_batch(shape, recipe, stage, args, None, getattr(args, "num_generations", 1),
-                                    (on_gpu, free) if on_gpu else None)
+            batch = fit_micro_batch(shape, recipe, stage, args, None, (on_gpu, free) if on_gpu else None)
             args.per_device_train_batch_size = batch["per_device_train_batch_size"]
             args.gradient_accumulation_steps = batch["gradient_accumulation_steps"]
         settings = stage_settings(recipe, stage, args, shape.context)
-        explicit_off = section.get("bf16") is False and section.get("fp16") is False
-        settings["mixed_precision"] = on_gpu and not explicit_off
+        settings["mixed_precision"] = mixed
         settings["vllm"] = bool(section.get("use_vllm")) and section.get("vllm_mode", "colocate") == "colocate"
         settings["vllm_share"] = float(section.get("vllm_gpu_memory_utilization", 0.3)) if settings["vllm"] else 0.0
         plans[stage] = estimate(shape, stage, settings, on_gpu, free)
