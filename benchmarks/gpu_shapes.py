@@ -18,6 +18,12 @@
   (in this call, or an earlier one with the same `--work`),
   and the steps that compiled with their seconds (a new batch length or
   row count can compile again before the shapes turn dynamic).
+- sft-order: SFT steps of `--order-split` micro-batches (default 4 x 8, the
+  16 GB recipe's), the examples of each optimizer step split at random
+  against grouped by length (transformers' `batch_rebalance`, the default
+  when a step has several micro-batches: `train/batch_order.py`): real
+  tokens per second over the steps after the first, and the tokens computed
+  (padding included) per real token, for each.
 - decode: `--sequences` greedy answers to the training questions of
   gpu_check's data (the sample's real rows, so their real prompt lengths;
   generated problems without the sample), eager decoding in
@@ -109,23 +115,44 @@ def without_compiling(history: list[dict[str, Any]], graphs: list[int]) -> dict[
             "compiling_s": round(sum(logged[i]["step_time"] for i in compiling), 1)}
 
 
+@contextmanager
+def computed_tokens() -> Iterator[dict[str, int]]:
+    """Tokens in the SFT batches built in the block, padding included (`computed`), and those that are not padding
+    (`real`)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    counts = {"computed": 0, "real": 0}
+    original = DataCollatorForLanguageModeling.torch_call
+
+    def counting(self: Any, examples: list[Any]) -> Any:
+        batch = original(self, examples)
+        counts["computed"] += batch["input_ids"].numel()
+        counts["real"] += sum(len(e["input_ids"]) for e in examples)
+        return batch
+
+    with patch.object(DataCollatorForLanguageModeling, "torch_call", counting):
+        yield counts
+
+
 def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool,
-            kernels: list[str] | None = None, compiled: bool = False) -> dict[str, Any]:
-    """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row), attention on `kernels`
-    (None: torch's choice) for the whole run, backward included; `compiled`: the model under torch.compile
-    (TrainingArguments' `torch_compile`), its steps that compiled counted apart."""
+            kernels: list[str] | None = None, compiled: bool = False, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row; "device": as the stage
+    pads on this device), attention on `kernels` (None: torch's choice) for the whole run, backward included;
+    `compiled`: the model under torch.compile (TrainingArguments' `torch_compile`), its steps that compiled counted
+    apart; `extra`: more recipe overrides."""
     import torch
 
     from gsm8k_tr.infer import attention_kernels
 
-    recipe = _recipe(work, model, steps, cpu, f"sft.pad_to_multiple_of={multiple if multiple else 'null'}",
-                     f"sft.torch_compile={str(compiled).lower()}")
-    with attention_kernels.only(kernels), graphs_per_step() as graphs:
+    padding = [] if multiple == "device" else [f"sft.pad_to_multiple_of={multiple if multiple else 'null'}"]
+    recipe = _recipe(work, model, steps, cpu, *padding, f"sft.torch_compile={str(compiled).lower()}", *extra)
+    with attention_kernels.only(kernels), graphs_per_step() as graphs, computed_tokens() as tokens:
         result = part_sft(recipe, torch.device("cpu" if cpu else "cuda"), parameters=1, rate=1.0)  # tokens/s only
     history = json.loads((Path(recipe.output_dir) / "sft" / "log_history.json").read_text())
     return {**{key: result[key] for key in ("tokens_per_s", "step_s", "first_step_s", "tokens_per_step",
                                             "micro_batch", "longest_batch", "peak_gib")},
-            **without_compiling(history, graphs)}
+            **without_compiling(history, graphs),
+            "computed_per_real_token": round(tokens["computed"] / max(tokens["real"], 1), 3)}
 
 
 def _decoder(model: str, work: Path, sequences: int, cpu: bool) -> tuple[Any, Any, Any, list[str]]:
@@ -193,6 +220,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from gsm8k_tr import placement
 
     what, setting = args.only
+    if what == "sft-order":
+        micro, accumulate = args.order_split
+        return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
+                       extra=(f"sft.per_device_train_batch_size={micro}", f"sft.gradient_accumulation_steps={accumulate}",
+                              f"sft.train_sampling_strategy={setting}"))
     if what in ("sft", "sft-compiled"):
         multiple = setting.removesuffix("-no-cudnn")
         return run_sft(args.model, Path(args.work) / f"{what}-{setting}", None if multiple == "none" else int(multiple),
@@ -211,7 +243,9 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=30, help="SFT steps per configuration (the first warms up)")
     parser.add_argument("--sequences", type=int, default=64, help="rows decoded together")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
-    parser.add_argument("--parts", nargs="+", choices=["sft", "sft-compiled", "decode", "stop"],
+    parser.add_argument("--order-split", nargs=2, type=int, default=[4, 8], metavar=("MICRO", "ACCUMULATION"),
+                        help="sft-order's micro-batch and gradient accumulation (default: 4 8)")
+    parser.add_argument("--parts", nargs="+", choices=["sft", "sft-compiled", "sft-order", "decode", "stop"],
                         help="default: sft, decode and stop on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--work", help="the work folder, kept (default: a new temporary one); results of an earlier "
@@ -236,7 +270,8 @@ def main() -> int:
     model = args.model or ("builtin:tiny-gpt2" if args.cpu else str(work / "model"))
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
-    runs = {"sft": ("none", "64", "64-no-cudnn"), "sft-compiled": ("64",), "decode": ("torch", "placement"),
+    runs = {"sft": ("none", "64", "64-no-cudnn"), "sft-compiled": ("64",), "sft-order": ("random", "batch_rebalance"),
+            "decode": ("torch", "placement"),
             "stop": ("both",)}
     saved = work / "gpu_shapes.json"  # an earlier call's results with the same --work: kept, and compared with
     results: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -245,7 +280,8 @@ def main() -> int:
         for setting in runs[part]:
             command = [sys.executable, __file__, "--only", part, setting, "--model", model, "--work", str(work),
                        "--sft-steps", str(args.sft_steps), "--sequences", str(args.sequences), "--new-tokens",
-                       str(args.new_tokens), *(["--cpu"] if args.cpu else [])]
+                       str(args.new_tokens), "--order-split", *map(str, args.order_split),
+                       *(["--cpu"] if args.cpu else [])]
             done = subprocess.run(command, capture_output=True, text=True)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -278,6 +314,14 @@ def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"over the steps after the first that compiled nothing{against}; steps "
                 f"{compiled['compiling_steps']} compiled, {compiled['compiling_s']} s in all ({args.sft_steps} steps; "
                 f"{compiled['tokens_per_s']} tokens/s over every step after the first)")
+    if part == "sft-order":
+        plain, grouped = results["sft-order-random"], results["sft-order-batch_rebalance"]
+        micro, accumulate = args.order_split
+        return (f"sft-order: micro-batches of {micro} x {accumulate} a step: {plain['tokens_per_s']} tokens/s split at "
+                f"random, {grouped['tokens_per_s']} grouped by length within each step: "
+                f"{grouped['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x; tokens computed per real token "
+                f"{plain['computed_per_real_token']} against {grouped['computed_per_real_token']} ({args.sft_steps} "
+                "steps; steps after the first)")
     if part == "decode":
         torch_choice, ours = results["decode-torch"], results["decode-placement"]
         same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))

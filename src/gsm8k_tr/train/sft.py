@@ -30,6 +30,7 @@ from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.run_folder import prepared_data, read_manifest
 from gsm8k_tr.train import memory, recipe_check, stage
+from gsm8k_tr.train.batch_order import SeededRebalance
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
@@ -43,9 +44,10 @@ log = logging.getLogger(__name__)
 STAGE = "sft"
 
 
-class SFTTrainer(TimedSteps, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
+class SFTTrainer(SeededRebalance, TimedSteps, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
     """TRL's SFTTrainer with the LM head over the scored tokens only, atomic checkpoints, a non-finite guard,
-    held-out accuracy in its evaluations and each step's time in its logs."""
+    held-out accuracy in its evaluations, each step's time in its logs, and micro-batches of like length within a
+    step (`train/batch_order.py`)."""
 
     held_out: HeldOutCheck | None = None
 

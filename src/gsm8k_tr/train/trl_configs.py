@@ -17,6 +17,7 @@ from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.run_folder import stage_dir
+from gsm8k_tr.train import batch_order
 from gsm8k_tr.train.checkpoints import CHECKPOINTS
 from gsm8k_tr.train.memory import padded, padding_multiple
 
@@ -83,6 +84,7 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
         raise UserError("recipe key 'eval.sft_patience' stops SFT when validation stops improving, which needs "
                         "sft.eval_strategy: steps (with sft.eval_steps) and sft.load_best_model_at_end: true")
     check_report_to("sft", config)
+    batch_order.choose(config, recipe.sft)
     return config
 
 

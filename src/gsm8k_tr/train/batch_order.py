@@ -1,0 +1,65 @@
+"""Which examples each SFT micro-batch holds: the examples of one optimizer step grouped by length.
+
+A micro-batch is padded to its longest row (then to `pad_to_multiple_of`), and
+GSM8K-TR's rows run from about 100 to over 1,000 tokens, so micro-batches
+drawn at random compute a good deal of padding. transformers'
+`train_sampling_strategy: batch_rebalance` (its `BatchRebalanceSampler`)
+takes the shuffled examples of each optimizer step, sorts them by length and
+splits them into the step's micro-batches by a cost that counts padding. On
+the shared GSM8K-TR rows, SFT of the demo model on 2 CPU cores in
+micro-batches of 4 x 8 and 8 x 4 computed 1.31 and 1.42 tokens per real one
+at random against 1.06 and 1.13 grouped, and trained 1.27-1.37x the real
+tokens a second (`python benchmarks/gpu_shapes.py --cpu --model
+builtin:demo-gpt2 --parts sft-order`; docs/benchmarks.md). An optimizer step
+still sees the same examples, and TRL's SFT loss divides by the step's
+tokens, not the micro-batch's (`num_items_in_batch`), so the step's gradient
+is the same sum in another order (`tests/train/test_batch_order.py`).
+
+A step of a single micro-batch on a single process has nothing to regroup,
+so it keeps the random order (the demo's SFT). Two mendings of the library:
+transformers builds the sampler without the run's seed (always 42, so a
+recipe's seed did not change the data order; `SeededRebalance`), and a
+transformers without the sampler keeps the random order.
+
+Micro-batches then vary in rows: long rows in smaller ones, short rows in
+larger ones. The memory plan assumes every micro-batch holds its micro-batch
+size of the longest row; on the shared GSM8K-TR rows none holds more tokens
+than that (a test holds it to it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STRATEGY = "batch_rebalance"
+
+
+def rebalance_sampler() -> type | None:
+    """transformers' `BatchRebalanceSampler`, or None where this transformers has none."""
+    try:
+        from transformers.trainer_pt_utils import BatchRebalanceSampler
+    except ImportError:
+        return None
+    return BatchRebalanceSampler
+
+
+def choose(config: Any, section: dict[str, Any]) -> None:
+    """Set `config.train_sampling_strategy` to `batch_rebalance` when an optimizer step has several micro-batches
+    (gradient accumulation, or several processes) and the recipe's `section` names no strategy of its own."""
+    if "train_sampling_strategy" in section or not hasattr(config, "train_sampling_strategy"):
+        return
+    if config.gradient_accumulation_steps * max(1, config.world_size) <= 1 or rebalance_sampler() is None:
+        return
+    config.train_sampling_strategy = STRATEGY
+
+
+class SeededRebalance:
+    """Trainer mixin: transformers' `BatchRebalanceSampler` shuffles with the run's `data_seed` or `seed`, as its
+    random sampler does, instead of the constant it is built with."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        cls = rebalance_sampler()
+        if cls is not None and isinstance(sampler, cls):
+            sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return sampler
