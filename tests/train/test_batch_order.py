@@ -71,6 +71,11 @@ def test_a_regrouped_step_keeps_its_examples_and_its_gradient(tiny_model_dir, tm
     step = list(iter(sampler))[:4]  # the first optimizer step's four micro-batches
     shuffled = torch.randperm(len(data), generator=torch.Generator().manual_seed(3)).tolist()
     assert sorted(i for batch in step for i in batch) == sorted(shuffled[:8])  # the step's examples, as shuffled
+    # ... which are the examples the default random order gives the step (accelerate's seeded sampler, same seed)
+    plain = _trainer(tiny_model_dir, tmp_path / "random", SFTTrainer, seed=3, train_sampling_strategy="random")
+    batches = iter(plain.get_train_dataloader())
+    first = sorted(int(t) - 5 for _ in range(4) for t in next(batches)["input_ids"][:, 0])
+    assert first == sorted(shuffled[:8])
     lengths = [len(data[i]["input_ids"]) for i in shuffled[:8]]
     padded = sum(len(batch) * max(len(data[i]["input_ids"]) for i in batch) for batch in step)
     in_order = sum(2 * max(lengths[k:k + 2]) for k in range(0, 8, 2))
