@@ -37,7 +37,6 @@ from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutAccuracy
-from gsm8k_tr.train.micro_batches import TrimmedMicroBatches
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
 from gsm8k_tr.train.rollouts import FastRollouts
@@ -48,11 +47,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "grpo"
 
-class GRPOTrainer(TrimmedMicroBatches, FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite,
-                  trl.GRPOTrainer):
+class GRPOTrainer(FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, fast rollouts (adapter merged, KV cache written
-    in place), micro-batches scored at their own longest prompt and completion, the LM head over the completion
-    tokens only, atomic checkpoints, accuracy and timing."""
+    in place), the LM head over the completion tokens only, atomic checkpoints, accuracy and timing."""
 
     def __init__(self, *args: Any, answer_tag: str = "cevap", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
