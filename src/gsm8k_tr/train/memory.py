@@ -171,9 +171,10 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden * mask_bytes if dropout else 0.0)
     if lora_dropout:
         inputs = sum(i for i, _ in shape.linear_shapes) / shape.layers  # adapted layers' input values per token
-        per_layer += inputs * LORA_DROPOUT_BYTES["cpu" if attention_weights else "gpu"]
-        if attention_weights:
-            per_layer -= (3 * shape.hidden + shape.mlp) * LORA_DROPOUT_REPLACED_CPU
+        added = inputs * LORA_DROPOUT_BYTES["cpu" if attention_weights else "gpu"]
+        if attention_weights:  # never below nothing, whatever an unusual block's layout
+            added = max(0.0, added - (3 * shape.hidden + shape.mlp) * LORA_DROPOUT_REPLACED_CPU)
+        per_layer += added
     tokens = batch * length
     if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
         return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer)
