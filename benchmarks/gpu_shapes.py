@@ -134,7 +134,7 @@ def computed_tokens() -> Iterator[dict[str, int]]:
         yield counts
 
 
-def run_sft(model: str, work: Path, multiple: int | None, steps: int, cpu: bool,
+def run_sft(model: str, work: Path, multiple: int | str | None, steps: int, cpu: bool,
             kernels: list[str] | None = None, compiled: bool = False, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """SFT tokens/s with batches padded to `multiple` (None: each to its own longest row; "device": as the stage
     pads on this device), attention on `kernels` (None: torch's choice) for the whole run, backward included;

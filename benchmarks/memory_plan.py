@@ -73,6 +73,19 @@ def _config(source: str) -> Any:
     return builtin.model_config(source)  # random weights are built from it: the trained ones are not needed
 
 
+def _plan(shape: Any, phase: str, batch: int, length: int, lora_rank: int, lora_dropout: float, on_gpu: bool,
+          generations: int = 0) -> Any:
+    """`memory.estimate` for one measured phase: `batch` rows of `length` tokens, float32 on a CPU or bf16 on a
+    GPU, the model's dropout on in SFT only, eager decoding, no held-out check and no vLLM."""
+    from gsm8k_tr.train import memory
+
+    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": on_gpu,
+                "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora_rank,
+                "lora_dropout": lora_dropout > 0, "decoding": "eager", "generation_batch": generations,
+                "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
+    return memory.estimate(shape, "sft" if phase == "sft" else "grpo", settings, on_gpu=on_gpu)
+
+
 def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
     """Run one phase in this process; return its peak memory rise (MiB) and the estimate's parts."""
     import torch
@@ -115,13 +128,9 @@ def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
         optimizer.step()
     peak = (_rss_kib("VmHWM") - baseline) / 1024
     shape_info = memory.Shape.from_config(config)
-    stage = "sft" if phase == "sft" else "grpo"
-    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length if phase != "grpo_generation"
-                else prompt + completion, "mixed_precision": False, "checkpointing": False, "dropout": phase == "sft",
-                "lora_rank": lora.r, "lora_dropout": lora_dropout > 0, "decoding": "eager",
-                "generation_batch": generations if phase == "grpo_generation" else 0,
-                "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
-    plan = memory.estimate(shape_info, stage, settings, on_gpu=False)
+    generating = phase == "grpo_generation"
+    plan = _plan(shape_info, phase, batch, prompt + completion if generating else length, lora.r, lora_dropout,
+                 on_gpu=False, generations=generations if generating else 0)
     parts = {k: v * 1024 for k, v in plan.parts.items()}  # MiB
     fixed = parts["weights"] + parts["lora"] + parts["runtime"]
     if phase == "grpo_generation":
@@ -188,12 +197,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
         model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True)
     totals = {kind: sum(n for k, n in counted.values() if k == kind) for kind in ("per_token", "weight_casts", "other")}
     shape_info = memory.Shape.from_config(config)
-    stage = "sft" if phase == "sft" else "grpo"
-    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": True,
-                "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora.r,
-                "lora_dropout": lora_dropout > 0, "generation_batch": 0, "eval_batch": 0, "eval_length": 0,
-                "vllm": False, "vllm_share": 0.0, "decoding": "eager"}
-    plan = memory.estimate(shape_info, stage, settings, on_gpu=True)
+    plan = _plan(shape_info, phase, batch, length, lora.r, lora_dropout, on_gpu=True)
     per_token_layer = batch * length * shape_info.layers
     return {"shape": shape, "phase": phase, "lora_dropout": lora_dropout,
             "counted_bytes_per_token_layer": round(totals["per_token"] / per_token_layer, 1),
