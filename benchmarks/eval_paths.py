@@ -52,7 +52,7 @@ def answer(run: Path, stage: str, path: str, config: str, device: str | None, wo
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.infer import evaluate
 
-    decoding = path if path in ("compiled", "compiled-step") else "eager"
+    decoding = path if path in placement.COMPILED_DECODINGS else "eager"
     recipe = load_recipe(config, [f"output_dir={run}", f"decoding={decoding}"])
     todays_cache = lambda cache_implementation=None: cache_implementation or "dynamic"  # noqa: E731
     with patch.object(placement, "kv_cache", todays_cache) if path == "today" else nullcontext():

@@ -252,12 +252,13 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
 
 def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str = "hf",
               label: str | None = None) -> dict[str, Any]:
+    from gsm8k_tr import placement
     from gsm8k_tr.infer import evaluate
 
     label = label or f"eval-{backend}"
     first = None
     metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True, backend=backend)
-    if metrics.get("decoding") in ("compiled", "compiled-step"):  # that call compiled; time a second one
+    if metrics.get("decoding") in placement.COMPILED_DECODINGS:  # that call compiled; time a second one
         first = metrics
         metrics = evaluate.main(model, recipe, limit=questions, output=str(work / label), overwrite=True)
     tokens = metrics["mean_completion_tokens"] * metrics["n"]

@@ -231,7 +231,8 @@ def _device_type(device: Any) -> str:
     return getattr(device, "type", str(device))
 
 
-DECODINGS = ("auto", "eager", "compiled", "compiled-step")
+COMPILED_DECODINGS = ("compiled", "compiled-step")  # the ways that compile, keeping a static cache between calls
+DECODINGS = ("auto", "eager", *COMPILED_DECODINGS)
 
 
 def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None) -> str:
@@ -264,7 +265,7 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
     if sharded or requested == "eager":
         return "eager"
-    if requested in ("compiled", "compiled-step"):
+    if requested in COMPILED_DECODINGS:
         return requested
     if batches is not None and batches <= 1:
         return "eager"

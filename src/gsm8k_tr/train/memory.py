@@ -228,7 +228,7 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
 def keeps_cache(decoding: str, on_gpu: bool) -> bool:
     """Whether GRPO's rollouts keep their KV cache between calls: compiled decoding does (a static cache), which
     `auto` is on a GPU (`placement.decoding`; the plan assumes Triton there)."""
-    return decoding in ("compiled", "compiled-step") or (decoding == "auto" and on_gpu)
+    return decoding in placement.COMPILED_DECODINGS or (decoding == "auto" and on_gpu)
 
 
 def kv_cache_bytes(shape: Shape, tokens: float, dtype_bytes: int) -> float:
