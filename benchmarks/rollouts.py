@@ -11,7 +11,8 @@
 (b) fast: what `gsm8k_tr.placement` chooses on this machine: the adapter
     merged while generating (`train/rollouts.py`), `gelu_pytorch_tanh`
     (one kernel), the KV cache written in place (`infer/kv_cache.py`) and
-    filled once per distinct prompt (`infer/shared_prefill.py`), on a
+    filled once per distinct prompt (`infer/shared_prefill.py`; on a CPU
+    kept once per group, `infer/grouped_attention.py`), on a
     CPU one random number per sampled token (`infer/sampling.py`), on a GPU
     eager attention without cuDNN's kernel (`infer/attention_kernels.py`) and
     the stop flag read a step late (`infer/stop_check.py`), and the LM
@@ -61,7 +62,7 @@ def use_todays_path() -> None:
                         **kwargs: Any) -> dict[str, Any]:  # placement.rollout_path's signature, every choice off
         return {"merge_lora": False, "weights_dtype": None, "decoding": "eager",
                 "kv_cache": placement.kv_cache(cache_implementation), "shared_prefill": False,
-                "sampler": "multinomial", "attention": None, "stop_check": "every step"}
+                "grouped_attention": False, "sampler": "multinomial", "attention": None, "stop_check": "every step"}
 
     placement.kv_cache = lambda cache_implementation=None: cache_implementation or "dynamic"
     placement.rollout_path = todays_rollouts
@@ -115,6 +116,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
     if compiled if compiled is not None else device.type == "cuda":
         paths["fast, compiled"] = paths["fast"]
     growing, row_sampling = placement.kv_cache() == "growing", placement.row_sampling(device)
+    grouped = placement.rollout_path(False, False, None, device, "eager")["grouped_attention"]
     rows = synth.make_problems(8, seed=5)
     prompts = [build_prompt(r["question"], PromptConfig()) for r in rows]
     tokenizer.padding_side = "left"
@@ -134,7 +136,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
         model = paths[label]
         torch.manual_seed(0)
         with (torch.no_grad(), autocast, merged_adapter(model) if label != "today" else nullcontext(),
-              growing_cache(model, share_prompts=True)
+              growing_cache(model, share_prompts=True, grouped=grouped)
               if label not in ("fast, dynamic cache", "today", "fast, compiled") and growing else nullcontext(),
               one_draw_per_row(label != "fast, torch sampling" and label != "today" and row_sampling),
               # the fast paths' attention kernels and stop check as the rollouts run them on this device

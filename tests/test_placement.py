@@ -100,37 +100,41 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
-PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "sampler", "attention",
-             "stop_check")
+PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "grouped_attention", "sampler",
+             "attention", "stop_check")
 NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
 LATE, EACH = "deferred", "every step"  # the stop check: read a step late on a GPU, after every step elsewhere
 
 
 @pytest.mark.parametrize("sharded,vllm,cache,device,decoding,precision,expected", [
     # All measured faster on CPU; fewer kernels and less memory traffic per decoding step on a GPU.
-    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, "inverse_cdf", None, EACH)),
+    (False, False, None, "cpu", "auto", "no", (True, None, "eager", "growing", True, True, "inverse_cdf", None, EACH)),
     # A GPU draws torch's per-entry random numbers in parallel; under bf16 the rollouts use bf16 weight copies;
     # CUDA decodes compiled, with its static cache (measured 9.7x faster on an H200), unless the recipe says eager.
-    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, "multinomial", None,
-                                                 LATE)),
-    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, "multinomial", None,
-                                                 LATE)),
-    # eager on CUDA: keys one token longer each step, so attention without cuDNN's per-shape set-up
-    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, "multinomial", NO_CUDNN,
-                                                  LATE)),
+    (False, False, None, "cuda", "auto", "bf16", (True, "bfloat16", "compiled", "static", False, False, "multinomial",
+                                                 None, LATE)),
+    (False, False, None, "cuda", "auto", "fp16", (True, "float16", "compiled", "static", False, False, "multinomial",
+                                                 None, LATE)),
+    # eager on CUDA: keys one token longer each step, so attention without cuDNN's per-shape set-up; the prompt
+    # shared but copied to every row (grouped attention's extra launches are not measured against its bytes there)
+    (False, False, None, "cuda", "eager", "bf16", (True, "bfloat16", "eager", "growing", True, False, "multinomial",
+                                                  NO_CUDNN, LATE)),
     # FSDP/DeepSpeed: shards, no merge, no weight copies, and no extra forward that one process might skip;
     # each step waits on the peers anyway, so the stop check is read at every step
-    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN,
-                                                 EACH)),
+    (True, False, None, "cuda", "auto", "bf16", (False, None, "eager", "growing", False, False, "multinomial",
+                                                 NO_CUDNN, EACH)),
     # vLLM gets merged weights from TRL itself, and decodes and samples itself
-    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, "vllm", None, "vllm")),
+    (False, True, None, "cuda", "compiled", "bf16", (False, None, "vllm", "vllm", False, False, "vllm", None,
+                                                     "vllm")),
     # a recipe's cache_implementation wins (and holds no prefill to share)
-    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, "inverse_cdf", None, EACH)),
+    (False, False, "static", "cpu", "eager", "no", (True, None, "eager", "static", False, False, "inverse_cdf", None,
+                                                    EACH)),
     # compiled decoding, asked for by the recipe: its own static cache, on a CPU too
-    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, "inverse_cdf", None, EACH)),
+    (False, False, None, "cpu", "compiled", "no", (True, None, "compiled", "static", False, False, "inverse_cdf",
+                                                       None, EACH)),
     # but not where each process gathers shards inside the forward
-    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, "multinomial", NO_CUDNN,
-                                                 EACH)),
+    (True, False, None, "cuda", "compiled", "bf16", (False, None, "eager", "growing", False, False, "multinomial",
+                                                     NO_CUDNN, EACH)),
 ])
 def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: str, decoding: str, precision: str,
                           expected: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,5 +18,5 @@ def test_todays_path_turns_every_rollout_choice_off(monkeypatch: pytest.MonkeyPa
     today = placement.rollouts(False, None, "cpu", "auto", "bf16")  # as train/grpo.py calls it
     assert today.keys() == fast.keys()
     assert today == {"merge_lora": False, "weights_dtype": None, "decoding": "eager", "kv_cache": "dynamic",
-                     "shared_prefill": False, "sampler": "multinomial", "attention": None,
+                     "shared_prefill": False, "grouped_attention": False, "sampler": "multinomial", "attention": None,
                      "stop_check": "every step"}

@@ -309,6 +309,16 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     (`infer/shared_prefill.py`), on every device; not where the weights are
     sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it.
+    `grouped_attention`: where the prompt is shared, each group's rows keep
+    one copy of it, which attention reads once per group
+    (`infer/grouped_attention.py`), on a CPU: there it is fewer bytes read
+    (at the real prompts' lengths 1.34-1.60x the demo model's decoding steps
+    per second and 1.80x GPT-2 Medium's; about even at the demo's short
+    generated prompts; docs/benchmarks.md). On a GPU it stays off until
+    measured there:
+    eager decoding is bound by kernel launches, and the grouped attention
+    launches about a dozen kernels a layer where torch's fused kernel
+    launches one.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     `stop_check`: as `stop_check` says, every step where the weights are
@@ -316,12 +326,14 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     """
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
-                "shared_prefill": False, "sampler": "vllm", "attention": None, "stop_check": "vllm"}
+                "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
+                "stop_check": "vllm"}
     how = decoding(decoding_request, device, sharded)
     cache = "static" if how != "eager" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
+            "grouped_attention": cache == "growing" and not sharded and _device_type(device) == "cpu",
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial",
             "attention": decoding_attention(device, how), "stop_check": stop_check(device, sharded)}
 

@@ -65,6 +65,9 @@ def test_fast_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, monke
     reference = _greedy(trainer, grouped, merge=False, cache="dynamic")
     assert _greedy(trainer, grouped, merge=True, cache=None) == reference
     assert shared == [True] and reference[0] == reference[3]
+    from gsm8k_tr.infer import grouped_attention  # on a CPU each group kept its prompt once, as TRL's rows come
+
+    assert grouped_attention.holds_groups(caches[-1]) and caches[-1].layers[0].prefix_keys.shape[0] == 6
     assert len({len(p) for p in prompts}) > 5 and any(len(c) > 10 for c in today)
     # The adapter is unmerged again after each call, and scoring still gives batched rows their own positions.
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged

@@ -62,7 +62,8 @@ def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[st
 
 
 EAGER_PATH = {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "kv_cache": "growing",
-              "shared_prefill": True, "sampler": "inverse_cdf", "attention": None, "stop_check": "every step"}
+              "shared_prefill": True, "grouped_attention": True, "sampler": "inverse_cdf", "attention": None,
+              "stop_check": "every step"}
 
 
 @pytest.mark.slow
@@ -71,8 +72,8 @@ EAGER_PATH = {"merge_lora": True, "weights_dtype": None, "decoding": "eager", "k
     # the stop flag read a step late, as on a GPU (the GPU's events stood in for): the extra step is taken back
     ("auto", True, {**EAGER_PATH, "stop_check": "deferred"}),
     pytest.param("compiled", False, {"merge_lora": True, "weights_dtype": None, "decoding": "compiled",
-                                     "kv_cache": "static", "shared_prefill": False, "sampler": "inverse_cdf",
-                                     "attention": None, "stop_check": "every step"},
+                                     "kv_cache": "static", "shared_prefill": False, "grouped_attention": False,
+                                     "sampler": "inverse_cdf", "attention": None, "stop_check": "every step"},
                  marks=needs_compiler),
 ])
 def test_rewards_score_the_text_the_model_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

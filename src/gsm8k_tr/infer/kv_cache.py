@@ -19,7 +19,7 @@ sampled).
 from __future__ import annotations
 
 import inspect
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from typing import Any
 from unittest.mock import patch
@@ -27,7 +27,7 @@ from unittest.mock import patch
 from transformers import GPT2Model
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from gsm8k_tr.infer import shared_prefill
+from gsm8k_tr.infer import grouped_attention, shared_prefill
 
 # transformers 5 renamed generate's and the models' `past_key_values` to `cache` (the old name warns until 6.0).
 KEYWORD = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
@@ -106,9 +106,10 @@ def for_generation(model: Any, input_ids: Any, generation_config: Any) -> dict[s
     return {KEYWORD: GrowingCache(config=config, max_length=input_ids.shape[-1] + new if new else None)}
 
 
-def growing_cache(model: Any, share_prompts: bool = False) -> AbstractContextManager[Any]:
+def growing_cache(model: Any, share_prompts: bool = False, grouped: bool = False) -> AbstractContextManager[Any]:
     """Within the block, each `model.generate` call that brings no cache of its own gets a fresh `GrowingCache`;
-    with `share_prompts`, filled once per distinct prompt (`infer/shared_prefill.py`).
+    with `share_prompts`, filled once per distinct prompt (`infer/shared_prefill.py`), and with `grouped` too,
+    each group of rows keeping one copy of its prompt that attention reads once (`infer/grouped_attention.py`).
 
     For callers that build the `generate` call themselves (TRL's rollouts): an
     instance attribute shadows the method for the block and is removed after.
@@ -116,13 +117,20 @@ def growing_cache(model: Any, share_prompts: bool = False) -> AbstractContextMan
     method = model.generate
 
     def generate(*args: Any, **kwargs: Any) -> Any:
-        if not ({"cache", "past_key_values"} & kwargs.keys()) and "input_ids" in kwargs:
-            given = for_generation(model, kwargs["input_ids"], kwargs.get("generation_config")
-                                   or model.generation_config)
-            cache = given.get(KEYWORD)
-            if share_prompts and cache is not None and all(isinstance(layer, GrowingLayer) for layer in cache.layers):
-                shared_prefill.prefill(model, kwargs["input_ids"], kwargs.get("attention_mask"), cache, KEYWORD)
-            kwargs.update(given)
-        return method(*args, **kwargs)
+        with ExitStack() as stack:
+            if not ({"cache", "past_key_values"} & kwargs.keys()) and "input_ids" in kwargs:
+                ids = kwargs["input_ids"]
+                config = kwargs.get("generation_config") or model.generation_config
+                given = for_generation(model, ids, config)
+                cache = given.get(KEYWORD)
+                if share_prompts and cache is not None and all(isinstance(layer, GrowingLayer)
+                                                               for layer in cache.layers):
+                    new = config.max_new_tokens  # each row's own tokens: the prompt's last one and the new ones
+                    own = partial(GrowingLayer, 1 + new if new else None) if grouped else None
+                    shared_prefill.prefill(model, ids, kwargs.get("attention_mask"), cache, KEYWORD, own)
+                    if grouped_attention.holds_groups(cache):
+                        stack.enter_context(grouped_attention.attending(model, cache))
+                kwargs.update(given)
+            return method(*args, **kwargs)
 
     return patch.object(model, "generate", generate)

@@ -9,12 +9,17 @@ copy of its prompt's entries. `generate`, handed that cache with the full
 prompts, then starts from it, as it does for any cache brought to it: its
 prefill runs only the last prompt token of each row. The model sees the same
 positions and attention mask as in `generate`'s own prefill
-(`tests/infer/test_shared_prefill.py` compares the tokens).
+(`tests/infer/test_shared_prefill.py` compares the tokens). Where a group's
+rows are consecutive, they can keep one copy of the prompt between them
+instead (`own_tokens`, `infer/grouped_attention.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from gsm8k_tr.infer import grouped_attention
 
 
 def distinct_rows(input_ids: Any, attention_mask: Any) -> tuple[Any, Any] | None:
@@ -42,12 +47,16 @@ def prompt_positions(mask: Any) -> Any:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, keyword: str) -> bool:
+def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, keyword: str,
+            own_tokens: Callable[[], Any] | None = None) -> bool:
     """Fill the empty `cache` with every row's prompt but its last token, computing each distinct prompt once.
 
     Returns False, with the cache left empty, when there is nothing to share
     (no repeated row, or a prompt of one token). `keyword` is the models'
-    name for the cache argument.
+    name for the cache argument. With `own_tokens` (a fresh layer for each
+    row's own tokens), a group's rows keep one copy of its prompt where the
+    groups are consecutive and alike (`infer/grouped_attention.py`); else
+    every row gets a copy.
     """
     import torch
 
@@ -62,5 +71,6 @@ def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, 
     ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
     model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
           **{keyword: cache})
-    cache.batch_select_indices(inverse)
+    if own_tokens is None or not grouped_attention.keep_groups(cache, inverse, own_tokens):
+        cache.batch_select_indices(inverse)
     return True

@@ -30,7 +30,8 @@ place so that CUDA graphs find each weight where they recorded it.
 Embeddings and norms stay float32, as under autocast.
 
 TRL builds the `generate` call itself, so the cache that `infer/kv_cache.py`
-describes (prefilled as `infer/shared_prefill.py` says) is handed to it by
+describes (prefilled as `infer/shared_prefill.py` says, each group's prompt
+kept once where `infer/grouped_attention.py` is on) is handed to it by
 shadowing the model's `generate` for the call, and the sampler of
 `infer/sampling.py` stands in for `torch.multinomial`; on a GPU `generate`
 reads its stop flag a step late (`infer/stop_check.py`). With compiled decoding
@@ -133,7 +134,8 @@ class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
     compiled decoding (`rollouts["decoding"]`: "compiled" or "compiled-step"), the growing KV cache
-    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`), the
+    (`rollouts["kv_cache"] == "growing"`, prefilled once per prompt with `rollouts["shared_prefill"]`, one copy a
+    group read once with `rollouts["grouped_attention"]`), the
     inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`)
     and the deferred stop check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are
     left alone."""
@@ -157,7 +159,8 @@ class FastRollouts:
                 stack.enter_context(patch.object(self, "pad_to_multiple_of", compiled_decoding.PROMPT_MULTIPLE))
                 stack.enter_context(compiled_step.in_generate(model))
             if self.rollouts.get("kv_cache") == "growing":
-                stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False)))
+                stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False),
+                                                  grouped=self.rollouts.get("grouped_attention", False)))
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
             stack.enter_context(attention_kernels.only(self.rollouts.get("attention")))
             stack.enter_context(stop_check.deferred(self.rollouts.get("stop_check") == "deferred"))

@@ -1,0 +1,189 @@
+"""GRPO's eager decoding with each group's prompt read once per group, against once per row, in one run.
+
+    python benchmarks/grouped_attention.py                  # builtin:demo-gpt2, 8 prompts x 8 rollouts
+    python benchmarks/grouped_attention.py --gpt2-medium    # a GPT-2 Medium-shaped model (random weights)
+    python benchmarks/grouped_attention.py --grpo-steps 10 --start runs/demo/sft   # and demo GRPO steps
+
+Both paths prefill each distinct prompt once (`infer/shared_prefill.py`) and
+write the KV cache in place (`infer/kv_cache.py`); they differ in what the
+decoding steps read:
+(a) copies: every row holds a copy of its prompt's keys and values, and
+    torch's attention reads each row's;
+(b) grouped: each group of rows holds one copy, read once per group
+    (`infer/grouped_attention.py`).
+The prompts are the shared sample's real GSM8K-TR rows when it is there
+(gpu_check's data), else generated problems, each repeated `--group` times
+in consecutive rows as TRL hands them to `generate`. Every row runs to
+`--new-tokens` (no stop token). It prints ms per decoding step and generated
+tokens/s of each (the fastest of `--rounds` sampled calls, alternating), the
+ratio, how many greedy rows are the same, and the keys and values a step
+reads on each path, counted at the last step.
+
+With `--grpo-steps`, it also runs that many steps of the demo recipe's GRPO
+from `--start` on each path, each in its own process, alternating for
+`--rounds` (`benchmarks/rollouts.py`'s runs), and prints seconds per step
+(the first is a warm-up) and the time spent generating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_check import build_model, sync  # noqa: E402
+from gpu_shapes import _recipe  # noqa: E402
+from profile_steps import real_prompts  # noqa: E402
+
+PATHS = {"copies": False, "grouped": True}  # path: grouped
+
+
+def cache_bytes(config: Any, rows: int, groups: int, prompt: int, new: int, element: int) -> dict[str, int]:
+    """Bytes of keys and values a decoding step reads at its last step on each path: every row's prompt and own
+    tokens (copies), or each group's prompt once and every row's own tokens (grouped).
+
+    >>> from types import SimpleNamespace
+    >>> cache_bytes(SimpleNamespace(n_layer=1, n_embd=4), rows=4, groups=2, prompt=10, new=2, element=2)
+    {'copies': 768, 'grouped': 448}
+    """
+    per_position = 2 * config.n_layer * config.n_embd * element  # keys and values, every layer
+    return {"copies": rows * (prompt + new) * per_position,
+            "grouped": (groups * prompt + rows * new) * per_position}
+
+
+def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: int, cpu: bool) -> dict[str, Any]:
+    import torch
+    from transformers import GenerationConfig
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.infer import attention_kernels, evaluate
+    from gsm8k_tr.infer.kv_cache import growing_cache
+
+    device = torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda")
+    with tempfile.TemporaryDirectory() as work:
+        recipe = _recipe(Path(work), model_name, 1, device.type == "cpu")
+        model, tokenizer, _ = evaluate.load_for_inference(model_name, recipe, str(device))
+        texts = [text for text in real_prompts(recipe, prompts) for _ in range(group)]
+    model.eval()
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+    def run(grouped: bool, sample: bool) -> tuple[float, Any]:
+        config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=sample,
+                                  temperature=0.7 if sample else None, top_k=0 if sample else None,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        torch.manual_seed(0)
+        with (torch.inference_mode(), growing_cache(model, share_prompts=True, grouped=grouped),
+              attention_kernels.only(placement.decoding_attention(device, "eager"))):
+            sync(device)
+            started = time.perf_counter()
+            out = model.generate(**batch, generation_config=config)
+            sync(device)
+        return time.perf_counter() - started, out[:, batch["input_ids"].shape[1]:]
+
+    first = {path: round(run(grouped, True)[0], 2) for path, grouped in PATHS.items()}  # warm-up
+    greedy = {path: run(grouped, False)[1] for path, grouped in PATHS.items()}
+    seconds: dict[str, list[float]] = {path: [] for path in PATHS}
+    for _ in range(rounds):
+        for path, grouped in PATHS.items():
+            seconds[path].append(run(grouped, True)[0])
+    rows, width = batch["input_ids"].shape
+    element = next(model.parameters()).element_size()
+    result: dict[str, Any] = {
+        "model": model_name, "device": str(device), "rows": rows, "groups": prompts, "prompt_tokens": width,
+        "new_tokens": new_tokens, "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
+        "first_call_s": first,
+        "same_greedy_rows": int((greedy["copies"] == greedy["grouped"]).all(-1).sum()),
+        "kv_bytes_last_step": cache_bytes(model.config, rows, prompts, width, new_tokens, element)}
+    for path, times in seconds.items():
+        best = min(times)
+        result[path] = {"ms_per_step": round(1000 * best / new_tokens, 2),
+                        "tokens_per_s": round(rows * new_tokens / best)}
+    result["ratio"] = round(result["copies"]["ms_per_step"] / result["grouped"]["ms_per_step"], 2)
+    return result
+
+
+def grpo_on(path: str, start: str, steps: int, work: Path) -> dict[str, Any]:
+    """`steps` demo GRPO steps from `start` in this process, the prompts kept once per group or copied (`path`)."""
+    from rollouts import grpo_steps
+
+    from gsm8k_tr import placement
+
+    chosen = placement.rollout_path
+
+    def rollout_path(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {**chosen(*args, **kwargs), "grouped_attention": PATHS[path]}
+
+    placement.rollout_path = rollout_path
+    return grpo_steps(path, start, steps, work)
+
+
+def compare_grpo(start: str, steps: int, rounds: int) -> dict[str, Any]:
+    """Seconds per demo GRPO step (and generating) on each path, each run in its own process, alternating."""
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+    with tempfile.TemporaryDirectory() as work:
+        for _ in range(rounds):
+            for path in PATHS:
+                env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+                done = subprocess.run([sys.executable, __file__, "--grpo-child", path, start, str(steps), work],
+                                      capture_output=True, text=True, env=env)
+                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
+                runs[path].append(json.loads(line.removeprefix("RESULT ")))
+    result: dict[str, Any] = {}
+    for path, results in runs.items():
+        result[path] = {key: round(sum(r[key] for r in results) / len(results), 3)
+                        for key in ("step_s", "generation_s", "mean_completion_tokens")}
+        result[path]["runs_step_s"] = [r["step_s"] for r in results]
+        result[path]["rollouts"] = results[0]["rollouts"]
+    result["ratio"] = round(result["copies"]["step_s"] / result["grouped"]["step_s"], 2)
+    result["generation_ratio"] = round(result["copies"]["generation_s"] / result["grouped"]["generation_s"], 2)
+    return result
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--grpo-child"]:
+        path, start, steps, work = sys.argv[2:6]
+        print("RESULT " + json.dumps(grpo_on(path, start, int(steps), Path(work))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin:demo-gpt2")
+    parser.add_argument("--gpt2-medium", action="store_true", help="a random GPT-2 Medium (gpu_check's model)")
+    parser.add_argument("--prompts", type=int, default=8, help="distinct prompts (groups)")
+    parser.add_argument("--group", type=int, default=8, help="rollouts per prompt (num_generations)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="on the CPU even where a GPU is")
+    parser.add_argument("--grpo-steps", type=int, default=0, help="demo GRPO steps per path and round (0: none)")
+    parser.add_argument("--start", default="runs/demo/sft", help="the SFT output the GRPO steps start from")
+    args = parser.parse_args()
+    model = args.model
+    with tempfile.TemporaryDirectory() as work:
+        if args.gpt2_medium:
+            model = str(Path(work) / "gpt2-medium")
+            build_model(Path(model))
+        result = measure(model, args.prompts, args.group, args.new_tokens, args.rounds, args.cpu)
+    print(json.dumps(result, indent=1))
+    print(f"grouped attention: {result['ratio']}x the decoding steps per second of per-row copies "
+          f"({result['copies']['ms_per_step']} -> {result['grouped']['ms_per_step']} ms a step); "
+          f"{result['same_greedy_rows']}/{result['rows']} greedy rows the same")
+    if args.grpo_steps:
+        grpo = compare_grpo(args.start, args.grpo_steps, args.rounds)
+        print(json.dumps(grpo, indent=1))
+        print(f"demo GRPO: {grpo['ratio']}x the steps per second of per-row copies ({grpo['copies']['step_s']} -> "
+              f"{grpo['grouped']['step_s']} s a step; generating {grpo['generation_ratio']}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Attention that reads a group's shared prompt once per group, not once per row.
+
+GRPO's rollouts come in groups of `num_generations` rows that share one
+prompt, and TRL hands them to `generate` side by side (each prompt repeated
+in consecutive rows). `infer/shared_prefill.py` computes each prompt's keys
+and values once, but then copies them into every row of the KV cache, so at
+each decoding step attention reads the prompt's keys and values once per
+row. At GSM8K-TR's lengths that is most of what a step reads: for GPT-2
+Medium, 64 rows with prompts of about 300 tokens read 1.8 GB of cached
+prompt (bf16) against 0.7 GB of weights; one copy per group of 8 is 0.23 GB.
+
+Here the cache keeps one copy of each group's prompt (`GroupedLayer`), and
+the attention (`attention`, registered with transformers' attention
+interface under `NAME`) scores each row's query against its group's prompt
+in one matmul per group, and against its own generated tokens as before; one
+softmax over both, in float32, then the values the same two ways. The sums
+are those of attention over the copied cache, in another order, so the
+tokens are the same up to floating-point rounding: in float32 the greedy
+tokens of the tiny model and of the real SmolLM2 (grouped-query attention)
+are `generate`'s own (`tests/infer/test_grouped_attention.py`).
+
+It is used where the prompts are shared (`infer/kv_cache.growing_cache`
+with `share_prompts`, which `placement.rollout_path` turns on for eager
+rollouts), and only for the call: the model's own attention is put back
+after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from transformers.cache_utils import DynamicLayer
+
+NAME = "gsm8k_tr_grouped"  # the attention interface's key for `attention`
+_ACTIVE: ContextVar[Any] = ContextVar("gsm8k_tr_grouped_cache", default=None)
+
+
+class GroupedLayer(DynamicLayer):
+    """One layer's cache: each group's prompt once (`prefix_keys`, `prefix_values`: groups x heads x prompt x dim),
+    and each row's own tokens after it in `suffix` (a growing layer). Rows `g * size` to `(g + 1) * size - 1`
+    belong to group `g`. `keys` and `values` are the rows' own tokens."""
+
+    def __init__(self, prefix_keys: Any, prefix_values: Any, rows: int, suffix: DynamicLayer) -> None:
+        super().__init__()
+        self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
+        self.size = rows // prefix_keys.shape[0]
+        self.suffix = suffix
+        self.is_initialized = True
+        self.keys = self.values = prefix_keys[:0].new_empty((rows, *prefix_keys.shape[1:-2], 0, prefix_keys.shape[-1]))
+
+    def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        self.keys, self.values = self.suffix.update(key_states, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.prefix_keys.shape[-2] + self.suffix.get_seq_length()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the rows' last `-tokens_to_remove` own tokens (a deferred stop check takes its extra step back)."""
+        if tokens_to_remove > 0 or -tokens_to_remove > self.suffix.get_seq_length():
+            raise NotImplementedError(f"a grouped KV cache crops only its rows' own tokens, not to "
+                                      f"{tokens_to_remove}; its groups share their prompts")
+        self.suffix.crop(tokens_to_remove)
+        self.keys, self.values = self.suffix.keys, self.suffix.values
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("a grouped KV cache keeps its rows in their groups: they cannot be reordered, "
+                                  "repeated or selected")
+
+    batch_repeat_interleave = batch_select_indices = reorder_cache = _refuse
+
+
+def group_size(inverse: Any) -> int | None:
+    """The rows per group when each distinct prompt (`inverse`: each row's prompt, as `shared_prefill.distinct_rows`
+    gives it) fills consecutive rows, all groups alike; else None.
+
+    >>> import torch
+    >>> group_size(torch.tensor([2, 2, 0, 0, 1, 1])), group_size(torch.tensor([0, 1, 0, 1]))
+    (2, None)
+    """
+    import torch
+
+    rows, groups = inverse.shape[0], int(inverse.max()) + 1
+    if rows % groups:
+        return None
+    size = rows // groups
+    firsts = inverse[::size]
+    if not torch.equal(inverse, firsts.repeat_interleave(size)) or firsts.unique().numel() != groups:
+        return None
+    return size
+
+
+def keep_groups(cache: Any, inverse: Any, make_suffix: Any) -> bool:
+    """Turn `cache`, filled with each distinct prompt once, into grouped layers for the rows `inverse` lays out
+    (`make_suffix()`: a fresh layer for each row's own tokens); False, with the cache untouched, where the groups
+    are not consecutive and alike (`group_size`) or a layer is not a plain one."""
+    size = group_size(inverse)
+    if size is None or not all(isinstance(layer, DynamicLayer) and layer.is_initialized for layer in cache.layers):
+        return False
+    order = inverse[::size]  # each group's prompt, in the rows' order
+    cache.layers = [GroupedLayer(layer.keys.index_select(0, order), layer.values.index_select(0, order),
+                                 inverse.shape[0], make_suffix()) for layer in cache.layers]
+    return True
+
+
+def holds_groups(cache: Any) -> bool:
+    """Whether `cache` keeps its prompts once per group (`keep_groups` took it)."""
+    return bool(cache.layers) and all(isinstance(layer, GroupedLayer) for layer in cache.layers)
+
+
+def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
+              dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention-function signature; `key` and `value` are the rows' own tokens (`GroupedLayer`), the
+    prompt comes from the active cache's layer. `attention_mask`: the additive mask over prompt and own tokens.
+    A layer without groups (none active) gets torch's own attention."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cache = _ACTIVE.get()
+    layer = cache.layers[module.layer_idx] if cache is not None else None
+    if not isinstance(layer, GroupedLayer):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    rows, heads, steps, dim = query.shape
+    if attention_mask is None and steps > 1:  # transformers' eager masks are always built; a causal one is needed
+        raise ValueError("grouped attention needs the attention mask for more than one query token")
+    groups, kv_heads, prompt = layer.prefix_keys.shape[:3]
+    size, repeats = rows // groups, heads // kv_heads  # rows per group; query heads per key head (grouped-query)
+    scale = dim ** -0.5 if scaling is None else scaling
+    # Queries by group: (groups, kv_heads, size * repeats * steps, dim), so each group's prompt is read once.
+    by_group = query.view(groups, size, kv_heads, repeats, steps, dim).permute(0, 2, 1, 3, 4, 5)
+    by_group = by_group.reshape(groups, kv_heads, size * repeats * steps, dim)
+    on_prompt = torch.matmul(by_group, layer.prefix_keys.transpose(-1, -2))
+    on_prompt = on_prompt.view(groups, kv_heads, size, repeats, steps, prompt).permute(0, 2, 1, 3, 4, 5)
+    by_row = query.reshape(rows, kv_heads, repeats * steps, dim)
+    on_own = torch.matmul(by_row, key.transpose(-1, -2)).view(rows, heads, steps, -1)
+    scores = torch.cat([on_prompt.reshape(rows, heads, steps, prompt), on_own], dim=-1).float() * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    if dropout:  # as transformers' eager attention does, for a model generating in training mode
+        weights = torch.nn.functional.dropout(weights, p=dropout, training=True)
+    from_prompt = weights[..., :prompt].reshape(groups, size, kv_heads, repeats, steps, prompt)
+    from_prompt = from_prompt.permute(0, 2, 1, 3, 4, 5).reshape(groups, kv_heads, size * repeats * steps, prompt)
+    out = torch.matmul(from_prompt, layer.prefix_values).view(groups, kv_heads, size, repeats, steps, dim)
+    out = out.permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, steps, dim)
+    own = weights[..., prompt:].reshape(rows, kv_heads, repeats * steps, -1)
+    out = out + torch.matmul(own, value).view(rows, heads, steps, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_registered = False
+
+
+def _register() -> None:
+    """`attention` under `NAME`, with transformers' float (eager) masks, once per process."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+        AttentionInterface.register(NAME, attention)
+        AttentionMaskInterface.register(NAME, eager_mask)
+        _registered = True
+
+
+@contextmanager
+def attending(model: Any, cache: Any) -> Iterator[None]:
+    """Within the block, `model`'s attention reads `cache`'s prompts once per group; its own attention is back
+    after, also on error."""
+    _register()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    before = config._attn_implementation
+    token = _ACTIVE.set(cache)
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+        _ACTIVE.reset(token)
