@@ -3,10 +3,14 @@
     python benchmarks/grouped_attention.py                  # builtin:demo-gpt2, 8 prompts x 8 rollouts
     python benchmarks/grouped_attention.py --gpt2-medium    # a GPT-2 Medium-shaped model (random weights)
     python benchmarks/grouped_attention.py --grpo-steps 10 --start runs/demo/sft   # and demo GRPO steps
+    python benchmarks/grouped_attention.py --model builtin:smollm2-135m --set model.stop_token=null
+    python benchmarks/grouped_attention.py --decoding compiled-step   # in the whole compiled step's static cache
 
 Both paths prefill each distinct prompt once (`infer/shared_prefill.py`) and
-write the KV cache in place (`infer/kv_cache.py`); they differ in what the
-decoding steps read:
+write the KV cache in place (`infer/kv_cache.py`), or with `--decoding
+compiled-step` decode in its compiled steps on a static cache
+(`infer/compiled_step.py`; the first call of each compiles); they differ in
+what the decoding steps read:
 (a) copies: every row holds a copy of its prompt's keys and values, and
     torch's attention reads each row's;
 (b) grouped: each group of rows holds one copy, read once per group
@@ -52,41 +56,55 @@ def cache_bytes(config: Any, rows: int, groups: int, prompt: int, new: int, elem
     tokens (copies), or each group's prompt once and every row's own tokens (grouped).
 
     >>> from types import SimpleNamespace
-    >>> cache_bytes(SimpleNamespace(n_layer=1, n_embd=4), rows=4, groups=2, prompt=10, new=2, element=2)
+    >>> config = SimpleNamespace(num_hidden_layers=1, hidden_size=4, num_attention_heads=2)  # GPT-2: a KV head a head
+    >>> cache_bytes(config, rows=4, groups=2, prompt=10, new=2, element=2)
     {'copies': 768, 'grouped': 448}
     """
-    per_position = 2 * config.n_layer * config.n_embd * element  # keys and values, every layer
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # fewer under grouped-query attention
+    width = kv_heads * getattr(config, "head_dim", None) if getattr(config, "head_dim", None) else (
+        config.hidden_size * kv_heads // heads)
+    per_position = 2 * config.num_hidden_layers * width * element  # keys and values, every layer
     return {"copies": rows * (prompt + new) * per_position,
             "grouped": (groups * prompt + rows * new) * per_position}
 
 
-def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: int, cpu: bool) -> dict[str, Any]:
+def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: int, cpu: bool,
+            overrides: tuple[str, ...] = (), decoding: str = "eager") -> dict[str, Any]:
     import torch
     from transformers import GenerationConfig
 
     from gsm8k_tr import placement
-    from gsm8k_tr.infer import attention_kernels, evaluate
+    from gsm8k_tr.infer import attention_kernels, compiled_step, evaluate
+    from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
     from gsm8k_tr.infer.kv_cache import growing_cache
 
     device = torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda")
     with tempfile.TemporaryDirectory() as work:
-        recipe = _recipe(Path(work), model_name, 1, device.type == "cpu")
+        recipe = _recipe(Path(work), model_name, 1, device.type == "cpu", *overrides)
         model, tokenizer, _ = evaluate.load_for_inference(model_name, recipe, str(device))
         texts = [text for text in real_prompts(recipe, prompts) for _ in range(group)]
     model.eval()
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    step = decoding == "compiled-step"  # its prompts padded to a multiple of 64, as the rollouts pad them
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                      pad_to_multiple_of=PROMPT_MULTIPLE if step else None).to(device)
 
     def run(grouped: bool, sample: bool) -> tuple[float, Any]:
-        config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=sample,
-                                  temperature=0.7 if sample else None, top_k=0 if sample else None,
+        # No stop token: every row runs to the limit (min_new_tokens too for generate, which compiled-step refuses).
+        config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=None if step else new_tokens,
+                                  do_sample=sample, temperature=0.7 if sample else None, top_k=0 if sample else None,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
         torch.manual_seed(0)
-        with (torch.inference_mode(), growing_cache(model, share_prompts=True, grouped=grouped),
-              attention_kernels.only(placement.decoding_attention(device, "eager"))):
+        with torch.inference_mode(), attention_kernels.only(placement.decoding_attention(device, decoding)):
             sync(device)
             started = time.perf_counter()
-            out = model.generate(**batch, generation_config=config)
+            if step:
+                out = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config,
+                                             grouped=grouped)
+            else:
+                with growing_cache(model, share_prompts=True, grouped=grouped):
+                    out = model.generate(**batch, generation_config=config)
             sync(device)
         return time.perf_counter() - started, out[:, batch["input_ids"].shape[1]:]
 
@@ -99,7 +117,8 @@ def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: 
     rows, width = batch["input_ids"].shape
     element = next(model.parameters()).element_size()
     result: dict[str, Any] = {
-        "model": model_name, "device": str(device), "rows": rows, "groups": prompts, "prompt_tokens": width,
+        "model": model_name, "device": str(device), "decoding": decoding, "rows": rows, "groups": prompts,
+        "prompt_tokens": width,
         "new_tokens": new_tokens, "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
         "first_call_s": first,
         "same_greedy_rows": int((greedy["copies"] == greedy["grouped"]).all(-1).sum()),
@@ -164,6 +183,10 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="on the CPU even where a GPU is")
+    parser.add_argument("--decoding", choices=("eager", "compiled-step"), default="eager",
+                        help="eager: the growing cache, prefilled once per prompt; compiled-step: its static cache")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for the model (SmolLM2: model.stop_token=null)")
     parser.add_argument("--grpo-steps", type=int, default=0, help="demo GRPO steps per path and round (0: none)")
     parser.add_argument("--start", default="runs/demo/sft", help="the SFT output the GRPO steps start from")
     args = parser.parse_args()
@@ -172,7 +195,8 @@ def main() -> int:
         if args.gpt2_medium:
             model = str(Path(work) / "gpt2-medium")
             build_model(Path(model))
-        result = measure(model, args.prompts, args.group, args.new_tokens, args.rounds, args.cpu)
+        result = measure(model, args.prompts, args.group, args.new_tokens, args.rounds, args.cpu, tuple(args.set),
+                         args.decoding)
     print(json.dumps(result, indent=1))
     print(f"grouped attention: {result['ratio']}x the decoding steps per second of per-row copies "
           f"({result['copies']['ms_per_step']} -> {result['grouped']['ms_per_step']} ms a step); "

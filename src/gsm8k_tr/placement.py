@@ -314,11 +314,12 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     (`infer/grouped_attention.py`), on a CPU: there it is fewer bytes read
     (at the real prompts' lengths 1.34-1.60x the demo model's decoding steps
     per second and 1.80x GPT-2 Medium's; about even at the demo's short
-    generated prompts; docs/benchmarks.md). On a GPU it stays off until
-    measured there:
-    eager decoding is bound by kernel launches, and the grouped attention
-    launches about a dozen kernels a layer where torch's fused kernel
-    launches one.
+    generated prompts; docs/benchmarks.md). In eager decoding on a GPU it
+    stays off until measured there: eager decoding is bound by kernel
+    launches, and the grouped attention launches about a dozen kernels a
+    layer where torch's fused kernel launches one. With `compiled-step`, on
+    every device: its static cache then holds each group's prompt once,
+    and the extra operations are inside the step's one graph.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     `stop_check`: as `stop_check` says, every step where the weights are
@@ -333,7 +334,8 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
-            "grouped_attention": cache == "growing" and not sharded and _device_type(device) == "cpu",
+            "grouped_attention": not sharded and (how == "compiled-step"
+                                                  or cache == "growing" and _device_type(device) == "cpu"),
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial",
             "attention": decoding_attention(device, how), "stop_check": stop_check(device, sharded)}
 

@@ -164,4 +164,38 @@ def test_a_recipe_asks_for_it_and_placement_keeps_it_off_sharded_weights() -> No
         assert placement.decoding("compiled-step", device, sharded=True) == "eager"
     path = placement.rollout_path(sharded=False, vllm=False, device="cuda", decoding_request="compiled-step")
     assert (path["decoding"], path["kv_cache"], path["shared_prefill"]) == ("compiled-step", "static", False)
+    assert path["grouped_attention"]  # a group's prompt once in the static cache, read inside the step's graph
     assert load_recipe(None, ["decoding=compiled-step"]).decoding == "compiled-step"
+
+
+@needs_compiler
+def test_groups_keep_their_prompt_once_and_decode_generates_own_tokens(tiny) -> None:
+    from gsm8k_tr.infer import compiled_step, generation
+    from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
+
+    model, tokenizer = tiny
+    tokenizer.padding_side = "left"
+    prompts = _prompts(4, seed=3)
+    config = generation.generation_config(model, tokenizer.pad_token_id, 96, 0.0)
+
+    def both(texts: list[str], grouped: bool, multiple: int | None = PROMPT_MULTIPLE) -> tuple:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, pad_to_multiple_of=multiple,
+                          add_special_tokens=False)
+        with torch.inference_mode():
+            expected = model.generate(**batch, generation_config=config)
+        with torch.no_grad():
+            found = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config, grouped=grouped)
+        return found, expected, model.__dict__["_gsm8k_tr_step_buffers"]
+
+    # Groups of 4 consecutive rows, as TRL hands them over: each prompt once in the cache, generate's tokens.
+    found, expected, buffers = both([p for p in prompts for _ in range(4)], grouped=True)
+    assert found.shape == expected.shape and torch.equal(found, expected)
+    assert found.shape[1] < expected.shape[1] + 96 - 8  # the rows stopped: the stop flags were read
+    assert buffers.groups == 4 and buffers.cache.layers[0].prefix_keys.shape[0] == 4
+    assert model.config._attn_implementation == "sdpa"  # the model's own attention is back after the call
+    # Shorter prompts reuse the buffers (the unused end of each prompt's slots masked).
+    found, expected, again = both([p[:len(p) // 3] for p in prompts for _ in range(4)], grouped=True, multiple=None)
+    assert torch.equal(found, expected) and again is buffers
+    # Rows of a prompt that are not consecutive keep one copy each, with the same tokens.
+    found, expected, buffers = both([p for _ in range(4) for p in prompts], grouped=True)
+    assert torch.equal(found, expected) and buffers.groups == 0

@@ -59,11 +59,9 @@ def test_attention_reads_the_prompt_once_and_gives_what_attention_over_copies_gi
     cache.layers = [grouped_attention.GroupedLayer(prefix_keys, prefix_values, rows, GrowingLayer())]
     keys, values = cache.layers[0].update(own_keys, own_values)
     assert cache.layers[0].get_seq_length() == prompt + own and grouped_attention.holds_groups(cache)
-    token = grouped_attention._ACTIVE.set(cache)
-    try:
-        grouped, _ = grouped_attention.attention(_Module(), query, keys, values, mask, scaling=0.3)
-    finally:
-        grouped_attention._ACTIVE.reset(token)
+    module = _Module()
+    setattr(module, grouped_attention.PREFIX, (prefix_keys, prefix_values))  # as `attending` sets it for the call
+    grouped, _ = grouped_attention.attention(module, query, keys, values, mask, scaling=0.3)
     # Every row its own copy of its prompt, every query head its own key head.
     copies = [torch.cat([prefix.repeat_interleave(size, 0), mine], dim=-2).repeat_interleave(heads // kv_heads, 1)
               for prefix, mine in ((prefix_keys, own_keys), (prefix_values, own_values))]

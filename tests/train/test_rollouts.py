@@ -117,6 +117,11 @@ def test_compiled_step_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_pa
     own_multiple = trainer.pad_to_multiple_of
     assert _greedy(trainer, prompts, merge=True, cache=None, decoding="compiled-step") == today
     assert widths and all(width % PROMPT_MULTIPLE == 0 for width in widths) and 0 < len(steps) <= 23
+    # A group's prompt repeated as TRL repeats it: kept once in the static cache, the same tokens.
+    grouped = [p for p in prompts[:6] for _ in range(4)]
+    reference = _greedy(trainer, grouped, merge=False, cache="dynamic")
+    assert _greedy(trainer, grouped, merge=True, cache=None, decoding="compiled-step") == reference
+    assert model.__dict__["_gsm8k_tr_step_buffers"].groups == 6
     # TRL's padding, the model's own generate and the unmerged adapter are back after the rollouts.
     assert trainer.pad_to_multiple_of == own_multiple and "generate" not in vars(model)
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged

@@ -31,7 +31,16 @@ naming the setting. The buffers and the static cache are kept on the model
 for the next call of the same batch size, sized to the longest cache so far
 as transformers sizes its own (`GenerationMixin._prepare_static_cache`), so a
 run compiles once per new longest prompt bucket and batch size, and CUDA
-graphs replay on the same addresses. Not yet measured on a GPU; a recipe's
+graphs replay on the same addresses.
+
+GRPO's rollouts repeat each prompt in consecutive rows, once per completion.
+There (`grouped`) the static cache holds each group's prompt once, filled by
+one eager forward over the distinct prompts but their last token, and each
+row's own tokens after it; the last prompt token is the first compiled step,
+and the attention reads a group's prompt once (`infer/grouped_attention.py`).
+On 2 CPU cores that is 2.8x the steps per second of per-row copies for the
+demo model at the real prompts' lengths, prefill included, with the same
+greedy rows (docs/benchmarks.md). Not yet measured on a GPU; a recipe's
 `decoding: compiled-step` turns it on (`placement.decoding`).
 """
 
@@ -39,12 +48,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 from unittest.mock import patch
 
+from gsm8k_tr.infer import grouped_attention
 from gsm8k_tr.infer.kv_cache import KEYWORD
-from gsm8k_tr.infer.shared_prefill import prompt_positions
+from gsm8k_tr.infer.shared_prefill import distinct_rows, prompt_positions
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +107,14 @@ def choose(logits: Any, temperature: float | None) -> Any:
     return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
-def _step(model: Any, ids: Any, mask: Any, position: Any, index: Any, finished: Any, stops: Any, cache: Any,
-          pad: int, temperature: float | None) -> None:
-    """One decoding step on the call's buffers, in place: the token in slot `index` goes in, the next one is written
-    into slot `index + 1`."""
+def _step(model: Any, ids: Any, mask: Any, position: Any, index: Any, slot: Any, finished: Any, stops: Any,
+          cache: Any, pad: int, temperature: float | None) -> None:
+    """One decoding step on the call's buffers, in place: the token in slot `index` of the ids goes in (its keys and
+    values to slot `slot` of the cache and the mask), the next one is written into slot `index + 1`."""
     import torch
 
     token = ids.index_select(1, index)
-    mask.index_fill_(1, index, 1)
+    mask.index_fill_(1, slot, 1)
     logits = model(input_ids=token, attention_mask=mask, position_ids=position[:, None], use_cache=True,
                    **{KEYWORD: cache}).logits[:, -1]
     chosen = torch.where(finished, pad, choose(logits, temperature))
@@ -112,6 +122,7 @@ def _step(model: Any, ids: Any, mask: Any, position: Any, index: Any, finished: 
     ids.index_copy_(1, index + 1, chosen[:, None])
     position.add_(1)
     index.add_(1)
+    slot.add_(1)
 
 
 _compiled: dict[str, Any] = {}
@@ -129,45 +140,91 @@ def _compiled_step(device: Any) -> Any:
 
 
 class Buffers:
-    """A call's state at a fixed shape, kept on the model for the next call of that batch size."""
+    """A call's state at a fixed shape, kept on the model for the next call of that shape: `rows` rows of `length`
+    ids; the cache and the mask hold `length` positions, or with `groups`, each group's prompt (`prompt`
+    positions) once and each row's own tokens (`length - prompt`; `infer/grouped_attention.py`)."""
 
-    def __init__(self, model: Any, rows: int, length: int, device: Any) -> None:
+    def __init__(self, model: Any, rows: int, length: int, device: Any, groups: int = 0, prompt: int = 0) -> None:
         import torch
         from transformers import StaticCache
 
-        self.cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+        self.groups, self.prompt = groups, prompt
+        # With groups, the layers are made from the first prompts' keys (`fill_prompts`), in the dtype the forward
+        # gives them (bf16 under the rollouts' autocast, whatever the embeddings' dtype).
+        self.cache = None if groups else StaticCache(config=model.config.get_text_config(decoder=True),
+                                                     max_cache_len=length)
         self.ids = torch.zeros(rows, length, dtype=torch.long, device=device)
         self.mask = torch.zeros(rows, length, dtype=torch.long, device=device)
         self.position = torch.zeros(rows, dtype=torch.long, device=device)
         self.index = torch.zeros((1,), dtype=torch.long, device=device)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=device)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        for tensor in (self.ids, self.mask, self.position, self.index, self.finished):
+        for tensor in (self.ids, self.mask, self.position, self.index, self.slot, self.finished):
             torch._dynamo.mark_static_address(tensor)  # CUDA graphs read them where they are
 
+    def fill_prompts(self, filled: Any, order: Any, prompt: int) -> None:
+        """Each group's prompt into the cache, from `filled` (a cache holding each distinct prompt's first `prompt`
+        positions once; `order`: the distinct prompt of each group)."""
+        import torch
+        from transformers.cache_utils import Cache
+
+        from gsm8k_tr.infer.grouped_attention import GroupedStaticLayer
+
+        if self.cache is None or self.cache.layers[0].prefix_keys.dtype != filled.layers[0].keys.dtype:
+            layers = []
+            for source in filled.layers:
+                shape = (self.groups, *source.keys.shape[1:-2], self.prompt, source.keys.shape[-1])
+                keys, values = source.keys.new_zeros(shape), source.values.new_zeros(shape)
+                layer = GroupedStaticLayer(keys, values, self.ids.shape[1] - self.prompt)
+                own = source.keys.new_zeros((self.ids.shape[0], *shape[1:-2], 1, shape[-1]))
+                layer.lazy_initialization(own, own)  # here, not in the compiled step: its addresses stay fixed
+                torch._dynamo.mark_static_address(keys)
+                torch._dynamo.mark_static_address(values)
+                layers.append(layer)
+            self.cache = Cache(layers=layers)
+        for layer, source in zip(self.cache.layers, filled.layers):
+            layer.prefix_keys[:, :, :prompt].copy_(source.keys.index_select(0, order))
+            layer.prefix_values[:, :, :prompt].copy_(source.values.index_select(0, order))
+
+    def fits(self, rows: int, length: int, device: Any, groups: int, prompt: int) -> bool:
+        """Whether a call of this shape can use these buffers."""
+        return (self.ids.shape[0] == rows and self.ids.device == device and self.groups == groups
+                and self.prompt >= prompt and self.ids.shape[1] - self.prompt >= length - prompt
+                and self.ids.shape[1] >= length)
+
     def reset(self) -> None:
-        self.cache.reset()
+        if not self.groups:
+            self.cache.reset()
+        elif self.cache is not None:  # the prompts are written over; the rows' own tokens start again
+            for layer in self.cache.layers:
+                layer.cumulative_length.zero_()
         self.ids.zero_()
         self.mask.zero_()
         self.finished.zero_()
 
 
-def _buffers(model: Any, rows: int, length: int, device: Any) -> Buffers:
-    """The model's buffers, reset, where they fit `rows` x `length` on `device`; else new ones in their place (one
-    set at a time, as transformers keeps one static cache: a 64-row cache of GPT-2 Medium at 896 positions is
-    5.3 GiB in bf16)."""
+def _buffers(model: Any, rows: int, length: int, device: Any, groups: int = 0, prompt: int = 0) -> Buffers:
+    """The model's buffers, reset, where they fit (`Buffers.fits`); else new ones in their place, as long as the
+    longest so far (one set at a time, as transformers keeps one static cache: a 64-row cache of GPT-2 Medium at
+    896 positions is 5.3 GiB in bf16)."""
     found: Buffers | None = model.__dict__.get("_gsm8k_tr_step_buffers")
-    if found is not None and found.ids.shape[0] == rows and found.ids.shape[1] >= length and found.ids.device == device:
+    if found is not None and found.fits(rows, length, device, groups, prompt):
         found.reset()
         return found
-    longest = found.ids.shape[1] if found is not None and found.ids.shape[0] == rows else 0
+    same = found is not None and found.ids.shape[0] == rows and found.groups == groups
+    longest_prompt = max(prompt, found.prompt if same else 0)
+    own = max(length - prompt, found.ids.shape[1] - found.prompt if same else 0)
     model.__dict__["_gsm8k_tr_step_buffers"] = None  # the old cache goes before the new one is allocated
-    found = model.__dict__["_gsm8k_tr_step_buffers"] = Buffers(model, rows, max(length, longest), device)
+    found = model.__dict__["_gsm8k_tr_step_buffers"] = Buffers(model, rows, max(longest_prompt + own, length),
+                                                               device, groups, longest_prompt if groups else 0)
     return found
 
 
-def generate(model: Any, input_ids: Any, attention_mask: Any | None, config: Any, fallback: Any = None) -> Any:
+def generate(model: Any, input_ids: Any, attention_mask: Any | None, config: Any, fallback: Any = None,
+             grouped: bool = False) -> Any:
     """`model.generate(input_ids, attention_mask, generation_config=config)`'s sequences, each step one compiled
-    graph; a config that asks for more than plain decoding goes to `fallback` (default: `model.generate`).
+    graph; a config that asks for more than plain decoding goes to `fallback` (default: `model.generate`). With
+    `grouped`, consecutive rows with the same prompt keep it once in the cache (`infer/grouped_attention.py`).
 
     The work runs in inference mode (the buffers are kept for later calls, which may come from a caller in
     inference mode or not); the sequences returned are an ordinary tensor when the caller is not in it."""
@@ -182,12 +239,13 @@ def generate(model: Any, input_ids: Any, attention_mask: Any | None, config: Any
         return (fallback or model.generate)(input_ids=input_ids, attention_mask=attention_mask,
                                             generation_config=config)
     with torch.inference_mode():
-        sequences = _decode(model, input_ids, attention_mask, effective)
+        sequences = _decode(model, input_ids, attention_mask, effective, grouped)
     return sequences.clone()
 
 
-def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: Any) -> Any:
-    """`generate`'s sequences under the `effective` config, which `unsupported` has passed."""
+def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: Any, grouped: bool = False) -> Any:
+    """`generate`'s sequences under the `effective` config, which `unsupported` has passed; with `grouped`, each
+    group of consecutive rows with the same prompt keeps it once in the cache (`infer/grouped_attention.py`)."""
     import torch
 
     if attention_mask is None:
@@ -202,11 +260,40 @@ def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: A
     rows, prompt = input_ids.shape
     new = effective.max_new_tokens
     device = input_ids.device
-    state = _buffers(model, rows, prompt + new, device)
     stops = torch.tensor(stop_list, dtype=torch.long, device=device)
-    # The prefill, eagerly, with the positions `generate` gives a left-padded prompt.
-    state.mask[:, :prompt] = attention_mask
+    found = distinct_rows(input_ids, attention_mask) if grouped and prompt > 1 else None
+    size = grouped_attention.group_size(found[1]) if found is not None else None
+    with ExitStack() as stack:
+        if size is None:
+            state = _buffers(model, rows, prompt + new, device)
+            done = _prefill_rows(model, state, input_ids, attention_mask, temperature, stops)
+        else:
+            state = _buffers(model, rows, prompt + new, device, groups=rows // size, prompt=prompt - 1)
+            done = _prefill_groups(model, state, input_ids, attention_mask, found[0], found[1][::size])
+            stack.enter_context(grouped_attention.attending(model, state.cache))
+        step = _compiled_step(device)
+        while done < new:
+            if done and done % CHECK_EVERY == 0 and bool(state.finished.all()):
+                break
+            step(model, state.ids, state.mask, state.position, state.index, state.slot, state.finished, stops,
+                 state.cache, pad, temperature)
+            done += 1
+    generated = state.ids[:, prompt:prompt + done]
+    if bool(state.finished.all()):  # `generate` stops at the step where the last row stopped
+        stopped = torch.isin(generated, stops)
+        done = int((stopped.int().argmax(-1) + 1).max())
+    return torch.cat([input_ids, generated[:, :done]], dim=-1)
+
+
+def _prefill_rows(model: Any, state: Buffers, input_ids: Any, attention_mask: Any, temperature: float | None,
+                  stops: Any) -> int:
+    """Every row's prompt into the cache, eagerly, with the positions `generate` gives a left-padded prompt, and its
+    first new token; the steps go on from there. Returns the tokens generated (1)."""
+    import torch
+
+    prompt = input_ids.shape[1]
     positions = prompt_positions(attention_mask)
+    state.mask[:, :prompt] = attention_mask
     logits = model(input_ids=input_ids, attention_mask=state.mask, position_ids=positions, use_cache=True,
                    logits_to_keep=1, **{KEYWORD: state.cache}).logits[:, -1]
     first = choose(logits, temperature)
@@ -215,31 +302,41 @@ def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: A
     state.finished.copy_(torch.isin(first, stops))
     state.position.copy_(positions[:, -1] + 1)
     state.index.fill_(prompt)
-    step = _compiled_step(device)
-    done = 1
-    while done < new:
-        if done % CHECK_EVERY == 0 and bool(state.finished.all()):
-            break
-        step(model, state.ids, state.mask, state.position, state.index, state.finished, stops, state.cache, pad,
-             temperature)
-        done += 1
-    generated = state.ids[:, prompt:prompt + done]
-    if bool(state.finished.all()):  # `generate` stops at the step where the last row stopped
-        stopped = torch.isin(generated, stops)
-        done = int((stopped.int().argmax(-1) + 1).max())
-    return torch.cat([input_ids, generated[:, :done]], dim=-1)
+    state.slot.fill_(prompt)
+    return 1
 
 
-def in_generate(model: Any) -> AbstractContextManager[Any]:
+def _prefill_groups(model: Any, state: Buffers, input_ids: Any, attention_mask: Any, distinct: Any,
+                    order: Any) -> int:
+    """Each distinct prompt (the rows `distinct`) but its last token into the cache once, eagerly, for the groups
+    (`order`: each group's distinct prompt); the last prompt token is the first compiled step. Returns the tokens
+    generated (0)."""
+    from transformers import DynamicCache
+
+    prompt = input_ids.shape[1]
+    filled = DynamicCache(config=model.config.get_text_config(decoder=True))
+    ids, mask = input_ids[distinct, :-1], attention_mask[distinct, :-1]
+    model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
+          **{KEYWORD: filled})
+    state.fill_prompts(filled, order, prompt - 1)
+    state.mask[:, :prompt - 1] = attention_mask[:, :-1]
+    state.ids[:, :prompt] = input_ids
+    state.position.copy_(prompt_positions(attention_mask)[:, -1])
+    state.index.fill_(prompt - 1)
+    state.slot.fill_(state.prompt)  # the rows' own tokens start after the longest prompt the cache holds
+    return 0
+
+
+def in_generate(model: Any, grouped: bool = False) -> AbstractContextManager[Any]:
     """Within the block, `model.generate` decodes here (for callers that build the call themselves: TRL's rollouts),
-    with the model's own `generate` for what this loop does not do. An instance attribute shadows the method for
-    the block and is removed after."""
+    with the model's own `generate` for what this loop does not do, each group's prompt kept once with `grouped`.
+    An instance attribute shadows the method for the block and is removed after."""
     own = model.generate
 
     def shadow(input_ids: Any, attention_mask: Any = None, generation_config: Any = None, **kwargs: Any) -> Any:
         if kwargs or generation_config is None:  # anything else TRL may pass: transformers' own generate
             return own(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                        **kwargs)
-        return generate(model, input_ids, attention_mask, generation_config, fallback=own)
+        return generate(model, input_ids, attention_mask, generation_config, fallback=own, grouped=grouped)
 
     return patch.object(model, "generate", shadow)

@@ -19,23 +19,27 @@ tokens are the same up to floating-point rounding: in float32 the greedy
 tokens of the tiny model and of the real SmolLM2 (grouped-query attention)
 are `generate`'s own (`tests/infer/test_grouped_attention.py`).
 
-It is used where the prompts are shared (`infer/kv_cache.growing_cache`
-with `share_prompts`, which `placement.rollout_path` turns on for eager
-rollouts), and only for the call: the model's own attention is put back
-after it.
+It is used where the prompts are shared, and only for the call (`attending`:
+the model's own attention is put back after it): in eager rollouts on a CPU
+(`infer/kv_cache.growing_cache` with `grouped`), and in `compiled-step`
+decoding, whose static cache then holds each group's prompt once
+(`GroupedStaticLayer`, `infer/compiled_step.py`); `placement.rollout_path`
+says where. The prompts reach the attention as an attribute of each
+attention module, which torch.compile follows into the step's graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 NAME = "gsm8k_tr_grouped"  # the attention interface's key for `attention`
-_ACTIVE: ContextVar[Any] = ContextVar("gsm8k_tr_grouped_cache", default=None)
+# An attention module's attribute holding its layer's prompts for the call: a module attribute, which
+# torch.compile follows, where a context variable would break the graph.
+PREFIX = "_gsm8k_tr_prefix"
 
 
 class GroupedLayer(DynamicLayer):
@@ -73,6 +77,22 @@ class GroupedLayer(DynamicLayer):
     batch_repeat_interleave = batch_select_indices = reorder_cache = _refuse
 
 
+class GroupedStaticLayer(StaticLayer):
+    """`GroupedLayer` at a fixed shape, for compiled decoding (`infer/compiled_step.py`): each group's prompt in
+    `prefix_keys` and `prefix_values` (groups x heads x `prompt` x dim, the unused end masked), then each row's own
+    tokens in a static layer of `own` positions. Positions in the attention mask: the prompt's, then the own."""
+
+    def __init__(self, prefix_keys: Any, prefix_values: Any, own: int) -> None:
+        super().__init__(max_cache_len=own)
+        self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.prefix_keys.shape[-2] + self.max_cache_len, 0
+
+    def get_seq_length(self) -> Any:
+        return self.prefix_keys.shape[-2] + super().get_seq_length()
+
+
 def group_size(inverse: Any) -> int | None:
     """The rows per group when each distinct prompt (`inverse`: each row's prompt, as `shared_prefill.distinct_rows`
     gives it) fills consecutive rows, all groups alike; else None.
@@ -108,32 +128,38 @@ def keep_groups(cache: Any, inverse: Any, make_suffix: Any) -> bool:
 
 def holds_groups(cache: Any) -> bool:
     """Whether `cache` keeps its prompts once per group (`keep_groups` took it)."""
-    return bool(cache.layers) and all(isinstance(layer, GroupedLayer) for layer in cache.layers)
+    return bool(cache.layers) and all(hasattr(layer, "prefix_keys") for layer in cache.layers)
+
+
+def attention_modules(model: Any) -> dict[int, Any]:
+    """`model`'s self-attention modules by layer index (GPT-2's `GPT2Attention`, Llama's `LlamaAttention`)."""
+    return {module.layer_idx: module for module in model.modules()
+            if isinstance(getattr(module, "layer_idx", None), int) and type(module).__name__.endswith("Attention")}
 
 
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
               dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
     """transformers' attention-function signature; `key` and `value` are the rows' own tokens (`GroupedLayer`), the
-    prompt comes from the active cache's layer. `attention_mask`: the additive mask over prompt and own tokens.
-    A layer without groups (none active) gets torch's own attention."""
+    prompt's keys and values are the module's `PREFIX` for the call (`attending`). `attention_mask`: the additive
+    mask over prompt and own tokens. A module without a prompt gets torch's own attention."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    cache = _ACTIVE.get()
-    layer = cache.layers[module.layer_idx] if cache is not None else None
-    if not isinstance(layer, GroupedLayer):
+    prefix = getattr(module, PREFIX, None)
+    if prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    prefix_keys, prefix_values = prefix
     rows, heads, steps, dim = query.shape
     if attention_mask is None and steps > 1:  # transformers' eager masks are always built; a causal one is needed
         raise ValueError("grouped attention needs the attention mask for more than one query token")
-    groups, kv_heads, prompt = layer.prefix_keys.shape[:3]
+    groups, kv_heads, prompt = prefix_keys.shape[:3]
     size, repeats = rows // groups, heads // kv_heads  # rows per group; query heads per key head (grouped-query)
     scale = dim ** -0.5 if scaling is None else scaling
     # Queries by group: (groups, kv_heads, size * repeats * steps, dim), so each group's prompt is read once.
     by_group = query.view(groups, size, kv_heads, repeats, steps, dim).permute(0, 2, 1, 3, 4, 5)
     by_group = by_group.reshape(groups, kv_heads, size * repeats * steps, dim)
-    on_prompt = torch.matmul(by_group, layer.prefix_keys.transpose(-1, -2))
+    on_prompt = torch.matmul(by_group, prefix_keys.transpose(-1, -2))
     on_prompt = on_prompt.view(groups, kv_heads, size, repeats, steps, prompt).permute(0, 2, 1, 3, 4, 5)
     by_row = query.reshape(rows, kv_heads, repeats * steps, dim)
     on_own = torch.matmul(by_row, key.transpose(-1, -2)).view(rows, heads, steps, -1)
@@ -145,7 +171,7 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
         weights = torch.nn.functional.dropout(weights, p=dropout, training=True)
     from_prompt = weights[..., :prompt].reshape(groups, size, kv_heads, repeats, steps, prompt)
     from_prompt = from_prompt.permute(0, 2, 1, 3, 4, 5).reshape(groups, kv_heads, size * repeats * steps, prompt)
-    out = torch.matmul(from_prompt, layer.prefix_values).view(groups, kv_heads, size, repeats, steps, dim)
+    out = torch.matmul(from_prompt, prefix_values).view(groups, kv_heads, size, repeats, steps, dim)
     out = out.permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, steps, dim)
     own = weights[..., prompt:].reshape(rows, kv_heads, repeats * steps, -1)
     out = out + torch.matmul(own, value).view(rows, heads, steps, dim)
@@ -169,16 +195,20 @@ def _register() -> None:
 
 @contextmanager
 def attending(model: Any, cache: Any) -> Iterator[None]:
-    """Within the block, `model`'s attention reads `cache`'s prompts once per group; its own attention is back
-    after, also on error."""
+    """Within the block, `model`'s attention reads `cache`'s prompts (`holds_groups`) once per group; its own
+    attention is back after, also on error."""
     _register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
     before = config._attn_implementation
-    token = _ACTIVE.set(cache)
+    modules = attention_modules(base)
+    for index, module in modules.items():
+        layer = cache.layers[index]
+        setattr(module, PREFIX, (layer.prefix_keys, layer.prefix_values))
     config._attn_implementation = NAME
     try:
         yield
     finally:
         config._attn_implementation = before
-        _ACTIVE.reset(token)
+        for module in modules.values():
+            module.__dict__.pop(PREFIX, None)

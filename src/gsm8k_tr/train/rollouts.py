@@ -157,7 +157,7 @@ class FastRollouts:
                                                    pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE))
             elif how == "compiled-step":
                 stack.enter_context(patch.object(self, "pad_to_multiple_of", compiled_decoding.PROMPT_MULTIPLE))
-                stack.enter_context(compiled_step.in_generate(model))
+                stack.enter_context(compiled_step.in_generate(model, self.rollouts.get("grouped_attention", False)))
             if self.rollouts.get("kv_cache") == "growing":
                 stack.enter_context(growing_cache(model, share_prompts=self.rollouts.get("shared_prefill", False),
                                                   grouped=self.rollouts.get("grouped_attention", False)))
