@@ -309,17 +309,10 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     (`infer/shared_prefill.py`), on every device; not where the weights are
     sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it.
-    `grouped_attention`: where the prompt is shared, each group's rows keep
-    one copy of it, which attention reads once per group
-    (`infer/grouped_attention.py`), on a CPU: there it is fewer bytes read
-    (at the real prompts' lengths 1.34-1.60x the demo model's decoding steps
-    per second and 1.80x GPT-2 Medium's; about even at the demo's short
-    generated prompts; docs/benchmarks.md). In eager decoding on a GPU it
-    stays off until measured there: eager decoding is bound by kernel
-    launches, and the grouped attention launches about a dozen kernels a
-    layer where torch's fused kernel launches one. With `compiled-step`, on
-    every device: its static cache then holds each group's prompt once,
-    and the extra operations are inside the step's one graph.
+    `grouped_attention`: each group's prompt kept once in the cache and read
+    once per step (`infer/grouped_attention.py`, which says why): with
+    `compiled-step`, and in eager decoding on a CPU, not yet on a GPU, where
+    eager decoding is bound by the kernel launches this adds.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     `stop_check`: as `stop_check` says, every step where the weights are

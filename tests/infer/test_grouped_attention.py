@@ -121,3 +121,18 @@ def test_a_grouped_cache_crops_its_own_tokens_and_refuses_to_reorder_its_rows() 
                  lambda: layer.batch_repeat_interleave(2), lambda: layer.reorder_cache(torch.tensor([0, 1, 2, 3]))):
         with pytest.raises(NotImplementedError, match="groups"):
             call()
+
+
+def test_only_checked_model_types_keep_their_groups(tiny_model_dir, monkeypatch) -> None:
+    from gsm8k_tr.infer import kv_cache
+
+    model, tokenizer, batch = model_and_prompts(tiny_model_dir, 3, repeat=2)
+    assert grouped_attention.supports(model)
+    monkeypatch.setattr(model.config, "model_type", "gpt_neo")  # an architecture the tests do not check
+    assert not grouped_attention.supports(model)
+    caches = []
+    real = kv_cache.for_generation
+    monkeypatch.setattr(kv_cache, "for_generation", lambda *a: caches.append(real(*a)) or caches[-1])
+    with torch.inference_mode(), kv_cache.growing_cache(model, share_prompts=True, grouped=True):
+        model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert caches and not grouped_attention.holds_groups(caches[0][kv_cache.KEYWORD])  # a copy per row

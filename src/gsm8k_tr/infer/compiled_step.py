@@ -261,7 +261,8 @@ def _decode(model: Any, input_ids: Any, attention_mask: Any | None, effective: A
     new = effective.max_new_tokens
     device = input_ids.device
     stops = torch.tensor(stop_list, dtype=torch.long, device=device)
-    found = distinct_rows(input_ids, attention_mask) if grouped and prompt > 1 else None
+    found = (distinct_rows(input_ids, attention_mask)
+             if grouped and prompt > 1 and grouped_attention.supports(model) else None)
     size = grouped_attention.group_size(found[1]) if found is not None else None
     with ExitStack() as stack:
         if size is None:

@@ -20,12 +20,22 @@ tokens of the tiny model and of the real SmolLM2 (grouped-query attention)
 are `generate`'s own (`tests/infer/test_grouped_attention.py`).
 
 It is used where the prompts are shared, and only for the call (`attending`:
-the model's own attention is put back after it): in eager rollouts on a CPU
-(`infer/kv_cache.growing_cache` with `grouped`), and in `compiled-step`
-decoding, whose static cache then holds each group's prompt once
-(`GroupedStaticLayer`, `infer/compiled_step.py`); `placement.rollout_path`
-says where. The prompts reach the attention as an attribute of each
-attention module, which torch.compile follows into the step's graph.
+the model's own attention is put back after it); `placement.rollout_path`
+says where:
+- in eager rollouts on a CPU (`infer/kv_cache.growing_cache` with
+  `grouped`): fewer bytes read, 1.34-1.60x the demo model's decoding steps
+  per second at the real prompts' lengths and 1.80x GPT-2 Medium's, about
+  even at the demo's short generated prompts (docs/benchmarks.md);
+- not yet in eager decoding on a GPU: it is bound by kernel launches there,
+  and this attention launches about a dozen kernels a layer where torch's
+  fused kernel launches one. Not measured there yet;
+- with `compiled-step`, on every device: its static cache holds each group's
+  prompt once (`GroupedStaticLayer`, `infer/compiled_step.py`), and the extra
+  operations are inside the step's one graph.
+The prompts reach the attention as an attribute of each attention module,
+which torch.compile follows into the step's graph. Only model types whose
+attention is checked against per-row copies by the tests group (`supports`);
+others keep a copy per row.
 """
 
 from __future__ import annotations
@@ -129,6 +139,20 @@ def keep_groups(cache: Any, inverse: Any, make_suffix: Any) -> bool:
 def holds_groups(cache: Any) -> bool:
     """Whether `cache` keeps its prompts once per group (`keep_groups` took it)."""
     return bool(cache.layers) and all(hasattr(layer, "prefix_keys") for layer in cache.layers)
+
+
+# Model types whose every attention layer goes through transformers' attention interface, checked by the tests:
+# GPT-2 (the Turkish GPT-2 Medium, the builtin models) and Llama (SmolLM2, grouped-query attention).
+CHECKED_MODEL_TYPES = ("gpt2", "llama")
+
+
+def supports(model: Any) -> bool:
+    """Whether `model` (or the model inside a PEFT wrapper) can keep its groups' prompts once: a checked model type
+    whose every layer has an attention module `attending` finds."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config(decoder=True)
+    return (config.model_type in CHECKED_MODEL_TYPES
+            and len(attention_modules(base)) == config.num_hidden_layers)
 
 
 def attention_modules(model: Any) -> dict[int, Any]:

@@ -126,7 +126,8 @@ def growing_cache(model: Any, share_prompts: bool = False, grouped: bool = False
                 if share_prompts and cache is not None and all(isinstance(layer, GrowingLayer)
                                                                for layer in cache.layers):
                     new = config.max_new_tokens  # each row's own tokens: the prompt's last one and the new ones
-                    own = partial(GrowingLayer, 1 + new if new else None) if grouped else None
+                    own = (partial(GrowingLayer, 1 + new if new else None)
+                           if grouped and grouped_attention.supports(model) else None)
                     shared_prefill.prefill(model, ids, kwargs.get("attention_mask"), cache, KEYWORD, own)
                     if grouped_attention.holds_groups(cache):
                         stack.enter_context(grouped_attention.attending(model, cache))
