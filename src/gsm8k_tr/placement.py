@@ -309,10 +309,7 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     (`infer/shared_prefill.py`), on every device; not where the weights are
     sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it.
-    `grouped_attention`: each group's prompt kept once in the cache and read
-    once per step (`infer/grouped_attention.py`, which says why): with
-    `compiled-step`, and in eager decoding on a CPU, not yet on a GPU, where
-    eager decoding is bound by the kernel launches this adds.
+    `grouped_attention`: as `grouped_attention` says; not where sharded.
     `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     `stop_check`: as `stop_check` says, every step where the weights are
@@ -327,10 +324,16 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
             "shared_prefill": cache == "growing" and not sharded,
-            "grouped_attention": not sharded and (how == "compiled-step"
-                                                  or cache == "growing" and _device_type(device) == "cpu"),
+            "grouped_attention": not sharded and grouped_attention(device, how, cache),
             "sampler": "inverse_cdf" if row_sampling(device) else "multinomial",
             "attention": decoding_attention(device, how), "stop_check": stop_check(device, sharded)}
+
+
+def grouped_attention(device: Any, how: str, cache: str) -> bool:
+    """Whether rows that repeat a prompt keep it once in the KV cache, read once per step, when `generate` on `device`
+    decodes `how` with the `cache` `kv_cache` names (`infer/grouped_attention.py` says why): with compiled-step,
+    and eager with the growing cache on a CPU; not in eager decoding on a GPU, bound there by the launches it adds."""
+    return how == "compiled-step" or (how == "eager" and cache == "growing" and _device_type(device) == "cpu")
 
 
 SHAPE_MULTIPLE = 64  # tokens: 16 lengths in a 1,024-token context

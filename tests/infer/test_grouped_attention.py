@@ -136,3 +136,28 @@ def test_only_checked_model_types_keep_their_groups(tiny_model_dir, monkeypatch)
     with torch.inference_mode(), kv_cache.growing_cache(model, share_prompts=True, grouped=True):
         model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert caches and not grouped_attention.holds_groups(caches[0][kv_cache.KEYWORD])  # a copy per row
+
+
+def test_several_samples_of_a_prompt_keep_it_once_and_sample_the_same(tiny_model_dir, monkeypatch) -> None:
+    from gsm8k_tr import placement
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.infer import generation
+
+    model, tokenizer, _ = model_and_prompts(tiny_model_dir, 2)
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(5, seed=7)]
+    held = []  # each batch's groups, where they were kept once
+    real_attending = grouped_attention.attending
+    monkeypatch.setattr(grouped_attention, "attending",
+                        lambda model, cache: held.append(cache.layers[0].prefix_keys.shape[0])
+                        or real_attending(model, cache))
+    runs = {}
+    for grouped in (False, True):
+        monkeypatch.setattr(placement, "grouped_attention", lambda *args, on=grouped: on)
+        runs[grouped] = generation.generate(model, tokenizer, prompts, 24, batch_size=2, temperature=0.9, samples=3,
+                                            decoding="eager")
+    assert [[(c.tokens, c.text) for c in row] for row in runs[True]] == [[(c.tokens, c.text) for c in row]
+                                                                         for row in runs[False]]
+    assert all(len(row) == 3 for row in runs[True]) and len({c.text for row in runs[True] for c in row}) > 5
+    assert held == [2, 2, 1]  # 5 prompts in batches of 2: each batch's prompts once, their 3 samples each

@@ -134,6 +134,10 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                         f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
     kernels = placement.decoding_attention(device, how)
+    # Several samples of a prompt are rows side by side: its prompt prefilled and kept once (not where processes
+    # must run the same forwards in step, which the extra prefill would break).
+    grouped = samples > 1 and not synced_gpus and placement.grouped_attention(
+        device, how, placement.kv_cache(config.cache_implementation))
     defer = placement.stop_check(device, synced_gpus) == "deferred"
     cut = 0
     model.eval()
@@ -155,11 +159,20 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             rows += [rows[0]] * (batch_size - len(rows))
         batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", pad_to_multiple_of=multiple).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
-                 if how == "eager" and placement.kv_cache(config.cache_implementation) == "growing" else {})
+                 if how == "eager" and not grouped and placement.kv_cache(config.cache_implementation) == "growing"
+                 else {})
         with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
               attention_kernels.only(kernels), stop_check.deferred(defer)):
             if how == "compiled-step":
-                output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], batch_config)
+                output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], batch_config,
+                                                grouped=grouped)
+            elif grouped:  # the samples as rows, as `num_return_sequences` lays them out
+                each = copy.deepcopy(batch_config)
+                each.num_return_sequences = 1
+                with kv_cache.growing_cache(model, share_prompts=True, grouped=True):
+                    output = model.generate(input_ids=batch["input_ids"].repeat_interleave(samples, 0),
+                                            attention_mask=batch["attention_mask"].repeat_interleave(samples, 0),
+                                            generation_config=each)
             else:
                 output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
         found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
