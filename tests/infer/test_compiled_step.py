@@ -81,7 +81,8 @@ def test_a_short_last_batch_is_filled_up_to_replay_the_full_batchs_graph(tiny, m
     prompts = _prompts(20, seed=3)  # batches of 8, 8 and 4
     rows = []
     real = compiled_step.generate
-    monkeypatch.setattr(compiled_step, "generate", lambda m, ids, *a: rows.append(ids.shape[0]) or real(m, ids, *a))
+    monkeypatch.setattr(compiled_step, "generate",
+                        lambda m, ids, *a, **kw: rows.append(ids.shape[0]) or real(m, ids, *a, **kw))
     eager = generation.generate(model, tokenizer, prompts, 96, batch_size=8, decoding="eager")
     graphs = counters["stats"]["unique_graphs"]
     stepped = generation.generate(model, tokenizer, prompts, 96, batch_size=8, decoding="compiled-step")
