@@ -6,11 +6,12 @@
     python benchmarks/grouped_attention.py --model builtin:smollm2-135m --set model.stop_token=null
     python benchmarks/grouped_attention.py --decoding compiled-step   # in the whole compiled step's static cache
 
-Both paths prefill each distinct prompt once (`infer/shared_prefill.py`) and
-write the KV cache in place (`infer/kv_cache.py`), or with `--decoding
-compiled-step` decode in its compiled steps on a static cache
-(`infer/compiled_step.py`; the first call of each compiles); they differ in
-what the decoding steps read:
+Eagerly, both paths prefill each distinct prompt once (`infer/shared_prefill.py`)
+and write the KV cache in place (`infer/kv_cache.py`). With `--decoding
+compiled-step` both decode in its compiled steps on a static cache
+(`infer/compiled_step.py`; the first call of each compiles), and the copies
+prefill every row, as compiled-step did before. They differ in what the
+decoding steps read:
 (a) copies: every row holds a copy of its prompt's keys and values, and
     torch's attention reads each row's;
 (b) grouped: each group of rows holds one copy, read once per group
@@ -118,9 +119,8 @@ def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: 
     element = next(model.parameters()).element_size()
     result: dict[str, Any] = {
         "model": model_name, "device": str(device), "decoding": decoding, "rows": rows, "groups": prompts,
-        "prompt_tokens": width,
-        "new_tokens": new_tokens, "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
-        "first_call_s": first,
+        "prompt_tokens": width, "new_tokens": new_tokens, "dtype": str(next(model.parameters()).dtype),
+        "threads": torch.get_num_threads(), "first_call_s": first,
         "same_greedy_rows": int((greedy["copies"] == greedy["grouped"]).all(-1).sum()),
         "kv_bytes_last_step": cache_bytes(model.config, rows, prompts, width, new_tokens, element)}
     for path, times in seconds.items():

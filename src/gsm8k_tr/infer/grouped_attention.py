@@ -26,9 +26,9 @@ says where:
   `grouped`): fewer bytes read, 1.34-1.60x the demo model's decoding steps
   per second at the real prompts' lengths and 1.80x GPT-2 Medium's, about
   even at the demo's short generated prompts (docs/benchmarks.md);
-- not yet in eager decoding on a GPU: it is bound by kernel launches there,
-  and this attention launches about a dozen kernels a layer where torch's
-  fused kernel launches one. Not measured there yet;
+- not in eager decoding on a GPU until measured there: eager decoding is
+  bound by kernel launches there, and this attention launches about a dozen
+  kernels a layer where torch's fused kernel launches one;
 - with `compiled-step`, on every device: its static cache holds each group's
   prompt once (`GroupedStaticLayer`, `infer/compiled_step.py`), and the extra
   operations are inside the step's one graph.
@@ -60,7 +60,6 @@ class GroupedLayer(DynamicLayer):
     def __init__(self, prefix_keys: Any, prefix_values: Any, rows: int, suffix: DynamicLayer) -> None:
         super().__init__()
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
-        self.size = rows // prefix_keys.shape[0]
         self.suffix = suffix
         self.is_initialized = True
         self.keys = self.values = prefix_keys[:0].new_empty((rows, *prefix_keys.shape[1:-2], 0, prefix_keys.shape[-1]))
