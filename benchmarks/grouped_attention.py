@@ -5,6 +5,7 @@
     python benchmarks/grouped_attention.py --grpo-steps 10 --start runs/demo/sft   # and demo GRPO steps
     python benchmarks/grouped_attention.py --model builtin:smollm2-135m --set model.stop_token=null
     python benchmarks/grouped_attention.py --decoding compiled-step   # in the whole compiled step's static cache
+    python benchmarks/grouped_attention.py --samples --new-tokens 128  # evaluation's samples of each prompt
 
 Eagerly, both paths prefill each distinct prompt once (`infer/shared_prefill.py`)
 and write the KV cache in place (`infer/kv_cache.py`). With `--decoding
@@ -23,6 +24,12 @@ in consecutive rows as TRL hands them to `generate`. Every row runs to
 tokens/s of each (the fastest of `--rounds` sampled calls, alternating), the
 ratio, how many greedy rows are the same, and the keys and values a step
 reads on each path, counted at the last step.
+
+With `--samples`, it instead draws `--group` samples of each prompt as
+evaluation's `samples` and the prompt filter draw them (`infer/generation.py`,
+stopping at the model's stop tokens) and prints seconds per call and whether
+the completions are the same; on the per-row path generate prefills every
+row there.
 
 With `--grpo-steps`, it also runs that many steps of the demo recipe's GRPO
 from `--start` on each path, each in its own process, alternating for
@@ -70,23 +77,34 @@ def cache_bytes(config: Any, rows: int, groups: int, prompt: int, new: int, elem
             "grouped": (groups * prompt + rows * new) * per_position}
 
 
+def _load(model_name: str, prompts: int, cpu: bool, overrides: tuple[str, ...]) -> tuple[Any, Any, Any, list[str]]:
+    """(device, model, tokenizer, `prompts` real prompts): the model as evaluation loads it (bf16 on a GPU)."""
+    import torch
+
+    from gsm8k_tr.infer import evaluate
+
+    device = torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda")
+    with tempfile.TemporaryDirectory() as work:
+        recipe = _recipe(Path(work), model_name, 1, device.type == "cpu", *overrides)
+        model, tokenizer, _ = evaluate.load_for_inference(model_name, recipe, str(device))
+        texts = real_prompts(recipe, prompts)
+    model.eval()
+    tokenizer.padding_side = "left"
+    return device, model, tokenizer, texts
+
+
 def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: int, cpu: bool,
             overrides: tuple[str, ...] = (), decoding: str = "eager") -> dict[str, Any]:
     import torch
     from transformers import GenerationConfig
 
     from gsm8k_tr import placement
-    from gsm8k_tr.infer import attention_kernels, compiled_step, evaluate
+    from gsm8k_tr.infer import attention_kernels, compiled_step
     from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
     from gsm8k_tr.infer.kv_cache import growing_cache
 
-    device = torch.device("cpu" if cpu or not torch.cuda.is_available() else "cuda")
-    with tempfile.TemporaryDirectory() as work:
-        recipe = _recipe(Path(work), model_name, 1, device.type == "cpu", *overrides)
-        model, tokenizer, _ = evaluate.load_for_inference(model_name, recipe, str(device))
-        texts = [text for text in real_prompts(recipe, prompts) for _ in range(group)]
-    model.eval()
-    tokenizer.padding_side = "left"
+    device, model, tokenizer, distinct = _load(model_name, prompts, cpu, overrides)
+    texts = [text for text in distinct for _ in range(group)]
     step = decoding == "compiled-step"  # its prompts padded to a multiple of 64, as the rollouts pad them
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                       pad_to_multiple_of=PROMPT_MULTIPLE if step else None).to(device)
@@ -128,6 +146,46 @@ def measure(model_name: str, prompts: int, group: int, new_tokens: int, rounds: 
         result[path] = {"ms_per_step": round(1000 * best / new_tokens, 2),
                         "tokens_per_s": round(rows * new_tokens / best)}
     result["ratio"] = round(result["copies"]["ms_per_step"] / result["grouped"]["ms_per_step"], 2)
+    return result
+
+
+def measure_samples(model_name: str, prompts: int, group: int, new_tokens: int, rounds: int, cpu: bool,
+                    overrides: tuple[str, ...] = (), decoding: str = "eager") -> dict[str, Any]:
+    """`group` samples of each of `prompts` prompts as evaluation and the prompt filter draw them
+    (`infer/generation.py`, the model's stop tokens, at temperature 0.7), each prompt kept once or copied."""
+    from unittest.mock import patch
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.infer import generation
+
+    device, model, tokenizer, distinct = _load(model_name, prompts, cpu, overrides)
+
+    def run(grouped: bool) -> tuple[float, list[list[Any]]]:
+        with patch.object(placement, "grouped_attention", lambda *args: grouped):
+            sync(device)
+            started = time.perf_counter()
+            found = generation.generate(model, tokenizer, distinct, new_tokens, batch_size=prompts, temperature=0.7,
+                                        samples=group, decoding=decoding)
+            sync(device)
+        return time.perf_counter() - started, found
+
+    first = {path: round(run(grouped)[0], 2) for path, grouped in PATHS.items()}  # warm-up
+    seconds: dict[str, list[float]] = {path: [] for path in PATHS}
+    found: dict[str, Any] = {}
+    for _ in range(rounds):
+        for path, grouped in PATHS.items():
+            took, found[path] = run(grouped)
+            seconds[path].append(took)
+    texts = {path: [c.text for row in rows for c in row] for path, rows in found.items()}
+    tokens = sum(c.tokens for row in found["grouped"] for c in row)
+    result: dict[str, Any] = {"model": model_name, "device": str(device), "decoding": decoding, "prompts": prompts,
+                              "samples": group, "max_new_tokens": new_tokens, "generated_tokens": tokens,
+                              "first_call_s": first,
+                              "same_completions": f"{sum(a == b for a, b in zip(texts['copies'], texts['grouped']))}"
+                                                  f"/{len(texts['copies'])}"}
+    for path, times in seconds.items():
+        result[path] = {"s_per_call": round(min(times), 3), "tokens_per_s": round(tokens / min(times))}
+    result["ratio"] = round(result["copies"]["s_per_call"] / result["grouped"]["s_per_call"], 2)
     return result
 
 
@@ -187,6 +245,8 @@ def main() -> int:
                         help="eager: the growing cache, prefilled once per prompt; compiled-step: its static cache")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for the model (SmolLM2: model.stop_token=null)")
+    parser.add_argument("--samples", action="store_true",
+                        help="instead: --group samples of each prompt as evaluation draws them (infer/generation.py)")
     parser.add_argument("--grpo-steps", type=int, default=0, help="demo GRPO steps per path and round (0: none)")
     parser.add_argument("--start", default="runs/demo/sft", help="the SFT output the GRPO steps start from")
     args = parser.parse_args()
@@ -195,12 +255,18 @@ def main() -> int:
         if args.gpt2_medium:
             model = str(Path(work) / "gpt2-medium")
             build_model(Path(model))
-        result = measure(model, args.prompts, args.group, args.new_tokens, args.rounds, args.cpu, tuple(args.set),
-                         args.decoding)
+        how = measure_samples if args.samples else measure
+        result = how(model, args.prompts, args.group, args.new_tokens, args.rounds, args.cpu, tuple(args.set),
+                     args.decoding)
     print(json.dumps(result, indent=1))
-    print(f"grouped attention: {result['ratio']}x the decoding steps per second of per-row copies "
-          f"({result['copies']['ms_per_step']} -> {result['grouped']['ms_per_step']} ms a step); "
-          f"{result['same_greedy_rows']}/{result['rows']} greedy rows the same")
+    if args.samples:
+        print(f"grouped attention: {result['ratio']}x the samples per second of per-row copies "
+              f"({result['copies']['s_per_call']} -> {result['grouped']['s_per_call']} s for {args.prompts} prompts "
+              f"x {args.group} samples); {result['same_completions']} completions the same")
+    else:
+        print(f"grouped attention: {result['ratio']}x the decoding steps per second of per-row copies "
+              f"({result['copies']['ms_per_step']} -> {result['grouped']['ms_per_step']} ms a step); "
+              f"{result['same_greedy_rows']}/{result['rows']} greedy rows the same")
     if args.grpo_steps:
         grpo = compare_grpo(args.start, args.grpo_steps, args.rounds)
         print(json.dumps(grpo, indent=1))
