@@ -54,7 +54,7 @@ from unittest.mock import patch
 
 from gsm8k_tr.infer import grouped_attention
 from gsm8k_tr.infer.kv_cache import KEYWORD
-from gsm8k_tr.infer.shared_prefill import distinct_rows, prompt_positions
+from gsm8k_tr.infer.shared_prefill import distinct_rows, fill_distinct, prompt_positions
 
 log = logging.getLogger(__name__)
 
@@ -316,9 +316,7 @@ def _prefill_groups(model: Any, state: Buffers, input_ids: Any, attention_mask: 
 
     prompt = input_ids.shape[1]
     filled = DynamicCache(config=model.config.get_text_config(decoder=True))
-    ids, mask = input_ids[distinct, :-1], attention_mask[distinct, :-1]
-    model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
-          **{KEYWORD: filled})
+    fill_distinct(model, input_ids, attention_mask, distinct, filled, KEYWORD)
     state.fill_prompts(filled, order, prompt - 1)
     state.mask[:, :prompt - 1] = attention_mask[:, :-1]
     state.ids[:, :prompt] = input_ids

@@ -136,8 +136,8 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     kernels = placement.decoding_attention(device, how)
     # Several samples of a prompt are rows side by side: its prompt prefilled and kept once (not where processes
     # must run the same forwards in step, which the extra prefill would break).
-    grouped = samples > 1 and not synced_gpus and placement.grouped_attention(
-        device, how, placement.kv_cache(config.cache_implementation))
+    cache_kind = placement.kv_cache(config.cache_implementation)
+    grouped = samples > 1 and not synced_gpus and placement.grouped_attention(device, how, cache_kind)
     defer = placement.stop_check(device, synced_gpus) == "deferred"
     cut = 0
     model.eval()
@@ -159,8 +159,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             rows += [rows[0]] * (batch_size - len(rows))
         batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", pad_to_multiple_of=multiple).to(device)
         cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
-                 if how == "eager" and not grouped and placement.kv_cache(config.cache_implementation) == "growing"
-                 else {})
+                 if how == "eager" and not grouped and cache_kind == "growing" else {})
         with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
               attention_kernels.only(kernels), stop_check.deferred(defer)):
             if how == "compiled-step":

@@ -47,6 +47,14 @@ def prompt_positions(mask: Any) -> Any:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
+def fill_distinct(model: Any, input_ids: Any, attention_mask: Any, first: Any, cache: Any, keyword: str) -> None:
+    """Run `model` over the distinct prompts (the rows `first`) but their last token, into `cache`, with the
+    positions `generate` gives them."""
+    ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+    model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
+          **{keyword: cache})
+
+
 def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, keyword: str,
             own_tokens: Callable[[], Any] | None = None) -> bool:
     """Fill the empty `cache` with every row's prompt but its last token, computing each distinct prompt once.
@@ -68,9 +76,7 @@ def prefill(model: Any, input_ids: Any, attention_mask: Any | None, cache: Any, 
     if found is None:
         return False
     first, inverse = found
-    ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
-    model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1,
-          **{keyword: cache})
+    fill_distinct(model, input_ids, attention_mask, first, cache, keyword)
     if own_tokens is None or not grouped_attention.keep_groups(cache, inverse, own_tokens):
         cache.batch_select_indices(inverse)
     return True
