@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_check import build_model, sync  # noqa: E402
 from gpu_shapes import _recipe  # noqa: E402
 from profile_steps import real_prompts  # noqa: E402
+from rollouts import grpo_child, grpo_steps  # noqa: E402
 
 PATHS = {"copies": False, "grouped": True}  # path: grouped
 
@@ -191,8 +190,6 @@ def measure_samples(model_name: str, prompts: int, group: int, new_tokens: int, 
 
 def grpo_on(path: str, start: str, steps: int, work: Path) -> dict[str, Any]:
     """`steps` demo GRPO steps from `start` in this process, the prompts kept once per group or copied (`path`)."""
-    from rollouts import grpo_steps
-
     from gsm8k_tr import placement
 
     chosen = placement.rollout_path
@@ -210,13 +207,8 @@ def compare_grpo(start: str, steps: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         for _ in range(rounds):
             for path in PATHS:
-                env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-                done = subprocess.run([sys.executable, __file__, "--grpo-child", path, start, str(steps), work],
-                                      capture_output=True, text=True, env=env)
-                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
-                runs[path].append(json.loads(line.removeprefix("RESULT ")))
+                runs[path].append(grpo_child([sys.executable, __file__, "--grpo-child", path, start, str(steps), work],
+                                             path))
     result: dict[str, Any] = {}
     for path, results in runs.items():
         result[path] = {key: round(sum(r[key] for r in results) / len(results), 3)

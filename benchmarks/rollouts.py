@@ -196,6 +196,17 @@ def grpo_steps(path: str, start: str, steps: int, work: Path) -> dict[str, Any]:
             "rollouts": manifest.get("rollouts"), "lm_head_positions": manifest.get("lm_head_positions")}
 
 
+def grpo_child(command: list[str], path: str) -> dict[str, Any]:
+    """Run `command` (a benchmark's GRPO run on one path) in its own process and return the result it prints on its
+    `RESULT ` line; exit with its error output where it printed none."""
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
 def sft_start(work: Path) -> str:
     """A short demo SFT run to start GRPO from (its answers have the format, so completions stop as in training)."""
     from gsm8k_tr.config import load_recipe
@@ -255,13 +266,8 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"today": [], "fast": []}
         for _ in range(args.rounds):  # alternating, so a slow spell of the machine falls on both paths
             for path in runs:
-                env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-                done = subprocess.run([sys.executable, __file__, "--grpo-steps", str(args.grpo_steps), "--work",
-                                       str(work), "--only", path, start], capture_output=True, text=True, env=env)
-                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"GRPO on the {path} path failed:\n{done.stderr[-3000:]}")
-                runs[path].append(json.loads(line.removeprefix("RESULT ")))
+                runs[path].append(grpo_child([sys.executable, __file__, "--grpo-steps", str(args.grpo_steps),
+                                              "--work", str(work), "--only", path, start], path))
         print(f"GRPO, demo recipe, {args.rounds} x {args.grpo_steps} steps of 8 x 8 completions from {start}:")
         mean = {}
         for path, results in runs.items():
