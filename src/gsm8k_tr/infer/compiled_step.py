@@ -189,8 +189,7 @@ class Buffers:
     def fits(self, rows: int, length: int, device: Any, groups: int, prompt: int) -> bool:
         """Whether a call of this shape can use these buffers."""
         return (self.ids.shape[0] == rows and self.ids.device == device and self.groups == groups
-                and self.prompt >= prompt and self.ids.shape[1] - self.prompt >= length - prompt
-                and self.ids.shape[1] >= length)
+                and self.prompt >= prompt and self.ids.shape[1] - self.prompt >= length - prompt)
 
     def reset(self) -> None:
         if not self.groups:
@@ -215,8 +214,8 @@ def _buffers(model: Any, rows: int, length: int, device: Any, groups: int = 0, p
     longest_prompt = max(prompt, found.prompt if same else 0)
     own = max(length - prompt, found.ids.shape[1] - found.prompt if same else 0)
     model.__dict__["_gsm8k_tr_step_buffers"] = None  # the old cache goes before the new one is allocated
-    found = model.__dict__["_gsm8k_tr_step_buffers"] = Buffers(model, rows, max(longest_prompt + own, length),
-                                                               device, groups, longest_prompt if groups else 0)
+    found = model.__dict__["_gsm8k_tr_step_buffers"] = Buffers(model, rows, longest_prompt + own, device, groups,
+                                                               longest_prompt)
     return found
 
 
