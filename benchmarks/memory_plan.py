@@ -3,6 +3,7 @@
     python benchmarks/memory_plan.py                 # tiny, demo, SmolLM2 and GPT-2 Medium shapes: a few minutes
     python benchmarks/memory_plan.py --shapes tiny demo
     python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: a minute
+    python benchmarks/memory_plan.py --saved --shapes gpt2-medium --targets c_attn   # LoRA on some layers only
 
 Each phase runs in a fresh process: SFT (one training step: forward, backward
 and an AdamW step on LoRA, GPT-2's dropout on, every token scored through
@@ -74,19 +75,19 @@ def _config(source: str) -> Any:
 
 
 def _plan(shape: Any, phase: str, batch: int, length: int, lora_rank: int, lora_dropout: float, on_gpu: bool,
-          generations: int = 0) -> Any:
+          generations: int = 0, targets: list[str] | None = None) -> Any:
     """`memory.estimate` for one measured phase: `batch` rows of `length` tokens, float32 on a CPU or bf16 on a
     GPU, the model's dropout on in SFT only, eager decoding, no held-out check and no vLLM."""
     from gsm8k_tr.train import memory
 
     settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": on_gpu,
-                "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora_rank,
+                "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora_rank, "lora_targets": targets,
                 "lora_dropout": lora_dropout > 0, "decoding": "eager", "generation_batch": generations,
                 "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
     return memory.estimate(shape, "sft" if phase == "sft" else "grpo", settings, on_gpu=on_gpu)
 
 
-def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
+def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | None = None) -> dict[str, Any]:
     """Run one phase in this process; return its peak memory rise (MiB) and the estimate's parts."""
     import torch
     from peft import get_peft_model
@@ -110,7 +111,7 @@ def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if phase != "grpo_generation":  # both trainers score through TRL's fused LM head, SFT with its metrics' outputs
         add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
-    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout)
+    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout, target_modules=targets)
     model = get_peft_model(model, modeling.lora_config(lora, model))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = config.vocab_size
@@ -130,7 +131,7 @@ def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
     shape_info = memory.Shape.from_config(config)
     generating = phase == "grpo_generation"
     plan = _plan(shape_info, phase, batch, prompt + completion if generating else length, lora.r, lora_dropout,
-                 on_gpu=False, generations=generations if generating else 0)
+                 on_gpu=False, generations=generations if generating else 0, targets=targets)
     parts = {k: v * 1024 for k, v in plan.parts.items()}  # MiB
     fixed = parts["weights"] + parts["lora"] + parts["runtime"]
     if phase == "grpo_generation":
@@ -141,7 +142,8 @@ def measure(shape: str, phase: str, lora_dropout: float) -> dict[str, Any]:
             "parts_mib": {k: round(v, 1) for k, v in parts.items()}, "parameters": shape_info.parameters}
 
 
-def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, length: int = 200) -> dict[str, Any]:
+def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, length: int = 200,
+                targets: list[str] | None = None) -> dict[str, Any]:
     """What autograd keeps for the backward pass of one `phase` micro-batch, counted as a GPU in bf16 would keep it
     (see the module's docstring), beside the plan's activations and weight casts for a GPU; bytes per token and
     layer, and MiB."""
@@ -165,7 +167,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
-    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout)
+    lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout, target_modules=targets)
     model = get_peft_model(model, modeling.lora_config(lora, model))
     model.train()
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -197,7 +199,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
         model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True)
     totals = {kind: sum(n for k, n in counted.values() if k == kind) for kind in ("per_token", "weight_casts", "other")}
     shape_info = memory.Shape.from_config(config)
-    plan = _plan(shape_info, phase, batch, length, lora.r, lora_dropout, on_gpu=True)
+    plan = _plan(shape_info, phase, batch, length, lora.r, lora_dropout, on_gpu=True, targets=targets)
     per_token_layer = batch * length * shape_info.layers
     return {"shape": shape, "phase": phase, "lora_dropout": lora_dropout,
             "counted_bytes_per_token_layer": round(totals["per_token"] / per_token_layer, 1),
@@ -207,7 +209,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
             "other_mib": round(totals["other"] / MIB, 2)}
 
 
-def main_saved(shapes: list[str], lora_dropouts: list[float]) -> None:
+def main_saved(shapes: list[str], lora_dropouts: list[float], targets: list[str] | None = None) -> None:
     """`--saved`: one row per shape, phase and LoRA dropout; the ratio of plan to count."""
     import torch
 
@@ -218,7 +220,7 @@ def main_saved(shapes: list[str], lora_dropouts: list[float]) -> None:
     for shape in shapes:
         for phase in ("sft", "grpo_training"):
             for dropout in lora_dropouts:
-                row = count_saved(shape, phase, dropout)
+                row = count_saved(shape, phase, dropout, targets=targets)
                 rows.append(row)
                 ratio = row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
                 print(f"{shape:<12} {phase:<14} {dropout:>12} {row['counted_bytes_per_token_layer']:>22.1f} "
@@ -239,13 +241,15 @@ def main() -> None:
                         help="count what a GPU in bf16 keeps for backward (see the docstring) instead of measuring RSS")
     parser.add_argument("--lora-dropout", nargs="+", type=float, default=[0.05],
                         help="LoRA dropout of the adapters (default: 0.05, the recipes'); --saved takes several")
+    parser.add_argument("--targets", nargs="+", metavar="NAME",
+                        help="LoRA on these layers only (lora.target_modules; default: every linear layer)")
     parser.add_argument("--only", nargs=3, metavar=("SHAPE", "PHASE", "LORA_DROPOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.saved:
-        main_saved(args.shapes, args.lora_dropout)
+        main_saved(args.shapes, args.lora_dropout, args.targets)
         return
     if args.only:
-        print("RESULT " + json.dumps(measure(args.only[0], args.only[1], float(args.only[2]))))
+        print("RESULT " + json.dumps(measure(args.only[0], args.only[1], float(args.only[2]), args.targets)))
         return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "TRANSFORMERS_VERBOSITY": "error",
            "GSM8K_TR_CACHE": os.environ.get("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))}
@@ -253,7 +257,8 @@ def main() -> None:
     rows = []
     for shape in args.shapes:
         for phase in args.phases:
-            done = subprocess.run([sys.executable, __file__, "--only", shape, phase, str(args.lora_dropout[0])],
+            done = subprocess.run([sys.executable, __file__, "--only", shape, phase, str(args.lora_dropout[0]),
+                                   *(["--targets", *args.targets] if args.targets else [])],
                                   capture_output=True, text=True, env=env)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:

@@ -18,8 +18,10 @@ from gsm8k_tr.train import memory, plan
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 GPT2_MEDIUM = memory.Shape("gpt2", layers=24, hidden=1024, heads=16, kv_dim=1024, mlp=4096, vocab=50257,
-                           context=1024, parameters=354_823_168, linear_shapes=[(1024, 3072), (1024, 1024),
-                                                                               (1024, 4096), (4096, 1024)] * 24)
+                           context=1024, parameters=354_823_168,
+                           linears=[(f"transformer.h.{n}.{name}", i, o) for n in range(24) for name, i, o in
+                                    [("attn.c_attn", 1024, 3072), ("attn.c_proj", 1024, 1024),
+                                     ("mlp.c_fc", 1024, 4096), ("mlp.c_proj", 4096, 1024)]], model_type="gpt2")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -96,7 +98,7 @@ def test_lora_dropout_and_autocast_weight_casts_are_planned() -> None:
     tokens_layers = SETTINGS["micro_batch"] * SETTINGS["length"] * 24
     assert (dropped.parts["activations"] - plain.parts["activations"]) * 2**30 == pytest.approx(tokens_layers * 7168)
     # Under mixed precision autocast keeps a bf16 copy of every matmul weight (LoRA's too) for the backward pass.
-    matmul = sum(i * o + 32 * (i + o) for i, o in GPT2_MEDIUM.linear_shapes)
+    matmul = sum(i * o + 32 * (i + o) for _, i, o in GPT2_MEDIUM.linears)
     assert plain.parts["weight_casts"] * 2**30 == 2 * matmul
     assert plain.peak_gib == pytest.approx(sum(plain.parts[k] for k in ("weights", "lora", "runtime", "activations",
                                                                         "weight_casts", "logits")))
@@ -126,8 +128,24 @@ def test_what_grpo_keeps_between_rollouts_is_planned_beside_training(decoding: s
     generating = (0.0 if cache_kept else p["kv_cache"]) + 64 * 50257 * 4
     assert grpo.peak_gib * 2**30 == pytest.approx(p["weights"] + p["lora"] + p["runtime"] + kept +
                                                   max(training, generating))
-    assert p["kv_cache"] > 0 and p["rollout_weights"] == (2 * sum(i * o for i, o in GPT2_MEDIUM.linear_shapes)
+    assert p["kv_cache"] > 0 and p["rollout_weights"] == (2 * sum(i * o for _, i, o in GPT2_MEDIUM.linears)
                                                           if grpo.settings["mixed_precision"] else 0)
+
+
+@pytest.mark.parametrize("decoding, on_gpu, model_type, grouped", [
+    ("compiled-step", True, "gpt2", True), ("compiled", True, "gpt2", False), ("auto", True, "gpt2", False),
+    ("auto", False, "gpt2", True), ("compiled-step", True, "gpt_neo", False)])
+def test_rollouts_that_keep_each_prompt_once_are_planned_so(decoding: str, on_gpu: bool, model_type: str,
+                                                            grouped: bool) -> None:
+    # Where the rollouts keep each group's prompt once (placement.grouped_attention, for the model types it checks),
+    # 64 rows in groups of 8 with 512-token prompts cache 8 prompts and 64 rows' own 512 tokens: 36,864 positions.
+    import dataclasses
+
+    shape = dataclasses.replace(GPT2_MEDIUM, model_type=model_type)
+    settings = {**SETTINGS, "dropout": False, "decoding": decoding, "prompt_length": 512, "num_generations": 8}
+    grpo = memory.estimate(shape, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
+    per_position = 2 * 24 * 1024 * 2  # keys and values of 24 layers, bf16
+    assert grpo.parts["kv_cache"] * 2**30 == (8 * 512 + 64 * 512 if grouped else 64 * 1024) * per_position
 
 
 def test_grpo_generation_and_vllm_are_planned() -> None:
@@ -158,14 +176,41 @@ def test_the_gpu_plan_matches_what_autograd_keeps_in_bf16() -> None:
     # benchmarks/memory_plan.py --saved: every tensor autograd saves for backward under bf16 autocast, with CUDA's
     # dropout (a byte mask) and fused attention, counted once per storage. A small model keeps proportionally more
     # outside its layers (embeddings, the head's input) than the plan spreads over them: 3-4% for the demo's.
+    # LoRA on some layers only keeps fewer inputs: c_attn alone keeps 25% less than every layer.
     bench = load_benchmark("memory_plan")
-    for phase, lora_dropout in (("sft", 0.05), ("grpo_training", 0.0)):
-        row = bench.count_saved("demo", phase, lora_dropout)
-        ratio = row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
-        assert 0.93 <= ratio <= 1.05, row
-        # The plan also counts the first layer's input projection, whose copy no backward needs (nothing before it
-        # trains): 6% of the demo model's matmul weights.
-        assert row["planned_weight_casts_mib"] == pytest.approx(row["counted_weight_casts_mib"], rel=0.08), row
+    for targets in (None, ["c_attn"]):
+        for phase, lora_dropout in (("sft", 0.05), ("grpo_training", 0.0)):
+            row = bench.count_saved("demo", phase, lora_dropout, targets=targets)
+            ratio = row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
+            assert 0.93 <= ratio <= 1.05, row
+            # The plan also counts the first layer's input projection, whose copy no backward needs (nothing before
+            # it trains): 6-7% of the demo model's matmul weights.
+            assert row["planned_weight_casts_mib"] == pytest.approx(row["counted_weight_casts_mib"], rel=0.08), row
+
+
+def test_the_plan_counts_only_the_layers_lora_adapts() -> None:
+    # PEFT's own matching picks the adapted layers; each keeps its input for the backward pass, the others do not.
+    every = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)
+    attention = memory.estimate(GPT2_MEDIUM, "sft", {**SETTINGS, "lora_targets": ["c_attn"]}, on_gpu=True,
+                                memory_gib=24)
+    assert [name for name, _, _ in memory.adapted(GPT2_MEDIUM, ["c_attn"])] == [
+        f"transformer.h.{n}.attn.c_attn" for n in range(24)]
+    assert attention.parts["lora"] * 2**30 == 24 * 32 * (1024 + 3072) * 16  # rank 32, 16 bytes a parameter
+    tokens_layers = SETTINGS["micro_batch"] * SETTINGS["length"] * 24
+    dropped = (every.parts["activations"] - attention.parts["activations"]) * 2**30 / tokens_layers
+    assert dropped == pytest.approx(2 * (1024 + 1024 + 4096 + 3 * 32))  # three layers' bf16 inputs and rank-wide values
+    assert attention.parts["weight_casts"] < every.parts["weight_casts"]  # the frozen weights are still cast
+
+
+def test_layers_that_read_one_input_keep_it_once_unless_autocast_copies_it() -> None:
+    # Llama's q, k and v read one input, as gate and up do; under autocast each adapter keeps its own cast of it.
+    layer = [("model.layers.0.self_attn." + n, 576, o) for n, o in (("q_proj", 576), ("k_proj", 192),
+                                                                     ("v_proj", 192), ("o_proj", 576))]
+    layer += [("model.layers.0.mlp." + n, i, o) for n, i, o in (("gate_proj", 576, 1536), ("up_proj", 576, 1536),
+                                                                 ("down_proj", 1536, 576))]
+    assert memory.kept_inputs(layer, per_layer_copy=False) == 576 + 576 + 576 + 1536
+    assert memory.kept_inputs(layer, per_layer_copy=True) == 6 * 576 + 1536
+    assert memory.kept_inputs(layer[:3], per_layer_copy=False) == 576
 
 
 def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Path,

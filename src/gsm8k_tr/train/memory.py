@@ -6,11 +6,13 @@ count of what the stage keeps in memory at its peak:
 - weights: every parameter, in the dtype training loads it in (float32: the
   trainer's autocast supplies bf16/fp16, and mixed precision needs fp32
   master weights);
-- lora: the LoRA parameters with their gradients and AdamW's two moments;
+- lora: the LoRA parameters with their gradients and AdamW's two moments, on
+  the layers `lora.target_modules` names (every linear layer by default);
 - activations: what one micro-batch at the recipe's longest sequences keeps
   for the backward pass, with activation checkpointing on or off
-  (`activations_checkpointed` is the other setting, for comparison), and
-  LoRA's dropout masks when its dropout is on;
+  (`activations_checkpointed` is the other setting, for comparison), the
+  inputs the adapted layers keep, and LoRA's dropout masks when its dropout
+  is on;
 - weight_casts: under mixed precision, autocast's copy of every matmul
   weight in the compute dtype (the frozen ones and LoRA's), which each layer
   keeps for its backward pass;
@@ -20,7 +22,8 @@ count of what the stage keeps in memory at its peak:
   up to 32,768 vocabulary entries at a time;
 - kv_cache: GRPO's rollouts (all completions of one optimizer step are
   generated together) and the in-training held-out check keep keys and values
-  for every layer, token and sequence; with compiled decoding the static
+  for every layer, token and sequence, each group's prompt once where the
+  rollouts keep it so (`groups_prompts`); with compiled decoding the static
   cache also holds the prompts' extra padding (`infer/compiled_decoding.py`);
 - rollout_weights: under mixed precision, GRPO's rollouts use a copy of the
   frozen matmul weights in the compute dtype (`train/rollouts.py`);
@@ -43,8 +46,9 @@ GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;
 PyTorch's math attention also keeps the attention probabilities, which GPUs'
 fused kernels do not. For a GPU in bf16 the same script counts what autograd
 saves under autocast with CUDA's dropout (`--saved`): the plan's activations
-are 2-4% over that count for GPT-2 Medium and 6-7% under it for SmolLM2, and
-its weight casts 1% over. `docs/benchmarks.md` has the tables.
+are 2-4% over that count for GPT-2 Medium and 4-5% over it for SmolLM2 (3-7%
+with LoRA on some layers only), and its weight casts 1% over.
+`docs/benchmarks.md` has the tables.
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel
 PROMPT_TOKENS = 512
 EXAMPLE_TOKENS = 1024
 # Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i), for a
-# block with LoRA on every linear layer; fitted to resident-memory measurements of GPT-2 Medium and SmolLM2 shapes
-# on CPU (benchmarks/memory_plan.py), then checked on the other shapes.
+# block with LoRA on every linear layer in float32 (the adapters' rank-wide values aside); fitted to resident-memory
+# measurements of GPT-2 Medium and SmolLM2 shapes on CPU (benchmarks/memory_plan.py), then checked on the other
+# shapes. LoRA on fewer layers, or under autocast, keeps other inputs (`kept_inputs`).
 ACTIVATION_H = {"gpt2": 12.0, "llama": 10.0}
 ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
 # Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
@@ -86,6 +91,8 @@ DROPOUT_MASKS_H = 3.0
 # Medium and SmolLM2; on a CPU 4.5 and 5.8 against the 4.0 and 5.4 that this gives.
 LORA_DROPOUT_BYTES = {"gpu": 1.0, "cpu": 8.0}
 LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct input
+# Linear layers that read one input in the Llama layout: attention's q, k and v, and the MLP's gate and up.
+SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 
 
 @dataclass
@@ -101,8 +108,9 @@ class Shape:
     vocab: int
     context: int
     parameters: int
-    linear_shapes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of every LoRA target
+    linears: list[tuple[str, int, int]] = field(default_factory=list)  # (name, in, out): every linear but the head
     dropout: bool = True  # the model's own dropout (GPT-2's is 0.1; Llama's is 0) runs during SFT
+    model_type: str = ""  # the config's
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
@@ -123,18 +131,18 @@ class Shape:
             model = AutoModelForCausalLM.from_config(config)
         head = model.get_output_embeddings()
         linears = []
-        for module in model.modules():
+        for name, module in model.named_modules():
             if module is head:
                 continue
             if isinstance(module, torch.nn.Linear):
-                linears.append((module.in_features, module.out_features))
+                linears.append((name, module.in_features, module.out_features))
             elif isinstance(module, Conv1D):
-                linears.append(tuple(module.weight.shape))
+                linears.append((name, *module.weight.shape))
         dropout = any((getattr(text, key, 0.0) or 0.0) > 0 for key in
                       ("resid_pdrop", "attn_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout"))
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
-                   linears, dropout)
+                   linears, dropout, text.model_type)
 
 
 @dataclass
@@ -153,8 +161,38 @@ class StagePlan:
                 "parts": {k: round(v, 3) for k, v in self.parts.items()}, "settings": self.settings}
 
 
+def adapted(shape: Shape, targets: list[str] | None) -> list[tuple[str, int, int]]:
+    """The linear layers LoRA adapts: all but the head when `targets` is empty (the recipes' default,
+    `modeling.lora_config`), else those that PEFT's own rule matches."""
+    if not targets:
+        return shape.linears
+    import peft
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = peft.LoraConfig(target_modules=list(targets))
+    return [linear for linear in shape.linears if check_target_module_exists(config, linear[0])]
+
+
+def kept_inputs(linears: list[tuple[str, int, int]], per_layer_copy: bool) -> int:
+    """Input values per token that LoRA on `linears` keeps for the backward pass (its first matmul needs them).
+
+    Under autocast each adapter keeps its own copy: PEFT casts the input to
+    the adapter's float32 weights and autocast casts that back, per layer.
+    Without it, layers that read one input share it (`SHARED_INPUTS`).
+    Counted with `benchmarks/memory_plan.py --saved --targets`.
+    """
+    if per_layer_copy:
+        return sum(inputs for _, inputs, _ in linears)
+    distinct = {}
+    for name, inputs, _ in linears:
+        parent, _, leaf = name.rpartition(".")
+        distinct[parent, next((min(group) for group in SHARED_INPUTS if leaf in group), leaf)] = inputs
+    return sum(distinct.values())
+
+
 def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, dropout: bool, checkpointing: bool,
-                 lora_rank: int, attention_weights: bool, lora_dropout: bool = False) -> float:
+                 lora_rank: int, attention_weights: bool, lora_dropout: bool = False,
+                 adapters: list[tuple[str, int, int]] | None = None) -> float:
     """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
 
     `attention_weights`: the attention probabilities are kept too (heads x
@@ -162,18 +200,25 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     dropout also keeps its noise at full width; the fused attention kernels
     GPUs use keep none, dropout included, and a GPU's dropout masks are bytes.
     `lora_dropout`: LoRA's dropout is on, and keeps a mask of every adapted
-    layer's input.
+    layer's input. `adapters`: the linear layers LoRA adapts (default: all).
+    The fitted counts are for LoRA on every linear layer in float32, so the
+    inputs that those adapters keep are swapped for what `adapters` keep.
     """
-    floats = ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp + 4 * lora_rank
+    adapters = shape.linears if adapters is None else adapters
+    autocast = compute_bytes < 4
+    floats = (ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp
+              + (lora_rank * len(adapters) + kept_inputs(adapters, autocast)
+                 - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
     if attention_weights:
         floats += shape.heads * length * (3 if dropout else 1)  # the probabilities, their noise and dropped copy
     mask_bytes = 1 if not attention_weights else compute_bytes
     per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden * mask_bytes if dropout else 0.0)
     if lora_dropout:
-        inputs = sum(i for i, _ in shape.linear_shapes) / shape.layers  # adapted layers' input values per token
+        inputs = kept_inputs(adapters, per_layer_copy=True) / shape.layers  # adapted layers' input values per token
         added = inputs * LORA_DROPOUT_BYTES["cpu" if attention_weights else "gpu"]
         if attention_weights:  # never below nothing, whatever an unusual block's layout
-            added = max(0.0, added - (3 * shape.hidden + shape.mlp) * LORA_DROPOUT_REPLACED_CPU)
+            replaced = kept_inputs(adapters, per_layer_copy=False) / shape.layers
+            added = max(0.0, added - replaced * LORA_DROPOUT_REPLACED_CPU)
         per_layer += added
     tokens = batch * length
     if checkpointing:  # each block keeps its input; one block at a time is recomputed in full
@@ -186,16 +231,17 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     """The peak memory of `stage` (sft or grpo) with `settings` (see `stage_settings`)."""
     s = settings
     compute = 2 if s["mixed_precision"] else 4
-    lora = s["lora_rank"] * sum(i + o for i, o in shape.linear_shapes)
+    adapters = adapted(shape, s.get("lora_targets"))
+    lora = s["lora_rank"] * sum(i + o for _, i, o in adapters)
     parts = {"weights": shape.parameters * 4, "lora": lora * 16}
     tokens = s["micro_batch"] * s["length"]
     kept = (s["micro_batch"], s["length"], compute, s["dropout"] and shape.dropout)
     lora_dropout = bool(s.get("lora_dropout", False))
-    active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout)
-    other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout)
+    active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout, adapters)
+    other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout, adapters)
     parts["activations"] = active
     parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
-    matmul_weights = sum(i * o for i, o in shape.linear_shapes)
+    matmul_weights = sum(i * o for _, i, o in shape.linears)  # autocast casts the frozen ones too
     parts["weight_casts"] = (matmul_weights + lora) * compute if s["mixed_precision"] else 0.0
     # One tile of the fused LM head's projection in the compute dtype and its float32 statistics. TRL allocates the
     # tile VOCAB_TILE wide whatever the vocabulary; a CPU's resident memory holds only the part it writes.
@@ -205,8 +251,12 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     if stage == "sft":
         parts["kv_cache"] = 0.0
     else:
-        padding = s.get("cache_padding", 0)
-        rollouts = kv_cache_bytes(shape, s["generation_batch"] * (s["length"] + padding), compute)
+        padding, rows = s.get("cache_padding", 0), s["generation_batch"]
+        cached = rows * (s["length"] + padding)
+        if groups_prompts(shape, s, on_gpu):  # each group's prompt once, each row's own tokens after it
+            cached = (rows // s["num_generations"] * (s["prompt_length"] + padding)
+                      + rows * (s["length"] - s["prompt_length"]))
+        rollouts = kv_cache_bytes(shape, cached, compute)
         held_out = kv_cache_bytes(shape, s["eval_batch"] * (s["eval_length"] + padding), compute)
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
         copied = s["mixed_precision"] and not s["vllm"]
@@ -231,6 +281,19 @@ def keeps_cache(decoding: str, on_gpu: bool) -> bool:
     return decoding in placement.COMPILED_DECODINGS or (decoding == "auto" and on_gpu)
 
 
+def groups_prompts(shape: Shape, settings: dict[str, Any], on_gpu: bool) -> bool:
+    """Whether GRPO's rollouts keep each group's prompt once in their KV cache (`placement.rollout_path`)."""
+    from gsm8k_tr.infer.grouped_attention import CHECKED_MODEL_TYPES
+
+    if settings.get("num_generations", 1) < 2 or "prompt_length" not in settings or settings["vllm"]:
+        return False
+    decoding = settings.get("decoding", "auto")
+    how = ("compiled" if on_gpu else "eager") if decoding == "auto" else decoding
+    cache = placement.kv_cache(settings.get("cache_implementation"))
+    return shape.model_type in CHECKED_MODEL_TYPES and placement.grouped_attention("cuda" if on_gpu else "cpu", how,
+                                                                                    cache)
+
+
 def kv_cache_bytes(shape: Shape, tokens: float, dtype_bytes: int) -> float:
     """The keys and values of every layer for `tokens` cached tokens (rows x positions)."""
     return 2 * shape.layers * shape.kv_dim * dtype_bytes * tokens
@@ -248,6 +311,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
     if stage == "sft":  # batches pad to their longest example (then to the multiple): at worst max_length
         length = padded(min(config.max_length or context, context, longest or EXAMPLE_TOKENS), multiple)
         generation_batch = eval_batch = eval_length = 0
+        extra = {}
     else:  # prompts are left-padded to the longest one, completions run to their limit; each to the multiple
         prompt, completion = longest or PROMPT_TOKENS, config.max_completion_length
         length = padded(prompt, multiple) + padded(completion, multiple) if multiple else min(context,
@@ -256,6 +320,9 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
         eval_length = min(context, PROMPT_TOKENS + recipe.eval.max_new_tokens) if eval_batch else 0
+        extra = {"prompt_length": padded(prompt, multiple) if multiple else min(context, prompt),
+                 "num_generations": config.num_generations,
+                 "cache_implementation": getattr(config, "cache_implementation", None)}
     # GRPO turns the model's dropout off, and LoRA's with it (`train/grpo.py`), unless `disable_dropout` is off
     dropout = stage == "sft" or not getattr(config, "disable_dropout", True)
     return {
@@ -266,6 +333,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
         "dropout": dropout,
         "lora_rank": recipe.lora.r,
+        "lora_targets": recipe.lora.target_modules,
         "lora_dropout": dropout and recipe.lora.dropout > 0,
         "decoding": recipe.decoding,
         "generation_batch": generation_batch,
@@ -278,6 +346,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         # which the plan assumes wherever it runs.
         "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and recipe.decoding != "eager"
         and not (multiple and multiple % PROMPT_MULTIPLE == 0) else 0,
+        **extra,
     }
 
 

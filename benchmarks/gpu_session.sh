@@ -1,0 +1,53 @@
+#!/bin/bash
+# The GPU measurements still open, in the order they matter, each part under its own time limit:
+#   bash benchmarks/gpu_session.sh check compiled-step     # about 7 minutes on one GPU
+#   bash benchmarks/gpu_session.sh grouped shapes          # about 4 minutes
+#   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check compiled-step grouped shapes   # a dry run on a CPU
+# Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
+# where there is one and take `.whl/`, `.shared-data/` and `.models/` (a copy of the builtin models' cache) along:
+# the wheels go into /tmp/site and the machine's own torch stays. One log per part goes to $OUT (default
+# /tmp/out), and summary.txt says when each part started and how it ended. `check` keeps its work folder
+# (/tmp/gc) for the parts after it, which reuse its model.
+#   check          gpu_check, with `decoding: compiled-step` beside the default decodings
+#   compiled-step  benchmarks/compiled_step.py: the whole decoding step compiled against `compiled`
+#   grouped        benchmarks/grouped_attention.py: each group's prompt read once, eager and compiled-step
+#   shapes         benchmarks/gpu_shapes.py: padding to 64, the stop check, SFT's batch order
+#   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
+set -u
+ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+if [ -n "${CPU:-}" ]; then
+  PY=${PY:-$ROOT/.venv/bin/python}; cpu=--cpu; scale=4  # the CPU is slower: longer limits
+else
+  PY=${PY:-python3}; cpu=; scale=1
+  [ -d /tmp/site/trl ] || [ ! -d .whl ] || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$ROOT/src
+fi
+[ -d .shared-data ] && [ ! -e ../shared/data ] && mkdir -p ../shared && ln -s "$ROOT/.shared-data" ../shared/data
+[ -d .models ] && export GSM8K_TR_CACHE=$ROOT/.models
+t0=$(date +%s); stamp() { echo "== $1 at $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; }
+limit() { timeout $(( $1 * scale )) "${@:2}"; }
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  "$PY" -c "import torch,transformers,trl,peft,accelerate;print('torch',torch.__version__,'cuda',torch.cuda.is_available(),'transformers',transformers.__version__,'trl',trl.__version__,'peft',peft.__version__,'accelerate',accelerate.__version__)"
+} 2>&1 | tee -a "$OUT/summary.txt"
+model=/tmp/gc/model; [ -d $model ] || model=  # the parts after `check` reuse its model
+stop=stop; [ -n "$cpu" ] && stop=  # the stop check needs a GPU's events
+medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --model $model; fi; }
+for part in "$@"; do stamp "$part"; case $part in
+  check) rm -rf /tmp/gc; limit 290 "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc \
+           --also-decodings compiled-step > "$OUT/check.txt" 2>&1
+         rc=$?; cp /tmp/gc/gpu_check.json "$OUT/" 2>/dev/null; [ -d /tmp/gc/model ] && model=/tmp/gc/model
+         (exit $rc) ;;
+  compiled-step) limit 120 "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
+  grouped) shape=${cpu:---gpt2-medium}; [ -n "$cpu" ] && shape="--cpu --new-tokens 32"  # on a CPU the demo model
+           { limit 60 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
+               && limit 90 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 --decoding compiled-step
+           } > "$OUT/grouped.txt" 2>&1 ;;
+  shapes) limit 150 "$PY" benchmarks/gpu_shapes.py $(medium) --parts sft $stop sft-order --order-split 8 4 \
+            > "$OUT/shapes.txt" 2>&1 ;;
+  profile) limit 150 "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
+             > "$OUT/profile.txt" 2>&1 ;;
+  *) echo "unknown part $part"; false ;;
+esac; echo "$part rc=$?" | tee -a "$OUT/summary.txt"; done
+stamp end
