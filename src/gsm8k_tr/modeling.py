@@ -218,6 +218,15 @@ def config_context_length(config: Any, name: str = "the model") -> int:
     raise UserError(f"cannot tell the context length of {name}; it has no n_positions or max_position_embeddings")
 
 
+def meta_model(config: Any) -> Any:
+    """The model a config describes, with no storage (the meta device): its modules and shapes, nothing loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> Any:
     """PEFT LoRA settings; by default every linear layer of the architecture.
 
@@ -229,7 +238,7 @@ def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> An
     from transformers.pytorch_utils import Conv1D
 
     conv1d = any(isinstance(module, Conv1D) for module in model.modules())
-    return peft.LoraConfig(
+    config = peft.LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout if dropout is None else dropout,
@@ -238,6 +247,39 @@ def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> An
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if cfg.target_modules:
+        _check_targets(cfg.target_modules, model)
+    return config
+
+
+def _check_targets(targets: list[str], model: Any) -> None:
+    """One line, before PEFT's traceback, for a `lora.target_modules` entry that names no layer LoRA can adapt.
+
+    PEFT matches each entry by its own rule (the whole module name, or its
+    last parts), and stops inside the trainer when none matches, or when one
+    matches a module it cannot adapt (a LayerNorm). An entry that matches
+    nothing beside others that do is left out silently there: a typo that
+    trains fewer layers than asked. So every entry must match.
+    """
+    import peft
+    import torch
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers.pytorch_utils import Conv1D
+
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
+    modules = dict(model.named_modules())
+    for target in targets:
+        config = peft.LoraConfig(target_modules=[target])
+        found = [name for name in modules if check_target_module_exists(config, name) is True]
+        wrong = [name for name in found if not isinstance(modules[name], adaptable)]
+        if found and not wrong:
+            continue
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
+                         if isinstance(module, adaptable) and name})
+        what = (f"matches {wrong[0]} ({type(modules[wrong[0]]).__name__}), which LoRA cannot adapt" if wrong
+                else "names no layer of the model")
+        raise UserError(f"lora.target_modules: {target!r} {what}; the model's linear and embedding layers are "
+                        f"{', '.join(leaves)} (or set lora.target_modules: null for every linear layer)")
 
 
 def is_model_folder(path: Path) -> bool:

@@ -25,6 +25,10 @@ TYPOS = [
     ("data.dataset=./missing.csv", "'data.dataset': './missing.csv' does not exist", "data"),
     ("data.dataset=synthetic:lots", "write synthetic:N with N a whole number", "data"),
     ("lora.r=many", "'lora.r' must be int", "lora"),
+    # PEFT would train c_attn alone and say nothing of the typo beside it
+    ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
+    ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",
+     "lora targets' kind"),
 ]
 
 
@@ -48,6 +52,12 @@ def test_stages_and_check_stop_on_the_other_stages_typo(command: str, tmp_path: 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"gsm8k-tr {command}: error: unknown recipe key 'grpo.lossy_type'" in done.stderr
     assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_lora_targets_that_name_the_models_layers_pass(tmp_path: Path, tiny_model_dir) -> None:
+    # GPT-2's c_proj is both attention's output and the MLP's; one entry may name several layers.
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "lora.target_modules=[c_attn,c_proj]")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
 def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:

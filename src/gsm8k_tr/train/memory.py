@@ -116,8 +116,9 @@ class Shape:
     def from_config(cls, config: Any) -> Shape:
         """Read a Hugging Face config; parameters are counted on a model with no storage (the meta device)."""
         import torch
-        from transformers import AutoModelForCausalLM
         from transformers.pytorch_utils import Conv1D
+
+        from gsm8k_tr.modeling import meta_model
 
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         family = "gpt2" if text.model_type in ("gpt2", "gpt_neo", "gptj") else "llama"
@@ -127,8 +128,7 @@ class Shape:
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         mlp = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
         context = next(v for k in ("n_positions", "max_position_embeddings", "n_ctx") if (v := getattr(text, k, None)))
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        model = meta_model(config)
         head = model.get_output_embeddings()
         linears = []
         for name, module in model.named_modules():

@@ -10,7 +10,8 @@ after. What it checks, each the way the stage itself will:
   `data` section;
 - the model's config and tokenizer when they are local (a folder, a built
   `builtin:` model, or a Hub id already in the local cache): the stop token
-  is one token, the weights are not pickle-only, and the context length (a
+  is one token, the weights are not pickle-only, the context length, and
+  that each `lora.target_modules` entry names layers LoRA can adapt (a
   shipped recipe's Hub model that is not local is checked at its published
   shape);
 - both stages' TRL configs, built by the stages' own builders
@@ -58,6 +59,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     _eval(recipe, context)
     if config is not None:
+        modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
         shape = memory.Shape.from_config(config)
         memory.check_fits(shape, recipe, "sft", sft)  # on a GPU only
         memory.check_fits(shape, recipe, "grpo", grpo, grpo.num_generations)
