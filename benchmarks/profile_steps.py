@@ -7,7 +7,9 @@
 - sft: steps 3 to 5 of the SFT stage (the recipe of gpu_check: real GSM8K-TR
   rows when the shared sample is there, micro-batch auto) under the profiler;
   per step: wall time, the time the device's kernels ran, kernel launches,
-  and the operators that took the most host and device time.
+  the operators that took the most host and device time, and the reads of
+  a tensor's value into Python by call site (`HostReads`: on a GPU each
+  waits for the card, so the host cannot queue ahead of it).
 - decode: `--sequences` greedy rollouts of `--new-tokens` tokens from real
   prompts, the model in bfloat16 on a GPU (as evaluation loads it), eager,
   with the growing KV cache and with transformers' dynamic one: ms per
@@ -65,6 +67,58 @@ def summarize(profile: Any, steps: int, wall: float, device: Any) -> dict[str, A
                                        for e in top_device}}
 
 
+READS = ("item", "tolist", "__bool__", "__float__", "__int__")  # what copies a tensor's value to the host
+
+
+class HostReads:
+    """Counts, by call site, the reads of a tensor's value on `device` into Python: each waits for the device to
+    finish what was queued (a `cudaStreamSynchronize` in the profile). On a CPU every tensor counts, as those
+    tensors are on the GPU in a GPU run. The call site is the first frame outside torch."""
+
+    def __init__(self, device: Any) -> None:
+        from collections import Counter
+
+        self.device, self.counts = device, Counter()
+        self.originals: dict[str, Any] = {}
+
+    def __enter__(self) -> HostReads:
+        import torch
+
+        for name in READS:
+            self.originals[name] = original = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._counting(original))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)
+
+    def _counting(self, original: Any) -> Any:
+        def read(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            if tensor.device.type == self.device.type:
+                self.counts[_call_site()] += 1
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    def per_step(self, steps: int) -> dict[str, float]:
+        return {site: round(n / steps, 2) for site, n in self.counts.most_common()}
+
+
+def _call_site() -> str:
+    """`package/file.py:line function` of the first frame outside torch and this module."""
+    frame = sys._getframe(2)
+    while frame is not None and ("/torch/" in frame.f_code.co_filename or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    path = frame.f_code.co_filename
+    short = path.split("site-packages/")[-1].split("/src/")[-1].removeprefix(f"{ROOT}/")
+    return f"{short}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
 def _activities(device: Any) -> list[Any]:
     from torch.profiler import ProfilerActivity
 
@@ -82,6 +136,7 @@ def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
 
     class Profile(TrainerCallback):
         profile: Any = None
+        reads: HostReads | None = None
         started = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -89,14 +144,20 @@ def part_sft(recipe: Any, device: Any) -> dict[str, Any]:
                 sync(device)
                 self.profile = torch.profiler.profile(activities=_activities(device))
                 self.profile.__enter__()
+                self.reads = HostReads(device).__enter__()
                 self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == last and self.profile is not None:
                 sync(device)
                 wall = time.perf_counter() - self.started
+                self.reads.__exit__(None, None, None)
                 self.profile.__exit__(None, None, None)
-                found.update(summarize(self.profile, last - first + 1, wall, device))
+                steps = last - first + 1
+                found.update(summarize(self.profile, steps, wall, device))
+                reads = self.reads.per_step(steps)
+                found.update({"micro_batches_per_step": args.gradient_accumulation_steps,
+                              "host_reads_per_step": round(sum(reads.values()), 2), "host_reads_by_site": reads})
 
     original = sft.use_compact_progress
 

@@ -40,6 +40,21 @@ def test_a_real_cpu_profile_summarizes() -> None:
     assert "aten::mm" in summary["top_host_ms_per_step"] and summary["device_kernel_ms_per_step"] is None
 
 
+def test_host_reads_are_counted_by_call_site_and_put_back() -> None:
+    bench = load_benchmark("profile_steps")
+    original = torch.Tensor.item
+    x = torch.ones(3)
+    with bench.HostReads(torch.device("cpu")) as reads:
+        for _ in range(4):
+            x.sum().item()  # one read a time, here
+        bool(x.all())
+        x + 1  # no read
+    assert torch.Tensor.item is original
+    sites = reads.per_step(2)
+    assert sum(sites.values()) == 2.5 and len(sites) == 2
+    assert all(site.startswith("tests/test_profile_steps.py:") for site in sites), sites
+
+
 @pytest.mark.slow
 def test_the_compiled_decoding_profile_runs_on_the_cpu(tmp_path) -> None:
     import json
