@@ -150,18 +150,22 @@ def _timed_steps(history: list[dict[str, Any]], key: str) -> list[dict[str, Any]
 @contextmanager
 def longest_batch(owner: Any, name: str, stage: str) -> Iterator[dict[str, int]]:
     """The largest (rows, tokens) batch the stage ran while in the block: SFT's collated batches (`owner.name` is
-    the collator's call), GRPO's scored ones (`owner.name` is the scoring method, its third argument the ids)."""
+    the collator's call), GRPO's scored ones (`owner.name` is the scoring method, its third argument the ids, its
+    fifth the completion's length, noted as `completion`)."""
     seen = {"rows": 0, "tokens": 0}
     original = getattr(owner, name)
 
-    def note(ids: Any) -> None:
+    def note(ids: Any, completion: int | None = None) -> None:
         rows, tokens = ids.shape
         if rows * tokens > seen["rows"] * seen["tokens"]:
-            seen.update(rows=rows, tokens=tokens)
+            seen.update(rows=rows, tokens=tokens, **({"completion": int(completion)} if completion else {}))
 
     def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        note(result["input_ids"] if stage == "sft" else args[1])
+        if stage == "sft":
+            note(result["input_ids"])
+        else:
+            note(args[1], args[3] if len(args) > 3 else kwargs.get("logits_to_keep"))
         return result
 
     with patch.object(owner, name, recording):
@@ -178,6 +182,8 @@ def plan_at(recipe: Any, manifest: dict[str, Any], stage: str, seen: dict[str, i
     if not plan or not seen["tokens"]:
         return None
     settings = {**plan["settings"], "micro_batch": seen["rows"], "length": seen["tokens"]}
+    if "completion" in seen:  # where the rollouts keep each prompt once, the plan counts the prompt apart
+        settings["prompt_length"] = seen["tokens"] - seen["completion"]
     shape = memory.Shape.from_config(model_config(recipe))
     return round(memory.estimate(shape, stage, settings, on_gpu=True).peak_gib, 2)
 

@@ -299,6 +299,7 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     for part in ("sft", "grpo"):  # the largest batch each training part ran, for the plan's like-for-like figure
         seen = result[part]["longest_batch"]
         assert seen["rows"] >= 1 and seen["tokens"] > 8 and "plan_at_longest_batch_gib" in result[part]
+    assert 0 < result["grpo"]["longest_batch"]["completion"] < result["grpo"]["longest_batch"]["tokens"]
     assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
@@ -361,6 +362,12 @@ def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path) -> None:
     at = gpu_check.plan_at(recipe, manifest, "sft", {"rows": 4, "tokens": 300})
     assert at == pytest.approx(expected, abs=0.01)
     assert gpu_check.plan_at(recipe, {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
+    # GRPO with each prompt kept once: the largest scored batch's own split of prompt and completion.
+    grouped = {**SETTINGS, "dropout": False, "decoding": "compiled-step", "prompt_length": 512, "num_generations": 8}
+    at = gpu_check.plan_at(recipe, {"memory_plan": {"settings": grouped}}, "grpo",
+                           {"rows": 4, "tokens": 300, "completion": 200})
+    split = {**grouped, "micro_batch": 4, "length": 300, "prompt_length": 100}
+    assert at == pytest.approx(memory.estimate(shape, "grpo", split, on_gpu=True).peak_gib, abs=0.01)
 
 
 def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:

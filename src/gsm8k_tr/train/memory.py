@@ -254,8 +254,8 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
         padding, rows = s.get("cache_padding", 0), s["generation_batch"]
         cached = rows * (s["length"] + padding)
         if groups_prompts(shape, s, on_gpu):  # each group's prompt once, each row's own tokens after it
-            cached = (rows // s["num_generations"] * (s["prompt_length"] + padding)
-                      + rows * (s["length"] - s["prompt_length"]))
+            prompt = min(s["prompt_length"], s["length"])
+            cached = rows // s["num_generations"] * (prompt + padding) + rows * (s["length"] - prompt)
         rollouts = kv_cache_bytes(shape, cached, compute)
         held_out = kv_cache_bytes(shape, s["eval_batch"] * (s["eval_length"] + padding), compute)
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
