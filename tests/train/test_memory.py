@@ -14,7 +14,7 @@ from conftest import ROOT, TINY_RECIPE, load_benchmark, needs_compiler, run_cli
 from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.train import memory, plan
+from gsm8k_tr.train import lora_layers, memory, plan
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 GPT2_MEDIUM = memory.Shape("gpt2", layers=24, hidden=1024, heads=16, kv_dim=1024, mlp=4096, vocab=50257,
@@ -193,7 +193,7 @@ def test_the_plan_counts_only_the_layers_lora_adapts() -> None:
     every = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)
     attention = memory.estimate(GPT2_MEDIUM, "sft", {**SETTINGS, "lora_targets": ["c_attn"]}, on_gpu=True,
                                 memory_gib=24)
-    assert [name for name, _, _ in memory.adapted(GPT2_MEDIUM, ["c_attn"])] == [
+    assert [name for name, _, _ in lora_layers.adapted(GPT2_MEDIUM.linears, ["c_attn"])] == [
         f"transformer.h.{n}.attn.c_attn" for n in range(24)]
     assert attention.parts["lora"] * 2**30 == 24 * 32 * (1024 + 3072) * 16  # rank 32, 16 bytes a parameter
     tokens_layers = SETTINGS["micro_batch"] * SETTINGS["length"] * 24
@@ -208,9 +208,9 @@ def test_layers_that_read_one_input_keep_it_once_unless_autocast_copies_it() -> 
                                                                      ("v_proj", 192), ("o_proj", 576))]
     layer += [("model.layers.0.mlp." + n, i, o) for n, i, o in (("gate_proj", 576, 1536), ("up_proj", 576, 1536),
                                                                  ("down_proj", 1536, 576))]
-    assert memory.kept_inputs(layer, per_layer_copy=False) == 576 + 576 + 576 + 1536
-    assert memory.kept_inputs(layer, per_layer_copy=True) == 6 * 576 + 1536
-    assert memory.kept_inputs(layer[:3], per_layer_copy=False) == 576
+    assert lora_layers.kept_inputs(layer, per_layer_copy=False) == 576 + 576 + 576 + 1536
+    assert lora_layers.kept_inputs(layer, per_layer_copy=True) == 6 * 576 + 1536
+    assert lora_layers.kept_inputs(layer[:3], per_layer_copy=False) == 576
 
 
 def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Path,

@@ -47,8 +47,7 @@ PyTorch's math attention also keeps the attention probabilities, which GPUs'
 fused kernels do not. For a GPU in bf16 the same script counts what autograd
 saves under autocast with CUDA's dropout (`--saved`): the plan's activations
 are 2-4% over that count for GPT-2 Medium and 4-5% over it for SmolLM2 (3-7%
-with LoRA on some layers only), and its weight casts 1% over.
-`docs/benchmarks.md` has the tables.
+with LoRA on some layers only), its weight casts 1% over (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,6 +60,8 @@ from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
+from gsm8k_tr.modeling import meta_model
+from gsm8k_tr.train.lora_layers import adapted, kept_inputs
 
 GIB = 2**30
 FITS_SHARE = 0.95  # leave the allocator some room
@@ -75,7 +76,7 @@ EXAMPLE_TOKENS = 1024
 # Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i), for a
 # block with LoRA on every linear layer in float32 (the adapters' rank-wide values aside); fitted to resident-memory
 # measurements of GPT-2 Medium and SmolLM2 shapes on CPU (benchmarks/memory_plan.py), then checked on the other
-# shapes. LoRA on fewer layers, or under autocast, keeps other inputs (`kept_inputs`).
+# shapes. LoRA on fewer layers, or under autocast, keeps other inputs (`lora_layers.kept_inputs`).
 ACTIVATION_H = {"gpt2": 12.0, "llama": 10.0}
 ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
 # Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
@@ -91,8 +92,6 @@ DROPOUT_MASKS_H = 3.0
 # Medium and SmolLM2; on a CPU 4.5 and 5.8 against the 4.0 and 5.4 that this gives.
 LORA_DROPOUT_BYTES = {"gpu": 1.0, "cpu": 8.0}
 LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct input
-# Linear layers that read one input in the Llama layout: attention's q, k and v, and the MLP's gate and up.
-SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 
 
 @dataclass
@@ -117,8 +116,6 @@ class Shape:
         """Read a Hugging Face config; parameters are counted on a model with no storage (the meta device)."""
         import torch
         from transformers.pytorch_utils import Conv1D
-
-        from gsm8k_tr.modeling import meta_model
 
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         family = "gpt2" if text.model_type in ("gpt2", "gpt_neo", "gptj") else "llama"
@@ -161,38 +158,8 @@ class StagePlan:
                 "parts": {k: round(v, 3) for k, v in self.parts.items()}, "settings": self.settings}
 
 
-def adapted(shape: Shape, targets: list[str] | None) -> list[tuple[str, int, int]]:
-    """The linear layers LoRA adapts: all but the head when `targets` is empty (the recipes' default,
-    `modeling.lora_config`), else those that PEFT's own rule matches."""
-    if not targets:
-        return shape.linears
-    import peft
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    config = peft.LoraConfig(target_modules=list(targets))
-    return [linear for linear in shape.linears if check_target_module_exists(config, linear[0])]
-
-
-def kept_inputs(linears: list[tuple[str, int, int]], per_layer_copy: bool) -> int:
-    """Input values per token that LoRA on `linears` keeps for the backward pass (its first matmul needs them).
-
-    Under autocast each adapter keeps its own copy: PEFT casts the input to
-    the adapter's float32 weights and autocast casts that back, per layer.
-    Without it, layers that read one input share it (`SHARED_INPUTS`).
-    Counted with `benchmarks/memory_plan.py --saved --targets`.
-    """
-    if per_layer_copy:
-        return sum(inputs for _, inputs, _ in linears)
-    distinct = {}
-    for name, inputs, _ in linears:
-        parent, _, leaf = name.rpartition(".")
-        distinct[parent, next((min(group) for group in SHARED_INPUTS if leaf in group), leaf)] = inputs
-    return sum(distinct.values())
-
-
 def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, dropout: bool, checkpointing: bool,
-                 lora_rank: int, attention_weights: bool, lora_dropout: bool = False,
-                 adapters: list[tuple[str, int, int]] | None = None) -> float:
+                 lora_rank: int, attention_weights: bool, lora_dropout: bool = False, adapters: Any = None) -> float:
     """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
 
     `attention_weights`: the attention probabilities are kept too (heads x
@@ -200,9 +167,9 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     dropout also keeps its noise at full width; the fused attention kernels
     GPUs use keep none, dropout included, and a GPU's dropout masks are bytes.
     `lora_dropout`: LoRA's dropout is on, and keeps a mask of every adapted
-    layer's input. `adapters`: the linear layers LoRA adapts (default: all).
-    The fitted counts are for LoRA on every linear layer in float32, so the
-    inputs that those adapters keep are swapped for what `adapters` keep.
+    layer's input. `adapters`: the linear layers LoRA adapts (default: all);
+    the fitted counts are for LoRA on every one in float32, so the inputs
+    those keep are swapped for what `adapters` keep.
     """
     adapters = shape.linears if adapters is None else adapters
     autocast = compute_bytes < 4
@@ -231,7 +198,7 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     """The peak memory of `stage` (sft or grpo) with `settings` (see `stage_settings`)."""
     s = settings
     compute = 2 if s["mixed_precision"] else 4
-    adapters = adapted(shape, s.get("lora_targets"))
+    adapters = adapted(shape.linears, s.get("lora_targets"))
     lora = s["lora_rank"] * sum(i + o for _, i, o in adapters)
     parts = {"weights": shape.parameters * 4, "lora": lora * 16}
     tokens = s["micro_batch"] * s["length"]
