@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_session.sh grouped shapes          # about 4 minutes
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check compiled-step grouped shapes   # a dry run on a CPU
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
-# where there is one and take `.whl/`, `.shared-data/` and `.models/` (a copy of the builtin models' cache) along:
+# where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
+# ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; 29 MB in all with the wheels):
 # the wheels go into /tmp/site and the machine's own torch stays. One log per part goes to $OUT (default
 # /tmp/out), and summary.txt says when each part started and how it ended. `check` keeps its work folder
 # (/tmp/gc) for the parts after it, which reuse its model.
