@@ -202,6 +202,13 @@ def test_the_plan_counts_only_the_layers_lora_adapts() -> None:
     assert attention.parts["weight_casts"] < every.parts["weight_casts"]  # the frozen weights are still cast
 
 
+def test_plan_refuses_lora_targets_the_model_does_not_have(tiny_model_dir: Path) -> None:
+    # Planned with no adapter at all, the figures would be quietly wrong; the plan says what `check` says.
+    done = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "16", "lora.target_modules=[q_proj]")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "lora.target_modules: 'q_proj' names no layer of the model" in done.stderr
+
+
 def test_layers_that_read_one_input_keep_it_once_unless_autocast_copies_it() -> None:
     # Llama's q, k and v read one input, as gate and up do; under autocast each adapter keeps its own cast of it.
     layer = [("model.layers.0.self_attn." + n, 576, o) for n, o in (("q_proj", 576), ("k_proj", 192),

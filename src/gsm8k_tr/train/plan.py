@@ -57,7 +57,9 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     from gsm8k_tr.grading.rewards import reward_weights
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
 
-    shape = Shape.from_config(config if config is not None else model_config(recipe))
+    config = config if config is not None else model_config(recipe)
+    modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
+    shape = Shape.from_config(config)
     on_gpu, free = placement.accelerator_memory()
     if memory_gib is not None:
         on_gpu, free = True, memory_gib
