@@ -146,6 +146,9 @@ def test_rollouts_that_keep_each_prompt_once_are_planned_so(decoding: str, on_gp
     grpo = memory.estimate(shape, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
     per_position = 2 * 24 * 1024 * 2  # keys and values of 24 layers, bf16
     assert grpo.parts["kv_cache"] * 2**30 == (8 * 512 + 64 * 512 if grouped else 64 * 1024) * per_position
+    # A row shorter than the planned prompt holds no more prompt than itself, and no own tokens below none.
+    short = memory.estimate(shape, "grpo", {**settings, "length": 300, "eval_batch": 0}, on_gpu=on_gpu, memory_gib=24)
+    assert short.parts["kv_cache"] * 2**30 == (8 * 300 if grouped else 64 * 300) * per_position
 
 
 def test_grpo_generation_and_vllm_are_planned() -> None:
@@ -370,11 +373,15 @@ def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path) -> None:
     assert at == pytest.approx(expected, abs=0.01)
     assert gpu_check.plan_at(recipe, {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
     # GRPO with each prompt kept once: the largest scored batch's own split of prompt and completion.
-    grouped = {**SETTINGS, "dropout": False, "decoding": "compiled-step", "prompt_length": 512, "num_generations": 8}
+    # 4,096 rollouts, so that the tiny model's cache tells the two splits apart at the plan's 0.01 GiB.
+    grouped = {**SETTINGS, "dropout": False, "decoding": "compiled-step", "prompt_length": 512, "num_generations": 8,
+               "generation_batch": 4096}
     at = gpu_check.plan_at(recipe, {"memory_plan": {"settings": grouped}}, "grpo",
                            {"rows": 4, "tokens": 300, "completion": 200})
     split = {**grouped, "micro_batch": 4, "length": 300, "prompt_length": 100}
     assert at == pytest.approx(memory.estimate(shape, "grpo", split, on_gpu=True).peak_gib, abs=0.01)
+    planned_split = memory.estimate(shape, "grpo", {**split, "prompt_length": 512}, on_gpu=True).peak_gib
+    assert at > planned_split + 0.1  # the planned 512-token prompt, cut to the row, would count 8 x 300 positions
 
 
 def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
