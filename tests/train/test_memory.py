@@ -348,6 +348,23 @@ def test_the_plan_counts_the_padding_to_a_multiple() -> None:
     assert unpadded["cache_padding"] == 63 and padded["cache_padding"] == 0
 
 
+def test_grpo_plans_no_prompt_longer_than_the_stage_keeps() -> None:
+    # The stage drops prompts that leave no room for a whole completion; the plan once took 512 prompt tokens
+    # beside them anyway, so a 512-token model planned rows of 576 and GPT-2 with 640-token completions 1,152.
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
+
+    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [])
+    for multiple, completion, context, length, prompt in ((64, 64, 512, 512, 448), (None, 64, 512, 512, 448),
+                                                          (64, 640, 1024, 1024, 384), (64, 384, 1024, 896, 512)):
+        config = trl_config(trl.GRPOConfig, "grpo", {"max_completion_length": completion},
+                            {**GRPO_DEFAULTS, "use_cpu": True, "pad_to_multiple_of": multiple},
+                            {"output_dir": ("/nonexistent", "")})
+        settings = memory.stage_settings(recipe, "grpo", config, context)
+        assert (settings["length"], settings["prompt_length"]) == (length, prompt), (multiple, completion, context)
+
+
 def test_sft_padding_may_not_pass_the_context(tmp_path: Path) -> None:
     from gsm8k_tr.errors import UserError
     from gsm8k_tr.train.trl_configs import sft_args

@@ -280,14 +280,14 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         generation_batch = eval_batch = eval_length = 0
         extra = {}
     else:  # prompts are left-padded to the longest one, completions run to their limit; each to the multiple
-        prompt, completion = longest or PROMPT_TOKENS, config.max_completion_length
-        length = padded(prompt, multiple) + padded(completion, multiple) if multiple else min(context,
-                                                                                             prompt + completion)
+        completion = config.max_completion_length  # the stage drops prompts that leave it no room (grpo_examples)
+        prompt = min(longest or PROMPT_TOKENS, max(context - completion, 1))
+        length = padded(prompt, multiple) + padded(completion, multiple)
         steps = getattr(config, "steps_per_generation", None) or config.gradient_accumulation_steps
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
         eval_length = min(context, PROMPT_TOKENS + recipe.eval.max_new_tokens) if eval_batch else 0
-        extra = {"prompt_length": padded(prompt, multiple) if multiple else min(context, prompt),
+        extra = {"prompt_length": padded(prompt, multiple),
                  "num_generations": config.num_generations,
                  "cache_implementation": getattr(config, "cache_implementation", None)}
     # GRPO turns the model's dropout off, and LoRA's with it (`train/grpo.py`), unless `disable_dropout` is off
