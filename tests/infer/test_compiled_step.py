@@ -138,13 +138,14 @@ def test_what_it_does_not_do_goes_to_generate_with_one_line(tiny, caplog) -> Non
     # The model's own generation config fills what a call leaves unset, as in generate; greedy decoding does not use
     # the sampling settings, as in generate.
     model.generation_config.top_p = 0.9
+    model.generation_config._from_model_config = True  # as a config.json-only hub model's, outside configure_tokens
     try:
         sampled = GenerationConfig(max_new_tokens=8, do_sample=True)
         assert compiled_step.unsupported(compiled_step.effective_config(model, sampled)) == "top_p=0.9"
         greedy = GenerationConfig(max_new_tokens=8, do_sample=False)
         assert compiled_step.unsupported(compiled_step.effective_config(model, greedy)) is None
     finally:
-        model.generation_config.top_p = None
+        model.generation_config.top_p, model.generation_config._from_model_config = None, False
     calls = []
     config = GenerationConfig(**{**trl_like.to_diff_dict(), "top_k": 7})
     ids = torch.tensor([[1, 2, 3]])

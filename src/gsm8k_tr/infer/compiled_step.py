@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = 8  # decoding steps between reads of the stop flags: the host waits for the device once per read
 SET_FREELY = {"max_new_tokens", "do_sample", "temperature", "pad_token_id", "eos_token_id", "bos_token_id",
               "num_return_sequences", "cache_implementation", "compile_config", "disable_compile",
-              "transformers_version", "length_penalty", "early_stopping"}  # the last two act on beams only
+              "transformers_version", "length_penalty", "early_stopping",  # these two act on beams only
+              "_from_model_config"}  # a note that the config was made from the model's: most hub models carry it
 NEUTRAL = {"num_beams": (1,), "top_k": (0,), "top_p": (1.0,), "typical_p": (1.0,), "min_p": (0.0,),
            "repetition_penalty": (1.0,), "no_repeat_ngram_size": (0,), "encoder_repetition_penalty": (1.0,),
            "epsilon_cutoff": (0.0,), "eta_cutoff": (0.0,), "min_new_tokens": (0,), "min_length": (0,),
