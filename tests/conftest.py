@@ -127,6 +127,50 @@ def tiny_model_dir() -> Path:
     return builtin.resolve("builtin:tiny-gpt2")
 
 
+# Other model families than the shipped recipes' GPT-2 and Llama, at toy size: each has a part the decoding and
+# scoring paths must get right (fused projections, rotary or learned positions with an offset, ALiBi, local or
+# sliding-window attention, grouped keys and values, scaled embeddings).
+FAMILIES = {
+    "qwen2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 512},
+    "gpt_neox": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "max_position_embeddings": 512},
+    "phi3": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "max_position_embeddings": 512},
+    "opt": {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "max_position_embeddings": 512, "word_embed_proj_dim": 64},
+    "gemma": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 512},
+    "gemma2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 512,
+               "sliding_window": 32},  # a sliding layer, then a full one; the test prompts are longer than 32
+    "gpt_neo": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "attention_types": [[["global", "local"], 1]],
+                "max_position_embeddings": 512, "window_size": 64},
+    "bloom": {"hidden_size": 64, "n_layer": 2, "n_head": 4, "max_position_embeddings": 512},  # ALiBi: no limit of
+}                                                                                       # its own, so one is given
+
+
+def family_model(family: str, tokenizer_dir: Path, folder: Path) -> Path:
+    """A random 2-layer model of `family` with the tokenizer of `tokenizer_dir`, saved as a model folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  **FAMILIES[family])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def family_model_dir(request, tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """Each family's random 2-layer model in turn, with the tiny model's tokenizer (`family_model`)."""
+    return family_model(request.param, tiny_model_dir, tmp_path_factory.mktemp(request.param))
+
+
 SAMPLE_CSV = SHARED_DATA / "gsm8k_tr_sample" / "dev.csv"
 GSM8K = SHARED_DATA / "gsm8k"
 

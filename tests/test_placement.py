@@ -143,6 +143,21 @@ def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: 
     assert path == dict(zip(PATH_KEYS, expected))
 
 
+def test_a_model_that_transformers_does_not_compile_decodes_eager(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setattr(placement, "has_triton", lambda: True)
+    monkeypatch.setattr(placement, "_refused", set())
+    cuda = torch.device("cuda")
+    assert placement.decoding("auto", cuda, batches=4) == "compiled"
+    with caplog.at_level("WARNING", logger="gsm8k_tr.placement"):
+        assert placement.decoding("auto", cuda, batches=4, static_cache=False) == "eager"
+        assert not caplog.records  # auto chooses: nothing asked for is refused
+        for _ in range(2):
+            assert placement.decoding("compiled-step", cuda, static_cache=False) == "eager"
+    assert len(caplog.records) == 1 and "compiled-step needs a model" in caplog.text  # said once
+    path = placement.rollout_path(False, False, None, cuda, "compiled", "bf16", static_cache=False)
+    assert (path["decoding"], path["kv_cache"], path["attention"]) == ("eager", "growing", NO_CUDNN)
+
+
 @pytest.mark.parametrize("cuda, context, expected", [
     (True, 1024, 64),    # a GPU: batch lengths in steps of 64, so attention's per-shape set-up is done once a length
     (False, 1024, None),  # a CPU: padding would only be work thrown away

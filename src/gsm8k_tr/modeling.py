@@ -215,7 +215,16 @@ def config_context_length(config: Any, name: str = "the model") -> int:
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise UserError(f"cannot tell the context length of {name}; it has no n_positions or max_position_embeddings")
+    raise UserError(f"cannot tell the context length of {name}; it has no n_positions or max_position_embeddings "
+                    "(add max_position_embeddings: N to its config.json, N the longest input it was trained on)")
+
+
+def runs_on_static_cache(model: Any) -> bool:
+    """Whether the model (or the one a PEFT model wraps) decodes right from a static KV cache, as its class says:
+    transformers' `_can_compile_fullgraph`. GPT-Neo says no ("needs a hybrid cache"): its local attention takes
+    the query's position from the length of the keys, which a static cache holds at its full size."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "_can_compile_fullgraph", False))
 
 
 def meta_model(config: Any) -> Any:

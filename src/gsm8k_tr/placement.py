@@ -25,6 +25,7 @@ Open this module to learn what a run does on a machine:
   evaluation; a recipe's `decoding` can force either, or ask for the whole
   step (the forward, the draw and the stop bookkeeping) as one compiled
   graph (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU);
+  eager for a model transformers does not compile whole (GPT-Neo);
 - **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's
   rollouts run under the trainer's autocast with the frozen matmul weights in
   that dtype for the call (TRL's decoded in float32);
@@ -61,10 +62,13 @@ beside the micro-batch, which is the memory plan's decision (`train/memory.py`).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Any
 
 from gsm8k_tr.errors import UserError
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 
@@ -233,37 +237,36 @@ def _device_type(device: Any) -> str:
 
 COMPILED_DECODINGS = ("compiled", "compiled-step")  # the ways that compile, keeping a static cache between calls
 DECODINGS = ("auto", "eager", *COMPILED_DECODINGS)
+_refused: set[str] = set()  # compiled decodings asked for a model that cannot have them, each said once
 
 
-def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None) -> str:
+def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None,
+             static_cache: bool = True) -> str:
     """How each decoding step runs on `device`: "eager", "compiled" (transformers' `generate` with its compiled
     forward, `infer/compiled_decoding.py`) or "compiled-step" (the whole step one compiled graph,
     `infer/compiled_step.py`; only where a recipe asks for it: not yet measured on a GPU).
 
-    `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where
-    Triton is installed (torch's compiler needs it there), eager elsewhere,
-    and eager for a call of a single generation batch (`batches`, where the
-    caller knows it: `gsm8k-tr generate`, a small evaluation), whose one
-    compile would cost more than it saves (15-33 s against at most about
-    18 s for 384 eager steps at the real lengths).
-    On one H200 in bf16 (docs/benchmarks.md), GPT-2 Medium's shape: a GRPO
-    step of 64 rollouts of 384 tokens took 2.2-2.9 s compiled against 21.0 s
-    eager, evaluation generated 6.5-7.0k tokens/s against 432, after 15-33 s
-    of compiling once per run; each eager decoding step waits on a few hundred
-    kernel launches from Python, which the CUDA graph replays at once.
-    Greedy answers are the eager ones up to bf16 rounding: on the demo's
-    test split 397/403 and 399/403 graded answers the same (eager bf16
-    against float32 on a CPU: 395/403 and 402/403); `decoding: eager` keeps
-    the eager tokens exactly. On 2 CPU cores compiled decoding ran 0.79x
-    (demo model) and 0.66x (GPT-2 Medium's shape) the eager fast path's
-    speed: a CPU has no launches to save, and the static cache attends over
-    its whole length. Eager where the weights are `sharded` (FSDP, ZeRO-3):
-    each layer's weights are gathered inside the forward, which a graph
-    compiled for fixed weights does not follow (not tried).
+    `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where Triton is installed (torch's compiler
+    needs it there), eager elsewhere, and eager for a call of a single generation batch (`batches`, where the caller
+    knows it: `gsm8k-tr generate`, a small evaluation), whose one compile (15-33 s) would cost more than it saves
+    (about 18 s for 384 eager steps at the real lengths). On one H200 in bf16, GPT-2 Medium's shape, a GRPO step of
+    64 rollouts of 384 tokens took 2.2-2.9 s compiled against 21.0 s eager; greedy answers are the eager ones up to
+    bf16 rounding (397 and 399 of the demo's 403 graded the same), and `decoding: eager` keeps the eager tokens
+    exactly. On 2 CPU cores compiled decoding ran 0.66-0.79x the eager fast path (docs/benchmarks.md). Eager where
+    the weights are `sharded` (FSDP, ZeRO-3), gathered inside the forward, which a graph compiled for fixed weights
+    does not follow (not tried), and where the model does not decode right from a `static_cache`
+    (`modeling.runs_on_static_cache`: GPT-Neo changed 3 of 6 greedy answers, `tests/infer/test_model_families.py`),
+    said once where a recipe asked.
     """
     if requested not in DECODINGS:  # the recipe check names the key; this is a caller's mistake
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
     if sharded or requested == "eager":
+        return "eager"
+    if not static_cache:
+        if requested in COMPILED_DECODINGS and requested not in _refused:
+            _refused.add(requested)
+            log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
+                        "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
         return "eager"
     if requested in COMPILED_DECODINGS:
         return requested
@@ -293,7 +296,8 @@ COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # accelerate's mixed p
 
 
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
-                 device: Any = "cpu", decoding_request: str = "auto", mixed_precision: str = "no") -> dict[str, Any]:
+                 device: Any = "cpu", decoding_request: str = "auto", mixed_precision: str = "no",
+                 static_cache: bool = True) -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on `device`.
 
     `merge_lora`: merge the adapter into the weights for the generation call
@@ -314,12 +318,13 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
     `stop_check`: as `stop_check` says, every step where the weights are
     sharded (each process then waits on its peers at every step anyway).
+    `static_cache`: whether the policy decodes right from a static cache (`decoding`).
     """
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                 "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
                 "stop_check": "vllm"}
-    how = decoding(decoding_request, device, sharded)
+    how = decoding(decoding_request, device, sharded, static_cache=static_cache)
     cache = "static" if how != "eager" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
             "decoding": how, "kv_cache": cache,
@@ -344,23 +349,17 @@ def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
     None (each batch padded to its own longest row) elsewhere. `cuda`: plan for a CUDA GPU (True) or not, instead
     of asking this machine.
 
-    On an H100, H200 or B200 (sm90/sm100) torch's attention tries cuDNN's
-    kernel first (`TORCH_CUDNN_SDPA_PREFERRED`, on by default), and cuDNN
-    builds an execution graph for every new combination of shapes and
-    strides (torch's `MHA.cpp` caches them by exactly that), forward and
-    backward, at milliseconds of host time each. A batch padded to its own
-    longest row is nearly always a new length: in SFT's profile on an H200,
-    cuDNN attention took 152 ms of host time in a 462 ms step
-    (docs/benchmarks.md). Padded to a multiple of 64 a run sees at most 16
-    lengths, each set up once; the price is at most 63 padding tokens a row,
-    masked and unscored. TRL itself pads so on Neuron, which compiles once
-    per shape. Other GPUs run flash attention first and set up nothing per
-    shape; there padding only steadies cuBLAS's and the allocator's choices.
-    A CPU has no such cost, so padding there is only work thrown away (0.93x
-    on 2 cores); MPS is left as it was, not measured.
-    None where the context is not a multiple of 64: SFT passes no position
-    ids, and a padded row past the context would index past GPT-2's learned
-    positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
+    On an H100, H200 or B200 (sm90/sm100) torch's attention tries cuDNN's kernel first
+    (`TORCH_CUDNN_SDPA_PREFERRED`, on by default), and cuDNN builds an execution graph for every new combination of
+    shapes and strides (torch's `MHA.cpp` caches them by exactly that), forward and backward, at milliseconds of
+    host time each. A batch padded to its own longest row is nearly always a new length: in SFT's profile on an
+    H200, cuDNN attention took 152 ms of host time in a 462 ms step (docs/benchmarks.md). Padded to a multiple of 64
+    a run sees at most 16 lengths, each set up once; the price is at most 63 padding tokens a row, masked and
+    unscored. TRL itself pads so on Neuron, which compiles once per shape. Other GPUs run flash attention first and
+    set up nothing per shape; there padding only steadies cuBLAS's and the allocator's choices. A CPU has no such
+    cost, so padding there is only work thrown away (0.93x on 2 cores); MPS is left as it was, not measured. None
+    where the context is not a multiple of 64: SFT passes no position ids, and a padded row past the context would
+    index past GPT-2's learned positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
     """
     if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
         return None
@@ -374,16 +373,13 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
     it decodes `how` ("eager", "compiled" or "compiled-step"), or None for torch's own choice.
 
-    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are
-    one token longer than the last, a new shape, for which cuDNN (tried first
-    on sm90/sm100, see `pad_to_multiple_of`) would build and cache a new
-    execution graph, at every step of every batch. Flash attention (no
-    padding mask) or the memory-efficient kernel (a padding mask) set up
-    nothing per shape. Compiled decoding keeps one shape per call (a static
-    cache) and keeps torch's choice; so does every other device. Not yet
-    measured on a GPU (`benchmarks/gpu_shapes.py`): eager decoding at the
-    real prompt lengths took 52 ms a step on an H200 against 15 ms with
-    76-token prompts, which this is meant to explain.
+    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are one token longer than the last, a new
+    shape, for which cuDNN (tried first on sm90/sm100, see `pad_to_multiple_of`) would build and cache a new
+    execution graph, at every step of every batch. Flash attention (no padding mask) or the memory-efficient kernel
+    (a padding mask) set up nothing per shape. Compiled decoding keeps one shape per call (a static cache) and keeps
+    torch's choice; so does every other device. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`): eager
+    decoding at the real prompt lengths took 52 ms a step on an H200 against 15 ms with 76-token prompts, which this
+    is meant to explain.
     """
     if _device_type(device) != "cuda" or how != "eager":
         return None
@@ -430,9 +426,10 @@ def weights_whole() -> bool:
 
 
 def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding_request: str = "auto",
-             mixed_precision: str = "no") -> dict[str, Any]:
+             mixed_precision: str = "no", static_cache: bool = True) -> dict[str, Any]:
     """The rollout path on this machine, for this launch, with the policy on `device`."""
-    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request, mixed_precision)
+    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request, mixed_precision,
+                        static_cache)
 
 
 def fused_activation(activation: str | None) -> str | None:

@@ -75,6 +75,13 @@ def test_grpo_trainer_scores_left_padded_rows_like_single_rows(tiny_model_dir, t
     assert _worst_difference(_trainer(tiny_model_dir, tmp_path, GRPOTrainer)) < 1e-4
 
 
+def test_other_model_families_score_left_padded_rows_like_single_rows(family_model_dir, tmp_path):
+    # GPT-Neo's learned positions have GPT-2's flaw under plain TRL; rotary, OPT's offset and ALiBi must hold too.
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    assert _worst_difference(_trainer(family_model_dir, tmp_path, GRPOTrainer)) < 1e-4
+
+
 def test_plain_trl_trainer_has_the_bug_and_the_hook_alone_fixes_it(tiny_model_dir, tmp_path):
     # Without the fix the same check fails by a wide margin: the test can see the bug.
     from trl import GRPOTrainer

@@ -196,7 +196,7 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     parameter = next(model.parameters())
     batches = generation.batches(share_size(len(rows)), cfg.batch_size)  # this process's, as `generate` ran them
     how = "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device, synced_gpus,
-                                                                    batches)
+                                                                    batches, modeling.runs_on_static_cache(model))
     where = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
              "generation": generation.settings(cfg.max_new_tokens, temperature), "decoding": how,
              "attention": placement.decoding_attention(parameter.device, how),

@@ -101,7 +101,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size))
+            how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size),
+                                     modeling.runs_on_static_cache(model))
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
                                 device, synced_gpus, how)
     finally:

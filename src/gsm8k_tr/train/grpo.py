@@ -171,7 +171,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
     trainer.rollouts = placement.rollouts(config.use_vllm, config.cache_implementation, trainer.args.device,
-                                          recipe.decoding, str(trainer.accelerator.mixed_precision))
+                                          recipe.decoding, str(trainer.accelerator.mixed_precision),
+                                          modeling.runs_on_static_cache(model))
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None

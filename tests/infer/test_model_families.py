@@ -1,0 +1,128 @@
+"""Model families other than the shipped recipes' GPT-2 and Llama (conftest's FAMILIES, random 2-layer models):
+the decoding paths give transformers' own greedy tokens, and the plan and the check take them. GRPO's scoring of
+a left-padded batch is checked on them in `tests/train/test_positions.py`."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, needs_compiler
+
+torch = pytest.importorskip("torch")
+
+
+def _loaded(folder):
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.infer import evaluate
+
+    model, tokenizer, _ = evaluate.load_for_inference(str(folder), load_recipe(None, []), "cpu")
+    return model, tokenizer
+
+
+def _prompts(count: int) -> list[str]:
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+
+    return [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(count, seed=5)]
+
+
+def _alone(model, tokenizer, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy tokens from transformers' `generate`, one prompt at a time (no padding at all)."""
+    from gsm8k_tr.infer import generation
+
+    config = generation.generation_config(model, tokenizer.pad_token_id, new_tokens, 0.0)
+    found = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            found.append(model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        generation_config=config)[0, ids.shape[1]:].tolist())
+    return found
+
+
+def _answers_alone(model, tokenizer, decoding: str) -> list[bool]:
+    """For each of six prompts of different lengths, batched four at a time and left-padded: whether the project's
+    decoding gives the answer transformers gives that prompt alone."""
+    from gsm8k_tr.infer import generation
+
+    prompts = _prompts(6)
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1
+    found = generation.generate(model, tokenizer, prompts, 20, batch_size=4, decoding=decoding)
+    stops = set(generation.stop_ids(model))
+    same = []
+    for (completion,), expected in zip(found, _alone(model, tokenizer, prompts, 20)):
+        cut = next((i for i, token in enumerate(expected) if token in stops), len(expected))
+        same.append(completion.text == tokenizer.decode(expected[:cut], skip_special_tokens=True)
+                    and completion.tokens == min(cut + 1, len(expected)))
+    return same
+
+
+COMPILED = [pytest.param(way, marks=needs_compiler) for way in ("compiled", "compiled-step")]
+
+
+@pytest.mark.parametrize("decoding", ["eager", *COMPILED])
+def test_batched_greedy_answers_are_each_prompt_alone(family_model_dir, decoding, monkeypatch) -> None:
+    # Every family's positions (rotary, learned with an offset, ALiBi) must skip the left padding, and the growing
+    # cache with its prefill, or a compiled decoding with its static cache, must give each prompt its own answer.
+    # GPT-Neo decodes eager whatever the recipe asks: transformers does not compile it whole.
+    from gsm8k_tr import modeling, placement
+
+    model, tokenizer = _loaded(family_model_dir)
+    chosen = placement.decoding(decoding, "cpu", static_cache=modeling.runs_on_static_cache(model))
+    assert chosen == ("eager" if model.config.model_type == "gpt_neo" else decoding)
+    assert all(_answers_alone(model, tokenizer, decoding))
+    if chosen != decoding:  # why: its local attention places the query at the end of the keys, a static cache's end
+        monkeypatch.setattr(modeling, "runs_on_static_cache", lambda model: True)
+        assert not all(_answers_alone(model, tokenizer, decoding))
+
+
+def test_prompts_kept_once_give_generates_tokens(family_model_dir) -> None:
+    # GRPO's rollouts: each prompt's rows side by side. With its prompt prefilled once (and, for the model types it
+    # checks, attended once per group), greedy decoding gives transformers' own sequences.
+    from gsm8k_tr.infer import generation, grouped_attention, kv_cache
+
+    model, tokenizer = _loaded(family_model_dir)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(_prompts(3), return_tensors="pt", padding=True, add_special_tokens=False)
+    rows = {key: value.repeat_interleave(2, 0) for key, value in batch.items()}
+    config = generation.generation_config(model, tokenizer.pad_token_id, 20, 0.0)
+    with torch.inference_mode():
+        expected = model.generate(**rows, generation_config=config)
+        with kv_cache.growing_cache(model, share_prompts=True, grouped=True):
+            found = model.generate(**rows, generation_config=config)
+    assert torch.equal(found, expected)
+    assert not grouped_attention.supports(model)  # these families take the per-row path, checked here
+
+
+def test_check_and_plan_take_the_model(family_model_dir) -> None:
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train import plan, recipe_check
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"model.name_or_path={family_model_dir}"])
+    recipe_check.check(recipe)
+    shape, plans = plan.plan_recipe(recipe, 16)
+    assert shape.context == 512 and shape.linears
+    for stage in plans.values():  # no planned row is longer than the model's context
+        assert stage.fits and 0 < stage.settings["length"] <= 512 and stage.parts["lora"] > 0
+
+
+def test_a_recipe_asking_gpt_neo_to_compile_runs_eager_and_says_so(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    # Through the stages: GRPO's rollouts, its held-out checks and the evaluations all decode eager, as recorded in
+    # the manifest and the metrics, and the run says once why.
+    import json
+
+    from conftest import TINY_RECIPE, family_model, run_cli
+
+    from gsm8k_tr import placement
+
+    monkeypatch.setattr(placement, "_refused", set())  # as in a fresh process
+    model = family_model("gpt_neo", tiny_model_dir, tmp_path / "gpt_neo")
+    done = run_cli("pipeline", "--config", str(TINY_RECIPE), f"model.name_or_path={model}",
+                   f"output_dir={tmp_path / 'run'}", "decoding=compiled-step", "sft.max_steps=2", "grpo.max_steps=2",
+                   "eval.limit=4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("decoding: compiled-step needs a model") == 1
+    manifest = json.loads((tmp_path / "run" / "grpo" / "manifest.json").read_text())
+    assert manifest["rollouts"]["decoding"] == "eager" and manifest["rollouts"]["kv_cache"] == "growing"
+    for stage in ("base", "sft", "grpo"):
+        assert json.loads((tmp_path / "run" / "eval" / stage / "metrics.json").read_text())["decoding"] == "eager"
