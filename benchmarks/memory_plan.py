@@ -1,6 +1,6 @@
 """The memory plan's estimate against measured peak memory, on CPU, for several model shapes.
 
-    python benchmarks/memory_plan.py                 # tiny, demo, SmolLM2 and GPT-2 Medium shapes: a few minutes
+    python benchmarks/memory_plan.py                 # tiny, demo, SmolLM2, GPT-2 Medium, Qwen2.5-0.5B shapes
     python benchmarks/memory_plan.py --shapes tiny demo
     python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: a minute
     python benchmarks/memory_plan.py --saved --shapes gpt2-medium --targets c_attn   # LoRA on some layers only
@@ -52,6 +52,7 @@ SHAPES: dict[str, tuple[str, int, int, int, int, int]] = {
     "demo": ("builtin:demo-gpt2", 8, 256, 16, 96, 64),
     "smollm2": ("builtin:smollm2-135m", 2, 256, 4, 128, 64),
     "gpt2-medium": ("gpt2-medium", 2, 256, 4, 128, 64),
+    "qwen2.5-0.5b": ("qwen2.5-0.5b", 2, 256, 4, 128, 64),
 }
 MIB = 2**20
 SFT_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL 1.16's SFTTrainer asks its fused LM head for
@@ -69,6 +70,12 @@ def _config(source: str) -> Any:
 
     if source == "gpt2-medium":  # the real model's shape: 24 layers of 1024, GPT-2's vocabulary and context
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16, n_positions=1024, vocab_size=50257)
+    if source == "qwen2.5-0.5b":  # Qwen2.5-0.5B-Instruct's shape: another family, grouped keys, a 152k vocabulary
+        from transformers import Qwen2Config
+
+        return Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                           num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                           tie_word_embeddings=True)
     from gsm8k_tr import builtin
 
     return builtin.model_config(source)  # random weights are built from it: the trained ones are not needed

@@ -191,6 +191,24 @@ def test_the_gpu_plan_matches_what_autograd_keeps_in_bf16() -> None:
             assert row["planned_weight_casts_mib"] == pytest.approx(row["counted_weight_casts_mib"], rel=0.08), row
 
 
+def test_the_gpu_plan_of_a_llama_block_tells_the_mlp_from_the_hidden_size(monkeypatch) -> None:
+    # Llama's counts were fitted on SmolLM2 alone, where the MLP is 2.7 hidden sizes wide, so the hidden and MLP
+    # shares could trade off unseen: Qwen2.5-0.5B (5.4 wide) was planned 10% over its count. Two toy Llama-layout
+    # blocks whose MLPs are 2 and 5.5 hidden sizes wide must now be planned alike against what autograd keeps (a
+    # toy model keeps a few percent more outside its layers than the plan spreads over them).
+    from transformers import Qwen2Config
+
+    bench = load_benchmark("memory_plan")
+    ratios = []
+    for mlp in (256, 704):
+        config = Qwen2Config(hidden_size=128, intermediate_size=mlp, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512)
+        monkeypatch.setattr(bench, "_config", lambda source, config=config: config)
+        row = bench.count_saved("qwen2.5-0.5b", "sft", 0.05)
+        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
+    assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
+
+
 def test_the_plan_counts_only_the_layers_lora_adapts() -> None:
     # PEFT's own matching picks the adapted layers; each keeps its input for the backward pass, the others do not.
     every = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)

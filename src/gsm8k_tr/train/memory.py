@@ -73,12 +73,11 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel
 # SFT example with its solution, about 1,000. A recipe's own max_length or the model's context, when shorter, wins.
 PROMPT_TOKENS = 512
 EXAMPLE_TOKENS = 1024
-# Values kept for backward per token and layer, in units of the hidden size (h) and the MLP width (i), for a
-# block with LoRA on every linear layer in float32 (the adapters' rank-wide values aside); fitted to resident-memory
-# measurements of GPT-2 Medium and SmolLM2 shapes on CPU (benchmarks/memory_plan.py), then checked on the other
-# shapes. LoRA on fewer layers, or under autocast, keeps other inputs (`lora_layers.kept_inputs`).
-ACTIVATION_H = {"gpt2": 12.0, "llama": 10.0}
-ACTIVATION_I = {"gpt2": 5.0, "llama": 5.0}
+# Values kept for backward per token and layer, in hidden sizes and MLP widths, by family and autocast, with LoRA on
+# every linear layer (rank-wide values and `lora_layers.kept_inputs` aside): float32 fitted to CPU resident memory;
+# bf16 autocast counted by `benchmarks/memory_plan.py --saved`, on SmolLM2 and Qwen2.5-0.5B for Llama's (docs).
+ACTIVATION = {("gpt2", False): (12.0, 5.0), ("gpt2", True): (12.0, 5.0), ("llama", False): (10.0, 5.0),
+              ("llama", True): (11.4, 4.0)}
 # Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
 # (a boolean mask), the scaled noise itself in the compute dtype on a CPU (`torch.dropout`'s path off CUDA).
 DROPOUT_MASKS_H = 3.0
@@ -173,7 +172,8 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     """
     adapters = shape.linears if adapters is None else adapters
     autocast = compute_bytes < 4
-    floats = (ACTIVATION_H[shape.family] * shape.hidden + ACTIVATION_I[shape.family] * shape.mlp
+    per_h, per_i = ACTIVATION[shape.family, autocast]
+    floats = (per_h * shape.hidden + per_i * shape.mlp
               + (lora_rank * len(adapters) + kept_inputs(adapters, autocast)
                  - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
     if attention_weights:
