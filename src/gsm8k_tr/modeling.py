@@ -269,12 +269,25 @@ def _check_targets(targets: list[str], model: Any) -> None:
     matches a module it cannot adapt (a LayerNorm). An entry that matches
     nothing beside others that do is left out silently there: a typo that
     trains fewer layers than asked. So every entry must match.
+
+    Two layers LoRA can adapt are refused too. The output head: TRL computes
+    the loss from its weight directly, so an adapter there never trains (TRL
+    stops with a traceback). Input embeddings tied to the head (GPT-2,
+    SmolLM2, Qwen2.5): the adapter trains the input side only, and merging it
+    changes the shared weight, so the merged model is not the one trained
+    (on the tiny model its logits moved by 20% of their scale).
     """
     import peft
     import torch
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers.pytorch_utils import Conv1D
 
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and embeddings is not None and head.weight is embeddings.weight
+    refused = {id(head): "the output head, whose weight TRL's loss reads directly: an adapter there never trains"}
+    if tied:
+        refused[id(embeddings)] = ("the input embeddings, which share their weight with the output head: merging an "
+                                   "adapter there would change the head, which never trained with it")
     adaptable = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
     modules = dict(model.named_modules())
     for target in targets:
@@ -282,12 +295,15 @@ def _check_targets(targets: list[str], model: Any) -> None:
         found = [name for name in modules if check_target_module_exists(config, name) is True]
         wrong = [name for name in found if not isinstance(modules[name], adaptable)]
         if found and not wrong:
+            if (name := next((n for n in found if id(modules[n]) in refused), None)) is not None:
+                raise UserError(f"lora.target_modules: {target!r} matches {name}, {refused[id(modules[name])]}; "
+                                "leave it out")
             continue
         leaves = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
-                         if isinstance(module, adaptable) and name})
+                         if isinstance(module, adaptable) and name and id(module) not in refused})
         what = (f"matches {wrong[0]} ({type(modules[wrong[0]]).__name__}), which LoRA cannot adapt" if wrong
                 else "names no layer of the model")
-        raise UserError(f"lora.target_modules: {target!r} {what}; the model's linear and embedding layers are "
+        raise UserError(f"lora.target_modules: {target!r} {what}; the model's layers LoRA can adapt are "
                         f"{', '.join(leaves)} (or set lora.target_modules: null for every linear layer)")
 
 

@@ -29,6 +29,11 @@ TYPOS = [
     ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
     ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",
      "lora targets' kind"),
+    # TRL stopped here with a traceback: its loss reads the head's weight, so an adapter there never trains
+    ("lora.target_modules=[c_attn,lm_head]", "'lm_head' matches lm_head, the output head", "lora on the head"),
+    # trained, then merged into the weight the head shares: the merged model's logits moved by 20% of their scale
+    ("lora.target_modules=[c_attn,wte]", "'wte' matches transformer.wte, the input embeddings, which share",
+     "lora on tied embeddings"),
 ]
 
 
@@ -55,9 +60,32 @@ def test_stages_and_check_stop_on_the_other_stages_typo(command: str, tmp_path: 
 
 
 def test_lora_targets_that_name_the_models_layers_pass(tmp_path: Path, tiny_model_dir) -> None:
-    # GPT-2's c_proj is both attention's output and the MLP's; one entry may name several layers.
-    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "lora.target_modules=[c_attn,c_proj]")
+    # GPT-2's c_proj is both attention's output and the MLP's; one entry may name several layers. Embeddings that
+    # the head does not share (GPT-2's positions) take an adapter.
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}",
+                   "lora.target_modules=[c_attn,c_proj,wpe]")
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_lora_on_untied_input_embeddings_trains_the_model_it_saves(tmp_path: Path, tiny_model_dir) -> None:
+    # Where the head has its own weight, an adapter on the input embeddings trains, and the merged model the stage
+    # saves answers as the adapter does.
+    import torch
+    from conftest import family_model
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = family_model("qwen2", tiny_model_dir, tmp_path / "qwen2")  # Qwen2's config leaves the head untied
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", f"model.name_or_path={model}",
+                   "lora.target_modules=[q_proj,embed_tokens]", "sft.max_steps=4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), tmp_path / "run" / "sft" / "adapter")
+    trained = [p for name, p in adapted.named_parameters() if "lora_embedding_B" in name]
+    assert trained and all(p.abs().max() > 0 for p in trained)  # B starts at zero
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "sft" / "merged")
+    ids = torch.randint(5, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
 
 
 def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:
