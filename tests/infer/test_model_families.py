@@ -77,8 +77,8 @@ def test_batched_greedy_answers_are_each_prompt_alone(family_model_dir, decoding
 
 
 def test_prompts_kept_once_give_generates_tokens(family_model_dir) -> None:
-    # GRPO's rollouts: each prompt's rows side by side. With its prompt prefilled once (and, for the model types it
-    # checks, attended once per group), greedy decoding gives transformers' own sequences.
+    # GRPO's rollouts: each prompt's rows side by side. With its prompt prefilled once and copied to its rows (grouped
+    # attention, one copy per group, covers GPT-2 and Llama only), greedy decoding gives transformers' sequences.
     from gsm8k_tr.infer import generation, grouped_attention, kv_cache
 
     model, tokenizer = _loaded(family_model_dir)
