@@ -172,7 +172,8 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
             if hasattr(config, key):
                 setattr(config, key, 0.0)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    # The attention transformers picks, as the stages load the model: SDPA where the model has it (GPT-Neo has not)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
     lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout, target_modules=targets)
     model = get_peft_model(model, modeling.lora_config(lora, model))

@@ -204,6 +204,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": recipe.model.name_or_path, "parameters": shape.parameters,
                           "planned_for": "cpu" if memory_gib is None else "gpu", "memory_gib": memory_gib,
+                          "layout_note": plan.layout_note(shape),
                           "stages": {name: p.as_dict() for name, p in plans.items()}}, indent=2))
     else:
         # Without a GPU the plan is this CPU's (float32, math attention): say so, as a GPU would need far less.
@@ -213,6 +214,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"{recipe.model.name_or_path}: {shape.parameters / 1e6:.0f}M parameters, {shape.layers} layers, "
               f"context {shape.context}; estimated peak memory in GiB on {target}:")
         print("\n".join(plan.table(plans)))
+        if plan.layout_note(shape):
+            print(plan.layout_note(shape))
     return 0
 
 

@@ -209,6 +209,25 @@ def test_the_gpu_plan_of_a_llama_block_tells_the_mlp_from_the_hidden_size(monkey
     assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
 
 
+def test_the_gpu_plan_counts_the_probabilities_that_eager_attention_keeps(monkeypatch) -> None:
+    # GPT-Neo has no SDPA, so transformers loads it with eager attention, which keeps each layer's attention
+    # probabilities for the backward pass, heads x length a token: the plan once counted none (on a GPU it assumed
+    # fused attention), and fell to 0.71 of the count at 600 tokens on GPT-Neo-125M's shape, further at longer rows.
+    from transformers import AutoConfig
+
+    bench = load_benchmark("memory_plan")
+    config = AutoConfig.for_model("gpt_neo", hidden_size=256, num_layers=4, num_heads=8, window_size=256,
+                                  attention_types=[[["global", "local"], 2]], vocab_size=2048,
+                                  max_position_embeddings=2048)
+    assert not memory.Shape.from_config(config).fused_attention
+    monkeypatch.setattr(bench, "_config", lambda source: config)
+    ratios = []
+    for length in (200, 600):
+        row = bench.count_saved("demo", "sft", 0.0, length=length)
+        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
+    assert all(0.95 <= ratio <= 1.2 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.05, ratios
+
+
 def test_the_plan_counts_only_the_layers_lora_adapts() -> None:
     # PEFT's own matching picks the adapted layers; each keeps its input for the backward pass, the others do not.
     every = memory.estimate(GPT2_MEDIUM, "sft", SETTINGS, on_gpu=True, memory_gib=24)

@@ -109,6 +109,7 @@ class Shape:
     linears: list[tuple[str, int, int]] = field(default_factory=list)  # (name, in, out): every linear but the head
     dropout: bool = True  # the model's own dropout (GPT-2's is 0.1; Llama's is 0) runs during SFT
     model_type: str = ""  # the config's
+    fused_attention: bool = True  # SDPA or flash attention, as transformers loads it: no probabilities kept
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
@@ -138,7 +139,7 @@ class Shape:
                       ("resid_pdrop", "attn_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout"))
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
-                   linears, dropout, text.model_type)
+                   linears, dropout, text.model_type, model.config._attn_implementation != "eager")
 
 
 @dataclass
@@ -161,14 +162,11 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
                  lora_rank: int, attention_weights: bool, lora_dropout: bool = False, adapters: Any = None) -> float:
     """Bytes one micro-batch of `batch` sequences of `length` tokens keeps for the backward pass.
 
-    `attention_weights`: the attention probabilities are kept too (heads x
-    length per token), as PyTorch's math attention does on a CPU, where
-    dropout also keeps its noise at full width; the fused attention kernels
-    GPUs use keep none, dropout included, and a GPU's dropout masks are bytes.
-    `lora_dropout`: LoRA's dropout is on, and keeps a mask of every adapted
-    layer's input. `adapters`: the linear layers LoRA adapts (default: all);
-    the fitted counts are for LoRA on every one in float32, so the inputs
-    those keep are swapped for what `adapters` keep.
+    `attention_weights`: the attention probabilities are kept too (heads x length per token), as PyTorch's math
+    attention does on a CPU, where dropout also keeps its noise at full width; the fused attention kernels GPUs use
+    keep none, dropout included, and a GPU's dropout masks are bytes. `lora_dropout`: LoRA's dropout is on, and
+    keeps a mask of every adapted layer's input. `adapters`: the linear layers LoRA adapts (default: all); the
+    fitted counts are for LoRA on every one, so the inputs those keep are swapped for what `adapters` keep.
     """
     adapters = shape.linears if adapters is None else adapters
     autocast = compute_bytes < 4
@@ -178,6 +176,8 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
                  - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
     if attention_weights:
         floats += shape.heads * length * (3 if dropout else 1)  # the probabilities, their noise and dropped copy
+    elif not shape.fused_attention:  # eager attention on a GPU keeps float32 probabilities, and a byte mask
+        floats += shape.heads * length * (4 + dropout) / compute_bytes  # (GPT-Neo has no SDPA)
     mask_bytes = 1 if not attention_weights else compute_bytes
     per_layer = floats * compute_bytes + (DROPOUT_MASKS_H * shape.hidden * mask_bytes if dropout else 0.0)
     if lora_dropout:
