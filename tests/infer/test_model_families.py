@@ -77,21 +77,51 @@ def test_batched_greedy_answers_are_each_prompt_alone(family_model_dir, decoding
 
 
 def test_prompts_kept_once_give_generates_tokens(family_model_dir) -> None:
-    # GRPO's rollouts: each prompt's rows side by side. With its prompt prefilled once and copied to its rows (grouped
-    # attention, one copy per group, covers GPT-2 and Llama only), greedy decoding gives transformers' sequences.
-    from gsm8k_tr.infer import generation, grouped_attention, kv_cache
+    # GRPO's rollouts: each prompt's rows side by side. With its prompt prefilled once, and for the model types
+    # grouped attention checks kept and read once per group (eager, then compiled-step's static cache), greedy
+    # decoding gives transformers' own sequences; the others keep a copy per row.
+    from gsm8k_tr.infer import compiled_step, generation, grouped_attention, kv_cache
 
     model, tokenizer = _loaded(family_model_dir)
     tokenizer.padding_side = "left"
     batch = tokenizer(_prompts(3), return_tensors="pt", padding=True, add_special_tokens=False)
-    rows = {key: value.repeat_interleave(2, 0) for key, value in batch.items()}
+    rows = {key: value.repeat_interleave(4, 0) for key, value in batch.items()}
     config = generation.generation_config(model, tokenizer.pad_token_id, 20, 0.0)
-    with torch.inference_mode():
+    kind = model.config.model_type
+    assert grouped_attention.supports(model) == (kind in ("qwen2", "gemma", "gpt_neox", "opt")), kind
+    held = []
+    real = grouped_attention.attending
+
+    def attending(model, cache):  # which calls read each group's prompt once
+        held.append(grouped_attention.holds_groups(cache))
+        return real(model, cache)
+
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grouped_attention, "attending", attending)
         expected = model.generate(**rows, generation_config=config)
         with kv_cache.growing_cache(model, share_prompts=True, grouped=True):
             found = model.generate(**rows, generation_config=config)
-    assert torch.equal(found, expected)
-    assert not grouped_attention.supports(model)  # these families take the per-row path, checked here
+        assert torch.equal(found, expected)
+        if grouped_attention.supports(model):
+            stepped = compiled_step.generate(model, rows["input_ids"], rows["attention_mask"], config, grouped=True)
+            assert torch.equal(stepped, expected)
+    assert held == ([True, True] if grouped_attention.supports(model) else [])
+
+
+def test_a_sliding_window_or_soft_capped_scores_keep_a_copy_per_row() -> None:
+    # grouped attention reads a cache that holds every position and adds no soft cap: a Qwen2 with its sliding
+    # window on (shorter than its context) or Gemma-2's capped scores stay with per-row copies.
+    from transformers import AutoConfig
+
+    from gsm8k_tr.infer.grouped_attention import config_supports
+
+    qwen2 = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 512, "sliding_window": 32}
+    assert config_supports(AutoConfig.for_model("qwen2", **qwen2))  # the window is off unless use_sliding_window
+    assert not config_supports(AutoConfig.for_model("qwen2", **qwen2, use_sliding_window=True))
+    assert config_supports(AutoConfig.for_model("qwen2", **{**qwen2, "sliding_window": 512}, use_sliding_window=True))
+    assert not config_supports(AutoConfig.for_model("gemma2", hidden_size=64, num_attention_heads=4))
+    assert not config_supports(AutoConfig.for_model("gemma", hidden_size=64, num_attention_heads=4,
+                                                    attn_logit_softcapping=50.0))
 
 
 def test_check_and_plan_take_the_model(family_model_dir) -> None:

@@ -21,7 +21,8 @@ GPT2_MEDIUM = memory.Shape("gpt2", layers=24, hidden=1024, heads=16, kv_dim=1024
                            context=1024, parameters=354_823_168,
                            linears=[(f"transformer.h.{n}.{name}", i, o) for n in range(24) for name, i, o in
                                     [("attn.c_attn", 1024, 3072), ("attn.c_proj", 1024, 1024),
-                                     ("mlp.c_fc", 1024, 4096), ("mlp.c_proj", 4096, 1024)]], model_type="gpt2")
+                                     ("mlp.c_fc", 1024, 4096), ("mlp.c_proj", 4096, 1024)]], model_type="gpt2",
+                           prompts_once=True)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -132,16 +133,16 @@ def test_what_grpo_keeps_between_rollouts_is_planned_beside_training(decoding: s
                                                           if grpo.settings["mixed_precision"] else 0)
 
 
-@pytest.mark.parametrize("decoding, on_gpu, model_type, grouped", [
-    ("compiled-step", True, "gpt2", True), ("compiled", True, "gpt2", False), ("auto", True, "gpt2", False),
-    ("auto", False, "gpt2", True), ("compiled-step", True, "gpt_neo", False)])
-def test_rollouts_that_keep_each_prompt_once_are_planned_so(decoding: str, on_gpu: bool, model_type: str,
+@pytest.mark.parametrize("decoding, on_gpu, prompts_once, grouped", [
+    ("compiled-step", True, True, True), ("compiled", True, True, False), ("auto", True, True, False),
+    ("auto", False, True, True), ("compiled-step", True, False, False)])
+def test_rollouts_that_keep_each_prompt_once_are_planned_so(decoding: str, on_gpu: bool, prompts_once: bool,
                                                             grouped: bool) -> None:
-    # Where the rollouts keep each group's prompt once (placement.grouped_attention, for the model types it checks),
-    # 64 rows in groups of 8 with 512-token prompts cache 8 prompts and 64 rows' own 512 tokens: 36,864 positions.
+    # Where the rollouts keep each group's prompt once (placement.grouped_attention, for the models whose attention
+    # it checks), 64 rows in groups of 8 with 512-token prompts cache 8 prompts and 64 rows' own 512 tokens.
     import dataclasses
 
-    shape = dataclasses.replace(GPT2_MEDIUM, model_type=model_type)
+    shape = dataclasses.replace(GPT2_MEDIUM, prompts_once=prompts_once)
     settings = {**SETTINGS, "dropout": False, "decoding": decoding, "prompt_length": 512, "num_generations": 8}
     grpo = memory.estimate(shape, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
     per_position = 2 * 24 * 1024 * 2  # keys and values of 24 layers, bf16

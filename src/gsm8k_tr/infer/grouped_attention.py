@@ -34,8 +34,9 @@ says where:
   operations are inside the step's one graph.
 The prompts reach the attention as an attribute of each attention module,
 which torch.compile follows into the step's graph. Only model types whose
-attention is checked against per-row copies by the tests group (`supports`);
-others keep a copy per row.
+attention is checked against per-row copies by the tests group, and not with
+a sliding window or soft-capped scores (`supports`); others keep a copy per
+row.
 """
 
 from __future__ import annotations
@@ -140,18 +141,30 @@ def holds_groups(cache: Any) -> bool:
     return bool(cache.layers) and all(hasattr(layer, "prefix_keys") for layer in cache.layers)
 
 
-# Model types whose every attention layer goes through transformers' attention interface, checked by the tests:
-# GPT-2 (the Turkish GPT-2 Medium, the builtin models) and Llama (SmolLM2, grouped-query attention).
-CHECKED_MODEL_TYPES = ("gpt2", "llama")
+# Model types whose every attention layer goes through transformers' attention interface, checked by the tests
+# against per-row copies: GPT-2 (the Turkish GPT-2 Medium, the builtin models) and Llama (SmolLM2, grouped-query
+# attention) on real and toy models; Qwen2, Gemma, GPT-NeoX and OPT on toy ones (`tests/infer/test_model_families.py`).
+CHECKED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "gemma", "gpt_neox", "opt")
+
+
+def config_supports(config: Any) -> bool:
+    """Whether a model with this config can keep its groups' prompts once: a checked model type whose attention
+    sees the whole context (a sliding window shorter than it reads another cache layout) without soft-capped
+    scores, which `attention` does not apply."""
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    sliding = window is not None and getattr(config, "use_sliding_window", True) and window < max(
+        getattr(config, key, 0) or 0 for key in ("n_positions", "max_position_embeddings"))
+    return (config.model_type in CHECKED_MODEL_TYPES and not sliding
+            and getattr(config, "attn_logit_softcapping", None) is None)
 
 
 def supports(model: Any) -> bool:
-    """Whether `model` (or the model inside a PEFT wrapper) can keep its groups' prompts once: a checked model type
-    whose every layer has an attention module `attending` finds."""
+    """Whether `model` (or the model inside a PEFT wrapper) can keep its groups' prompts once (`config_supports`)
+    and has an attention module `attending` finds in every layer."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.get_text_config(decoder=True)
-    return (config.model_type in CHECKED_MODEL_TYPES
-            and len(attention_modules(base)) == config.num_hidden_layers)
+    return config_supports(config) and len(attention_modules(base)) == config.num_hidden_layers
 
 
 def attention_modules(model: Any) -> dict[int, Any]:

@@ -110,12 +110,15 @@ class Shape:
     dropout: bool = True  # the model's own dropout (GPT-2's is 0.1; Llama's is 0) runs during SFT
     model_type: str = ""  # the config's
     fused_attention: bool = True  # SDPA or flash attention, as transformers loads it: no probabilities kept
+    prompts_once: bool = False  # rollouts can keep a group's prompt once (`grouped_attention.config_supports`)
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
         """Read a Hugging Face config; parameters are counted on a model with no storage (the meta device)."""
         import torch
         from transformers.pytorch_utils import Conv1D
+
+        from gsm8k_tr.infer import grouped_attention
 
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         family = "gpt2" if text.model_type in ("gpt2", "gpt_neo", "gptj") else "llama"
@@ -139,7 +142,8 @@ class Shape:
                       ("resid_pdrop", "attn_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout"))
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
-                   linears, dropout, text.model_type, model.config._attn_implementation != "eager")
+                   linears, dropout, text.model_type, model.config._attn_implementation != "eager",
+                   grouped_attention.config_supports(config))
 
 
 @dataclass
@@ -250,15 +254,12 @@ def keeps_cache(decoding: str, on_gpu: bool) -> bool:
 
 def groups_prompts(shape: Shape, settings: dict[str, Any], on_gpu: bool) -> bool:
     """Whether GRPO's rollouts keep each group's prompt once in their KV cache (`placement.rollout_path`)."""
-    from gsm8k_tr.infer.grouped_attention import CHECKED_MODEL_TYPES
-
     if settings.get("num_generations", 1) < 2 or "prompt_length" not in settings or settings["vllm"]:
         return False
     decoding = settings.get("decoding", "auto")
     how = ("compiled" if on_gpu else "eager") if decoding == "auto" else decoding
     cache = placement.kv_cache(settings.get("cache_implementation"))
-    return shape.model_type in CHECKED_MODEL_TYPES and placement.grouped_attention("cuda" if on_gpu else "cpu", how,
-                                                                                    cache)
+    return shape.prompts_once and placement.grouped_attention("cuda" if on_gpu else "cpu", how, cache)
 
 
 def kv_cache_bytes(shape: Shape, tokens: float, dtype_bytes: int) -> float:
@@ -293,9 +294,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
     # GRPO turns the model's dropout off, and LoRA's with it (`train/grpo.py`), unless `disable_dropout` is off
     dropout = stage == "sft" or not getattr(config, "disable_dropout", True)
     return {
-        "micro_batch": micro,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "length": length,
+        "micro_batch": micro, "gradient_accumulation_steps": config.gradient_accumulation_steps, "length": length,
         "mixed_precision": bool(config.bf16 or config.fp16),
         "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
         "dropout": dropout,
