@@ -88,7 +88,7 @@ def test_prompts_kept_once_give_generates_tokens(family_model_dir) -> None:
     rows = {key: value.repeat_interleave(4, 0) for key, value in batch.items()}
     config = generation.generation_config(model, tokenizer.pad_token_id, 20, 0.0)
     kind = model.config.model_type
-    assert grouped_attention.supports(model) == (kind in ("qwen2", "gemma", "gpt_neox", "opt")), kind
+    assert grouped_attention.supports(model) == (kind in ("qwen2", "gemma", "gpt_neox", "opt", "phi3")), kind
     held = []
     real = grouped_attention.attending
 

@@ -143,8 +143,8 @@ def holds_groups(cache: Any) -> bool:
 
 # Model types whose every attention layer goes through transformers' attention interface, checked by the tests
 # against per-row copies: GPT-2 (the Turkish GPT-2 Medium, the builtin models) and Llama (SmolLM2, grouped-query
-# attention) on real and toy models; Qwen2, Gemma, GPT-NeoX and OPT on toy ones (`tests/infer/test_model_families.py`).
-CHECKED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "gemma", "gpt_neox", "opt")
+# attention) on real and toy models; Qwen2, Gemma, GPT-NeoX, OPT and Phi-3 on toy ones (`tests/infer/test_model_families.py`).
+CHECKED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "gemma", "gpt_neox", "opt", "phi3")
 
 
 def config_supports(config: Any) -> bool:
