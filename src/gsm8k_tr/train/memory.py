@@ -78,17 +78,15 @@ EXAMPLE_TOKENS = 1024
 # bf16 autocast counted by `benchmarks/memory_plan.py --saved`, on SmolLM2 and Qwen2.5-0.5B for Llama's (docs).
 ACTIVATION = {("gpt2", False): (12.0, 5.0), ("gpt2", True): (12.0, 5.0), ("llama", False): (10.0, 5.0),
               ("llama", True): (11.4, 4.0)}
-# Dropout masks kept per token and layer when dropout is on, in units of the hidden size: one byte each on a GPU
-# (a boolean mask), the scaled noise itself in the compute dtype on a CPU (`torch.dropout`'s path off CUDA).
+FUSED_QKV = ("qkv_proj", "query_key_value", "Wqkv", "c_attn")  # one linear layer for q, k and v
+# Dropout masks per token and layer, in hidden sizes: a byte each on a GPU, the noise in the compute dtype on a CPU.
 DROPOUT_MASKS_H = 3.0
 # LoRA's dropout, per value of each adapted layer's input and token. Without it the adapter's first matmul keeps its
-# input for the backward pass (the frozen layer beside it keeps none); with it, it keeps the dropped input instead,
-# and dropout keeps its mask. On a GPU under autocast the adapter keeps a bf16 cast either way (PEFT casts the input
-# to its float32 weights first), so what it adds is the mask: a byte. On a CPU in float32 the mask is float noise,
-# the dropped input is a new tensor per adapted layer, and the input it replaces was kept once per distinct input
-# (Llama's q, k and v share theirs): 3 x hidden + the MLP width a layer, in both families. Counted with
-# `benchmarks/memory_plan.py --saved` (and on a CPU with resident memory): 1.0 byte a value on a GPU for GPT-2
-# Medium and SmolLM2; on a CPU 4.5 and 5.8 against the 4.0 and 5.4 that this gives.
+# input (the frozen layer beside it keeps none); with it, the dropped input and dropout's mask. Under autocast on a GPU
+# the adapter keeps a bf16 cast either way (PEFT casts to its float32 weights first): the mask adds a byte. On a CPU in
+# float32 the mask is float noise and the dropped input a new tensor per adapted layer, replacing an input kept once
+# per distinct input (Llama's q, k and v share theirs). Counted (`memory_plan.py --saved`; resident memory on a CPU):
+# 1.0 byte a value on a GPU for GPT-2 Medium and SmolLM2; on a CPU 4.5 and 5.8 against the 4.0 and 5.4 given here.
 LORA_DROPOUT_BYTES = {"gpu": 1.0, "cpu": 8.0}
 LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct input
 
@@ -175,9 +173,12 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     adapters = shape.linears if adapters is None else adapters
     autocast = compute_bytes < 4
     per_h, per_i = ACTIVATION[shape.family, autocast]
-    floats = (per_h * shape.hidden + per_i * shape.mlp
-              + (lora_rank * len(adapters) + kept_inputs(adapters, autocast)
-                 - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
+    # A Llama-like block whose q, k and v come from one matmul (Phi-3, GPT-NeoX) keeps that output whole: attention
+    # keeps its values, a view of it. GPT-2's fit includes its c_attn.
+    fused = max((out - shape.kv_dim for name, _, out in shape.linears if name.rsplit(".", 1)[-1] in FUSED_QKV
+                 and shape.family == "llama"), default=0)
+    floats = (per_h * shape.hidden + per_i * shape.mlp + fused + (lora_rank * len(adapters) + kept_inputs(
+        adapters, autocast) - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
     if attention_weights:
         floats += shape.heads * length * (3 if dropout else 1)  # the probabilities, their noise and dropped copy
     elif not shape.fused_attention:  # eager attention on a GPU keeps float32 probabilities, and a byte mask
