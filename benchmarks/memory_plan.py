@@ -168,7 +168,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
         if hasattr(config, key):
             setattr(config, key, 0.0)
     if phase != "sft":  # GRPO turns the model's dropout off
-        for key in ("resid_pdrop", "embd_pdrop"):
+        for key in ("resid_pdrop", "embd_pdrop", "dropout", "hidden_dropout"):
             if hasattr(config, key):
                 setattr(config, key, 0.0)
     torch.manual_seed(0)

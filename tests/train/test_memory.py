@@ -210,6 +210,24 @@ def test_the_gpu_plan_of_a_llama_block_tells_the_mlp_from_the_hidden_size(monkey
     assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
 
 
+@pytest.mark.parametrize("family", ["gpt_neox", "opt"])
+def test_the_gpu_plan_of_a_block_without_a_gated_mlp_has_its_own_counts(family: str, monkeypatch) -> None:
+    # GPT-NeoX and OPT keep 2 MLP-wide values where Llama keeps 4: read as Llama's, Pythia-410M's shape was planned
+    # 1.36x its count and OPT-350M's 1.26x. Toy blocks with MLPs 2 and 5.5 hidden sizes wide are planned alike.
+    from transformers import AutoConfig
+
+    bench = load_benchmark("memory_plan")
+    ratios = []
+    for mlp in (256, 704):
+        widths = {"intermediate_size" if family == "gpt_neox" else "ffn_dim": mlp}
+        config = AutoConfig.for_model(family, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                      vocab_size=2048, max_position_embeddings=512, **widths)
+        monkeypatch.setattr(bench, "_config", lambda source, config=config: config)
+        row = bench.count_saved("demo", "sft", 0.05)
+        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
+    assert all(0.9 <= ratio <= 1.05 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
+
+
 def test_the_gpu_plan_of_a_fused_q_k_v_counts_the_output_attention_keeps_whole(monkeypatch) -> None:
     # Phi-3 computes q, k and v in one matmul; attention keeps the values, a view of that output, so the whole
     # output stays: on Phi-3's shape the plan was 0.93 of the count. A toy Phi-3 block and a toy Qwen2 block of the

@@ -75,9 +75,11 @@ PROMPT_TOKENS = 512
 EXAMPLE_TOKENS = 1024
 # Values kept for backward per token and layer, in hidden sizes and MLP widths, by family and autocast, with LoRA on
 # every linear layer (rank-wide values and `lora_layers.kept_inputs` aside): float32 fitted to CPU resident memory;
-# bf16 autocast counted by `benchmarks/memory_plan.py --saved`, on SmolLM2 and Qwen2.5-0.5B for Llama's (docs).
+# bf16 autocast counted by `benchmarks/memory_plan.py --saved`, Llama's on SmolLM2 and Qwen2.5-0.5B, GPT-NeoX's and
+# OPT's on Pythia-410M and OPT-350M (their float32 ones are Llama's, not measured; docs/benchmarks.md).
 ACTIVATION = {("gpt2", False): (12.0, 5.0), ("gpt2", True): (12.0, 5.0), ("llama", False): (10.0, 5.0),
-              ("llama", True): (11.4, 4.0)}
+              ("llama", True): (11.4, 4.0), ("gpt_neox", True): (9.3, 2.0), ("opt", True): (10.8, 2.0)}
+FAMILY = {"gpt2": "gpt2", "gpt_neo": "gpt2", "gptj": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt"}  # else llama
 FUSED_QKV = ("qkv_proj", "query_key_value", "Wqkv", "c_attn")  # one linear layer for q, k and v
 # Dropout masks per token and layer, in hidden sizes: a byte each on a GPU, the noise in the compute dtype on a CPU.
 DROPOUT_MASKS_H = 3.0
@@ -95,7 +97,7 @@ LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct inpu
 class Shape:
     """What the estimate needs to know about a model, read from its config."""
 
-    family: str  # "gpt2" or "llama" (the block layout the activation counts assume)
+    family: str  # the block layout the activation counts assume (`FAMILY`): "gpt2", "llama", "gpt_neox" or "opt"
     layers: int
     hidden: int
     heads: int
@@ -119,25 +121,24 @@ class Shape:
         from gsm8k_tr.infer import grouped_attention
 
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        family = "gpt2" if text.model_type in ("gpt2", "gpt_neo", "gptj") else "llama"
+        family = FAMILY.get(text.model_type, "llama")
         hidden = getattr(text, "hidden_size", None) or text.n_embd
         heads = getattr(text, "num_attention_heads", None) or text.n_head
         head_dim = getattr(text, "head_dim", None) or hidden // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        mlp = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+        mlp = next((v for key in ("intermediate_size", "n_inner", "ffn_dim") if (v := getattr(text, key, None))),
+                   4 * hidden)  # OPT's is ffn_dim
         context = next(v for k in ("n_positions", "max_position_embeddings", "n_ctx") if (v := getattr(text, k, None)))
         model = meta_model(config)
         head = model.get_output_embeddings()
         linears = []
         for name, module in model.named_modules():
-            if module is head:
-                continue
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, torch.nn.Linear) and module is not head:
                 linears.append((name, module.in_features, module.out_features))
             elif isinstance(module, Conv1D):
                 linears.append((name, *module.weight.shape))
-        dropout = any((getattr(text, key, 0.0) or 0.0) > 0 for key in
-                      ("resid_pdrop", "attn_pdrop", "embd_pdrop", "attention_dropout", "hidden_dropout"))
+        dropout = any((getattr(text, key, 0.0) or 0.0) > 0 for key in ("resid_pdrop", "attn_pdrop", "embd_pdrop",
+                                                                      "attention_dropout", "hidden_dropout", "dropout"))
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
                    linears, dropout, text.model_type, model.config._attn_implementation != "eager",
@@ -172,11 +173,10 @@ def _activations(shape: Shape, batch: int, length: int, compute_bytes: int, drop
     """
     adapters = shape.linears if adapters is None else adapters
     autocast = compute_bytes < 4
-    per_h, per_i = ACTIVATION[shape.family, autocast]
-    # A Llama-like block whose q, k and v come from one matmul (Phi-3, GPT-NeoX) keeps that output whole: attention
-    # keeps its values, a view of it. GPT-2's fit includes its c_attn.
+    per_h, per_i = ACTIVATION.get((shape.family, autocast), ACTIVATION["llama", autocast])
+    # Attention keeps the values, a view of a fused q, k, v output, so all of it (Phi-3); GPT-2's fit includes c_attn.
     fused = max((out - shape.kv_dim for name, _, out in shape.linears if name.rsplit(".", 1)[-1] in FUSED_QKV
-                 and shape.family == "llama"), default=0)
+                 and shape.family != "gpt2"), default=0)
     floats = (per_h * shape.hidden + per_i * shape.mlp + fused + (lora_rank * len(adapters) + kept_inputs(
         adapters, autocast) - kept_inputs(shape.linears, per_layer_copy=False)) / shape.layers)
     if attention_weights:
@@ -289,8 +289,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         generation_batch = getattr(config, "generation_batch_size", None) or micro * steps
         eval_batch = recipe.eval.batch_size if recipe.eval.every_steps else 0
         eval_length = min(context, PROMPT_TOKENS + recipe.eval.max_new_tokens) if eval_batch else 0
-        extra = {"prompt_length": padded(prompt, multiple),
-                 "num_generations": config.num_generations,
+        extra = {"prompt_length": padded(prompt, multiple), "num_generations": config.num_generations,
                  "cache_implementation": getattr(config, "cache_implementation", None)}
     # GRPO turns the model's dropout off, and LoRA's with it (`train/grpo.py`), unless `disable_dropout` is off
     dropout = stage == "sft" or not getattr(config, "disable_dropout", True)
