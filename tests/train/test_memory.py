@@ -192,40 +192,30 @@ def test_the_gpu_plan_matches_what_autograd_keeps_in_bf16() -> None:
             assert row["planned_weight_casts_mib"] == pytest.approx(row["counted_weight_casts_mib"], rel=0.08), row
 
 
-def test_the_gpu_plan_of_a_llama_block_tells_the_mlp_from_the_hidden_size(monkeypatch) -> None:
-    # Llama's counts were fitted on SmolLM2 alone, where the MLP is 2.7 hidden sizes wide, so the hidden and MLP
-    # shares could trade off unseen: Qwen2.5-0.5B (5.4 wide) was planned 10% over its count. Two toy Llama-layout
-    # blocks whose MLPs are 2 and 5.5 hidden sizes wide must now be planned alike against what autograd keeps (a
-    # toy model keeps a few percent more outside its layers than the plan spreads over them).
-    from transformers import Qwen2Config
-
+def _planned_over_counted(monkeypatch, config, lora_dropout: float = 0.05, **count) -> float:
+    """The GPU plan's activations over what autograd keeps (`memory_plan.py --saved`) for one SFT micro-batch of a
+    model built from `config`."""
     bench = load_benchmark("memory_plan")
-    ratios = []
-    for mlp in (256, 704):
-        config = Qwen2Config(hidden_size=128, intermediate_size=mlp, num_hidden_layers=4, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512)
-        monkeypatch.setattr(bench, "_config", lambda source, config=config: config)
-        row = bench.count_saved("qwen2.5-0.5b", "sft", 0.05)
-        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
-    assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
+    monkeypatch.setattr(bench, "_config", lambda source: config)
+    row = bench.count_saved("demo", "sft", lora_dropout, **count)
+    return row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"]
 
 
-@pytest.mark.parametrize("family", ["gpt_neox", "opt"])
-def test_the_gpu_plan_of_a_block_without_a_gated_mlp_has_its_own_counts(family: str, monkeypatch) -> None:
-    # GPT-NeoX and OPT keep 2 MLP-wide values where Llama keeps 4: read as Llama's, Pythia-410M's shape was planned
-    # 1.36x its count and OPT-350M's 1.26x. Toy blocks with MLPs 2 and 5.5 hidden sizes wide are planned alike.
+@pytest.mark.parametrize("family, mlp_key", [("qwen2", "intermediate_size"), ("gpt_neox", "intermediate_size"),
+                                             ("opt", "ffn_dim")])
+def test_the_gpu_plan_tells_the_mlp_from_the_hidden_size(family: str, mlp_key: str, monkeypatch) -> None:
+    # Llama's counts were fitted on SmolLM2 alone, where the MLP is 2.7 hidden sizes wide, so the hidden and MLP
+    # shares could trade off unseen: Qwen2.5-0.5B (5.4 wide) was planned 10% over its count. GPT-NeoX and OPT keep 2
+    # MLP-wide values where Llama keeps 4: read as Llama's, Pythia-410M's shape was planned 1.36x its count and
+    # OPT-350M's 1.26x (OPT's width, `ffn_dim`, was not read at all). Toy blocks whose MLPs are 2 and 5.5 hidden
+    # sizes wide must be planned alike against what autograd keeps (a toy model keeps a few percent more outside
+    # its layers than the plan spreads over them).
     from transformers import AutoConfig
 
-    bench = load_benchmark("memory_plan")
-    ratios = []
-    for mlp in (256, 704):
-        widths = {"intermediate_size" if family == "gpt_neox" else "ffn_dim": mlp}
-        config = AutoConfig.for_model(family, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                      vocab_size=2048, max_position_embeddings=512, **widths)
-        monkeypatch.setattr(bench, "_config", lambda source, config=config: config)
-        row = bench.count_saved("demo", "sft", 0.05)
-        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
-    assert all(0.9 <= ratio <= 1.05 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
+    ratios = [_planned_over_counted(monkeypatch, AutoConfig.for_model(
+        family, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=2048,
+        max_position_embeddings=512, **{mlp_key: mlp})) for mlp in (256, 704)]
+    assert all(0.9 <= ratio <= 1.03 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
 
 
 def test_the_gpu_plan_of_a_fused_q_k_v_counts_the_output_attention_keeps_whole(monkeypatch) -> None:
@@ -234,15 +224,9 @@ def test_the_gpu_plan_of_a_fused_q_k_v_counts_the_output_attention_keeps_whole(m
     # same widths (separate q, k and v) are now planned alike against what autograd keeps.
     from transformers import AutoConfig
 
-    bench = load_benchmark("memory_plan")
     widths = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 4, "vocab_size": 2048, "max_position_embeddings": 512, "pad_token_id": 0}
-    ratios = []
-    for family in ("phi3", "qwen2"):
-        config = AutoConfig.for_model(family, **widths)
-        monkeypatch.setattr(bench, "_config", lambda source, config=config: config)
-        row = bench.count_saved("demo", "sft", 0.05)
-        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
+    ratios = [_planned_over_counted(monkeypatch, AutoConfig.for_model(family, **widths)) for family in ("phi3", "qwen2")]
     assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
 
 
@@ -252,16 +236,11 @@ def test_the_gpu_plan_counts_the_probabilities_that_eager_attention_keeps(monkey
     # fused attention), and fell to 0.71 of the count at 600 tokens on GPT-Neo-125M's shape, further at longer rows.
     from transformers import AutoConfig
 
-    bench = load_benchmark("memory_plan")
     config = AutoConfig.for_model("gpt_neo", hidden_size=256, num_layers=4, num_heads=8, window_size=256,
                                   attention_types=[[["global", "local"], 2]], vocab_size=2048,
                                   max_position_embeddings=2048)
     assert not memory.Shape.from_config(config).fused_attention
-    monkeypatch.setattr(bench, "_config", lambda source: config)
-    ratios = []
-    for length in (200, 600):
-        row = bench.count_saved("demo", "sft", 0.0, length=length)
-        ratios.append(row["planned_bytes_per_token_layer"] / row["counted_bytes_per_token_layer"])
+    ratios = [_planned_over_counted(monkeypatch, config, 0.0, length=length) for length in (200, 600)]
     assert all(0.95 <= ratio <= 1.2 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.05, ratios
 
 
