@@ -226,7 +226,8 @@ def test_the_gpu_plan_of_a_fused_q_k_v_counts_the_output_attention_keeps_whole(m
 
     widths = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 4, "vocab_size": 2048, "max_position_embeddings": 512, "pad_token_id": 0}
-    ratios = [_planned_over_counted(monkeypatch, AutoConfig.for_model(family, **widths)) for family in ("phi3", "qwen2")]
+    ratios = [_planned_over_counted(monkeypatch, AutoConfig.for_model(family, **widths))
+              for family in ("phi3", "qwen2")]
     assert all(0.92 <= ratio <= 1.02 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.03, ratios
 
 
