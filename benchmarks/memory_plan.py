@@ -1,8 +1,8 @@
 """The memory plan's estimate against measured peak memory, on CPU, for several model shapes.
 
-    python benchmarks/memory_plan.py                 # tiny, demo, SmolLM2, GPT-2 Medium, Qwen2.5-0.5B shapes
+    python benchmarks/memory_plan.py                 # every shape below: several minutes
     python benchmarks/memory_plan.py --shapes tiny demo
-    python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: a minute
+    python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: minutes
     python benchmarks/memory_plan.py --saved --shapes gpt2-medium --targets c_attn   # LoRA on some layers only
 
 Each phase runs in a fresh process: SFT (one training step: forward, backward
@@ -52,7 +52,30 @@ SHAPES: dict[str, tuple[str, int, int, int, int, int]] = {
     "demo": ("builtin:demo-gpt2", 8, 256, 16, 96, 64),
     "smollm2": ("builtin:smollm2-135m", 2, 256, 4, 128, 64),
     "gpt2-medium": ("gpt2-medium", 2, 256, 4, 128, 64),
-    "qwen2.5-0.5b": ("qwen2.5-0.5b", 2, 256, 4, 128, 64),
+    **{name: (name, 2, 256, 4, 128, 64) for name in ("qwen2.5-0.5b", "pythia-410m", "opt-350m", "gpt-neo-125m",
+                                                       "phi3-like", "gemma-like")},
+}
+# Other layouts, random weights: (model type, config). Real models' shapes where they are small; Phi-3's and Gemma's
+# layouts at 12 layers of 1024.
+LAYOUTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen2.5-0.5b": ("qwen2", {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                               "max_position_embeddings": 32768, "tie_word_embeddings": True}),
+    "pythia-410m": ("gpt_neox", {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                 "num_attention_heads": 16, "vocab_size": 50304, "max_position_embeddings": 2048,
+                                 "rotary_pct": 0.25}),
+    "opt-350m": ("opt", {"hidden_size": 1024, "ffn_dim": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                         "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 512,
+                         "do_layer_norm_before": False}),
+    "gpt-neo-125m": ("gpt_neo", {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "window_size": 256,
+                                 "attention_types": [[["global", "local"], 6]], "vocab_size": 50257,
+                                 "max_position_embeddings": 2048}),
+    "phi3-like": ("phi3", {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12,
+                           "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32064,
+                           "max_position_embeddings": 2048, "pad_token_id": 0}),
+    "gemma-like": ("gemma", {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 12,
+                             "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 128, "vocab_size": 32000,
+                             "max_position_embeddings": 2048}),
 }
 MIB = 2**20
 SFT_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL 1.16's SFTTrainer asks its fused LM head for
@@ -70,12 +93,11 @@ def _config(source: str) -> Any:
 
     if source == "gpt2-medium":  # the real model's shape: 24 layers of 1024, GPT-2's vocabulary and context
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16, n_positions=1024, vocab_size=50257)
-    if source == "qwen2.5-0.5b":  # Qwen2.5-0.5B-Instruct's shape: another family, grouped keys, a 152k vocabulary
-        from transformers import Qwen2Config
+    if source in LAYOUTS:
+        from transformers import AutoConfig
 
-        return Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                           num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-                           tie_word_embeddings=True)
+        model_type, values = LAYOUTS[source]
+        return AutoConfig.for_model(model_type, **values)
     from gsm8k_tr import builtin
 
     return builtin.model_config(source)  # random weights are built from it: the trained ones are not needed
@@ -112,7 +134,7 @@ def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | No
     baseline = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak counts from here
     if phase != "sft":  # GRPO turns dropout off
-        for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout"):
+        for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout", "dropout", "hidden_dropout"):
             if hasattr(config, key):
                 setattr(config, key, 0.0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
