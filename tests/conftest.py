@@ -146,8 +146,9 @@ FAMILIES = {
                "sliding_window": 32},  # a sliding layer, then a full one; the test prompts are longer than 32
     "gpt_neo": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "attention_types": [[["global", "local"], 1]],
                 "max_position_embeddings": 512, "window_size": 64},
-    "bloom": {"hidden_size": 64, "n_layer": 2, "n_head": 4, "max_position_embeddings": 512},  # ALiBi: no limit of
-}                                                                                       # its own, so one is given
+    # ALiBi positions have no limit of their own, so the config names one (without it, a one-line error)
+    "bloom": {"hidden_size": 64, "n_layer": 2, "n_head": 4, "max_position_embeddings": 512},
+}
 
 
 def family_model(family: str, tokenizer_dir: Path, folder: Path) -> Path:
