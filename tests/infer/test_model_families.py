@@ -132,9 +132,10 @@ def test_check_and_plan_take_the_model(family_model_dir) -> None:
     recipe_check.check(recipe)
     shape, plans = plan.plan_recipe(recipe, 16)
     assert shape.context == 512 and shape.linears
-    # Qwen2's, GPT-NeoX's and OPT's layouts among these were counted against what autograd keeps; the plan says so
-    # of the others. GPT-Neo, Gemma-2 and BLOOM load with eager attention, whose kept probabilities the plan counts.
-    assert (plan.layout_note(shape) is None) == (shape.model_type in ("qwen2", "gpt_neox", "opt"))
+    # Qwen2's, GPT-NeoX's, OPT's and GPT-Neo's layouts among these were counted against what autograd keeps; the
+    # plan says so of the others. GPT-Neo, Gemma-2 and BLOOM load with eager attention, whose kept probabilities the
+    # plan counts.
+    assert (plan.layout_note(shape) is None) == (shape.model_type in ("qwen2", "gpt_neox", "opt", "gpt_neo"))
     assert shape.fused_attention == (shape.model_type not in ("gpt_neo", "gemma2", "bloom"))
     for stage in plans.values():  # no planned row is longer than the model's context
         assert stage.fits and 0 < stage.settings["length"] <= 512 and stage.parts["lora"] > 0

@@ -235,6 +235,7 @@ def test_the_gpu_plan_counts_the_probabilities_that_eager_attention_keeps(monkey
     # GPT-Neo has no SDPA, so transformers loads it with eager attention, which keeps each layer's attention
     # probabilities for the backward pass, heads x length a token: the plan once counted none (on a GPU it assumed
     # fused attention), and fell to 0.71 of the count at 600 tokens on GPT-Neo-125M's shape, further at longer rows.
+    # (Read as GPT-2's block it was also 12% over at any length; GPT-Neo has counts of its own now.)
     from transformers import AutoConfig
 
     config = AutoConfig.for_model("gpt_neo", hidden_size=256, num_layers=4, num_heads=8, window_size=256,
@@ -242,7 +243,7 @@ def test_the_gpu_plan_counts_the_probabilities_that_eager_attention_keeps(monkey
                                   max_position_embeddings=2048)
     assert not memory.Shape.from_config(config).fused_attention
     ratios = [_planned_over_counted(monkeypatch, config, 0.0, length=length) for length in (200, 600)]
-    assert all(0.95 <= ratio <= 1.2 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.05, ratios
+    assert all(0.92 <= ratio <= 1.05 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.05, ratios
 
 
 def test_the_plan_counts_only_the_layers_lora_adapts() -> None:

@@ -75,11 +75,12 @@ PROMPT_TOKENS = 512
 EXAMPLE_TOKENS = 1024
 # Values kept for backward per token and layer, in hidden sizes and MLP widths, by family and autocast, with LoRA on
 # every linear layer (rank-wide values and `lora_layers.kept_inputs` aside): float32 fitted to CPU resident memory;
-# bf16 autocast counted by `benchmarks/memory_plan.py --saved`, Llama's on SmolLM2 and Qwen2.5-0.5B, GPT-NeoX's and
-# OPT's on Pythia-410M and OPT-350M (their float32 ones are Llama's, not measured; docs/benchmarks.md).
+# bf16 autocast counted by `benchmarks/memory_plan.py --saved`, Llama's on SmolLM2 and Qwen2.5-0.5B, GPT-NeoX's, OPT's
+# and GPT-Neo's on Pythia-410M, OPT-350M and GPT-Neo-125M (their float32 ones are Llama's or GPT-2's, not measured).
 ACTIVATION = {("gpt2", False): (12.0, 5.0), ("gpt2", True): (12.0, 5.0), ("llama", False): (10.0, 5.0),
-              ("llama", True): (11.4, 4.0), ("gpt_neox", True): (9.3, 2.0), ("opt", True): (10.8, 2.0)}
-FAMILY = {"gpt2": "gpt2", "gpt_neo": "gpt2", "gptj": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt"}  # else llama
+              ("llama", True): (11.4, 4.0), ("gpt_neox", True): (9.3, 2.0), ("opt", True): (10.8, 2.0),
+              ("gpt_neo", False): (12.0, 5.0), ("gpt_neo", True): (7.05, 5.0)}
+FAMILY = {"gpt2": "gpt2", "gpt_neo": "gpt_neo", "gptj": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt"}  # else llama
 FUSED_QKV = ("qkv_proj", "query_key_value", "Wqkv", "c_attn")  # one linear layer for q, k and v
 # Dropout masks per token and layer, in hidden sizes: a byte each on a GPU, the noise in the compute dtype on a CPU.
 DROPOUT_MASKS_H = 3.0
@@ -97,7 +98,7 @@ LORA_DROPOUT_REPLACED_CPU = 4.0  # float32 bytes per value of each distinct inpu
 class Shape:
     """What the estimate needs to know about a model, read from its config."""
 
-    family: str  # the block layout the activation counts assume (`FAMILY`): "gpt2", "llama", "gpt_neox" or "opt"
+    family: str  # the block layout the activation counts assume (`FAMILY`): "gpt2", "llama", "gpt_neox", ...
     layers: int
     hidden: int
     heads: int
