@@ -219,12 +219,16 @@ def config_context_length(config: Any, name: str = "the model") -> int:
                     "(add max_position_embeddings: N to its config.json, N the longest input it was trained on)")
 
 
+def unwrapped(model: Any) -> Any:
+    """The model itself, or the one a PEFT model wraps."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def runs_on_static_cache(model: Any) -> bool:
     """Whether the model (or the one a PEFT model wraps) decodes right from a static KV cache, as its class says:
     transformers' `_can_compile_fullgraph`. GPT-Neo says no ("needs a hybrid cache"): its local attention takes
     the query's position from the length of the keys, which a static cache holds at its full size."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "_can_compile_fullgraph", False))
+    return bool(getattr(unwrapped(model), "_can_compile_fullgraph", False))
 
 
 def meta_model(config: Any) -> Any:

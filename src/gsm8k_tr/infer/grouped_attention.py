@@ -47,6 +47,8 @@ from typing import Any
 
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
+from gsm8k_tr import modeling
+
 NAME = "gsm8k_tr_grouped"  # the attention interface's key for `attention`
 # An attention module's attribute holding its layer's prompts for the call: a module attribute, which
 # torch.compile follows, where a context variable would break the graph.
@@ -162,7 +164,7 @@ def config_supports(config: Any) -> bool:
 def supports(model: Any) -> bool:
     """Whether `model` (or the model inside a PEFT wrapper) can keep its groups' prompts once (`config_supports`)
     and has an attention module `attending` finds in every layer."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = modeling.unwrapped(model)
     config = base.config.get_text_config(decoder=True)
     return config_supports(config) and len(attention_modules(base)) == config.num_hidden_layers
 
@@ -234,7 +236,7 @@ def attending(model: Any, cache: Any) -> Iterator[None]:
     """Within the block, `model`'s attention reads `cache`'s prompts (`holds_groups`) once per group; its own
     attention is back after, also on error."""
     _register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = modeling.unwrapped(model)
     config = base.config
     before = config._attn_implementation
     modules = attention_modules(base)

@@ -27,6 +27,7 @@ from unittest.mock import patch
 from transformers import GPT2Model
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from gsm8k_tr import modeling
 from gsm8k_tr.infer import grouped_attention, shared_prefill
 
 # transformers 5 renamed generate's and the models' `past_key_values` to `cache` (the old name warns until 6.0).
@@ -97,7 +98,7 @@ def for_generation(model: Any, input_ids: Any, generation_config: Any) -> dict[s
     Empty where transformers would not build a `DynamicCache` itself: a model that supplies its own cache
     (`_supports_default_dynamic_cache`), a recipe's `cache_implementation`, or no cache at all.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = modeling.unwrapped(model)
     supports = getattr(base, "_supports_default_dynamic_cache", lambda: False)
     if generation_config.cache_implementation is not None or generation_config.use_cache is False or not supports():
         return {}

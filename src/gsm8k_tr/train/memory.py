@@ -40,14 +40,12 @@ the longest built so far on the model, `infer/compiled_step.py` its
 buffers), so that CUDA graphs find them where they recorded them. A recipe
 fits when the peak is at most 95% of the memory.
 
-The per-token activation counts below were fitted to CPU measurements of the
-GPT-2 Medium and SmolLM2 shapes (resident memory over a baseline;
-`benchmarks/memory_plan.py`) and checked on the tiny and demo shapes; on a CPU,
-PyTorch's math attention also keeps the attention probabilities, which GPUs'
-fused kernels do not. For a GPU in bf16 the same script counts what autograd
-saves under autocast with CUDA's dropout (`--saved`): the plan's activations
-are 2-4% over that count for GPT-2 Medium and 4-5% over it for SmolLM2 (3-7%
-with LoRA on some layers only), its weight casts 1% over (docs/benchmarks.md).
+The per-token activation counts below were fitted to CPU measurements of the GPT-2 Medium and SmolLM2 shapes
+(resident memory over a baseline; `benchmarks/memory_plan.py`) and checked on the tiny and demo shapes; on a CPU,
+PyTorch's math attention also keeps the attention probabilities, which GPUs' fused kernels do not. For a GPU in
+bf16 the same script counts what autograd saves under autocast with CUDA's dropout (`--saved`): the plan's
+activations are 2-4% over that count for GPT-2 Medium, within 2% of it for SmolLM2, Qwen2.5-0.5B, Pythia-410M,
+OPT-350M and GPT-Neo-125M (0-6% with LoRA on some layers only), its weight casts 1% over (docs/benchmarks.md).
 """
 
 from __future__ import annotations
