@@ -258,21 +258,27 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
     (`modeling.runs_on_static_cache`: GPT-Neo changed 3 of 6 greedy answers, `tests/infer/test_model_families.py`),
     said once where a recipe asked.
     """
+    if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
+        _refused.add(requested)
+        log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
+                    "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
+    compiles = requested == "auto" and _device_type(device) == "cuda" and has_triton()
+    return decoding_rule(requested, compiles, sharded, batches, static_cache)
+
+
+def decoding_rule(requested: str, compiles: bool, sharded: bool = False, batches: int | None = None,
+                  static_cache: bool = True) -> str:
+    """`decoding`'s choice where `compiles` says whether "auto" compiles (a CUDA GPU with Triton), without asking
+    this machine: the memory plan asks it for the GPU it plans for."""
     if requested not in DECODINGS:  # the recipe check names the key; this is a caller's mistake
         raise ValueError(f"decoding must be one of {DECODINGS}, got {requested!r}")
-    if sharded or requested == "eager":
-        return "eager"
-    if not static_cache:
-        if requested in COMPILED_DECODINGS and requested not in _refused:
-            _refused.add(requested)
-            log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
-                        "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
+    if sharded or requested == "eager" or not static_cache:
         return "eager"
     if requested in COMPILED_DECODINGS:
         return requested
     if batches is not None and batches <= 1:
         return "eager"
-    return "compiled" if _device_type(device) == "cuda" and has_triton() else "eager"
+    return "compiled" if compiles else "eager"
 
 
 def has_triton() -> bool:

@@ -114,21 +114,29 @@ def test_lora_dropout_and_autocast_weight_casts_are_planned() -> None:
     assert memory.stage_settings(recipe, "sft", config, 1024)["lora_dropout"] is True
 
 
-@pytest.mark.parametrize("decoding, on_gpu, cache_kept", [("auto", True, True), ("auto", False, False),
-                                                          ("compiled", False, True), ("compiled-step", True, True),
-                                                          ("eager", True, False)])
-def test_what_grpo_keeps_between_rollouts_is_planned_beside_training(decoding: str, on_gpu: bool,
+@pytest.mark.parametrize("decoding, on_gpu, static_cache, cache_kept", [
+    ("auto", True, True, True), ("auto", False, True, False), ("compiled", False, True, True),
+    ("compiled-step", True, True, True), ("eager", True, True, False),
+    ("auto", True, False, False), ("compiled-step", True, False, False)])
+def test_what_grpo_keeps_between_rollouts_is_planned_beside_training(decoding: str, on_gpu: bool, static_cache: bool,
                                                                       cache_kept: bool) -> None:
     # Compiled decoding keeps its static KV cache on the model between rollouts, and the rollouts keep their weight
-    # copies: both are still there while the step trains. Eager decoding's cache is gone by then.
-    settings = {**SETTINGS, "dropout": False, "decoding": decoding}
-    grpo = memory.estimate(GPT2_MEDIUM, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
+    # copies: both are still there while the step trains. Eager decoding's cache is gone by then, and so is the
+    # padding compiled decoding adds to its prompts. A model that does not decode right from a static cache
+    # (GPT-Neo) decodes eager whatever the recipe says (placement.decoding), and is planned so.
+    import dataclasses
+
+    shape = dataclasses.replace(GPT2_MEDIUM, static_cache=static_cache)
+    settings = {**SETTINGS, "dropout": False, "decoding": decoding, "cache_padding": 63}
+    grpo = memory.estimate(shape, "grpo", settings, on_gpu=on_gpu, memory_gib=24)
     p = {k: v * 2**30 for k, v in grpo.parts.items()}
     kept = p["rollout_weights"] + (p["kv_cache"] if cache_kept else 0.0)
     training = p["activations"] + p["weight_casts"] + p["logits"]
     generating = (0.0 if cache_kept else p["kv_cache"]) + 64 * 50257 * 4
     assert grpo.peak_gib * 2**30 == pytest.approx(p["weights"] + p["lora"] + p["runtime"] + kept +
                                                   max(training, generating))
+    compiled = placement.decoding_rule(decoding, on_gpu, static_cache=static_cache) != "eager"
+    assert p["kv_cache"] == 64 * (1024 + (63 if compiled else 0)) * 2 * 24 * 1024 * 2
     assert p["kv_cache"] > 0 and p["rollout_weights"] == (2 * sum(i * o for _, i, o in GPT2_MEDIUM.linears)
                                                           if grpo.settings["mixed_precision"] else 0)
 
@@ -242,6 +250,7 @@ def test_the_gpu_plan_counts_the_probabilities_that_eager_attention_keeps(monkey
                                   attention_types=[[["global", "local"], 2]], vocab_size=2048,
                                   max_position_embeddings=2048)
     assert not memory.Shape.from_config(config).fused_attention
+    assert not memory.Shape.from_config(config).static_cache  # so its rollouts are planned eager, as they run
     ratios = [_planned_over_counted(monkeypatch, config, 0.0, length=length) for length in (200, 600)]
     assert all(0.92 <= ratio <= 1.05 for ratio in ratios) and abs(ratios[0] - ratios[1]) < 0.05, ratios
 

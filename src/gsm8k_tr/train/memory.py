@@ -54,11 +54,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsm8k_tr import placement
+from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
-from gsm8k_tr.modeling import meta_model
 from gsm8k_tr.train.lora_layers import adapted, kept_inputs
 
 GIB = 2**30
@@ -110,6 +109,7 @@ class Shape:
     model_type: str = ""  # the config's
     fused_attention: bool = True  # SDPA or flash attention, as transformers loads it: no probabilities kept
     prompts_once: bool = False  # rollouts can keep a group's prompt once (`grouped_attention.config_supports`)
+    static_cache: bool = True  # decodes compiled where asked (`modeling.runs_on_static_cache`; GPT-Neo does not)
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
@@ -128,7 +128,7 @@ class Shape:
         mlp = next((v for key in ("intermediate_size", "n_inner", "ffn_dim") if (v := getattr(text, key, None))),
                    4 * hidden)  # OPT's is ffn_dim
         context = next(v for k in ("n_positions", "max_position_embeddings", "n_ctx") if (v := getattr(text, k, None)))
-        model = meta_model(config)
+        model = modeling.meta_model(config)
         head = model.get_output_embeddings()
         linears = []
         for name, module in model.named_modules():
@@ -141,7 +141,7 @@ class Shape:
         return cls(family, getattr(text, "num_hidden_layers", None) or text.n_layer, hidden, heads,
                    kv_heads * head_dim, mlp, text.vocab_size, context, sum(p.numel() for p in model.parameters()),
                    linears, dropout, text.model_type, model.config._attn_implementation != "eager",
-                   grouped_attention.config_supports(config))
+                   grouped_attention.config_supports(config), modeling.runs_on_static_cache(model))
 
 
 @dataclass
@@ -222,9 +222,10 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     if stage == "sft":
         parts["kv_cache"] = 0.0
     else:
-        padding, rows = s.get("cache_padding", 0), s["generation_batch"]
+        how = rollout_decoding(shape, s, on_gpu)
+        padding, rows = s.get("cache_padding", 0) if how != "eager" else 0, s["generation_batch"]
         cached = rows * (s["length"] + padding)
-        if groups_prompts(shape, s, on_gpu):  # each group's prompt once, each row's own tokens after it
+        if groups_prompts(shape, s, on_gpu, how):  # each group's prompt once, each row's own tokens after it
             prompt = min(s["prompt_length"], s["length"])
             cached = rows // s["num_generations"] * (prompt + padding) + rows * (s["length"] - prompt)
         rollouts = kv_cache_bytes(shape, cached, compute)
@@ -232,7 +233,7 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
         parts["kv_cache"] = 0.0 if s["vllm"] else max(rollouts, held_out)
         copied = s["mixed_precision"] and not s["vllm"]
         parts["rollout_weights"] = matmul_weights * compute if copied else 0.0
-        cache_kept = keeps_cache(s.get("decoding", "auto"), on_gpu) and not s["vllm"]
+        cache_kept = how in placement.COMPILED_DECODINGS and not s["vllm"]
         kept_between = parts["rollout_weights"] + (parts["kv_cache"] if cache_kept else 0.0)
         generation = (0.0 if cache_kept else parts["kv_cache"]) + s["generation_batch"] * shape.vocab * 4
     parts["runtime"] = (CUDA_RUNTIME_GIB if on_gpu else CPU_RUNTIME_GIB) * GIB
@@ -246,18 +247,17 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     return StagePlan(stage, gib, peak / GIB, memory_gib, fits, dict(settings))
 
 
-def keeps_cache(decoding: str, on_gpu: bool) -> bool:
-    """Whether GRPO's rollouts keep their KV cache between calls: compiled decoding does (a static cache), which
-    `auto` is on a GPU (`placement.decoding`; the plan assumes Triton there)."""
-    return decoding in placement.COMPILED_DECODINGS or (decoding == "auto" and on_gpu)
+def rollout_decoding(shape: Shape, settings: dict[str, Any], on_gpu: bool) -> str:
+    """How GRPO's rollouts decode (`placement.decoding`; the plan assumes Triton on a GPU). Compiled decoding keeps
+    its static KV cache between calls."""
+    return placement.decoding_rule(settings.get("decoding", "auto"), on_gpu, static_cache=shape.static_cache)
 
 
-def groups_prompts(shape: Shape, settings: dict[str, Any], on_gpu: bool) -> bool:
-    """Whether GRPO's rollouts keep each group's prompt once in their KV cache (`placement.rollout_path`)."""
+def groups_prompts(shape: Shape, settings: dict[str, Any], on_gpu: bool, how: str) -> bool:
+    """Whether GRPO's rollouts, decoding `how`, keep each group's prompt once in their KV cache
+    (`placement.rollout_path`)."""
     if settings.get("num_generations", 1) < 2 or "prompt_length" not in settings or settings["vllm"]:
         return False
-    decoding = settings.get("decoding", "auto")
-    how = ("compiled" if on_gpu else "eager") if decoding == "auto" else decoding
     cache = placement.kv_cache(settings.get("cache_implementation"))
     return shape.prompts_once and placement.grouped_attention("cuda" if on_gpu else "cpu", how, cache)
 
@@ -307,8 +307,7 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
         "vllm": bool(getattr(config, "use_vllm", False)) and getattr(config, "vllm_mode", "") == "colocate",
         "vllm_share": getattr(config, "vllm_gpu_memory_utilization", 0.0) or 0.0,
         # Compiled decoding pads prompts to a multiple of PROMPT_MULTIPLE tokens: up to one less than that more,
-        # unless the stage pads them so already. `auto` compiles on a CUDA GPU with Triton (placement.decoding),
-        # which the plan assumes wherever it runs.
+        # unless the stage pads them so already; `estimate` counts it where the rollouts compile (`rollout_decoding`).
         "cache_padding": PROMPT_MULTIPLE - 1 if stage == "grpo" and recipe.decoding != "eager"
         and not (multiple and multiple % PROMPT_MULTIPLE == 0) else 0,
         **extra,
