@@ -25,3 +25,13 @@ def test_help_answers_without_importing_torch(args: list[str]) -> None:
 def test_module_entry_point_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "gsm8k_tr", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "gsm8k-tr" in result.stdout
+
+
+def test_the_hubs_warnings_print_once() -> None:
+    # huggingface_hub prints its warnings (the Hub's retries, one a second to eight) with a handler of its own and
+    # also passed them on to the command's, so each came twice.
+    code = ("import logging, sys; from gsm8k_tr.cli import main\n"
+            "main(['report', '/nonexistent'])\n"
+            "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr

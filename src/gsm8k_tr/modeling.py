@@ -41,11 +41,53 @@ def load_source(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]
     return resolve_name(cfg.name_or_path), kwargs
 
 
+# (Hub id, revision asked for, cache folder) -> the commit it resolved to first in this process, or None
+_COMMITS: dict[tuple[str, str | None, str], str | None] = {}
+
+
+def _cache_key(name: str, revision: str | None) -> tuple[str, str | None, str]:
+    from huggingface_hub import constants
+
+    return name, revision, str(constants.HF_HUB_CACHE)
+
+
+def hub_commit(cfg: ModelConfig) -> str | None:
+    """The commit the recipe's Hub model was loaded at in this process (None: not a Hub model, or not loaded)."""
+    return _COMMITS.get(_cache_key(cfg.name_or_path, cfg.revision))
+
+
+def pin_commit(cfg: ModelConfig, commit: str) -> None:
+    """Load the recipe's Hub model at `commit` from now on in this process (a resumed stage: its checkpoint's)."""
+    _COMMITS[_cache_key(cfg.name_or_path, cfg.revision)] = commit
+
+
+def _pinned(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
+    """`load_source`, with a Hub model's revision pinned to the commit it first resolved to in this process.
+
+    A stage loads its base model more than once (tokenizer, model, then again to merge the adapter, hours later),
+    and a branch such as `main` can move in between: every load takes the commit of the first, which the adapter
+    and the manifest record (`base_model_revision`). The commit is read from where transformers puts `config.json`
+    (`snapshots/COMMIT/`), as it does itself.
+    """
+    source, kwargs = load_source(cfg, path)
+    if path is not None or "gguf_file" in kwargs or cfg.name_or_path.startswith("builtin:") or Path(source).exists():
+        return source, kwargs
+    key = _cache_key(cfg.name_or_path, cfg.revision)
+    if key not in _COMMITS:
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        try:
+            _COMMITS[key] = extract_commit_hash(cached_file(source, "config.json", revision=cfg.revision), None)
+        except (OSError, ValueError) as error:  # every load needs config.json: the Hub's retries once, not twice
+            raise UserError(f"cannot load {source!r}: {one_line(error)}") from None
+    return source, {**kwargs, "revision": _COMMITS[key] or kwargs.get("revision")}
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
     """The tokenizer of `path` (default: the recipe's model)."""
     from transformers import AutoTokenizer
 
-    source, kwargs = load_source(cfg, path)
+    source, kwargs = _pinned(cfg, path)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
@@ -77,7 +119,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source, kwargs = load_source(cfg, path)
+    source, kwargs = _pinned(cfg, path)
     gguf = "gguf_file" in kwargs
     if gguf:
         require_gguf()
@@ -240,12 +282,14 @@ def meta_model(config: Any) -> Any:
         return AutoModelForCausalLM.from_config(config)
 
 
-def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> Any:
+def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None, revision: str | None = None) -> Any:
     """PEFT LoRA settings; by default every linear layer of the architecture.
 
     PEFT's own default for GPT-2 is `c_attn` only. `all-linear` covers
     `nn.Linear` and GPT-2's `Conv1D` and leaves out the LM head; Conv1D stores
-    its weight transposed, hence `fan_in_fan_out`.
+    its weight transposed, hence `fan_in_fan_out`. `revision`: the base model's
+    commit on the Hub (`hub_commit`), which the saved adapter records, so PEFT's
+    `AutoPeftModelForCausalLM` loads the base it was trained on.
     """
     import peft
     from transformers.pytorch_utils import Conv1D
@@ -259,6 +303,7 @@ def lora_config(cfg: LoraConfig, model: Any, dropout: float | None = None) -> An
         fan_in_fan_out=conv1d,
         bias="none",
         task_type="CAUSAL_LM",
+        revision=revision,
     )
     if cfg.target_modules:
         _check_targets(cfg.target_modules, model)

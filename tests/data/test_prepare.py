@@ -49,6 +49,35 @@ def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_di
     assert (out / "recipe.yaml").is_file()
 
 
+def test_the_recipes_hub_datasets_read_as_their_files_do(turkish_csv: Path, reference_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The defaults: GSM8K-TR from the Hub (one split, "train", whatever its rows are) and English GSM8K's `main`
+    # config (train and test). `datasets.load_dataset` stands in for the Hub with the same rows as the local files.
+    import datasets
+
+    hub = {("ytu-ce-cosmos/gsm8k_tr", None): {"train": TURKISH},
+           ("openai/gsm8k", "main"): REFERENCE}
+    calls = []
+
+    def load_dataset(path: str, name: str | None = None, **kwargs) -> datasets.DatasetDict:
+        calls.append((path, name))
+        return datasets.DatasetDict({split: datasets.Dataset.from_list([{"question": q, "answer": a} for q, a in rows])
+                                     for split, rows in hub[path, name].items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert run_prepare("--output", str(tmp_path / "hub")) == 0
+    assert sorted(calls) == sorted(hub)
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
+                       "--output", str(tmp_path / "files")) == 0
+    for name in ("train", "validation", "test", "excluded"):
+        from_hub, from_files = (read_jsonl(tmp_path / where / f"{name}.jsonl") for where in ("hub", "files"))
+        lines = [int(row.pop("source").rsplit(":", 1)[1]) for row in from_files]  # the CSV's header is line 1
+        assert [row.pop("source") for row in from_hub] == [f"ytu-ce-cosmos/gsm8k_tr[train]:{n - 1}" for n in lines]
+        assert from_hub == from_files
+    reports = [json.loads((tmp_path / where / "prepare_report.json").read_text()) for where in ("hub", "files")]
+    assert reports[0]["written"] == reports[1]["written"] == {"train": 4, "validation": 1, "test": 2}
+
+
 def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")

@@ -141,7 +141,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     data_dir = prepared_data(recipe)
     rows = splits.load_split(data_dir, "train")
 
-    tokenizer, model = stage.load_base(recipe, start)
+    tokenizer, model = stage.load_base(recipe, start, checkpoint)
     stop = modeling.configure_tokens(tokenizer, model, sft_manifest.get("stop_token") or recipe.model.stop_token)
     context = modeling.context_length(model)
     funcs, _ = build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
@@ -166,7 +166,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                                                 start or recipe.model.name_or_path, recipe.prompt.answer_tag)
 
     stage.log_to(folder)
-    lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None)
+    lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None,
+                                revision=None if start else modeling.hub_commit(recipe.model))
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
@@ -186,5 +187,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None,
                             rollouts=trainer.rollouts, micro_batch=batch, memory_plan=plan.as_dict() if plan else None,
-                            prompt_filter=filtered)
+                            prompt_filter=filtered, base_model_revision=sft_manifest.get("base_model_revision")
+                            if start else modeling.hub_commit(recipe.model))
     return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

@@ -9,6 +9,7 @@ recipe turns both off.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from gsm8k_tr import modeling, placement
@@ -51,6 +52,11 @@ def model_config(recipe: Recipe) -> Any:
 
         return builtin.model_config(cfg.name_or_path)
     source, kwargs = modeling.load_source(cfg, None)  # revision, GGUF file, trust_remote_code as loading uses them
+    if not Path(source).expanduser().is_dir():  # a Hub id: the cached config first, without the Hub's retries
+        try:
+            return AutoConfig.from_pretrained(source, **kwargs, local_files_only=True)
+        except (OSError, ValueError):
+            pass
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:

@@ -70,7 +70,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     data_dir = prepared_data(recipe)
     rows = splits.load_split(data_dir, "train")
 
-    tokenizer, model = stage.load_base(recipe)
+    tokenizer, model = stage.load_base(recipe, checkpoint=checkpoint)
     stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     context = modeling.context_length(model)
     config = sft_args(recipe, stop, context)
@@ -101,7 +101,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     stage.log_to(folder)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                          eval_dataset=Dataset.from_list(validation) if evaluating else None,
-                         processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model))
+                         processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model, revision=modeling.hub_commit(recipe.model)))
     trainer.on_non_finite = recipe.on_non_finite
     if evaluating:
         trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe, merge=placement.weights_whole())

@@ -11,6 +11,7 @@ Stage layout (`{output_dir}/{stage}/`):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -65,10 +66,14 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
     return folder, checkpoint, False
 
 
-def load_base(recipe: Recipe, path: str | None = None) -> tuple[Any, Any]:
-    """Tokenizer and model, the main process first (it may build a `builtin:` model)."""
-    from gsm8k_tr.modeling import load_model, load_tokenizer
+def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = None) -> tuple[Any, Any]:
+    """Tokenizer and model, the main process first (it may build a `builtin:` model). A run resumed from
+    `checkpoint` loads the recipe's Hub model at the commit the checkpoint's adapter was trained on."""
+    from gsm8k_tr.modeling import load_model, load_tokenizer, pin_commit
 
+    saved = Path(checkpoint) / "adapter_config.json" if checkpoint and path is None else None
+    if saved is not None and saved.is_file() and (commit := json.loads(saved.read_text()).get("revision")):
+        pin_commit(recipe.model, commit)
     with process_state().main_process_first():
         return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
 
@@ -153,9 +158,11 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
 
     from gsm8k_tr.config import recipe_dict
     from gsm8k_tr.data.splits import fingerprint
+    from gsm8k_tr.modeling import hub_commit
     from gsm8k_tr.placement import compact_scoring, device_name
 
-    return {"base_model": recipe.model.name_or_path, **extra, "stop_token": stop,
+    return {"base_model": recipe.model.name_or_path, "base_model_revision": hub_commit(recipe.model), **extra,
+            "stop_token": stop,
             "prompt": recipe_dict(recipe)["prompt"], "data_dir": str(data_dir), "data_fingerprint": fingerprint(data_dir),
             "data_counts": counts, "device": device_name(),
             "precision": "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32",
