@@ -106,6 +106,26 @@ def reference_dir(tmp_path: Path) -> Path:
     return folder
 
 
+# The recipes' Hub datasets with the tests' rows: GSM8K-TR has one split, English GSM8K's `main` config two.
+HUB_DATASETS = {("ytu-ce-cosmos/gsm8k_tr", None): {"train": TURKISH}, ("openai/gsm8k", "main"): REFERENCE}
+
+
+@pytest.fixture
+def hub_datasets(monkeypatch: pytest.MonkeyPatch) -> list:
+    """`datasets.load_dataset` answering HUB_DATASETS' ids as the Hub would; the (id, config) of each call."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path: str, name: str | None = None, **kwargs):
+        calls.append((path, name))
+        return datasets.DatasetDict({split: datasets.Dataset.from_list([{"question": q, "answer": a} for q, a in rows])
+                                     for split, rows in HUB_DATASETS[path, name].items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("question", "answer")) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE, SHARED_DATA, TURKISH, write_csv
+from conftest import HUB_DATASETS, REFERENCE, SHARED_DATA, TURKISH, write_csv
 
 from gsm8k_tr.cli import main
 
@@ -50,23 +50,11 @@ def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_di
 
 
 def test_the_recipes_hub_datasets_read_as_their_files_do(turkish_csv: Path, reference_dir: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         hub_datasets: list) -> None:
     # The defaults: GSM8K-TR from the Hub (one split, "train", whatever its rows are) and English GSM8K's `main`
-    # config (train and test). `datasets.load_dataset` stands in for the Hub with the same rows as the local files.
-    import datasets
-
-    hub = {("ytu-ce-cosmos/gsm8k_tr", None): {"train": TURKISH},
-           ("openai/gsm8k", "main"): REFERENCE}
-    calls = []
-
-    def load_dataset(path: str, name: str | None = None, **kwargs) -> datasets.DatasetDict:
-        calls.append((path, name))
-        return datasets.DatasetDict({split: datasets.Dataset.from_list([{"question": q, "answer": a} for q, a in rows])
-                                     for split, rows in hub[path, name].items()})
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    # config (train and test), stood in with the same rows as the local files.
     assert run_prepare("--output", str(tmp_path / "hub")) == 0
-    assert sorted(calls) == sorted(hub)
+    assert sorted(hub_datasets) == sorted(HUB_DATASETS)
     assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
                        "--output", str(tmp_path / "files")) == 0
     for name in ("train", "validation", "test", "excluded"):

@@ -30,8 +30,10 @@ def _snapshot(repo: Path, commit: str, tokenizer_dir: Path, seed: int) -> Path:
     snapshot = repo / "snapshots" / commit
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    config = GPT2Config(n_positions=1024, n_embd=64, n_layer=2, n_head=2, vocab_size=len(tokenizer))
+    config = GPT2Config(n_positions=1024, n_embd=64, n_layer=2, n_head=2, vocab_size=len(tokenizer),
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(snapshot)
+    tokenizer.model_max_length = 1024
     tokenizer.save_pretrained(snapshot)
     # Hub repos often hold pickle weights beside safetensors: this one would fail to unpickle if it were ever read.
     (snapshot / "pytorch_model.bin").write_bytes(b"not a pickle")
@@ -135,3 +137,18 @@ def test_a_hub_model_the_cache_does_not_hold_is_one_line(hub_cache: Path, tmp_pa
                    *QUICK)
     assert done.returncode == 2 and "error: cannot load 'nobody/nothing': " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_real_recipe_runs_end_to_end_from_the_hub(hub_cache: Path, hub_datasets: list, tmp_path: Path) -> None:
+    # Everything the recipe names comes from the Hub: the model from the cache, GSM8K-TR and English GSM8K from
+    # `datasets.load_dataset` (stood in with the tests' rows). Only the steps and the evaluation's size are cut.
+    run = tmp_path / "run"
+    done = run_cli("pipeline", "--config", str(REAL), f"output_dir={run}", "sft.max_steps=2", "grpo.max_steps=1",
+                   "grpo.per_device_train_batch_size=4", "grpo.num_generations=4", "grpo.gradient_accumulation_steps=1",
+                   "grpo.max_completion_length=32", "eval.max_new_tokens=32")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "data" / "prepare_report.json").read_text())["test_rows_found"] == 2
+    for stage in ("sft", "grpo"):
+        manifest = json.loads((run / stage / "manifest.json").read_text())
+        assert manifest["base_model"] == HUB_ID and manifest["base_model_revision"] == COMMITS[0]
+    assert (run / "report.md").is_file()
