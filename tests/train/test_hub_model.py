@@ -139,11 +139,13 @@ def test_a_hub_model_the_cache_does_not_hold_is_one_line(hub_cache: Path, tmp_pa
     assert "Traceback" not in done.stderr
 
 
-def test_the_real_recipe_runs_end_to_end_from_the_hub(hub_cache: Path, hub_datasets: list, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", [REAL, ROOT / "recipes" / "turkish-gpt2-medium-16gb.yaml"], ids=lambda p: p.stem)
+def test_the_real_recipe_runs_end_to_end_from_the_hub(recipe: Path, hub_cache: Path, hub_datasets: list,
+                                                     tmp_path: Path) -> None:
     # Everything the recipe names comes from the Hub: the model from the cache, GSM8K-TR and English GSM8K from
     # `datasets.load_dataset` (stood in with the tests' rows). Only the steps and the evaluation's size are cut.
     run = tmp_path / "run"
-    done = run_cli("pipeline", "--config", str(REAL), f"output_dir={run}", "sft.max_steps=2", "grpo.max_steps=1",
+    done = run_cli("pipeline", "--config", str(recipe), f"output_dir={run}", "sft.max_steps=2", "grpo.max_steps=1",
                    "grpo.per_device_train_batch_size=4", "grpo.num_generations=4", "grpo.gradient_accumulation_steps=1",
                    "grpo.max_completion_length=32", "eval.max_new_tokens=32")
     assert done.returncode == 0, done.stderr
