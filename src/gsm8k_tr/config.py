@@ -327,8 +327,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     _check(recipe)
     if not recipe.output_dir.strip():
         raise UserError("recipe key 'output_dir' is empty; name a folder for the run, e.g. output_dir=runs/try1")
-    # `~` is the user's home, not a folder named "~" in the working directory.
+    # `~` is the user's home, not a folder named "~" in the working directory; transformers reads "~/model" as a
+    # malformed Hub id.
     recipe.output_dir = str(Path(recipe.output_dir).expanduser())
+    for key in ("name_or_path", "sft_output"):
+        if (value := getattr(recipe.model, key)) and value.startswith("~"):
+            setattr(recipe.model, key, str(Path(value).expanduser()))
     return recipe
 
 

@@ -134,13 +134,22 @@ def test_outputs_that_cannot_be_written_or_do_not_fit(tmp_path: Path, tiny_model
         disk.check_disk_space(tmp_path, model, 2)
 
 
-def test_recipe_paths_are_resolved_and_checked(tmp_path: Path) -> None:
-    from gsm8k_tr import cli
+def test_recipe_paths_are_resolved_and_checked(tmp_path: Path, tiny_model_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from gsm8k_tr import cli, modeling
 
     code = cli.main(["prepare", "--dataset", str(tmp_path / "nowhere" / "data.csv"), "--reference", "none",
                      "--output", str(tmp_path / "o")])
     assert code == 2
     recipe = load_recipe(str(TINY_RECIPE), ["output_dir=~/runs/x"])
     assert stage_dir(recipe, "sft") == Path.home() / "runs" / "x" / "sft"
+    # A model in the home folder loads as the check found it (transformers took "~/m" for a malformed Hub id).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    recipe = load_recipe(str(TINY_RECIPE), ["model.name_or_path=~/m", "model.sft_output=~/runs/x/sft"])
+    assert recipe.model.sft_output == str(tmp_path / "runs" / "x" / "sft")
+    assert modeling.load_model(recipe.model).config.n_positions == 512
     with pytest.raises(UserError, match="'output_dir' is empty"):
         load_recipe(str(TINY_RECIPE), ["output_dir="])
