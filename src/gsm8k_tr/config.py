@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import string
 import types
 import typing
@@ -255,6 +256,25 @@ def _check(recipe: Recipe) -> None:
             raise UserError(f"recipe key {name!r} uses unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     if "{question}" not in recipe.prompt.template:
         raise UserError("recipe key 'prompt.template' must contain {question}")
+    tags = {key: getattr(recipe.prompt, key) for key in ("reasoning_tag", "answer_tag")}
+    for key, tag in tags.items():
+        if not re.fullmatch(r"[^\s<>/]+", tag):
+            raise UserError(f"recipe key 'prompt.{key}' must be a tag name without spaces, <, > or /, got {tag!r}")
+    if len(set(tags.values())) < 2:
+        raise UserError(f"recipe keys 'prompt.reasoning_tag' and 'prompt.answer_tag' must differ, both are "
+                        f"{recipe.prompt.answer_tag!r}: the answer would be read from the reasoning")
+    if not 0 <= recipe.seed < 2**32:  # numpy's range, which transformers' set_seed seeds too
+        raise UserError(f"recipe key 'seed' must be from 0 to 2**32 - 1, got {recipe.seed}")
+    lora = recipe.lora
+    if lora.r < 1 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
+        # alpha 0 scales the adapter's output to nothing (it would train nothing); dropout 1 drops every input
+        raise UserError(f"recipe section 'lora' needs r >= 1, alpha > 0 and 0 <= dropout < 1, got r={lora.r}, "
+                        f"alpha={lora.alpha}, dropout={lora.dropout}")
+    for key in ("min_align_score", "min_align_margin"):  # alignment scores lie in [0, 1]
+        if not 0.0 <= getattr(recipe.data, key) <= 1.0:
+            raise UserError(f"recipe key 'data.{key}' must be in [0, 1], got {getattr(recipe.data, key)}")
+    if recipe.sized_for_gib is not None and recipe.sized_for_gib <= 0:
+        raise UserError(f"recipe key 'sized_for_gib' must be above 0 (GiB), got {recipe.sized_for_gib}")
     if recipe.data.unaligned_split not in ("train", "test"):
         raise UserError(f"recipe key 'data.unaligned_split' must be 'train' or 'test', got {recipe.data.unaligned_split!r}")
     from gsm8k_tr.placement import DECODINGS  # light: no torch

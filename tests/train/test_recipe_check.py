@@ -25,6 +25,24 @@ TYPOS = [
     ("data.dataset=./missing.csv", "'data.dataset': './missing.csv' does not exist", "data"),
     ("data.dataset=synthetic:lots", "write synthetic:N with N a whole number", "data"),
     ("lora.r=many", "'lora.r' must be int", "lora"),
+    # each stopped in a traceback when the stage began (numpy's seed range; PEFT's rank check)
+    ("seed=-1", "recipe key 'seed' must be from 0 to 2**32 - 1, got -1", "seed"),
+    ("lora.r=0", "recipe section 'lora' needs r >= 1, alpha > 0 and 0 <= dropout < 1", "lora rank"),
+    # each trained without a word: an adapter scaled to nothing, the answer read from the reasoning's tag,
+    # no row aligned, a folder loaded whatever the revision asked
+    ("lora.alpha=0", "recipe section 'lora' needs r >= 1, alpha > 0", "lora alpha"),
+    ("prompt.answer_tag=sebep", "'prompt.reasoning_tag' and 'prompt.answer_tag' must differ", "prompt tags"),
+    ("prompt.reasoning_tag=a b", "'prompt.reasoning_tag' must be a tag name without spaces", "prompt tag"),
+    ("data.min_align_score=2", "'data.min_align_score' must be in [0, 1], got 2.0", "alignment"),
+    ("model.revision=v2", "'model.revision' is 'v2', but 'builtin:tiny-gpt2' is not a Hub model", "model revision"),
+    # each stopped in a traceback once training had begun (in a pipeline: after SFT), from TRL's loss, torch's
+    # optimizer or transformers' sampling; or trained without a word (a negative KL weight)
+    ("grpo.loss_type=xx", "'grpo.loss_type' must be one of grpo, dr_grpo, dapo", "grpo loss"),
+    ("grpo.scale_rewards=maybe", "'grpo.scale_rewards' must be one of group, batch, none", "grpo reward scaling"),
+    ("grpo.temperature=0", "'grpo.temperature': `temperature` (=0.0) has to be a strictly positive float", "sampling"),
+    ("grpo.top_k=-5", "'grpo.top_k': `top_k` has to be a strictly positive integer", "sampling's top_k"),
+    ("sft.learning_rate=-1", "'sft.learning_rate' must be 0 or more, got -1.0", "learning rate"),
+    ("grpo.beta=-1", "'grpo.beta' must be at least 0.0, got -1.0", "KL weight"),
     # PEFT would train c_attn alone and say nothing of the typo beside it
     ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
     ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",
@@ -121,3 +139,19 @@ def test_a_run_folder_prepared_from_other_data_is_refused_first(tmp_path: Path, 
     assert run_cli("prepare", "--config", str(TINY_RECIPE), f"output_dir={run}").returncode == 0
     done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "data.dataset=synthetic:150")
     assert done.returncode == 2 and "prepared from a different 'data' section" in done.stderr
+
+
+def test_grpo_choices_are_the_ones_trl_documents() -> None:
+    # TRL reads these only once training has begun; the check holds them to the values TRL's own help text lists.
+    import dataclasses
+    import re
+
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_CHOICES
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(trl.GRPOConfig)}
+    for key, choices in GRPO_CHOICES.items():
+        assert all(f"'{choice}'" in helps[key] or f"{choice}'" in helps[key] for choice in choices), key
+    listed = re.search(r"Supported values are (.*?)\. ", helps["loss_type"]).group(1)
+    assert set(re.findall(r"'(\w+)'", listed)) == set(GRPO_CHOICES["loss_type"])

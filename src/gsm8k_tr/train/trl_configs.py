@@ -84,6 +84,7 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
         raise UserError("recipe key 'eval.sft_patience' stops SFT when validation stops improving, which needs "
                         "sft.eval_strategy: steps (with sft.eval_steps) and sft.load_best_model_at_end: true")
     check_report_to("sft", config)
+    check_training_values("sft", config)
     batch_order.choose(config, recipe.sft)
     return config
 
@@ -106,6 +107,7 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
         raise UserError(f"recipe key 'grpo.max_completion_length' must be between 1 and the model's context "
                         f"({context} tokens) minus the prompt, got {completion!r}")
     check_report_to("grpo", config)
+    check_training_values("grpo", config)
     return config
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
@@ -163,6 +165,43 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as error:
         raise UserError(f"recipe section '{section}': {one_line(error)}") from None
+
+
+# GRPOConfig's choices that TRL 1.16 reads only once training has begun (GRPOTrainer's loss and advantages), as its
+# own help text lists them (tests/train/test_recipe_check.py holds the two alike).
+GRPO_CHOICES = {"loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+                "scale_rewards": ("group", "batch", "none"), "importance_sampling_level": ("token", "sequence")}
+
+
+def check_training_values(section: str, config: Any) -> None:
+    """Values the trainer, torch's optimizer or transformers' sampling refuse only once training has begun (in a
+    pipeline: after SFT), or take without a word where they make no sense; checked as they would check them."""
+    if config.learning_rate < 0:  # torch's optimizers refuse it when the trainer builds them
+        raise UserError(f"recipe key '{section}.learning_rate' must be 0 or more, got {config.learning_rate}")
+    if section != "grpo":
+        return
+    for key, choices in GRPO_CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise UserError(f"recipe key 'grpo.{key}' must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+    # A negative KL weight rewards moving away from the reference; a clipping range at or below 0 clips every step.
+    for key, low, above in (("beta", 0.0, False), ("epsilon", 0.0, True), ("num_iterations", 1, False)):
+        value = getattr(config, key)
+        if value < low or (above and value == low):
+            raise UserError(f"recipe key 'grpo.{key}' must be {'above' if above else 'at least'} {low}, got {value}")
+    from transformers import generation
+
+    # The rollouts always sample; each setting goes to the logits processor transformers' `generate` builds from it,
+    # which checks it only then (a temperature of 0, top_k below 0, a penalty of 0).
+    warpers = {"temperature": (generation.TemperatureLogitsWarper, 1.0), "top_k": (generation.TopKLogitsWarper, 0),
+               "top_p": (generation.TopPLogitsWarper, 1.0), "min_p": (generation.MinPLogitsWarper, None),
+               "repetition_penalty": (generation.RepetitionPenaltyLogitsProcessor, 1.0)}
+    for key, (warper, off) in warpers.items():
+        value = getattr(config, key)
+        if value is not None and value != off:
+            try:
+                warper(value)
+            except ValueError as error:
+                raise UserError(f"recipe key 'grpo.{key}': {one_line(error)}") from None
 
 
 def check_report_to(section: str, config: Any) -> None:
