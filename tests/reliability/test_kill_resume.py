@@ -96,3 +96,30 @@ def test_kill_during_the_final_merge_then_resume_past_a_half_written_checkpoint(
     _finished(run, "sft")
     manifest = json.loads((run / "sft" / "manifest.json").read_text())
     assert manifest["resumed_from"].endswith(f"checkpoint-{STEPS['sft']}")  # nothing trained twice
+
+
+def test_a_resume_that_changes_what_the_checkpoints_were_trained_as_is_refused(tmp_path: Path,
+                                                                              tiny_model_dir: Path) -> None:
+    # A killed run leaves checkpoints and no manifest. Resumed with another LoRA rank it stopped in a traceback
+    # (PEFT's size mismatch); resumed after its SFT start was trained again, GRPO went on with an adapter trained on
+    # the other model, without a word.
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    sft = ["--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=4", "sft.save_steps=2"]
+    assert run_cli("sft", *sft).returncode == 0
+    assert (run / "sft" / "checkpoints" / "recipe.yaml").is_file()
+    (run / "sft" / "manifest.json").unlink()
+    done = run_cli("sft", *sft, "lora.r=4", "--resume")
+    assert done.returncode == 2 and "began with another recipe (lora.r 8 -> 4)" in done.stderr, done.stderr
+    done = run_cli("sft", *sft[:3], "sft.max_steps=6", "sft.save_steps=2", "--resume")  # more steps: named, and on
+    assert done.returncode == 0 and "sft.max_steps 4 -> 6" in done.stderr, done.stderr
+    assert json.loads((run / "sft" / "manifest.json").read_text())["global_step"] == 6
+
+    grpo = ["--config", str(TINY_RECIPE), f"output_dir={run}", "grpo.max_steps=2", "grpo.save_steps=1",
+            "eval.every_steps=0"]
+    assert run_cli("grpo", *grpo).returncode == 0
+    (run / "grpo" / "manifest.json").unlink()
+    assert run_cli("sft", *sft, "--overwrite").returncode == 0
+    done = run_cli("grpo", *grpo, "--resume")
+    assert done.returncode == 2 and "its checkpoints belong to another model" in done.stderr, done.stderr

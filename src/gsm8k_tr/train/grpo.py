@@ -134,7 +134,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     if check:
         recipe_check.check(recipe)
     start, sft_manifest = start_model(recipe)
-    folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite)
+    # the SFT output GRPO starts from, as it finished: a --resume after SFT was trained again is refused
+    began = {"model": start, "finished_at": sft_manifest.get("finished_at"),
+             "train_seconds": sft_manifest.get("train_seconds")} if start else None
+    folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite, began)
     if done:
         log.info("%s already finished; nothing to resume", folder)
         return read_manifest(folder)

@@ -2,6 +2,8 @@
 
 Stage layout (`{output_dir}/{stage}/`):
     checkpoints/checkpoint-N/   trainer checkpoints (trainer_state.json, adapter, optimizer), written atomically
+    checkpoints/recipe.yaml     the recipe the run began with, and start.json the stage output it began from:
+                                --resume compares both (`compare_with_start`)
     adapter/                    the LoRA adapter (safetensors)
     merged/                     base + adapter merged (safetensors) with its tokenizer
     recipe.yaml manifest.json log_history.json README.md
@@ -18,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.config import Recipe
+from gsm8k_tr.config import Recipe, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
@@ -27,7 +29,8 @@ from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
 log = logging.getLogger(__name__)
 
 
-def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Path, str | None, bool]:
+def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
+          start: dict[str, Any] | None = None) -> tuple[Path, str | None, bool]:
     """Check the stage folder; return it, the checkpoint to resume from, and whether the stage is already done.
 
     Without --resume an existing stage output is refused unless --overwrite.
@@ -62,8 +65,52 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool) -> tuple[Pa
     if resume and checkpoint is None:
         log.warning("--resume: %s has no complete checkpoint; training from the start", folder)
     elif checkpoint:
+        compare_with_start(recipe, folder / CHECKPOINTS / STARTED, start)
         log.info("--resume: resuming from %s", checkpoint)
+    if checkpoint is None and state.is_main_process:
+        save_recipe(recipe, folder / CHECKPOINTS)
+        (folder / CHECKPOINTS / START_MODEL).write_text(json.dumps(start or {}), encoding="utf-8")
     return folder, checkpoint, False
+
+
+STARTED = "recipe.yaml"  # in checkpoints/: the recipe the run began with, which --resume compares
+START_MODEL = "start.json"  # beside it: the stage output the run began from (GRPO: the SFT output), likewise
+# What the checkpoints were trained as: resumed with other values, the adapter would load into another layout (another
+# LoRA rank stopped in a traceback) or base model, or train on with other prompts or rewards.
+FIXED_ON_RESUME = ("model.", "lora.", "prompt.", "rewards.")
+
+
+def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | None = None) -> None:
+    """Refuse a resume whose recipe or start model (`start`: GRPO's SFT output, with when it finished) changes what
+    the checkpoints were trained as; name every other change."""
+    import yaml
+
+    if not started.is_file():  # a run begun by an earlier version
+        return
+    began = json.loads(started.with_name(START_MODEL).read_text()) if started.with_name(START_MODEL).is_file() else None
+    if began is not None and began != (start or {}):
+        def said(model: dict[str, Any]) -> str:
+            return f"{model['model']} (finished {model['finished_at']})" if model else "the base model"
+
+        raise UserError(f"--resume: the run in {started.parent.parent} began from {said(began)}, and starts now from "
+                        f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start again")
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    before, now = flat(yaml.safe_load(started.read_text(encoding="utf-8"))), flat(recipe_dict(recipe))
+    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(before.keys() | now.keys())
+               if key != "output_dir" and before.get(key) != now.get(key)]
+    fixed = [change for change in changed if change.startswith(FIXED_ON_RESUME)]
+    if fixed:
+        raise UserError(f"--resume: the run in {started.parent.parent} began with another recipe ({'; '.join(fixed)}); "
+                        "resume with the values it began with (its checkpoints/recipe.yaml), or pass --overwrite")
+    if changed:
+        log.warning("--resume: the recipe differs from the one the run began with (%s); the run goes on with its "
+                    "saved optimizer and schedule", "; ".join(changed))
 
 
 def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = None) -> tuple[Any, Any]:
