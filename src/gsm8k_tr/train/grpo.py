@@ -134,9 +134,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     if check:
         recipe_check.check(recipe)
     start, sft_manifest = start_model(recipe)
-    # the SFT output GRPO starts from, as it finished: a --resume after SFT was trained again is refused
-    began = {"model": start, "finished_at": sft_manifest.get("finished_at"),
-             "train_seconds": sft_manifest.get("train_seconds")} if start else None
+    # the SFT output GRPO starts from, as it finished (not where: a run folder may move): a --resume after SFT was
+    # trained again is refused
+    began = {"finished_at": sft_manifest.get("finished_at"), "train_seconds": sft_manifest.get("train_seconds")} \
+        if start else None
     folder, checkpoint, done = stage.begin(recipe, STAGE, resume, overwrite, began)
     if done:
         log.info("%s already finished; nothing to resume", folder)

@@ -42,8 +42,11 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
     folder = stage_dir(recipe, stage)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder; choose another output_dir")
-    # Only files count: a run that stopped at a recipe error leaves at most empty folders.
-    has_files = folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    # Only files count: a run that stopped at a recipe error leaves at most empty folders, and the record of how it
+    # began (nothing trained yet).
+    has_files = folder.is_dir() and any(p.is_file() and p not in (folder / CHECKPOINTS / STARTED,
+                                                                  folder / CHECKPOINTS / START_MODEL)
+                                        for p in folder.rglob("*"))
     if has_files and resume and is_finished(folder):
         return folder, None, True
     if has_files and not resume and not overwrite:
@@ -90,7 +93,7 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
     began = json.loads(started.with_name(START_MODEL).read_text()) if started.with_name(START_MODEL).is_file() else None
     if began is not None and began != (start or {}):
         def said(model: dict[str, Any]) -> str:
-            return f"{model['model']} (finished {model['finished_at']})" if model else "the base model"
+            return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
 
         raise UserError(f"--resume: the run in {started.parent.parent} began from {said(began)}, and starts now from "
                         f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start again")
