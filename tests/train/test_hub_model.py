@@ -102,6 +102,13 @@ def test_sft_trains_the_hub_model_at_one_commit_and_resumes_at_it(hub_cache: Pat
     assert done.returncode == 0, done.stderr
     assert json.loads((sft / "manifest.json").read_text())["base_model_revision"] == COMMITS[0]
     assert _positions(sft / "merged").equal(first)
+    # `evaluate` of the adapter folder alone takes the base at the adapter's commit too.
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.infer.evaluate import load_for_inference
+
+    monkeypatch.setattr(modeling, "_COMMITS", {})
+    model, _, _ = load_for_inference(str(sft / "adapter"), load_recipe(REAL), device="cpu")
+    assert model.transformer.wpe.weight.equal(first)
 
     # A new run takes main as it is now, and says which commit that was.
     monkeypatch.setattr(modeling, "_COMMITS", {})
