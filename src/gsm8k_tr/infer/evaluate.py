@@ -157,9 +157,9 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
         model = modeling.load_model(recipe.model, str(local))
     else:  # a Hub model, at the commit the adapter was trained on where it says (as PEFT's AutoPeftModel loads it)
         same = base == recipe.model.name_or_path
-        model = modeling.load_model(dataclasses.replace(
-            recipe.model, name_or_path=base, revision=config.get("revision") or (recipe.model.revision if same else None),
-            gguf_file=recipe.model.gguf_file if same else None))
+        revision = config.get("revision") or (recipe.model.revision if same else None)
+        model = modeling.load_model(dataclasses.replace(recipe.model, name_or_path=base, revision=revision,
+                                                        gguf_file=recipe.model.gguf_file if same else None))
     tokenizer = modeling.load_tokenizer(recipe.model, str(path if (path / "tokenizer_config.json").is_file() else local))
     # Merged weights generate faster than an adapter applied on every call; merged in float32, then cast.
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), tokenizer

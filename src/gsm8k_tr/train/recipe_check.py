@@ -99,9 +99,11 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
     name = cfg.name_or_path
     if cfg.revision and (name.startswith("builtin:") or Path(name).expanduser().is_dir()):
         # transformers loads a folder whatever the revision, without a word
-        raise UserError(f"recipe key 'model.revision' is {cfg.revision!r}, but {name!r} is not a Hub model; remove the key")
+        raise UserError(f"recipe key 'model.revision' is {cfg.revision!r}, but {name!r} is not a Hub model; "
+                        "remove the key")
     if cfg.gguf_file and name.startswith("builtin:"):
-        raise UserError(f"recipe key 'model.gguf_file' is {cfg.gguf_file!r}, but {name!r} has no GGUF file; remove the key")
+        raise UserError(f"recipe key 'model.gguf_file' is {cfg.gguf_file!r}, but {name!r} has no GGUF file; "
+                        "remove the key")
     if name.startswith("builtin:"):
         from gsm8k_tr import builtin
 

@@ -99,9 +99,10 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                             "eval.held_out_size or data.solution_fraction, or set sft.eval_strategy=no")
 
     stage.log_to(folder)
+    lora = modeling.lora_config(recipe.lora, model, revision=modeling.hub_commit(recipe.model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                          eval_dataset=Dataset.from_list(validation) if evaluating else None,
-                         processing_class=tokenizer, peft_config=modeling.lora_config(recipe.lora, model, revision=modeling.hub_commit(recipe.model)))
+                         processing_class=tokenizer, peft_config=lora)
     trainer.on_non_finite = recipe.on_non_finite
     if evaluating:
         trainer.held_out = HeldOutCheck(trainer, held_out_rows, recipe, merge=placement.weights_whole())

@@ -96,7 +96,8 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
             return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
 
         raise UserError(f"--resume: the run in {started.parent.parent} began from {said(began)}, and starts now from "
-                        f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start again")
+                        f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start "
+                        "again")
 
     def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}

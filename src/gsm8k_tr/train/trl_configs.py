@@ -182,7 +182,8 @@ def check_training_values(section: str, config: Any) -> None:
         return
     for key, choices in GRPO_CHOICES.items():
         if getattr(config, key) not in choices:
-            raise UserError(f"recipe key 'grpo.{key}' must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+            raise UserError(f"recipe key 'grpo.{key}' must be one of {', '.join(choices)}, "
+                            f"got {getattr(config, key)!r}")
     # A negative KL weight rewards moving away from the reference; a clipping range at or below 0 clips every step.
     for key, low, above in (("beta", 0.0, False), ("epsilon", 0.0, True), ("num_iterations", 1, False)):
         value = getattr(config, key)
