@@ -90,7 +90,8 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
 
     if not started.is_file():  # a run begun by an earlier version
         return
-    began = json.loads(started.with_name(START_MODEL).read_text()) if started.with_name(START_MODEL).is_file() else None
+    record = started.with_name(START_MODEL)
+    began = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
     if began is not None and began != (start or {}):
         def said(model: dict[str, Any]) -> str:
             return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
@@ -207,7 +208,6 @@ def stage_info(recipe: Recipe, stop: str, data_dir: Path, counts: dict[str, int]
     """The manifest fields both stages record (`config`: the TRL config the stage trained with)."""
     import time
 
-    from gsm8k_tr.config import recipe_dict
     from gsm8k_tr.data.splits import fingerprint
     from gsm8k_tr.modeling import hub_commit
     from gsm8k_tr.placement import compact_scoring, device_name
