@@ -24,6 +24,10 @@
   when a step has several micro-batches: `train/batch_order.py`): real
   tokens per second over the steps after the first, and the tokens computed
   (padding included) per real token, for each.
+- sft-padding-free: the same SFT steps as each stage pads them on this
+  device, against TRL's `padding_free` (each micro-batch one row of its
+  examples end to end, no padding; a recipe option, not a default): trained
+  tokens per second over the steps after the first, and the ratio.
 - decode: `--sequences` greedy answers to the training questions of
   gpu_check's data (the sample's real rows, so their real prompt lengths;
   generated problems without the sample), eager decoding in
@@ -225,6 +229,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
                        extra=(f"sft.per_device_train_batch_size={micro}", f"sft.gradient_accumulation_steps={accumulate}",
                               f"sft.train_sampling_strategy={setting}"))
+    if what == "sft-padding-free":
+        return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
+                       extra=(f"sft.padding_free={setting}",))
     if what in ("sft", "sft-compiled"):
         multiple = setting.removesuffix("-no-cudnn")
         return run_sft(args.model, Path(args.work) / f"{what}-{setting}", None if multiple == "none" else int(multiple),
@@ -245,7 +252,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
     parser.add_argument("--order-split", nargs=2, type=int, default=[4, 8], metavar=("MICRO", "ACCUMULATION"),
                         help="sft-order's micro-batch and gradient accumulation (default: 4 8)")
-    parser.add_argument("--parts", nargs="+", choices=["sft", "sft-compiled", "sft-order", "decode", "stop"],
+    parser.add_argument("--parts", nargs="+",
+                        choices=["sft", "sft-compiled", "sft-order", "sft-padding-free", "decode", "stop"],
                         help="default: sft, decode and stop on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--work", help="the work folder, kept (default: a new temporary one); results of an earlier "
@@ -271,6 +279,7 @@ def main() -> int:
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
     runs = {"sft": ("none", "64", "64-no-cudnn"), "sft-compiled": ("64",), "sft-order": ("random", "batch_rebalance"),
+            "sft-padding-free": ("false", "true"),
             "decode": ("torch", "placement"),
             "stop": ("both",)}
     saved = work / "gpu_shapes.json"  # an earlier call's results with the same --work: kept, and compared with
@@ -322,6 +331,11 @@ def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{grouped['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x; tokens computed per real token "
                 f"{plain['computed_per_real_token']} against {grouped['computed_per_real_token']} ({args.sft_steps} "
                 "steps; steps after the first)")
+    if part == "sft-padding-free":
+        padded, free = results["sft-padding-free-false"], results["sft-padding-free-true"]
+        return (f"sft-padding-free: {padded['tokens_per_s']} tokens/s padded as the stage pads on this device, "
+                f"{free['tokens_per_s']} padding-free: {free['tokens_per_s'] / max(padded['tokens_per_s'], 1):.2f}x "
+                f"({args.sft_steps} steps; steps after the first; micro-batch {padded['micro_batch']})")
     if part == "decode":
         torch_choice, ours = results["decode-torch"], results["decode-placement"]
         same = sum(a == b for a, b in zip(torch_choice.pop("texts"), ours.pop("texts")))

@@ -38,3 +38,24 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir) -> None:
         cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
                        use_cache=True).loss.item()
     assert cached != pytest.approx(losses[False], abs=1e-2)
+
+
+def test_the_sft_stage_trains_padding_free_with_its_own_length_limit(tmp_path, tiny_model_dir) -> None:
+    # TRL refuses padding_free with a max_length it would not enforce, in a traceback when the trainer is built; the
+    # stage passes it none and drops the longer examples itself, as it does for padded batches.
+    import json
+
+    from conftest import TINY_RECIPE, run_cli
+
+    losses, counts = {}, {}
+    for padding_free in ("false", "true"):
+        run = tmp_path / padding_free
+        done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=2",
+                       "sft.logging_steps=1", "sft.max_length=120", f"sft.padding_free={padding_free}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        history = json.loads((run / "sft" / "log_history.json").read_text())
+        losses[padding_free] = history[0]["loss"]
+        counts[padding_free] = json.loads((run / "sft" / "manifest.json").read_text())["data_counts"]
+    assert counts["true"] == counts["false"] and counts["true"]["dropped_too_long"] > 0
+    # The same first batch, packed or padded; the tiny model's dropout draws other masks for other shapes.
+    assert losses["true"] == pytest.approx(losses["false"], rel=0.03)

@@ -74,7 +74,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     stop = modeling.configure_tokens(tokenizer, model, recipe.model.stop_token)
     context = modeling.context_length(model)
     config = sft_args(recipe, stop, context)
-    max_length = config.max_length or context  # null: no truncation, so the whole context
+    max_length = recipe.sft.get("max_length") or context  # null: no truncation, so the whole context
 
     count = modeling.token_counter(tokenizer)
     pairs, counts = examples.sft_examples(rows, recipe, stop, count, max_length)

@@ -86,6 +86,10 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
     check_report_to("sft", config)
     check_training_values("sft", config)
     batch_order.choose(config, recipe.sft)
+    if config.padding_free and not config.packing:
+        # TRL refuses a max_length it would not enforce on padding-free rows (a traceback when the trainer is built);
+        # the stage drops the longer examples itself, counted (`sft.py`, at the recipe's max_length).
+        config.max_length = None
     return config
 
 
