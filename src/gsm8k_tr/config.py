@@ -56,6 +56,7 @@ class DataConfig:
     min_align_margin: float = 0.02  # and how far ahead of the runner-up it must be
     keep_numbers_changed: bool = False  # rows whose translation changed the numbers: train on them with their own gold
     sft_keep_disagreeing: bool = False  # SFT targets from solutions that contradict the gold
+    sft_keep_no_work: bool = False  # SFT targets from solutions that only state the result (no step shown)
     # The share of train rows whose worked solution SFT may use (chosen by question hash); the others are question
     # and answer only, as when a user holds more answers than solutions: GRPO trains on them, SFT cannot.
     solution_fraction: float = 1.0

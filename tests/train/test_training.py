@@ -147,19 +147,23 @@ def test_lora_targets_every_linear_layer_but_the_head(make, expected):
     assert adapted == expected
 
 
-def test_sft_rows_leave_out_disagreeing_solutions_and_overlong_rows():
+def test_sft_rows_leave_out_disagreeing_solutions_stated_results_and_overlong_rows():
     recipe = load_recipe(None, {})
     rows = [
         {"question": "Soru bir", "solution": "1+1=2", "answer": "2", "solution_agrees": True},
         {"question": "Soru iki", "solution": "1+1=3", "answer": "2", "solution_agrees": False},  # would teach 3
         {"question": "Soru üç " * 50, "solution": "2+2=4", "answer": "4", "solution_agrees": True},  # too long
+        # as one GSM8K-TR answer in six: the result stated, no step shown; it would teach answering without reasoning
+        {"question": "Soru dört", "solution": "Tom 7 yaşındadır.", "answer": "7", "solution_agrees": True},
     ]
     words = lambda text: len(text.split())  # noqa: E731
     examples, counts = stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)
-    assert counts == {"rows": 3, "dropped_no_solution": 0, "dropped_disagreeing": 1, "dropped_too_long": 1, "used": 1}
+    assert counts == {"rows": 4, "dropped_no_solution": 0, "dropped_no_work": 1, "dropped_disagreeing": 1,
+                      "dropped_too_long": 1, "used": 1}
     assert examples[0]["completion"].endswith("</cevap><|stop|>")
-    recipe.data.sft_keep_disagreeing = True
-    assert stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)[1]["dropped_disagreeing"] == 0
+    recipe.data.sft_keep_disagreeing = recipe.data.sft_keep_no_work = True
+    kept = stage_rows.sft_examples(rows, recipe, "<|stop|>", words, max_length=80)[1]
+    assert kept["dropped_disagreeing"] == kept["dropped_no_work"] == 0 and kept["used"] == 3
 
 
 def test_grpo_rows_leave_room_for_the_completion():

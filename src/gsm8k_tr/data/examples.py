@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.data.prepare import split_position
+from gsm8k_tr.data.prepare import shows_work, split_position
 from gsm8k_tr.data.prompts import build_prompt, build_target, fit_context
 from gsm8k_tr.errors import UserError
 
@@ -19,18 +19,22 @@ def sft_examples(rows: list[dict[str, Any]], recipe: Recipe, stop_token: str, co
     """Prompt/completion pairs for SFT, and the counts of rows left out and why.
 
     A row without a worked solution (an answer only, or outside
-    `data.solution_fraction`) has nothing to imitate. A solution whose own final
-    number contradicts the verified gold would teach the wrong answer, so such
-    rows are left out unless `data.sft_keep_disagreeing`.
+    `data.solution_fraction`) has nothing to imitate; one whose solution only
+    states the result (`prepare.shows_work`) would teach answering without
+    reasoning, and is left out unless `data.sft_keep_no_work`. A solution whose
+    own final number contradicts the verified gold would teach the wrong answer,
+    so such rows are left out unless `data.sft_keep_disagreeing`.
     """
     with_solution = [r for r in rows if has_solution(r, recipe.data.solution_fraction)]
+    worked = [r for r in with_solution if recipe.data.sft_keep_no_work or shows_work(r["solution"])]
     keep = recipe.data.sft_keep_disagreeing
-    agreeing = [r for r in with_solution if keep or r.get("solution_agrees", True)]
+    agreeing = [r for r in worked if keep or r.get("solution_agrees", True)]
     examples = [{"prompt": build_prompt(r["question"], recipe.prompt),
                  "completion": build_target(r["solution"], r["answer"], recipe.prompt, stop_token)} for r in agreeing]
     fitted, too_long = fit_context(examples, count_tokens, 0, max_length, lambda e: e["prompt"] + e["completion"])
     counts = {"rows": len(rows), "dropped_no_solution": len(rows) - len(with_solution),
-              "dropped_disagreeing": len(with_solution) - len(agreeing), "dropped_too_long": too_long,
+              "dropped_no_work": len(with_solution) - len(worked),
+              "dropped_disagreeing": len(worked) - len(agreeing), "dropped_too_long": too_long,
               "used": len(fitted)}
     return fitted, counts
 
