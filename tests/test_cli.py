@@ -32,6 +32,7 @@ def test_the_hubs_warnings_print_once() -> None:
     # also passed them on to the command's, so each came twice.
     code = ("import logging, sys; from gsm8k_tr.cli import main\n"
             "main(['report', '/nonexistent'])\n"
+            "import huggingface_hub.utils._http  # as transformers imports it: its own handler on its root logger\n"
             "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr

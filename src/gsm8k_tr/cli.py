@@ -265,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     # force: the command owns the process's logging (and a second call in one process logs to its own stderr)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         force=True)
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.disable_propagation()  # it prints its warnings with a handler of its own: once, not twice
+    # huggingface_hub prints its warnings with a handler of its own: once, not twice (its own
+    # `disable_propagation()`, without importing it here)
+    logging.getLogger("huggingface_hub").propagate = False
     if args.command in ("sft", "grpo", "pipeline"):
         from gsm8k_tr.processes import cpu_processes_without_gpus
 
