@@ -70,7 +70,7 @@ def _pinned(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
     (`snapshots/COMMIT/`), as it does itself.
     """
     source, kwargs = load_source(cfg, path)
-    if path is not None or "gguf_file" in kwargs or cfg.name_or_path.startswith("builtin:") or Path(source).exists():
+    if path is not None or "gguf_file" in kwargs or Path(source).exists():  # a folder (a builtin: model's, built)
         return source, kwargs
     key = _cache_key(cfg.name_or_path, cfg.revision)
     if key not in _COMMITS:
