@@ -337,3 +337,23 @@ def test_answer_only_rows_are_kept_for_grpo_and_counted_apart(tmp_path: Path) ->
     pairs, counts = sft_examples(train, recipe, "<|stop|>", lambda text: len(text.split()), 512)
     prompts, _ = grpo_examples(train, recipe, lambda text: len(text.split()), 64, 512)
     assert counts["dropped_no_solution"] == 10 and counts["used"] == 10 and len(prompts) == 20
+
+
+def test_a_run_folder_serves_any_sft_row_choice_and_refuses_other_preparation(tmp_path: Path) -> None:
+    # The keys SFT reads when it chooses rows do not change what prepare writes: trying SFT with stated results kept
+    # (the README's comparison) reuses the run's prepared data; a key prepare reads still needs a new folder.
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.data.prepare import SFT_ROW_KEYS
+    from gsm8k_tr.data.splits import ensure_prepared, prepared_folder
+    from gsm8k_tr.errors import UserError
+
+    base = [f"output_dir={tmp_path}", "data.dataset=synthetic:40", "data.reference=none"]
+    ensure_prepared(load_recipe(None, base))
+    written = (tmp_path / "data" / "train.jsonl").stat().st_mtime_ns
+    for override in ("data.sft_keep_no_work=true", "data.sft_keep_disagreeing=true", "data.solution_fraction=0.5"):
+        assert prepared_folder(load_recipe(None, [*base, override])) == (tmp_path / "data", True), override
+    assert set(SFT_ROW_KEYS) <= set(vars(load_recipe(None, base).data))  # a misspelt key would never be ignored
+    assert (tmp_path / "data" / "train.jsonl").stat().st_mtime_ns == written
+    for override in ("data.min_align_score=0.6", "data.test_fraction=0.2", "data.dataset=synthetic:41"):
+        with pytest.raises(UserError, match="prepared from a different 'data' section"):
+            prepared_folder(load_recipe(None, [*base, override]))

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.config import Recipe, save_recipe
+from gsm8k_tr.config import DataConfig, Recipe, save_recipe
 from gsm8k_tr.data.align import Aligner, Match, Reference, numbers
 from gsm8k_tr.data.sources import read_rows
 from gsm8k_tr.errors import UserError
@@ -50,6 +50,36 @@ def shows_work(solution: str) -> bool:
     (True, True)
     """
     return bool(_ARITHMETIC.search(solution)) or sum(numbers(solution, english=False).values()) >= 3
+
+
+# The `data` keys read when SFT chooses its rows (`sft_leaves_out`), not by `prepare`: one prepared folder serves any
+# of their values, so changing one needs no new preparation.
+SFT_ROW_KEYS = ("solution_fraction", "sft_keep_no_work", "sft_keep_disagreeing")
+
+
+def sft_leaves_out(row: dict[str, Any], data: DataConfig) -> str | None:
+    """Why SFT leaves out a prepared row's solution ("no_solution", "no_work", "disagreeing"), or None to train on it.
+
+    A row without a worked solution (an answer only, or outside
+    `data.solution_fraction`) has nothing to imitate; one whose solution only
+    states the result (`shows_work`) would teach answering without reasoning,
+    unless `data.sft_keep_no_work`; one whose own final number contradicts the
+    verified gold would teach the wrong answer, unless `data.sft_keep_disagreeing`.
+
+    >>> data = DataConfig()
+    >>> [sft_leaves_out({"question": "q", "solution": s, "solution_agrees": a}, data)
+    ...  for s, a in [("", True), ("Tom 7 yaşındadır.", True), ("1+1=3", False), ("1+1=2", True)]]
+    ['no_solution', 'no_work', 'disagreeing', None]
+    """
+    solution = str(row.get("solution") or "").strip()
+    if not solution or (data.solution_fraction < 1.0
+                        and split_position(row["question"], "solution") >= data.solution_fraction):
+        return "no_solution"
+    if not (data.sft_keep_no_work or shows_work(solution)):
+        return "no_work"
+    if not (data.sft_keep_disagreeing or row.get("solution_agrees", True)):
+        return "disagreeing"
+    return None
 
 
 def split_answer(text: str) -> tuple[str, str | None]:
@@ -250,8 +280,8 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "without_solution": counts["without_solution"],
         "solution_shows_no_work": counts["solution_shows_no_work"],  # a stated result: SFT leaves it out by default
         "written": {split: len(records) for split, records in splits.items()},
-        "sft_usable_train_rows": sum(bool(r["solution"]) and (r["solution_agrees"] or data.sft_keep_disagreeing)
-                                     and (data.sft_keep_no_work or shows_work(r["solution"])) for r in train),
+        # by this recipe's SFT_ROW_KEYS, before SFT's length limit (which needs the tokenizer)
+        "sft_usable_train_rows": sum(sft_leaves_out(r, data) is None for r in train),
         "thresholds": {"min_align_score": data.min_align_score, "min_align_margin": data.min_align_margin},
         "samples": samples,
     }

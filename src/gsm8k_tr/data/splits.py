@@ -41,7 +41,8 @@ def prepared_folder(recipe: Recipe) -> tuple[Path, bool]:
     """Where this recipe's prepared data is, and whether it is prepared already.
 
     A run folder's data prepared from another `data` section is an error:
-    the run would train on data its recipe does not describe.
+    the run would train on data its recipe does not describe (the keys SFT
+    reads when it chooses rows, `prepare.SFT_ROW_KEYS`, may differ).
     """
     named = Path(recipe.data.dataset).expanduser()
     if is_prepared(named):
@@ -52,10 +53,15 @@ def prepared_folder(recipe: Recipe) -> tuple[Path, bool]:
     import yaml
 
     saved = yaml.safe_load((cache / "recipe.yaml").read_text(encoding="utf-8")) if (cache / "recipe.yaml").is_file() else {}
-    if (saved or {}).get("data") != recipe_dict(recipe)["data"]:
+    if _prepared_keys((saved or {}).get("data")) != _prepared_keys(recipe_dict(recipe)["data"]):
         raise UserError(f"{cache} was prepared from a different 'data' section than this recipe's; "
                         "use another output_dir, or delete that folder to prepare it again")
     return cache, True
+
+
+def _prepared_keys(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A `data` section without the keys SFT reads when it chooses rows: they do not change what `prepare` writes."""
+    return None if data is None else {key: value for key, value in data.items() if key not in prepare.SFT_ROW_KEYS}
 
 
 def ensure_prepared(recipe: Recipe) -> Path:
