@@ -306,6 +306,30 @@ def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Pat
     assert memory.check_fits(memory.Shape.from_config(plan.model_config(recipe)), recipe, "sft", None) is None
 
 
+def test_a_cpu_run_over_the_memory_available_is_warned_about_at_its_real_lengths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # On a CPU the system kills a run past its memory without a word; the stage warns once it knows its rows' lengths
+    # (a machine with swap may still finish, so it does not stop). The recipe's full length, all `check` knows, is far
+    # over real rows: no warning there.
+    from gsm8k_tr.train.trl_configs import sft_args
+
+    recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path}", "sft.per_device_train_batch_size=64"])
+    shape = memory.Shape.from_config(plan.model_config(recipe))
+    config = sft_args(recipe, "<|stop|>", shape.context)
+    monkeypatch.setattr(placement, "accelerator_memory", lambda: (False, None))
+    needed = memory.estimate(shape, "sft", memory.stage_settings(recipe, "sft", config, shape.context, 200), False)
+    for available, longest, warned in [(needed.peak_gib / 2, 200, True), (needed.peak_gib / 2, None, False),
+                                       (needed.peak_gib * 2, 200, False)]:
+        monkeypatch.setattr(placement, "available_host_memory", lambda: available)  # noqa: B023
+        caplog.clear()
+        assert memory.check_fits(shape, recipe, "sft", config, longest=longest) is None
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(lines) == warned, (available, longest, lines)
+        if warned:
+            assert f"about {needed.peak_gib:.1f} GiB" in lines[0] and "sft.per_device_train_batch_size=" in lines[0]
+            assert "GPU" not in lines[0]
+
+
 def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
     import torch
 

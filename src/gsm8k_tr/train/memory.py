@@ -50,6 +50,7 @@ OPT-350M and GPT-Neo-125M (0-6% with LoRA on some layers only), its weight casts
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,8 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
 from gsm8k_tr.train.lora_layers import adapted, kept_inputs
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 FITS_SHARE = 0.95  # leave the allocator some room
@@ -414,28 +417,48 @@ def with_micro_batch(recipe: Recipe, stage: str, batch: dict[str, Any]) -> Recip
 
 def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1,
                longest: int | None = None) -> StagePlan | None:
-    """Before a stage starts on a GPU: stop with one line when the recipe clearly does not fit.
+    """Before a stage starts: on a GPU, stop with one line when the recipe clearly does not fit.
 
     "Clearly": the estimate is over the free memory by more than 10%, so a
-    recipe at the edge still gets to try. Off a GPU this checks nothing.
-    `longest`: the data's longest example or prompt, once the stage knows it.
+    recipe at the edge still gets to try. On a CPU, once the data's longest
+    example or prompt is known (`longest`), a warning when the plan is over the
+    memory the system has available: the system would kill the run without a
+    word, or swap, yet a machine with swap to spare may still finish, and the
+    plan at the recipe's full length (what `check` knows) is far over real rows.
     """
     on_gpu, free = placement.accelerator_memory()
     if not on_gpu or free is None:
+        if longest is not None:
+            _warn_over_host_memory(shape, stage, stage_settings(recipe, stage, config, shape.context, longest),
+                                   num_generations)
         return None
     settings = stage_settings(recipe, stage, config, shape.context, longest)
     plan = estimate(shape, stage, settings, on_gpu, free)
     if plan.peak_gib <= 1.1 * FITS_SHARE * free:
         return plan
-    options = suggestions(shape, stage, settings, on_gpu, free, num_generations)
-    if options:
-        hint = " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items()) + f" (about {gib:.1f} GiB)"
-                           for change, gib in options)
-    else:
-        hint = (f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length") + \
-            " or use a GPU with more memory"
     raise UserError(f"{stage}: this recipe needs about {plan.peak_gib:.1f} GiB of GPU memory (gsm8k-tr plan shows the "
-                    f"parts) but the GPU has {free:.1f} GiB free; set {hint}")
+                    f"parts) but the GPU has {free:.1f} GiB free; set "
+                    f"{_hint(shape, stage, settings, on_gpu, free, num_generations)}")
+
+
+def _warn_over_host_memory(shape: Shape, stage: str, settings: dict[str, Any], num_generations: int) -> None:
+    available = placement.available_host_memory()
+    plan = estimate(shape, stage, settings, False, available)
+    if plan.peak_gib > available:
+        log.warning("%s: this run needs about %.1f GiB of memory at its longest rows (gsm8k-tr plan shows the parts) "
+                    "but this machine has %.1f GiB available; the system may stop it without a message; set %s",
+                    stage, plan.peak_gib, available, _hint(shape, stage, settings, False, available, num_generations))
+
+
+def _hint(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
+          num_generations: int) -> str:
+    """The recipe changes `suggestions` finds, as key=value text, or what to lower when none fits."""
+    options = suggestions(shape, stage, settings, on_gpu, memory_gib, num_generations)
+    if options:
+        return " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items()) + f" (about {gib:.1f} GiB)"
+                           for change, gib in options)
+    return (f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length") + \
+        (" or use a GPU with more memory" if on_gpu else "")
 
 
 def _yaml(value: Any) -> str:
