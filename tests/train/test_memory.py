@@ -14,7 +14,7 @@ from conftest import ROOT, TINY_RECIPE, load_benchmark, needs_compiler, run_cli
 from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.train import lora_layers, memory, plan
+from gsm8k_tr.train import fitting, lora_layers, memory, plan
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 GPT2_MEDIUM = memory.Shape("gpt2", layers=24, hidden=1024, heads=16, kv_dim=1024, mlp=4096, vocab=50257,
@@ -303,7 +303,7 @@ def test_a_recipe_that_does_not_fit_stops_before_training_on_a_gpu(tmp_path: Pat
     assert not (tmp_path / "run").exists()  # the recipe check stops it before any work
     # The same recipe on this machine's CPU, or at a size that fits, is not stopped by the plan.
     monkeypatch.setattr(placement, "accelerator_memory", lambda: (False, None))
-    assert memory.check_fits(memory.Shape.from_config(plan.model_config(recipe)), recipe, "sft", None) is None
+    assert fitting.check_fits(memory.Shape.from_config(plan.model_config(recipe)), recipe, "sft", None) is None
 
 
 def test_a_cpu_run_over_the_memory_available_is_warned_about_at_its_real_lengths(
@@ -322,7 +322,7 @@ def test_a_cpu_run_over_the_memory_available_is_warned_about_at_its_real_lengths
                                        (needed.peak_gib * 2, 200, False)]:
         monkeypatch.setattr(placement, "available_host_memory", lambda: available)  # noqa: B023
         caplog.clear()
-        assert memory.check_fits(shape, recipe, "sft", config, longest=longest) is None
+        assert fitting.check_fits(shape, recipe, "sft", config, longest=longest) is None
         lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert bool(lines) == warned, (available, longest, lines)
         if warned:
@@ -363,7 +363,7 @@ def test_auto_micro_batch_keeps_the_effective_batch_and_fits(stage: str, longest
     section = {k: v for k, v in getattr(recipe, stage).items() if k not in ("bf16", "fp16")}
     config = trl_config(cls, stage, section, {**defaults, "bf16": True, "use_cpu": True},
                         {"output_dir": ("/nonexistent", "")})
-    batch = memory.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, longest, (True, memory_gib))
+    batch = fitting.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, longest, (True, memory_gib))
     assert (batch["per_device_train_batch_size"], batch["gradient_accumulation_steps"]) == (micro, accumulation)
     assert micro * accumulation == 8 * getattr(recipe, stage)["gradient_accumulation_steps"]
     assert batch["planned_gib"] <= memory.FITS_SHARE * memory_gib or micro == 1

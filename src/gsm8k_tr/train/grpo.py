@@ -32,7 +32,7 @@ from gsm8k_tr.grading.answers import is_correct
 from gsm8k_tr.grading.rewards import build_rewards, completion_text
 from gsm8k_tr.infer.generation import stop_ids
 from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
-from gsm8k_tr.train import memory, prompt_filter, recipe_check, stage
+from gsm8k_tr.train import fitting, memory, prompt_filter, recipe_check, stage
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
@@ -158,12 +158,12 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     log.info("grpo data: %s", counts)
     shape, longest = memory.Shape.from_config(model.config), max(count(p["prompt"]) for p in prompts)
     batch = None
-    if memory.wants_auto(recipe.grpo):  # the largest micro-batch the plan fits at these lengths, same generation batch
-        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest)
-        recipe = memory.with_micro_batch(recipe, STAGE, batch)
+    if fitting.wants_auto(recipe.grpo):  # the largest micro-batch the plan fits at these lengths, same generation batch
+        batch = fitting.fit_micro_batch(shape, recipe, STAGE, config, longest)
+        recipe = fitting.with_micro_batch(recipe, STAGE, batch)
         config = grpo_args(recipe, stop_ids(model), context)
         log.info("grpo micro-batch (auto): %s", batch)
-    plan = memory.check_fits(shape, recipe, STAGE, config, config.num_generations, longest)  # on a GPU
+    plan = fitting.check_fits(shape, recipe, STAGE, config, config.num_generations, longest)  # on a GPU
     filtered = None
     if recipe.prompt_filter.samples:  # keep the prompts the start model sometimes gets right
         prompts, filtered = prompt_filter.apply(model, tokenizer, prompts, recipe, config, folder,

@@ -50,18 +50,13 @@ OPT-350M and GPT-Neo-125M (0-6% with LoRA on some layers only), its weight casts
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
 from gsm8k_tr.train.lora_layers import adapted, kept_inputs
-
-log = logging.getLogger(__name__)
 
 GIB = 2**30
 FITS_SHARE = 0.95  # leave the allocator some room
@@ -330,141 +325,3 @@ def padded(tokens: int, multiple: int | None) -> int:
     (128, 128, 100)
     """
     return -(-tokens // multiple) * multiple if multiple else tokens
-
-
-def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
-                num_generations: int = 1) -> list[tuple[dict[str, Any], float]]:
-    """Recipe changes that would fit, each with its estimate, best first (at most two).
-
-    First the largest smaller micro-batch that fits: halving it doubles
-    gradient accumulation, so the optimizer sees the same effective batch
-    and the run is barely slower. Under GRPO the generation batch stays as it
-    is, a multiple of the group size; the micro-batches need not be (TRL
-    shuffles the generation batch before it splits it into micro-batches, so
-    they never held whole groups). Then activation checkpointing (a third
-    more compute), alone or with a smaller micro-batch. Under GRPO, when the
-    rollouts' KV cache is what does not fit, a smaller generation batch.
-    """
-    halvings = []
-    micro, accumulate = settings["micro_batch"], settings["gradient_accumulation_steps"]
-    while micro // 2 >= 1:
-        accumulate *= 2
-        micro //= 2
-        halvings.append({"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulate})
-    groups = [halvings]
-    if not settings["checkpointing"]:
-        groups.append([{"activation_checkpointing": True, **h} for h in [{}, *halvings]])
-    if stage == "grpo":
-        generation, smaller = settings["generation_batch"], []
-        while generation // 2 >= max(settings["micro_batch"], num_generations):
-            generation //= 2
-            smaller.append({"generation_batch_size": generation})
-        groups.append(smaller)
-    names = {"per_device_train_batch_size": "micro_batch", "gradient_accumulation_steps": "gradient_accumulation_steps",
-             "activation_checkpointing": "checkpointing", "generation_batch_size": "generation_batch"}
-    found: list[tuple[dict[str, Any], float]] = []
-    for group in groups:  # the first change of each kind that fits
-        for change in group:
-            plan = estimate(shape, stage, {**settings, **{names[k]: v for k, v in change.items()}}, on_gpu, memory_gib)
-            if plan.fits:
-                found.append((change, plan.peak_gib))
-                break
-    return found[:2]
-
-
-AUTO = "auto"  # per_device_train_batch_size: auto
-
-
-def wants_auto(section: dict[str, Any]) -> bool:
-    """Whether a stage section asks for `per_device_train_batch_size: auto`."""
-    return section.get("per_device_train_batch_size") == AUTO
-
-
-def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longest: int | None,
-                    memory: tuple[bool, float] | None = None) -> dict[str, Any]:
-    """`per_device_train_batch_size: auto`: the largest micro-batch that fits at the data's real lengths.
-
-    The effective batch is kept: the recipe's `gradient_accumulation_steps`
-    times the default micro-batch (the config was built with it), split into
-    the fewest micro-batches whose plan fits (under GRPO the generation batch
-    stays a multiple of the group size; see `suggestions`). On a GPU the plan
-    is held to its free memory; on a CPU to half the memory the system has
-    available (`memory`: (on a GPU, GiB) instead). Returns the two TRL keys
-    and the plan's numbers, for the manifest.
-    """
-    effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    on_gpu, free = memory or placement.accelerator_memory()
-    if not on_gpu or free is None:
-        free = placement.available_host_memory() / 2
-    candidates = [m for m in range(effective, 0, -1) if effective % m == 0]
-    for micro in candidates:
-        settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
-        plan = estimate(shape, stage, settings, on_gpu, free)
-        if plan.peak_gib <= FITS_SHARE * free or micro == candidates[-1]:
-            return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro,
-                    "longest_tokens": longest, "planned_gib": round(plan.peak_gib, 2), "memory_gib": round(free, 1),
-                    "on_gpu": on_gpu}
-    raise AssertionError("unreachable: the last candidate is always returned")
-
-
-def with_micro_batch(recipe: Recipe, stage: str, batch: dict[str, Any]) -> Recipe:
-    """The recipe with `fit_micro_batch`'s split written into the stage's section."""
-    import dataclasses
-
-    keys = ("per_device_train_batch_size", "gradient_accumulation_steps")
-    return dataclasses.replace(recipe, **{stage: {**getattr(recipe, stage), **{k: batch[k] for k in keys}}})
-
-
-def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_generations: int = 1,
-               longest: int | None = None) -> StagePlan | None:
-    """Before a stage starts: on a GPU, stop with one line when the recipe clearly does not fit.
-
-    "Clearly": the estimate is over the free memory by more than 10%, so a
-    recipe at the edge still gets to try. On a CPU, once the data's longest
-    example or prompt is known (`longest`), a warning when the plan is over the
-    memory the system has available: the system would kill the run without a
-    word, or swap, yet a machine with swap to spare may still finish, and the
-    plan at the recipe's full length (what `check` knows) is far over real rows.
-    """
-    on_gpu, free = placement.accelerator_memory()
-    if not on_gpu or free is None:
-        if longest is not None:
-            _warn_over_host_memory(shape, stage, stage_settings(recipe, stage, config, shape.context, longest),
-                                   num_generations)
-        return None
-    settings = stage_settings(recipe, stage, config, shape.context, longest)
-    plan = estimate(shape, stage, settings, on_gpu, free)
-    if plan.peak_gib <= 1.1 * FITS_SHARE * free:
-        return plan
-    raise UserError(f"{stage}: this recipe needs about {plan.peak_gib:.1f} GiB of GPU memory (gsm8k-tr plan shows the "
-                    f"parts) but the GPU has {free:.1f} GiB free; set "
-                    f"{_hint(shape, stage, settings, on_gpu, free, num_generations)}")
-
-
-def _warn_over_host_memory(shape: Shape, stage: str, settings: dict[str, Any], num_generations: int) -> None:
-    available = placement.available_host_memory()
-    plan = estimate(shape, stage, settings, False, available)
-    if plan.peak_gib > available:
-        log.warning("%s: this run needs about %.1f GiB of memory at its longest rows (gsm8k-tr plan shows the parts) "
-                    "but this machine has %.1f GiB available; the system may stop it without a message; set %s",
-                    stage, plan.peak_gib, available, _hint(shape, stage, settings, False, available, num_generations))
-
-
-def _hint(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
-          num_generations: int) -> str:
-    """The recipe changes `suggestions` finds, as key=value text, or what to lower when none fits."""
-    options = suggestions(shape, stage, settings, on_gpu, memory_gib, num_generations)
-    if options:
-        return " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items()) + f" (about {gib:.1f} GiB)"
-                           for change, gib in options)
-    return (f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length") + \
-        (" or use a GPU with more memory" if on_gpu else "")
-
-
-def _yaml(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def round_up(gib: float) -> int:
-    """The card size a plan needs, in whole GiB."""
-    return math.ceil(gib / FITS_SHARE)

@@ -15,7 +15,8 @@ from typing import Any
 from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError, one_line
-from gsm8k_tr.train.memory import Shape, StagePlan, estimate, fit_micro_batch, stage_settings, wants_auto
+from gsm8k_tr.train.fitting import fit_micro_batch, wants_auto
+from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
 

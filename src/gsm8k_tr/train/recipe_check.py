@@ -35,7 +35,7 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import sources, splits
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.grading.rewards import build_rewards
-from gsm8k_tr.train import memory, plan
+from gsm8k_tr.train import fitting, memory, plan
 from gsm8k_tr.train.trl_configs import grpo_args, sft_args
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def check(recipe: Recipe) -> dict[str, Any]:
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
         shape = memory.Shape.from_config(config)
-        memory.check_fits(shape, recipe, "sft", sft)  # on a GPU only
-        memory.check_fits(shape, recipe, "grpo", grpo, grpo.num_generations)
+        fitting.check_fits(shape, recipe, "sft", sft)  # on a GPU only
+        fitting.check_fits(shape, recipe, "grpo", grpo, grpo.num_generations)
         warning = plan.sized_for_warning(recipe, config)
         if warning:
             log.warning(warning)

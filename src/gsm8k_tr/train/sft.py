@@ -29,7 +29,7 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.run_folder import prepared_data, read_manifest
-from gsm8k_tr.train import memory, recipe_check, stage
+from gsm8k_tr.train import fitting, memory, recipe_check, stage
 from gsm8k_tr.train.batch_order import SeededRebalance
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
@@ -82,12 +82,12 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     log.info("sft data: %s", counts)
     shape, longest = memory.Shape.from_config(model.config), max(count(p["prompt"] + p["completion"]) for p in pairs)
     batch = None
-    if memory.wants_auto(recipe.sft):  # the largest micro-batch the plan fits at these lengths, same effective batch
-        batch = memory.fit_micro_batch(shape, recipe, STAGE, config, longest)
-        recipe = memory.with_micro_batch(recipe, STAGE, batch)
+    if fitting.wants_auto(recipe.sft):  # the largest micro-batch the plan fits at these lengths, same effective batch
+        batch = fitting.fit_micro_batch(shape, recipe, STAGE, config, longest)
+        recipe = fitting.with_micro_batch(recipe, STAGE, batch)
         config = sft_args(recipe, stop, context)
         log.info("sft micro-batch (auto): %s", batch)
-    plan = memory.check_fits(shape, recipe, STAGE, config, longest=longest)  # on a GPU: stop if it cannot fit
+    plan = fitting.check_fits(shape, recipe, STAGE, config, longest=longest)  # on a GPU: stop if it cannot fit
 
     evaluating = config.eval_strategy != "no"
     if evaluating:  # the validation loss beside held-out accuracy

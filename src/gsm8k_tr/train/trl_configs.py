@@ -139,7 +139,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     Keys must be fields of the TRL class; `forced` keys are set by gsm8k-tr
     (value, why) and may not appear in the recipe. `per_device_train_batch_size:
     auto` builds with the default micro-batch; the stage then lets the memory
-    plan split the same effective batch (`memory.fit_micro_batch`).
+    plan split the same effective batch (`fitting.fit_micro_batch`).
     """
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
     hints = _field_types(config_cls)
