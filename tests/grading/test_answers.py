@@ -53,6 +53,13 @@ CORRECT = [
     ("1250", "1.250", "gold written with Turkish grouping"),
     ("Önce 10 sonra 72", "72", "the last number is the answer"),
     ("3 + 4 = 7 elma", "7", "expression: final number counts"),
+    ("1 milyon kadın", "1000000", "a scale word after the digits (a real GSM8K-TR solution's answer)"),
+    ("1,5 milyon", "1500000", "a decimal comma before a scale word"),
+    ("2 milyara", "2000000000", "a scale word with a case ending"),
+    ("5 bin TL", "5000", "thousands as a word after the digits"),
+    ("5 bini", "5000", "'bin' with a case ending"),
+    ("BEŞ: 6 MİLYON", "6000000", "a scale word in capitals with the dotted İ"),
+    ("2 million", "2000000", "an English scale word"),
 ]
 
 WRONG = [
@@ -66,6 +73,10 @@ WRONG = [
     ("yok", "72", "no number at all"),
     ("", "0", "empty answer block"),
     ("%25", "0.25", "percent is not rescaled"),
+    ("1 milyon", "1", "a scale word is part of the number"),
+    ("5 bina", "5000", "'bina' (buildings) is not 'bin'"),
+    ("5 binici", "5000", "'binici' (riders) is not 'bin'"),
+    ("5 milyon elma ve 3", "3000000", "a scale word belongs to its own number, not to the last"),
 ]
 
 

@@ -43,6 +43,12 @@ _WORD_WINDOW = 4096
 # LaTeX forms rewritten to plain text before scanning.
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\{([^{}]{0,64})\}\{([^{}]{0,64})\}")
 _LATEX_DECIMAL = re.compile(r"\{([.,])\}")
+# A scale word right after the final number: "6 milyon kişi", "1,5 milyar", "5 bin TL", "2 million". "bin" takes
+# only its case endings: "5 bina" (buildings) and "5 binici" (riders) are not thousands.
+_SCALE_AFTER = re.compile(r"\s+(?:(?P<thousand>bin(?:e|i|in|de|den|le|lik|lık|ler|lerce)?\b|thousands?\b)"
+                          r"|(?P<million>milyon\w*|millions?\b)|(?P<billion>milyar\w*|billions?\b)"
+                          r"|(?P<trillion>trilyon\w*|trillions?\b))", re.IGNORECASE)
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 
 
 def _grouped(groups: list[str]) -> bool:
@@ -191,11 +197,21 @@ def last_number(text: str) -> Readings | None:
     >>> last_number("sayı yok") is None
     True
     """
-    digits = _last_digit_number(_normalise(text))
+    normalised = _normalise(text)
+    digits = _last_digit_number(normalised)
     if digits is not None:
-        return digits
+        return _scaled(digits, normalised)
     words = turkish_numbers(text[-_WORD_WINDOW:])
     return frozenset({words[-1]}) if words else None
+
+
+def _scaled(readings: Readings, text: str) -> Readings:
+    """The final number's readings times the scale word that follows it, if one does ("6 milyon": 6,000,000)."""
+    after = max(text.rfind(digit) for digit in "0123456789") + 1
+    while after < len(text) and text[after] in ".,½¼¾⅓⅔":  # "6,5 milyon": the run's end
+        after += 1
+    scale = _SCALE_AFTER.match(text, after)
+    return frozenset(r * _SCALES[scale.lastgroup] for r in readings) if scale else readings
 
 
 def answer_block(text: str, tag: str = "cevap") -> str | None:
