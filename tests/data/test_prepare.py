@@ -66,6 +66,42 @@ def test_the_recipes_hub_datasets_read_as_their_files_do(turkish_csv: Path, refe
     assert reports[0]["written"] == reports[1]["written"] == {"train": 4, "validation": 1, "test": 2}
 
 
+def test_a_hub_download_of_the_reference_reads_as_its_files_do(turkish_csv: Path, reference_dir: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # `huggingface-cli download openai/gsm8k` keeps each config in a folder of shards named
+    # "test-00000-of-00001.parquet": read as a split named by its whole file name, no reference row was a test
+    # question, and every translated test question went to train without a word.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    main_config = tmp_path / "download" / "main"
+    main_config.mkdir(parents=True)
+    (tmp_path / "download" / "README.md").write_text("GSM8K", encoding="utf-8")
+    for split, rows in REFERENCE.items():
+        for shard, part in enumerate((rows[:2], rows[2:])):  # two shards: row indices run on across them
+            table = pa.table({"question": [q for q, _ in part], "answer": [a for _, a in part]})
+            pq.write_table(table, main_config / f"{split}-{shard:05d}-of-00002.parquet")
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(main_config),
+                       "--output", str(tmp_path / "hub")) == 0
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
+                       "--output", str(tmp_path / "files")) == 0
+    for name in ("train", "validation", "test", "excluded"):
+        assert read_jsonl(tmp_path / "hub" / f"{name}.jsonl") == read_jsonl(tmp_path / "files" / f"{name}.jsonl")
+    assert json.loads((tmp_path / "hub" / "prepare_report.json").read_text())["test_rows_found"] == 2
+    capsys.readouterr()
+    # The download's own folder holds only its README and the config folders: one line naming the folder to give.
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(tmp_path / "download"),
+                       "--output", str(tmp_path / "top")) == 2
+    assert "give the folder inside it that holds them: main" in capsys.readouterr().err
+    # A reference without a test split would train on every translated test question: one line, no output.
+    (main_config.parent / "train_only").mkdir()
+    (main_config / "train-00000-of-00002.parquet").rename(main_config.parent / "train_only" / "train.parquet")
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(main_config.parent / "train_only"),
+                       "--output", str(tmp_path / "no_test")) == 2
+    assert "has no 'test' split (it has train)" in capsys.readouterr().err
+    assert not (tmp_path / "no_test").exists()
+
+
 def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")

@@ -118,6 +118,10 @@ def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
         solutions.append(solution)
     if not references:
         raise UserError(f"reference {spec!r} has no rows with a '#### N' answer; give English GSM8K or 'none'")
+    if not any(r.split == "test" for r in references):
+        # Without it every translated test question would be trained on, and the official test split would be empty.
+        raise UserError(f"reference {spec!r} has no 'test' split (it has {', '.join(sorted(set(position)))}); "
+                        "give English GSM8K's train and test (files named train.* and test.*, or its Hub id)")
     if missing:
         logger.warning("reference %s: %d rows without a '#### N' answer were left out", spec, missing)
     return references, solutions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -121,6 +122,19 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield index, row
 
 
+# The Hub's shard names: "test-00000-of-00001.parquet" holds (part of) the split "test".
+_SHARD = re.compile(r"-\d+-of-\d+$")
+
+
+def split_name(path: Path) -> str:
+    """The split a data file holds: its name without the type, and without the Hub's shard numbers.
+
+    >>> split_name(Path("main/test-00000-of-00001.parquet")), split_name(Path("train.jsonl"))
+    ('test', 'train')
+    """
+    return _SHARD.sub("", path.stem)
+
+
 def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
     if path.suffix == ".csv":
         rows = _csv_rows(path, skipped)
@@ -129,7 +143,7 @@ def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
     else:
         rows = _parquet_rows(path)
     for number, values in rows:
-        yield RawRow(f"{path}:{number}", path.stem, values)
+        yield RawRow(f"{path}:{number}", split_name(path), values)
 
 
 def looks_local(spec: str) -> bool:
@@ -149,7 +163,11 @@ def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
         if not files:
-            raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files")
+            # A Hub download keeps its files a level down (`data/`, or a folder per config: `main/`, `socratic/`).
+            inner = sorted(p.name for p in path.iterdir()
+                           if p.is_dir() and any(f.suffix in SUFFIXES for f in p.iterdir()))
+            hint = f"; give the folder inside it that holds them: {' or '.join(inner)}" if inner else ""
+            raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files{hint}")
     elif path.suffix not in SUFFIXES:
         raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}")
     else:
