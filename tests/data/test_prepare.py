@@ -102,6 +102,26 @@ def test_a_hub_download_of_the_reference_reads_as_its_files_do(turkish_csv: Path
     assert not (tmp_path / "no_test").exists()
 
 
+def test_without_a_reference_a_source_keeps_its_own_test_split(tmp_path: Path) -> None:
+    # A user's own Turkish problems in train and test files: a hash split would train on some of their test questions.
+    source = tmp_path / "mine"
+    source.mkdir()
+    for split, first in (("train", 0), ("test", 100)):
+        rows = [{"question": f"Soru {i}: {i} elma ve {i + 1} armut?",
+                 "answer": f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}"} for i in range(first, first + 40)]
+        (source / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(tmp_path / "out")) == 0
+    split_of = {r["question"]: name for name in ("train", "validation", "test")
+                for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")}
+    assert len(split_of) == 80
+    assert all((split_of[q] == "test") == (int(q.split()[1].rstrip(":")) >= 100) for q in split_of)
+    assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["test_split"] == "source"
+    # One file of the same rows: the hash split, as before.
+    (source / "test.jsonl").rename(tmp_path / "test.jsonl")
+    assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(tmp_path / "hashed")) == 0
+    assert json.loads((tmp_path / "hashed" / "prepare_report.json").read_text())["test_split"] == "hash"
+
+
 def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")

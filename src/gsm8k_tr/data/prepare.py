@@ -169,6 +169,12 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     loaded = load_references(recipe)
     texts = [f"{row.values[data.question_column]} {row.values[data.answer_column]}" for row in rows]
     aligner = Aligner(*loaded, turkish_texts=texts) if loaded else None
+    # Without a reference, a source with its own test split (a "test" file or Hub split) keeps it: a hash would move
+    # the user's test questions into training. Otherwise `data.test_fraction` of the questions, by hash.
+    own_test = not aligner and any(row.split == "test" for row in rows)
+    if own_test:
+        logger.info("%s has its own test split, which stays the test split (data.test_fraction is not used)",
+                    data.dataset)
     dropped: Counter = Counter(read_skips)
     out: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     excluded: list[dict[str, Any]] = []
@@ -233,6 +239,8 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                     dropped["unaligned"] += 1
                     continue
                 split = data.unaligned_split
+            elif own_test:
+                split = "test" if row.split == "test" else "train"
             else:
                 split = "test" if split_position(question) < data.test_fraction else "train"
             record.update(gold_source="solution", aligned=False, reference_split=None, reference_index=None,
@@ -275,6 +283,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "unaligned": counts["unaligned"],
         "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,
         "test_rows_found": counts["aligned_test"],
+        "test_split": "reference" if aligner else "source" if own_test else "hash",  # where the test split came from
         "numbers_changed": counts["numbers_changed"],
         "dropped": dict(sorted(dropped.items())),
         "excluded": dict(sorted(reasons.items())),
