@@ -149,11 +149,15 @@ def _generate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from gsm8k_tr.config import load_recipe
+    import dataclasses
+
+    from gsm8k_tr.config import Recipe, load_recipe
     from gsm8k_tr.infer import generate_command
 
-    overrides = [item for item in args.items if _OVERRIDE.match(item)]
-    questions = [item for item in args.items if not _OVERRIDE.match(item)]
+    # An override names a recipe section or key: "x=5 ise x+3 kaçtır?" is a question.
+    sections = {field.name for field in dataclasses.fields(Recipe)}
+    overrides = [item for item in args.items if _OVERRIDE.match(item) and item.split("=")[0].split(".")[0] in sections]
+    questions = [item for item in args.items if item not in overrides]
     recipe = load_recipe(args.config, _as_strings(overrides))
     if not questions and not sys.stdin.isatty():
         questions = [line.strip() for line in sys.stdin if line.strip()]

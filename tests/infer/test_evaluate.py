@@ -169,6 +169,14 @@ def test_generate_prints_the_answer_and_reads_stdin(tiny_model_dir):
     assert "Ali'nin 3 elması" in result.stdout and ("no answer block" in result.stdout or "→" in result.stdout)
 
 
+def test_generate_tells_a_question_with_an_equals_sign_from_an_override(tiny_model_dir):
+    # "x=5 ..." looks like key=value, but x is no recipe key: it is a question; eval.max_new_tokens=4 is an override.
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "eval.max_new_tokens=4",
+                 "x=5 ise x+3 kaçtır?")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "x=5 ise x+3" in result.stdout and "eval.max_new_tokens=4" in result.stdout  # cut at the override's limit
+
+
 def test_report_writes_non_empty_plots(tmp_path):
     run = tmp_path / "run"
     for stage in ("sft", "grpo"):
