@@ -44,5 +44,5 @@ def test_a_broken_benchmark_output_is_named_in_one_line(tmp_path: Path) -> None:
     from gsm8k_tr.errors import UserError
 
     (tmp_path / "sft_vs_grpo.json").write_text('{"seeds": [')  # a run killed while writing it
-    with pytest.raises(UserError, match=r"sft_vs_grpo\.json is not valid JSON"):
+    with pytest.raises(UserError, match=r"sft_vs_grpo\.json: not valid JSON"):
         report.main(str(tmp_path))

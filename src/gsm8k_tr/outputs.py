@@ -1,14 +1,17 @@
-"""Writing output folders so that nothing is half-written or silently replaced."""
+"""Output folders: written so that nothing is half-written or silently replaced, and read back with one line
+naming a damaged file."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 
 
 def check_writable(output: Path, overwrite: bool) -> None:
@@ -57,3 +60,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file the project wrote; a damaged one (cut short, edited by hand) is one line naming it and `remedy`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors
+        raise UserError(f"{path}: not valid JSON ({one_line(error)[:120]}); {remedy}") from None

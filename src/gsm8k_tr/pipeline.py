@@ -22,7 +22,7 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.outputs import atomic_write_text
+from gsm8k_tr.outputs import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict
     metrics_file = output / "metrics.json"
     if resume and metrics_file.is_file():
         log.info("evaluation %s already done", name)
-        result = json.loads(metrics_file.read_text(encoding="utf-8"))
+        result = read_json(metrics_file, "remove it to evaluate again")
         return result, float(result.get("seconds", 0.0))
     started = time.perf_counter()
     result = evaluate.main(model, recipe, output=str(output), overwrite=True)

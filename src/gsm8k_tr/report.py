@@ -9,26 +9,35 @@ loss, accuracy and format rate by stage, and completion lengths.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.outputs import read_json
 from gsm8k_tr.run_folder import grpo_held_out
 
 STAGES = ("base", "sft", "grpo")
 
 
+_REDO = "run that stage or evaluation again, or remove the file"
+
+
 def _history(run: Path, stage: str) -> list[dict[str, Any]]:
     path = run / stage / "log_history.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    history = read_json(path, _REDO) if path.is_file() else []
+    if not (isinstance(history, list) and all(isinstance(entry, dict) for entry in history)):
+        raise UserError(f"{path}: not a list of log entries, as the trainer writes it; {_REDO}")
+    return history
 
 
 def evaluations(run: Path) -> dict[str, dict[str, Any]]:
     """metrics.json of every evaluation in `run/eval`, stages first."""
     found = {}
     for path in sorted((run / "eval").glob("*/metrics.json")):
-        found[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+        metrics = read_json(path, _REDO)
+        if not isinstance(metrics, dict):
+            raise UserError(f"{path}: not an object of metrics, as evaluate writes it; {_REDO}")
+        found[path.parent.name] = metrics
     return dict(sorted(found.items(), key=lambda kv: (STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0])))
 
 
@@ -36,10 +45,14 @@ def _lengths(run: Path, name: str) -> list[int]:
     path = run / "eval" / name / "predictions.jsonl"
     if not path.is_file():
         return []
+    from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
+
     lengths = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        lengths += [s["tokens"] for s in record.get("samples", [record])]
+    for number, record in json_rows(path):
+        for answer in record.get("samples", [record]):
+            if not isinstance(answer, dict) or not isinstance(answer.get("tokens"), int):
+                raise UserError(f"{path}:{number}: an answer without its 'tokens' count, as evaluate writes it; {_REDO}")
+            lengths.append(answer["tokens"])
     return lengths
 
 
@@ -217,10 +230,7 @@ def _budget(path: Path) -> dict[str, Any] | None:
     """`benchmarks/sft_vs_grpo.py`'s output in a run folder, read once for its plot and its table; None if absent."""
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error}); run benchmarks/sft_vs_grpo.py again or remove it") from None
+    return read_json(path, "run benchmarks/sft_vs_grpo.py again or remove it")
 
 
 def budget_table(result: dict[str, Any]) -> list[str]:
@@ -277,7 +287,7 @@ def main(run_dir: str) -> Path:
         lines += ["## Evaluations", "", *_table(evals), ""]
     summary = run / "report.json"
     if summary.is_file():
-        stages = json.loads(summary.read_text(encoding="utf-8")).get("stages", {})
+        stages = read_json(summary, "run the pipeline again, or remove the file").get("stages", {})
         times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
         if times:
             lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]

@@ -7,11 +7,11 @@ the stage finished. Inference reads these; only training writes stages.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import Recipe
+from gsm8k_tr.outputs import read_json
 from gsm8k_tr.processes import process_state
 
 
@@ -27,7 +27,7 @@ def is_finished(folder: Path) -> bool:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a finished stage."""
-    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    return read_json(folder / "manifest.json", "run the stage again with --overwrite")
 
 
 def grpo_held_out(run: Path) -> dict[str, Any] | None:

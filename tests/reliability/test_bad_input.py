@@ -60,3 +60,33 @@ def test_malformed_data(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypat
             assert sum(report["written"].values()) == 1  # the one good row
             results[name] = results.get(name, "") + "counted skip"
     assert len(results) == len(write_data(tmp_path / "again"))
+
+
+# A run folder's own files, damaged (cut short by a full disk, edited by hand): (file, content, what the line says).
+DAMAGED_RUN_FILES = [
+    ("sft/log_history.json", '[{"step": 1, "loss": 2.0}', "not valid JSON"),        # cut short
+    ("grpo/log_history.json", '{"step": 1}', "not a list of log entries"),          # an object, not the list
+    ("eval/sft/metrics.json", "", "not valid JSON"),                                  # empty
+    ("eval/sft/metrics.json", "[0.5]", "not an object of metrics"),
+    ("eval/grpo/predictions.jsonl", '{"tokens": 12}\n{"tokens": 3', "predictions.jsonl:2"),  # a line cut short
+    ("eval/grpo/predictions.jsonl", '{"correct": true}\n', "without its 'tokens' count"),
+    ("report.json", "{", "not valid JSON"),
+    ("grpo/manifest.json", "\x00\x00", "not valid JSON"),                             # a crash's zeroed block
+]
+
+
+@pytest.mark.parametrize("where, content, message", DAMAGED_RUN_FILES, ids=[f"{w}:{m}" for w, _, m in DAMAGED_RUN_FILES])
+def test_a_damaged_run_file_is_one_line_naming_it(where: str, content: str, message: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    for name in ("sft/log_history.json", "grpo/log_history.json"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(json.dumps([{"step": 1, "loss": 1.0}]))
+    for stage in ("sft", "grpo"):
+        (run / "eval" / stage).mkdir(parents=True)
+        (run / "eval" / stage / "metrics.json").write_text(json.dumps({"split": "test", "n": 1, "accuracy": 0.5}))
+        (run / "eval" / stage / "predictions.jsonl").write_text(json.dumps({"tokens": 10}) + "\n")
+    (run / where).parent.mkdir(parents=True, exist_ok=True)
+    (run / where).write_text(content, encoding="utf-8")
+    err = _one_line_error(capsys, ["report", str(run)])
+    assert str(run / where) in err and message in err, err

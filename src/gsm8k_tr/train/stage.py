@@ -22,6 +22,7 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.outputs import read_json
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
@@ -91,7 +92,7 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
     if not started.is_file():  # a run begun by an earlier version
         return
     record = started.with_name(START_MODEL)
-    began = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    began = read_json(record, "pass --overwrite to start the stage again") if record.is_file() else None
     if began is not None and began != (start or {}):
         def said(model: dict[str, Any]) -> str:
             return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
@@ -124,7 +125,7 @@ def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = 
     from gsm8k_tr.modeling import load_model, load_tokenizer, pin_commit
 
     saved = Path(checkpoint) / "adapter_config.json" if checkpoint and path is None else None
-    if saved is not None and saved.is_file() and (commit := json.loads(saved.read_text()).get("revision")):
+    if saved is not None and saved.is_file() and (commit := read_json(saved, "remove that checkpoint").get("revision")):
         pin_commit(recipe.model, commit)
     with process_state().main_process_first():
         return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
