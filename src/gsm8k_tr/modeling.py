@@ -89,9 +89,19 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
 
     source, kwargs = _pinned(cfg, path)
     try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer of {source!r}: {one_line(error)}") from None
+    return require_vocabulary(tokenizer, source)
+
+
+def require_vocabulary(tokenizer: Any, source: str) -> Any:
+    """The tokenizer, unless it is empty: from a folder without tokenizer files transformers builds one from
+    config.json alone, without a word, and every text would read as unknown tokens."""
+    if len(tokenizer) < 2:
+        raise UserError(f"{source!r} has no tokenizer files (tokenizer.json, vocab.json, ...); save the tokenizer "
+                        "beside the model: tokenizer.save_pretrained(that folder)")
+    return tokenizer
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -117,6 +127,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     of its device (`placement.inference_dtype`).
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source, kwargs = _pinned(cfg, path)
@@ -134,12 +145,32 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
                                                      **({"activation_function": fused} if fused else {}))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {one_line(error)}") from None
+    except SafetensorError as error:  # a file cut short, or not safetensors
+        raise damaged(source, error) from None
     if gguf:
         unmark_dequantized(model)
         if dtype is not None:
             model = model.to(dtype)  # GGUF tensors are unpacked to float32 first
     name_causal_lm_loss(model)
     return model
+
+
+def damaged(source: str | Path, error: BaseException) -> UserError:
+    """The one line for weights that safetensors cannot read (a file cut short, or not safetensors)."""
+    return UserError(f"cannot load {str(source)!r}: a weights file is damaged ({one_line(error)}); "
+                     "download or save it again")
+
+
+def merged_adapter(model: Any, adapter: Path) -> Any:
+    """`model` with the LoRA adapter in the folder `adapter` merged in: safetensors only, a damaged file one line."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    refuse_pickle(adapter)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
+    try:
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except SafetensorError as error:
+        raise damaged(adapter, error) from None
 
 
 def name_causal_lm_loss(model: Any) -> None:

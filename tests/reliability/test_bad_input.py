@@ -90,3 +90,43 @@ def test_a_damaged_run_file_is_one_line_naming_it(where: str, content: str, mess
     (run / where).write_text(content, encoding="utf-8")
     err = _one_line_error(capsys, ["report", str(run)])
     assert str(run / where) in err and message in err, err
+
+
+def _no_tokenizer(folder: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+
+
+def _weights_cut_short(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+# A model folder damaged or incomplete: (what is done to it, what the line says). Without tokenizer files transformers
+# builds an empty tokenizer from config.json without a word; safetensors' error on a file cut short was a traceback.
+DAMAGED_MODELS = [(_no_tokenizer, "has no tokenizer files"), (_weights_cut_short, "a weights file is damaged")]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_MODELS, ids=[m for _, m in DAMAGED_MODELS])
+def test_a_damaged_model_folder_is_one_line(damage, message: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            tiny_model_dir: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    damage(folder)
+    err = _one_line_error(capsys, ["generate", "--config", str(TINY_RECIPE), "--model", str(folder), "2 + 3 kaçtır?"])
+    assert message in err and str(folder) in err, err
+
+
+def test_a_damaged_adapter_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(adapter)
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # the header whole, the tensor data cut short
+    err = _one_line_error(capsys, ["generate", "--config", str(TINY_RECIPE), "--model", str(adapter), "2 + 3 kaçtır?"])
+    assert "a weights file is damaged" in err and str(adapter) in err, err

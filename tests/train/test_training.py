@@ -74,14 +74,18 @@ def test_precision_is_fp32_on_cpu_and_refuses_bf16_there():
         placement.training_precision({"bf16": True}, "grpo")
 
 
-def _checkpoint(folder, step, complete=True):
+def _checkpoint(folder, step, complete=True, weights_cut_short=False):
+    import torch
+    from safetensors.torch import save_file
+
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    if complete:
+    weights = path / "adapter_model.safetensors"
+    save_file({"lora_A": torch.zeros(4, 4)}, str(weights))
+    if weights_cut_short:  # a disk that failed mid-write: the header is whole, the tensor data is not
+        weights.write_bytes(weights.read_bytes()[:-10])
+    if complete:  # else an interrupted in-place save: weights but no trainer state
         (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-        (path / "adapter_model.safetensors").write_bytes(b"x" * 10)
-    else:  # an interrupted in-place save: weights but no trainer state
-        (path / "adapter_model.safetensors").write_bytes(b"x" * 10)
     return path
 
 
@@ -89,8 +93,9 @@ def test_last_checkpoint_skips_incomplete_ones(tmp_path, caplog):
     _checkpoint(tmp_path, 10)
     _checkpoint(tmp_path, 20)
     _checkpoint(tmp_path, 30, complete=False)
+    _checkpoint(tmp_path, 40, weights_cut_short=True)  # resuming from it stopped in safetensors' traceback
     assert last_checkpoint(tmp_path).endswith("checkpoint-20")
-    assert "checkpoint-30" in caplog.text and "incomplete" in caplog.text
+    assert "checkpoint-30" in caplog.text and "checkpoint-40" in caplog.text and "incomplete" in caplog.text
 
 
 def test_begin_refuses_an_existing_stage_and_resumes_or_overwrites(tmp_path):

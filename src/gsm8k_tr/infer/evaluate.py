@@ -145,8 +145,6 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
 
 
 def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
-    from peft import PeftModel
-
     modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     config = read_json(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
     base = config.get("base_model_name_or_path")
@@ -163,7 +161,7 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
                                                         gguf_file=recipe.model.gguf_file if same else None))
     tokenizer = modeling.load_tokenizer(recipe.model, str(path if (path / "tokenizer_config.json").is_file() else local))
     # Merged weights generate faster than an adapter applied on every call; merged in float32, then cast.
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), tokenizer
+    return modeling.merged_adapter(model, path), tokenizer
 
 
 def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, samples: int = 1,

@@ -58,14 +58,12 @@ def merge_adapter(recipe: Recipe, base: str | None, adapter: Path, stop: str) ->
     Built from the files, not from the training model: that one may be
     sharded across processes, and this is the route a user takes too.
     """
-    from peft import PeftModel
-
     from gsm8k_tr import modeling
 
-    modeling.refuse_pickle(adapter)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
+    modeling.refuse_pickle(adapter)  # before the minutes of loading the base
     tokenizer, model = modeling.load_tokenizer(recipe.model, base), modeling.load_model(recipe.model, base)
     modeling.configure_tokens(tokenizer, model, stop)
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return modeling.merged_adapter(model, adapter)
 
 
 def save_stage(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[str, Any], staging: Path,

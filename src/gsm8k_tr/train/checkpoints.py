@@ -24,12 +24,22 @@ WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 
 
 def checkpoint_complete(path: Path) -> bool:
-    """A checkpoint with parseable trainer state and weights (older, non-atomic saves can be half-written)."""
+    """A checkpoint with parseable trainer state and whole weights (older, non-atomic saves can be half-written; a
+    disk can fail under any): the safetensors header read and the file as long as it says, nothing loaded."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return any((path / name).is_file() and (path / name).stat().st_size > 0 for name in WEIGHT_FILES)
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    try:
+        for file in weights:
+            with safe_open(str(file), "pt"):
+                pass
+    except (SafetensorError, OSError):
+        return False
+    return bool(weights)
 
 
 def last_checkpoint(folder: Path) -> str | None:

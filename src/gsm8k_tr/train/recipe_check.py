@@ -130,7 +130,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
         return shape, None, f"{name} (not in the local cache: {'its published shape; ' if known else ''}" \
                             "its own files are checked when it loads)"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = modeling.require_vocabulary(AutoTokenizer.from_pretrained(source, **kwargs), name)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer of {name!r}: {one_line(error)}") from None
     return config, tokenizer, f"{name} (config and tokenizer)"
