@@ -36,6 +36,14 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
         assert (run / png).stat().st_size > 1000
     assert "report.md" in done.stdout and "strict fmt" in done.stdout  # the table and where the report is
     assert "Wall time per stage" in (run / "report.md").read_text()
+    # Each stage against the one before, on the same 12 questions, from the predictions it wrote.
+    assert [(c["before"], c["after"], c["questions"]) for c in report["comparisons"]] == [("base", "sft", 12),
+                                                                                          ("sft", "grpo", 12)]
+    for c in report["comparisons"]:
+        stages = report["stages"]
+        assert abs(c["change"] - (stages[c["after"]]["accuracy"] - stages[c["before"]]["accuracy"])) < 1e-3
+        assert f"{c['before']} → {c['after']}: " in done.stdout
+    assert "| sft → grpo | 12 |" in (run / "report.md").read_text()
 
     refused = cli(*args)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr

@@ -129,12 +129,14 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
         stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(eval_seconds, 1),
                         "seconds": round(train_seconds + eval_seconds, 1)}
+    paired = report.comparisons(run)  # each stage against the one before, question by question
     result = {"run": str(run), "data": str(data_dir), "stages": stages, "held_out_during_grpo": grpo_held_out(run),
+              "comparisons": [p.as_dict() for p in paired],
               "prepare_seconds": round(prepare_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1)}
     if state.is_main_process:
         atomic_write_text(run / "report.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         report_path = report.main(str(run))
-        for line in summary(stages):
+        for line in [*summary(stages), *(p.sentence() for p in paired)]:
             announce(line)
         announce(f"report: {report_path} (plots: {', '.join(p.name for p in sorted(run.glob('*.png')))})")
     state.wait_for_everyone()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
+from gsm8k_tr.infer.compare import Paired, compare, scores
 from gsm8k_tr.outputs import read_json
 from gsm8k_tr.run_folder import grpo_held_out
 
@@ -41,19 +42,50 @@ def evaluations(run: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(found.items(), key=lambda kv: (STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0])))
 
 
-def _lengths(run: Path, name: str) -> list[int]:
+def _predictions(run: Path, name: str) -> list[dict[str, Any]]:
+    """An evaluation's predictions.jsonl (empty when it has none), each answer checked for what the report reads."""
     path = run / "eval" / name / "predictions.jsonl"
     if not path.is_file():
         return []
     from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
 
-    lengths = []
+    records = []
     for number, record in json_rows(path):
-        for answer in record.get("samples", [record]):
-            if not isinstance(answer, dict) or not isinstance(answer.get("tokens"), int):
-                raise UserError(f"{path}:{number}: an answer without its 'tokens' count, as evaluate writes it; {_REDO}")
-            lengths.append(answer["tokens"])
-    return lengths
+        answers = record.get("samples", [record])
+        if "question" not in record or not isinstance(answers, list) or not answers or not all(
+                isinstance(a, dict) and isinstance(a.get("tokens"), int) and "correct" in a for a in answers):
+            raise UserError(f"{path}:{number}: not a prediction as evaluate writes it (question, correct, tokens); "
+                            f"{_REDO}")
+        records.append(record)
+    return records
+
+
+def comparisons(run: Path) -> list[Paired]:
+    """Each stage against the one before it (base → sft → grpo), on the questions both answered on the same split."""
+    evals = evaluations(run)
+    done = [name for name in STAGES if name in evals]
+    found = []
+    for before, after in zip(done, done[1:]):
+        if evals[before].get("split") != evals[after].get("split"):
+            continue  # other questions: nothing to pair
+        paired = compare(before, scores(_predictions(run, before)), after, scores(_predictions(run, after)))
+        if paired is not None:
+            found.append(paired)
+    return found
+
+
+def _comparison_table(found: list[Paired]) -> list[str]:
+    lines = ["## Stage to stage, on the same questions", "",
+             "| from → to | questions | accuracy | change (95% interval) | better | worse | sign test p |",
+             "|---|---|---|---|---|---|---|"]
+    for p in found:
+        lines.append(f"| {p.before} → {p.after} | {p.questions} | {p.accuracy_before:.3f} → {p.accuracy_after:.3f} | "
+                     f"{p.change:+.3f} ({p.change_low:+.3f} to {p.change_high:+.3f}) | {p.gained} | {p.lost} | "
+                     f"{p.p_value:.2g} |")
+    return [*lines, "", "Better and worse: questions graded right by one stage and wrong by the other (with several "
+                        "samples, a larger or smaller share right). p: the exact two-sided sign test on those two "
+                        "counts; below 0.05, a split this lopsided would come by chance less than once in 20 times "
+                        "if the two stages were equally good.", ""]
 
 
 def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -279,12 +311,16 @@ def main(run_dir: str) -> Path:
         "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
         "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
         "stages.png": plot_stages(evals, run / "stages.png"),
-        "lengths.png": plot_lengths({n: _lengths(run, n) for n in evals}, run / "lengths.png"),
+        "lengths.png": plot_lengths({n: [a["tokens"] for r in _predictions(run, n) for a in r.get("samples", [r])]
+                                     for n in evals}, run / "lengths.png"),
         "sft_vs_grpo.png": budget is not None and plot_budget(budget, run / "sft_vs_grpo.png"),
     }
     lines = [f"# Report: {run.name}", ""]
     if evals:
         lines += ["## Evaluations", "", *_table(evals), ""]
+    paired = comparisons(run)
+    if paired:
+        lines += _comparison_table(paired)
     summary = run / "report.json"
     if summary.is_file():
         stages = read_json(summary, "run the pipeline again, or remove the file").get("stages", {})

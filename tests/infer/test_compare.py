@@ -1,0 +1,75 @@
+"""Two evaluations paired question by question: the sign test and the interval, against what they must give."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from gsm8k_tr.infer.compare import compare, scores, sign_test
+
+
+@pytest.mark.parametrize("gained, lost, expected", [
+    (0, 0, 1.0),            # nothing changed: no evidence either way
+    (5, 0, 2 / 32),         # all five one way: 2 x (1/2)^5
+    (0, 5, 2 / 32),         # the test is two-sided
+    (6, 6, 1.0),            # an even split
+    (9, 1, 2 * 11 / 1024),  # 2 x P(X <= 1), X ~ Bin(10, 1/2) = 2 x (1 + 10) / 1024
+    # the demo's GRPO on two machines (docs/benchmarks.md: 0.02 and 0.10); R's binom.test(42, 65) and
+    # binom.test(45, 75) give the same, being symmetric at one half
+    (42, 23, 0.024812),
+    (45, 30, 0.105342),
+])
+def test_sign_test_is_the_exact_binomial_tail(gained: int, lost: int, expected: float) -> None:
+    assert math.isclose(sign_test(gained, lost), expected, abs_tol=5e-6)
+
+
+def test_a_large_count_neither_overflows_nor_loses_precision() -> None:
+    # 10,000 questions changed, split 5,100 / 4,900: the normal approximation with continuity correction,
+    # z = (200 - 1) / sqrt(10,000) = 1.99, gives p = 0.0466
+    assert math.isclose(sign_test(5100, 4900), 0.0466, abs_tol=5e-4)
+
+
+def test_questions_are_paired_by_text_and_gold_and_samples_give_shares() -> None:
+    before = [{"question": "a", "gold": "1", "correct": False}, {"question": "b", "gold": "2", "correct": True},
+              {"question": "c", "gold": "3", "correct": True}]
+    # with three samples a question, its score is the share right
+    after = [{"question": q, "gold": g, "correct": True,
+              "samples": [{"correct": c} for c in flags]}
+             for q, g, flags in (("a", "1", (True, True, False)), ("b", "2", (True, False, False)),
+                                 ("e", "9", (True, True, True)))]  # "e" was not asked before: left out
+    paired = compare("sft", scores(before), "grpo", scores(after))
+    assert paired.questions == 2 and paired.gained == 1 and paired.lost == 1
+    assert math.isclose(paired.change, ((2 / 3 - 0) + (1 / 3 - 1)) / 2)
+    assert paired.change_low < paired.change < paired.change_high
+    assert compare("sft", scores(before), "grpo", {("z", "0"): 1.0}) is None
+
+
+def test_the_interval_is_the_paired_normal_one() -> None:
+    # 100 questions: 20 better, 10 worse, 70 unchanged. Mean change 0.1; per-question differences' standard
+    # deviation sqrt((30 - 100 x 0.01) / 99); the interval is 1.96 of its standard error either side.
+    before = {(str(i), "0"): 0.0 if i < 20 else 1.0 if i < 30 else 0.5 for i in range(100)}
+    after = {(str(i), "0"): 1.0 if i < 20 else 0.0 if i < 30 else 0.5 for i in range(100)}
+    paired = compare("a", before, "b", after)
+    half = 1.959964 * math.sqrt((30 - 100 * 0.01) / 99) / 10
+    assert math.isclose(paired.change, 0.1) and math.isclose(paired.change_high - paired.change, half)
+    assert math.isclose(paired.p_value, sign_test(20, 10))
+
+
+def test_the_report_pairs_stages_only_on_the_same_split(tmp_path: Path) -> None:
+    from gsm8k_tr import report
+
+    for name, split, flags in (("base", "test", (0, 0, 1, 0)), ("sft", "test", (1, 0, 1, 1)),
+                               ("grpo", "validation", (1, 1, 1, 1))):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"split": split, "n": 4, "accuracy": sum(flags) / 4}))
+        (folder / "predictions.jsonl").write_text("".join(
+            json.dumps({"question": f"q{i}", "gold": str(i), "correct": bool(f), "tokens": 5}) + "\n"
+            for i, f in enumerate(flags)))
+    found = report.comparisons(tmp_path)
+    assert [(p.before, p.after, p.gained, p.lost) for p in found] == [("base", "sft", 2, 0)]  # grpo: other questions
+    text = report.main(str(tmp_path)).read_text()
+    assert "| base → sft | 4 | 0.250 → 0.750 | +0.500" in text and "grpo →" not in text
