@@ -4,7 +4,9 @@ Reads only files the stages wrote: `{sft,grpo}/log_history.json` and
 `eval/<name>/{metrics.json,predictions.jsonl}` (the stages are `base`, `sft`
 and `grpo`; other evaluations are listed too). Plots: each reward and the
 total over GRPO steps (with held-out accuracy when it was measured), the SFT
-loss, accuracy and format rate by stage, and completion lengths.
+loss, accuracy and format rate by stage, and completion lengths. A table
+pairs each stage with the one before it on the same questions
+(`infer/compare.py`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _comparison_table(found: list[Paired]) -> list[str]:
         lines.append(f"| {p.before} → {p.after} | {p.questions} | {p.accuracy_before:.3f} → {p.accuracy_after:.3f} | "
                      f"{p.change:+.3f} ({p.change_low:+.3f} to {p.change_high:+.3f}) | {p.gained} | {p.lost} | "
                      f"{p.p_value:.2g} |")
-    return [*lines, "", "Better and worse: questions graded right by one stage and wrong by the other (with several "
+    return [*lines, "", "Better and worse: questions graded right by one stage and wrong by the other, on `accuracy` "
+                        "(the number in the answer tag, so a base model's change counts the format too; with several "
                         "samples, a larger or smaller share right). p: the exact two-sided sign test on those two "
                         "counts; below 0.05, a split this lopsided would come by chance less than once in 20 times "
                         "if the two stages were equally good.", ""]

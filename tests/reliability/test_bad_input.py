@@ -69,7 +69,7 @@ DAMAGED_RUN_FILES = [
     ("eval/sft/metrics.json", "", "not valid JSON"),                                  # empty
     ("eval/sft/metrics.json", "[0.5]", "not an object of metrics"),
     ("eval/grpo/predictions.jsonl", '{"tokens": 12}\n{"tokens": 3', "predictions.jsonl:2"),  # a line cut short
-    ("eval/grpo/predictions.jsonl", '{"correct": true}\n', "without its 'tokens' count"),
+    ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),
     ("report.json", "{", "not valid JSON"),
     ("grpo/manifest.json", "\x00\x00", "not valid JSON"),                             # a crash's zeroed block
 ]

@@ -57,7 +57,7 @@ def sign_test(gained: int, lost: int) -> float:
 
 def scores(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     """Each question's score in an evaluation's predictions: the share of its samples graded correct."""
-    return {(r["question"], str(r["gold"])): sum(bool(s["correct"]) for s in r.get("samples", [r]))
+    return {(r["question"], str(r.get("gold"))): sum(bool(s["correct"]) for s in r.get("samples", [r]))
             / len(r.get("samples", [r])) for r in records}
 
 
