@@ -68,7 +68,8 @@ DAMAGED_RUN_FILES = [
     ("grpo/log_history.json", '{"step": 1}', "not a list of log entries"),          # an object, not the list
     ("eval/sft/metrics.json", "", "not valid JSON"),                                  # empty
     ("eval/sft/metrics.json", "[0.5]", "not an object of metrics"),
-    ("eval/grpo/predictions.jsonl", '{"tokens": 12}\n{"tokens": 3', "predictions.jsonl:2"),  # a line cut short
+    ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true, "tokens": 12}\n{"tokens": 3',
+     "predictions.jsonl:2"),                                                         # a line cut short
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),
     ("report.json", "{", "not valid JSON"),
     ("grpo/manifest.json", "\x00\x00", "not valid JSON"),                             # a crash's zeroed block
@@ -85,7 +86,8 @@ def test_a_damaged_run_file_is_one_line_naming_it(where: str, content: str, mess
     for stage in ("sft", "grpo"):
         (run / "eval" / stage).mkdir(parents=True)
         (run / "eval" / stage / "metrics.json").write_text(json.dumps({"split": "test", "n": 1, "accuracy": 0.5}))
-        (run / "eval" / stage / "predictions.jsonl").write_text(json.dumps({"tokens": 10}) + "\n")
+        (run / "eval" / stage / "predictions.jsonl").write_text(
+            json.dumps({"question": "q", "gold": "1", "correct": True, "tokens": 10}) + "\n")
     (run / where).parent.mkdir(parents=True, exist_ok=True)
     (run / where).write_text(content, encoding="utf-8")
     err = _one_line_error(capsys, ["report", str(run)])
