@@ -60,6 +60,7 @@ CORRECT = [
     ("5 bini", "5000", "'bin' with a case ending"),
     ("BEŞ: 6 MİLYON", "6000000", "a scale word in capitals with the dotted İ"),
     ("2 million", "2000000", "an English scale word"),
+    ("2½ milyon.", "2500000", "a vulgar fraction before a scale word, a full stop after it"),
 ]
 
 WRONG = [
@@ -77,6 +78,7 @@ WRONG = [
     ("5 bina", "5000", "'bina' (buildings) is not 'bin'"),
     ("5 binici", "5000", "'binici' (riders) is not 'bin'"),
     ("5 milyon elma ve 3", "3000000", "a scale word belongs to its own number, not to the last"),
+    ("Cevap 5. Bin kişi geldi", "5000", "a full stop ends the number's sentence: the next one's 'Bin' is not its scale"),
 ]
 
 

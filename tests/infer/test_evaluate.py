@@ -191,7 +191,8 @@ def test_report_writes_non_empty_plots(tmp_path):
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"split": "test", "n": 2, "accuracy": accuracy,
                                                          "flexible_accuracy": accuracy, "strict_format_rate": 0.9}))
-        (folder / "predictions.jsonl").write_text("\n".join(json.dumps({"tokens": t}) for t in (12, 30)))
+        (folder / "predictions.jsonl").write_text("\n".join(
+            json.dumps({"question": f"q{t}", "gold": "1", "correct": False, "tokens": t}) for t in (12, 30)))
     result = cli("report", str(run))
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("rewards.png", "sft_loss.png", "stages.png", "lengths.png"):

@@ -208,7 +208,7 @@ def last_number(text: str) -> Readings | None:
 def _scaled(readings: Readings, text: str) -> Readings:
     """The final number's readings times the scale word that follows it, if one does ("6 milyon": 6,000,000)."""
     after = max(text.rfind(digit) for digit in "0123456789") + 1
-    while after < len(text) and text[after] in ".,½¼¾⅓⅔":  # "6,5 milyon": the run's end
+    if text[after:after + 1] in _VULGAR:  # "2½ milyon"; a full stop after the digits ends the sentence instead
         after += 1
     scale = _SCALE_AFTER.match(text, after)
     return frozenset(r * _SCALES[scale.lastgroup] for r in readings) if scale else readings
