@@ -185,6 +185,24 @@ def _report(args: argparse.Namespace) -> int:
 COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accuracy and lengths", _report_args, _report)
 
 
+def _compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("before", metavar="EVAL_A", help="an evaluation's folder (holds predictions.jsonl), or the file")
+    parser.add_argument("after", metavar="EVAL_B", help="the one to compare with it, on the same questions")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from gsm8k_tr.infer import compare
+
+    paired = compare.compare_folders(args.before, args.after)
+    print(json.dumps(paired.as_dict(), indent=2) if args.json else paired.sentence())
+    return 0
+
+
+COMMANDS["compare"] = ("compare two evaluations question by question: change, confidence interval, sign test",
+                       _compare_args, _compare)
+
+
 def _plan_args(parser: argparse.ArgumentParser) -> None:
     _recipe_args(parser)
     parser.add_argument("--gpu-memory", type=float, metavar="GIB",

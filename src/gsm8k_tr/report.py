@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.infer.compare import Paired, compare, scores
+from gsm8k_tr.infer.compare import Paired, compare, read_predictions, scores
 from gsm8k_tr.outputs import read_json
 from gsm8k_tr.run_folder import grpo_held_out
 
@@ -47,19 +47,7 @@ def evaluations(run: Path) -> dict[str, dict[str, Any]]:
 def _predictions(run: Path, name: str) -> list[dict[str, Any]]:
     """An evaluation's predictions.jsonl (empty when it has none), each answer checked for what the report reads."""
     path = run / "eval" / name / "predictions.jsonl"
-    if not path.is_file():
-        return []
-    from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
-
-    records = []
-    for number, record in json_rows(path):
-        answers = record.get("samples", [record])
-        if "question" not in record or not isinstance(answers, list) or not answers or not all(
-                isinstance(a, dict) and isinstance(a.get("tokens"), int) and "correct" in a for a in answers):
-            raise UserError(f"{path}:{number}: not a prediction as evaluate writes it (question, correct, tokens); "
-                            f"{_REDO}")
-        records.append(record)
-    return records
+    return read_predictions(path, _REDO) if path.is_file() else []
 
 
 def comparisons(run: Path) -> list[Paired]:

@@ -73,3 +73,25 @@ def test_the_report_pairs_stages_only_on_the_same_split(tmp_path: Path) -> None:
     assert [(p.before, p.after, p.gained, p.lost) for p in found] == [("base", "sft", 2, 0)]  # grpo: other questions
     text = report.main(str(tmp_path)).read_text()
     assert "| base → sft | 4 | 0.250 → 0.750 | +0.500" in text and "grpo →" not in text
+
+
+def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Two runs (a seed, a recipe change) evaluated on the same split: the user's own "did it pay?".
+    from gsm8k_tr.cli import main
+
+    for name, flags in (("a", (0, 1, 0, 0, 1)), ("b", (1, 1, 1, 0, 1)), ("other", (1, 1, 1, 1, 1))):
+        (tmp_path / name).mkdir()
+        first = 100 if name == "other" else 0  # another split's questions
+        (tmp_path / name / "predictions.jsonl").write_text("".join(
+            json.dumps({"question": f"q{first + i}", "gold": "1", "correct": bool(f), "tokens": 9}) + "\n"
+            for i, f in enumerate(flags)))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    # differences 1, 0, 1, 0, 0: mean 0.4, standard deviation sqrt(0.3), so 0.4 ± 1.96 x sqrt(0.3 / 5) = ± 0.48
+    assert capsys.readouterr().out.strip().endswith(
+        "+40.0 points (95% interval -8.0 to +88.0) on 5 questions; 2 better, 0 worse, exact sign test p = 0.5")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b" / "predictions.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gained"] == 2
+    for argv, message in ((["compare", str(tmp_path / "a"), str(tmp_path / "other")], "no question in common"),
+                          (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from gsm8k_tr.errors import UserError
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -55,6 +58,22 @@ def sign_test(gained: int, lost: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def read_predictions(path: Path, remedy: str) -> list[dict[str, Any]]:
+    """An evaluation's predictions.jsonl, each record checked for what pairing and the report read; a bad line is
+    one line naming it and `remedy`."""
+    from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
+
+    records = []
+    for number, record in json_rows(path):
+        answers = record.get("samples", [record])
+        if "question" not in record or not isinstance(answers, list) or not answers or not all(
+                isinstance(a, dict) and isinstance(a.get("tokens"), int) and "correct" in a for a in answers):
+            raise UserError(f"{path}:{number}: not a prediction as evaluate writes it (question, correct, tokens); "
+                            f"{remedy}")
+        records.append(record)
+    return records
+
+
 def scores(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     """Each question's score in an evaluation's predictions: the share of its samples graded correct."""
     return {(r["question"], str(r.get("gold"))): sum(bool(s["correct"]) for s in r.get("samples", [r]))
@@ -81,3 +100,17 @@ def compare(before: str, before_scores: dict[tuple[str, str], float], after: str
     gained, lost = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
     return Paired(before, after, n, sum(before_scores[q] for q in shared) / n, sum(after_scores[q] for q in shared) / n,
                   gained, lost, change, change - half, change + half, sign_test(gained, lost))
+
+
+def compare_folders(before: str, after: str) -> Paired:
+    """Two evaluations' folders (or their predictions.jsonl), compared; one line when they cannot be."""
+    found = []
+    for given in (before, after):
+        path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
+        if not path.is_file():
+            raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote")
+        found.append(scores(read_predictions(path, "evaluate again into that folder")))
+    paired = compare(str(before), found[0], str(after), found[1])
+    if paired is None:
+        raise UserError(f"{before} and {after} answered no question in common; evaluate both on the same split")
+    return paired
