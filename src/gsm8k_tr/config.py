@@ -88,6 +88,9 @@ class EvalConfig:
     max_new_tokens: int = 256
     temperature: float = 0.0
     every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
+    # With every_steps: GRPO's output is the adapter of its best held-out check (its start, step 0, among them)
+    # rather than its last step's, so that a run that went downhill does not end there
+    grpo_keep_best: bool = False
     held_out_split: str = "validation"  # what that in-training check answers; test is for final evaluation
     held_out_size: int = 64  # how many of its questions (SFT's evaluations grade them too)
     sft_patience: int = 0  # stop SFT after this many evaluations without a better metric_for_best_model (0: never)
@@ -304,6 +307,9 @@ def _check(recipe: Recipe) -> None:
             raise UserError(f"recipe key 'eval.{key}' must be at least {low}, got {getattr(ev, key)}")
     if ev.limit is not None and ev.limit < 1:
         raise UserError(f"recipe key 'eval.limit' must be at least 1 (or null for every question), got {ev.limit}")
+    if ev.grpo_keep_best and not ev.every_steps:
+        raise UserError("recipe key 'eval.grpo_keep_best' keeps GRPO's best held-out check, which needs "
+                        "eval.every_steps above 0")
     if ev.temperature < 0:
         raise UserError(f"recipe key 'eval.temperature' must be 0 (greedy) or more, got {ev.temperature}")
     if pf.temperature is not None and pf.temperature <= 0:

@@ -33,10 +33,10 @@ from gsm8k_tr.grading.rewards import build_rewards, completion_text
 from gsm8k_tr.infer.generation import stop_ids
 from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
 from gsm8k_tr.train import fitting, memory, prompt_filter, recipe_check, stage
-from gsm8k_tr.train.checkpoints import AtomicCheckpoints
+from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
-from gsm8k_tr.train.held_out import HeldOutAccuracy
+from gsm8k_tr.train.held_out import BEST, HeldOutAccuracy, is_sharded
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
 from gsm8k_tr.train.rollouts import FastRollouts
@@ -183,14 +183,23 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     held_out = None
     if recipe.eval.every_steps:
         held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
-        held_out = HeldOutAccuracy(trainer, held_out_rows, recipe, merge=trainer.rollouts["merge_lora"])
+        keep = folder / CHECKPOINTS / BEST if recipe.eval.grpo_keep_best else None
+        if keep and is_sharded(trainer.accelerator):  # each process holds a piece of the adapter
+            log.warning("eval.grpo_keep_best: not under FSDP or ZeRO-3 (sharded weights); GRPO keeps its last step")
+            keep = None
+        held_out = HeldOutAccuracy(trainer, held_out_rows, recipe, merge=trainer.rollouts["merge_lora"],
+                                   keep_best=keep)
         trainer.add_callback(held_out)
     started = time.perf_counter()
     final = stage.train(trainer, checkpoint)
+    kept = held_out.restore_best() if held_out else None
+    if kept is not None:
+        final = None  # the model now holds the kept adapter: the stage saves it, not the last checkpoint's
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None,
                             rollouts=trainer.rollouts, micro_batch=batch, memory_plan=plan.as_dict() if plan else None,
-                            prompt_filter=filtered, base_model_revision=sft_manifest.get("base_model_revision")
+                            prompt_filter=filtered, held_out_kept=kept,
+                            base_model_revision=sft_manifest.get("base_model_revision")
                             if start else modeling.hub_commit(recipe.model))
     return stage.finish(trainer, folder, recipe, STAGE, info, base=start, final_checkpoint=final)

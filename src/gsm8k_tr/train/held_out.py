@@ -1,8 +1,12 @@
 """The in-training held-out check: greedy answers graded as `evaluate` does, during SFT's evaluations and every
-`eval.every_steps` GRPO steps."""
+`eval.every_steps` GRPO steps; with `eval.grpo_keep_best`, GRPO's best check is what the stage saves."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -11,6 +15,10 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
 from gsm8k_tr.placement import COMPUTE_DTYPES
 from gsm8k_tr.train.rollouts import generating_policy
+
+log = logging.getLogger(__name__)
+
+BEST = "best-held-out"  # in the stage's checkpoints folder: the best check's adapter weights and best.json
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -54,17 +62,50 @@ class HeldOutCheck:
 
 
 class HeldOutAccuracy(TrainerCallback):
-    """GRPO: every `eval.every_steps` steps, log the held-out metrics as `eval/…` (console, TensorBoard, history)."""
+    """GRPO: every `eval.every_steps` steps, log the held-out metrics as `eval/…` (console, TensorBoard, history).
 
-    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False) -> None:
+    With `keep_best` (a folder: `checkpoints/best-held-out`), the start is
+    checked too (step 0), the last step as well when it falls between checks,
+    and the adapter of each check at least as accurate as the best so far
+    (a tie goes to the later, more trained one) is written there, so that a
+    resumed run still knows it; `restore_best` puts it back before the stage
+    saves. The weights are the LoRA adapter's only, a few megabytes.
+    """
+
+    def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False,
+                 keep_best: Path | None = None) -> None:
         self.check = HeldOutCheck(trainer, rows, recipe, merge)
         self.trainer, self.recipe, self.where = trainer, recipe, self.check.where
+        self.keep_best = keep_best
+        self.measured: dict[int, float] = {}  # step → held-out accuracy, this process's run
+        record = keep_best / "best.json" if keep_best else None
+        self.best: dict[str, Any] | None = json.loads(record.read_text()) if record and record.is_file() else None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.best is not None and self.best["step"] > state.global_step:
+            # Checked after the checkpoint this run resumes from (the kill came before that step's checkpoint): its
+            # weights belong to steps this run trains again. Forgotten, with the checks before it.
+            log.warning("grpo: the best held-out check so far (step %d) came after the checkpoint this run resumes "
+                        "from (step %d); it is forgotten", self.best["step"], state.global_step)
+            self.best = None
+            if state.is_world_process_zero:
+                shutil.rmtree(self.keep_best)
+        if self.keep_best and state.global_step == 0:  # the start itself is a candidate: GRPO may not beat it
+            self._measure(args, state, control)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         every = self.recipe.eval.every_steps
         if not every or state.global_step % every:
             return
+        self._measure(args, state, control)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.keep_best and state.global_step not in self.measured:  # the last step, between checks
+            self._measure(args, state, control)
+
+    def _measure(self, args: Any, state: Any, control: Any) -> None:
         result = self.check.measure()
+        self.measured[state.global_step] = result["accuracy"]
         if state.is_world_process_zero:
             logs = {f"eval/{key}": value for key, value in result.items()}
             # Straight to the log history and the loggers: GRPOTrainer.log would flush the step's training metrics.
@@ -72,4 +113,40 @@ class HeldOutAccuracy(TrainerCallback):
             should_log = control.should_log  # on_log clears it, which would drop this step's training log
             self.trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
+            if self.keep_best and (self.best is None or result["accuracy"] >= self.best["accuracy"]):
+                self.best = {"step": state.global_step, "accuracy": result["accuracy"]}
+                self._write_best()
         self.trainer.accelerator.wait_for_everyone()
+        if self.keep_best:  # every process knows the best, as the main process wrote it
+            self.best = json.loads((self.keep_best / "best.json").read_text())
+
+    def _write_best(self) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        staging = self.keep_best.with_name(self.keep_best.name + ".saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file(weights, str(staging / "adapter_model.safetensors"))
+        (staging / "best.json").write_text(json.dumps(self.best))
+        shutil.rmtree(self.keep_best, ignore_errors=True)
+        staging.rename(self.keep_best)  # a kill leaves the previous best or the staging folder, never half of one
+
+    def restore_best(self) -> dict[str, Any] | None:
+        """Load the best check's adapter into the model (every process); what was kept, for the manifest."""
+        if not self.keep_best or self.best is None:
+            return None
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        last = max(self.measured) if self.measured else None
+        kept = {"kept_step": self.best["step"], "kept_held_out_accuracy": self.best["accuracy"],
+                "last_step": last, "last_held_out_accuracy": self.measured.get(last) if last is not None else None}
+        if self.best["step"] != last:
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            set_peft_model_state_dict(model, load_file(str(self.keep_best / "adapter_model.safetensors")))
+            log.info("grpo: keeping step %d (held-out accuracy %.3f) over the last step %s (%s)", self.best["step"],
+                     self.best["accuracy"], last, kept["last_held_out_accuracy"])
+        return kept
