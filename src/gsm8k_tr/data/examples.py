@@ -18,10 +18,11 @@ from gsm8k_tr.errors import UserError
 def sft_examples(rows: list[dict[str, Any]], recipe: Recipe, stop_token: str, count_tokens: Callable[[str], int],
                  max_length: int) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Prompt/completion pairs for SFT, and the counts of rows left out and why (`prepare.sft_leaves_out`)."""
-    reasons = Counter(prepare.sft_leaves_out(r, recipe.data) for r in rows)
+    left_out = [prepare.sft_leaves_out(r, recipe.data) for r in rows]
+    reasons = Counter(left_out)
     examples = [{"prompt": build_prompt(r["question"], recipe.prompt),
                  "completion": build_target(r["solution"], r["answer"], recipe.prompt, stop_token)}
-                for r in rows if prepare.sft_leaves_out(r, recipe.data) is None]
+                for r, reason in zip(rows, left_out) if reason is None]
     fitted, too_long = fit_context(examples, count_tokens, 0, max_length, lambda e: e["prompt"] + e["completion"])
     counts = {"rows": len(rows), "dropped_no_solution": reasons["no_solution"], "dropped_no_work": reasons["no_work"],
               "dropped_disagreeing": reasons["disagreeing"], "dropped_too_long": too_long, "used": len(fitted)}

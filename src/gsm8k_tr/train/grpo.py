@@ -4,7 +4,8 @@ Linear: stage folder → the SFT output (merged model and tokenizer) → prompts
 with verified gold answers that leave room for a full completion → (optional)
 the prompts the start model sometimes gets right → rewards and weights from the
 recipe → TRL GRPOTrainer with LoRA, the position-ids fix and dropout off →
-save adapter, merged model and run records.
+save adapter (with `eval.grpo_keep_best`, its best held-out check's:
+held_out.py), merged model and run records.
 
 The trainer subclass adds only what TRL leaves out: correct position ids for
 left-padded scoring (positions.py), fast rollouts (rollouts.py), the LM head
