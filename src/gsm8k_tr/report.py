@@ -322,6 +322,13 @@ def main(run_dir: str) -> Path:
         lines += [*budget_table(budget), ""]
     if any("eval/accuracy" in entry for entry in grpo):
         lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
+    kept = grpo_held_out(run, "held_out_kept")
+    if kept:
+        last = kept.get("last_held_out_accuracy")  # none when a resume found the run finished
+        lines += [f"GRPO kept the adapter of its best held-out check, step {kept['kept_step']} (accuracy "
+                  f"{kept['kept_held_out_accuracy']:.3f}; step 0 is its start)"
+                  + (f"; its last step, {kept['last_step']}, had {last:.3f}" if last is not None else "")
+                  + " (`eval.grpo_keep_best`).", ""]
     for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
                         ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
                         ("sft_vs_grpo.png", BUDGET_TITLE)):

@@ -30,10 +30,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return read_json(folder / "manifest.json", "run the stage again with --overwrite")
 
 
-def grpo_held_out(run: Path) -> dict[str, Any] | None:
-    """Where a run's GRPO stage drew its in-training check from (split, questions); None before GRPO finished."""
+def grpo_held_out(run: Path, key: str = "held_out") -> dict[str, Any] | None:
+    """Where a run's GRPO stage drew its in-training check from (split, questions), or with `key="held_out_kept"`
+    which check's adapter it kept (`eval.grpo_keep_best`); None before GRPO finished or without one."""
     folder = run / "grpo"
-    return read_manifest(folder).get("held_out") if (folder / "manifest.json").is_file() else None
+    return read_manifest(folder).get(key) if (folder / "manifest.json").is_file() else None
 
 
 def prepared_data(recipe: Recipe) -> Path:
