@@ -89,7 +89,7 @@ class EvalConfig:
     temperature: float = 0.0
     every_steps: int = 0  # GRPO grades held-out answers every N steps (0: never)
     # With every_steps: GRPO's output is the adapter of its best held-out check (its start, step 0, among them)
-    # rather than its last step's, so that a run that went downhill does not end there
+    # rather than its last step's. Off: a small held-out set chooses by noise (docs/benchmarks.md, section 6)
     grpo_keep_best: bool = False
     held_out_split: str = "validation"  # what that in-training check answers; test is for final evaluation
     held_out_size: int = 64  # how many of its questions (SFT's evaluations grade them too)
