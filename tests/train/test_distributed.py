@@ -30,7 +30,8 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
 def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
     common = ("--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=6", "sft.save_steps=3",
-              "sft.logging_steps=3", "grpo.max_steps=2", "grpo.save_steps=1", "eval.every_steps=1")
+              "sft.logging_steps=3", "grpo.max_steps=2", "grpo.save_steps=1", "eval.every_steps=1",
+              "eval.grpo_keep_best=true")
     for stage in ("sft", "grpo"):
         done = _launch(stage, *common)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -47,6 +48,10 @@ def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> 
     history = json.loads((run / "grpo" / "log_history.json").read_text())
     assert [e["step"] for e in history if "reward" in e] == [1, 2]
     assert any("eval/accuracy" in e for e in history)  # the held-out check ran on rank 0 without hanging rank 1
+    # The best check is written by rank 0 and read by both, which load it before the save (a tie keeps the later).
+    assert [e["step"] for e in history if "eval/accuracy" in e] == [0, 1, 2]
+    kept = json.loads((run / "grpo" / "manifest.json").read_text())["held_out_kept"]
+    assert kept["last_step"] == 2 and kept["kept_step"] in (0, 1, 2)
     sft_history = json.loads((run / "sft" / "log_history.json").read_text())
     assert sft_history[-1]["step"] == 6
 
