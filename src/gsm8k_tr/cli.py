@@ -188,13 +188,15 @@ COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accu
 def _compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", metavar="EVAL_A", help="an evaluation's folder (holds predictions.jsonl), or the file")
     parser.add_argument("after", metavar="EVAL_B", help="the one to compare with it, on the same questions")
+    parser.add_argument("--flexible", action="store_true",
+                        help="grade by the last number anywhere (flexible_accuracy), not the answer tag's")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from gsm8k_tr.infer import compare
 
-    paired = compare.compare_folders(args.before, args.after)
+    paired = compare.compare_folders(args.before, args.after, "flexible_correct" if args.flexible else "correct")
     print(json.dumps(paired.as_dict(), indent=2) if args.json else paired.sentence())
     return 0
 

@@ -83,7 +83,8 @@ def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys
         (tmp_path / name).mkdir()
         first = 100 if name == "other" else 0  # another split's questions
         (tmp_path / name / "predictions.jsonl").write_text("".join(
-            json.dumps({"question": f"q{first + i}", "gold": "1", "correct": bool(f), "tokens": 9}) + "\n"
+            json.dumps({"question": f"q{first + i}", "gold": "1", "correct": bool(f), "tokens": 9,
+                        "flexible_correct": name == "b"}) + "\n"
             for i, f in enumerate(flags)))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     # differences 1, 0, 1, 0, 0: mean 0.4, standard deviation sqrt(0.3), so 0.4 ± 1.96 x sqrt(0.3 / 5) = ± 0.48
@@ -91,6 +92,9 @@ def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys
         "+40.0 points (95% interval -8.0 to +88.0) on 5 questions; 2 better, 0 worse, exact sign test p = 0.5")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b" / "predictions.jsonl"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gained"] == 2
+    # --flexible: by the last number anywhere, right in all of b's answers and none of a's
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "--flexible"]) == 0
+    assert json.loads(capsys.readouterr().out)["gained"] == 5
     for argv, message in ((["compare", str(tmp_path / "a"), str(tmp_path / "other")], "no question in common"),
                           (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there")):
         assert main(argv) == 2

@@ -74,9 +74,10 @@ def read_predictions(path: Path, remedy: str) -> list[dict[str, Any]]:
     return records
 
 
-def scores(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """Each question's score in an evaluation's predictions: the share of its samples graded correct."""
-    return {(r["question"], str(r.get("gold"))): sum(bool(s["correct"]) for s in r.get("samples", [r]))
+def scores(records: list[dict[str, Any]], key: str = "correct") -> dict[tuple[str, str], float]:
+    """Each question's score in an evaluation's predictions: the share of its samples graded correct (`key`:
+    "correct", the answer tag's number, or "flexible_correct", the last number anywhere)."""
+    return {(r["question"], str(r.get("gold"))): sum(bool(s.get(key)) for s in r.get("samples", [r]))
             / len(r.get("samples", [r])) for r in records}
 
 
@@ -102,14 +103,15 @@ def compare(before: str, before_scores: dict[tuple[str, str], float], after: str
                   gained, lost, change, change - half, change + half, sign_test(gained, lost))
 
 
-def compare_folders(before: str, after: str) -> Paired:
-    """Two evaluations' folders (or their predictions.jsonl), compared; one line when they cannot be."""
+def compare_folders(before: str, after: str, key: str = "correct") -> Paired:
+    """Two evaluations' folders (or their predictions.jsonl), compared on `key` (see `scores`); one line when they
+    cannot be."""
     found = []
     for given in (before, after):
         path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
         if not path.is_file():
             raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote")
-        found.append(scores(read_predictions(path, "evaluate again into that folder")))
+        found.append(scores(read_predictions(path, "evaluate again into that folder"), key))
     paired = compare(str(before), found[0], str(after), found[1])
     if paired is None:
         raise UserError(f"{before} and {after} answered no question in common; evaluate both on the same split")
