@@ -131,8 +131,10 @@ class HeldOutAccuracy(TrainerCallback):
         staging.mkdir(parents=True)
         save_file(weights, str(staging / "adapter_model.safetensors"))
         (staging / "best.json").write_text(json.dumps(self.best))
+        # A kill leaves the previous best, the new one or (between these two lines) none, and then the resumed run
+        # chooses among its own checks; never half of one.
         shutil.rmtree(self.keep_best, ignore_errors=True)
-        staging.rename(self.keep_best)  # a kill leaves the previous best or the staging folder, never half of one
+        staging.rename(self.keep_best)
 
     def restore_best(self) -> dict[str, Any] | None:
         """Load the best check's adapter into the model (every process); what was kept, for the manifest."""
