@@ -116,10 +116,13 @@ def test_without_a_reference_a_source_keeps_its_own_test_split(tmp_path: Path) -
     assert len(split_of) == 80
     assert all((split_of[q] == "test") == (int(q.split()[1].rstrip(":")) >= 100) for q in split_of)
     assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["test_split"] == "source"
-    # One file of the same rows: the hash split, as before.
+    # One file, whatever its name (a lone test.jsonl too, which would leave nothing to train on): the hash split.
     (source / "test.jsonl").rename(tmp_path / "test.jsonl")
-    assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(tmp_path / "hashed")) == 0
-    assert json.loads((tmp_path / "hashed" / "prepare_report.json").read_text())["test_split"] == "hash"
+    for alone in (source / "train.jsonl", tmp_path / "test.jsonl"):
+        out = tmp_path / f"hashed-{alone.stem}"
+        assert run_prepare("--dataset", str(alone), "--reference", "none", "--output", str(out)) == 0
+        report = json.loads((out / "prepare_report.json").read_text())
+        assert report["test_split"] == "hash" and report["written"]["train"] > 0, alone
 
 
 def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
