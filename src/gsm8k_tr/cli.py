@@ -186,7 +186,7 @@ COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accu
 
 
 def _compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("before", metavar="EVAL_A", help="an evaluation's folder (holds predictions.jsonl), or the file")
+    parser.add_argument("before", metavar="EVAL_A", help="an evaluation's folder (with predictions.jsonl), or the file")
     parser.add_argument("after", metavar="EVAL_B", help="the one to compare with it, on the same questions")
     parser.add_argument("--flexible", action="store_true",
                         help="grade by the last number anywhere (flexible_accuracy), not the answer tag's")

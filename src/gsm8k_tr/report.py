@@ -51,7 +51,7 @@ def _predictions(run: Path, name: str) -> list[dict[str, Any]]:
 
 
 def comparisons(run: Path) -> list[Paired]:
-    """Each stage against the one before it (base → sft → grpo), on the questions both answered on the same split."""
+    """Each stage against the one before it (base → sft → grpo), on the questions both answered on one split."""
     evals = evaluations(run)
     done = [name for name in STAGES if name in evals]
     found = []
@@ -69,9 +69,9 @@ def _comparison_table(found: list[Paired]) -> list[str]:
              "| from → to | questions | accuracy | change (95% interval) | better | worse | sign test p |",
              "|---|---|---|---|---|---|---|"]
     for p in found:
-        lines.append(f"| {p.before} → {p.after} | {p.questions} | {p.accuracy_before:.3f} → {p.accuracy_after:.3f} | "
-                     f"{p.change:+.3f} ({p.change_low:+.3f} to {p.change_high:+.3f}) | {p.gained} | {p.lost} | "
-                     f"{p.p_value:.2g} |")
+        lines.append(f"| {p.before} → {p.after} | {p.questions} | {p.accuracy_before:.3f} → "
+                     f"{p.accuracy_after:.3f} | {p.change:+.3f} ({p.change_low:+.3f} to {p.change_high:+.3f}) | "
+                     f"{p.gained} | {p.lost} | {p.p_value:.2g} |")
     return [*lines, "", "Better and worse: questions graded right by one stage and wrong by the other, on `accuracy` "
                         "(the number in the answer tag, so a base model's change counts the format too; with several "
                         "samples, a larger or smaller share right). p: the exact two-sided sign test on those two "

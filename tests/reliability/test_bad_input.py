@@ -76,7 +76,8 @@ DAMAGED_RUN_FILES = [
 ]
 
 
-@pytest.mark.parametrize("where, content, message", DAMAGED_RUN_FILES, ids=[f"{w}:{m}" for w, _, m in DAMAGED_RUN_FILES])
+@pytest.mark.parametrize("where, content, message", DAMAGED_RUN_FILES,
+                         ids=[f"{w}:{m}" for w, _, m in DAMAGED_RUN_FILES])
 def test_a_damaged_run_file_is_one_line_naming_it(where: str, content: str, message: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
@@ -130,5 +131,6 @@ def test_a_damaged_adapter_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     get_peft_model(model, LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(adapter)
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])  # the header whole, the tensor data cut short
-    err = _one_line_error(capsys, ["generate", "--config", str(TINY_RECIPE), "--model", str(adapter), "2 + 3 kaçtır?"])
+    err = _one_line_error(capsys, ["generate", "--config", str(TINY_RECIPE), "--model", str(adapter),
+                                   "2 + 3 kaçtır?"])
     assert "a weights file is damaged" in err and str(adapter) in err, err

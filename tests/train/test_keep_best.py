@@ -67,7 +67,8 @@ def test_grpo_saves_its_best_held_out_check(accuracy: dict[int, float], kept: in
                                          "last_step": 5, "last_held_out_accuracy": accuracy[5]}
     from gsm8k_tr import report
 
-    assert f"GRPO kept the adapter of its best held-out check, step {kept} " in report.main(str(folder.parent)).read_text()
+    text = report.main(str(folder.parent)).read_text()
+    assert f"GRPO kept the adapter of its best held-out check, step {kept} " in text
     history = json.loads((folder / "log_history.json").read_text())
     assert [e["step"] for e in history if "eval/accuracy" in e] == [0, 2, 4, 5]  # the start and the last step too
     if kept == 0:

@@ -169,9 +169,9 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     loaded = load_references(recipe)
     texts = [f"{row.values[data.question_column]} {row.values[data.answer_column]}" for row in rows]
     aligner = Aligner(*loaded, turkish_texts=texts) if loaded else None
-    # Without a reference, a source with its own test split (a "test" file or Hub split) beside others keeps it: a hash
-    # would move the user's test questions into training. Otherwise (a lone file named test.csv too) `data.test_fraction`
-    # of the questions, by hash.
+    # Without a reference, a source with its own test split (a "test" file or Hub split) beside others keeps it: a
+    # hash would move the user's test questions into training. Otherwise (a lone file named test.csv too)
+    # `data.test_fraction` of the questions, by hash.
     sources = {row.split for row in rows}
     own_test = not aligner and "test" in sources and len(sources) > 1
     if own_test:
