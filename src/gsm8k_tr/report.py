@@ -54,11 +54,12 @@ def comparisons(run: Path) -> list[Paired]:
     """Each stage against the one before it (base → sft → grpo), on the questions both answered on one split."""
     evals = evaluations(run)
     done = [name for name in STAGES if name in evals]
+    graded = {name: scores(_predictions(run, name)) for name in done}  # each read once, the middle stage paired twice
     found = []
     for before, after in zip(done, done[1:]):
         if evals[before].get("split") != evals[after].get("split"):
             continue  # other questions: nothing to pair
-        paired = compare(before, scores(_predictions(run, before)), after, scores(_predictions(run, after)))
+        paired = compare(before, graded[before], after, graded[after])
         if paired is not None:
             found.append(paired)
     return found
