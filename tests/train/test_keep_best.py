@@ -104,3 +104,19 @@ def test_a_best_check_past_the_resumed_checkpoint_is_forgotten(tmp_path: Path, m
     assert manifest["held_out_kept"]["kept_step"] == 5
     saved = tensors(folder / "adapter" / "adapter_model.safetensors")
     assert same(saved, tensors(folder / "checkpoints" / "checkpoint-5" / "adapter_model.safetensors"))
+
+
+def test_a_resume_that_finds_the_run_finished_still_saves_the_kept_check(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         sft_output: Path) -> None:
+    # Killed during the final save: the resume trains nothing (its last checkpoint is the last step), so no check
+    # runs; the adapter saved must still be the kept one, not the last checkpoint's.
+    import shutil
+
+    folder = _grpo(tmp_path, monkeypatch, {0: 0.3, 2: 0.8, 4: 0.5, 5: 0.6}, keep=True, start=sft_output)
+    for name in ("adapter", "merged", "manifest.json"):
+        shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
+    _grpo(tmp_path, monkeypatch, {}, keep=True, start=sft_output, resume=True)
+    saved = tensors(folder / "adapter" / "adapter_model.safetensors")
+    assert same(saved, tensors(folder / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"))
+    assert json.loads((folder / "manifest.json").read_text())["held_out_kept"]["kept_step"] == 2
