@@ -1,8 +1,8 @@
 #!/bin/bash
 # The GPU measurements still open, in the order they matter, each part under its own time limit:
-#   bash benchmarks/gpu_session.sh check compiled-step     # about 7 minutes on one GPU
-#   bash benchmarks/gpu_session.sh grouped shapes          # about 4 minutes
-#   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check compiled-step grouped shapes   # a dry run on a CPU
+#   bash benchmarks/gpu_session.sh check rows              # about 6 minutes on one GPU
+#   bash benchmarks/gpu_session.sh compiled-step grouped shapes   # about 6 minutes
+#   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
 # ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; 29 MB in all with the wheels):
@@ -11,6 +11,7 @@
 # (/tmp/gc) for the parts after it, which reuse its model.
 #   check          gpu_check, with `decoding: compiled-step` beside the default decodings
 #   compiled-step  benchmarks/compiled_step.py: the whole decoding step compiled against `compiled`
+#   rows           benchmarks/generation_rows.py: 64 rows decoded together against 128 and 256 (steps_per_generation)
 #   grouped        benchmarks/grouped_attention.py: each group's prompt read once, eager and compiled-step
 #   shapes         benchmarks/gpu_shapes.py: padding to 64, the stop check, SFT's batch order
 #   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
@@ -41,6 +42,8 @@ for part in "$@"; do stamp "$part"; case $part in
          rc=$?; cp /tmp/gc/gpu_check.json "$OUT/" 2>/dev/null; [ -d /tmp/gc/model ] && model=/tmp/gc/model
          (exit $rc) ;;
   compiled-step) limit 120 "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
+  rows) limit 150 "$PY" benchmarks/generation_rows.py $(medium) $([ -n "$cpu" ] && echo --rows 16 32 --new-tokens 32) \
+          > "$OUT/rows.txt" 2>&1 ;;
   grouped) shape=${cpu:---gpt2-medium}; [ -n "$cpu" ] && shape="--cpu --new-tokens 32"  # on a CPU the demo model
            { limit 60 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
                && limit 90 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 --decoding compiled-step

@@ -24,8 +24,11 @@ checkpoints on the way (the curve of accuracy against budget; the reported
 tokens: trained (TRL's `num_tokens`, prompt and completion) plus generated.
 
 Prints a table per seed, the mean and spread over seeds, and the mean gain of
-(b) over (a); writes `{output}/sft_vs_grpo.json` and `{output}/sft_vs_grpo.png`
-(`gsm8k-tr report {output}` shows them too).
+(b) over (a) and (c). Each seed's (b) is also paired with (a), (c) and the start
+on the same test questions (questions better and worse, exact sign test), and
+over all seeds question by question (`pooled`: one sign test per way); writes
+`{output}/sft_vs_grpo.json` and `{output}/sft_vs_grpo.png` (`gsm8k-tr report
+{output}` shows them too).
 """
 
 from __future__ import annotations
@@ -126,11 +129,57 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
                            "seconds": alone_manifest["train_seconds"], "tokens": _tokens(_history(alone_dir)),
                            "test_accuracy": _test(str(alone_dir), alone, folder / "eval-sft-alone"),
                            "pipeline_seconds": total, "pipeline_tokens": start_tokens + result["grpo"]["tokens"]["total"]}
+    result["paired"] = paired(folder)
     return result
 
 
-def summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, standard deviation and range over seeds of each way's test accuracy, and of (b) - (a)."""
+PAIRS = {"start": "eval-start", "more_sft": "eval-more-sft", "sft_alone": "eval-sft-alone"}
+
+
+def paired(folder: Path) -> dict[str, dict[str, Any]]:
+    """(b) GRPO against each other way on the same test questions: questions better and worse, sign test."""
+    from gsm8k_tr.infer.compare import compare_folders
+
+    return {name: compare_folders(str(folder / other), str(folder / "eval-grpo")).as_dict()
+            for name, other in PAIRS.items() if (folder / other).is_dir()}
+
+
+def pooled(out: Path, seeds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """(b) GRPO against each other way over every seed, question by question.
+
+    The same test questions come back in every seed, and a question one run
+    gets right by luck is likely to flip in another, so the seeds' better and
+    worse counts are not independent and their sum would overstate the
+    evidence. Each question's differences (GRPO's grade less the other way's)
+    are summed over the seeds instead, and the exact sign test is on the
+    questions whose sum is above zero against those below: one vote per
+    question, whatever the number of seeds.
+    """
+    from gsm8k_tr.infer.compare import read_predictions, scores, sign_test
+
+    def graded(folder: Path) -> dict[tuple[str, str], float]:
+        return scores(read_predictions(folder / "predictions.jsonl", "evaluate it again"))
+
+    found = {}
+    for name, other in PAIRS.items():
+        folders = [out / f"seed-{s['seed']}" for s in seeds]
+        folders = [f for f in folders if (f / other).is_dir() and (f / "eval-grpo").is_dir()]
+        if not folders:
+            continue
+        summed: dict[tuple[str, str], float] = {}
+        for folder in folders:
+            before, after = graded(folder / other), graded(folder / "eval-grpo")
+            for question in before.keys() & after.keys():
+                summed[question] = summed.get(question, 0.0) + after[question] - before[question]
+        gained, lost = sum(d > 0 for d in summed.values()), sum(d < 0 for d in summed.values())
+        found[name] = {"seeds": len(folders), "questions": len(summed), "gained": gained, "lost": lost,
+                       "p_value": sign_test(gained, lost)}
+    return found
+
+
+def summary(seeds: list[dict[str, Any]], out: Path | None = None) -> dict[str, Any]:
+    """Mean, standard deviation and range over seeds of each way's test accuracy, and of (b) - (a); with `out`, the
+    folder the seeds ran in, also (b) against each other way question by question over the seeds (`pooled`)."""
     def stats(values: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "min": min(values), "max": max(values)}
@@ -146,6 +195,8 @@ def summary(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         found["sft_alone"] = stats([s["sft_alone"]["test_accuracy"] for s in seeds])
         found["grpo_minus_sft_alone"] = stats([s["grpo"]["test_accuracy"] - s["sft_alone"]["test_accuracy"]
                                                for s in seeds])
+    if out is not None:
+        found["pooled"] = pooled(out, seeds)
     return found
 
 
@@ -162,7 +213,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seeds = [one_seed(args.config, seed, out, args.grpo_steps, args.points, args.overrides) for seed in args.seeds]
-    result = {"config": args.config, "overrides": args.overrides, "seeds": seeds, "summary": summary(seeds),
+    result = {"config": args.config, "overrides": args.overrides, "seeds": seeds, "summary": summary(seeds, out),
               "seconds": round(time.perf_counter() - started)}
     (out / "sft_vs_grpo.json").write_text(json.dumps(result, indent=1))
     from gsm8k_tr import report
@@ -185,6 +236,14 @@ def main() -> None:
           f"{m['grpo_minus_more_sft']['max']:+.3f}); (b) - (c) {m['grpo_minus_sft_alone']['mean']:+.3f} (range "
           f"{m['grpo_minus_sft_alone']['min']:+.3f} to {m['grpo_minus_sft_alone']['max']:+.3f}); GRPO gained over "
           f"its start on every seed: {m['grpo_gained_on_every_seed']}")
+    names = {"start": "its start", "more_sft": "(a) more SFT", "sft_alone": "(c) SFT alone"}
+    for s in seeds:
+        print(f"seed {s['seed']}, (b) GRPO against " + "; ".join(
+            f"{names[k]}: {v['gained']} better, {v['lost']} worse, p = {v['p_value']:.2g}"
+            for k, v in s["paired"].items()))
+    print(f"over the {len(seeds)} seeds, questions on which (b) GRPO did better and worse than " + "; ".join(
+        f"{names[k]}: {v['gained']} better, {v['lost']} worse of {v['questions']}, p = {v['p_value']:.2g}"
+        for k, v in m["pooled"].items()))
     print(f"wrote {out / 'sft_vs_grpo.json'} and {out / 'sft_vs_grpo.png'}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from conftest import load_benchmark
@@ -35,6 +36,39 @@ def test_summary_and_report_of_the_same_budget_comparison(tmp_path: Path) -> Non
     assert "| 42 | 0.580 | 0.600 | 0.660 | +0.060 | 0.600 | +0.060 | 200 / 195 |" in text
     assert "![Same budget: more SFT, GRPO, or SFT alone](sft_vs_grpo.png)" in text
     assert (tmp_path / "sft_vs_grpo.png").stat().st_size > 5000
+
+
+def _evaluation(folder: Path, right: list[bool]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "predictions.jsonl").write_text("".join(
+        json.dumps({"question": f"q{i}", "gold": str(i), "correct": ok, "tokens": 10}) + "\n"
+        for i, ok in enumerate(right)))
+
+
+def test_grpo_is_paired_with_each_way_on_the_same_questions_and_pooled_over_seeds(tmp_path: Path) -> None:
+    from gsm8k_tr import report
+
+    bench = load_benchmark("sft_vs_grpo")
+    seeds = []
+    for seed, (grpo, more) in {42: ([True] * 8 + [False] * 2, [True] * 2 + [False] * 8),
+                               43: ([True] * 6 + [False] * 4, [False] * 6 + [True] * 4)}.items():
+        folder = tmp_path / f"seed-{seed}"
+        _evaluation(folder / "eval-grpo", grpo)
+        _evaluation(folder / "eval-more-sft", more)  # no start or SFT alone evaluated: not paired
+        seeds.append({**_seed(seed, 0.5, 0.5, 0.6), "paired": bench.paired(folder)})
+    assert list(seeds[0]["paired"]) == ["more_sft"]
+    assert (seeds[0]["paired"]["more_sft"]["gained"], seeds[0]["paired"]["more_sft"]["lost"]) == (6, 0)
+    assert (seeds[1]["paired"]["more_sft"]["gained"], seeds[1]["paired"]["more_sft"]["lost"]) == (6, 4)
+    summary = bench.summary(seeds, tmp_path)
+    # Question by question over both seeds: q0-q5 better on balance, q6 and q7 one each way (no vote), q8 and q9
+    # worse; summing the seeds' own counts instead (12 against 4) would count q2-q5 twice.
+    pooled = summary["pooled"]["more_sft"]
+    assert (pooled["seeds"], pooled["questions"], pooled["gained"], pooled["lost"]) == (2, 10, 6, 2)
+    assert abs(pooled["p_value"] - 2 * sum(math.comb(8, i) for i in range(3)) / 2**8) < 1e-12
+    assert "pooled" not in bench.summary(seeds)  # without the folder the seeds ran in
+    (tmp_path / "sft_vs_grpo.json").write_text(json.dumps({"seeds": seeds, "summary": summary}))
+    text = report.main(str(tmp_path)).read_text()
+    assert "against (a) more SFT: 6 better, 2 worse (p = 0.29)" in text
 
 
 def test_a_broken_benchmark_output_is_named_in_one_line(tmp_path: Path) -> None:

@@ -277,6 +277,13 @@ def budget_table(result: dict[str, Any]) -> list[str]:
         lines.append(f"| mean ± std | {m['start']['mean']:.3f} | {m['more_sft']['mean']:.3f} ± {m['more_sft']['std']:.3f} | "
                      f"{m['grpo']['mean']:.3f} ± {m['grpo']['std']:.3f} | {spread('grpo_minus_more_sft')} | {alone} | "
                      f"{spread('grpo_minus_sft_alone')} | |")
+        names = {"start": "its SFT start", "more_sft": "(a) more SFT", "sft_alone": "(c) SFT alone"}
+        pooled = [f"{names[k]}: {v['gained']} better, {v['lost']} worse (p = {v['p_value']:.2g})"
+                  for k, v in m.get("pooled", {}).items() if k in names]
+        if pooled:
+            lines += ["", "Questions on which (b) GRPO did better and worse over all seeds (each question's grades "
+                      "summed over the seeds), against " + "; ".join(pooled)
+                      + ". p: the exact two-sided sign test on the two counts."]
     return lines
 
 
