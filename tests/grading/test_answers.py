@@ -61,6 +61,18 @@ CORRECT = [
     ("BEŞ: 6 MİLYON", "6000000", "a scale word in capitals with the dotted İ"),
     ("2 million", "2000000", "an English scale word"),
     ("2½ milyon.", "2500000", "a vulgar fraction before a scale word, a full stop after it"),
+    ("2 bin 500 TL", "2500", "thousands and a remainder, as Turkish writes amounts"),
+    ("2 milyon 500 bin", "2500000", "millions and thousands"),
+    ("1 milyon 200 bin 300", "1200300", "three groups"),
+    ("-2 bin 500", "-2500", "a sign before a compound amount"),
+    ("2 buçuk saat", "2.5", "'buçuk' after digits"),
+    ("2 buçuk milyon", "2500000", "'buçuk' before a scale word"),
+    ("bir buçuk milyon", "1500000", "'buçuk' before a scale word, in words"),
+    ("yarım milyon", "500000", "'yarım' before a scale word"),
+    ("2 ½ saat", "2.5", "a vulgar fraction one space after the digits"),
+    ("½", "0.5", "a vulgar fraction alone"),
+    ("3 elmanın ½'si", "0.5", "a vulgar fraction after the last digits is the last number"),
+    ("5 bin 1.500", "1500", "a remainder of a thousand or more is its own number"),
 ]
 
 WRONG = [
@@ -79,6 +91,11 @@ WRONG = [
     ("5 binici", "5000", "'binici' (riders) is not 'bin'"),
     ("5 milyon elma ve 3", "3000000", "a scale word belongs to its own number, not to the last"),
     ("Cevap 5. Bin kişi geldi", "5000", "a full stop ends the number's sentence: the next one's 'Bin' is not its scale"),
+    ("2 bin 500", "500", "the remainder alone is not the amount"),
+    ("5 bin 1.500", "5001.5", "a remainder of a thousand or more is its own number, in either reading"),
+    ("5 bine 3", "5003", "only the bare scale word joins two numbers"),
+    ("10-2 bin 500", "-2500", "a minus after a digit is subtraction"),
+    ("2 buçuk saat", "2", "'buçuk' adds a half"),
 ]
 
 

@@ -49,6 +49,15 @@ _SCALE_AFTER = re.compile(r"\s+(?:(?P<thousand>bin(?:e|i|in|de|den|le|lik|lık|l
                           r"|(?P<million>milyon\w*|millions?\b)|(?P<billion>milyar\w*|billions?\b)"
                           r"|(?P<trillion>trilyon\w*|trillions?\b))", re.IGNORECASE)
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+# "2 buçuk saat": two and a half, as "iki buçuk" is in words.
+_HALF_AFTER = re.compile(r"\s+buçuk\b", re.IGNORECASE)
+# A number and a bare scale word right before the final number: "2 bin 500" is 2,500 and "2 milyon 500 bin"
+# 2,500,000, as Turkish writes amounts. Only the bare word: "5 bine 3" is not a compound.
+_SCALE_BEFORE = re.compile(r"(?<![0-9.,/])([0-9][0-9.,]*)\s+(bin|milyon|milyar|trilyon|thousand|million|billion|trillion)"
+                           r"\s+$", re.IGNORECASE)
+_SCALE_WORDS = {"bin": 10**3, "thousand": 10**3, "milyon": 10**6, "million": 10**6, "milyar": 10**9,
+                "billion": 10**9, "trilyon": 10**12, "trillion": 10**12}
+_COMPOUND_WINDOW = 200  # characters before the final number looked at for "2 milyon 500 bin 300"
 
 
 def _grouped(groups: list[str]) -> bool:
@@ -200,18 +209,55 @@ def last_number(text: str) -> Readings | None:
     normalised = _normalise(text)
     digits = _last_digit_number(normalised)
     if digits is not None:
-        return _scaled(digits, normalised)
+        end = max(normalised.rfind(digit) for digit in "0123456789") + 1
+        lone = max(normalised.rfind(v) for v in _VULGAR)
+        if lone > end + 1:  # "... 3 elmanın ½'si": a fraction sign alone after the last digits is the last number
+            return frozenset({_VULGAR[normalised[lone]]})
+        return _compounded(_scaled(digits, normalised, end), normalised, end)
     words = turkish_numbers(text[-_WORD_WINDOW:])
-    return frozenset({words[-1]}) if words else None
+    if words:
+        return frozenset({words[-1]})
+    lone = max(normalised.rfind(v) for v in _VULGAR)
+    return frozenset({_VULGAR[normalised[lone]]}) if lone >= 0 else None
 
 
-def _scaled(readings: Readings, text: str) -> Readings:
-    """The final number's readings times the scale word that follows it, if one does ("6 milyon": 6,000,000)."""
-    after = max(text.rfind(digit) for digit in "0123456789") + 1
+def _scaled(readings: Readings, text: str, after: int) -> Readings:
+    """The final number's readings (its digits end at `after`) with what follows them: a fraction sign ("2½",
+    "2 ½"), "buçuk" ("2 buçuk": 2.5) and a scale word ("6 milyon": 6,000,000; "2 buçuk milyon": 2,500,000)."""
     if text[after:after + 1] in _VULGAR:  # "2½ milyon"; a full stop after the digits ends the sentence instead
         after += 1
+    elif text[after:after + 1] == " " and text[after + 1:after + 2] in _VULGAR:
+        readings = frozenset(r + _VULGAR[text[after + 1]] for r in readings if r >= 0 and r.denominator == 1) \
+            or readings
+        after += 2
+    else:
+        half = _HALF_AFTER.match(text, after)
+        if half:
+            readings = frozenset(r + Fraction(1, 2) for r in readings if r >= 0 and r.denominator == 1) or readings
+            after = half.end()
     scale = _SCALE_AFTER.match(text, after)
     return frozenset(r * _SCALES[scale.lastgroup] for r in readings) if scale else readings
+
+
+def _compounded(readings: Readings, text: str, end: int) -> Readings:
+    """The final number (its digits end at `end`) with the number-and-scale pairs written before it: "2 bin 500" is
+    2,500, "1 milyon 200 bin 300" 1,200,300. A pair counts only over a smaller remainder ("5 bin 1.500" stays 1,500)."""
+    start = end
+    while start > 0 and text[start - 1] in "0123456789.,":
+        start -= 1
+    head = text[max(0, start - _COMPOUND_WINDOW):start]
+    while True:
+        pair = _SCALE_BEFORE.search(head)
+        if pair is None:
+            return readings
+        scale = _SCALE_WORDS[pair.group(2).lower()]
+        if not all(0 <= r < scale for r in readings):  # "5 bin 1.500": 1,500 is no remainder of thousands
+            return readings
+        readings = frozenset(b * scale + r for b in body_readings(pair.group(1).rstrip(".,")) for r in readings)
+        head = head[:pair.start()]
+        # "-2 bin 500" is -2,500; a minus after a word or a digit is subtraction, as `_scan` reads it.
+        if head[-1:] in tuple(_SIGNS) and not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_")):
+            return frozenset(-r for r in readings)
 
 
 def answer_block(text: str, tag: str = "cevap") -> str | None:

@@ -85,10 +85,13 @@ class _Builder:
         self.last = ""  # kind of the previous word
         self.last_scale = 10**12
         self.words = 0
+        self.half = False  # "buçuk" or "yarım" read last: only a scale word may follow ("bir buçuk milyon")
 
     def add(self, kind: str, value: int) -> bool:
         """Add a word; False when it must start a new number instead."""
         last = self.last
+        if self.half and kind != "scale":
+            return False
         if kind == "unit":
             if last in ("unit",) or (last == "ten" and value >= 10):
                 return False
@@ -104,15 +107,19 @@ class _Builder:
         else:  # scale
             if value >= self.last_scale:
                 return False
-            self.total += (self.small or 1) * value
+            if self.half:  # "bir buçuk milyon": 1,500,000; "yarım milyon": 500,000
+                self.total += int((self.small + Fraction(1, 2)) * value)
+                self.half = False
+            else:
+                self.total += (self.small or 1) * value
             self.small = 0
             self.last_scale = value
         self.last = kind
         self.words += 1
         return True
 
-    def value(self) -> int:
-        return self.total + self.small
+    def value(self) -> Fraction:
+        return self.total + self.small + (Fraction(1, 2) if self.half else 0)
 
 
 def _spelled_numbers(
@@ -142,14 +149,14 @@ def _spelled_numbers(
             pending_negative = True
             continue
         if raw in halves:
-            if raw == "buçuk" and builder is not None and builder.words:
-                value = Fraction(builder.value()) + halves[raw]
-                found.append(-value if negative else value)
-                builder, negative = None, False
+            # The half stays open for a scale word after it: "bir buçuk milyon", "yarım milyon".
+            if raw == "buçuk" and builder is not None and builder.words and not builder.half:
+                builder.half = True
             else:
                 close()
-                found.append(halves[raw])
-            pending_negative = False
+                builder = _Builder()
+                builder.half, builder.words = True, 1
+                negative, pending_negative = pending_negative, False
             continue
         stem, value = lookup(raw)
         if value is None:
