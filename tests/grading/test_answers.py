@@ -94,6 +94,7 @@ WRONG = [
     ("2 bin 500", "500", "the remainder alone is not the amount"),
     ("5 bin 1.500", "5001.5", "a remainder of a thousand or more is its own number, in either reading"),
     ("5 bine 3", "5003", "only the bare scale word joins two numbers"),
+    ("5 bin\n500", "5500", "a compound amount is written on one line"),
     ("10-2 bin 500", "-2500", "a minus after a digit is subtraction"),
     ("2 buçuk saat", "2", "'buçuk' adds a half"),
 ]

@@ -53,8 +53,9 @@ _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10
 _HALF_AFTER = re.compile(r"\s+buçuk\b", re.IGNORECASE)
 # A number and a bare scale word right before the final number: "2 bin 500" is 2,500 and "2 milyon 500 bin"
 # 2,500,000, as Turkish writes amounts. Only the bare word: "5 bine 3" is not a compound.
-_SCALE_BEFORE = re.compile(r"(?<![0-9.,/])([0-9][0-9.,]*)\s+(bin|milyon|milyar|trilyon|thousand|million|billion|trillion)"
-                           r"\s+$", re.IGNORECASE)
+# On one line: "5 bin\n500" is two lines' numbers.
+_SCALE_BEFORE = re.compile(r"(?<![0-9.,/])([0-9][0-9.,]*)[ \t\u00a0]+(bin|milyon|milyar|trilyon|thousand|million|billion"
+                           r"|trillion)[ \t\u00a0]+$", re.IGNORECASE)
 _SCALE_WORDS = {"bin": 10**3, "thousand": 10**3, "milyon": 10**6, "million": 10**6, "milyar": 10**9,
                 "billion": 10**9, "trilyon": 10**12, "trillion": 10**12}
 _COMPOUND_WINDOW = 200  # characters before the final number looked at for "2 milyon 500 bin 300"
