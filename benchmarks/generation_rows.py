@@ -133,5 +133,6 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
