@@ -145,35 +145,18 @@ def paired(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def pooled(out: Path, seeds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """(b) GRPO against each other way over every seed, question by question.
-
-    The same test questions come back in every seed, and a question one run
-    gets right by luck is likely to flip in another, so the seeds' better and
-    worse counts are not independent and their sum would overstate the
-    evidence. Each question's differences (GRPO's grade less the other way's)
-    are summed over the seeds instead, and the exact sign test is on the
-    questions whose sum is above zero against those below: one vote per
-    question, whatever the number of seeds.
-    """
-    from gsm8k_tr.infer.compare import read_predictions, scores, sign_test
-
-    def graded(folder: Path) -> dict[tuple[str, str], float]:
-        return scores(read_predictions(folder / "predictions.jsonl", "evaluate it again"))
+    """(b) GRPO against each other way over every seed, question by question (`infer/compare.py`'s `Pooled`: each
+    question's grades summed over the seeds, one sign test on the questions above zero against those below)."""
+    from gsm8k_tr.infer.compare import folder_scores
+    from gsm8k_tr.infer.compare import pooled as pool
 
     found = {}
     for name, other in PAIRS.items():
         folders = [out / f"seed-{s['seed']}" for s in seeds]
         folders = [f for f in folders if (f / other).is_dir() and (f / "eval-grpo").is_dir()]
-        if not folders:
-            continue
-        summed: dict[tuple[str, str], float] = {}
-        for folder in folders:
-            before, after = graded(folder / other), graded(folder / "eval-grpo")
-            for question in before.keys() & after.keys():
-                summed[question] = summed.get(question, 0.0) + after[question] - before[question]
-        gained, lost = sum(d > 0 for d in summed.values()), sum(d < 0 for d in summed.values())
-        found[name] = {"seeds": len(folders), "questions": len(summed), "gained": gained, "lost": lost,
-                       "p_value": sign_test(gained, lost)}
+        together = pool([(folder_scores(str(f / other)), folder_scores(str(f / "eval-grpo"))) for f in folders])
+        if together is not None:
+            found[name] = together.as_dict()
     return found
 
 

@@ -186,8 +186,9 @@ COMMANDS["report"] = ("write RUN_DIR/report.md with plots of rewards, loss, accu
 
 
 def _compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("before", metavar="EVAL_A", help="an evaluation's folder (with predictions.jsonl), or the file")
-    parser.add_argument("after", metavar="EVAL_B", help="the one to compare with it, on the same questions")
+    parser.add_argument("evaluations", nargs="+", metavar="EVAL_A EVAL_B",
+                        help="evaluation folders (with predictions.jsonl), or the files, in pairs: before, after; "
+                             "several pairs (seeds, reruns) are also pooled question by question")
     parser.add_argument("--flexible", action="store_true",
                         help="grade by the last number anywhere (flexible_accuracy), not the answer tag's")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -196,13 +197,18 @@ def _compare_args(parser: argparse.ArgumentParser) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from gsm8k_tr.infer import compare
 
-    paired = compare.compare_folders(args.before, args.after, "flexible_correct" if args.flexible else "correct")
-    print(json.dumps(paired.as_dict(), indent=2) if args.json else paired.sentence())
+    pairs, pooled = compare.compare_runs(args.evaluations, "flexible_correct" if args.flexible else "correct")
+    if args.json:
+        found = pairs[0].as_dict() if pooled is None else {
+            "pairs": [p.as_dict() for p in pairs], "pooled": pooled.as_dict()}
+        print(json.dumps(found, indent=2))
+    else:
+        print("\n".join([p.sentence() for p in pairs] + ([pooled.sentence()] if pooled else [])))
     return 0
 
 
-COMMANDS["compare"] = ("compare two evaluations question by question: change, confidence interval, sign test",
-                       _compare_args, _compare)
+COMMANDS["compare"] = ("compare evaluations question by question: change, confidence interval, sign test; "
+                       "several pairs pooled", _compare_args, _compare)
 
 
 def _plan_args(parser: argparse.ArgumentParser) -> None:

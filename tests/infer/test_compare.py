@@ -99,3 +99,27 @@ def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys
                           (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_several_pairs_are_pooled_question_by_question(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Two seeds of "before" and "after": q0-q2 better in both seeds, q3 in one, q4 worse in one.
+    from gsm8k_tr.cli import main
+
+    runs = {"a1": (0, 0, 0, 1, 1), "b1": (1, 1, 1, 1, 1), "a2": (0, 0, 0, 0, 1), "b2": (1, 1, 1, 1, 0)}
+    for name, flags in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.jsonl").write_text("".join(
+            json.dumps({"question": f"q{i}", "gold": "1", "correct": bool(f), "tokens": 9}) + "\n"
+            for i, f in enumerate(flags)))
+    folders = [str(tmp_path / n) for n in ("a1", "b1", "a2", "b2")]
+    assert main(["compare", *folders]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "3 better, 0 worse" in lines[0] and "4 better, 1 worse" in lines[1]
+    # Summing the pairs' own counts would give 7 against 1 (p = 0.07): q0-q2 counted twice. Per question: 4 against 1.
+    assert lines[2] == ("over 2 runs, question by question: +60.0 points on average; 4 of 5 questions better, "
+                        "1 worse, exact sign test p = 0.38")
+    assert main(["compare", *folders, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [p["gained"] for p in found["pairs"]] == [3, 4] and found["pooled"]["gained"] == 4
+    assert main(["compare", *folders[:3]]) == 2
+    assert "give evaluations in pairs" in capsys.readouterr().err

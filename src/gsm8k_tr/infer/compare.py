@@ -103,16 +103,86 @@ def compare(before: str, before_scores: dict[tuple[str, str], float], after: str
                   gained, lost, change, change - half, change + half, sign_test(gained, lost))
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """Several runs' pairs (two seeds, or two recipes, each run twice) over the same questions, question by question.
+
+    The same questions come back in every run, and a question one run gets
+    right by luck is likely to flip in another, so the runs' better and worse
+    counts are not independent and their sum would overstate the evidence.
+    Each question's differences are summed over the runs instead, and the
+    exact sign test is on the questions whose sum is above zero against those
+    below: one vote per question, whatever the number of runs.
+    """
+
+    runs: int
+    questions: int  # those answered in at least one pair
+    gained: int  # questions better after, summed over the runs
+    lost: int
+    change: float  # the mean of the runs' changes in accuracy
+    p_value: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def sentence(self) -> str:
+        return (f"over {self.runs} runs, question by question: {100 * self.change:+.1f} points on average; "
+                f"{self.gained} of {self.questions} questions better, {self.lost} worse, exact sign test "
+                f"p = {self.p_value:.2g}")
+
+
+def pooled(pairs: list[tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]]) -> Pooled | None:
+    """(before, after) scores of several runs, pooled question by question; None when no pair shares a question.
+
+    >>> one = ({("a", "1"): 0.0, ("b", "2"): 1.0}, {("a", "1"): 1.0, ("b", "2"): 1.0})
+    >>> two = ({("a", "1"): 1.0, ("b", "2"): 1.0}, {("a", "1"): 0.0, ("b", "2"): 0.0})
+    >>> found = pooled([one, one, two])  # "a": +1 +1 -1, "b": 0 0 -1
+    >>> found.runs, found.questions, found.gained, found.lost, found.change
+    (3, 2, 1, 1, 0.0)
+    """
+    summed: dict[tuple[str, str], float] = {}
+    changes = []
+    for before, after in pairs:
+        shared = before.keys() & after.keys()
+        if shared:
+            changes.append(sum(after[q] - before[q] for q in shared) / len(shared))
+        for q in shared:
+            summed[q] = summed.get(q, 0.0) + after[q] - before[q]
+    if not summed:
+        return None
+    gained, lost = sum(d > 0 for d in summed.values()), sum(d < 0 for d in summed.values())
+    return Pooled(len(changes), len(summed), gained, lost, sum(changes) / len(changes), sign_test(gained, lost))
+
+
+def folder_scores(given: str, key: str = "correct") -> dict[tuple[str, str], float]:
+    """An evaluation's folder (or its predictions.jsonl) read into `scores`; one line when it cannot be."""
+    path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
+    if not path.is_file():
+        raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote")
+    return scores(read_predictions(path, "evaluate again into that folder"), key)
+
+
 def compare_folders(before: str, after: str, key: str = "correct") -> Paired:
     """Two evaluations' folders (or their predictions.jsonl), compared on `key` (see `scores`); one line when they
     cannot be."""
-    found = []
-    for given in (before, after):
-        path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
-        if not path.is_file():
-            raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote")
-        found.append(scores(read_predictions(path, "evaluate again into that folder"), key))
-    paired = compare(str(before), found[0], str(after), found[1])
+    return _shared(str(before), folder_scores(before, key), str(after), folder_scores(after, key))
+
+
+def _shared(before: str, before_scores: dict[tuple[str, str], float], after: str,
+            after_scores: dict[tuple[str, str], float]) -> Paired:
+    paired = compare(before, before_scores, after, after_scores)
     if paired is None:
         raise UserError(f"{before} and {after} answered no question in common; evaluate both on the same split")
     return paired
+
+
+def compare_runs(folders: list[str], key: str = "correct") -> tuple[list[Paired], Pooled | None]:
+    """Evaluation folders in pairs (A1 B1 A2 B2 ...): each pair compared, and with several pairs, all of them
+    pooled question by question (`Pooled`)."""
+    if len(folders) < 2 or len(folders) % 2:
+        raise UserError(f"give evaluations in pairs, before and after (EVAL_A EVAL_B [EVAL_A2 EVAL_B2 ...]); "
+                        f"got {len(folders)}")
+    pairs = [(folders[i], folders[i + 1]) for i in range(0, len(folders), 2)]
+    read = {f: folder_scores(f, key) for f in dict.fromkeys(folders)}  # each folder once
+    compared = [_shared(a, read[a], b, read[b]) for a, b in pairs]
+    return compared, pooled([(read[a], read[b]) for a, b in pairs]) if len(pairs) > 1 else None
