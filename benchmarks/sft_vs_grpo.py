@@ -138,9 +138,11 @@ PAIRS = {"start": "eval-start", "more_sft": "eval-more-sft", "sft_alone": "eval-
 
 def paired(folder: Path) -> dict[str, dict[str, Any]]:
     """(b) GRPO against each other way on the same test questions: questions better and worse, sign test."""
-    from gsm8k_tr.infer.compare import compare_folders
+    from gsm8k_tr.infer.compare import compare, folder_scores
 
-    return {name: compare_folders(str(folder / other), str(folder / "eval-grpo")).as_dict()
+    grpo = str(folder / "eval-grpo")
+    graded = folder_scores(grpo)  # read once for the three pairs
+    return {name: compare(str(folder / other), folder_scores(str(folder / other)), grpo, graded).as_dict()
             for name, other in PAIRS.items() if (folder / other).is_dir()}
 
 

@@ -21,6 +21,11 @@ from gsm8k_tr.errors import UserError
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
+def _rounded(result: Any) -> dict[str, Any]:
+    """A result dataclass as a dict, its floats to 4 places (for JSON and the report)."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(result).items()}
+
+
 @dataclass(frozen=True)
 class Paired:
     before: str
@@ -36,7 +41,7 @@ class Paired:
     p_value: float  # exact two-sided sign test, gained against lost
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return _rounded(self)
 
     def sentence(self) -> str:
         """One line, e.g. "sft → grpo: +4.7 points (95% interval +1.0 to +8.4) on 403 questions, ...". """
@@ -123,7 +128,7 @@ class Pooled:
     p_value: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return _rounded(self)
 
     def sentence(self) -> str:
         return (f"over {self.runs} runs, question by question: {100 * self.change:+.1f} points on average; "

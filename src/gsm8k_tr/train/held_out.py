@@ -13,12 +13,14 @@ from transformers import TrainerCallback
 
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
+from gsm8k_tr.outputs import read_json
 from gsm8k_tr.placement import COMPUTE_DTYPES
 from gsm8k_tr.train.rollouts import generating_policy
 
 log = logging.getLogger(__name__)
 
 BEST = "best-held-out"  # in the stage's checkpoints folder: the best check's adapter weights and best.json
+_REMEDY = f"remove the {BEST} folder: the run then keeps the best of the checks it makes from now on"
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -79,7 +81,7 @@ class HeldOutAccuracy(TrainerCallback):
         self.keep_best = keep_best
         self.measured: dict[int, float] = {}  # step → held-out accuracy, this process's run
         record = keep_best / "best.json" if keep_best else None
-        self.best: dict[str, Any] | None = json.loads(record.read_text()) if record and record.is_file() else None
+        self.best: dict[str, Any] | None = read_json(record, _REMEDY) if record and record.is_file() else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.best is not None and self.best["step"] > state.global_step:
@@ -118,7 +120,7 @@ class HeldOutAccuracy(TrainerCallback):
                 self._write_best()
         self.trainer.accelerator.wait_for_everyone()
         if self.keep_best:  # every process knows the best, as the main process wrote it
-            self.best = json.loads((self.keep_best / "best.json").read_text())
+            self.best = read_json(self.keep_best / "best.json", _REMEDY)
 
     def _write_best(self) -> None:
         from peft import get_peft_model_state_dict
