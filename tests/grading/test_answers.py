@@ -73,6 +73,19 @@ CORRECT = [
     ("½", "0.5", "a vulgar fraction alone"),
     ("3 elmanın ½'si", "0.5", "a vulgar fraction after the last digits is the last number"),
     ("5 bin 1.500", "1500", "a remainder of a thousand or more is its own number"),
+    ("10 000 TL", "10000", "thousands grouped by a space"),
+    ("1 250 000", "1250000", "several groups one space apart"),
+    ("1\u00a0250,5", "1250.5", "a no-break space between groups, a decimal comma"),
+    ("-1 250", "-1250", "a sign before space-grouped thousands"),
+    ("2 100 liralık", "100", "two hundred-lira notes: the last group alone stays a reading"),
+    ("2 bin beş yüz", "2500", "thousands in digits, the rest in words"),
+    ("2 milyon beş yüz bin", "2500000", "millions in digits, thousands in words"),
+    ("5 bin bir sepette", "5000", "a lone 'bir' after a scale word may be the article"),
+    ("5 bin bir", "5001", "... or the rest of the amount"),
+    ("2 BİN 500", "2500", "a capital scale word with the dotted İ before the rest of the amount"),
+    ("2 MİLYON BEŞ YÜZ BİN", "2500000", "capitals throughout"),
+    ("İki yüz elli", "250", "a number word opening a sentence with the dotted İ"),
+    ("ALTI", "6", "the dotless I in capitals"),
 ]
 
 WRONG = [
@@ -97,6 +110,12 @@ WRONG = [
     ("5 bin\n500", "5500", "a compound amount is written on one line"),
     ("10-2 bin 500", "-2500", "a minus after a digit is subtraction"),
     ("2 buçuk saat", "2", "'buçuk' adds a half"),
+    ("1234 567", "1234567", "a head of four digits is no group of thousands"),
+    ("72 73 074", "7273074", "groups after the head have three digits"),
+    ("10 000", "10", "the head alone is not the number"),
+    ("3 bine beş", "3005", "only the bare scale word takes the rest in words"),
+    ("5 bin\nbeş yüz", "5500", "the rest in words is on the same line"),
+    ("2 bin beş yüz", "2000", "the words after the scale word are part of the amount"),
 ]
 
 
@@ -108,6 +127,27 @@ def test_correct_answers(text: str, gold: str, why: str) -> None:
 @pytest.mark.parametrize("text,gold,why", WRONG, ids=[c[2] for c in WRONG])
 def test_wrong_answers(text: str, gold: str, why: str) -> None:
     assert not is_correct(box(text), gold), why
+
+
+def _turkish_upper(text: str) -> str:
+    return text.replace("i", "İ").replace("ı", "I").upper()
+
+
+SCALES = {"bin": 10**3, "milyon": 10**6, "milyar": 10**9, "trilyon": 10**12, "thousand": 10**3, "million": 10**6}
+
+
+@pytest.mark.parametrize("case", [str.lower, str.upper, str.title, _turkish_upper], ids=["lower", "upper", "title",
+                                                                                         "turkish-upper"])
+@pytest.mark.parametrize("word", SCALES)
+def test_scale_words_in_any_case(word: str, case) -> None:
+    # Python lower-cases the dotted "İ" to "i" and a combining dot: "2 BİN 500" once raised KeyError in the grader.
+    scale, written = SCALES[word], case(word)
+    assert is_correct(box(f"2 {written} 500"), 2 * scale + 500), written
+    assert is_correct(box(f"2 {written}"), 2 * scale), written
+    assert is_correct(box(f"2 buçuk {written}"), 5 * scale // 2), written
+    assert not is_correct(box(f"2 {written}e 3"), 2 * scale + 3), written
+    if word not in ("thousand", "million"):
+        assert is_correct(box(f"2 {written} {case('beş')}"), 2 * scale + 5), written
 
 
 BLOCKS = [

@@ -13,7 +13,8 @@ from gsm8k_tr.grading.rewards import REWARDS
 # number words) mixed with arbitrary Unicode.
 PIECES = st.sampled_from(
     ["<sebep>", "</sebep>", "<cevap>", "</cevap>", "\n", " ", "1", "25", ".", ",", "/", "-", "−", "%", "½",
-     "yüz", "bin", "iki", "buçuk", "eksi", "\\frac{", "}{", "}", "'dir", "**"]
+     "yüz", "bin", "iki", "buçuk", "eksi", "\\frac{", "}{", "}", "'dir", "**", "000", "\u00a0", "BİN", "MİLYON",
+     "İKİ", "milyon", "bir"]
 )
 TEXT = st.lists(st.one_of(PIECES, st.text(max_size=8)), max_size=60).map("".join)
 
@@ -62,7 +63,7 @@ def test_thousands_of_nested_and_unbalanced_tags(tags: list[str], nested: int) -
 # Text shapes that make naive scanners backtrack or rescan: long runs of one tag, separators between digits
 # (one 10 MB "number"), digits only at the start, unclosed blocks, nested blocks.
 HOSTILE = ["<sebep>", "</cevap>", "<sebep><cevap>", "<cevap>\n1\n", "1,", "1.2.", "- ", "1/", "½ ", "<<<", "a",
-           "<sebep>\nx\n</sebep>\n<cevap>\n"]
+           "<sebep>\nx\n</sebep>\n<cevap>\n", "1 000 ", "5 bin beş yüz "]
 
 
 def _grade_all(text: str) -> float:

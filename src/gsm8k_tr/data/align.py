@@ -33,7 +33,7 @@ from fractions import Fraction
 
 from gsm8k_tr.data.lexicon import WEEKDAYS_AND_MONTHS, english_concepts, turkish_concepts
 from gsm8k_tr.grading.answers import Readings, body_readings, canonical, digit_numbers, preferred
-from gsm8k_tr.grading.numwords import english_numbers, turkish_numbers
+from gsm8k_tr.grading.numwords import english_numbers, turkish_lower, turkish_numbers
 
 _NAME = re.compile(r"[A-ZÇĞİÖŞÜ][a-zçğıöşü]+")
 _LOWER_WORD = re.compile(r"(?<![^\W\d_])[a-zçğıöşü]+")  # a word written in lower case
@@ -80,11 +80,6 @@ NEAR_TEST_GAP = 0.1
 NEAR_TEST_GAP_UNALIGNED = 0.2
 _CANDIDATES = 50
 _COMMON = 3000  # features in more reference rows than this only rescore, never nominate
-
-
-def turkish_lower(text: str) -> str:
-    """Lower case with Turkish dotted and dotless i."""
-    return text.replace("İ", "i").replace("I", "ı").lower()
 
 
 def _is_sentence_start(text: str, at: int) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from gsm8k_tr.grading.numwords import turkish_lower
+
 # concept: (English forms, Turkish stems)
 _ENTRIES: dict[str, tuple[str, str]] = {
     "apple": ("apple apples", "elma"),
@@ -261,7 +263,7 @@ def english_concepts(text: str) -> set[str]:
 def turkish_concepts(text: str) -> set[str]:
     """Concepts named by Turkish words in `text` (a stem matches a word's start)."""
     found: set[str] = set()
-    for word in _WORD.findall(text.replace("İ", "i").replace("I", "ı").lower()):
+    for word in _WORD.findall(turkish_lower(text)):
         if word in _TR_INDEX:
             found.add(_TR_INDEX[word])
             continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from gsm8k_tr.grading.numwords import turkish_numbers
+from gsm8k_tr.grading.numwords import leading_turkish_number, turkish_lower, turkish_numbers
 
 Readings = frozenset[Fraction]
 
@@ -59,6 +59,11 @@ _SCALE_BEFORE = re.compile(r"(?<![0-9.,/])([0-9][0-9.,]*)[ \t\u00a0]+(bin|milyon
 _SCALE_WORDS = {"bin": 10**3, "thousand": 10**3, "milyon": 10**6, "million": 10**6, "milyar": 10**9,
                 "billion": 10**9, "trilyon": 10**12, "trillion": 10**12}
 _COMPOUND_WINDOW = 200  # characters before the final number looked at for "2 milyon 500 bin 300"
+# Thousands grouped by spaces, as print and typesetting write them: "10 000", "1 250 000", also with a no-break or a
+# thin space. A head of one to three digits, then groups of exactly three, one space apart.
+_GROUP_SPACE = " \u00a0\u202f\u2009"
+_SPACED_HEAD = re.compile(rf"(?<![0-9.,/])([0-9]{{1,3}}(?:[{_GROUP_SPACE}][0-9]{{3}})*)[{_GROUP_SPACE}]$")
+_SPACED_GROUP = re.compile(r"[0-9]{3}(?:[.,][0-9]+)?")
 
 
 def _grouped(groups: list[str]) -> bool:
@@ -214,12 +219,51 @@ def last_number(text: str) -> Readings | None:
         lone = max(normalised.rfind(v) for v in _VULGAR)
         if lone > end + 1:  # "... 3 elmanın ½'si": a fraction sign alone after the last digits is the last number
             return frozenset({_VULGAR[normalised[lone]]})
-        return _compounded(_scaled(digits, normalised, end), normalised, end)
+        return _compounded(_scaled(_spaced(digits, normalised, end), normalised, end), normalised, end)
     words = turkish_numbers(text[-_WORD_WINDOW:])
     if words:
         return frozenset({words[-1]})
     lone = max(normalised.rfind(v) for v in _VULGAR)
     return frozenset({_VULGAR[normalised[lone]]}) if lone >= 0 else None
+
+
+def _word(word: str) -> str:
+    """A scale word as `_SCALE_WORDS` spells it, in whatever case it was written ("BİN", "MILYON", "Million")."""
+    return turkish_lower(word).replace("ı", "i")
+
+
+def _run_start(text: str, end: int) -> int:
+    """Where the run of digits, "." and "," that ends at `end` begins."""
+    start = end
+    while start > 0 and text[start - 1] in "0123456789.,":
+        start -= 1
+    return start
+
+
+def _sign_before(head: str) -> bool:
+    """Whether `head` ends in a sign, not in subtraction: a minus right after a word, digit or bracket subtracts,
+    as `_scan` reads it."""
+    return head[-1:] in tuple(_SIGNS) and not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_"))
+
+
+def _spaced(readings: Readings, text: str, end: int) -> Readings:
+    """The final number (its digits end at `end`) with the groups of thousands written before it one space apart:
+    "10 000" reads 10,000 as well as 0, "1 250,5" 1,250.5 as well as 250.5. Both stay readings: "2 100 liralık"
+    (two hundred-lira notes) is written the same way."""
+    start = _run_start(text, end)
+    if not _SPACED_GROUP.fullmatch(text, start, end):
+        return readings
+    head = _SPACED_HEAD.search(text, max(0, start - _COMPOUND_WINDOW), start)
+    if head is None:
+        return readings
+    groups = re.split(f"[{_GROUP_SPACE}]", head.group(1))
+    if groups[0].startswith("0"):
+        return readings
+    whole = int("".join(groups)) * 1000
+    joined = frozenset(whole + r for r in readings if 0 <= r < 1000)
+    if _sign_before(text[max(0, head.start() - 2):head.start()]):
+        joined = frozenset(-r for r in joined)
+    return readings | joined
 
 
 def _scaled(readings: Readings, text: str, after: int) -> Readings:
@@ -237,27 +281,38 @@ def _scaled(readings: Readings, text: str, after: int) -> Readings:
             readings = frozenset(r + Fraction(1, 2) for r in readings if r >= 0 and r.denominator == 1) or readings
             after = half.end()
     scale = _SCALE_AFTER.match(text, after)
-    return frozenset(r * _SCALES[scale.lastgroup] for r in readings) if scale else readings
+    if scale is None:
+        return readings
+    size = _SCALES[scale.lastgroup]
+    readings = frozenset(r * size for r in readings)
+    # "2 bin beş yüz": the rest of the amount in words, smaller than the scale, after the bare scale word only ("3
+    # bine beş" is not 3,005). A lone "bir" after it may be the article ("5 bin bir sepette") as well as 5,001, so
+    # it adds a reading instead of replacing one.
+    if _word(scale.group(scale.lastgroup)) not in _SCALE_WORDS:
+        return readings
+    rest = leading_turkish_number(text[scale.end():scale.end() + _COMPOUND_WINDOW])
+    if rest is None or not 0 < rest < size or not all(r.denominator == 1 for r in readings):
+        return readings
+    joined = frozenset(r + rest if r >= 0 else r - rest for r in readings)
+    return readings | joined if rest == 1 else joined
 
 
 def _compounded(readings: Readings, text: str, end: int) -> Readings:
     """The final number (its digits end at `end`) with the number-and-scale pairs written before it: "2 bin 500" is
     2,500, "1 milyon 200 bin 300" 1,200,300. A pair counts only over a smaller remainder ("5 bin 1.500" stays 1,500)."""
-    start = end
-    while start > 0 and text[start - 1] in "0123456789.,":
-        start -= 1
+    start = _run_start(text, end)
     head = text[max(0, start - _COMPOUND_WINDOW):start]
     while True:
         pair = _SCALE_BEFORE.search(head)
         if pair is None:
             return readings
-        scale = _SCALE_WORDS[pair.group(2).lower()]
+        scale = _SCALE_WORDS[_word(pair.group(2))]
         if not all(0 <= r < scale for r in readings):  # "5 bin 1.500": 1,500 is no remainder of thousands
             return readings
         readings = frozenset(b * scale + r for b in body_readings(pair.group(1).rstrip(".,")) for r in readings)
         head = head[:pair.start()]
-        # "-2 bin 500" is -2,500; a minus after a word or a digit is subtraction, as `_scan` reads it.
-        if head[-1:] in tuple(_SIGNS) and not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_")):
+        if _sign_before(head):  # "-2 bin 500" is -2,500
+
             return frozenset(-r for r in readings)
 
 

@@ -57,6 +57,12 @@ _TR_COPULAS = tuple(
 _WORD = re.compile(r"[^\W\d_]+")
 
 
+def turkish_lower(word: str) -> str:
+    """Lower case as Turkish writes it: "İKİ" is "iki" and "ALTI" is "altı" (Python's own `lower` gives "i̇ki̇",
+    with a combining dot, and "alti")."""
+    return word.replace("İ", "i").replace("I", "ı").lower()
+
+
 def _tr_lookup(word: str) -> tuple[str, int | None]:
     """Map one lower-cased Turkish word to (kind, value) of a number word."""
     if word in _TR_WORDS:
@@ -127,8 +133,9 @@ def _spelled_numbers(
     scales: dict[str, int],
     lookup: Callable[[str], tuple[str, int | None]],
     halves: dict[str, Fraction],
+    lower: Callable[[str], str] = str.lower,
 ) -> list[Fraction]:
-    """All spelled-out numbers in `text`, in order of appearance."""
+    """All spelled-out numbers in `text`, in order of appearance; `lower` is the language's lower case."""
     found: list[Fraction] = []
     builder: _Builder | None = None
     negative = False
@@ -143,7 +150,7 @@ def _spelled_numbers(
         negative = False
 
     for match in _WORD.finditer(text):
-        raw = match.group(0).lower()
+        raw = lower(match.group(0))
         if raw in ("eksi", "minus"):
             close()
             pending_negative = True
@@ -182,7 +189,30 @@ def turkish_numbers(text: str) -> list[Fraction]:
     ['5/2', '3']
     """
     halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
-    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves)
+    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower)
+
+
+# One Turkish word after spaces on the same line: the words of "2 bin beş yüz" after its "bin".
+_NEXT_WORD = re.compile(r"[ \t\u00a0]+([^\W\d_]+)")
+_LEADING_WORDS = 8  # more number words than "dokuz yüz doksan dokuz bin dokuz yüz doksan" never follow one scale word
+
+
+def leading_turkish_number(text: str) -> Fraction | None:
+    """The whole number spelled by the Turkish number words that open `text`, after spaces on its first line.
+
+    >>> leading_turkish_number(" beş yüz TL"), leading_turkish_number(" kişi geldi"), leading_turkish_number(" on, iki")
+    (Fraction(500, 1), None, Fraction(10, 1))
+    """
+    words: list[str] = []
+    at = 0
+    while len(words) < _LEADING_WORDS:
+        match = _NEXT_WORD.match(text, at)
+        if match is None or _tr_lookup(turkish_lower(match.group(1)))[1] is None:
+            break
+        words.append(match.group(1))
+        at = match.end()
+    numbers = turkish_numbers(" ".join(words))
+    return numbers[0] if numbers else None
 
 
 def english_numbers(text: str) -> list[Fraction]:
