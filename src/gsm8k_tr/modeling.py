@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gsm8k_tr import hub
 from gsm8k_tr.config import LoraConfig, ModelConfig
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.gguf_convert import require_gguf, unmark_dequantized
@@ -76,10 +77,11 @@ def _pinned(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
     if key not in _COMMITS:
         from transformers.utils.hub import cached_file, extract_commit_hash
 
+        hub.before_loading(source)
         try:
             _COMMITS[key] = extract_commit_hash(cached_file(source, "config.json", revision=cfg.revision), None)
         except (OSError, ValueError) as error:  # every load needs config.json: the Hub's retries once, not twice
-            raise UserError(f"cannot load {source!r}: {one_line(error)}") from None
+            raise UserError(f"cannot load {source!r}: {one_line(error)}{hub.unreachable_note()}") from None
     return source, {**kwargs, "revision": _COMMITS[key] or kwargs.get("revision")}
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gsm8k_tr import hub
 from gsm8k_tr.errors import UserError, one_line
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -177,6 +178,7 @@ def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
 
 
 def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:
+    hub.before_loading(spec)
     import datasets
 
     try:
@@ -184,8 +186,8 @@ def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:
     except Exception as error:  # offline, unknown id, gated: all mean the same to the user
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise UserError(
-            f"{spec!r} is not a local path and the Hugging Face Hub could not provide it ({reason}); "
-            "check the id and your connection, or download it and pass the local file"
+            f"{spec!r} is not a local path and the Hugging Face Hub could not provide it ({reason})"
+            f"{hub.unreachable_note()}; check the id and your connection, or download it and pass the local file"
         ) from None
     for split, table in loaded.items():
         for index, values in enumerate(table, start=1):

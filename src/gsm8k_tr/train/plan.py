@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import modeling, placement
+from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.train.fitting import fit_micro_batch, wants_auto
@@ -58,6 +58,8 @@ def model_config(recipe: Recipe) -> Any:
             return AutoConfig.from_pretrained(source, **kwargs, local_files_only=True)
         except (OSError, ValueError):
             pass
+    if not Path(source).expanduser().is_dir():
+        hub.before_loading(source)
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
