@@ -143,6 +143,44 @@ def test_the_rollout_path(sharded: bool, vllm: bool, cache: str | None, device: 
     assert path == dict(zip(PATH_KEYS, expected))
 
 
+@pytest.fixture
+def no_c_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> pytest.MonkeyPatch:
+    """A machine as slim container images are: Triton installed, no C compiler (no CC, no gcc or clang)."""
+    import torch.utils._triton
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
+    return monkeypatch
+
+
+def test_without_a_c_compiler_auto_decodes_eager_and_compiled_is_one_line(no_c_compiler) -> None:
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train import recipe_check
+
+    assert placement.c_compiler() is None and not placement.has_triton()
+    assert placement.decoding("auto", torch.device("cuda"), batches=4) == "eager"
+    for how in placement.COMPILED_DECODINGS:
+        with pytest.raises(UserError, match=f"decoding: {how} compiles kernels with Triton, which needs a C compiler"):
+            placement.decoding(how, torch.device("cuda"))
+        assert placement.decoding(how, torch.device("cuda"), sharded=True) == "eager"  # nothing compiles there
+    assert placement.decoding("compiled", torch.device("cpu")) == "compiled"  # Triton is for GPUs only
+    # Said by the recipe check, before training, on a GPU machine.
+    no_c_compiler.setattr(placement, "has_cuda", lambda: True)
+    recipe = load_recipe(None, [])
+    recipe_check._compiling(recipe, SimpleNamespace(), SimpleNamespace())  # auto, nothing compiled: passes
+    with pytest.raises(UserError, match="decoding: compiled compiles kernels"):
+        recipe_check._compiling(load_recipe(None, ["decoding=compiled"]), SimpleNamespace(), SimpleNamespace())
+    with pytest.raises(UserError, match="sft.torch_compile compiles kernels"):
+        recipe_check._compiling(recipe, SimpleNamespace(torch_compile=True), SimpleNamespace())
+    no_c_compiler.setattr(placement, "has_cuda", lambda: False)
+    recipe_check._compiling(load_recipe(None, ["decoding=compiled"]), SimpleNamespace(), SimpleNamespace())
+    # CC, as Triton reads it, or a compiler on the PATH.
+    no_c_compiler.setenv("CC", "/opt/cc")
+    assert placement.c_compiler() == "/opt/cc" and placement.has_triton()
+    assert placement.decoding("auto", torch.device("cuda"), batches=4) == "compiled"
+
+
 def test_a_model_that_transformers_does_not_compile_decodes_eager(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     monkeypatch.setattr(placement, "has_triton", lambda: True)
     monkeypatch.setattr(placement, "_refused", set())

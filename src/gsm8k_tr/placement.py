@@ -25,7 +25,9 @@ Open this module to learn what a run does on a machine:
   evaluation; a recipe's `decoding` can force either, or ask for the whole
   step (the forward, the draw and the stop bookkeeping) as one compiled
   graph (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU);
-  eager for a model transformers does not compile whole (GPT-Neo);
+  eager for a model transformers does not compile whole (GPT-Neo), and on a
+  GPU without a C compiler for Triton (a compiled decoding asked for there is
+  one line);
 - **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's
   rollouts run under the trainer's autocast with the frozen matmul weights in
   that dtype for the call (TRL's decoded in float32);
@@ -64,6 +66,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 from typing import Any
 
 from gsm8k_tr.errors import UserError
@@ -262,7 +265,10 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
         _refused.add(requested)
         log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
                     "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
-    compiles = requested == "auto" and _device_type(device) == "cuda" and has_triton()
+    cuda = _device_type(device) == "cuda"
+    if cuda and requested in COMPILED_DECODINGS and not sharded and static_cache:
+        require_c_compiler(f"decoding: {requested}")
+    compiles = requested == "auto" and cuda and has_triton()
     return decoding_rule(requested, compiles, sharded, batches, static_cache)
 
 
@@ -282,13 +288,27 @@ def decoding_rule(requested: str, compiles: bool, sharded: bool = False, batches
 
 
 def has_triton() -> bool:
-    """Whether torch's compiler can generate kernels for the CUDA GPU here (Triton installed and the card new
-    enough for it), by torch's own check; False on a torch without that check."""
+    """Whether torch's compiler can generate kernels for the CUDA GPU here: Triton installed and the card new
+    enough for it, by torch's own check (False on a torch without that check), and a C compiler for Triton."""
     try:
         from torch.utils._triton import has_triton as triton_here
     except ImportError:
         return False
-    return triton_here()
+    return triton_here() and c_compiler() is not None
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton builds each kernel's launcher with, looked for as Triton looks (`CC`, else gcc or clang
+    on the PATH). Slim container images have none, and then every compiled kernel fails on a GPU ("Failed to find
+    C compiler", raised from inside the first compiled call) while torch's own `has_triton` says yes."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+
+
+def require_c_compiler(what: str, instead: str = "leave decoding at auto, which decodes eager without one") -> None:
+    """One line where a recipe asks to compile on a CUDA GPU without a C compiler for Triton."""
+    if c_compiler() is None:
+        raise UserError(f"{what} compiles kernels with Triton, which needs a C compiler on this machine (none in CC, "
+                        f"gcc or clang on the PATH): install one (apt-get install gcc) or set CC, or {instead}")
 
 
 def row_sampling(device: Any) -> bool:

@@ -59,6 +59,7 @@ def test_auto_decoding_is_compiled_on_cuda_with_triton_only(monkeypatch: pytest.
     from gsm8k_tr.errors import UserError
 
     monkeypatch.setattr(placement, "has_triton", lambda: triton)
+    monkeypatch.setenv("CC", "cc")  # a C compiler for Triton, whatever this machine has
     assert placement.decoding("auto", "cuda") == ("compiled" if triton else "eager")  # measured faster on an H200
     for device in ("cpu", "mps"):  # measured slower on 2 CPU cores; not measured on MPS
         assert placement.decoding("auto", device) == "eager"
@@ -81,6 +82,7 @@ def test_auto_stays_eager_for_a_single_generation_batch(monkeypatch: pytest.Monk
     from gsm8k_tr.infer import generation
 
     monkeypatch.setattr(placement, "has_triton", lambda: True)
+    monkeypatch.setenv("CC", "cc")
     assert [placement.decoding("auto", "cuda", batches=n) for n in (1, 2, None)] == ["eager", "compiled", "compiled"]
     assert placement.decoding("compiled", "cuda", batches=1) == "compiled"  # asked for: compiled all the same
     seen, choose = [], placement.decoding

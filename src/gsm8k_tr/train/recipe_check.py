@@ -58,6 +58,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     grpo = grpo_args(recipe, [stop_id] if stop_id is not None else [], budget)
     build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     _eval(recipe, context)
+    _compiling(recipe, sft, grpo)
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
         shape = memory.Shape.from_config(config)
@@ -134,6 +135,18 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer of {name!r}: {one_line(error)}") from None
     return config, tokenizer, f"{name} (config and tokenizer)"
+
+
+def _compiling(recipe: Recipe, sft: Any, grpo: Any) -> None:
+    """What the recipe asks to compile on this machine's GPU needs a C compiler for Triton: said before training,
+    not at the first compiled call after hours of it."""
+    if not placement.has_cuda():
+        return
+    if recipe.decoding in placement.COMPILED_DECODINGS:
+        placement.require_c_compiler(f"decoding: {recipe.decoding}")
+    for stage, args in (("sft", sft), ("grpo", grpo)):
+        if getattr(args, "torch_compile", False):
+            placement.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
 
 
 def _eval(recipe: Recipe, context: int | None) -> None:
