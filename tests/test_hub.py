@@ -78,9 +78,11 @@ def test_a_reachable_hub_a_proxy_or_offline_already_change_nothing(fresh: pytest
 
     fresh.delenv("HTTPS_PROXY")
     fresh.setattr(hub, "_probed", False)
-    fresh.setenv("TRANSFORMERS_OFFLINE", "1")  # offline already: no probe
-    hub.before_loading("org/model")
-    assert not hub._probed
+    for name, value in (("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "0")):  # the user decided: no probe
+        fresh.setenv(name, value)
+        hub.before_loading("org/model")
+        assert not hub._probed and os.environ[name] == value
+        fresh.delenv(name)
 
 
 @pytest.mark.slow

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 PROBE_SECONDS = 3.0
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 # Modules that read the offline switch at import and look at their own copy afterwards: (module, attributes).
 _SWITCHES = (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
              ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
@@ -33,9 +32,9 @@ _unreachable: str | None = None  # the endpoint that did not answer, once the pr
 _probed = False
 
 
-def offline_requested() -> bool:
-    """Whether the user already set the process offline (huggingface_hub's own variables)."""
-    return any(os.environ.get(name, "").upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def user_decided() -> bool:
+    """Whether the user already said offline or not (huggingface_hub's own variables, set either way)."""
+    return any(os.environ.get(name, "") != "" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def reachable(endpoint: str, timeout: float = PROBE_SECONDS) -> bool:
@@ -62,7 +61,7 @@ def before_loading(name: str) -> None:
     """Call before loading the Hub id `name`: the first call in a process probes the Hub, and goes offline if it
     does not answer."""
     global _probed, _unreachable
-    if _probed or offline_requested():
+    if _probed or user_decided():
         return
     _probed = True
     if any(os.environ.get(proxy) for proxy in _PROXIES):

@@ -221,15 +221,9 @@ def available_host_memory() -> float:
 
 
 def kv_cache(cache_implementation: str | None = None) -> str:
-    """The KV cache transformers' `generate` runs with, in GRPO's rollouts and in every evaluation.
-
-    "growing" (`infer/kv_cache.py`): the dynamic cache written in place instead
-    of concatenated at every step, on every device: the same tokens, without
-    copying the whole cache each step (docs/benchmarks.md; not yet measured on
-    a GPU, where the copy it saves is memory traffic). A recipe's
-    `cache_implementation` (GRPOConfig's, e.g. `static`) is used as it says; a
-    static cache measured no faster on 2 CPU cores.
-    """
+    """The KV cache of `generate` in GRPO's rollouts and every evaluation: "growing" (`infer/kv_cache.py`, the
+    dynamic cache written in place instead of concatenated at every step; the same tokens), or a recipe's
+    `cache_implementation` (GRPOConfig's, e.g. `static`, measured no faster on 2 CPU cores) as it says."""
     return cache_implementation or "growing"
 
 
@@ -245,21 +239,15 @@ _refused: set[str] = set()  # compiled decodings asked for a model that cannot h
 
 def decoding(requested: str, device: Any, sharded: bool = False, batches: int | None = None,
              static_cache: bool = True) -> str:
-    """How each decoding step runs on `device`: "eager", "compiled" (transformers' `generate` with its compiled
-    forward, `infer/compiled_decoding.py`) or "compiled-step" (the whole step one compiled graph,
-    `infer/compiled_step.py`; only where a recipe asks for it: not yet measured on a GPU).
+    """How each decoding step runs on `device`: "eager", "compiled" (`infer/compiled_decoding.py`) or
+    "compiled-step" (the whole step one graph, `infer/compiled_step.py`; only where a recipe asks for it).
 
-    `requested` is the recipe's `decoding`; "auto" is compiled on CUDA where Triton is installed (torch's compiler
-    needs it there), eager elsewhere, and eager for a call of a single generation batch (`batches`, where the caller
-    knows it: `gsm8k-tr generate`, a small evaluation), whose one compile (15-33 s) would cost more than it saves
-    (about 18 s for 384 eager steps at the real lengths). On one H200 in bf16, GPT-2 Medium's shape, a GRPO step of
-    64 rollouts of 384 tokens took 2.2-2.9 s compiled against 21.0 s eager; greedy answers are the eager ones up to
-    bf16 rounding (397 and 399 of the demo's 403 graded the same), and `decoding: eager` keeps the eager tokens
-    exactly. On 2 CPU cores compiled decoding ran 0.66-0.79x the eager fast path (docs/benchmarks.md). Eager where
-    the weights are `sharded` (FSDP, ZeRO-3), gathered inside the forward, which a graph compiled for fixed weights
-    does not follow (not tried), and where the model does not decode right from a `static_cache`
-    (`modeling.runs_on_static_cache`: GPT-Neo changed 3 of 6 greedy answers, `tests/infer/test_model_families.py`),
-    said once where a recipe asked.
+    `requested` is the recipe's `decoding`. "auto" is compiled on CUDA where Triton can build kernels
+    (`has_triton`), eager elsewhere, and eager for a call of a single generation batch (`batches`, where the caller
+    knows it), whose one compile (15-33 s) costs more than it saves. Eager where the weights are `sharded` (FSDP,
+    ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does not follow) and where the
+    model does not decode right from a `static_cache` (`modeling.runs_on_static_cache`: GPT-Neo), said once where
+    a recipe asked. Measurements: the module's docstring and docs/benchmarks.md.
     """
     if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
         _refused.add(requested)
@@ -298,9 +286,8 @@ def has_triton() -> bool:
 
 
 def c_compiler() -> str | None:
-    """The C compiler Triton builds each kernel's launcher with, looked for as Triton looks (`CC`, else gcc or clang
-    on the PATH). Slim container images have none, and then every compiled kernel fails on a GPU ("Failed to find
-    C compiler", raised from inside the first compiled call) while torch's own `has_triton` says yes."""
+    """The C compiler Triton builds kernel launchers with, found as Triton finds it (`CC`, else gcc or clang). Slim
+    container images have none: torch's `has_triton` says yes, and the first compiled call fails."""
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
 
 
@@ -326,24 +313,18 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
                  static_cache: bool = True) -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on `device`.
 
-    `merge_lora`: merge the adapter into the weights for the generation call
-    and unmerge it after (PEFT's `merge_adapter`/`unmerge_adapter`, as TRL
-    does before it syncs vLLM; `train/rollouts.py`), on every device. Not where
-    each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM.
-    `weights_dtype`: under bf16 or fp16 `mixed_precision`, where the adapter
-    is merged, the frozen matmul weights are used in that dtype for the call
-    (`train/rollouts.py`), else None. `decoding`: as `decoding` says;
-    compiled decoding brings its own static cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's
-    own. `shared_prefill`: with the growing cache, each group's prompt is
-    prefilled once for its `num_generations` rows
-    (`infer/shared_prefill.py`), on every device; not where the weights are
-    sharded, since a process whose rows happen not to repeat would skip the
-    extra forward that its peers run, and FSDP's gathers would wait for it.
-    `grouped_attention`: as `grouped_attention` says; not where sharded.
-    `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
-    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says.
-    `stop_check`: as `stop_check` says, every step where the weights are
-    sharded (each process then waits on its peers at every step anyway).
+    `merge_lora`: merge the adapter into the weights for the generation call and unmerge it after (PEFT's
+    `merge_adapter`/`unmerge_adapter`, as TRL does before it syncs vLLM; `train/rollouts.py`), on every device. Not
+    where each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM. `weights_dtype`: under bf16 or
+    fp16 `mixed_precision`, where the adapter is merged, the frozen matmul weights are used in that dtype for the
+    call (`train/rollouts.py`), else None. `decoding`: as `decoding` says; compiled decoding brings its own static
+    cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's own. `shared_prefill`: with the growing
+    cache, each group's prompt is prefilled once for its `num_generations` rows (`infer/shared_prefill.py`), on
+    every device; not where the weights are sharded, since a process whose rows happen not to repeat would skip the
+    extra forward that its peers run, and FSDP's gathers would wait for it. `grouped_attention`: as
+    `grouped_attention` says; not where sharded. `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
+    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says. `stop_check`: as `stop_check` says,
+    every step where the weights are sharded (each process then waits on its peers at every step anyway).
     `static_cache`: whether the policy decodes right from a static cache (`decoding`).
     """
     if vllm:
@@ -413,18 +394,16 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
 
 
 def stop_check(device: Any, synced: bool = False) -> str:
-    """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting
-    for the device; `infer/stop_check.py`) or "every step".
+    """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting for the
+    device; `infer/stop_check.py`) or "every step".
 
-    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the
-    read after each step (`unfinished_sequences.max() == 0`) makes the host
-    wait for the card to finish the step before it can queue the next one, so
-    a step costs the host's Python plus the card's work. That read is the one
-    left in a compiled decoding step, which took about 5 ms on an H200 against
-    0.8-1.3 ms for what it must read (docs/benchmarks.md). Every step on a
-    CPU, which finishes each operation before Python goes on, and where
-    processes are `synced` (FSDP, ZeRO-3: every step waits for the peers'
-    flags anyway). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
+    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the read after each step
+    (`unfinished_sequences.max() == 0`) makes the host wait for the card to finish the step before it can queue the
+    next one, so a step costs the host's Python plus the card's work. That read is the one left in a compiled
+    decoding step, which took about 5 ms on an H200 against 0.8-1.3 ms for what it must read (docs/benchmarks.md).
+    Every step on a CPU, which finishes each operation before Python goes on, and where processes are `synced`
+    (FSDP, ZeRO-3: every step waits for the peers' flags anyway). Not yet measured on a GPU
+    (`benchmarks/gpu_shapes.py`).
     """
     if synced or _device_type(device) not in ("cuda", "mps"):
         return "every step"
@@ -434,14 +413,11 @@ def stop_check(device: Any, synced: bool = False) -> str:
 def compact_scoring(device: Any) -> bool:
     """Whether TRL's fused LM head on `device` should project only the positions that have a label.
 
-    TRL does so on Triton devices (CUDA, XPU) and projects every position
-    elsewhere, to keep the tile shapes fixed for a compiler such as Neuron's
-    (`train/scoring.py`). CPUs and MPS compile nothing, so there the prompt
-    and padding positions are work thrown away: the demo's GRPO step's
-    training pass took 0.82 s with them and 0.65 s without, with the same
-    losses (docs/benchmarks.md). On CUDA and XPU this changes nothing where
-    Triton is installed and scores compactly where it is not; other devices
-    (XLA, Neuron) keep TRL's choice.
+    TRL does so on Triton devices (CUDA, XPU) and projects every position elsewhere, to keep the tile shapes fixed
+    for a compiler such as Neuron's (`train/scoring.py`). CPUs and MPS compile nothing, so there the prompt and
+    padding positions are work thrown away: the demo's GRPO step's training pass took 0.82 s with them and 0.65 s
+    without, with the same losses (docs/benchmarks.md). On CUDA and XPU this changes nothing where Triton is
+    installed and scores compactly where it is not; other devices (XLA, Neuron) keep TRL's choice.
     """
     return _device_type(device) in ("cpu", "mps", "cuda", "xpu")
 
@@ -461,10 +437,9 @@ def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding
 def fused_activation(activation: str | None) -> str | None:
     """The fused equivalent of a model's activation, or None to keep it.
 
-    GPT-2's `gelu_new` is the tanh approximation of GELU written as six
-    elementwise operations; `gelu_pytorch_tanh` is the same function as one
-    PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every
-    device: on a CPU each op streams the activations through memory again, on
-    a GPU each is a kernel launch per layer and decoding step.
+    GPT-2's `gelu_new` is the tanh approximation of GELU written as six elementwise operations; `gelu_pytorch_tanh`
+    is the same function as one PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every device: on
+    a CPU each op streams the activations through memory again, on a GPU each is a kernel launch per layer and
+    decoding step.
     """
     return "gelu_pytorch_tanh" if activation == "gelu_new" else None
