@@ -150,6 +150,12 @@ def test_scale_words_in_any_case(word: str, case) -> None:
         assert is_correct(box(f"2 {written} {case('beş')}"), 2 * scale + 5), written
 
 
+def test_letters_that_only_case_folding_matches_never_raise() -> None:
+    # re's IGNORECASE matches "ſ" (long s) to "s" and "İ" to "i": a scale word spelled so once raised KeyError.
+    for text in ("2 thouſand 500", "2 thouſand", "2 bİn 500", "2 mıLYON 500"):
+        assert is_correct(box(text), 2500) in (True, False), text
+
+
 BLOCKS = [
     # (completion, gold, expected, what it checks)
     ("<cevap>5</cevap> sonra <cevap>7</cevap>", "7", True, "last block wins"),

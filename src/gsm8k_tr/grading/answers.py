@@ -306,8 +306,8 @@ def _compounded(readings: Readings, text: str, end: int) -> Readings:
         pair = _SCALE_BEFORE.search(head)
         if pair is None:
             return readings
-        scale = _SCALE_WORDS[_word(pair.group(2))]
-        if not all(0 <= r < scale for r in readings):  # "5 bin 1.500": 1,500 is no remainder of thousands
+        scale = _SCALE_WORDS.get(_word(pair.group(2)))  # None: a letter only re's case folding matches ("ſ" for s)
+        if scale is None or not all(0 <= r < scale for r in readings):  # "5 bin 1.500": 1,500 is no remainder
             return readings
         readings = frozenset(b * scale + r for b in body_readings(pair.group(1).rstrip(".,")) for r in readings)
         head = head[:pair.start()]
