@@ -247,7 +247,8 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
     knows it), whose one compile (15-33 s) costs more than it saves. Eager where the weights are `sharded` (FSDP,
     ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does not follow) and where the
     model does not decode right from a `static_cache` (`modeling.runs_on_static_cache`: GPT-Neo), said once where
-    a recipe asked. Measurements: the module's docstring and docs/benchmarks.md.
+    a recipe asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line
+    (`require_c_compiler`). Measurements: the module's docstring and docs/benchmarks.md.
     """
     if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
         _refused.add(requested)

@@ -312,7 +312,6 @@ def _compounded(readings: Readings, text: str, end: int) -> Readings:
         readings = frozenset(b * scale + r for b in body_readings(pair.group(1).rstrip(".,")) for r in readings)
         head = head[:pair.start()]
         if _sign_before(head):  # "-2 bin 500" is -2,500
-
             return frozenset(-r for r in readings)
 
 
