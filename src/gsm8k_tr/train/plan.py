@@ -57,9 +57,7 @@ def model_config(recipe: Recipe) -> Any:
         try:
             return AutoConfig.from_pretrained(source, **kwargs, local_files_only=True)
         except (OSError, ValueError):
-            pass
-    if not Path(source).expanduser().is_dir():
-        hub.before_loading(source)
+            hub.before_loading(source)  # not cached: ask the Hub, if it answers
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
