@@ -29,7 +29,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A process that has not probed yet, not offline, without proxies; whatever the probe switches is undone."""
     import huggingface_hub.constants
 
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", *hub._PROXIES):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "RANK", *hub._PROXIES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hub, "_probed", False)
     monkeypatch.setattr(hub, "_unreachable", None)
@@ -57,6 +57,14 @@ def test_an_unreachable_hub_turns_the_process_offline_once(fresh: pytest.MonkeyP
     assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["org/model"]  # said once
     assert "not reachable from this machine" in hub.unreachable_note()
+
+    caplog.clear()  # under a launch, the other processes go offline without saying it again
+    fresh.setattr(hub, "_probed", False)
+    fresh.delenv("HF_HUB_OFFLINE")
+    fresh.setenv("RANK", "1")
+    with caplog.at_level("INFO", logger="gsm8k_tr.hub"):
+        hub.before_loading("org/model")
+    assert hub._probed and not caplog.records
 
 
 def test_a_reachable_hub_a_proxy_or_offline_already_change_nothing(fresh: pytest.MonkeyPatch) -> None:

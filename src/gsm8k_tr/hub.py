@@ -71,8 +71,9 @@ def before_loading(name: str) -> None:
         return
     _unreachable = endpoint
     go_offline()
-    log.info("%s: the Hugging Face Hub (%s) did not answer within %.0f s; reading models and datasets from the local "
-             "cache only (set HF_HUB_OFFLINE=1 to skip this check)", name, endpoint, PROBE_SECONDS)
+    if os.environ.get("RANK", "0") == "0":  # under a launch every process probes; the first one says so
+        log.info("%s: the Hugging Face Hub (%s) did not answer within %.0f s; reading models and datasets from the "
+                 "local cache only (set HF_HUB_OFFLINE=1 to skip this check)", name, endpoint, PROBE_SECONDS)
 
 
 def unreachable_note() -> str:
