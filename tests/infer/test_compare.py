@@ -58,6 +58,14 @@ def test_the_interval_is_the_paired_normal_one() -> None:
     assert math.isclose(paired.p_value, sign_test(20, 10))
 
 
+def test_a_small_p_value_keeps_its_digits_in_the_json() -> None:
+    # 40 better, 5 worse: p = 7.9e-08, which rounded to 4 places, as the other figures are, read 0
+    before = {(str(i), "0"): 0.0 if i < 40 else 1.0 for i in range(100)}
+    after = {(str(i), "0"): 1.0 if i < 40 else 0.0 if i < 45 else 1.0 for i in range(100)}
+    found = compare("a", before, "b", after).as_dict()
+    assert found["p_value"] == float(f"{sign_test(40, 5):.3g}") > 0 and found["change"] == 0.35
+
+
 def test_the_report_pairs_stages_only_on_the_same_split(tmp_path: Path) -> None:
     from gsm8k_tr import report
 

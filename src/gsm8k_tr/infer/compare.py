@@ -22,8 +22,10 @@ Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
 def _rounded(result: Any) -> dict[str, Any]:
-    """A result dataclass as a dict, its floats to 4 places (for JSON and the report)."""
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(result).items()}
+    """A result dataclass as a dict, its floats to 4 places (for JSON and the report); a p-value under 0.001 to 3
+    significant digits instead, since 2.8e-06 to 4 places would read 0."""
+    return {k: float(f"{v:.3g}") if k == "p_value" and v < 1e-3 else round(v, 4) if isinstance(v, float) else v
+            for k, v in asdict(result).items()}
 
 
 @dataclass(frozen=True)
