@@ -1,14 +1,14 @@
 """Whether this process can reach the Hugging Face Hub: asked once, before the first Hub id is loaded.
 
-Without a network, huggingface_hub retries each request with back-off before it falls back to the local cache,
-for every file of a model. On a machine without one (2026-12-01, 2 CPU cores, the tiny model): evaluating with
-a model that was already in the cache took 195 s, against 7 s with this probe (`benchmarks/hub_offline.py`);
-failing on a dataset that was not cached took 30 s, against 7 s with `HF_HUB_OFFLINE=1`. Compute nodes without internet, with a filled
-cache, are a common way to train. So before the first Hub id a command loads, one TCP connection to the Hub's
+Without a network, huggingface_hub retries each request with back-off before it falls back to the local cache, for
+every file of a model. On a machine without one (2026-12-01, 2 CPU cores, the tiny model): evaluating with a model
+that was already in the cache took 195 s, against 7 s with this probe (`benchmarks/hub_offline.py`); failing on a
+dataset that was not cached took 30 s, against 7 s with `HF_HUB_OFFLINE=1`. Compute nodes without internet, with a
+filled cache, are a common way to train. So before the first Hub id a command loads, one TCP connection to the Hub's
 endpoint is tried (`HF_ENDPOINT`, default huggingface.co); if none opens within `PROBE_SECONDS`, the process goes
-offline as `HF_HUB_OFFLINE=1` would have it, and says so once: cached models and datasets load at once, others
-fail at once with their one line. Behind a proxy the probe cannot tell, so it is skipped; `HF_HUB_OFFLINE` set
-either way skips it too.
+offline as `HF_HUB_OFFLINE=1` would have it, and says so once: cached models and datasets load at once, others fail
+at once with their one line. Behind a proxy the probe cannot tell, so it is skipped; `HF_HUB_OFFLINE` set either way
+skips it too.
 """
 
 from __future__ import annotations
