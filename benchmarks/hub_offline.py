@@ -28,6 +28,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 
 from gsm8k_tr import hub
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def closed_port() -> int:
-    """A local port nothing listens on: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# A local port nothing listens on, and a model laid out in a Hugging Face cache: as `benchmarks/hub_offline.py` makes
+# them for its two configurations.
+BENCH = load_benchmark("hub_offline")
+closed_port = BENCH.closed_port
 
 
 @pytest.fixture
@@ -97,10 +92,7 @@ def test_a_reachable_hub_a_proxy_or_offline_already_change_nothing(fresh: pytest
 def test_a_cached_hub_model_loads_without_the_hub(tmp_path, tiny_model_dir) -> None:
     """`evaluate` with a Hub id that is in the local cache, the Hub unreachable (a closed local port): the probe
     sends it to the cache; without it huggingface_hub retried each file with back-off (3 minutes here)."""
-    snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots" / COMMIT
-    shutil.copytree(tiny_model_dir, snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text(COMMIT)
+    BENCH.cached_hub_model(tmp_path / "hf", tiny_model_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *hub._PROXIES)}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
     out = tmp_path / "run"
