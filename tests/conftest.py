@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,20 @@ def shared_sample() -> tuple[Path, Path]:
 # Inductor builds C++ for a CPU; without a compiler there is nothing to run (GPUs use Triton instead).
 needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
                                     reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@pytest.fixture
+def compiler_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """torch's compiler failing for real on this machine, in this process: Inductor finds no C++ compiler (its cache
+    off, so nothing built earlier is reused), and no failure said yet."""
+    import torch
+
+    from gsm8k_tr import placement
+
+    monkeypatch.setattr(placement, "compile_failures", [])
+    # torch's own patch: monkeypatch's undo deletes a config entry it set instead of restoring it
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/g++"), "force_disable_caches": True}):
+        yield
 
 
 @pytest.fixture

@@ -122,8 +122,9 @@ class Recipe:
     on_non_finite: str = "stop"  # a NaN/inf loss or gradient: stop at the last good checkpoint, or skip the step
     sized_for_gib: float | None = None  # the GPU memory (GiB) this recipe is sized for; plan and check warn past it
     # How generate runs each decoding step, in GRPO's rollouts and every evaluation: auto (placement's choice:
-    # compiled on CUDA with Triton, else eager), eager, compiled (a static cache and torch.compile, CUDA graphs
-    # on a GPU; infer/compiled_decoding.py), or compiled-step (the whole step one graph; infer/compiled_step.py).
+    # compiled on CUDA with Triton, else eager, and eager once compiling failed), eager, compiled (a static cache
+    # and torch.compile, CUDA graphs on a GPU; infer/compiled_decoding.py), or compiled-step (the whole step one
+    # graph; infer/compiled_step.py).
     decoding: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

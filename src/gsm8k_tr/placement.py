@@ -2,63 +2,48 @@
 
 Open this module to learn what a run does on a machine:
 
-- **training precision** (`training_precision`): bf16 on a GPU that has it,
-  fp16 on other GPUs, fp32 on a CPU (TRL would force bf16 everywhere);
-- **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS,
-  else the CPU, or what `--device`/`eval.device` ask for; bf16 weights on a
-  GPU that has it, fp16 on other GPUs, float32 on a CPU;
-- **several processes** (`accelerate_kind`): the distributed type accelerate's
-  Accelerator will train with. `PartialState` reports `MULTI_GPU` under an
-  FSDP launch; only `AcceleratorState`, which the Accelerator builds, switches
-  to FSDP (and to DeepSpeed for a one-process launch), so the launch checks ask here;
-- **GRPO rollouts** (`rollouts`): the LoRA adapter merged into the weights
-  while generating (one matmul per layer instead of three and the adapter's
-  adds), on every device where the weights are whole on each process (not
-  under FSDP or DeepSpeed, not with vLLM, which gets merged weights from TRL);
-  the KV cache written in place (`kv_cache`: transformers' dynamic cache
-  without its per-step concatenation; a static cache measured no faster on a
-  CPU);
-- **decoding** (`decoding`): each decoding step as one compiled graph with a
-  static cache (CUDA graphs; `infer/compiled_decoding.py`) on a CUDA GPU,
-  measured 9.7x the eager GRPO step on an H200, and in eager PyTorch
-  elsewhere and for a single generation batch, in GRPO's rollouts and every
-  evaluation; a recipe's `decoding` can force either, or ask for the whole
-  step (the forward, the draw and the stop bookkeeping) as one compiled
-  graph (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU);
-  eager for a model transformers does not compile whole (GPT-Neo), and on a
-  GPU without a C compiler for Triton (a compiled decoding asked for there is
-  one line);
-- **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's
-  rollouts run under the trainer's autocast with the frozen matmul weights in
-  that dtype for the call (TRL's decoded in float32);
-- **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for
-  all its completions, where the cache is the growing one and the weights
-  are whole on each process;
-- **sampling** (`row_sampling`): one random number per row by inverse CDF
-  on a CPU, where torch's `multinomial` draws one per vocabulary entry, one
-  at a time; torch's own on a GPU;
-- **batch shapes** (`pad_to_multiple_of`): SFT's and GRPO's batches padded
-  to a multiple of 64 tokens on a CUDA GPU, so that attention's per-shape
-  set-up (cuDNN's execution graphs) is done once per length, not per batch;
-- **attention in eager decoding** (`decoding_attention`): on a CUDA GPU,
-  torch's attention kernels without cuDNN's, whose set-up would be redone at
-  every step as the keys grow by one token;
-- **the stop check** (`stop_check`): on a GPU, `generate` reads whether
-  every row has stopped one step late, so the host queues the next step
-  instead of waiting for the card (`infer/stop_check.py`);
-- **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over
-  the scored tokens only, also off Triton (TRL projects every position there);
-- **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six
-  elementwise ops in Python) as PyTorch's one fused op, the same function;
+- **training precision** (`training_precision`): bf16 on a GPU that has it, fp16 on other GPUs, fp32 on a CPU (TRL
+  would force bf16 everywhere);
+- **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS, else the CPU, or what
+  `--device`/`eval.device` ask for; bf16 weights on a GPU that has it, fp16 on other GPUs, float32 on a CPU;
+- **several processes** (`accelerate_kind`): the distributed type accelerate's Accelerator will train with.
+  `PartialState` reports `MULTI_GPU` under an FSDP launch; only `AcceleratorState`, which the Accelerator builds,
+  switches to FSDP (and to DeepSpeed for a one-process launch), so the launch checks ask here;
+- **GRPO rollouts** (`rollouts`): the LoRA adapter merged into the weights while generating (one matmul per layer
+  instead of three and the adapter's adds), on every device where the weights are whole on each process (not under
+  FSDP or DeepSpeed, not with vLLM, which gets merged weights from TRL); the KV cache written in place (`kv_cache`:
+  transformers' dynamic cache without its per-step concatenation; a static cache measured no faster on a CPU);
+- **decoding** (`decoding`): each decoding step as one compiled graph with a static cache (CUDA graphs;
+  `infer/compiled_decoding.py`) on a CUDA GPU, measured 9.7x the eager GRPO step on an H200, and in eager PyTorch
+  elsewhere and for a single generation batch, in GRPO's rollouts and every evaluation; a recipe's `decoding` can
+  force either, or ask for the whole step (the forward, the draw and the stop bookkeeping) as one compiled graph
+  (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU); eager for a model transformers does not
+  compile whole (GPT-Neo), on a GPU without a C compiler for Triton (a compiled decoding asked for there is one line),
+  and for the rest of the process once compiling failed (`compile_failed`);
+- **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's rollouts run under the trainer's autocast
+  with the frozen matmul weights in that dtype for the call (TRL's decoded in float32);
+- **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for all its completions, where the cache is the
+  growing one and the weights are whole on each process;
+- **sampling** (`row_sampling`): one random number per row by inverse CDF on a CPU, where torch's `multinomial` draws
+  one per vocabulary entry, one at a time; torch's own on a GPU;
+- **batch shapes** (`pad_to_multiple_of`): SFT's and GRPO's batches padded to a multiple of 64 tokens on a CUDA GPU,
+  so that attention's per-shape set-up (cuDNN's execution graphs) is done once per length, not per batch;
+- **attention in eager decoding** (`decoding_attention`): on a CUDA GPU, torch's attention kernels without cuDNN's,
+  whose set-up would be redone at every step as the keys grow by one token;
+- **the stop check** (`stop_check`): on a GPU, `generate` reads whether every row has stopped one step late, so the
+  host queues the next step instead of waiting for the card (`infer/stop_check.py`);
+- **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over the scored tokens only, also off Triton
+  (TRL projects every position there);
+- **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six elementwise ops in Python) as PyTorch's one
+  fused op, the same function;
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
 - **data loading** (`pin_memory`): pinned host memory only with a GPU;
-- **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free
-  memory, or the host's on a CPU, for the plan.
+- **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free memory, or the host's on a CPU, for the
+  plan.
 
-Each stage's manifest records the choices it ran with (`device`,
-`precision`, `distributed_type`, `lm_head_positions`, `pad_to_multiple_of`;
-GRPO's `rollouts`),
-beside the micro-batch, which is the memory plan's decision (`train/memory.py`).
+Each stage's manifest records the choices it ran with (`device`, `precision`, `distributed_type`, `lm_head_positions`,
+`pad_to_multiple_of`; GRPO's `rollouts`), beside the micro-batch, which is the memory plan's decision
+(`train/memory.py`).
 """
 
 from __future__ import annotations
@@ -112,10 +97,8 @@ def device_name() -> str:
 
 
 def inference_device(requested: str | None = None) -> Any:
-    """Where inference runs: `requested` (--device, eval.device) if given, else CUDA, else MPS, else CPU.
-
-    Under `accelerate launch` each process uses its own device.
-    """
+    """Where inference runs: `requested` (--device, eval.device) if given, else CUDA, else MPS, else CPU; under
+    `accelerate launch` each process its own device."""
     torch = _torch()
     if requested:
         try:
@@ -167,14 +150,11 @@ def _flag(name: str) -> bool:
 def accelerate_kind(partial_kind: str, cpu: bool) -> str:
     """The distributed type the Accelerator will train with, from what `PartialState` reports.
 
-    `AcceleratorState.__init__` (built by the Accelerator, so by every
-    trainer) changes PartialState's type: to DEEPSPEED whenever
-    ACCELERATE_USE_DEEPSPEED is set and the run is not on the CPU (a
-    multi-process DeepSpeed launch is DEEPSPEED in PartialState already, a
-    one-process one is not), and to FSDP when ACCELERATE_USE_FSDP is set and
-    the type is a multi-device one. Checking PartialState alone refuses every
-    FSDP launch on GPUs. `tests/test_placement.py` holds this to accelerate's
-    own AcceleratorState, launch by launch.
+    `AcceleratorState.__init__` (built by the Accelerator, so by every trainer) changes PartialState's type: to
+    DEEPSPEED whenever ACCELERATE_USE_DEEPSPEED is set and the run is not on the CPU (a multi-process DeepSpeed launch
+    is DEEPSPEED in PartialState already, a one-process one is not), and to FSDP when ACCELERATE_USE_FSDP is set and
+    the type is a multi-device one. Checking PartialState alone refuses every FSDP launch on GPUs.
+    `tests/test_placement.py` holds this to accelerate's own AcceleratorState, launch by launch.
     """
     if _flag("ACCELERATE_USE_DEEPSPEED") and not cpu:
         return "DEEPSPEED"
@@ -254,11 +234,39 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
         _refused.add(requested)
         log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
                     "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
-    cuda = _device_type(device) == "cuda"
-    if cuda and requested in COMPILED_DECODINGS and not sharded and static_cache:
+    if _device_type(device) == "cuda" and requested in COMPILED_DECODINGS and not sharded and static_cache:
         require_c_compiler(f"decoding: {requested}")
-    compiles = requested == "auto" and cuda and has_triton()
+    compiles = requested == "auto" and not compile_failures and auto_compiles(device)
     return decoding_rule(requested, compiles, sharded, batches, static_cache)
+
+
+def auto_compiles(device: Any) -> bool:
+    """Whether "auto" decodes compiled on `device`: a CUDA GPU where Triton can build kernels."""
+    return _device_type(device) == "cuda" and has_triton()
+
+
+compile_failures: list[str] = []  # why compiling failed in this process; "auto" decodes eager from then on
+
+
+def compile_failed(requested: str, how: str, error: BaseException) -> bool:
+    """Whether `error`, raised while decoding `how`, is torch's compiler failing on this machine (a
+    `TorchDynamoException`: an Inductor lowering, a Triton kernel the card cannot build), so that the caller decodes
+    the batch again eager. Under "auto", eager from then on in this process, said once: a speed-up never stops a run.
+    Where the recipe asked for `how`, one line. False for any other error, which the caller raises."""
+    import torch._dynamo.exc
+
+    if how not in COMPILED_DECODINGS or not isinstance(error, torch._dynamo.exc.TorchDynamoException):
+        return False
+    reason = next((line.strip() for line in str(error).splitlines()  # dynamo's "backend='inductor' raised:" says little
+                   if line.strip() and not line.endswith("raised:")), type(error).__name__)
+    if requested != "auto":
+        raise UserError(f"decoding: {how} failed to compile on this machine ({reason}); set decoding: eager, or "
+                        "auto, which decodes eager after such a failure") from error
+    if not compile_failures:
+        log.warning("compiling the decoding step failed on this machine (%s); decoding eager from now on "
+                    "(decoding: eager skips the attempt)", reason)
+    compile_failures.append(reason)
+    return True
 
 
 def decoding_rule(requested: str, compiles: bool, sharded: bool = False, batches: int | None = None,
@@ -387,8 +395,7 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     (a padding mask) set up nothing per shape. Compiled decoding keeps one shape per call (a static cache) and keeps
     torch's choice; so does every other device. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`): eager
     decoding at the real prompt lengths took 52 ms a step on an H200 against 15 ms with 76-token prompts, which this
-    is meant to explain.
-    """
+    is meant to explain."""
     if _device_type(device) != "cuda" or how != "eager":
         return None
     return list(WITHOUT_CUDNN)
@@ -404,8 +411,7 @@ def stop_check(device: Any, synced: bool = False) -> str:
     decoding step, which took about 5 ms on an H200 against 0.8-1.3 ms for what it must read (docs/benchmarks.md).
     Every step on a CPU, which finishes each operation before Python goes on, and where processes are `synced`
     (FSDP, ZeRO-3: every step waits for the peers' flags anyway). Not yet measured on a GPU
-    (`benchmarks/gpu_shapes.py`).
-    """
+    (`benchmarks/gpu_shapes.py`)."""
     if synced or _device_type(device) not in ("cuda", "mps"):
         return "every step"
     return "deferred"
@@ -436,11 +442,8 @@ def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding
 
 
 def fused_activation(activation: str | None) -> str | None:
-    """The fused equivalent of a model's activation, or None to keep it.
-
-    GPT-2's `gelu_new` is the tanh approximation of GELU written as six elementwise operations; `gelu_pytorch_tanh`
-    is the same function as one PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every device: on
-    a CPU each op streams the activations through memory again, on a GPU each is a kernel launch per layer and
-    decoding step.
-    """
+    """The fused equivalent of a model's activation, or None to keep it. GPT-2's `gelu_new` is the tanh
+    approximation of GELU written as six elementwise operations; `gelu_pytorch_tanh` is the same function as one
+    PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every device: on a CPU each op streams the
+    activations through memory again, on a GPU each is a kernel launch per layer and decoding step."""
     return "gelu_pytorch_tanh" if activation == "gelu_new" else None

@@ -92,3 +92,57 @@ def test_auto_stays_eager_for_a_single_generation_batch(monkeypatch: pytest.Monk
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     generation.generate(model, tokenizer, ["1 + 1 ="] * 5, 2, batch_size=2)
     assert seen and seen[-1][3] == 3  # five prompts in batches of two
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_auto_decodes_eager_where_compiling_fails_and_a_compiled_request_is_one_line(
+        tiny_model_dir, compiled_calls, compiler_fails, monkeypatch, caplog) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.config import PromptConfig
+    from gsm8k_tr.data import synth
+    from gsm8k_tr.data.prompts import build_prompt
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.infer import generation
+
+    monkeypatch.setattr(placement, "auto_compiles", lambda device: True)  # as on a CUDA GPU with Triton
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(10, seed=3)]
+    eager = generation.generate(model, tokenizer, prompts, 12, batch_size=4, decoding="eager")
+    assert not compiled_calls
+    done = []
+    with caplog.at_level("WARNING", logger="gsm8k_tr.placement"):
+        auto = generation.generate(model, tokenizer, prompts, 12, batch_size=4, progress=done.append)
+    assert [[c.tokens for c in row] for row in auto] == [[c.tokens for c in row] for row in eager]
+    assert [[c.text for c in row] for row in auto] == [[c.text for c in row] for row in eager]
+    assert len(compiled_calls) == 1 and done == [4, 4, 2]  # the first batch tried compiled, then each batch once
+    said = [r.getMessage() for r in caplog.records if "compiling the decoding step failed" in r.getMessage()]
+    assert len(said) == 1 and "No working C++ compiler" in said[0], said
+    # The rest of the process decodes eager without trying again, and says nothing more.
+    assert placement.decoding("auto", "cuda", batches=3) == "eager"
+    again = generation.generate(model, tokenizer, prompts, 12, batch_size=4)
+    assert len(compiled_calls) == 1 and [[c.tokens for c in row] for row in again] == [[c.tokens for c in row]
+                                                                                        for row in eager]
+    assert len([r for r in caplog.records if "compiling the decoding step failed" in r.getMessage()]) == 1
+    # An evaluation's metrics say how it decoded, and why.
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.infer import evaluate
+
+    recipe = load_recipe(None, ["eval.max_new_tokens=12", "eval.batch_size=4"])
+    rows = [{"question": r["question"], "answer": r["gold"]} for r in synth.make_problems(10, seed=3)]
+    found, _ = evaluate.evaluate(model, tokenizer, rows, recipe)
+    assert found["decoding"] == "eager" and "C++ compiler" in found["compile_failed"]
+    # Asked for by the recipe: one line, with the way out.
+    with pytest.raises(UserError, match=r"^decoding: compiled failed to compile on this machine \(.*C\+\+ compiler.*\);"
+                                        r" set decoding: eager"):
+        generation.generate(model, tokenizer, prompts, 12, batch_size=4, decoding="compiled")
+
+
+def test_other_errors_while_decoding_compiled_are_not_taken_for_a_compile_failure() -> None:
+    from gsm8k_tr import placement
+
+    assert not placement.compile_failed("auto", "compiled", RuntimeError("CUDA out of memory"))
+    assert not placement.compile_failed("auto", "eager", torch._dynamo.exc.TorchDynamoException("eager never compiles"))
+    assert not placement.compile_failures

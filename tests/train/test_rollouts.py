@@ -240,3 +240,36 @@ def test_rollouts_defer_the_stop_check_where_their_path_says(tiny_model_dir, tmp
     each = _greedy(trainer, prompts, merge=False, cache=None)  # sharded: every step
     assert trainer.rollouts["stop_check"] == "every step" and len(deferred_stop_checks) == 1
     assert late == each
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_rollouts_decode_eager_where_compiling_fails(tiny_model_dir, tmp_path, compiler_fails, monkeypatch) -> None:
+    """Under `decoding: auto` a compile that fails on this machine costs one batch tried again eager, the tokens
+    unchanged, activation checkpointing (which TRL leaves off when generate raises) back on, the manifest's path
+    eager; a compiled decoding the recipe asked for is one line."""
+    from gsm8k_tr import placement
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.train.grpo import GRPOTrainer
+    from gsm8k_tr.train.rollouts import activation_checkpointing, turn_on_activation_checkpointing
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer)
+    prompts = _prompts(trainer.processing_class)
+    today = _greedy(trainer, prompts, merge=False, cache="dynamic")
+    monkeypatch.setattr(placement, "auto_compiles", lambda device: True)  # as on a CUDA GPU with Triton
+    trainer.plan_rollouts = lambda: placement.rollout_path(False, False, None, "cpu", trainer.decoding_request)
+    trainer.rollouts = trainer.plan_rollouts()
+    assert trainer.rollouts["decoding"] == "compiled"
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    turn_on_activation_checkpointing(model, None)
+    trainer.generation_config.do_sample = False
+    trainer.generation_config.max_new_tokens = 24
+    completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
+    assert completions == today and activation_checkpointing(model)
+    assert trainer.rollouts["decoding"] == "eager" and trainer.rollouts["kv_cache"] == "growing"
+    assert "C++ compiler" in trainer.rollouts["compile_failed"]
+    assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
+    for asked in ("compiled", "compiled-step"):
+        trainer.decoding_request = asked
+        trainer.rollouts = trainer.plan_rollouts()
+        with pytest.raises(UserError, match=f"decoding: {asked} failed to compile on this machine"):
+            trainer._generate_single_turn(prompts, None, {}, 1)

@@ -104,7 +104,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size),
                                      modeling.runs_on_static_cache(model))
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus, how)
+                                device, synced_gpus, how, decoding)
     finally:
         tokenizer.padding_side = side
 
@@ -116,16 +116,8 @@ def batches(prompts: int, batch_size: int) -> int:
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float, samples: int, progress: Any, device: Any,
-                 synced_gpus: bool, how: str) -> list[list[Completion]]:
-    import torch
-
-    from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, kv_cache, sampling, stop_check
-
+                 synced_gpus: bool, how: str, requested: str) -> list[list[Completion]]:
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
-    if how == "compiled":
-        config = compiled_decoding.generation_config(config, device)
-    # Both compiled paths pad prompts so that a run sees a few shapes; compiled-step brings its own static cache.
-    multiple = None if how == "eager" else compiled_decoding.PROMPT_MULTIPLE
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -134,12 +126,6 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
         raise UserError(f"prompt {order[0] + 1} of {len(prompts)} is {len(encoded[order[0]])} tokens and the model's "
                         f"context is {context}: no room for an answer; shorten that question or leave it out")
     results: list[list[Completion]] = [[] for _ in prompts]
-    kernels = placement.decoding_attention(device, how)
-    # Several samples of a prompt are rows side by side: its prompt prefilled and kept once (not where processes
-    # must run the same forwards in step, which the extra prefill would break).
-    cache_kind = placement.kv_cache(config.cache_implementation)
-    grouped = samples > 1 and not synced_gpus and placement.grouped_attention(device, how, cache_kind)
-    defer = placement.stop_check(device, synced_gpus) == "deferred"
     cut = 0
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -153,29 +139,15 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             batch_config.max_new_tokens = room
             cut += len(chunk)
         rows = [encoded[i] for i in chunk]
-        # Compiled code is specialised to the batch size, so a short last batch would compile again (15-33 s for
-        # GPT-2 Medium on an H200) where a full one replays the graph already built. It is filled up with copies of
-        # its first (longest) prompt, whose answers are dropped; greedy copies stop with that row, adding no steps.
-        if how != "eager" and start > 0:
-            rows += [rows[0]] * (batch_size - len(rows))
-        batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", pad_to_multiple_of=multiple).to(device)
-        cache = (kv_cache.for_generation(model, batch["input_ids"], batch_config)
-                 if how == "eager" and not grouped and cache_kind == "growing" else {})
-        with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
-              attention_kernels.only(kernels), stop_check.deferred(defer)):
-            if how == "compiled-step":
-                output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], batch_config,
-                                                grouped=grouped)
-            elif grouped:  # the samples as rows, as `num_return_sequences` lays them out
-                each = copy.deepcopy(batch_config)
-                each.num_return_sequences = 1
-                with kv_cache.growing_cache(model, share_prompts=True, grouped=True):
-                    output = model.generate(input_ids=batch["input_ids"].repeat_interleave(samples, 0),
-                                            attention_mask=batch["attention_mask"].repeat_interleave(samples, 0),
-                                            generation_config=each)
-            else:
-                output = model.generate(**batch, generation_config=batch_config, synced_gpus=synced_gpus, **cache)
-        found = completions(output[:, batch["input_ids"].shape[1]:].tolist(), stops, tokenizer)
+        fill = batch_size if start > 0 else None
+        try:
+            new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
+        except Exception as error:  # torch's compiler failing here: the batch again, eager (placement.compile_failed)
+            if not placement.compile_failed(requested, how, error):
+                raise
+            how = "eager"
+            new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
+        found = completions(new, stops, tokenizer)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]
         if progress is not None:
@@ -185,3 +157,46 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
                     "model's %d-token context: their answers stop at the context (counted as truncated)", cut,
                     len(prompts), max_new_tokens, context)
     return results
+
+
+def _decode(model: Any, tokenizer: Any, rows: list[list[int]], config: Any, samples: int, device: Any,
+            synced_gpus: bool, how: str, fill: int | None) -> list[list[int]]:
+    """The new tokens of one batch of prompt `rows` (longest first), `samples` rows each, decoded `how`; a compiled
+    decoding fills the batch up to `fill` rows."""
+    import torch
+
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, kv_cache, sampling, stop_check
+
+    if how == "compiled":
+        config = compiled_decoding.generation_config(config, device)
+    # Compiled code is specialised to the batch size, so a short last batch would compile again (15-33 s for GPT-2
+    # Medium on an H200) where a full one replays the graph already built. It is filled up with copies of its first
+    # (longest) prompt, whose answers are dropped; greedy copies stop with that row, adding no steps.
+    count = len(rows)
+    if how != "eager" and fill:
+        rows = rows + [rows[0]] * (fill - count)
+    # Both compiled paths pad prompts so that a run sees a few shapes; compiled-step brings its own static cache.
+    multiple = None if how == "eager" else compiled_decoding.PROMPT_MULTIPLE
+    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", pad_to_multiple_of=multiple).to(device)
+    # Several samples of a prompt are rows side by side: its prompt prefilled and kept once (not where processes
+    # must run the same forwards in step, which the extra prefill would break).
+    cache_kind = placement.kv_cache(config.cache_implementation)
+    grouped = samples > 1 and not synced_gpus and placement.grouped_attention(device, how, cache_kind)
+    cache = (kv_cache.for_generation(model, batch["input_ids"], config)
+             if how == "eager" and not grouped and cache_kind == "growing" else {})
+    with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
+          attention_kernels.only(placement.decoding_attention(device, how)),
+          stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred")):
+        if how == "compiled-step":
+            output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config,
+                                            grouped=grouped)
+        elif grouped:  # the samples as rows, as `num_return_sequences` lays them out
+            each = copy.deepcopy(config)
+            each.num_return_sequences = 1
+            with kv_cache.growing_cache(model, share_prompts=True, grouped=True):
+                output = model.generate(input_ids=batch["input_ids"].repeat_interleave(samples, 0),
+                                        attention_mask=batch["attention_mask"].repeat_interleave(samples, 0),
+                                        generation_config=each)
+        else:
+            output = model.generate(**batch, generation_config=config, synced_gpus=synced_gpus, **cache)
+    return output[:count * samples, batch["input_ids"].shape[1]:].tolist()

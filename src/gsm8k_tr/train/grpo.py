@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +177,11 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)
     trainer.on_non_finite = recipe.on_non_finite
-    trainer.rollouts = placement.rollouts(config.use_vllm, config.cache_implementation, trainer.args.device,
-                                          recipe.decoding, str(trainer.accelerator.mixed_precision),
-                                          modeling.runs_on_static_cache(model))
+    trainer.decoding_request = recipe.decoding
+    trainer.plan_rollouts = partial(placement.rollouts, config.use_vllm, config.cache_implementation,
+                                    trainer.args.device, recipe.decoding, str(trainer.accelerator.mixed_precision),
+                                    modeling.runs_on_static_cache(model))
+    trainer.rollouts = trainer.plan_rollouts()
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     held_out = None

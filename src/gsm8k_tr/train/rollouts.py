@@ -45,11 +45,12 @@ decides where each of these runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest.mock import patch
 
+from gsm8k_tr import placement
 from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, stop_check
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
@@ -141,11 +142,30 @@ class FastRollouts:
     left alone."""
 
     rollouts: dict[str, Any] = {}
+    # The recipe's `decoding` and how to choose the path again: after torch's compiler failed on this machine,
+    # "auto" decodes eager (`placement.compile_failed`).
+    decoding_request: str = "auto"
+    plan_rollouts: Callable[[], dict[str, Any]] | None = None
 
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
         if self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
+        checkpointing = activation_checkpointing(model)
+        try:
+            return self._fast_turn(model, *args, **kwargs)
+        except Exception as error:
+            if not placement.compile_failed(self.decoding_request, self.rollouts.get("decoding", ""), error):
+                raise
+            # TRL's unwrap_model_for_generation turns activation checkpointing off for generate and back on after,
+            # but not when generate raises.
+            if checkpointing and not activation_checkpointing(model):
+                turn_on_activation_checkpointing(model, self.args.gradient_checkpointing_kwargs)
+            self.rollouts = {**(self.plan_rollouts() if self.plan_rollouts else {**self.rollouts, "decoding": "eager"}),
+                             "compile_failed": placement.compile_failures[0]}  # for the manifest
+            return self._fast_turn(model, *args, **kwargs)
+
+    def _fast_turn(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         with ExitStack() as stack:
             # merge_lora: whole weights on this process (not FSDP or DeepSpeed shards)
             stack.enter_context(generating_policy(model, self.accelerator, self.rollouts.get("merge_lora", False),
@@ -165,3 +185,18 @@ class FastRollouts:
             stack.enter_context(attention_kernels.only(self.rollouts.get("attention")))
             stack.enter_context(stop_check.deferred(self.rollouts.get("stop_check") == "deferred"))
             return super()._generate_single_turn(*args, **kwargs)
+
+
+def activation_checkpointing(model: Any) -> bool:
+    """Whether `model` checkpoints activations (transformers 5's name where the model has it, else 4's)."""
+    new = hasattr(model, "is_activation_checkpointing")
+    return bool(getattr(model, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False))
+
+
+def turn_on_activation_checkpointing(model: Any, kwargs: dict[str, Any] | None) -> None:
+    """Activation checkpointing on, with `kwargs`, as TRL turns it back on after generating (without 5's deprecation
+    warning where the model has 5's name)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
