@@ -146,3 +146,22 @@ def test_other_errors_while_decoding_compiled_are_not_taken_for_a_compile_failur
     assert not placement.compile_failed("auto", "compiled", RuntimeError("CUDA out of memory"))
     assert not placement.compile_failed("auto", "eager", torch._dynamo.exc.TorchDynamoException("eager never compiles"))
     assert not placement.compile_failures
+
+
+@needs_compiler
+def test_compiled_decoding_compiles_each_shape_past_torchs_recompile_limit(tiny_model_dir) -> None:
+    """torch compiles a function for at most 8 shapes, then runs new ones eager without a word; a run's rollouts,
+    held-out checks and evaluations meet more. Here the limit is 1, so the second shape would run eager."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gsm8k_tr.infer import generation
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    with torch._dynamo.config.patch(recompile_limit=1):
+        graphs = counters["stats"]["unique_graphs"]
+        for batch, new in ((3, 7), (5, 5)):  # shapes no other test compiles
+            generation.generate(model, tokenizer, ["1 + 1 ="] * batch, new, batch_size=batch, decoding="compiled")
+        assert counters["stats"]["unique_graphs"] == graphs + 2

@@ -96,6 +96,15 @@ def test_compiled_rollouts_give_todays_greedy_tokens(tiny_model_dir, tmp_path, c
     assert trainer.generation_config is own_config and own_config.disable_compile
     assert trainer.pad_to_multiple_of == own_multiple
     assert not trainer.model.base_model.model.transformer.h[0].attn.c_attn.merged
+    # Each new shape compiled, past torch's limit (1 here; 8 by default, then new shapes run eager).
+    from torch._dynamo.utils import counters
+
+    with torch._dynamo.config.patch(recompile_limit=1):
+        graphs = counters["stats"]["unique_graphs"]
+        trainer.generation_config.max_new_tokens = 7  # shapes no other test compiles
+        for count in (3, 5):
+            trainer._generate_single_turn(prompts[:count], None, {}, 1)
+        assert counters["stats"]["unique_graphs"] == graphs + 2
 
 
 @needs_compiler

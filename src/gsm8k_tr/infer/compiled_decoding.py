@@ -22,14 +22,30 @@ derives positions from the mask, so the tokens are today's
 (`tests/infer/test_compiled_decoding.py`). The first call of each shape pays
 the compile: about 12 s for the tiny model on 2 CPU cores, 15-33 s for GPT-2
 Medium on an H200.
+
+Each new shape (batch size, cache length) is a new graph of the same function
+for every model, and so are calls under `inference_mode` (evaluation, the
+held-out checks) and under TRL's `no_grad` (the rollouts). torch compiles one
+function for at most `torch._dynamo.config.recompile_limit` graphs (8), then
+runs every new shape eager, saying so once in its log: the rest of a run would
+decode about 3x slower on an H200. The demo's pipeline compiled 3 graphs
+(`TORCH_LOGS=recompiles`); the shipped recipe's GRPO would compile 2-4 by
+transformers' cache sizing at the sample's prompt lengths (the rollouts' cache
+grows with each longer prompt bucket, the held-out checks have their own batch
+size); a pipeline adds its evaluations', a prompt filter and pass@k their own,
+and a recipe may vary more. `room_to_compile` raises the limit for the compiled
+calls to `RECOMPILE_LIMIT` (`tests/infer/test_compiled_decoding.py`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 PROMPT_MULTIPLE = 64  # tokens; GSM8K-TR's prompts of 100-300 tokens fall in 2-5 lengths
+RECOMPILE_LIMIT = 64  # shapes compiled for, per function, before torch runs new ones eager (torch's default: 8)
 DEVICES_TRANSFORMERS_COMPILES_ON = ("cuda", "xpu", "neuron", "tpu")
 
 
@@ -49,3 +65,15 @@ def generation_config(config: Any, device: Any) -> Any:
     if kind not in DEVICES_TRANSFORMERS_COMPILES_ON:
         compiled.compile_config._compile_all_devices = True  # transformers' own switch for other devices
     return compiled
+
+
+@contextmanager
+def room_to_compile() -> Iterator[None]:
+    """torch's recompile limit at least `RECOMPILE_LIMIT` for the calls inside (torch reads it when a new shape
+    comes), so that compiled decoding compiles each new shape instead of running it eager; 15-33 s a shape on an
+    H200, against the rest of a run at the eager speed. `cache_size_limit` is its name in older torch."""
+    import torch._dynamo
+
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    with torch._dynamo.config.patch(**{name: max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, name))}):
+        yield

@@ -14,6 +14,7 @@ about that token.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -186,7 +187,8 @@ def _decode(model: Any, tokenizer: Any, rows: list[list[int]], config: Any, samp
              if how == "eager" and not grouped and cache_kind == "growing" else {})
     with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
           attention_kernels.only(placement.decoding_attention(device, how)),
-          stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred")):
+          stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred"),
+          compiled_decoding.room_to_compile() if how != "eager" else contextlib.nullcontext()):
         if how == "compiled-step":
             output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config,
                                             grouped=grouped)

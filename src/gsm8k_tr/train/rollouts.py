@@ -171,6 +171,8 @@ class FastRollouts:
             stack.enter_context(generating_policy(model, self.accelerator, self.rollouts.get("merge_lora", False),
                                                   self.rollouts.get("weights_dtype")))
             how = self.rollouts.get("decoding")
+            if how in placement.COMPILED_DECODINGS:
+                stack.enter_context(compiled_decoding.room_to_compile())
             if how == "compiled":
                 config = compiled_decoding.generation_config(self.generation_config, self.accelerator.device)
                 stack.enter_context(patch.multiple(self, generation_config=config,
