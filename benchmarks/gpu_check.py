@@ -102,11 +102,14 @@ def sft_overrides(work: Path, model: str, data: list[str], sft_steps: int, cpu: 
 
 
 def matmul_rate(device: Any) -> float:
-    """The measured bf16 matmul rate of the card, FLOP/s (float32 on a CPU)."""
+    """The measured matmul rate of the card in the dtype the project computes in there, FLOP/s: bf16 where the
+    card has it natively, fp16 on a T4 or V100 (`placement.inference_dtype`), float32 on a CPU."""
     import torch
 
+    from gsm8k_tr import placement
+
     n = 8192 if device.type == "cuda" else 1024
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = placement.inference_dtype(device)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -319,6 +322,7 @@ def main() -> int:
               "grpo.per_device_train_batch_size=auto", f"grpo.max_completion_length={tokens}",
               f"eval.max_new_tokens={tokens}"]
     recipe = load_recipe(str(RECIPE), common)
+    from gsm8k_tr import placement
     from gsm8k_tr.train.plan import model_config
 
     parameters = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(
@@ -326,7 +330,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     rate = matmul_rate(device)
     print(f"{name}; torch {torch.__version__}; model {parameters / 1e6:.0f}M parameters; data: {where}; "
-          f"measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul rate {rate / 1e12:.1f} TFLOP/s")
+          f"measured {str(placement.inference_dtype(device)).removeprefix('torch.')} matmul rate {rate / 1e12:.1f} TFLOP/s")
     parts: list[tuple[str, Any]] = [
         ("sft", lambda: part_sft(recipe, device, parameters, rate)),
         ("grpo", lambda: part_grpo(recipe, device)),

@@ -108,7 +108,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
         config = trl.GRPOConfig(**sizes, learning_rate=5e-6, beta=0.04, gradient_checkpointing=True,
                                 per_device_train_batch_size=micro, gradient_accumulation_steps=per_step // micro,
                                 disable_dropout=False, lr_scheduler_type="cosine", warmup_steps=0.1,
-                                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+                                **placement.training_precision({}, "grpo"))
         trainer = _timed(trl.GRPOTrainer)(model=model, reward_funcs=funcs, args=config,
                                          train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
     if torch.cuda.is_available():

@@ -124,7 +124,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
     batch = tokenizer(rows_text, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     padded = tokenizer(rows_text, return_tensors="pt", padding=True, add_special_tokens=False,
                        pad_to_multiple_of=compiled_decoding.PROMPT_MULTIPLE).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=placement.inference_dtype(device), enabled=device.type == "cuda")
 
     def run(label: str, sample: bool) -> tuple[float, list[list[int]]]:
         config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=sample,

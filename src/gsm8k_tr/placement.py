@@ -2,8 +2,8 @@
 
 Open this module to learn what a run does on a machine:
 
-- **training precision** (`training_precision`): bf16 on a GPU that has it, fp16 on other GPUs, fp32 on a CPU (TRL
-  would force bf16 everywhere);
+- **training precision** (`training_precision`): bf16 on a GPU that has it natively (`native_bf16`: not a T4 or V100,
+  where torch's own check says yes and emulates it), fp16 on other GPUs, fp32 on a CPU (TRL would force bf16);
 - **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS, else the CPU, or what
   `--device`/`eval.device` ask for; bf16 weights on a GPU that has it, fp16 on other GPUs, float32 on a CPU;
 - **several processes** (`accelerate_kind`): the distributed type accelerate's Accelerator will train with.
@@ -72,17 +72,33 @@ def has_cuda() -> bool:
     return bool(_torch().cuda.is_available())
 
 
-def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
-    """TRL's `bf16`/`fp16` for a stage: the recipe's when set (checked against this machine), else by device."""
+def native_bf16() -> bool:
+    """Whether the CUDA GPU here computes in bf16 itself (compute capability 8.0 or newer: A100, L4, RTX 30xx, H100).
+    torch's `is_bf16_supported()` says yes on a T4, V100 or RTX 20xx too, where bf16 is emulated through float32:
+    slower than fp16, without cuBLAS's bf16 kernels. Its `including_emulation=False` asks what is asked here."""
     torch = _torch()
-    cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if section.get("bf16") and not bf16_ok:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the argument
+        return torch.version.hip is not None or torch.cuda.get_device_capability()[0] >= 8
+
+
+def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
+    """TRL's `bf16`/`fp16` for a stage: the recipe's when set (checked against this machine), else by device:
+    bf16 where the GPU has it natively, fp16 (with a gradient scaler) on other GPUs."""
+    torch = _torch()
+    cuda, native = torch.cuda.is_available(), native_bf16()
+    if section.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
         raise UserError(f"recipe key '{name}.bf16' is true but this machine has no bf16 GPU; remove it (fp32 is used on CPU)")
+    if section.get("bf16") and not native:
+        log.warning("recipe key '%s.bf16': this GPU has no bf16 arithmetic of its own (compute capability below 8.0), "
+                    "so torch emulates it through float32, slower than fp16; remove the key to train in fp16", name)
     if section.get("fp16") and not cuda:
         raise UserError(f"recipe key '{name}.fp16' is true but there is no GPU; remove it (fp32 is used on CPU)")
     if section.get("bf16") is None and section.get("fp16") is None:
-        return {"bf16": bf16_ok, "fp16": cuda and not bf16_ok}
+        return {"bf16": native, "fp16": cuda and not native}
     return {"bf16": bool(section.get("bf16")), "fp16": bool(section.get("fp16"))}
 
 
@@ -125,14 +141,15 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def inference_dtype(device: Any, requested: str = "auto") -> Any:
-    """Inference weights: bf16 on a GPU that has it, else fp16 on a GPU, float32 on CPU; `requested` wins."""
+    """Inference weights: bf16 on a GPU that has it natively (`native_bf16`), else fp16 on a GPU, float32 on CPU;
+    `requested` wins."""
     torch = _torch()
     if requested not in DTYPES:
         raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32
@@ -223,13 +240,11 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
     "compiled-step" (the whole step one graph, `infer/compiled_step.py`; only where a recipe asks for it).
 
     `requested` is the recipe's `decoding`. "auto" is compiled on CUDA where Triton can build kernels
-    (`has_triton`), eager elsewhere, and eager for a call of a single generation batch (`batches`, where the caller
-    knows it), whose one compile (15-33 s) costs more than it saves. Eager where the weights are `sharded` (FSDP,
-    ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does not follow) and where the
-    model does not decode right from a `static_cache` (`modeling.runs_on_static_cache`: GPT-Neo), said once where
-    a recipe asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line
-    (`require_c_compiler`). Measurements: the module's docstring and docs/benchmarks.md.
-    """
+    (`auto_compiles`) until compiling failed in this process (`compile_failed`), eager elsewhere and for a call of a
+    single generation batch (`batches`), whose one compile (15-33 s) costs more than it saves. Eager where the
+    weights are `sharded` (FSDP, ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does
+    not follow) and where the model does not decode right from a `static_cache` (GPT-Neo), said once where a recipe
+    asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line."""
     if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
         _refused.add(requested)
         log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
@@ -332,10 +347,8 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     every device; not where the weights are sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it. `grouped_attention`: as
     `grouped_attention` says; not where sharded. `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
-    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says. `stop_check`: as `stop_check` says,
-    every step where the weights are sharded (each process then waits on its peers at every step anyway).
-    `static_cache`: whether the policy decodes right from a static cache (`decoding`).
-    """
+    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says. `stop_check`: as `stop_check` says.
+    `static_cache`: whether the policy decodes right from a static cache (`decoding`)."""
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                 "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
@@ -362,20 +375,15 @@ SHAPE_MULTIPLE = 64  # tokens: 16 lengths in a 1,024-token context
 
 def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
     """TRL's `pad_to_multiple_of` for SFT's and GRPO's batches in a model of `context` tokens: 64 on a CUDA GPU,
-    None (each batch padded to its own longest row) elsewhere. `cuda`: plan for a CUDA GPU (True) or not, instead
-    of asking this machine.
+    None (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
 
-    On an H100, H200 or B200 (sm90/sm100) torch's attention tries cuDNN's kernel first
-    (`TORCH_CUDNN_SDPA_PREFERRED`, on by default), and cuDNN builds an execution graph for every new combination of
-    shapes and strides (torch's `MHA.cpp` caches them by exactly that), forward and backward, at milliseconds of
-    host time each. A batch padded to its own longest row is nearly always a new length: in SFT's profile on an
-    H200, cuDNN attention took 152 ms of host time in a 462 ms step (docs/benchmarks.md). Padded to a multiple of 64
-    a run sees at most 16 lengths, each set up once; the price is at most 63 padding tokens a row, masked and
-    unscored. TRL itself pads so on Neuron, which compiles once per shape. Other GPUs run flash attention first and
-    set up nothing per shape; there padding only steadies cuBLAS's and the allocator's choices. A CPU has no such
-    cost, so padding there is only work thrown away (0.93x on 2 cores); MPS is left as it was, not measured. None
-    where the context is not a multiple of 64: SFT passes no position ids, and a padded row past the context would
-    index past GPT-2's learned positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
+    On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph
+    for every new combination of shapes and strides, forward and backward, at milliseconds of host time each: in
+    SFT's profile on an H200, 152 ms of a 462 ms step (docs/benchmarks.md). Padded to a multiple of 64 a run sees at
+    most 16 lengths, each set up once, for at most 63 masked padding tokens a row (TRL pads so on Neuron, which
+    compiles per shape). A CPU has no such cost (0.93x on 2 cores); MPS is left as it was. None where the context is
+    not a multiple of 64: a padded row past it would index past GPT-2's learned positions (SFT passes no position
+    ids). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
     """
     if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
         return None
@@ -389,13 +397,11 @@ def decoding_attention(device: Any, how: str) -> list[str] | None:
     """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
     it decodes `how` ("eager", "compiled" or "compiled-step"), or None for torch's own choice.
 
-    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are one token longer than the last, a new
-    shape, for which cuDNN (tried first on sm90/sm100, see `pad_to_multiple_of`) would build and cache a new
-    execution graph, at every step of every batch. Flash attention (no padding mask) or the memory-efficient kernel
-    (a padding mask) set up nothing per shape. Compiled decoding keeps one shape per call (a static cache) and keeps
-    torch's choice; so does every other device. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`): eager
-    decoding at the real prompt lengths took 52 ms a step on an H200 against 15 ms with 76-token prompts, which this
-    is meant to explain."""
+    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are one token longer, a new shape, for
+    which cuDNN (tried first on sm90/sm100, see `pad_to_multiple_of`) would build a new execution graph at every
+    step; flash or memory-efficient attention set up nothing per shape. Compiled decoding (one shape per call) and
+    other devices keep torch's choice. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`): meant to explain eager
+    decoding's 52 ms a step at the real prompt lengths on an H200 against 15 ms with 76-token prompts."""
     if _device_type(device) != "cuda" or how != "eager":
         return None
     return list(WITHOUT_CUDNN)
@@ -405,27 +411,22 @@ def stop_check(device: Any, synced: bool = False) -> str:
     """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting for the
     device; `infer/stop_check.py`) or "every step".
 
-    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the read after each step
-    (`unfinished_sequences.max() == 0`) makes the host wait for the card to finish the step before it can queue the
-    next one, so a step costs the host's Python plus the card's work. That read is the one left in a compiled
-    decoding step, which took about 5 ms on an H200 against 0.8-1.3 ms for what it must read (docs/benchmarks.md).
-    Every step on a CPU, which finishes each operation before Python goes on, and where processes are `synced`
-    (FSDP, ZeRO-3: every step waits for the peers' flags anyway). Not yet measured on a GPU
-    (`benchmarks/gpu_shapes.py`)."""
+    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the read after each step makes the host wait
+    for the card before it queues the next, so a step costs the host's Python plus the card's work; it is the one
+    wait left in a compiled step (about 5 ms on an H200 against 0.8-1.3 ms for what it reads). Every step on a CPU
+    (each operation done before Python goes on) and where processes are `synced` (FSDP, ZeRO-3: each step waits for
+    the peers anyway). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
     if synced or _device_type(device) not in ("cuda", "mps"):
         return "every step"
     return "deferred"
 
 
 def compact_scoring(device: Any) -> bool:
-    """Whether TRL's fused LM head on `device` should project only the positions that have a label.
-
-    TRL does so on Triton devices (CUDA, XPU) and projects every position elsewhere, to keep the tile shapes fixed
-    for a compiler such as Neuron's (`train/scoring.py`). CPUs and MPS compile nothing, so there the prompt and
-    padding positions are work thrown away: the demo's GRPO step's training pass took 0.82 s with them and 0.65 s
-    without, with the same losses (docs/benchmarks.md). On CUDA and XPU this changes nothing where Triton is
-    installed and scores compactly where it is not; other devices (XLA, Neuron) keep TRL's choice.
-    """
+    """Whether TRL's fused LM head on `device` should project only the positions that have a label. TRL does so on
+    Triton devices (CUDA, XPU) and projects every position elsewhere, to keep tile shapes fixed for a compiler such
+    as Neuron's (`train/scoring.py`). CPUs and MPS compile nothing: the demo's GRPO training pass took 0.82 s with
+    the prompt and padding positions and 0.65 s without, the same losses (docs/benchmarks.md). CUDA and XPU score
+    compactly with or without Triton; other devices (XLA, Neuron) keep TRL's choice."""
     return _device_type(device) in ("cpu", "mps", "cuda", "xpu")
 
 

@@ -39,15 +39,44 @@ def test_a_device_that_is_not_there_is_one_line(requested: str, message: str, mo
         placement.inference_device(requested)
 
 
-@pytest.mark.parametrize("device, bf16, requested, expected", [
-    ("cuda", True, "auto", torch.bfloat16),   # A100, H100, L4, RTX 30xx+
-    ("cuda", False, "auto", torch.float16),   # T4, V100: no bf16
-    ("cpu", False, "auto", torch.float32),
-    ("cpu", False, "bfloat16", torch.bfloat16),  # eval.dtype wins
+@pytest.fixture
+def gpu(monkeypatch: pytest.MonkeyPatch):
+    """A CUDA GPU of a given compute capability, as torch's own `is_bf16_supported` sees it: bf16 tensors work on
+    every card (emulated through float32 below 8.0, on a T4 or V100)."""
+    from types import SimpleNamespace
+
+    def place(major: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+        monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+        monkeypatch.setattr(torch.version, "hip", None)
+    return place
+
+
+@pytest.mark.parametrize("major, native", [(7, False), (8, True), (9, True)])  # T4 and V100; A100; H100
+def test_bf16_only_on_a_gpu_that_computes_in_it(gpu, major: int, native: bool, caplog,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu(major)
+    assert torch.cuda.is_bf16_supported()  # torch's default answer is yes on every one of them
+    assert placement.native_bf16() is native
+    assert placement.training_precision({}, "sft") == {"bf16": native, "fp16": not native}  # fp16 with a scaler
+    assert placement.inference_dtype(torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
+    # Asked for by the recipe, bf16 runs (emulated), and a T4 or V100 says it is slower than fp16.
+    with caplog.at_level("WARNING", logger="gsm8k_tr.placement"):
+        assert placement.training_precision({"bf16": True}, "grpo") == {"bf16": True, "fp16": False}
+    assert ("emulates it through float32" in caplog.text) is not native
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # a torch without `including_emulation`
+    assert placement.native_bf16() is native
+
+
+@pytest.mark.parametrize("device, requested, expected", [
+    ("cpu", "auto", torch.float32),
+    ("cpu", "bfloat16", torch.bfloat16),  # eval.dtype wins
+    ("mps", "auto", torch.float16),
 ])
-def test_the_inference_dtype(device: str, bf16: bool, requested: str, expected: torch.dtype,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+def test_the_inference_dtype(device: str, requested: str, expected: torch.dtype) -> None:
     assert placement.inference_dtype(torch.device(device), requested) == expected
 
 
