@@ -28,12 +28,14 @@ for every model, and so are calls under `inference_mode` (evaluation, the
 held-out checks) and under TRL's `no_grad` (the rollouts). torch compiles one
 function for at most `torch._dynamo.config.recompile_limit` graphs (8), then
 runs every new shape eager, saying so once in its log: the rest of a run would
-decode about 3x slower on an H200. The demo's pipeline compiled 3 graphs
-(`TORCH_LOGS=recompiles`); the shipped recipe's GRPO would compile 2-4 by
-transformers' cache sizing at the sample's prompt lengths (the rollouts' cache
-grows with each longer prompt bucket, the held-out checks have their own batch
-size); a pipeline adds its evaluations', a prompt filter and pass@k their own,
-and a recipe may vary more. `room_to_compile` raises the limit for the compiled
+decode about 3x slower on an H200. The demo's pipeline with `decoding:
+compiled` compiled 4 (`TORCH_LOGS=dynamo`): one for the evaluated models, and
+three of TRL's forward, which SFT and GRPO put on their model (SFT's held-out
+checks, GRPO's rollouts, GRPO's held-out checks). The shipped recipe's GRPO
+would compile 2-4 by transformers' cache sizing at the sample's prompt lengths
+(the rollouts' cache grows with each longer prompt bucket, the held-out checks
+have their own batch size); a prompt filter, pass@k or a recipe that varies
+batch sizes adds more. `room_to_compile` raises the limit for the compiled
 calls to `RECOMPILE_LIMIT` (`tests/infer/test_compiled_decoding.py`).
 """
 
