@@ -12,3 +12,17 @@ def one_line(error: BaseException) -> str:
     """An exception's first non-empty line (its type's name when it has no text), for a one-line UserError."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def compiler_failure(error: BaseException) -> str | None:
+    """The line that says why, where `error` is torch's compiler failing on this machine (a `TorchDynamoException`:
+    an Inductor lowering, a Triton kernel the card cannot build, no C++ compiler), else None."""
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:
+        return None
+    if not isinstance(error, TorchDynamoException):
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # dynamo's own first line ("backend='inductor' raised:") names no cause
+    return next((line for line in lines if not line.endswith("raised:")), type(error).__name__)

@@ -54,7 +54,7 @@ import os
 import shutil
 from typing import Any
 
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, compiler_failure
 
 log = logging.getLogger(__name__)
 
@@ -268,12 +268,9 @@ def compile_failed(requested: str, how: str, error: BaseException) -> bool:
     `TorchDynamoException`: an Inductor lowering, a Triton kernel the card cannot build), so that the caller decodes
     the batch again eager. Under "auto", eager from then on in this process, said once: a speed-up never stops a run.
     Where the recipe asked for `how`, one line. False for any other error, which the caller raises."""
-    import torch._dynamo.exc
-
-    if how not in COMPILED_DECODINGS or not isinstance(error, torch._dynamo.exc.TorchDynamoException):
+    reason = compiler_failure(error)
+    if how not in COMPILED_DECODINGS or reason is None:
         return False
-    reason = next((line.strip() for line in str(error).splitlines()  # dynamo's "backend='inductor' raised:" says little
-                   if line.strip() and not line.endswith("raised:")), type(error).__name__)
     if requested != "auto":
         raise UserError(f"decoding: {how} failed to compile on this machine ({reason}); set decoding: eager, or "
                         "auto, which decodes eager after such a failure") from error

@@ -199,3 +199,20 @@ def test_a_run_stopped_by_a_recipe_error_does_not_block_the_next(tmp_path):
     recipe = load_recipe(None, {"output_dir": str(tmp_path)})
     stage.begin(recipe, "grpo", resume=False, overwrite=False)
     assert stage.begin(recipe, "grpo", resume=False, overwrite=False)[1] is None
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_a_training_step_torchs_compiler_cannot_build_is_one_line(tmp_path, tiny_model_dir, compiler_fails) -> None:
+    """`sft.torch_compile` asked for where torch's compiler fails (here Inductor's own: no C++ compiler): one line at
+    the first step with the way out, and `--resume` then trains as the line says."""
+    from conftest import TINY_RECIPE, run_cli
+
+    run = ["--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", "sft.max_steps=2", "sft.save_steps=1"]
+    done = run_cli("sft", *run, "sft.torch_compile=true")
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr[done.stderr.rindex("gsm8k-tr sft: error: "):]  # after the step's progress bar
+    assert line.count("\n") == 1 and line.startswith("gsm8k-tr sft: error: sft.torch_compile: torch's compiler "
+                                                     "failed on this machine (")
+    assert "C++ compiler" in line and line.endswith("set sft.torch_compile=false and run again with --resume\n")
+    assert "Traceback" not in done.stderr
+    assert run_cli("sft", *run, "--resume").returncode == 0

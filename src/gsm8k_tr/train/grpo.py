@@ -195,7 +195,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                                    keep_best=keep)
         trainer.add_callback(held_out)
     started = time.perf_counter()
-    final = stage.train(trainer, checkpoint)
+    final = stage.train(trainer, checkpoint, STAGE)
     kept = held_out.restore_best() if held_out else None
     if kept is not None:
         final = None  # the model now holds the kept adapter: the stage saves it, not the last checkpoint's

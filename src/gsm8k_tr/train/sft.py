@@ -111,7 +111,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)
     started = time.perf_counter()
-    final = stage.train(trainer, checkpoint)
+    final = stage.train(trainer, checkpoint, STAGE)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             held_out=trainer.held_out.where if evaluating else None, micro_batch=batch,
                             memory_plan=plan.as_dict() if plan else None,

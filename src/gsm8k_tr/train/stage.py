@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.config import Recipe, recipe_dict, save_recipe
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, compiler_failure
 from gsm8k_tr.outputs import read_json
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
@@ -136,13 +136,15 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
-def train(trainer: Any, checkpoint: str | None) -> str | None:
+def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     """Train, resuming from `checkpoint`; returns the checkpoint itself when it already holds the last step.
 
     A run killed after its last checkpoint (during the final save) resumes
     with nothing left to train, and transformers would still take one more
     step when the last step falls inside an epoch. The finished checkpoint's
-    own adapter and state are used instead.
+    own adapter and state are used instead. Where the recipe asked to compile
+    the training step (`torch_compile`) and torch's compiler fails on this
+    machine, one line says so at the first step.
     """
     if checkpoint is not None and trainer.args.max_steps > 0:
         from transformers import TrainerState
@@ -152,7 +154,14 @@ def train(trainer: Any, checkpoint: str | None) -> str | None:
             log.info("--resume: %s is at the last step (%d); nothing left to train", checkpoint, state.global_step)
             trainer.state = state
             return checkpoint
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as error:
+        reason = compiler_failure(error) if getattr(trainer.args, "torch_compile", False) else None
+        if reason is None:
+            raise
+        raise UserError(f"{stage}.torch_compile: torch's compiler failed on this machine ({reason}); set "
+                        f"{stage}.torch_compile=false and run again with --resume") from error
     return None
 
 
