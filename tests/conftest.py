@@ -230,7 +230,7 @@ def compiler_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     from gsm8k_tr import placement
 
-    monkeypatch.setattr(placement, "compile_failures", [])
+    monkeypatch.setattr(placement, "compile_failure", None)
     # torch's own patch: monkeypatch's undo deletes a config entry it set instead of restoring it
     with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/g++"), "force_disable_caches": True}):
         yield

@@ -251,7 +251,7 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
                     "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
     if _device_type(device) == "cuda" and requested in COMPILED_DECODINGS and not sharded and static_cache:
         require_c_compiler(f"decoding: {requested}")
-    compiles = requested == "auto" and not compile_failures and auto_compiles(device)
+    compiles = requested == "auto" and compile_failure is None and auto_compiles(device)
     return decoding_rule(requested, compiles, sharded, batches, static_cache)
 
 
@@ -260,7 +260,7 @@ def auto_compiles(device: Any) -> bool:
     return _device_type(device) == "cuda" and has_triton()
 
 
-compile_failures: list[str] = []  # why compiling failed in this process; "auto" decodes eager from then on
+compile_failure: str | None = None  # why compiling first failed in this process; "auto" decodes eager from then on
 
 
 def compile_failed(requested: str, how: str, error: BaseException) -> bool:
@@ -274,10 +274,11 @@ def compile_failed(requested: str, how: str, error: BaseException) -> bool:
     if requested != "auto":
         raise UserError(f"decoding: {how} failed to compile on this machine ({reason}); set decoding: eager, or "
                         "auto, which decodes eager after such a failure") from error
-    if not compile_failures:
+    global compile_failure
+    if compile_failure is None:
         log.warning("compiling the decoding step failed on this machine (%s); decoding eager from now on "
                     "(decoding: eager skips the attempt)", reason)
-    compile_failures.append(reason)
+        compile_failure = reason
     return True
 
 

@@ -145,7 +145,7 @@ def test_other_errors_while_decoding_compiled_are_not_taken_for_a_compile_failur
 
     assert not placement.compile_failed("auto", "compiled", RuntimeError("CUDA out of memory"))
     assert not placement.compile_failed("auto", "eager", torch._dynamo.exc.TorchDynamoException("eager never compiles"))
-    assert not placement.compile_failures
+    assert placement.compile_failure is None
 
 
 @needs_compiler

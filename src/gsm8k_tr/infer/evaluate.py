@@ -203,7 +203,7 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
              "generation": generation.settings(cfg.max_new_tokens, temperature), "decoding": how,
              "attention": placement.decoding_attention(parameter.device, how),
              "stop_check": "vllm" if how == "vllm" else placement.stop_check(parameter.device, synced_gpus),
-             **({"compile_failed": placement.compile_failures[0]} if placement.compile_failures else {})}
+             **({"compile_failed": placement.compile_failure} if placement.compile_failure else {})}
     return {**metrics(records), **where}, records
 
 

@@ -162,7 +162,7 @@ class FastRollouts:
             if checkpointing and not activation_checkpointing(model):
                 turn_on_activation_checkpointing(model, self.args.gradient_checkpointing_kwargs)
             self.rollouts = {**(self.plan_rollouts() if self.plan_rollouts else {**self.rollouts, "decoding": "eager"}),
-                             "compile_failed": placement.compile_failures[0]}  # for the manifest
+                             "compile_failed": placement.compile_failure}  # for the manifest
             return self._fast_turn(model, *args, **kwargs)
 
     def _fast_turn(self, model: Any, *args: Any, **kwargs: Any) -> Any:
