@@ -184,7 +184,7 @@ def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:
     try:
         loaded = datasets.load_dataset(spec, config)
     except Exception as error:  # offline, unknown id, gated: all mean the same to the user
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = one_line(error)[:200]
         raise UserError(
             f"{spec!r} is not a local path and the Hugging Face Hub could not provide it ({reason})"
             f"{hub.unreachable_note()}; check the id and your connection, or download it and pass the local file"
