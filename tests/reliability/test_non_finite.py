@@ -119,3 +119,33 @@ def test_the_recipe_key_is_checked() -> None:
     assert load_recipe(None, ["on_non_finite=skip"]).on_non_finite == "skip"
     with pytest.raises(UserError, match="'on_non_finite' must be 'stop' or 'skip', got 'ignore'"):
         load_recipe(None, ["on_non_finite=ignore"])
+
+
+def test_the_trained_parameters_are_listed_once_and_the_frozen_ones_left_out(tmp_path: Path) -> None:
+    # The guard runs before every optimizer step; walking a PEFT model's modules for its parameters each time costs
+    # milliseconds of host time a step, so the list is taken at the first check and kept.
+    lists: list[int] = []
+    trainer = _trainer(tmp_path, "stop", PoisonStep(at=99))
+    trainer.model.transformer.wte.weight.requires_grad_(False)
+    trainer.callback_handler.callbacks.append(type("Note", (TrainerCallback,), {
+        "on_step_end": lambda self, *args, **kw: lists.append(id(trainer._trained))})())
+    trainer.train()
+    assert len(lists) == 4 and len(set(lists)) == 1
+    assert all(p.requires_grad for p in trainer._trained)
+    assert len(trainer._trained) == sum(1 for p in trainer.model.parameters() if p.requires_grad) > 0
+    assert not any(p is trainer.model.transformer.wte.weight for p in trainer._trained)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_gradient_norm_is_the_norm_of_all_gradients_and_fp16_does_not_overflow(dtype) -> None:
+    from gsm8k_tr.train.guard import gradient_norm
+
+    torch.manual_seed(0)
+    grads = [torch.randn(shape).to(dtype) for shape in ((8, 4), (3,), (5, 5, 2))]
+    expected = torch.linalg.vector_norm(torch.cat([g.float().reshape(-1) for g in grads]))
+    found = gradient_norm(grads)
+    assert found.dtype == torch.float32
+    assert torch.allclose(found, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    # fp16 holds values up to 65,504; a norm of 1,000 x sqrt(10,000) = 100,000 is finite only when read in float32
+    assert torch.isfinite(gradient_norm([torch.full((10_000,), 1000.0, dtype=torch.float16)]))
+    assert not torch.isfinite(gradient_norm([grads[0], torch.full((2,), float("nan"), dtype=dtype)]))

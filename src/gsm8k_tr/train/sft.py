@@ -33,6 +33,7 @@ from gsm8k_tr.train import fitting, memory, recipe_check, stage
 from gsm8k_tr.train.batch_order import SeededRebalance
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
+from gsm8k_tr.train.flops import CountedFlops
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutCheck
 from gsm8k_tr.train.progress import TimedSteps, use_compact_progress
@@ -44,10 +45,11 @@ log = logging.getLogger(__name__)
 STAGE = "sft"
 
 
-class SFTTrainer(SeededRebalance, TimedSteps, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.SFTTrainer):
+class SFTTrainer(SeededRebalance, TimedSteps, CountedFlops, CompactScoring, AtomicCheckpoints, GuardNonFinite,
+                 trl.SFTTrainer):
     """TRL's SFTTrainer with the LM head over the scored tokens only, atomic checkpoints, a non-finite guard,
-    held-out accuracy in its evaluations, each step's time in its logs, and micro-batches of like length within a
-    step (`train/batch_order.py`)."""
+    held-out accuracy in its evaluations, each step's time in its logs, micro-batches of like length within a
+    step (`train/batch_order.py`) and its FLOP count without a walk over the model at each micro-batch."""
 
     held_out: HeldOutCheck | None = None
 
