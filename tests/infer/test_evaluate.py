@@ -144,6 +144,12 @@ def test_a_folder_that_is_not_a_model(tmp_path):
     assert result.returncode == 2 and "neither a model" in result.stderr
 
 
+def test_a_model_path_that_is_not_there_is_one_line_before_the_data_is_prepared(tmp_path):
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(tmp_path / "gone"))
+    assert result.returncode == 2 and "neither a model" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_an_adapter_whose_base_is_gone(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -135,13 +135,24 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
         model = modeling.load_model(recipe.model, str(path), dtype=dtype)
     elif path.exists() or spec.startswith((".", "/", "~")):
         modeling.refuse_pickle(path)  # a folder with pickle weights only is told so, not that it is no model
-        raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
-                        "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
+        _no_model(spec)
     else:
         cfg = dataclasses.replace(recipe.model, name_or_path=spec, gguf_file=None, revision=None)
         tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg, dtype=dtype)
     modeling.configure_tokens(tokenizer, model, stop)
     return model.to(target), tokenizer, str(path if path.exists() else spec)
+
+
+def _no_model(spec: str) -> None:
+    raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
+                    "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
+
+
+def check_model_path(spec: str) -> None:
+    """A model given as a local path (./, /, ~) that is not there: one line before the data is prepared, which
+    takes a while for the real dataset, rather than after."""
+    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+        _no_model(spec)
 
 
 def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
@@ -251,6 +262,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     limit = limit if limit is not None else recipe.eval.limit
     check_args(limit, samples)
     check_backend(backend)
+    check_model_path(model_spec)
     target = Path(output) if output else None
     if target is not None:
         check_writable(target, overwrite)
