@@ -3,7 +3,8 @@
 Open this module to learn what a run does on a machine:
 
 - **training precision** (`training_precision`): bf16 on a GPU that has it natively (`native_bf16`: not a T4 or V100,
-  where torch's own check says yes and emulates it), fp16 on other GPUs, fp32 on a CPU (TRL would force bf16);
+  where torch's own check says yes and emulates it), fp16 on other GPUs, fp32 on a CPU (TRL would force bf16), bf16
+  there only when the recipe asks and the CPU computes in it (`cpu_bf16`);
 - **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS, else the CPU, or what
   `--device`/`eval.device` ask for; bf16 weights on a GPU that has it, fp16 on other GPUs, float32 on a CPU;
 - **several processes** (`accelerate_kind`): the distributed type accelerate's Accelerator will train with.
@@ -85,13 +86,27 @@ def native_bf16() -> bool:
         return torch.version.hip is not None or torch.cuda.get_device_capability()[0] >= 8
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX: AMD Zen 4, Intel Xeon since Cooper Lake). There
+    a decoding step's matmul ran 2.2x float32; on a CPU without them bf16 is emulated, 1.6-3.2x slower than float32
+    (docs/benchmarks.md)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own, private: absent means no
+    return any(getattr(_torch().cpu, check, lambda: False)() for check in checks)
+
+
 def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
     """TRL's `bf16`/`fp16` for a stage: the recipe's when set (checked against this machine), else by device:
-    bf16 where the GPU has it natively, fp16 (with a gradient scaler) on other GPUs."""
+    bf16 where the GPU has it natively, fp16 (with a gradient scaler) on other GPUs, fp32 on a CPU (the same numbers
+    on every CPU); a recipe's bf16 also on a CPU that computes in it (`cpu_bf16`)."""
     torch = _torch()
     cuda, native = torch.cuda.is_available(), native_bf16()
-    if section.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
-        raise UserError(f"recipe key '{name}.bf16' is true but this machine has no bf16 GPU; remove it (fp32 is used on CPU)")
+    if section.get("bf16") and not cuda:
+        if not cpu_bf16():
+            raise UserError(f"recipe key '{name}.bf16' is true but this machine has no CUDA GPU and its CPU no bf16 "
+                            "instructions (AVX-512 BF16 or AMX), where bf16 runs slower than fp32; remove it")
+        return {"bf16": True, "fp16": False, "use_cpu": True}  # transformers takes bf16 on a CPU only with use_cpu
+    if section.get("bf16") and not torch.cuda.is_bf16_supported():
+        raise UserError(f"recipe key '{name}.bf16' is true but this GPU has no bf16; remove it")
     if section.get("bf16") and not native:
         log.warning("recipe key '%s.bf16': this GPU has no bf16 arithmetic of its own (compute capability below 8.0), "
                     "so torch emulates it through float32, slower than fp16; remove the key to train in fp16", name)
@@ -147,6 +162,9 @@ def inference_dtype(device: Any, requested: str = "auto") -> Any:
     if requested not in DTYPES:
         raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
     if requested != "auto":
+        if requested == "bfloat16" and device.type == "cpu" and not cpu_bf16():
+            log.warning("eval.dtype bfloat16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX), so torch "
+                        "emulates them, slower than float32; remove the key to evaluate in float32")
         return getattr(torch, requested)
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16() else torch.float16
@@ -165,14 +183,11 @@ def _flag(name: str) -> bool:
 
 
 def accelerate_kind(partial_kind: str, cpu: bool) -> str:
-    """The distributed type the Accelerator will train with, from what `PartialState` reports.
-
-    `AcceleratorState.__init__` (built by the Accelerator, so by every trainer) changes PartialState's type: to
-    DEEPSPEED whenever ACCELERATE_USE_DEEPSPEED is set and the run is not on the CPU (a multi-process DeepSpeed launch
-    is DEEPSPEED in PartialState already, a one-process one is not), and to FSDP when ACCELERATE_USE_FSDP is set and
-    the type is a multi-device one. Checking PartialState alone refuses every FSDP launch on GPUs.
-    `tests/test_placement.py` holds this to accelerate's own AcceleratorState, launch by launch.
-    """
+    """The distributed type the Accelerator will train with, from what `PartialState` reports. `AcceleratorState`
+    (built by every trainer's Accelerator) changes it to DEEPSPEED whenever ACCELERATE_USE_DEEPSPEED is set and the
+    run is not on the CPU (a one-process DeepSpeed launch is not DEEPSPEED in PartialState), and to FSDP when
+    ACCELERATE_USE_FSDP is set and the type is a multi-device one: PartialState alone refuses every FSDP launch on
+    GPUs. `tests/test_placement.py` holds this to accelerate's own AcceleratorState, launch by launch."""
     if _flag("ACCELERATE_USE_DEEPSPEED") and not cpu:
         return "DEEPSPEED"
     if partial_kind in FSDP_CAPABLE and _flag("ACCELERATE_USE_FSDP"):
@@ -333,20 +348,14 @@ COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # accelerate's mixed p
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
                  device: Any = "cpu", decoding_request: str = "auto", mixed_precision: str = "no",
                  static_cache: bool = True) -> dict[str, Any]:
-    """How GRPO generates its rollouts with transformers on `device`.
-
-    `merge_lora`: merge the adapter into the weights for the generation call and unmerge it after (PEFT's
-    `merge_adapter`/`unmerge_adapter`, as TRL does before it syncs vLLM; `train/rollouts.py`), on every device. Not
-    where each process holds a shard of the weights (FSDP, DeepSpeed), nor with vLLM. `weights_dtype`: under bf16 or
-    fp16 `mixed_precision`, where the adapter is merged, the frozen matmul weights are used in that dtype for the
-    call (`train/rollouts.py`), else None. `decoding`: as `decoding` says; compiled decoding brings its own static
-    cache. `kv_cache`: as `kv_cache` says, "static" when compiled, or vLLM's own. `shared_prefill`: with the growing
-    cache, each group's prompt is prefilled once for its `num_generations` rows (`infer/shared_prefill.py`), on
-    every device; not where the weights are sharded, since a process whose rows happen not to repeat would skip the
-    extra forward that its peers run, and FSDP's gathers would wait for it. `grouped_attention`: as
-    `grouped_attention` says; not where sharded. `sampler`: as `row_sampling` says ("inverse_cdf" or torch's
-    "multinomial"), or vLLM's own. `attention`: as `decoding_attention` says. `stop_check`: as `stop_check` says.
-    `static_cache`: whether the policy decodes right from a static cache (`decoding`)."""
+    """How GRPO generates its rollouts with transformers on `device`, each field as the function of its name says,
+    with vLLM's own in their place under vLLM. Where the weights are `sharded` (FSDP, DeepSpeed): no merge, no
+    weight copies, no shared prefill or grouped attention. `merge_lora`: the adapter merged for the call and
+    unmerged after (PEFT's `merge_adapter`, as TRL does before it syncs vLLM; `train/rollouts.py`). `weights_dtype`:
+    under bf16 or fp16 `mixed_precision`, the frozen matmul weights in that dtype for the call. `kv_cache`: "static"
+    when compiled. `shared_prefill`: with the growing cache, each group's prompt prefilled once for its rows
+    (`infer/shared_prefill.py`); not where sharded, since a process whose rows happen not to repeat would skip the
+    extra forward that its peers run, and FSDP's gathers would wait for it."""
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                 "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
@@ -376,13 +385,11 @@ def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
     None (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
 
     On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph
-    for every new combination of shapes and strides, forward and backward, at milliseconds of host time each: in
-    SFT's profile on an H200, 152 ms of a 462 ms step (docs/benchmarks.md). Padded to a multiple of 64 a run sees at
-    most 16 lengths, each set up once, for at most 63 masked padding tokens a row (TRL pads so on Neuron, which
-    compiles per shape). A CPU has no such cost (0.93x on 2 cores); MPS is left as it was. None where the context is
-    not a multiple of 64: a padded row past it would index past GPT-2's learned positions (SFT passes no position
-    ids). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`).
-    """
+    for every new combination of shapes and strides, at milliseconds of host time each: in SFT's profile on an H200,
+    152 ms of a 462 ms step (docs/benchmarks.md). Padded to 64 a run sees at most 16 lengths, each set up once, for
+    at most 63 masked tokens a row. A CPU has no such cost (0.93x on 2 cores); MPS is left as it was. None where the
+    context is not a multiple of 64: SFT passes no position ids, and a padded row past it would index past GPT-2's
+    learned positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
     if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
         return None
     return SHAPE_MULTIPLE
@@ -392,28 +399,24 @@ WITHOUT_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's at
 
 
 def decoding_attention(device: Any, how: str) -> list[str] | None:
-    """torch's attention kernels (`torch.nn.attention.SDPBackend` names, in order) for `generate` on `device` when
-    it decodes `how` ("eager", "compiled" or "compiled-step"), or None for torch's own choice.
-
-    Eager decoding on CUDA leaves cuDNN's attention out: each step's keys are one token longer, a new shape, for
-    which cuDNN (tried first on sm90/sm100, see `pad_to_multiple_of`) would build a new execution graph at every
-    step; flash or memory-efficient attention set up nothing per shape. Compiled decoding (one shape per call) and
-    other devices keep torch's choice. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`): meant to explain eager
-    decoding's 52 ms a step at the real prompt lengths on an H200 against 15 ms with 76-token prompts."""
+    """torch's attention kernels (`SDPBackend` names, in order) for `generate` on `device` decoding `how`, or None
+    for torch's own choice. Eager decoding on CUDA leaves cuDNN's out: each step's keys are one token longer, a new
+    shape, for which cuDNN (tried first on sm90/sm100, see `pad_to_multiple_of`) would build a new execution graph at
+    every step; flash or memory-efficient attention set up nothing per shape. Compiled decoding (one shape per call)
+    and other devices keep torch's choice. Meant to explain eager decoding's 52 ms a step at the real prompt lengths
+    on an H200 against 15 ms with 76-token prompts; not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
     if _device_type(device) != "cuda" or how != "eager":
         return None
     return list(WITHOUT_CUDNN)
 
 
 def stop_check(device: Any, synced: bool = False) -> str:
-    """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting for the
-    device; `infer/stop_check.py`) or "every step".
-
-    Deferred on a CUDA GPU and on MPS (transformers' own choice there): the read after each step makes the host wait
-    for the card before it queues the next, so a step costs the host's Python plus the card's work; it is the one
-    wait left in a compiled step (about 5 ms on an H200 against 0.8-1.3 ms for what it reads). Every step on a CPU
-    (each operation done before Python goes on) and where processes are `synced` (FSDP, ZeRO-3: each step waits for
-    the peers anyway). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
+    """When `generate` on `device` reads whether every row has stopped: "deferred" (a step late, without waiting for
+    the device; `infer/stop_check.py`) or "every step". Deferred on a CUDA GPU and on MPS (transformers' own choice
+    there): the read after each step makes the host wait for the card before it queues the next; it is the one wait
+    left in a compiled step (about 5 ms on an H200 against 0.8-1.3 ms for what it reads). Every step on a CPU (each
+    operation done before Python goes on) and where processes are `synced` (FSDP, ZeRO-3: each step waits for the
+    peers anyway). Not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
     if synced or _device_type(device) not in ("cuda", "mps"):
         return "every step"
     return "deferred"
@@ -421,10 +424,9 @@ def stop_check(device: Any, synced: bool = False) -> str:
 
 def compact_scoring(device: Any) -> bool:
     """Whether TRL's fused LM head on `device` should project only the positions that have a label. TRL does so on
-    Triton devices (CUDA, XPU) and projects every position elsewhere, to keep tile shapes fixed for a compiler such
-    as Neuron's (`train/scoring.py`). CPUs and MPS compile nothing: the demo's GRPO training pass took 0.82 s with
-    the prompt and padding positions and 0.65 s without, the same losses (docs/benchmarks.md). CUDA and XPU score
-    compactly with or without Triton; other devices (XLA, Neuron) keep TRL's choice."""
+    Triton devices and projects every position elsewhere, keeping tile shapes fixed for a compiler such as Neuron's
+    (`train/scoring.py`). CPUs and MPS compile nothing: the demo's GRPO training pass took 0.82 s against 0.65 s, the
+    same losses (docs/benchmarks.md). CUDA and XPU score compactly, Triton or not; XLA and Neuron keep TRL's choice."""
     return _device_type(device) in ("cpu", "mps", "cuda", "xpu")
 
 
@@ -441,8 +443,7 @@ def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding
 
 
 def fused_activation(activation: str | None) -> str | None:
-    """The fused equivalent of a model's activation, or None to keep it. GPT-2's `gelu_new` is the tanh
-    approximation of GELU written as six elementwise operations; `gelu_pytorch_tanh` is the same function as one
-    PyTorch kernel (outputs within 3e-7). Fewer, larger kernels help on every device: on a CPU each op streams the
-    activations through memory again, on a GPU each is a kernel launch per layer and decoding step."""
+    """The fused equivalent of a model's activation, or None to keep it. GPT-2's `gelu_new` is tanh GELU as six
+    elementwise operations; `gelu_pytorch_tanh` is the same function as one kernel (outputs within 3e-7): on a CPU
+    each op streams the activations through memory again, on a GPU each is a launch per layer and decoding step."""
     return "gelu_pytorch_tanh" if activation == "gelu_new" else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,52 @@ def test_bf16_only_on_a_gpu_that_computes_in_it(gpu, major: int, native: bool, c
 ])
 def test_the_inference_dtype(device: str, requested: str, expected: torch.dtype) -> None:
     assert placement.inference_dtype(torch.device(device), requested) == expected
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def cpu_bf16(request, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """A CPU with or without bf16 instructions, as torch's own CPU checks report them."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: request.param)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return request.param
+
+
+def test_bf16_on_a_cpu_only_where_asked_and_computed_in(cpu_bf16: bool, caplog, monkeypatch) -> None:
+    # bf16 on a CPU with AVX-512 BF16 or AMX: 2.2x float32 on a decoding step's matmul; without them emulated,
+    # 1.6-3.2x slower (docs/benchmarks.md). So a recipe may ask for it where the CPU has it; the default stays fp32,
+    # the same numbers on every CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert placement.cpu_bf16() is cpu_bf16
+    assert placement.training_precision({}, "sft") == {"bf16": False, "fp16": False}
+    assert placement.inference_dtype(torch.device("cpu")) == torch.float32
+    if cpu_bf16:  # transformers takes bf16 on a CPU only with use_cpu
+        assert placement.training_precision({"bf16": True}, "grpo") == {"bf16": True, "fp16": False, "use_cpu": True}
+    else:
+        with pytest.raises(UserError, match="'grpo.bf16' is true but this machine has no CUDA GPU and its CPU no bf16 "
+                                            "instructions"):
+            placement.training_precision({"bf16": True}, "grpo")
+    with caplog.at_level("WARNING"):
+        assert placement.inference_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # eval.dtype wins
+    assert ("this CPU has no bf16 instructions" in caplog.text) is not cpu_bf16
+
+
+def test_sft_and_grpo_train_in_bf16_on_a_cpu_that_has_it(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    # TrainingArguments refuses bf16 on a CPU unless use_cpu is set; accelerate then autocasts on the CPU, and
+    # GRPO's rollouts take their weight copies in bf16. (Stood in for where this CPU has no bf16: it runs, slower.)
+    monkeypatch.setattr(placement, "cpu_bf16", lambda: True)
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    run = ["--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_steps=2", "sft.bf16=true",
+           "grpo.max_steps=1", "grpo.bf16=true", "eval.every_steps=0"]
+    for command in ("sft", "grpo"):
+        done = run_cli(command, *run)
+        assert done.returncode == 0, done.stderr[-2000:]
+    sft = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    grpo = json.loads((tmp_path / "grpo" / "manifest.json").read_text())
+    assert sft["precision"] == grpo["precision"] == "bf16"
+    assert grpo["rollouts"]["weights_dtype"] == "bfloat16"
+    losses = json.loads((tmp_path / "sft" / "log_history.json").read_text())
+    assert all(math.isfinite(h["loss"]) for h in losses if "loss" in h)
 
 
 def test_evaluate_records_its_device_and_dtype(tmp_path: Path, tiny_model_dir: Path) -> None:

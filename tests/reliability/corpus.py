@@ -33,7 +33,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "secret_in_recipe": ("grpo:\n  hub_token: hf_abcdefgh\n", "HF_TOKEN"),
     "unknown_reward": ("rewards:\n  corectness: 1.0\n", "corectness"),
     "bad_stop_token": ("model:\n  stop_token: '<|no such token|>'\n", "stop"),
-    "bf16_on_cpu": ("sft:\n  bf16: true\n", "bf16"),
+    "fp16_on_cpu": ("sft:\n  fp16: true\n", "fp16"),  # bf16 trains on a CPU with bf16 instructions
     "missing_report_backend": ("sft:\n  report_to: [nosuchtracker]\n", "nosuchtracker"),
 }
 

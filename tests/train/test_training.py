@@ -64,12 +64,13 @@ def test_check_positive_names_the_key():
     assert sft_config({"max_steps": -1}).max_steps == -1  # -1: train by epochs
 
 
-def test_precision_is_fp32_on_cpu_and_refuses_bf16_there():
+def test_precision_is_fp32_on_cpu_and_refuses_bf16_where_the_cpu_lacks_it(monkeypatch):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
     assert placement.training_precision({}, "sft") == {"bf16": False, "fp16": False}
+    monkeypatch.setattr(placement, "cpu_bf16", lambda: False)  # with it: tests/infer/test_device.py
     with pytest.raises(UserError, match="'grpo.bf16'"):
         placement.training_precision({"bf16": True}, "grpo")
 
