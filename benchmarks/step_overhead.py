@@ -19,11 +19,11 @@ counts and what is left is what a GPU step also pays:
   `clip_grad_norm_` takes it (`train/guard.py`).
 
 Each way runs `--rounds` times (an even number: each goes first in half of
-them), over the same rows in the same order. The two calls are timed inside the trainer, each way: the FLOP
-count's calls and the guard's check, in ms per optimizer step, and their
-ratio. Printed beside them, the median whole step of each way (the first
-steps left out), whose run-to-run spread on a CPU is larger than the
-difference.
+them), over the same rows in the same order. The two calls are timed inside
+the trainer, each way: the FLOP count's calls and the guard's check, in ms per
+optimizer step, and their ratio. Printed beside them, the median whole step
+of each way (the first steps left out), whose run-to-run spread on a CPU is
+larger than the difference.
 """
 
 from __future__ import annotations

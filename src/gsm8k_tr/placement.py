@@ -355,7 +355,8 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     under bf16 or fp16 `mixed_precision`, the frozen matmul weights in that dtype for the call. `kv_cache`: "static"
     when compiled. `shared_prefill`: with the growing cache, each group's prompt prefilled once for its rows
     (`infer/shared_prefill.py`); not where sharded, since a process whose rows happen not to repeat would skip the
-    extra forward that its peers run, and FSDP's gathers would wait for it."""
+    extra forward that its peers run, and FSDP's gathers would wait for it. `sampler`: as `row_sampling` says.
+    `static_cache`: whether the policy decodes right from a static cache (`decoding`)."""
     if vllm:
         return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
                 "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
