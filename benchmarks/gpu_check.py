@@ -338,8 +338,6 @@ def main() -> int:
                                        None if not args.cpu else args.both_decodings)),
         ("eval", lambda: part_eval(str(work / "sft"), recipe, args.questions, work)),
     ]
-    from gsm8k_tr import placement
-
     chosen = placement.decoding(recipe.decoding, device)
     other = "eager" if chosen == "compiled" else "compiled"
     others = list(dict.fromkeys([*([other] if args.both_decodings else []), *args.also_decodings]))

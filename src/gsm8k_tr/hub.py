@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 3.0
+PATH_PREFIXES = (".", "/", "~")  # a model or data spec that starts so is a local path, never a Hub id
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 # Modules that read the offline switch at import and look at their own copy afterwards: (module, attributes).

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import modeling, placement
+from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data.prompts import build_prompt
 from gsm8k_tr.data.splits import load_split
@@ -133,7 +133,7 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
     elif path.is_dir() and modeling.is_model_folder(path):
         tokenizer = modeling.load_tokenizer(recipe.model, str(path))
         model = modeling.load_model(recipe.model, str(path), dtype=dtype)
-    elif path.exists() or spec.startswith((".", "/", "~")):
+    elif path.exists() or spec.startswith(hub.PATH_PREFIXES):
         modeling.refuse_pickle(path)  # a folder with pickle weights only is told so, not that it is no model
         _no_model(spec)
     else:
@@ -151,7 +151,7 @@ def _no_model(spec: str) -> None:
 def check_model_path(spec: str) -> None:
     """A model given as a local path (./, /, ~) that is not there: one line before the data is prepared, which
     takes a while for the real dataset, rather than after."""
-    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+    if spec.startswith(hub.PATH_PREFIXES) and not Path(spec).expanduser().exists():
         _no_model(spec)
 
 
@@ -159,7 +159,7 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     config = read_json(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
     base = config.get("base_model_name_or_path")
-    if not base or (base.startswith((".", "/", "~")) and not Path(base).expanduser().exists()):
+    if not base or (base.startswith(hub.PATH_PREFIXES) and not Path(base).expanduser().exists()):
         raise UserError(f"the adapter {str(path)!r} names base model {base!r}, which cannot be found; "
                         "evaluate the stage's merged/ folder instead, or restore the base model there")
     local = Path(base).expanduser()

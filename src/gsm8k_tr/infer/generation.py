@@ -188,7 +188,7 @@ def _decode(model: Any, tokenizer: Any, rows: list[list[int]], config: Any, samp
     with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
           attention_kernels.only(placement.decoding_attention(device, how)),
           stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred"),
-          compiled_decoding.room_to_compile() if how != "eager" else contextlib.nullcontext()):
+          compiled_decoding.room_to_compile() if how in placement.COMPILED_DECODINGS else contextlib.nullcontext()):
         if how == "compiled-step":
             output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config,
                                             grouped=grouped)

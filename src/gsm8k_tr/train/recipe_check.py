@@ -30,7 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import modeling, placement
+from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import sources, splits
 from gsm8k_tr.errors import UserError, one_line
@@ -116,7 +116,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
     local = Path(source).expanduser()
     if local.is_dir():
         modeling.refuse_pickle(local)
-    elif source.startswith((".", "/", "~")):
+    elif source.startswith(hub.PATH_PREFIXES):
         raise UserError(f"recipe key 'model.name_or_path': {name!r} does not exist; give a model folder, a Hub id "
                         "or builtin:NAME")
     else:
