@@ -125,6 +125,28 @@ def test_without_a_reference_a_source_keeps_its_own_test_split(tmp_path: Path) -
         assert report["test_split"] == "hash" and report["written"]["train"] > 0, alone
 
 
+def test_with_a_reference_a_source_test_split_still_never_reaches_training(reference_dir: Path, tmp_path: Path) -> None:
+    # The user's test file holds a question without an English original (goats) and one matching an English *training*
+    # question (Tom's pages): the reference alone would put both in training, one as an unaligned row.
+    source = tmp_path / "mine"
+    source.mkdir()
+    test_rows = [TURKISH[6], TURKISH[2]]
+    write_csv(source / "train.csv", [row for row in TURKISH if row not in test_rows])
+    write_csv(source / "test.csv", test_rows)
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(source), "--reference", str(reference_dir), "--output", str(out)) == 0
+    split_of = {r["question"]: name for name in ("train", "validation", "test") for r in read_jsonl(out / f"{name}.jsonl")}
+    assert {q for q, name in split_of.items() if name == "test"} == {TURKISH[i][0] for i in (2, 4, 5, 6)}
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["test_split"] == "reference+source" and report["source_test_kept"] == 2
+    assert report["aligned"] == 6 and report["test_rows_found"] == 2 and report["written"]["test"] == 4
+    # The same rows in one file: the reference's split alone, and nothing kept back.
+    one = write_csv(tmp_path / "one.csv", TURKISH)
+    assert run_prepare("--dataset", str(one), "--reference", str(reference_dir), "--output", str(tmp_path / "one")) == 0
+    report = json.loads((tmp_path / "one" / "prepare_report.json").read_text())
+    assert report["test_split"] == "reference" and report["source_test_kept"] == 0 and report["written"]["test"] == 2
+
+
 def test_unaligned_rows_can_be_dropped(turkish_csv: Path, reference_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir), "--output", str(out), "data.keep_unaligned=false")

@@ -169,14 +169,15 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     loaded = load_references(recipe)
     texts = [f"{row.values[data.question_column]} {row.values[data.answer_column]}" for row in rows]
     aligner = Aligner(*loaded, turkish_texts=texts) if loaded else None
-    # Without a reference, a source with its own test split (a "test" file or Hub split) beside others keeps it: a
-    # hash would move the user's test questions into training. Otherwise (a lone file named test.csv too)
-    # `data.test_fraction` of the questions, by hash.
+    # A source with its own test split (a "test" file or Hub split) beside others keeps it: a hash, an unaligned
+    # row's `data.unaligned_split` or a match with an English training question would move the user's test questions
+    # into training. With a reference the test split is the union of both; without one the source's alone; a lone
+    # file (one named test.csv too) has no split of its own, so `data.test_fraction` of it by hash.
     sources = {row.split for row in rows}
-    own_test = not aligner and "test" in sources and len(sources) > 1
+    own_test = "test" in sources and len(sources) > 1
     if own_test:
-        logger.info("%s has its own test split, which stays the test split (data.test_fraction is not used)",
-                    data.dataset)
+        logger.info("%s has its own test split, which stays in the test split%s", data.dataset,
+                    ", with the reference's test questions" if aligner else " (data.test_fraction is not used)")
     dropped: Counter = Counter(read_skips)
     out: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     excluded: list[dict[str, Any]] = []
@@ -249,6 +250,9 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                           align_score=round(candidate.score, 4) if candidate else None, number_agreement=None,
                           numbers_changed=False)
         record["source"] = row.origin
+        kept_from_training = own_test and row.split == "test" and split != "test"
+        if kept_from_training:
+            split = "test"
         if match and match.numbers_changed:
             counts["numbers_changed"] += 1
             # The official answer belongs to the English numbers, not to these: never shown as this row's gold.
@@ -265,6 +269,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
                              "nearest_test_score": round(found.nearest_test_score, 4)})
             continue
         agrees = matches_gold(solution_answer, gold)
+        counts["source_test_kept"] += kept_from_training
         counts["without_solution"] += not solution  # an answer only: GRPO can train on it, SFT cannot
         counts["solution_shows_no_work"] += bool(solution) and not shows_work(solution)
         counts["solution_disagrees"] += bool(solution) and not agrees
@@ -285,7 +290,11 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "unaligned": counts["unaligned"],
         "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,
         "test_rows_found": counts["aligned_test"],
-        "test_split": "reference" if aligner else "source" if own_test else "hash",  # where the test split came from
+        # where the test split came from; with a reference and a test split of the source's own, both
+        "test_split": ("reference+source" if own_test else "reference") if aligner else "source" if own_test else "hash",
+        # the source's test rows that the reference alone would have put in training (a match with an English
+        # training question, or unaligned): kept in the test split
+        "source_test_kept": counts["source_test_kept"],
         "numbers_changed": counts["numbers_changed"],
         "dropped": dict(sorted(dropped.items())),
         "excluded": dict(sorted(reasons.items())),
