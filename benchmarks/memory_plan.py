@@ -4,6 +4,7 @@
     python benchmarks/memory_plan.py --shapes tiny demo
     python benchmarks/memory_plan.py --saved         # what a GPU keeps for backward, counted here: minutes
     python benchmarks/memory_plan.py --saved --shapes gpt2-medium --targets c_attn   # LoRA on some layers only
+    python benchmarks/memory_plan.py --cpu-bf16 --phases sft grpo_training   # training under a CPU's bf16 autocast
 
 Each phase runs in a fresh process: SFT (one training step: forward, backward
 and an AdamW step on LoRA, GPT-2's dropout on, every token scored through
@@ -16,6 +17,10 @@ system, so resident memory follows live tensors. Models have random weights
 built from their configs (so no file is mapped). Against it stands
 `gsm8k_tr.train.memory.estimate` for the same phase, on CPU (float32 compute,
 no CUDA runtime). Prints one row per shape and phase, and the ratio.
+`--cpu-bf16` runs the training phases as a recipe's `bf16: true` runs them on
+a CPU that computes in bf16 (torch's CPU autocast, as accelerate applies it)
+against the CPU plan for it, which counts training in float32 (see
+`memory.estimate`: counted in bf16 it fell short of these peaks).
 
 `--saved` checks the plan for a GPU without one. Under bf16 mixed precision
 on a GPU the resident-memory fit above does not carry over: activations are
@@ -104,20 +109,24 @@ def _config(source: str) -> Any:
 
 
 def _plan(shape: Any, phase: str, batch: int, length: int, lora_rank: int, lora_dropout: float, on_gpu: bool,
-          generations: int = 0, targets: list[str] | None = None) -> Any:
+          generations: int = 0, targets: list[str] | None = None, mixed: bool | None = None) -> Any:
     """`memory.estimate` for one measured phase: `batch` rows of `length` tokens, float32 on a CPU or bf16 on a
-    GPU, the model's dropout on in SFT only, eager decoding, no held-out check and no vLLM."""
+    GPU (`mixed`: bf16 on a CPU too), the model's dropout on in SFT only, eager decoding, no held-out check and no
+    vLLM."""
     from gsm8k_tr.train import memory
 
-    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": on_gpu,
+    mixed = on_gpu if mixed is None else mixed
+    settings = {"micro_batch": batch, "gradient_accumulation_steps": 1, "length": length, "mixed_precision": mixed,
                 "checkpointing": False, "dropout": phase == "sft", "lora_rank": lora_rank, "lora_targets": targets,
                 "lora_dropout": lora_dropout > 0, "decoding": "eager", "generation_batch": generations,
                 "eval_batch": 0, "eval_length": 0, "vllm": False, "vllm_share": 0.0}
     return memory.estimate(shape, "sft" if phase == "sft" else "grpo", settings, on_gpu=on_gpu)
 
 
-def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | None = None) -> dict[str, Any]:
-    """Run one phase in this process; return its peak memory rise (MiB) and the estimate's parts."""
+def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | None = None,
+            bf16: bool = False) -> dict[str, Any]:
+    """Run one phase in this process; return its peak memory rise (MiB) and the estimate's parts. `bf16`: a
+    training phase under the CPU's bf16 autocast."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -153,20 +162,21 @@ def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | No
     else:
         model.train()
         ids = torch.randint(5, vocab, (batch, length))
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, fused_lm_head=True).loss
         loss.backward()
         optimizer.step()
     peak = (_rss_kib("VmHWM") - baseline) / 1024
     shape_info = memory.Shape.from_config(config)
     generating = phase == "grpo_generation"
     plan = _plan(shape_info, phase, batch, prompt + completion if generating else length, lora.r, lora_dropout,
-                 on_gpu=False, generations=generations if generating else 0, targets=targets)
+                 on_gpu=False, generations=generations if generating else 0, targets=targets, mixed=bf16)
     parts = {k: v * 1024 for k, v in plan.parts.items()}  # MiB
     fixed = parts["weights"] + parts["lora"] + parts["runtime"]
     if phase == "grpo_generation":
         estimated = fixed + parts["kv_cache"] + generations * vocab * 4 / MIB
     else:
-        estimated = fixed + parts["activations"] + parts["logits"]
+        estimated = fixed + parts["activations"] + parts["weight_casts"] + parts["logits"]
     return {"shape": shape, "phase": phase, "measured_mib": round(peak, 1), "estimated_mib": round(estimated, 1),
             "parts_mib": {k: round(v, 1) for k, v in parts.items()}, "parameters": shape_info.parameters}
 
@@ -273,13 +283,18 @@ def main() -> None:
                         help="LoRA dropout of the adapters (default: 0.05, the recipes'); --saved takes several")
     parser.add_argument("--targets", nargs="+", metavar="NAME",
                         help="LoRA on these layers only (lora.target_modules; default: every linear layer)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="the training phases under the CPU's bf16 autocast, against the CPU plan in bf16")
     parser.add_argument("--only", nargs=3, metavar=("SHAPE", "PHASE", "LORA_DROPOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_bf16 and not args.only and "grpo_generation" in args.phases:
+        parser.error("--cpu-bf16 measures the training phases: give --phases sft grpo_training")
     if args.saved:
         main_saved(args.shapes, args.lora_dropout, args.targets)
         return
     if args.only:
-        print("RESULT " + json.dumps(measure(args.only[0], args.only[1], float(args.only[2]), args.targets)))
+        print("RESULT " + json.dumps(measure(args.only[0], args.only[1], float(args.only[2]), args.targets,
+                                             args.cpu_bf16)))
         return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "TRANSFORMERS_VERBOSITY": "error",
            "GSM8K_TR_CACHE": os.environ.get("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))}
@@ -288,7 +303,8 @@ def main() -> None:
     for shape in args.shapes:
         for phase in args.phases:
             done = subprocess.run([sys.executable, __file__, "--only", shape, phase, str(args.lora_dropout[0]),
-                                   *(["--targets", *args.targets] if args.targets else [])],
+                                   *(["--targets", *args.targets] if args.targets else []),
+                                   *(["--cpu-bf16"] if args.cpu_bf16 else [])],
                                   capture_output=True, text=True, env=env)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -301,7 +317,7 @@ def main() -> None:
     worst = max((abs(r["estimated_mib"] / r["measured_mib"] - 1) for r in rows), default=0.0)
     print(f"largest relative error: {worst:.0%}")
     Path(ROOT / "runs").mkdir(exist_ok=True)
-    (ROOT / "runs" / "memory_plan.json").write_text(json.dumps(rows, indent=1))
+    (ROOT / "runs" / ("memory_plan_cpu_bf16.json" if args.cpu_bf16 else "memory_plan.json")).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ count of what the stage keeps in memory at its peak:
   (`activations_checkpointed` is the other setting, for comparison), the
   inputs the adapted layers keep, and LoRA's dropout masks when its dropout
   is on;
-- weight_casts: under mixed precision, autocast's copy of every matmul
-  weight in the compute dtype (the frozen ones and LoRA's), which each layer
-  keeps for its backward pass;
+- weight_casts: under mixed precision on a GPU, autocast's copy of every
+  matmul weight in the compute dtype (the frozen ones and LoRA's), which each
+  layer keeps for its backward pass (on a CPU training is counted in float32,
+  which its bf16 peaks matched);
 - logits: what the loss needs. TRL 1.16 scores SFT and GRPO alike through a
   fused LM head (`trl.trainer.utils.add_fused_lm_head`) that never holds the
   `(batch, length, vocabulary)` logits: it projects tiles of 4,096 tokens by
@@ -200,22 +201,27 @@ def estimate(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool,
     """The peak memory of `stage` (sft or grpo) with `settings` (see `stage_settings`)."""
     s = settings
     compute = 2 if s["mixed_precision"] else 4
+    # A CPU's training under bf16 autocast peaked where the float32 count does (`memory_plan.py --cpu-bf16`: GPT-2
+    # Medium's SFT 4,312 MiB against 4,307 in float32; counted in bf16 the plan was 0.84-0.97 of the peaks): it keeps
+    # the casts and float32 transients beside bf16 activations. So a CPU's training is counted in float32 whatever
+    # the precision; what generation keeps (KV cache, weight copies) in the compute dtype.
+    train_compute = compute if on_gpu else 4
     adapters = adapted(shape.linears, s.get("lora_targets"))
     lora = s["lora_rank"] * sum(i + o for _, i, o in adapters)
     parts = {"weights": shape.parameters * 4, "lora": lora * 16}
     tokens = s["micro_batch"] * s["length"]
-    kept = (s["micro_batch"], s["length"], compute, s["dropout"] and shape.dropout)
+    kept = (s["micro_batch"], s["length"], train_compute, s["dropout"] and shape.dropout)
     lora_dropout = bool(s.get("lora_dropout", False))
     active = _activations(shape, *kept, s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout, adapters)
     other = _activations(shape, *kept, not s["checkpointing"], s["lora_rank"], not on_gpu, lora_dropout, adapters)
     parts["activations"] = active
     parts["activations_" + ("not_checkpointed" if s["checkpointing"] else "checkpointed")] = other
     matmul_weights = sum(i * o for _, i, o in shape.linears)  # autocast casts the frozen ones too
-    parts["weight_casts"] = (matmul_weights + lora) * compute if s["mixed_precision"] else 0.0
+    parts["weight_casts"] = (matmul_weights + lora) * compute if s["mixed_precision"] and on_gpu else 0.0
     # One tile of the fused LM head's projection in the compute dtype and its float32 statistics. TRL allocates the
     # tile VOCAB_TILE wide whatever the vocabulary; a CPU's resident memory holds only the part it writes.
     width = VOCAB_TILE if on_gpu else min(shape.vocab, VOCAB_TILE)
-    parts["logits"] = min(tokens, TOKEN_TILE) * width * (compute + 4)
+    parts["logits"] = min(tokens, TOKEN_TILE) * width * (train_compute + 4)
     generation = kept_between = 0.0
     if stage == "sft":
         parts["kv_cache"] = 0.0
