@@ -282,3 +282,28 @@ def test_rollouts_decode_eager_where_compiling_fails(tiny_model_dir, tmp_path, c
         trainer.rollouts = trainer.plan_rollouts()
         with pytest.raises(UserError, match=f"decoding: {asked} failed to compile on this machine"):
             trainer._generate_single_turn(prompts, None, {}, 1)
+
+
+def test_several_steps_of_rollouts_come_from_one_call_through_the_fast_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """TRL's `steps_per_generation` (`benchmarks/steps_per_generation.py`, the rollouts' lever on a GPU) reaches the
+    project's rollout path: 4 optimizer steps of 2 micro-batches of 4 completions, generated 16 at a time at steps
+    0 and 2 instead of 8 at every step."""
+    from conftest import TINY_RECIPE, run_cli
+
+    from gsm8k_tr.train.rollouts import FastRollouts
+
+    calls = []
+    real = FastRollouts._generate_single_turn
+
+    def counted(self, prompts, *args, **kwargs):
+        calls.append((self.state.global_step, len(prompts)))
+        return real(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(FastRollouts, "_generate_single_turn", counted)
+    common = ["model.sft_output=none", "eval.every_steps=0", "grpo.gradient_accumulation_steps=2", "grpo.save_steps=4"]
+    for name, extra, expected in (("default", [], [(0, 8), (1, 8), (2, 8), (3, 8)]),
+                                  ("reused", ["grpo.steps_per_generation=4"], [(0, 16), (2, 16)])):
+        calls.clear()
+        done = run_cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / name}", *common, *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert calls == expected, name
