@@ -228,11 +228,15 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
             manifest["micro_batch"]["gradient_accumulation_steps"]
     step = sum(h["step_time"] for h in logged) / len(logged)
     first = _timed_steps(history, "step_time")[0]["step_time"]  # with compiled decoding: the compile
-    generation = sum(h["time/generation_s"] for h in logged) / len(logged)
-    length = sum(h["completions/mean_length"] for h in logged) / len(logged)
+    # A call may generate several steps' completions (`generation_batch_size`); the steps between log no generation.
+    calls = [h for h in logged if "time/generation_s" in h]
+    per_call = recipe.grpo.get("generation_batch_size") or per_step
+    generation = sum(h["time/generation_s"] for h in calls)
+    generated = sum(h["completions/mean_length"] * per_call for h in calls)
     return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1),
-            "generation_share": round(generation / step, 3),
-            "generated_tokens_per_s": round(per_step * length / generation), "rollouts": manifest.get("rollouts"),
+            "generation_share": round(generation / (step * len(logged)), 3), "rollout_calls": len(calls),
+            "generated_tokens_per_s": round(generated / generation) if generation else None,
+            "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
             "plan_gib": (manifest.get("memory_plan") or {}).get("peak_gib"), "longest_batch": seen,
             "plan_at_longest_batch_gib": plan_at(recipe, manifest, "grpo", seen)}
@@ -295,6 +299,9 @@ def main() -> int:
                         help="also GRPO and evaluation with the decoding that `auto` does not choose here")
     parser.add_argument("--also-decodings", nargs="+", default=[], choices=("eager", "compiled", "compiled-step"),
                         help="also GRPO and evaluation with these decodings")
+    parser.add_argument("--also-generation-batches", nargs="+", type=int, default=[], metavar="N",
+                        help="also GRPO with N completions generated in one call (TRL's generation_batch_size; the "
+                             "recipe generates 64, one optimizer step's): 128 feeds two steps")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -347,6 +354,10 @@ def main() -> int:
         parts += [(f"grpo-{way}", lambda second=second: part_grpo(second, device)),
                   (f"eval-{way}", lambda second=second, way=way: part_eval(str(work / "sft"), second, args.questions,
                                                                            work, label=f"eval-{way}"))]
+    for rows in args.also_generation_batches:  # completions one update old or more: docs/benchmarks.md
+        reused = load_recipe(str(RECIPE), [*common, f"output_dir={work / f'rows-{rows}'}",
+                                           f"grpo.generation_batch_size={rows}", f"model.sft_output={work / 'sft'}"])
+        parts.append((f"grpo-rows-{rows}", lambda reused=reused: part_grpo(reused, device)))
     if args.vllm:
         vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
                                                 f"model.sft_output={work / 'sft'}"])
@@ -388,6 +399,11 @@ def main() -> int:
               f"tokens/s; first step {grpo_o.get('first_step_s')} s), eval {eval_o.get('generated_tokens_per_s')} "
               f"generated tokens/s (first call {eval_o.get('first_call_s', '-')} s), completions the same as "
               f"eval's: {eval_o.get('same_completions')}")
+    for rows in args.also_generation_batches:
+        grpo_r = results.get(f"grpo-rows-{rows}", {})
+        print(f"{rows} completions a call: GRPO {grpo_r.get('step_s')} s/step against {grpo_.get('step_s')} "
+              f"({grpo_r.get('generated_tokens_per_s')} generated tokens/s against "
+              f"{grpo_.get('generated_tokens_per_s')}); peak {grpo_r.get('peak_gib')} GiB, plan {grpo_r.get('plan_gib')}")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:

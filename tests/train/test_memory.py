@@ -403,8 +403,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     # compiled decoding too (what auto chooses on a GPU) where a C++ compiler lets torch.compile build for the CPU.
     script = ROOT / "benchmarks" / "gpu_check.py"
     compiled = not needs_compiler.args[0]
-    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "2", "--sft-steps", "3", "--questions",
-                           "4", "--keep", str(tmp_path),
+    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "3", "--sft-steps", "3", "--questions",
+                           "4", "--keep", str(tmp_path), "--also-generation-batches", "128",
                            *(["--both-decodings", "--also-decodings", "compiled-step"] if compiled else [])],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -419,6 +419,11 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
     assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout
+    # Two steps' completions in one call: steps 2 and 3 after the first, one call between them, of 128 rows.
+    reused = result["grpo-rows-128"]
+    assert (result["grpo"]["rollout_calls"], reused["rollout_calls"]) == (2, 1)
+    assert reused["longest_batch"]["rows"] == 128 and reused["generated_tokens_per_s"] > 0
+    assert "128 completions a call: GRPO" in done.stdout
     if compiled:
         assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
         compiled_eval = result["eval-compiled"]
