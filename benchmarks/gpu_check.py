@@ -403,7 +403,8 @@ def main() -> int:
         grpo_r = results.get(f"grpo-rows-{rows}", {})
         print(f"{rows} completions a call: GRPO {grpo_r.get('step_s')} s/step against {grpo_.get('step_s')} "
               f"({grpo_r.get('generated_tokens_per_s')} generated tokens/s against "
-              f"{grpo_.get('generated_tokens_per_s')}); peak {grpo_r.get('peak_gib')} GiB, plan {grpo_r.get('plan_gib')}")
+              f"{grpo_.get('generated_tokens_per_s')}); peak {grpo_r.get('peak_gib')} GiB, "
+              f"plan {grpo_r.get('plan_gib')}")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:

@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", metavar="NAME",
                         help="LoRA on these layers only (lora.target_modules; default: every linear layer)")
     parser.add_argument("--cpu-bf16", action="store_true",
-                        help="the training phases under the CPU's bf16 autocast, against the CPU plan in bf16")
+                        help="the training phases under the CPU's bf16 autocast, against the CPU plan for them")
     parser.add_argument("--only", nargs=3, metavar=("SHAPE", "PHASE", "LORA_DROPOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cpu_bf16 and not args.only and "grpo_generation" in args.phases:
@@ -317,7 +317,8 @@ def main() -> None:
     worst = max((abs(r["estimated_mib"] / r["measured_mib"] - 1) for r in rows), default=0.0)
     print(f"largest relative error: {worst:.0%}")
     Path(ROOT / "runs").mkdir(exist_ok=True)
-    (ROOT / "runs" / ("memory_plan_cpu_bf16.json" if args.cpu_bf16 else "memory_plan.json")).write_text(json.dumps(rows, indent=1))
+    name = "memory_plan_cpu_bf16.json" if args.cpu_bf16 else "memory_plan.json"
+    (ROOT / "runs" / name).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def run(config: str, start: Path, seed: int, factor: int, out: Path) -> dict[str
     folder = out / f"seed-{seed}-x{factor}"
     recipe = load_recipe(config, [f"output_dir={folder}", f"model.sft_output={start / 'sft'}",
                                   f"data.dataset={start / 'data'}", "eval.every_steps=0", f"seed={seed}"])
+    if not isinstance(recipe.grpo.get("per_device_train_batch_size", 8), int):  # auto: the split is chosen later
+        raise SystemExit(f"{config}: grpo.per_device_train_batch_size must be a number here (steps_per_generation "
+                         "counts micro-batches)")
     accumulation = int(recipe.grpo.get("gradient_accumulation_steps", 1))
     recipe.grpo["steps_per_generation"] = factor * accumulation
     manifest = grpo.main(recipe, resume=True)
@@ -107,7 +110,8 @@ def main() -> None:
                   f"{r['rollout_calls']} rollout calls", flush=True)
     found = summary(runs)
     for name, entry in found.items():
-        line = f"{name}: test {entry['accuracy_mean']:.3f} ± {entry['accuracy_std']:.3f}, {entry['seconds_mean']:.0f} s"
+        line = (f"{name}: test {entry['accuracy_mean']:.3f} ± {entry['accuracy_std']:.3f}, "
+                f"{entry['seconds_mean']:.0f} s")
         if entry.get("against_x1"):
             vs = entry["against_x1"]
             line += (f"; against x1 {entry['minus_x1']}, questions better / worse {vs['gained']} / {vs['lost']}, "

@@ -135,7 +135,8 @@ def test_with_a_reference_a_source_test_split_still_never_reaches_training(refer
     write_csv(source / "test.csv", test_rows)
     out = tmp_path / "out"
     assert run_prepare("--dataset", str(source), "--reference", str(reference_dir), "--output", str(out)) == 0
-    split_of = {r["question"]: name for name in ("train", "validation", "test") for r in read_jsonl(out / f"{name}.jsonl")}
+    split_of = {r["question"]: name for name in ("train", "validation", "test")
+                for r in read_jsonl(out / f"{name}.jsonl")}
     assert {q for q, name in split_of.items() if name == "test"} == {TURKISH[i][0] for i in (2, 4, 5, 6)}
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["test_split"] == "reference+source" and report["source_test_kept"] == 2

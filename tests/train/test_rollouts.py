@@ -284,7 +284,8 @@ def test_rollouts_decode_eager_where_compiling_fails(tiny_model_dir, tmp_path, c
             trainer._generate_single_turn(prompts, None, {}, 1)
 
 
-def test_several_steps_of_rollouts_come_from_one_call_through_the_fast_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
+def test_several_steps_of_rollouts_come_from_one_call_through_the_fast_path(tiny_model_dir, tmp_path,
+                                                                             monkeypatch) -> None:
     """TRL's `steps_per_generation` (`benchmarks/steps_per_generation.py`, the rollouts' lever on a GPU) reaches the
     project's rollout path: 4 optimizer steps of 2 micro-batches of 4 completions, generated 16 at a time at steps
     0 and 2 instead of 8 at every step."""

@@ -291,7 +291,8 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,
         "test_rows_found": counts["aligned_test"],
         # where the test split came from; with a reference and a test split of the source's own, both
-        "test_split": ("reference+source" if own_test else "reference") if aligner else "source" if own_test else "hash",
+        "test_split": (("reference+source" if own_test else "reference") if aligner
+                       else "source" if own_test else "hash"),
         # the source's test rows that the reference alone would have put in training (a match with an English
         # training question, or unaligned): kept in the test split
         "source_test_kept": counts["source_test_kept"],
