@@ -27,6 +27,8 @@ RECIPES: dict[str, tuple[str, str]] = {
     "zero_steps": ("sft:\n  max_steps: 0\n", "sft.max_steps"),
     "zero_generations": ("grpo:\n  num_generations: 0\n", "grpo.num_generations"),
     "generations_do_not_divide": ("grpo:\n  per_device_train_batch_size: 6\n  num_generations: 4\n", "divisible"),
+    "steps_per_generation_with_auto": ("grpo:\n  per_device_train_batch_size: auto\n  steps_per_generation: 16\n",
+                                       "grpo.generation_batch_size"),
     "completion_past_context": ("grpo:\n  max_completion_length: 100000\n", "grpo.max_completion_length"),
     "sft_length_past_context": ("sft:\n  max_length: 100000\n", "sft.max_length"),
     "forced_key": ("sft:\n  output_dir: /tmp/elsewhere\n", "sft.output_dir"),

@@ -23,7 +23,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 GRPO_CASES = {"zero_generations", "generations_do_not_divide", "completion_past_context", "secret_in_recipe",
-              "zero_batch"}
+              "zero_batch", "steps_per_generation_with_auto"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

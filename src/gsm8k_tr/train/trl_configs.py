@@ -146,6 +146,10 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     values = dict(values)
     if values.get("per_device_train_batch_size") == "auto":
         values.pop("per_device_train_batch_size")
+        if values.get("steps_per_generation") is not None:  # counted in micro-batches, whose size auto picks later
+            raise UserError(f"recipe key '{section}.steps_per_generation' counts micro-batches, whose size "
+                            f"'{section}.per_device_train_batch_size: auto' chooses later; set "
+                            f"{section}.generation_batch_size (completions a call: 128 for two steps of 64) instead")
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")
