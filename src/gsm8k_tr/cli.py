@@ -239,8 +239,11 @@ def _plan(args: argparse.Namespace) -> int:
                           "layout_note": note,
                           "stages": {name: p.as_dict() for name, p in plans.items()}}, indent=2))
     else:
-        # Without a GPU the plan is this CPU's (float32, math attention): say so, as a GPU would need far less.
-        target = ("this machine's CPU, in float32 (no GPU here; --gpu-memory GIB plans for a GPU of that size)"
+        # Without a GPU the plan is this CPU's (training in float32, math attention): say so, as a GPU would need far
+        # less. A stage in bf16 there keeps its rollouts' weight copies and KV cache in bf16.
+        in_bf16 = sorted(name for name, p in plans.items() if p.settings["mixed_precision"])
+        precision = "in float32" + (f" (the rollouts of {', '.join(in_bf16)} in bf16)" if in_bf16 else "")
+        target = (f"this machine's CPU, {precision} (no GPU here; --gpu-memory GIB plans for a GPU of that size)"
                   if memory_gib is None else f"a GPU with {memory_gib:g} GiB" +
                   (" free" if args.gpu_memory is None else ""))
         print(f"{recipe.model.name_or_path}: {shape.parameters / 1e6:.0f}M parameters, {shape.layers} layers, "

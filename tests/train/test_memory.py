@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import ROOT, TINY_RECIPE, load_benchmark, needs_compiler, run_cli
@@ -67,6 +68,17 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
     if not placement.accelerator_memory()[0]:  # without a GPU the plan is this CPU's, and says so
         here = run_cli("plan", "--config", str(TINY_RECIPE))
         assert "on this machine's CPU, in float32 (no GPU here; --gpu-memory GIB plans" in here.stdout
+        # A recipe's bf16 on a CPU that computes in it is planned as the stage runs it: its rollouts in bf16
+        with mock.patch.object(placement, "cpu_bf16", return_value=True):
+            half = run_cli("plan", "--config", str(TINY_RECIPE), "grpo.bf16=true", "--json")
+            text = run_cli("plan", "--config", str(TINY_RECIPE), "grpo.bf16=true")
+        with mock.patch.object(placement, "cpu_bf16", return_value=False):
+            refused = run_cli("plan", "--config", str(TINY_RECIPE), "grpo.bf16=true", "--json")
+        stages = json.loads(half.stdout)["stages"]
+        assert {name: stage["settings"]["mixed_precision"] for name, stage in stages.items()} == {"sft": False,
+                                                                                                  "grpo": True}
+        assert json.loads(refused.stdout)["stages"]["grpo"]["settings"]["mixed_precision"] is False
+        assert "CPU, in float32 (the rollouts of grpo in bf16) (no GPU here" in text.stdout
     bad = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "-1")
     assert bad.returncode == 2 and "--gpu-memory" in bad.stderr
 
