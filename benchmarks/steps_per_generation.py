@@ -42,12 +42,12 @@ def run(config: str, start: Path, seed: int, factor: int, out: Path) -> dict[str
     """GRPO from the start with `steps_per_generation` = factor x the gradient accumulation; its test accuracy."""
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.infer import evaluate
-    from gsm8k_tr.train import grpo
+    from gsm8k_tr.train import fitting, grpo
 
     folder = out / f"seed-{seed}-x{factor}"
     recipe = load_recipe(config, [f"output_dir={folder}", f"model.sft_output={start / 'sft'}",
                                   f"data.dataset={start / 'data'}", "eval.every_steps=0", f"seed={seed}"])
-    if not isinstance(recipe.grpo.get("per_device_train_batch_size", 8), int):  # auto: the split is chosen later
+    if fitting.wants_auto(recipe.grpo):  # the split into micro-batches is chosen later
         raise SystemExit(f"{config}: grpo.per_device_train_batch_size must be a number here (steps_per_generation "
                          "counts micro-batches)")
     accumulation = int(recipe.grpo.get("gradient_accumulation_steps", 1))

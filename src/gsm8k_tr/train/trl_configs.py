@@ -144,12 +144,9 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
     hints = _field_types(config_cls)
     values = dict(values)
-    if values.get("per_device_train_batch_size") == "auto":
+    auto = values.get("per_device_train_batch_size") == "auto"
+    if auto:
         values.pop("per_device_train_batch_size")
-        if values.get("steps_per_generation") is not None:  # counted in micro-batches, whose size auto picks later
-            raise UserError(f"recipe key '{section}.steps_per_generation' counts micro-batches, whose size "
-                            f"'{section}.per_device_train_batch_size: auto' chooses later; set "
-                            f"{section}.generation_batch_size (completions a call: 128 for two steps of 64) instead")
     for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")
@@ -166,6 +163,10 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
             except TypeError:  # Literal and other annotations isinstance cannot check
                 continue
             values[key] = checked  # as checked: `5e-5` read as a string by YAML, `no` read as false
+    if auto and values.get("steps_per_generation") is not None:  # GRPO's, counted in micro-batches auto sizes later
+        raise UserError(f"recipe key '{section}.steps_per_generation' counts micro-batches, whose size "
+                        f"'{section}.per_device_train_batch_size: auto' chooses later; set "
+                        f"{section}.generation_batch_size (completions a call: 128 for two steps of 64) instead")
     defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     defaults.setdefault("dataloader_pin_memory", placement.pin_memory())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
