@@ -86,6 +86,11 @@ CORRECT = [
     ("2 MİLYON BEŞ YÜZ BİN", "2500000", "capitals throughout"),
     ("İki yüz elli", "250", "a number word opening a sentence with the dotted İ"),
     ("ALTI", "6", "the dotless I in capitals"),
+    ("Üçte bir", str(Fraction(1, 3)), "a Turkish fraction: denominator in the locative, then the numerator"),
+    ("Pastanın beşte dördünü aldı.", "0.8", "a numerator with the possessive and a case ending, a softened stem"),
+    ("on ikide yedisi", str(Fraction(7, 12)), "a two-word denominator"),
+    ("yirmide on üçü", "0.65", "a two-word numerator ended by its possessive"),
+    ("eksi dörtte üç", "-0.75", "a negative fraction"),
 ]
 
 WRONG = [
@@ -116,6 +121,11 @@ WRONG = [
     ("3 bine beş", "3005", "only the bare scale word takes the rest in words"),
     ("5 bin\nbeş yüz", "5500", "the rest in words is on the same line"),
     ("2 bin beş yüz", "2000", "the words after the scale word are part of the amount"),
+    ("Üçte bir", "1", "'üçte bir' is a third, not the 'bir' of it"),
+    ("beşte ikisi", "2", "the numerator alone is not the fraction"),
+    ("yüzde elli", "0.5", "'yüzde' is a percentage: the number after it, as GSM8K writes one"),
+    ("Onda bir kalem var", "0.1", "'onda' is also 'at him': not read as a tenth"),
+    ("onu gördüm", "10", "a possessive-looking 'onu' (him) is no number without a denominator before it"),
 ]
 
 

@@ -134,7 +134,7 @@ def _replace_percentages(found: Counter, text: str, pattern: re.Pattern[str]) ->
 def numbers(text: str, english: bool) -> Counter:
     """The numbers of a question as canonical strings ("12", "1/2", "80%"), with their counts."""
     found: Counter = Counter(canonical(preferred(r)) for r in digit_numbers(text))
-    words = english_numbers(text) if english else turkish_numbers(text)
+    words = english_numbers(text) if english else turkish_numbers(text, fractions=False)
     if not english:
         ate = len(_TR_ATE.findall(text))
         words = [v for v in words if not (v == 7 and (ate := ate - 1) >= 0)]

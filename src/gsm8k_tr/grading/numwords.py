@@ -3,7 +3,10 @@
 Simplifications, said plainly: only cardinal numbers are read ("üçüncü" is
 not 3), a word carries a suffix only in its copula forms ("ikidir", "üçtür")
 because wider suffix stripping turns pronouns such as "onu"/"ona" into 10,
-and ordinal/fraction words other than "buçuk", "yarım" and "half" are ignored.
+and of the fraction words only "buçuk", "yarım", "half" and Turkish's
+"üçte bir" form are read ("dörtte üçü" is 3/4; "onda bir" is left alone,
+since "onda" is also "at him", and "yüzde elli" stays 50, as GSM8K writes a
+percentage).
 Every function here runs in time linear in its input.
 """
 
@@ -53,6 +56,20 @@ _TR_COPULAS = tuple(
     )
 )
 
+# A denominator is a number word in the locative ("üçte", "yirmide"); its numerator follows, bare or with the
+# possessive and a case ending ("üçte bir", "dörtte üçünü", "beşte birine"). Only units and tens from two: "birde"
+# is no fraction, "onda" is also "at him", and "yüzde"/"binde" are percentages, read as the number after them.
+_TR_DENOMINATORS = {word: value for word, value in {**_TR_UNITS, **_TR_TENS}.items() if value >= 2 and word != "on"}
+_TR_NUMERATORS = {**_TR_UNITS, **_TR_TENS, "dörd": 4}  # "dörd": the stem before a vowel ("dördü")
+
+
+def _alternatives(words: dict[str, int]) -> str:
+    return "|".join(sorted(words, key=len, reverse=True))
+
+
+_TR_LOCATIVE = re.compile(rf"(?P<stem>{_alternatives(_TR_DENOMINATORS)})[dt][ea]")
+_TR_POSSESSIVE = re.compile(rf"(?P<stem>{_alternatives(_TR_NUMERATORS)})s?[iıuü](?:n(?:[iıuüea]|d[ae]n?)?|[dt][iıuü]r)?")
+
 # Words are runs of letters; apostrophes end a word so "üç'tür" reads "üç".
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -72,6 +89,19 @@ def _tr_lookup(word: str) -> tuple[str, int | None]:
             stem = word[: -len(ending)]
             return stem, _TR_WORDS[stem]
     return word, None
+
+
+def _tr_denominator(word: str) -> int | None:
+    """The value of a lower-cased Turkish denominator word ("üçte": 3), else None."""
+    match = _TR_LOCATIVE.fullmatch(word)
+    return _TR_DENOMINATORS[match.group("stem")] if match else None
+
+
+def _tr_numerator(word: str) -> int | None:
+    """The value of a lower-cased number word with the possessive a fraction's numerator takes ("biri", "üçünü",
+    "ikisine"), else None. Read only after a denominator: alone, "onu" is "him"."""
+    match = _TR_POSSESSIVE.fullmatch(word)
+    return _TR_NUMERATORS[match.group("stem")] if match else None
 
 
 def _kind(value: int, scales: dict[str, int], word: str) -> str:
@@ -134,23 +164,30 @@ def _spelled_numbers(
     lookup: Callable[[str], tuple[str, int | None]],
     halves: dict[str, Fraction],
     lower: Callable[[str], str] = str.lower,
+    fractions: tuple[Callable[[str], int | None], Callable[[str], int | None]] | None = None,
 ) -> list[Fraction]:
-    """All spelled-out numbers in `text`, in order of appearance; `lower` is the language's lower case."""
+    """All spelled-out numbers in `text`, in order of appearance; `lower` is the language's lower case. `fractions`
+    reads a denominator word and a numerator word that ends a number (Turkish's "dörtte" and "üçü")."""
     found: list[Fraction] = []
     builder: _Builder | None = None
     negative = False
     pending_negative = False
+    over: int | Fraction | None = None  # the denominator of the number being read
+    waiting: int | Fraction | None = None  # a denominator just read: the number that starts next is over it
+    denominator, numerator = fractions or (lambda _: None, lambda _: None)
 
     def close() -> None:
-        nonlocal builder, negative
+        nonlocal builder, negative, over
         if builder is not None and builder.words:
-            value = Fraction(builder.value())
+            value = Fraction(builder.value()) / (over or 1)
             found.append(-value if negative else value)
         builder = None
         negative = False
+        over = None
 
     for match in _WORD.finditer(text):
         raw = lower(match.group(0))
+        after, waiting = waiting, None
         if raw in ("eksi", "minus"):
             close()
             pending_negative = True
@@ -165,6 +202,25 @@ def _spelled_numbers(
                 builder.half, builder.words = True, 1
                 negative, pending_negative = pending_negative, False
             continue
+        below = denominator(raw)
+        if below is not None:
+            # "on ikide bir": the words before it may be the denominator's own ("on" + "iki").
+            if builder is not None and over is None and builder.add(_kind(below, scales, raw), below):
+                waiting, pending_negative = builder.value(), negative
+                builder, negative = None, False
+            else:
+                close()
+                waiting = below
+            continue
+        part = numerator(raw) if after is not None or over is not None else None
+        if part is not None:  # a possessive ends the numerator: "dörtte üçü", "yirmide on üçü"
+            if builder is None or not builder.add(_kind(part, scales, raw), part):
+                close()
+                builder, over = _Builder(), after
+                builder.add(_kind(part, scales, raw), part)
+                negative, pending_negative = pending_negative, False
+            close()
+            continue
         stem, value = lookup(raw)
         if value is None:
             close()
@@ -173,23 +229,27 @@ def _spelled_numbers(
         kind = _kind(value, scales, stem)
         if builder is None or not builder.add(kind, value):
             close()
-            builder = _Builder()
+            builder, over = _Builder(), after
             builder.add(kind, value)
             negative, pending_negative = pending_negative, False
     close()
     return found
 
 
-def turkish_numbers(text: str) -> list[Fraction]:
-    """Numbers spelled in Turkish, in order.
+def turkish_numbers(text: str, fractions: bool = True) -> list[Fraction]:
+    """Numbers spelled in Turkish, in order; with `fractions` off, "dörtte üç" is 3, as English's "three quarters"
+    reads "three" (the alignment counts fractions itself, in both languages alike).
 
     >>> [str(n) for n in turkish_numbers("yetmiş iki elma ve bin iki yüz armut")]
     ['72', '1200']
     >>> [str(n) for n in turkish_numbers("iki buçuk saat, cevap üçtür")]
     ['5/2', '3']
+    >>> [str(n) for n in turkish_numbers("dörtte üçünü yedi")], turkish_numbers("dörtte üç", fractions=False)
+    (['3/4', '7'], [Fraction(3, 1)])
     """
     halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
-    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower)
+    parts = (_tr_denominator, _tr_numerator) if fractions else None
+    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower, parts)
 
 
 # One Turkish word after spaces on the same line: the words of "2 bin beş yüz" after its "bin".
