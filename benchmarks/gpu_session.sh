@@ -2,6 +2,7 @@
 # The GPU measurements still open, in the order they matter, each part under its own time limit:
 #   bash benchmarks/gpu_session.sh check rows              # about 6 minutes on one GPU
 #   bash benchmarks/gpu_session.sh compiled-step grouped shapes   # about 6 minutes
+#   bash benchmarks/gpu_session.sh sft-compiled            # after `shapes`, on the same machine, if time is left
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
@@ -14,6 +15,8 @@
 #   rows           benchmarks/generation_rows.py: 64 rows decoded together against 128 and 256 (steps_per_generation)
 #   grouped        benchmarks/grouped_attention.py: each group's prompt read once, eager and compiled-step
 #   shapes         benchmarks/gpu_shapes.py: padding to 64, the stop check, SFT's batch order
+#   sft-compiled   benchmarks/gpu_shapes.py: SFT under torch.compile, against `shapes`' eager run padded to 64 (its
+#                  work folder /tmp/shapes; the SFT step was host-bound on the H200, which compiling may cut)
 #   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -48,8 +51,11 @@ for part in "$@"; do stamp "$part"; case $part in
            { limit 60 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
                && limit 90 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 --decoding compiled-step
            } > "$OUT/grouped.txt" 2>&1 ;;
-  shapes) limit 150 "$PY" benchmarks/gpu_shapes.py $(medium) --parts sft $stop sft-order --order-split 8 4 \
-            > "$OUT/shapes.txt" 2>&1 ;;
+  shapes) rm -rf /tmp/shapes  # its eager SFT run is sft-compiled's baseline
+          limit 150 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft $stop sft-order \
+            --order-split 8 4 > "$OUT/shapes.txt" 2>&1 ;;
+  sft-compiled) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft-compiled \
+                  > "$OUT/sft-compiled.txt" 2>&1 ;;
   profile) limit 150 "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
              > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;
