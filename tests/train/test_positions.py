@@ -25,7 +25,7 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls, **config):
     modeling.configure_tokens(tokenizer, model, "<|stop|>")
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
                       max_completion_length=8, report_to=[], use_cpu=True, **{"bf16": False, **config},
-                      activation_checkpointing=False, disable_dropout=True)
+                      gradient_checkpointing=False, disable_dropout=True)  # the name every transformers knows
     trainer = trainer_cls(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
                           train_dataset=Dataset.from_list([{"prompt": "a b c"}] * 8), processing_class=tokenizer,
                           peft_config=modeling.lora_config(LoraConfig(r=4, alpha=8, dropout=0.0), model))

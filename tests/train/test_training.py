@@ -41,11 +41,31 @@ def test_trl_config_passes_keys_through_and_reads_yaml_floats():
     assert config.max_steps == 7 and config.learning_rate == 5e-5 and config.seed == 1
 
 
-def test_old_gradient_checkpointing_name_overrides_our_default():
-    values = {"gradient_checkpointing": True}
-    config = trl_config(trl.SFTConfig, "sft", values, {"activation_checkpointing": False, "bf16": False,
-                                                                 "report_to": []}, FORCED)
-    assert config.activation_checkpointing is True
+@pytest.mark.parametrize("name", ["gradient_checkpointing", "activation_checkpointing"])
+def test_either_checkpointing_name_overrides_our_default(name):
+    config = trl_config(trl.SFTConfig, "sft", {name: True}, {"activation_checkpointing": False, "bf16": False,
+                                                             "report_to": []}, FORCED)
+    assert config.gradient_checkpointing is True  # the old name: every transformers has it
+
+
+def test_a_transformers_before_the_rename_takes_the_new_names_spelled_the_old_way():
+    # transformers before 5.23 (the one vLLM's extra installs) knows only `gradient_checkpointing`.
+    import dataclasses
+
+    @dataclasses.dataclass
+    class OldArguments:
+        output_dir: str = ""
+        seed: int = 0
+        dataloader_pin_memory: bool = True
+        gradient_checkpointing: bool = True
+        gradient_checkpointing_kwargs: dict | None = None
+
+    ours = trl_config(OldArguments, "sft", {}, {"activation_checkpointing": False}, FORCED)
+    assert ours.gradient_checkpointing is False
+    asked = trl_config(OldArguments, "sft", {"activation_checkpointing": True,
+                                             "activation_checkpointing_kwargs": {"use_reentrant": False}},
+                       {"activation_checkpointing": False}, FORCED)
+    assert asked.gradient_checkpointing is True and asked.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
 def test_trl_value_errors_become_one_line_user_errors():

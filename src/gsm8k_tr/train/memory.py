@@ -299,7 +299,8 @@ def stage_settings(recipe: Recipe, stage: str, config: Any, context: int,
     return {
         "micro_batch": micro, "gradient_accumulation_steps": config.gradient_accumulation_steps, "length": length,
         "mixed_precision": bool(config.bf16 or config.fp16),
-        "checkpointing": bool(getattr(config, "activation_checkpointing", False)),
+        "checkpointing": bool(getattr(config, "activation_checkpointing", None)  # transformers 5.23's name
+                              or getattr(config, "gradient_checkpointing", False)),
         "dropout": dropout,
         "lora_rank": recipe.lora.r,
         "lora_targets": recipe.lora.target_modules,

@@ -123,6 +123,14 @@ SECRET_KEYS = {"hub_token": "HF_TOKEN"}
 # Deprecated TrainingArguments names: a recipe that sets the old one overrides our default for the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing",
            "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+# transformers before 5.23 (the one the vLLM extra installs: vLLM asks for below 5.21) knows only the old names: there
+# the new ones, ours or a recipe's, are spelled the old way.
+OLD_NAMES = {new: old for old, new in ALIASES.items()}
+
+
+def _spelled(key: str, fields: dict[str, Any]) -> str:
+    """`key` as the installed TrainingArguments spells it."""
+    return OLD_NAMES[key] if key in OLD_NAMES and key not in fields and OLD_NAMES[key] in fields else key
 
 
 def _field_types(config_cls: type) -> dict[str, Any]:
@@ -143,7 +151,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
     """
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
     hints = _field_types(config_cls)
-    values = dict(values)
+    values = {_spelled(key, fields): value for key, value in values.items()}
     auto = values.get("per_device_train_batch_size") == "auto"
     if auto:
         values.pop("per_device_train_batch_size")
@@ -167,7 +175,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         raise UserError(f"recipe key '{section}.steps_per_generation' counts micro-batches, whose size "
                         f"'{section}.per_device_train_batch_size: auto' chooses later; set "
                         f"{section}.generation_batch_size (completions a call: 128 for two steps of 64) instead")
-    defaults = {k: v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
+    defaults = {_spelled(k, fields): v for k, v in defaults.items() if not any(ALIASES.get(u) == k for u in values)}
     defaults.setdefault("dataloader_pin_memory", placement.pin_memory())
     kwargs = {**defaults, **values, **{k: v for k, (v, _) in forced.items()}}
     try:
