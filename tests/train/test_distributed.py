@@ -26,6 +26,13 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """What a failed launch said: each rank's one-line error first (one rank's can lie far above the other's
+    traceback of the barrier it was left waiting at), then the end of its stderr."""
+    lines = [line for line in done.stderr.splitlines() if "gsm8k-tr" in line and "error:" in line]
+    return "\n".join(lines) + "\n" + done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"
@@ -34,7 +41,7 @@ def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> 
               "eval.grpo_keep_best=true")
     for stage in ("sft", "grpo"):
         done = _launch(stage, *common)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, _failure(done)
         log = done.stderr
         # Both ranks took part and finished at the same step; only the main process saved.
         for rank in (0, 1):
@@ -61,7 +68,7 @@ def test_the_pipeline_on_two_processes_shares_evaluations_and_writes_once(tmp_pa
     run = tmp_path / "run"
     done = _launch("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=4", "grpo.max_steps=2",
                    "eval.limit=9", "eval.every_steps=1", "eval.held_out_size=8")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done)
     out = done.stdout + done.stderr
     assert done.stdout.count("[1/7] preparing data") == 1 and done.stdout.count("report: ") == 1  # the main process
     # Each evaluation: 9 questions in shares of 5 (the last one repeated), answered once each in the metrics.
