@@ -123,8 +123,8 @@ SECRET_KEYS = {"hub_token": "HF_TOKEN"}
 # Deprecated TrainingArguments names: a recipe that sets the old one overrides our default for the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing",
            "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
-# transformers before 5.23 (the one the vLLM extra installs: vLLM asks for below 5.21) knows only the old names: there
-# the new ones, ours or a recipe's, are spelled the old way.
+# transformers before 5.23 (the one the vLLM extra installs: vLLM 0.32 asks for below 5.20) knows only the old names:
+# there the new ones, ours or a recipe's, are spelled the old way.
 OLD_NAMES = {new: old for old, new in ALIASES.items()}
 
 
