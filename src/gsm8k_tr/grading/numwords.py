@@ -213,15 +213,7 @@ def _spelled_numbers(
                 waiting = below
             continue
         part = numerator(raw) if after is not None or over is not None else None
-        if part is not None:  # a possessive ends the numerator: "dörtte üçü", "yirmide on üçü"
-            if builder is None or not builder.add(_kind(part, scales, raw), part):
-                close()
-                builder, over = _Builder(), after
-                builder.add(_kind(part, scales, raw), part)
-                negative, pending_negative = pending_negative, False
-            close()
-            continue
-        stem, value = lookup(raw)
+        stem, value = (raw, part) if part is not None else lookup(raw)
         if value is None:
             close()
             pending_negative = False
@@ -232,6 +224,8 @@ def _spelled_numbers(
             builder, over = _Builder(), after
             builder.add(kind, value)
             negative, pending_negative = pending_negative, False
+        if part is not None:  # a possessive ends the numerator: "dörtte üçü", "yirmide on üçü"
+            close()
     close()
     return found
 
