@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first, so the package's range is already met: without a GPU, a local
-	# CPU wheel if there is one, else PyTorch's CPU index; never CUDA wheels.
+	# CPU wheel if there is one, else PyTorch's CPU index; PyPI's build (CUDA's, on Linux) only where neither has it.
 	if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
 	else \
@@ -39,11 +39,13 @@ test-fast: $(VENV)/.installed-test
 
 # The suite on the oldest releases pyproject.toml admits (constraints/oldest.txt), in a venv of its own; CI runs
 # its fast tests, where the library APIs that changed between those releases and ours are exercised.
+TORCH_OLDEST = $(shell sed -n 's/^torch==//p' constraints/oldest.txt)
+
 test-oldest:
-	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test VENV=.venv-oldest
+	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test VENV=.venv-oldest TORCH_VERSION=$(TORCH_OLDEST)
 
 test-oldest-fast:
-	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test-fast VENV=.venv-oldest
+	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test-fast VENV=.venv-oldest TORCH_VERSION=$(TORCH_OLDEST)
 
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/gsm8k-tr pipeline --config recipes/demo.yaml --overwrite

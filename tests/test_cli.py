@@ -36,3 +36,18 @@ def test_the_hubs_warnings_print_once() -> None:
             "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", [["sft", "--config", "recipes/tiny.yaml"], ["plan", "--config", "recipes/tiny.yaml"]])
+def test_a_torch_below_transformers_own_floor_is_one_line(command: list[str]) -> None:
+    # transformers decides from torch's installed version (its `is_torch_available`); here it reads 2.4.1, below
+    # the floor of every transformers this project admits, and turns PyTorch off as it would on such an install.
+    code = ("import importlib.metadata as m, sys; real = m.version\n"
+            "m.version = lambda name: '2.4.1' if name == 'torch' else real(name)\n"
+            "from gsm8k_tr.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"gsm8k-tr {command[0]}: error: transformers ") and "cannot use torch 2.4.1" in line
+    assert "Traceback" not in result.stderr

@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that build a model (or its meta copy, for the plan and the check) through transformers.
+_MODEL_COMMANDS = ("sft", "grpo", "pipeline", "evaluate", "generate", "plan", "check")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and exit with status 2."""
     parser = build_parser()
@@ -310,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu_processes_without_gpus()
     try:
+        if args.command in _MODEL_COMMANDS:
+            from gsm8k_tr.modeling import require_torch
+
+            require_torch()
         return args.run(args)
     except UserError as error:
         print(f"gsm8k-tr {args.command}: error: {error}", file=sys.stderr)

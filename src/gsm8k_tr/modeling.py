@@ -21,6 +21,24 @@ from gsm8k_tr.placement import fused_activation
 log = logging.getLogger(__name__)
 
 
+def require_torch() -> None:
+    """One line where transformers will not use the installed torch. transformers turns PyTorch off below its own
+    floor (2.6 in 5.24) with a logged warning, and its model and trainer classes then fail deep inside a stage with a
+    traceback; a newer transformers may raise that floor past a torch that pip left in place."""
+    from importlib import metadata
+
+    from transformers.utils import is_torch_available
+
+    if is_torch_available():
+        return
+    try:
+        found = f"torch {metadata.version('torch')}"
+    except metadata.PackageNotFoundError:
+        found = "no torch"
+    raise UserError(f"transformers {metadata.version('transformers')} cannot use {found}: it needs a newer one; "
+                    "upgrade torch (pip install --upgrade torch) and run again")
+
+
 def resolve_name(name_or_path: str) -> str:
     """A loadable path or Hub id; `builtin:NAME` models are built once and cached."""
     if name_or_path.startswith("builtin:"):

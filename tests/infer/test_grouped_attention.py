@@ -146,6 +146,9 @@ def test_several_samples_of_a_prompt_keep_it_once_and_sample_the_same(tiny_model
     from gsm8k_tr.infer import generation
 
     model, tokenizer, _ = model_and_prompts(tiny_model_dir, 2)
+    # In float64: the two paths add the same terms in another order, and in float32 that last-bit difference tipped
+    # one draw of 360 under torch 2.8 (not under 2.13); the samples must agree, not the rounding.
+    model = model.double()
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(5, seed=7)]
     held = []  # each batch's groups, where they were kept once
     real_attending = grouped_attention.attending
