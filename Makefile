@@ -11,6 +11,9 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 .PHONY: install test test-fast test-oldest test-oldest-fast demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@# pip itself says only that no TRL fits an older Python
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "gsm8k-tr needs Python 3.11 or newer; \
+	$(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or newer) $(MAKECMDGOALS)")'
 	$(PYTHON) -m venv $(VENV)
 	# torch first, so the package's range is already met: without a GPU, a local
 	# CPU wheel if there is one, else PyTorch's CPU index; PyPI's build (CUDA's, on Linux) only where neither has it.
