@@ -2,8 +2,10 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from gsm8k_tr.cli import COMMANDS
 
@@ -38,16 +40,38 @@ def test_the_hubs_warnings_print_once() -> None:
     assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr
 
 
-@pytest.mark.parametrize("command", [["sft", "--config", "recipes/tiny.yaml"], ["plan", "--config", "recipes/tiny.yaml"]])
-def test_a_torch_below_transformers_own_floor_is_one_line(command: list[str]) -> None:
+@pytest.mark.parametrize("command", ["sft", "plan"])
+def test_a_torch_below_transformers_own_floor_is_one_line(command: str, tmp_path: Path) -> None:
     # transformers decides from torch's installed version (its `is_torch_available`); here it reads 2.4.1, below
     # the floor of every transformers this project admits, and turns PyTorch off as it would on such an install.
     code = ("import importlib.metadata as m, sys; real = m.version\n"
             "m.version = lambda name: '2.4.1' if name == 'torch' else real(name)\n"
             "from gsm8k_tr.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True)
+    args = [command, "--config", str(ROOT / "recipes" / "tiny.yaml"), f"output_dir={tmp_path}"]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"gsm8k-tr {command[0]}: error: transformers ") and "cannot use torch 2.4.1" in line
+    assert line.startswith(f"gsm8k-tr {command}: error: transformers ") and "cannot use torch 2.4.1" in line
     assert "Traceback" not in result.stderr
+
+
+def test_no_torch_at_all_is_one_line_too(monkeypatch) -> None:
+    import importlib.metadata
+
+    import transformers.utils
+
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.modeling import require_torch
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "torch":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(transformers.utils, "is_torch_available", lambda: False)
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(UserError, match="^torch is not installed: install it"):
+        require_torch()

@@ -32,10 +32,11 @@ def require_torch() -> None:
     if is_torch_available():
         return
     try:
-        found = f"torch {metadata.version('torch')}"
+        found = metadata.version("torch")
     except metadata.PackageNotFoundError:
-        found = "no torch"
-    raise UserError(f"transformers {metadata.version('transformers')} cannot use {found}: it needs a newer one; "
+        raise UserError("torch is not installed: install it (pip install torch, or the build for your GPU that "
+                        "pytorch.org names) and run again") from None
+    raise UserError(f"transformers {metadata.version('transformers')} cannot use torch {found}: it needs a newer one; "
                     "upgrade torch (pip install --upgrade torch) and run again")
 
 
