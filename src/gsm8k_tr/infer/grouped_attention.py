@@ -13,7 +13,7 @@ Here the cache keeps one copy of each group's prompt (`GroupedLayer`), and
 the attention (`attention`, registered with transformers' attention
 interface under `NAME`) scores each row's query against its group's prompt
 in one matmul per group, and against its own generated tokens as before; one
-softmax over both, in float32, then the values the same two ways. The sums
+softmax over both, in float32 (or the model's float64), then the values the same two ways. The sums
 are those of attention over the copied cache, in another order, so the
 tokens are the same up to floating-point rounding: in float32 the greedy
 tokens of the tiny model and of the real SmolLM2 (grouped-query attention)
@@ -201,7 +201,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     on_prompt = on_prompt.view(groups, kv_heads, size, repeats, steps, prompt).permute(0, 2, 1, 3, 4, 5)
     by_row = query.reshape(rows, kv_heads, repeats * steps, dim)
     on_own = torch.matmul(by_row, key.transpose(-1, -2)).view(rows, heads, steps, -1)
-    scores = torch.cat([on_prompt.reshape(rows, heads, steps, prompt), on_own], dim=-1).float() * scale
+    scores = torch.cat([on_prompt.reshape(rows, heads, steps, prompt), on_own], dim=-1)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale  # bf16 and fp16 up; float64 kept
     if attention_mask is not None:
         scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1).to(value.dtype)
