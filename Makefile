@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
 	else \
 		$(PIP) install --quiet --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
-		|| $(PIP) install --quiet --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+		|| $(PIP) install --quiet --retries 1 --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX) \
+			2>/dev/null \
+		|| echo "torch $(TORCH_VERSION): neither a local wheel nor PyTorch's CPU index here; PyPI's build instead"; \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
 	fi
 	$(PIP) install --quiet --only-binary :all: -e .

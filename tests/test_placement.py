@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gsm8k_tr import placement
+from gsm8k_tr import placement, toolchain
 from gsm8k_tr.errors import UserError
 
 LAUNCHES = [
@@ -158,7 +158,7 @@ def test_without_a_c_compiler_auto_decodes_eager_and_compiled_is_one_line(no_c_c
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.train import recipe_check
 
-    assert placement.c_compiler() is None and not placement.has_triton()
+    assert toolchain.c_compiler() is None and not toolchain.has_triton()
     assert placement.decoding("auto", torch.device("cuda"), batches=4) == "eager"
     for how in placement.COMPILED_DECODINGS:
         with pytest.raises(UserError, match=f"decoding: {how} compiles kernels with Triton, which needs a C compiler"):
@@ -177,7 +177,7 @@ def test_without_a_c_compiler_auto_decodes_eager_and_compiled_is_one_line(no_c_c
     recipe_check._compiling(load_recipe(None, ["decoding=compiled"]), SimpleNamespace(), SimpleNamespace())
     # CC, as Triton reads it, or a compiler on the PATH.
     no_c_compiler.setenv("CC", "/opt/cc")
-    assert placement.c_compiler() == "/opt/cc" and placement.has_triton()
+    assert toolchain.c_compiler() == "/opt/cc" and toolchain.has_triton()
     assert placement.decoding("auto", torch.device("cuda"), batches=4) == "compiled"
 
 

@@ -4,7 +4,8 @@ Open this module to learn what a run does on a machine:
 
 - **training precision** (`training_precision`): bf16 on a GPU that has it natively (`native_bf16`: not a T4 or V100,
   where torch's own check says yes and emulates it), fp16 on other GPUs, fp32 on a CPU (TRL would force bf16), bf16
-  there only when the recipe asks and the CPU computes in it (`cpu_bf16`);
+  there only when the recipe asks and the CPU computes in it (`cpu_bf16`); the memory plan counts the same, for a GPU
+  it is not on too (`precision_rule`, `planned_mixed_precision`);
 - **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS, else the CPU, or what
   `--device`/`eval.device` ask for; bf16 weights on a GPU that has it, fp16 on other GPUs, float32 on a CPU;
 - **several processes** (`accelerate_kind`): the distributed type accelerate's Accelerator will train with.
@@ -52,10 +53,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from typing import Any
 
 from gsm8k_tr.errors import UserError, compiler_failure
+from gsm8k_tr.toolchain import has_triton, require_c_compiler
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,23 @@ def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
                     "so torch emulates it through float32, slower than fp16; remove the key to train in fp16", name)
     if section.get("fp16") and not cuda:
         raise UserError(f"recipe key '{name}.fp16' is true but there is no GPU; remove it (fp32 is used on CPU)")
+    return precision_rule(section, cuda, native)
+
+
+def precision_rule(section: dict[str, Any], cuda: bool, native: bool) -> dict[str, bool]:
+    """`training_precision`'s rule alone, for a machine described by `cuda` and `native` (`native_bf16`): the
+    recipe's `bf16` and `fp16` when either is set (one set to false turns the other off too), else by device."""
     if section.get("bf16") is None and section.get("fp16") is None:
-        return {"bf16": native, "fp16": cuda and not native}
+        return {"bf16": cuda and native, "fp16": cuda and not native}
     return {"bf16": bool(section.get("bf16")), "fp16": bool(section.get("fp16"))}
+
+
+def planned_mixed_precision(section: dict[str, Any], on_gpu: bool) -> bool:
+    """Whether the memory plan counts a stage in bf16 or fp16 (the same bytes) as `training_precision` will run it:
+    for a GPU (this one or one it is not on), by the rule; on a CPU, bf16 only where this CPU computes in it (training
+    refuses it elsewhere)."""
+    flags = precision_rule(section, on_gpu, True)
+    return (flags["bf16"] or flags["fp16"]) if on_gpu else (flags["bf16"] and cpu_bf16())
 
 
 def device_name() -> str:
@@ -310,29 +325,6 @@ def decoding_rule(requested: str, compiles: bool, sharded: bool = False, batches
     if batches is not None and batches <= 1:
         return "eager"
     return "compiled" if compiles else "eager"
-
-
-def has_triton() -> bool:
-    """Whether torch's compiler can generate kernels for the CUDA GPU here: Triton installed and the card new
-    enough for it, by torch's own check (False on a torch without that check), and a C compiler for Triton."""
-    try:
-        from torch.utils._triton import has_triton as triton_here
-    except ImportError:
-        return False
-    return triton_here() and c_compiler() is not None
-
-
-def c_compiler() -> str | None:
-    """The C compiler Triton builds kernel launchers with, found as Triton finds it (`CC`, else gcc or clang). Slim
-    container images have none: torch's `has_triton` says yes, and the first compiled call fails."""
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
-
-
-def require_c_compiler(what: str, instead: str = "leave decoding at auto, which decodes eager without one") -> None:
-    """One line where a recipe asks to compile on a CUDA GPU without a C compiler for Triton."""
-    if c_compiler() is None:
-        raise UserError(f"{what} compiles kernels with Triton, which needs a C compiler on this machine (none in CC, "
-                        f"gcc or clang on the PATH): install one (apt-get install gcc) or set CC, or {instead}")
 
 
 def row_sampling(device: Any) -> bool:

@@ -81,6 +81,20 @@ def test_the_inference_dtype(device: str, requested: str, expected: torch.dtype)
     assert placement.inference_dtype(torch.device(device), requested) == expected
 
 
+SECTIONS = [{}, {"bf16": True}, {"fp16": True}, {"bf16": False}, {"fp16": False}, {"bf16": False, "fp16": False},
+            {"bf16": True, "fp16": False}, {"bf16": False, "fp16": True}]
+
+
+@pytest.mark.parametrize("major", [7, 8])  # fp16 where bf16 is emulated (T4, V100), bf16 where it is native
+def test_the_plan_counts_the_precision_a_gpu_trains_in(gpu, major: int) -> None:
+    # The memory plan counts half-precision bytes only where the stage trains in bf16 or fp16: a recipe that turns
+    # bf16 off alone trains in fp32 (the recipe's precision, once it names one), and is planned so.
+    gpu(major)
+    for section in SECTIONS:
+        trains = placement.training_precision(section, "sft")
+        assert placement.planned_mixed_precision(section, on_gpu=True) is (trains["bf16"] or trains["fp16"]), section
+
+
 @pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def cpu_bf16(request, monkeypatch: pytest.MonkeyPatch) -> bool:
     """A CPU with or without bf16 instructions, as torch's own CPU checks report them."""
@@ -106,6 +120,14 @@ def test_bf16_on_a_cpu_only_where_asked_and_computed_in(cpu_bf16: bool, caplog, 
     with caplog.at_level("WARNING"):
         assert placement.inference_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # eval.dtype wins
     assert ("this CPU has no bf16 instructions" in caplog.text) is not cpu_bf16
+    # The plan counts what trains, and a bf16 that training refuses here as the float32 it would have to be.
+    for section in SECTIONS:
+        if section.get("fp16"):
+            continue  # refused on every CPU
+        mixed = placement.planned_mixed_precision(section, on_gpu=False)
+        assert mixed is (bool(section.get("bf16")) and cpu_bf16), section
+        if mixed:
+            assert placement.training_precision(section, "sft")["bf16"]
 
 
 def test_sft_and_grpo_train_in_bf16_on_a_cpu_that_has_it(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:

@@ -89,11 +89,9 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     for stage, defaults, cls, section in (("sft", SFT_DEFAULTS, trl.SFTConfig, recipe.sft),
                                           ("grpo", GRPO_DEFAULTS, trl.GRPOConfig, recipe.grpo)):
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
-        # The precision planned for, so that an auto micro-batch is fitted in it too (bf16 stands for fp16 as well);
-        # on a CPU the stage's own: bf16 where the recipe asks and the CPU computes in it (its training is counted
-        # in float32 either way, `memory.estimate`; its rollouts' weight copies and KV cache in bf16).
-        mixed = (not (section.get("bf16") is False and section.get("fp16") is False) if on_gpu
-                 else section.get("bf16") is True and placement.cpu_bf16())
+        # The precision planned for, so that an auto micro-batch is fitted in it too. On a CPU its training is
+        # counted in float32 either way (`memory.estimate`); its rollouts' weight copies and KV cache in bf16.
+        mixed = placement.planned_mixed_precision(section, on_gpu)
         neutral = {"bf16": mixed, "fp16": False, "use_cpu": True}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
         padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu)}  # as the stage pads

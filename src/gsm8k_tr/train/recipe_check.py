@@ -30,7 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr import hub, modeling, placement
+from gsm8k_tr import hub, modeling, placement, toolchain
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import sources, splits
 from gsm8k_tr.errors import UserError, one_line
@@ -143,10 +143,10 @@ def _compiling(recipe: Recipe, sft: Any, grpo: Any) -> None:
     if not placement.has_cuda():
         return
     if recipe.decoding in placement.COMPILED_DECODINGS:
-        placement.require_c_compiler(f"decoding: {recipe.decoding}")
+        toolchain.require_c_compiler(f"decoding: {recipe.decoding}")
     for stage, args in (("sft", sft), ("grpo", grpo)):
         if getattr(args, "torch_compile", False):
-            placement.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
+            toolchain.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
 
 
 def _eval(recipe: Recipe, context: int | None) -> None:
