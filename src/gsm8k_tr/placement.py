@@ -4,8 +4,8 @@ Open this module to learn what a run does on a machine:
 
 - **training precision** (`training_precision`): bf16 on a GPU that has it natively (`native_bf16`: not a T4 or V100,
   where torch's own check says yes and emulates it), fp16 on other GPUs, fp32 on a CPU (TRL would force bf16), bf16
-  there only when the recipe asks and the CPU computes in it (`cpu_bf16`); the memory plan counts the same, for a GPU
-  it is not on too (`precision_rule`, `planned_mixed_precision`);
+  there only when the recipe asks and the CPU computes in it (`cpu_bf16`); a recipe's keys as TRL reads them
+  (`precision_rule`); the memory plan counts the same, for a GPU it is not on too (`planned_mixed_precision`);
 - **inference** (`inference_device`, `inference_dtype`): CUDA, else MPS, else the CPU, or what
   `--device`/`eval.device` ask for; bf16 weights on a GPU that has it, fp16 on other GPUs, float32 on a CPU;
 - **several processes** (`accelerate_kind`): the distributed type accelerate's Accelerator will train with.
@@ -117,18 +117,20 @@ def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
 
 
 def precision_rule(section: dict[str, Any], cuda: bool, native: bool) -> dict[str, bool]:
-    """`training_precision`'s rule alone, for a machine described by `cuda` and `native` (`native_bf16`): the
-    recipe's `bf16` and `fp16` when either is set (one set to false turns the other off too), else by device."""
-    if section.get("bf16") is None and section.get("fp16") is None:
-        return {"bf16": cuda and native, "fp16": cuda and not native}
-    return {"bf16": bool(section.get("bf16")), "fp16": bool(section.get("fp16"))}
+    """`training_precision`'s rule alone, for a machine described by `cuda` and `native` (`native_bf16`): by device
+    where the recipe sets neither key; else the recipe's, as TRL reads them: `bf16: false` alone is fp32, and
+    `fp16: false` alone leaves bf16 on (where the GPU has it natively; fp32 elsewhere)."""
+    bf16, fp16 = section.get("bf16"), section.get("fp16")
+    if bf16 is None:
+        return {"bf16": cuda and native and not fp16, "fp16": bool(fp16) if fp16 is not None else cuda and not native}
+    return {"bf16": bool(bf16), "fp16": bool(fp16)}
 
 
-def planned_mixed_precision(section: dict[str, Any], on_gpu: bool) -> bool:
+def planned_mixed_precision(section: dict[str, Any], on_gpu: bool, native: bool = True) -> bool:
     """Whether the memory plan counts a stage in bf16 or fp16 (the same bytes) as `training_precision` will run it:
-    for a GPU (this one or one it is not on), by the rule; on a CPU, bf16 only where this CPU computes in it (training
-    refuses it elsewhere)."""
-    flags = precision_rule(section, on_gpu, True)
+    on a GPU by the rule, `native` saying whether it has bf16 (a GPU the plan is not on is taken to have it); on a
+    CPU, bf16 only where this CPU computes in it (training refuses it elsewhere)."""
+    flags = precision_rule(section, on_gpu, native)
     return (flags["bf16"] or flags["fp16"]) if on_gpu else (flags["bf16"] and cpu_bf16())
 
 

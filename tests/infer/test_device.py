@@ -85,14 +85,21 @@ SECTIONS = [{}, {"bf16": True}, {"fp16": True}, {"bf16": False}, {"fp16": False}
             {"bf16": True, "fp16": False}, {"bf16": False, "fp16": True}]
 
 
-@pytest.mark.parametrize("major", [7, 8])  # fp16 where bf16 is emulated (T4, V100), bf16 where it is native
-def test_the_plan_counts_the_precision_a_gpu_trains_in(gpu, major: int) -> None:
-    # The memory plan counts half-precision bytes only where the stage trains in bf16 or fp16: a recipe that turns
-    # bf16 off alone trains in fp32 (the recipe's precision, once it names one), and is planned so.
+# (bf16, fp16) each of SECTIONS trains in on an A100 or newer, and on a T4 or V100. Where the GPU has bf16 the recipe's
+# keys read as TRL reads them ("bf16: Defaults to True if fp16 is not set"): `fp16: false` alone is bf16, `bf16:
+# false` alone fp32. On a T4 the default is fp16, and `fp16: false` alone fp32 rather than TRL's emulated bf16.
+NATIVE = [(1, 0), (1, 0), (0, 1), (0, 0), (1, 0), (0, 0), (1, 0), (0, 1)]
+EMULATED = [(0, 1), (1, 0), (0, 1), (0, 0), (0, 0), (0, 0), (1, 0), (0, 1)]
+
+
+@pytest.mark.parametrize("major, expected", [(7, EMULATED), (8, NATIVE)])
+def test_the_precision_a_gpu_trains_in_and_the_plan_counts(gpu, major: int, expected: list) -> None:
     gpu(major)
-    for section in SECTIONS:
+    for section, (bf16, fp16) in zip(SECTIONS, expected, strict=True):
         trains = placement.training_precision(section, "sft")
-        assert placement.planned_mixed_precision(section, on_gpu=True) is (trains["bf16"] or trains["fp16"]), section
+        assert trains == {"bf16": bool(bf16), "fp16": bool(fp16)}, section
+        # The memory plan counts half-precision bytes where the stage trains in bf16 or fp16, and only there.
+        assert placement.planned_mixed_precision(section, True, placement.native_bf16()) is bool(bf16 or fp16), section
 
 
 @pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])

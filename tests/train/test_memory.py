@@ -65,8 +65,10 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
     assert "on a GPU with 0.5 GiB:" in text.stdout
     real = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "24")
     assert real.returncode == 0 and real.stderr.count("the Hub is not reachable") <= 1  # said once, not per reading
-    # A recipe that turns bf16 off alone trains in fp32 on every GPU (`placement.precision_rule`): planned so.
-    fp32 = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "24", "sft.bf16=false", "--json")
+    # `bf16: false` alone trains in fp32 on every GPU, `fp16: false` alone in bf16 on one that has it, as TRL reads
+    # them (`placement.precision_rule`): each planned so.
+    fp32 = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "24", "sft.bf16=false", "grpo.fp16=false",
+                   "--json")
     stages = json.loads(fp32.stdout)["stages"]
     assert {name: stage["settings"]["mixed_precision"] for name, stage in stages.items()} == {"sft": False,
                                                                                               "grpo": True}

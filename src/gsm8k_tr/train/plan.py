@@ -91,7 +91,8 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
         # The precision planned for, so that an auto micro-batch is fitted in it too. On a CPU its training is
         # counted in float32 either way (`memory.estimate`); its rollouts' weight copies and KV cache in bf16.
-        mixed = placement.planned_mixed_precision(section, on_gpu)
+        native = placement.native_bf16() if memory_gib is None else True  # a GPU it is not on: taken to have bf16
+        mixed = placement.planned_mixed_precision(section, on_gpu, native)
         neutral = {"bf16": mixed, "fp16": False, "use_cpu": True}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
         padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu)}  # as the stage pads
