@@ -102,6 +102,16 @@ def test_the_precision_a_gpu_trains_in_and_the_plan_counts(gpu, major: int, expe
         assert placement.planned_mixed_precision(section, True, placement.native_bf16()) is bool(bf16 or fp16), section
 
 
+def test_where_the_gpu_has_bf16_the_keys_read_as_trl_reads_them(tmp_path: Path) -> None:
+    # TRL's own config, built on the CPU (use_cpu lets bf16 through there; fp16: true is refused without a GPU).
+    import trl
+
+    for section, expected in zip(SECTIONS, NATIVE, strict=True):
+        if not section.get("fp16"):
+            config = trl.SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **section)
+            assert (int(config.bf16), int(config.fp16)) == expected, section
+
+
 @pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def cpu_bf16(request, monkeypatch: pytest.MonkeyPatch) -> bool:
     """A CPU with or without bf16 instructions, as torch's own CPU checks report them."""
