@@ -121,8 +121,10 @@ def precision_rule(section: dict[str, Any], cuda: bool, native: bool) -> dict[st
     where the recipe sets neither key; else the recipe's, as TRL reads them: `bf16: false` alone is fp32, and
     `fp16: false` alone leaves bf16 on (where the GPU has it natively; fp32 elsewhere)."""
     bf16, fp16 = section.get("bf16"), section.get("fp16")
+    if bf16 is None and fp16 is None:
+        return {"bf16": cuda and native, "fp16": cuda and not native}
     if bf16 is None:
-        return {"bf16": cuda and native and not fp16, "fp16": bool(fp16) if fp16 is not None else cuda and not native}
+        return {"bf16": cuda and native and not fp16, "fp16": bool(fp16)}
     return {"bf16": bool(bf16), "fp16": bool(fp16)}
 
 

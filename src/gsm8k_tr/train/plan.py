@@ -82,8 +82,9 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
     shape = Shape.from_config(config)
     on_gpu, free = placement.accelerator_memory()
-    if memory_gib is not None:
-        on_gpu, free = True, memory_gib
+    native = placement.native_bf16()
+    if memory_gib is not None:  # a GPU it is not on: taken to have bf16
+        on_gpu, free, native = True, memory_gib, True
     forced = {"output_dir": ("/nonexistent/gsm8k-tr-plan", ""), "seed": (recipe.seed, "")}
     plans = {}
     for stage, defaults, cls, section in (("sft", SFT_DEFAULTS, trl.SFTConfig, recipe.sft),
@@ -91,7 +92,6 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
         values = {k: v for k, v in section.items() if k not in ("bf16", "fp16", "use_vllm")}
         # The precision planned for, so that an auto micro-batch is fitted in it too. On a CPU its training is
         # counted in float32 either way (`memory.estimate`); its rollouts' weight copies and KV cache in bf16.
-        native = placement.native_bf16() if memory_gib is None else True  # a GPU it is not on: taken to have bf16
         mixed = placement.planned_mixed_precision(section, on_gpu, native)
         neutral = {"bf16": mixed, "fp16": False, "use_cpu": True}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
