@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh check rows              # about 6 minutes on one GPU
 #   bash benchmarks/gpu_session.sh compiled-step grouped shapes   # about 6 minutes
 #   bash benchmarks/gpu_session.sh sft-compiled            # after `shapes`, on the same machine, if time is left
+#   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
@@ -17,6 +18,8 @@
 #   shapes         benchmarks/gpu_shapes.py: padding to 64, the stop check, SFT's batch order
 #   sft-compiled   benchmarks/gpu_shapes.py: SFT under torch.compile, against `shapes`' eager run padded to 64 (its
 #                  work folder /tmp/shapes; the SFT step was host-bound on the H200, which compiling may cut)
+#   sft-split      benchmarks/gpu_shapes.py: one SFT step's 32 examples as 32 x 1, 16 x 2, 8 x 4 and 4 x 8 (auto takes
+#                  the largest that fits on a GPU; on a CPU 4 rows, as 32 x 1 ran at about half the speed of 8 x 4)
 #   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -56,6 +59,8 @@ for part in "$@"; do stamp "$part"; case $part in
             --order-split 8 4 > "$OUT/shapes.txt" 2>&1 ;;
   sft-compiled) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft-compiled \
                   > "$OUT/sft-compiled.txt" 2>&1 ;;
+  sft-split) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/split --parts sft-split \
+               --sft-steps $([ -n "$cpu" ] && echo 6 || echo 12) > "$OUT/sft-split.txt" 2>&1 ;;
   profile) limit 150 "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
              > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;

@@ -24,6 +24,12 @@
   when a step has several micro-batches: `train/batch_order.py`): real
   tokens per second over the steps after the first, and the tokens computed
   (padding included) per real token, for each.
+- sft-split: the same optimizer steps (`--splits`, default 32 x 1, 16 x 2, 8 x 4 and 4 x 8: 32 examples a
+  step, the real recipes' effective batch) cut into fewer or more micro-batches, each as the stage runs it
+  (grouped by length where a step has several): real tokens per second over the steps after the first, each
+  against 8 x 4 (the 24 GB recipe's fixed split; `per_device_train_batch_size: auto` takes the largest that
+  fits), the tokens computed per real token, and the peak memory. A step of one micro-batch pays the host's
+  work per micro-batch once, and pads all its rows to the longest.
 - sft-padding-free: the same SFT steps as each stage pads them on this
   device, against TRL's `padding_free` (each micro-batch one row of its
   examples end to end, no padding; a recipe option, not a default): trained
@@ -229,6 +235,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
                        extra=(f"sft.per_device_train_batch_size={micro}", f"sft.gradient_accumulation_steps={accumulate}",
                               f"sft.train_sampling_strategy={setting}"))
+    if what == "sft-split":
+        micro, accumulate = setting.split("x")
+        split = (f"sft.per_device_train_batch_size={micro}", f"sft.gradient_accumulation_steps={accumulate}")
+        return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
+                       extra=split)
     if what == "sft-padding-free":
         return run_sft(args.model, Path(args.work) / f"{what}-{setting}", "device", args.sft_steps, args.cpu,
                        extra=(f"sft.padding_free={setting}",))
@@ -252,8 +263,11 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per row")
     parser.add_argument("--order-split", nargs=2, type=int, default=[4, 8], metavar=("MICRO", "ACCUMULATION"),
                         help="sft-order's micro-batch and gradient accumulation (default: 4 8)")
+    parser.add_argument("--splits", nargs="+", default=["32x1", "16x2", "8x4", "4x8"], type=_split,
+                        metavar="MICROxACCUMULATION", help="sft-split's splits of one optimizer step (default: 32x1 "
+                        "16x2 8x4 4x8), each against 8x4 where it is among them, else against the first")
     parser.add_argument("--parts", nargs="+",
-                        choices=["sft", "sft-compiled", "sft-order", "sft-padding-free", "decode", "stop"],
+                        choices=["sft", "sft-compiled", "sft-order", "sft-split", "sft-padding-free", "decode", "stop"],
                         help="default: sft, decode and stop on a GPU; sft and decode with --cpu")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--work", help="the work folder, kept (default: a new temporary one); results of an earlier "
@@ -279,7 +293,7 @@ def main() -> int:
     if not args.model and not args.cpu and not (work / "model" / "config.json").is_file():
         build_model(work / "model")
     runs = {"sft": ("none", "64", "64-no-cudnn"), "sft-compiled": ("64",), "sft-order": ("random", "batch_rebalance"),
-            "sft-padding-free": ("false", "true"),
+            "sft-split": tuple(args.splits), "sft-padding-free": ("false", "true"),
             "decode": ("torch", "placement"),
             "stop": ("both",)}
     saved = work / "gpu_shapes.json"  # an earlier call's results with the same --work: kept, and compared with
@@ -289,7 +303,7 @@ def main() -> int:
         for setting in runs[part]:
             command = [sys.executable, __file__, "--only", part, setting, "--model", model, "--work", str(work),
                        "--sft-steps", str(args.sft_steps), "--sequences", str(args.sequences), "--new-tokens",
-                       str(args.new_tokens), "--order-split", *map(str, args.order_split),
+                       str(args.new_tokens), "--order-split", *map(str, args.order_split), "--splits", *args.splits,
                        *(["--cpu"] if args.cpu else [])]
             done = subprocess.run(command, capture_output=True, text=True)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -302,6 +316,14 @@ def main() -> int:
             print(report(part, results, args), flush=True)
         saved.write_text(json.dumps(results, indent=1))
     return 1 if failed else 0
+
+
+def _split(text: str) -> str:
+    """A `--splits` entry, MICROxACCUMULATION: two whole numbers of at least 1."""
+    parts = text.split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a split as MICROxACCUMULATION, e.g. 8x4")
+    return text
 
 
 def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -331,6 +353,15 @@ def report(part: str, results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{grouped['tokens_per_s'] / max(plain['tokens_per_s'], 1):.2f}x; tokens computed per real token "
                 f"{plain['computed_per_real_token']} against {grouped['computed_per_real_token']} ({args.sft_steps} "
                 "steps; steps after the first)")
+    if part == "sft-split":
+        base = "8x4" if "8x4" in args.splits else args.splits[0]
+        rate = results[f"sft-split-{base}"]["tokens_per_s"]
+        each = "; ".join(f"{split}: {r['tokens_per_s']} tokens/s ({r['tokens_per_s'] / max(rate, 1):.2f}x), "
+                         f"{r['computed_per_real_token']} computed per real token"
+                         + (f", peak {r['peak_gib']} GiB" if r.get("peak_gib") is not None else "")
+                         for split in args.splits for r in [results[f"sft-split-{split}"]])
+        return (f"sft-split: micro-batch x accumulation, each against {base}: {each} ({args.sft_steps} steps; steps "
+                "after the first)")
     if part == "sft-padding-free":
         padded, free = results["sft-padding-free-false"], results["sft-padding-free-true"]
         return (f"sft-padding-free: {padded['tokens_per_s']} tokens/s padded as the stage pads on this device, "

@@ -405,6 +405,27 @@ def test_auto_micro_batch_keeps_the_effective_batch_and_fits(stage: str, longest
     assert batch["planned_gib"] <= memory.FITS_SHARE * memory_gib or micro == 1
 
 
+@pytest.mark.parametrize("stage, micro", [("sft", fitting.CPU_SFT_ROWS), ("grpo", 64)])
+def test_on_a_cpu_auto_takes_small_sft_micro_batches(stage: str, micro: int) -> None:
+    # A CPU's step is arithmetic and one micro-batch pads its rows to the longest: there SFT's 32 x 1 trained about
+    # half as fast as 4 x 8 grouped by length. GRPO's micro-batches are slices of one padded generation batch, so
+    # the largest that fits stays. Memory is no limit here (128 GiB available, for 120-token rows).
+    import trl
+
+    from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
+
+    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", [f"{stage}.per_device_train_batch_size=auto"])
+    cls, defaults = (trl.SFTConfig, SFT_DEFAULTS) if stage == "sft" else (trl.GRPOConfig, GRPO_DEFAULTS)
+    section = {k: v for k, v in getattr(recipe, stage).items() if k not in ("bf16", "fp16")}
+    config = trl_config(cls, stage, section, {**defaults, "use_cpu": True}, {"output_dir": ("/nonexistent", "")})
+    with mock.patch.object(placement, "available_host_memory", return_value=256.0):  # a CPU plans in half of it
+        batch = fitting.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, 120, (False, None))
+    assert batch["per_device_train_batch_size"] == micro and batch["on_gpu"] is False
+    assert micro * batch["gradient_accumulation_steps"] == 8 * getattr(recipe, stage)["gradient_accumulation_steps"]
+    on_gpu = fitting.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, 120, (True, 128.0))
+    assert on_gpu["per_device_train_batch_size"] > fitting.CPU_SFT_ROWS  # a GPU: the largest that fits
+
+
 @pytest.mark.slow
 def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_model_dir: Path) -> None:
     done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_steps=2",
@@ -428,7 +449,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["sft"]["tokens_per_s"] > 0 and result["sft"]["micro_batch"]["per_device_train_batch_size"] >= 8
+    assert result["sft"]["tokens_per_s"] > 0
+    assert result["sft"]["micro_batch"]["per_device_train_batch_size"] == fitting.CPU_SFT_ROWS  # a CPU's auto
     assert result["sft"]["steps"] == 3 and result["sft"]["tokens_per_step"] > 0
     for part in ("sft", "grpo"):  # the largest batch each training part ran, for the plan's like-for-like figure
         seen = result[part]["longest_batch"]
@@ -543,6 +565,24 @@ def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     assert result["sft-64"]["compiling_steps"] == []  # eager: its steady rate is its rate
     assert result["sft-64"]["tokens_per_s_without_compiling"] == result["sft-64"]["tokens_per_s"]
     assert "without cuDNN's attention" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_shapes_splits_the_same_sft_steps_into_micro_batches(tmp_path: Path) -> None:
+    # sft-split: the same examples a step (the same tokens), split in one micro-batch or in four grouped by length,
+    # which pad less; each rated against the first split given when 8x4 is not among them.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "3",
+                           "--parts", "sft-split", "--splits", "8x1", "2x4", "--work", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "each against 8x1: 8x1: " in done.stdout and "(1.00x)" in done.stdout and "2x4: " in done.stdout
+    result = json.loads((tmp_path / "gpu_shapes.json").read_text())
+    whole, split = result["sft-split-8x1"], result["sft-split-2x4"]
+    assert whole["tokens_per_step"] == split["tokens_per_step"] > 0
+    assert whole["computed_per_real_token"] > split["computed_per_real_token"] >= 1.0
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--parts",
+                              "sft-split", "--splits", "8x0"], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "give a split as MICROxACCUMULATION" in refused.stderr
 
 
 def test_gpu_shapes_rates_compiled_sft_over_the_steps_that_compiled_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

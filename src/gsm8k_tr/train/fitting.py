@@ -57,6 +57,12 @@ def suggestions(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool
 
 
 AUTO = "auto"  # per_device_train_batch_size: auto
+# The most rows an auto SFT micro-batch takes on a CPU. There the step is arithmetic, and a micro-batch pads its rows
+# to its longest: the 32 examples of a step in one micro-batch computed 1.42 tokens per real one against 1.09 in 8 x 4
+# grouped by length, and trained 0.53x as fast (the demo model; 0.61x at GPT-2 Medium's depth), 4 x 8 1.04-1.19x
+# (2 cores, the shared GSM8K-TR rows, `benchmarks/gpu_shapes.py --parts sft-split`). On a GPU each micro-batch
+# costs host time, so there it is the largest that fits (not yet measured against smaller ones on a GPU).
+CPU_SFT_ROWS = 4
 
 
 def wants_auto(section: dict[str, Any]) -> bool:
@@ -71,16 +77,18 @@ def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longe
     The effective batch is kept: the recipe's `gradient_accumulation_steps`
     times the default micro-batch (the config was built with it), split into
     the fewest micro-batches whose plan fits (under GRPO the generation batch
-    stays a multiple of the group size; see `suggestions`). On a GPU the plan
-    is held to its free memory; on a CPU to half the memory the system has
-    available (`memory`: (on a GPU, GiB) instead). Returns the two TRL keys
-    and the plan's numbers, for the manifest.
+    stays a multiple of the group size; see `suggestions`), on a CPU SFT's of
+    at most `CPU_SFT_ROWS` rows. On a GPU the plan is held to its free
+    memory; on a CPU to half the memory the system has available (`memory`:
+    (on a GPU, GiB) instead). Returns the two TRL keys and the plan's
+    numbers, for the manifest.
     """
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     on_gpu, free = memory or placement.accelerator_memory()
     if not on_gpu or free is None:
         free = placement.available_host_memory() / 2
-    candidates = [m for m in range(effective, 0, -1) if effective % m == 0]
+    candidates = [m for m in range(effective, 0, -1) if effective % m == 0 and (
+        on_gpu or stage != "sft" or m <= CPU_SFT_ROWS)]
     for micro in candidates:
         settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
         plan = estimate(shape, stage, settings, on_gpu, free)
