@@ -421,6 +421,7 @@ def test_on_a_cpu_auto_takes_small_sft_micro_batches(stage: str, micro: int) -> 
     with mock.patch.object(placement, "available_host_memory", return_value=256.0):  # a CPU plans in half of it
         batch = fitting.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, 120, (False, None))
     assert batch["per_device_train_batch_size"] == micro and batch["on_gpu"] is False
+    assert batch["most_rows"] == (fitting.CPU_SFT_ROWS if stage == "sft" else None)
     assert micro * batch["gradient_accumulation_steps"] == 8 * getattr(recipe, stage)["gradient_accumulation_steps"]
     on_gpu = fitting.fit_micro_batch(GPT2_MEDIUM, recipe, stage, config, 120, (True, 128.0))
     assert on_gpu["per_device_train_batch_size"] > fitting.CPU_SFT_ROWS  # a GPU: the largest that fits
@@ -435,6 +436,7 @@ def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_mo
     batch = manifest["micro_batch"]
     assert batch["per_device_train_batch_size"] * batch["gradient_accumulation_steps"] == 16  # 8 x 2, kept
     assert batch["longest_tokens"] > 20 and batch["on_gpu"] is False
+    assert batch["per_device_train_batch_size"] == batch["most_rows"] == fitting.CPU_SFT_ROWS  # a CPU's limit
 
 
 @pytest.mark.slow

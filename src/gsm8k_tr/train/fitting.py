@@ -81,21 +81,21 @@ def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longe
     at most `CPU_SFT_ROWS` rows. On a GPU the plan is held to its free
     memory; on a CPU to half the memory the system has available (`memory`:
     (on a GPU, GiB) instead). Returns the two TRL keys and the plan's
-    numbers, for the manifest.
+    numbers, for the manifest (`most_rows`: the CPU's limit, where it applied).
     """
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     on_gpu, free = memory or placement.accelerator_memory()
     if not on_gpu or free is None:
         free = placement.available_host_memory() / 2
-    candidates = [m for m in range(effective, 0, -1) if effective % m == 0 and (
-        on_gpu or stage != "sft" or m <= CPU_SFT_ROWS)]
+    most = None if on_gpu or stage != "sft" else CPU_SFT_ROWS
+    candidates = [m for m in range(effective, 0, -1) if effective % m == 0 and m <= (most or m)]
     for micro in candidates:
         settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
         plan = estimate(shape, stage, settings, on_gpu, free)
         if plan.peak_gib <= FITS_SHARE * free or micro == candidates[-1]:
             return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro,
                     "longest_tokens": longest, "planned_gib": round(plan.peak_gib, 2), "memory_gib": round(free, 1),
-                    "on_gpu": on_gpu}
+                    "on_gpu": on_gpu, "most_rows": most}
     raise AssertionError("unreachable: the last candidate is always returned")
 
 
