@@ -100,6 +100,26 @@ def test_gelu_new_and_its_fused_kernel_agree() -> None:
     assert torch.allclose(ACT2FN["gelu_new"](x), ACT2FN["gelu_pytorch_tanh"](x), atol=1e-6, rtol=0)
 
 
+def test_models_load_without_hub_kernels(tiny_model_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    # transformers 5.25 loads models with Hub kernels unless told otherwise (fetched at load: not offline, and not
+    # what was measured); every release this project admits accepts `use_kernels=False`, as 5.24's own default.
+    from transformers import AutoModelForCausalLM
+
+    from gsm8k_tr import modeling
+    from gsm8k_tr.config import ModelConfig
+
+    asked = []
+    load = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        asked.append(kwargs.get("use_kernels"))
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    model = modeling.load_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    assert asked == [False] and not getattr(model, "use_kernels", False)
+
+
 PATH_KEYS = ("merge_lora", "weights_dtype", "decoding", "kv_cache", "shared_prefill", "grouped_attention", "sampler",
              "attention", "stop_check")
 NO_CUDNN = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]

@@ -49,7 +49,8 @@ def convert(gguf_path: Path, target: Path) -> None:
     folder, name = str(gguf_path.parent), gguf_path.name
     log.info("dequantizing %s into %s", gguf_path, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # Without Hub kernels, as `modeling.load_model` loads (transformers 5.25 would fetch them, or fail without them)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, use_kernels=False)
     unmark_dequantized(model)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)

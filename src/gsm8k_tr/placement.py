@@ -37,7 +37,7 @@ Open this module to learn what a run does on a machine:
 - **the LM head in the loss** (`compact_scoring`): TRL's fused LM head over the scored tokens only, also off Triton
   (TRL projects every position there);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six elementwise ops in Python) as PyTorch's one
-  fused op, the same function;
+  fused op, the same function; transformers' Hub kernels off everywhere (`modeling.load_model`);
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
 - **data loading** (`pin_memory`): pinned host memory only with a GPU;
 - **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free memory, or the host's on a CPU, for the
