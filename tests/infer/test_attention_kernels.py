@@ -30,7 +30,7 @@ def test_generation_runs_with_the_kernels_placement_names_and_the_same_tokens(ti
     from gsm8k_tr.data.prompts import build_prompt
     from gsm8k_tr.infer import generation
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(6, seed=2)]

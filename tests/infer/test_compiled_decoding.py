@@ -31,7 +31,7 @@ def test_compiled_evaluation_gives_the_eager_tokens(tiny_model_dir, compiled_cal
     from gsm8k_tr.infer import generation
     from gsm8k_tr.infer.compiled_decoding import PROMPT_MULTIPLE
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(40, seed=3)]
@@ -87,7 +87,7 @@ def test_auto_stays_eager_for_a_single_generation_batch(monkeypatch: pytest.Monk
     assert placement.decoding("compiled", "cuda", batches=1) == "compiled"  # asked for: compiled all the same
     seen, choose = [], placement.decoding
     monkeypatch.setattr(placement, "decoding", lambda *args: seen.append(args) or choose(*args))
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     generation.generate(model, tokenizer, ["1 + 1 ="] * 5, 2, batch_size=2)
@@ -106,7 +106,7 @@ def test_auto_decodes_eager_where_compiling_fails_and_a_compiled_request_is_one_
     from gsm8k_tr.infer import generation
 
     monkeypatch.setattr(placement, "auto_compiles", lambda device: True)  # as on a CUDA GPU with Triton
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(10, seed=3)]
@@ -157,7 +157,7 @@ def test_compiled_decoding_compiles_each_shape_past_torchs_recompile_limit(tiny_
 
     from gsm8k_tr.infer import generation
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     with torch._dynamo.config.patch(recompile_limit=1):

@@ -56,7 +56,7 @@ def model_and_prompts(folder, questions: int, repeat: int = 1) -> tuple:
     from gsm8k_tr.data import synth
     from gsm8k_tr.data.prompts import build_prompt
 
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, use_kernels=False).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [build_prompt(r["question"], PromptConfig()) for r in synth.make_problems(questions, seed=5)]

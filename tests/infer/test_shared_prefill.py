@@ -57,7 +57,7 @@ def test_nothing_to_share_leaves_generate_as_it_was(tiny_model_dir) -> None:
 
     from gsm8k_tr.infer import kv_cache
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_kernels=False).eval()
     cache = kv_cache.GrowingCache(config=model.config)
     ids = torch.randint(5, 500, (3, 9), generator=torch.Generator().manual_seed(0))
     assert not shared_prefill.prefill(model, ids, None, cache, kv_cache.KEYWORD)  # distinct rows

@@ -34,7 +34,8 @@ def _trainer(tiny_model_dir, tmp_path, cls, seed: int, rows: int = 24, **setting
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                                 use_kernels=False)
     # Rows of 4 to 26 tokens, the first token naming the row; the completion is scored.
     data = Dataset.from_list([{"input_ids": [5 + i] + [7 + i % 5] * (3 + (i * 7) % 23),
                                "completion_mask": [0] + [1] * (3 + (i * 7) % 23)} for i in range(rows)])
