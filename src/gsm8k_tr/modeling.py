@@ -162,8 +162,8 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
         fused = fused_activation(getattr(AutoConfig.from_pretrained(source, **kwargs), "activation_function", None))
         # safetensors only, except for a GGUF file (which is not pickle either). Hub kernels off, as every release
         # before transformers 5.25 loads: 5.25 turns them on by default, replacing layers (GPT-2's GELU, Llama's
-        # RMSNorm) with kernels it fetches from the Hub at load, which an offline machine cannot and no figure
-        # here was measured with.
+        # RMSNorm), where it maps a kernel for the device, with kernels it fetches from the Hub at load, which an
+        # offline machine cannot and no figure here was measured with.
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if gguf else dtype or torch.float32,
                                                      use_safetensors=None if gguf else True, use_kernels=False,
                                                      **kwargs, **({"activation_function": fused} if fused else {}))
