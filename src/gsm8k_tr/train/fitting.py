@@ -88,7 +88,7 @@ def fit_micro_batch(shape: Shape, recipe: Recipe, stage: str, config: Any, longe
     if not on_gpu or free is None:
         free = placement.available_host_memory() / 2
     most = None if on_gpu or stage != "sft" else CPU_SFT_ROWS
-    candidates = [m for m in range(effective, 0, -1) if effective % m == 0 and m <= (most or m)]
+    candidates = [m for m in range(effective, 0, -1) if effective % m == 0 and (most is None or m <= most)]
     for micro in candidates:
         settings = {**stage_settings(recipe, stage, config, shape.context, longest), "micro_batch": micro}
         plan = estimate(shape, stage, settings, on_gpu, free)
