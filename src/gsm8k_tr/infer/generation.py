@@ -25,6 +25,33 @@ from gsm8k_tr.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# transformers' `generate` drops an attention mask of all ones (a batch whose prompts are one length: "we will never
+# have padding"); then, once a finished row is fed the pad token, GPT-2's forward sees no mask beside a pad id and
+# warns that the input may be padded, which it is not. That warning is kept out of such a batch's generation.
+_UNPADDED_WARNING = "We strongly recommend passing in an `attention_mask`"
+
+
+@contextlib.contextmanager
+def quiet_unpadded(attention_mask: Any) -> Any:
+    """Within the block, transformers' "may be padded" warning is dropped if `attention_mask` has no padding.
+
+    The warning is logged once per process (`warning_once`), so a dropped one is not shown later either; every
+    call this project makes passes its mask, so only `generate`'s own dropping of an all-ones mask can cause it.
+    """
+    if not bool(attention_mask.all()):
+        yield
+        return
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_UNPADDED_WARNING)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
 
 @dataclass
 class Completion:
@@ -188,7 +215,8 @@ def _decode(model: Any, tokenizer: Any, rows: list[list[int]], config: Any, samp
     with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
           attention_kernels.only(placement.decoding_attention(device, how)),
           stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred"),
-          compiled_decoding.room_to_compile() if how in placement.COMPILED_DECODINGS else contextlib.nullcontext()):
+          compiled_decoding.room_to_compile() if how in placement.COMPILED_DECODINGS else contextlib.nullcontext(),
+          quiet_unpadded(batch["attention_mask"])):
         if how == "compiled-step":
             output = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config,
                                             grouped=grouped)
