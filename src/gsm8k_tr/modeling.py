@@ -221,7 +221,7 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
       for masked positions, but a distinct pad keeps "emitted the stop token"
       unambiguous: pad is the first of eos, bos and unk that is not the stop.
     - The model's generation config keeps only its token ids: see
-      `reset_generation_config`.
+      `reset_generation_config`; its config names the same ending ids.
     Returns the stop token.
     """
     stop, stop_id = stop_token_id(tokenizer, stop_token)
@@ -232,6 +232,10 @@ def configure_tokens(tokenizer: Any, model: Any, stop_token: str | None) -> str:
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     reset_generation_config(model, [stop_id, *[i for i in eos if i != stop_id]], tokenizer.pad_token_id)
+    # The model's config ends where its generation config does: transformers' Trainer otherwise aligns it with the
+    # tokenizer's eos (`align_special_tokens`; the stop token once SFT has saved it as eos) and says so at every GRPO
+    # run, and a saved config.json would name another ending than generation_config.json.
+    model.config.get_text_config().eos_token_id = model.generation_config.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return stop
 

@@ -44,6 +44,38 @@ def test_configure_tokens_makes_it_an_ending_and_sft_targets_still_end_with_its_
     assert tokenizer(target, add_special_tokens=False)["input_ids"][-1] == stop  # the target ends with the id
     assert model.generation_config.eos_token_id[0] == stop  # generation stops on it
     assert tokenizer.pad_token_id not in (None, stop)
+    assert model.config.eos_token_id == model.generation_config.eos_token_id
+
+
+def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path) -> None:
+    """transformers' Trainer aligns the model's configs with the tokenizer (`align_special_tokens`), and logs it:
+    after `configure_tokens` there is nothing to align, before SFT and after it, whose tokenizer ends at the stop."""
+    import logging
+
+    from transformers import trainer_utils
+
+    class Records(logging.Handler):
+        messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    logger = logging.getLogger(trainer_utils.__name__)
+    records = Records()
+    logger.addHandler(records)
+    try:
+        for eos in (None, STOP):  # the base tokenizer's eos, then SFT's (TRL's `eos_token`)
+            tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
+            modeling.configure_tokens(tokenizer, model, STOP)
+            if eos:
+                tokenizer.eos_token = eos
+            ids = (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id)
+            trainer_utils.align_special_tokens(model, tokenizer)
+            assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == ids
+    finally:
+        logger.removeHandler(records)
+    assert not [m for m in records.messages if "PAD/BOS/EOS" in m]
 
 
 def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[list[int]], list[float]]]:
