@@ -5,19 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from conftest import logged
 
 torch = pytest.importorskip("torch")
 
 _WARNING = "We strongly recommend passing in an `attention_mask`"
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def test_a_batch_of_one_prompt_length_generates_without_the_padding_warning(tiny_model_dir) -> None:
@@ -38,25 +30,22 @@ def test_a_batch_of_one_prompt_length_generates_without_the_padding_warning(tiny
                                                                                      6, 0.0))
     # A finished row is fed the pad id; as its stand-in, the pad id here is a token the rows emit and feed back.
     model.config.pad_token_id = int(ids[0, batch["input_ids"].shape[1] + 1])
-    records = _Records()
-    logger = logging.getLogger("transformers.modeling_utils")
-    logger.addHandler(records)
     try:
-        logging.Logger.warning_once.cache_clear()  # transformers logs it once per process
-        with torch.inference_mode():
-            model.generate(**batch, generation_config=generation.generation_config(model, tokenizer.pad_token_id, 6,
-                                                                                   0.0))
-        assert any(m.startswith(_WARNING) for m in records.messages)  # transformers' own behaviour
-        records.messages.clear()
-        logging.Logger.warning_once.cache_clear()
-        found = generation.generate(model, tokenizer, prompts, 6, batch_size=4)
-        assert len(found) == 4
-        assert not any(m.startswith(_WARNING) for m in records.messages)
-        model.config.pad_token_id = tokenizer.pad_token_id
-        padded = tokenizer([prompts[0], prompts[0][:40]], return_tensors="pt", padding=True)
-        with generation.quiet_unpadded(padded["attention_mask"]), torch.inference_mode():
-            model(input_ids=padded["input_ids"])  # a padded batch without its mask still warns
-        assert any(m.startswith(_WARNING) for m in records.messages)
+        with logged("transformers.modeling_utils") as messages:
+            logging.Logger.warning_once.cache_clear()  # transformers logs it once per process
+            with torch.inference_mode():
+                model.generate(**batch, generation_config=generation.generation_config(model, tokenizer.pad_token_id,
+                                                                                       6, 0.0))
+            assert any(m.startswith(_WARNING) for m in messages)  # transformers' own behaviour
+            messages.clear()
+            logging.Logger.warning_once.cache_clear()
+            found = generation.generate(model, tokenizer, prompts, 6, batch_size=4)
+            assert len(found) == 4
+            assert not any(m.startswith(_WARNING) for m in messages)
+            model.config.pad_token_id = tokenizer.pad_token_id
+            padded = tokenizer([prompts[0], prompts[0][:40]], return_tensors="pt", padding=True)
+            with generation.quiet_unpadded(padded["attention_mask"]), torch.inference_mode():
+                model(input_ids=padded["input_ids"])  # a padded batch without its mask still warns
+            assert any(m.startswith(_WARNING) for m in messages)
     finally:
-        logger.removeHandler(records)
         logging.Logger.warning_once.cache_clear()

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, needs_compiler
+from conftest import TINY_RECIPE, logged, needs_compiler
 from transformers import AutoTokenizer
 
 from gsm8k_tr import modeling
@@ -50,21 +50,10 @@ def test_configure_tokens_makes_it_an_ending_and_sft_targets_still_end_with_its_
 def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path) -> None:
     """transformers' Trainer aligns the model's configs with the tokenizer (`align_special_tokens`), and logs it:
     after `configure_tokens` there is nothing to align, before SFT and after it, whose tokenizer ends at the stop."""
-    import logging
-
     from transformers import trainer_utils
 
-    class Records(logging.Handler):
-        messages: list[str] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.messages.append(record.getMessage())
-
     cfg = ModelConfig(name_or_path=str(tiny_model_dir))
-    logger = logging.getLogger(trainer_utils.__name__)
-    records = Records()
-    logger.addHandler(records)
-    try:
+    with logged(trainer_utils.__name__) as messages:
         for eos in (None, STOP):  # the base tokenizer's eos, then SFT's (TRL's `eos_token`)
             tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
             modeling.configure_tokens(tokenizer, model, STOP)
@@ -73,9 +62,7 @@ def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path) -
             ids = (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id)
             trainer_utils.align_special_tokens(model, tokenizer)
             assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == ids
-    finally:
-        logger.removeHandler(records)
-    assert not [m for m in records.messages if "PAD/BOS/EOS" in m]
+    assert not [m for m in messages if "PAD/BOS/EOS" in m]
 
 
 def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[list[int]], list[float]]]:
