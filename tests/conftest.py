@@ -46,25 +46,6 @@ def load_benchmark(name: str) -> types.ModuleType:
     return module
 
 
-@contextlib.contextmanager
-def logged(name: str) -> Iterator[list[str]]:
-    """The messages logger `name` lets through within the block (its own filters applied), wherever it sends them."""
-    import logging
-
-    messages: list[str] = []
-
-    class Record(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler, logger = Record(), logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-
-
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """`gsm8k-tr ARGS` run in this process, with its exit status, stdout and stderr (logs included).
 

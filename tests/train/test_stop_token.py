@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, logged, needs_compiler
+from conftest import TINY_RECIPE, needs_compiler
 from transformers import AutoTokenizer
 
 from gsm8k_tr import modeling
@@ -47,13 +47,18 @@ def test_configure_tokens_makes_it_an_ending_and_sft_targets_still_end_with_its_
     assert model.config.eos_token_id == model.generation_config.eos_token_id
 
 
-def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path) -> None:
+def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     """transformers' Trainer aligns the model's configs with the tokenizer (`align_special_tokens`), and logs it:
     after `configure_tokens` there is nothing to align, before SFT and after it, whose tokenizer ends at the stop."""
+    import logging
+
     from transformers import trainer_utils
 
     cfg = ModelConfig(name_or_path=str(tiny_model_dir))
-    with logged(trainer_utils.__name__) as messages:
+    logger = logging.getLogger(trainer_utils.__name__)
+    logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root, where caplog listens
+    try:
         for eos in (None, STOP):  # the base tokenizer's eos, then SFT's (TRL's `eos_token`)
             tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
             modeling.configure_tokens(tokenizer, model, STOP)
@@ -62,7 +67,9 @@ def test_the_trainer_finds_the_configured_tokens_aligned(tiny_model_dir: Path) -
             ids = (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id)
             trainer_utils.align_special_tokens(model, tokenizer)
             assert (model.config.eos_token_id, model.generation_config.eos_token_id, model.config.pad_token_id) == ids
-    assert not [m for m in messages if "PAD/BOS/EOS" in m]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "PAD/BOS/EOS" in r.getMessage()]
 
 
 def _spy_on_strict_format(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], list[list[int]], list[float]]]:
