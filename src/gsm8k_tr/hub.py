@@ -7,24 +7,31 @@ dataset that was not cached took 30 s, against 7 s with `HF_HUB_OFFLINE=1`. Comp
 filled cache, are a common way to train. So before the first Hub id a command loads, one TCP connection to the Hub's
 endpoint is tried (`HF_ENDPOINT`, default huggingface.co); if none opens within `PROBE_SECONDS`, the process goes
 offline as `HF_HUB_OFFLINE=1` would have it, and says so once: cached models and datasets load at once, others fail
-at once with their one line. Behind a proxy the probe cannot tell, so it is skipped; `HF_HUB_OFFLINE` set either way
-skips it too.
+at once with their one line. `HF_HUB_OFFLINE` set either way skips the probe.
+
+Behind a proxy (the `*_PROXY` variables and `NO_PROXY`, read as huggingface_hub's HTTP client reads them), a direct
+connection says nothing, so the probe asks the proxy instead: the Hub counts as unreachable when the proxy itself does
+not answer (a proxy that is down, or only reachable from a login node) or answers the tunnel request for the Hub's
+host with 502, 503 or 504 (it cannot reach the Hub). Any other answer, a request for credentials or a refusal by
+policy included, and a proxy that accepts the connection but stays silent, leave the process online: going offline
+wrongly would fail a model that is not cached yet, while staying online only costs time.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
 import sys
-from urllib.parse import urlsplit
+import urllib.request
+from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 3.0
 PATH_PREFIXES = (".", "/", "~")  # a model or data spec that starts so is a local path, never a Hub id
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 # Modules that read the offline switch at import and look at their own copy afterwards: (module, attributes).
 _SWITCHES = (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
              ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
@@ -49,6 +56,57 @@ def reachable(endpoint: str, timeout: float = PROBE_SECONDS) -> bool:
         return False
 
 
+def proxy_for(endpoint: str) -> str | None:
+    """The proxy a request to `endpoint` goes through, or None for a direct connection: from the environment as
+    huggingface_hub's HTTP client reads it (urllib's `getproxies`: the scheme's proxy, else `ALL_PROXY`; a host in
+    `NO_PROXY` goes direct)."""
+    url = urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    if url.hostname and urllib.request.proxy_bypass_environment(url.hostname, proxies):
+        return None
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    return (proxy if "://" in proxy else f"http://{proxy}") if proxy else None
+
+
+def without_credentials(proxy: str) -> str:
+    """`proxy` as it may be logged: a password in it never reaches a log."""
+    url = urlsplit(proxy)
+    return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+
+
+_NO_ROUTE = (b"502", b"503", b"504")  # a proxy's answers for an upstream it cannot reach
+_PROXY_PORTS = {"http": 80, "https": 443}  # else SOCKS's 1080
+
+
+def through_proxy(proxy: str, endpoint: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why the Hub at `endpoint` is not reachable through `proxy`, or None when it may be: the proxy does not accept a
+    TCP connection within `timeout`, or (an http:// proxy) answers a CONNECT to the endpoint's host with 502, 503 or
+    504. Proxies spoken to in TLS or SOCKS are judged by the connection alone."""
+    url, target = urlsplit(proxy), urlsplit(endpoint)
+    shown = without_credentials(proxy)
+    try:
+        sock = socket.create_connection((url.hostname or "", url.port or _PROXY_PORTS.get(url.scheme, 1080)),
+                                        timeout=timeout)
+    except (OSError, ValueError):  # no such host, refused, timed out, no network
+        return f"the proxy {shown} did not answer within {timeout:.0f} s"
+    with sock:
+        if url.scheme != "http":
+            return None
+        host = f"{target.hostname}:{target.port or _PROXY_PORTS.get(target.scheme, 443)}"
+        request = f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"
+        if url.username is not None:
+            pair = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+            request += f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}\r\n"
+        try:
+            sock.sendall(f"{request}\r\n".encode())
+            status = sock.makefile("rb").readline(1024).split()
+        except OSError:  # silent or closed: it may still reach the Hub, slowly
+            return None
+    if len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1] in _NO_ROUTE:
+        return f"the proxy {shown} answered {status[1].decode()} for it"
+    return None
+
+
 def go_offline() -> None:
     """This process and its children read only the local cache from now on, as with `HF_HUB_OFFLINE=1`."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -65,16 +123,20 @@ def before_loading(name: str) -> None:
     if _probed or user_decided():
         return
     _probed = True
-    if any(os.environ.get(proxy) for proxy in _PROXIES):
-        return
     endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-    if reachable(endpoint):
+    proxy = proxy_for(endpoint)
+    if proxy:
+        why = through_proxy(proxy, endpoint)
+    else:
+        why = None if reachable(endpoint) else f"it did not answer within {PROBE_SECONDS:.0f} s"
+    if why is None:
         return
-    _unreachable = endpoint
+    _unreachable = endpoint if proxy is None else f"{endpoint} through the proxy {without_credentials(proxy)}"
     go_offline()
     if os.environ.get("RANK", "0") == "0":  # under a launch every process probes; the first one says so
-        log.info("%s: the Hugging Face Hub (%s) did not answer within %.0f s; reading models and datasets from the "
-                 "local cache only (set HF_HUB_OFFLINE=1 to skip this check)", name, endpoint, PROBE_SECONDS)
+        log.info("%s: the Hugging Face Hub (%s) is not reachable: %s; reading models and datasets from the local "
+                 "cache only (set HF_HUB_OFFLINE=1 to skip this check, or HF_HUB_OFFLINE=0 to stay online)", name,
+                 endpoint, why)
 
 
 def unreachable_note() -> str:
