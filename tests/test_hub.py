@@ -176,6 +176,7 @@ def test_behind_a_proxy_the_proxy_decides(fresh: pytest.MonkeyPatch, caplog: pyt
     fresh.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     fresh.setattr(hub, "_probed", False)
     fresh.setenv("HTTP_PROXY", f"http://user:secret@127.0.0.1:{closed_port()}")  # a dead proxy: offline at once
+    caplog.clear()  # the direct probe above logs too where an earlier test left INFO on
     with caplog.at_level("INFO", logger="gsm8k_tr.hub"):
         hub.before_loading("org/model")
     assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
