@@ -37,10 +37,16 @@ import argparse
 import json
 import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CALLED = time.time()  # a stage whose manifest finished before this was trained by an earlier call
+
+
+def _earlier(manifest: dict[str, Any]) -> bool:
+    return datetime.strptime(manifest["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp() < CALLED
 
 
 def _history(folder: Path) -> list[dict[str, Any]]:
@@ -48,10 +54,14 @@ def _history(folder: Path) -> list[dict[str, Any]]:
 
 
 def _tokens(history: list[dict[str, Any]], completions_per_step: int = 0) -> dict[str, float]:
-    """Tokens trained (TRL's cumulative `num_tokens`) and, for GRPO, generated (completion lengths x completions)."""
+    """Tokens trained (TRL's cumulative `num_tokens`) and, for GRPO, generated: each log entry's mean completion
+    length (TRL's mean over the steps since the entry before) x completions per step x those steps."""
     trained = max((e["num_tokens"] for e in history if "num_tokens" in e), default=0.0)
-    generated = sum(e["completions/mean_length"] * completions_per_step for e in history
-                    if "completions/mean_length" in e)
+    generated, logged = 0.0, 0
+    for entry in history:
+        if "completions/mean_length" in entry:
+            generated += entry["completions/mean_length"] * completions_per_step * (entry["step"] - logged)
+            logged = entry["step"]
     return {"trained": trained, "generated": generated, "total": trained + generated}
 
 
@@ -129,6 +139,12 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
                            "seconds": alone_manifest["train_seconds"], "tokens": _tokens(_history(alone_dir)),
                            "test_accuracy": _test(str(alone_dir), alone, folder / "eval-sft-alone"),
                            "pipeline_seconds": total, "pipeline_tokens": start_tokens + result["grpo"]["tokens"]["total"]}
+    if _earlier(start) and not (_earlier(more_manifest) and _earlier(alone_manifest)):
+        # The SFT ways' steps are the budget over the start's seconds per step: timed on another day or load, they
+        # get another share of GRPO's wall time (a start copied from a slower day gave them 0.6 of it).
+        print(f"seed {seed}: the SFT start was trained by an earlier call ({start['finished_at']}) and the SFT ways "
+              f"now, at its seconds per step; compare their seconds with GRPO's, or remove {folder / 'start'} and "
+              "the SFT ways to time all in one call", flush=True)
     result["paired"] = paired(folder)
     return result
 

@@ -80,3 +80,24 @@ def test_a_broken_benchmark_output_is_named_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "sft_vs_grpo.json").write_text('{"seeds": [')  # a run killed while writing it
     with pytest.raises(UserError, match=r"sft_vs_grpo\.json: not valid JSON"):
         report.main(str(tmp_path))
+
+
+def test_generated_tokens_count_every_step_between_log_entries() -> None:
+    """TRL logs GRPO's mean completion length every `logging_steps`, averaged over those steps: each entry stands
+    for all of them (counting an entry once undercounted the demo's generated tokens five times)."""
+    history = [{"step": 5, "completions/mean_length": 50.0, "num_tokens": 1000.0},
+               {"step": 10, "completions/mean_length": 60.0, "num_tokens": 2000.0},
+               {"step": 10, "train_runtime": 9.0},
+               {"step": 12, "completions/mean_length": 40.0, "num_tokens": 2500.0}]
+    tokens = load_benchmark("sft_vs_grpo")._tokens(history, completions_per_step=64)
+    assert tokens == {"trained": 2500.0, "generated": 64 * (50 * 5 + 60 * 5 + 40 * 2), "total": 2500.0 + 64 * 630}
+
+
+def test_a_stage_finished_before_the_call_is_told_apart() -> None:
+    """The SFT ways' steps come from the start's seconds per step: a start trained by an earlier call is named."""
+    from datetime import datetime, timedelta, timezone
+
+    bench = load_benchmark("sft_vs_grpo")
+    assert bench._earlier({"finished_at": "2026-01-01T00:00:00+0000"})
+    later = (datetime.now(timezone(timedelta(hours=3))) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    assert not bench._earlier({"finished_at": later})  # during the call, in another zone
