@@ -45,6 +45,7 @@ def test_reachable_tells_a_listening_port_from_a_closed_one() -> None:
         server.listen()
         assert hub.reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
     assert not hub.reachable(f"http://127.0.0.1:{closed_port()}")
+    assert not hub.reachable("https://127.0.0.1:port")  # a port that is no number: unreachable, not a traceback
     assert not hub.reachable("https://no-such-host.invalid")
 
 
@@ -146,14 +147,18 @@ def test_a_proxy_is_asked_for_a_tunnel_to_the_hub() -> None:
         request = proxy.requests[0]
         assert request.startswith("CONNECT huggingface.co:443 HTTP/1.1\r\nHost: huggingface.co:443\r\n")
         assert f"Proxy-Authorization: Basic {base64.b64encode(b'us er:p@ss').decode()}" in request
+        hub.through_proxy(proxy.url, "http://mirror.example")  # the port follows the endpoint's scheme or its URL
+        hub.through_proxy(proxy.url, "https://[2001:db8::1]:8443")
+        assert [r.split("\r\n")[0] for r in proxy.requests[1:]] == ["CONNECT mirror.example:80 HTTP/1.1",
+                                                                       "CONNECT [2001:db8::1]:8443 HTTP/1.1"]
+        # a SOCKS proxy is not spoken to in HTTP: its listening port alone says it may reach the Hub
+        assert hub.through_proxy(proxy.url.replace("http:", "socks5:"), endpoint) is None
     for answer in (b"HTTP/1.1 200 Connection established\r\n\r\n", b"HTTP/1.0 407 Proxy Authentication Required\r\n",
                    b"HTTP/1.1 403 Forbidden\r\n\r\n", b"not http\r\n", b""):
         with FakeProxy(answer) as proxy:  # any other answer, even none, may still reach the Hub: stay online
             assert hub.through_proxy(proxy.url, endpoint) is None, answer
     with FakeProxy(None) as proxy:
         assert hub.through_proxy(proxy.url, endpoint, timeout=0.3) is None
-        # TLS or SOCKS to the proxy: the connection alone (nothing is sent)
-        assert hub.through_proxy(proxy.url.replace("http:", "socks5:"), endpoint) is None
 
 
 def test_behind_a_proxy_the_proxy_decides(fresh: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -45,12 +45,20 @@ def user_decided() -> bool:
     return any(os.environ.get(name, "") != "" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+_PORTS = {"http": 80, "https": 443}
+
+
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of `url`, the port from its scheme when the URL names none (ValueError for a port that is no
+    number)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or _PORTS.get(parts.scheme, default_port)
+
+
 def reachable(endpoint: str, timeout: float = PROBE_SECONDS) -> bool:
     """Whether a TCP connection to `endpoint`'s host opens within `timeout` seconds."""
-    url = urlsplit(endpoint)
-    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+        with socket.create_connection(_address(endpoint, 443), timeout=timeout):
             return True
     except (OSError, ValueError):  # no such host, refused, timed out, no network
         return False
@@ -75,24 +83,23 @@ def without_credentials(proxy: str) -> str:
 
 
 _NO_ROUTE = (b"502", b"503", b"504")  # a proxy's answers for an upstream it cannot reach
-_PROXY_PORTS = {"http": 80, "https": 443}  # else SOCKS's 1080
 
 
 def through_proxy(proxy: str, endpoint: str, timeout: float = PROBE_SECONDS) -> str | None:
     """Why the Hub at `endpoint` is not reachable through `proxy`, or None when it may be: the proxy does not accept a
     TCP connection within `timeout`, or (an http:// proxy) answers a CONNECT to the endpoint's host with 502, 503 or
     504. Proxies spoken to in TLS or SOCKS are judged by the connection alone."""
-    url, target = urlsplit(proxy), urlsplit(endpoint)
+    url = urlsplit(proxy)
     shown = without_credentials(proxy)
     try:
-        sock = socket.create_connection((url.hostname or "", url.port or _PROXY_PORTS.get(url.scheme, 1080)),
-                                        timeout=timeout)
+        sock = socket.create_connection(_address(proxy, 1080), timeout=timeout)  # 1080: SOCKS's
     except (OSError, ValueError):  # no such host, refused, timed out, no network
         return f"the proxy {shown} did not answer within {timeout:.0f} s"
     with sock:
         if url.scheme != "http":
             return None
-        host = f"{target.hostname}:{target.port or _PROXY_PORTS.get(target.scheme, 443)}"
+        name, port = _address(endpoint, 443)
+        host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"  # an IPv6 address in brackets
         request = f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"
         if url.username is not None:
             pair = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
