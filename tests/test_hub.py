@@ -151,6 +151,7 @@ def test_a_proxy_is_asked_for_a_tunnel_to_the_hub() -> None:
         hub.through_proxy(proxy.url, "https://[2001:db8::1]:8443")
         assert [r.split("\r\n")[0] for r in proxy.requests[1:]] == ["CONNECT mirror.example:80 HTTP/1.1",
                                                                        "CONNECT [2001:db8::1]:8443 HTTP/1.1"]
+        assert hub.through_proxy(proxy.url, "https://mirror.example:port") is None and len(proxy.requests) == 3
         # a SOCKS proxy is not spoken to in HTTP: its listening port alone says it may reach the Hub
         assert hub.through_proxy(proxy.url.replace("http:", "socks5:"), endpoint) is None
     for answer in (b"HTTP/1.1 200 Connection established\r\n\r\n", b"HTTP/1.0 407 Proxy Authentication Required\r\n",

@@ -92,13 +92,16 @@ def through_proxy(proxy: str, endpoint: str, timeout: float = PROBE_SECONDS) -> 
     url = urlsplit(proxy)
     shown = without_credentials(proxy)
     try:
+        name, port = _address(endpoint, 443)
+    except ValueError:  # a port that is no number: the Hub client will say so itself
+        return None
+    try:
         sock = socket.create_connection(_address(proxy, 1080), timeout=timeout)  # 1080: SOCKS's
     except (OSError, ValueError):  # no such host, refused, timed out, no network
         return f"the proxy {shown} did not answer within {timeout:.0f} s"
     with sock:
         if url.scheme != "http":
             return None
-        name, port = _address(endpoint, 443)
         host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"  # an IPv6 address in brackets
         request = f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"
         if url.username is not None:
