@@ -33,6 +33,46 @@ def _failure(done: subprocess.CompletedProcess) -> str:
     return "\n".join(lines) + "\n" + done.stderr[-3000:]
 
 
+def test_the_main_process_writes_to_the_stage_folder_only_after_every_process_looked(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """Under a launch each process looks for an earlier run in the stage folder before it trains. A process that
+    looked after the main one had written its write test there stopped with "already holds a sft run", and the
+    two-process launch below failed at random (twice under load). Here the main process's writes to the folder are
+    watched: none may come before the barrier every process reaches once it has looked."""
+    from contextlib import contextmanager
+
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.train import stage
+
+    recipe = load_recipe(str(TINY_RECIPE), [f"output_dir={tmp_path / 'run'}"])
+    folder = stage.stage_dir(recipe, "sft")
+
+    class MainProcess:  # accelerate's state as the main process of two sees it
+        is_main_process, everyone_looked = True, False
+
+        def wait_for_everyone(self) -> None:
+            self.everyone_looked = True
+
+        @contextmanager
+        def main_process_first(self):
+            yield
+            self.wait_for_everyone()
+
+    state, early = MainProcess(), []
+    write_text = Path.write_text
+
+    def watched(path: Path, *args, **kwargs):
+        if folder in path.parents and not state.everyone_looked:
+            early.append(path.relative_to(folder))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", watched)
+    monkeypatch.setattr(stage, "process_state", lambda: state)
+    monkeypatch.setattr(stage, "check_devices", lambda _: None)
+    stage.begin(recipe, "sft", resume=False, overwrite=False)
+    assert early == [] and (folder / "checkpoints" / stage.START_MODEL).is_file()
+
+
 @pytest.mark.slow
 def test_sft_and_grpo_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> None:
     run = tmp_path / "run"

@@ -54,6 +54,9 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
         raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
     state = process_state()
     check_devices(state)
+    # Every process has looked before the main one writes: a process that looked later would find the main one's
+    # files (the write test below) and stop as if the folder held a run, as one of two did at random.
+    state.wait_for_everyone()
     with state.main_process_first():
         if state.is_main_process:
             if has_files and overwrite:
