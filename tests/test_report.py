@@ -101,3 +101,18 @@ def test_a_stage_finished_before_the_call_is_told_apart() -> None:
     assert bench._earlier({"finished_at": "2026-01-01T00:00:00+0000"})
     later = (datetime.now(timezone(timedelta(hours=3))) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
     assert not bench._earlier({"finished_at": later})  # during the call, in another zone
+
+
+def test_an_sft_way_short_of_its_budget_is_named() -> None:
+    """The SFT ways' steps are the budget over the start's seconds per step; a way that then trained for less than
+    0.9 of the budget is named with its share (seed 44 at 480 GRPO steps: 321 s of GRPO's 407)."""
+    bench = load_benchmark("sft_vs_grpo")
+    seed = {"seed": 44, "grpo": {"seconds": 407.0}, "more_sft": {"seconds": 321.0},
+            "sft_alone": {"seconds": 420.0, "pipeline_seconds": 487.0}}
+    assert bench.short_of_budget(seed) == [
+        "seed 44: (a) more SFT trained 321 s of its 407 s (0.79): more time helps it only if its best step was near "
+        "its last",
+        "seed 44: (c) SFT alone trained 420 s of its 487 s (0.86): more time helps it only if its best step was near "
+        "its last"]
+    seed["more_sft"]["seconds"], seed["sft_alone"]["seconds"] = 380.0, 487.0
+    assert bench.short_of_budget(seed) == []
