@@ -20,9 +20,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(*args: str) -> subprocess.CompletedProcess:
+def _launch(*args: str, program: tuple[str, ...] = ("-m", "gsm8k_tr")) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP),
-               "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "gsm8k_tr", *args]
+               "--num_processes", "2", "--main_process_port", str(_free_port()), *program, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
@@ -71,6 +71,15 @@ def test_the_main_process_writes_to_the_stage_folder_only_after_every_process_lo
     monkeypatch.setattr(stage, "check_devices", lambda _: None)
     stage.begin(recipe, "sft", resume=False, overwrite=False)
     assert early == [] and (folder / "checkpoints" / stage.START_MODEL).is_file()
+
+
+@pytest.mark.slow
+def test_a_late_process_does_not_find_the_main_ones_write_test(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The race above on a real two-process launch, its timing made certain (`late_rank.py`): the old order fails
+    here with the one line CI had shown; now rank 0 waits for rank 1 to look, and rank 1 finds nothing."""
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", "sft.max_steps=1",
+                   "sft.save_steps=1", program=(str(Path(__file__).with_name("late_rank.py")),))
+    assert done.returncode == 0, _failure(done)
 
 
 @pytest.mark.slow
