@@ -8,27 +8,33 @@ import runpy
 import time
 from pathlib import Path
 
-if os.environ.get("RANK") == "0":
-    unlink = Path.unlink
 
-    def held(path: Path, *args, **kwargs) -> None:
-        if path.name == ".write-test":
-            time.sleep(6)
-        unlink(path, *args, **kwargs)
+def main() -> None:
+    if os.environ.get("RANK") == "0":
+        unlink = Path.unlink
 
-    Path.unlink = held
-elif os.environ.get("RANK") == "1":
-    from gsm8k_tr.processes import process_state
-    from gsm8k_tr.train import stage
+        def held(path: Path, *args, **kwargs) -> None:
+            if path.name == ".write-test":
+                time.sleep(6)
+            unlink(path, *args, **kwargs)
 
-    stage_dir = stage.stage_dir
+        Path.unlink = held
+    elif os.environ.get("RANK") == "1":
+        from gsm8k_tr.processes import process_state
+        from gsm8k_tr.train import stage
 
-    def late(recipe, name: str) -> Path:
-        process_state()  # joined, as after any earlier barrier of the command
-        folder, waited = stage_dir(recipe, name), time.monotonic()
-        while not (folder / ".write-test").exists() and time.monotonic() - waited < 10:
-            time.sleep(0.05)
-        return folder
+        stage_dir = stage.stage_dir
 
-    stage.stage_dir = late
-runpy.run_module("gsm8k_tr", run_name="__main__", alter_sys=True)
+        def late(recipe, name: str) -> Path:
+            process_state()  # joined, as after any earlier barrier of the command
+            folder, waited = stage_dir(recipe, name), time.monotonic()
+            while not (folder / ".write-test").exists() and time.monotonic() - waited < 10:
+                time.sleep(0.05)
+            return folder
+
+        stage.stage_dir = late
+    runpy.run_module("gsm8k_tr", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":  # pytest's doctest collection imports this file too
+    main()
