@@ -11,7 +11,8 @@ For each seed:
    is monitoring, not training). Its wall time is the budget.
 3. (a) More SFT from the same start for the same wall time: a fresh LoRA
    adapter on the start's merged weights, the recipe's SFT settings, as many
-   steps as the budget buys at the start's own seconds per step, evaluated as
+   steps as the budget buys at the start's own timing (`timing`: its seconds
+   per step, per held-out check and once per run), evaluated as
    the recipe's SFT evaluates, the best checkpoint by validation kept (no
    early stop: it may use its whole budget).
 4. (c) SFT alone from the base model for the pipeline's whole budget (the
@@ -52,10 +53,52 @@ def _earlier(manifest: dict[str, Any]) -> bool:
 SHORT = 0.9  # an SFT way with less of its budget than this is named
 
 
+def timing(manifest: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, float]:
+    """An SFT run's wall time in three parts, from its manifest and log history: `step`, the mean optimizer step
+    (the `step_time` each training log carries, weighted by the steps it covers); `check`, each held-out check with
+    its checkpoint (the trainer's runtime less its steps, over its checks); `once`, the rest of the stage's
+    `train_seconds` (outside `trainer.train`). The SFT ways are sized with these, not with the start's seconds per
+    step: those spread a short run's checks over its few steps, and gave the long SFT ways 0.76-1.08 of their
+    budget."""
+    steps = seconds = 0.0
+    logged = 0
+    for entry in history:
+        if "loss" not in entry:
+            continue
+        if "step_time" in entry:
+            steps += entry["step"] - logged
+            seconds += entry["step_time"] * (entry["step"] - logged)
+        logged = entry["step"]
+    runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), None)
+    if not steps or runtime is None:
+        raise SystemExit(f"the SFT start's log history has no step times or no train_runtime: remove the start "
+                         f"and run again ({manifest.get('finished_at')})")
+    step = seconds / steps
+    checks = sum("eval_runtime" in e for e in history)
+    return {"step": step, "check": max(0.0, runtime - manifest["global_step"] * step) / checks if checks else 0.0,
+            "once": max(0.0, manifest["train_seconds"] - runtime)}
+
+
+def sft_steps(budget: float, timed: dict[str, float], checks: int = 0, every: int = 0) -> int:
+    """The steps an SFT run trains in `budget` seconds at the start's `timing`, with `checks` held-out checks in all
+    or one each `every` steps."""
+    per_step = timed["step"] + (timed["check"] / every if every else 0.0)
+    return max(1, round((budget - timed["once"] - checks * timed["check"]) / per_step))
+
+
+def _checks(sft: dict[str, Any]) -> dict[str, int]:
+    """How often an SFT section checks held-out accuracy, as `sft_steps` takes it: one each `every` steps, or
+    `checks` in all (`eval_steps` below 1 is a share of the run). Checks by epoch are not counted: the recipes
+    check by steps."""
+    if str(sft.get("eval_strategy", "no")).lower() != "steps":
+        return {}
+    every = sft.get("eval_steps") or sft.get("logging_steps") or 500  # TrainingArguments' defaults
+    return {"checks": round(1 / every)} if every < 1 else {"every": int(every)}
+
+
 def short_of_budget(seed: dict[str, Any]) -> list[str]:
-    """The SFT ways that trained for less than `SHORT` of the wall time they were given: their steps come from the
-    start's seconds per step, which carry a short run's start-up and its held-out checks, so a long run takes less
-    per step than the start did (0.79-0.92 of GRPO's time at 480 GRPO steps)."""
+    """The SFT ways that trained for less than `SHORT` of the wall time they were given (`sft_steps` sizes them
+    from the start's timing; the machine's pace can still change between the start and the SFT ways)."""
     found = []
     for way, name, given in (("more_sft", "(a) more SFT", seed["grpo"]["seconds"]),
                              ("sft_alone", "(c) SFT alone", seed["sft_alone"]["pipeline_seconds"])):
@@ -111,11 +154,12 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
     data = str(prepared_data(start_recipe))
     start = sft.main(start_recipe, resume=True)
     start_dir = folder / "start" / "sft"
-    per_step = start["train_seconds"] / start["global_step"]
+    timed = timing(start, _history(start_dir))
     start_tokens = _tokens(_history(start_dir))["total"]
     result: dict[str, Any] = {"seed": seed, "start": {
         "steps": start["global_step"], "best_step": start.get("best_step"), "seconds": start["train_seconds"],
-        "tokens": start_tokens, "test_accuracy": _test(str(start_dir), start_recipe, folder / "eval-start")}}
+        "timing": timed, "tokens": start_tokens,
+        "test_accuracy": _test(str(start_dir), start_recipe, folder / "eval-start")}}
 
     grpo_recipe = load_recipe(config, [f"output_dir={folder / 'grpo'}", f"model.sft_output={start_dir}",
                                        f"data.dataset={data}", "eval.every_steps=0", *common,
@@ -133,10 +177,10 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
                       "test_accuracy": _test(str(grpo_dir), grpo_recipe, folder / "eval-grpo"),
                       "curve": _curve(grpo_dir, grpo_recipe, budget, manifest["global_step"], folder)}
 
-    sft_steps = max(1, round(budget / per_step))
+    more_steps = sft_steps(budget, timed, checks=points)
     more = load_recipe(config, [f"output_dir={folder / 'more-sft'}", f"model.name_or_path={start_dir / 'merged'}",
-                                f"data.dataset={data}", f"sft.max_steps={sft_steps}", "eval.sft_patience=0", *common])
-    every = max(1, sft_steps // points)
+                                f"data.dataset={data}", f"sft.max_steps={more_steps}", "eval.sft_patience=0", *common])
+    every = max(1, more_steps // points)
     more.sft.update({"save_steps": every, "eval_steps": every, "save_total_limit": None})
     more_manifest = sft.main(more, resume=True)
     more_dir = folder / "more-sft" / "sft"
@@ -149,7 +193,8 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
     # (c) SFT alone from the base model for the pipeline's whole budget, as one run with one schedule.
     total = start["train_seconds"] + budget
     alone = load_recipe(config, [f"output_dir={folder / 'sft-alone'}", f"data.dataset={data}",
-                                 f"sft.max_steps={max(1, round(total / per_step))}", "eval.sft_patience=0", *common])
+                                 "eval.sft_patience=0", *common])
+    alone.sft["max_steps"] = sft_steps(total, timed, **_checks(alone.sft))
     alone_manifest = sft.main(alone, resume=True)
     alone_dir = folder / "sft-alone" / "sft"
     result["sft_alone"] = {"steps": alone_manifest["global_step"], "best_step": alone_manifest.get("best_step"),

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from conftest import load_benchmark
 
 
@@ -72,8 +73,6 @@ def test_grpo_is_paired_with_each_way_on_the_same_questions_and_pooled_over_seed
 
 
 def test_a_broken_benchmark_output_is_named_in_one_line(tmp_path: Path) -> None:
-    import pytest
-
     from gsm8k_tr import report
     from gsm8k_tr.errors import UserError
 
@@ -103,9 +102,36 @@ def test_a_stage_finished_before_the_call_is_told_apart() -> None:
     assert not bench._earlier({"finished_at": later})  # during the call, in another zone
 
 
+def test_sft_ways_are_sized_by_the_starts_steps_checks_and_start_up() -> None:
+    """The start's wall time split into its optimizer steps (the logged `step_time`, weighted by the steps each log
+    covers), its held-out checks (the trainer's runtime less the steps) and the rest; the SFT ways' steps fill
+    their budget with that, their own checks counted (the start's seconds per step, checks and start-up spread
+    over 600 steps, gave them 0.79-0.92 of it)."""
+    bench = load_benchmark("sft_vs_grpo")
+    history = [{"step": 50, "loss": 1.0, "step_time": 0.10}, {"step": 100, "loss": 0.9, "step_time": 0.12},
+               {"step": 100, "eval_loss": 0.8, "eval_runtime": 2.0}, {"step": 150, "loss": 0.8},  # no time logged
+               {"step": 200, "loss": 0.7, "step_time": 0.10}, {"step": 200, "eval_loss": 0.7, "eval_runtime": 2.0},
+               {"step": 200, "train_runtime": 30.0}]
+    timed = bench.timing({"global_step": 200, "train_seconds": 36.0}, history)
+    step = (50 * 0.10 + 50 * 0.12 + 50 * 0.10) / 150  # the interval logged without a time is left out
+    assert timed == pytest.approx({"step": step, "check": (30.0 - 200 * step) / 2, "once": 6.0})
+    check = timed["check"]
+    assert bench.sft_steps(100.0, timed, checks=4) == round((100 - 6 - 4 * check) / step)
+    assert bench.sft_steps(100.0, timed, every=100) == round((100 - 6) / (step + check / 100))
+    assert bench.sft_steps(100.0, timed) > bench.sft_steps(100.0, timed, checks=4)
+    assert bench.sft_steps(1.0, timed) == 1  # a budget below the start-up still trains a step
+    assert bench._checks({"eval_strategy": "steps", "eval_steps": 100}) == {"every": 100}
+    assert bench._checks({"eval_strategy": "steps", "logging_steps": 50}) == {"every": 50}
+    assert bench._checks({"eval_strategy": "steps", "eval_steps": 0.25}) == {"checks": 4}
+    assert bench._checks({"eval_strategy": False}) == {}  # YAML's `no`
+    with pytest.raises(SystemExit, match="no step times"):
+        bench.timing({"global_step": 200, "train_seconds": 36.0, "finished_at": "x"},
+                     [e for e in history if "step_time" not in e])
+
+
 def test_an_sft_way_short_of_its_budget_is_named() -> None:
-    """The SFT ways' steps are the budget over the start's seconds per step; a way that then trained for less than
-    0.9 of the budget is named with its share (seed 44 at 480 GRPO steps: 321 s of GRPO's 407)."""
+    """A way that trained for less than 0.9 of its budget is named with its share (seed 44 at 480 GRPO steps, sized
+    by the start's seconds per step: 321 s of GRPO's 407)."""
     bench = load_benchmark("sft_vs_grpo")
     seed = {"seed": 44, "grpo": {"seconds": 407.0}, "more_sft": {"seconds": 321.0},
             "sft_alone": {"seconds": 420.0, "pipeline_seconds": 487.0}}
