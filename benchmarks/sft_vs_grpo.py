@@ -70,9 +70,10 @@ def timing(manifest: dict[str, Any], history: list[dict[str, Any]]) -> dict[str,
             seconds += entry["step_time"] * (entry["step"] - logged)
         logged = entry["step"]
     runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), None)
-    if not steps or runtime is None:
-        raise SystemExit(f"the SFT start's log history has no step times or no train_runtime: remove the start "
-                         f"and run again ({manifest.get('finished_at')})")
+    if not steps or runtime is None:  # no log came with a step time: a start shorter than its logging_steps
+        print("the SFT start logged no step time (fewer steps than sft.logging_steps): the SFT ways are sized by its "
+              "seconds per step, which counts its checks and start-up as steps", flush=True)
+        return {"step": manifest["train_seconds"] / max(1, manifest["global_step"]), "check": 0.0, "once": 0.0}
     step = seconds / steps
     checks = sum("eval_runtime" in e for e in history)
     return {"step": step, "check": max(0.0, runtime - manifest["global_step"] * step) / checks if checks else 0.0,
