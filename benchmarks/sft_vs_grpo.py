@@ -70,9 +70,10 @@ def timing(manifest: dict[str, Any], history: list[dict[str, Any]]) -> dict[str,
             seconds += entry["step_time"] * (entry["step"] - logged)
         logged = entry["step"]
     runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), None)
-    if not steps or runtime is None:  # no log came with a step time: a start shorter than its logging_steps
-        print("the SFT start logged no step time (fewer steps than sft.logging_steps): the SFT ways are sized by its "
-              "seconds per step, which counts its checks and start-up as steps", flush=True)
+    if not steps or runtime is None:  # e.g. a start shorter than its logging_steps logs no step time
+        print("the SFT start's log history has no step time or no train_runtime (a start shorter than "
+              "sft.logging_steps logs no step time): the SFT ways are sized by its seconds per step, which counts "
+              "its checks and start-up as steps", flush=True)
         return {"step": manifest["train_seconds"] / max(1, manifest["global_step"]), "check": 0.0, "once": 0.0}
     step = seconds / steps
     checks = sum("eval_runtime" in e for e in history)
@@ -155,8 +156,9 @@ def one_seed(config: str, seed: int, out: Path, grpo_steps: int | None, points: 
     data = str(prepared_data(start_recipe))
     start = sft.main(start_recipe, resume=True)
     start_dir = folder / "start" / "sft"
-    timed = timing(start, _history(start_dir))
-    start_tokens = _tokens(_history(start_dir))["total"]
+    start_history = _history(start_dir)
+    timed = timing(start, start_history)
+    start_tokens = _tokens(start_history)["total"]
     result: dict[str, Any] = {"seed": seed, "start": {
         "steps": start["global_step"], "best_step": start.get("best_step"), "seconds": start["train_seconds"],
         "timing": timed, "tokens": start_tokens,
