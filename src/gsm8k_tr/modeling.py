@@ -326,10 +326,25 @@ def unwrapped(model: Any) -> Any:
 
 
 def runs_on_static_cache(model: Any) -> bool:
-    """Whether the model (or the one a PEFT model wraps) decodes right from a static KV cache, as its class says:
-    transformers' `_can_compile_fullgraph`. GPT-Neo says no ("needs a hybrid cache"): its local attention takes
-    the query's position from the length of the keys, which a static cache holds at its full size."""
-    return bool(getattr(unwrapped(model), "_can_compile_fullgraph", False))
+    """Whether the model (or the one a PEFT model wraps) decodes from a static KV cache in one compiled graph.
+
+    Not where its class says no (transformers' `_can_compile_fullgraph`): GPT-Neo's local attention takes the
+    query's position from the length of the keys, which a static cache holds at its full size. Nor where its static
+    cache has sliding-window layers (Gemma-2, Mistral, a Qwen2 with `use_sliding_window`): transformers counts their
+    tokens in a Python int, which torch's compiler guards on, so every decoding step is a new graph (a 2-layer
+    Gemma-2 recompiled at each of its 37 steps, 56 s against 0.3 s eager; `tests/infer/test_model_families.py`).
+    transformers keeps that count an int on purpose (its issue 44609)."""
+    base = unwrapped(model)
+    return bool(getattr(base, "_can_compile_fullgraph", False)) and not has_sliding_static_layers(base.config)
+
+
+def has_sliding_static_layers(config: Any) -> bool:
+    """Whether transformers' static KV cache for `config` holds a sliding-window layer (no memory is taken: the
+    layers allocate on their first update)."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=config.get_text_config(decoder=True), max_cache_len=1)
+    return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
 
 
 def meta_model(config: Any) -> Any:

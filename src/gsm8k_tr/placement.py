@@ -277,12 +277,13 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
     (`auto_compiles`) until compiling failed in this process (`compile_failed`), eager elsewhere and for a call of a
     single generation batch (`batches`), whose one compile (15-33 s) costs more than it saves. Eager where the
     weights are `sharded` (FSDP, ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does
-    not follow) and where the model does not decode right from a `static_cache` (GPT-Neo), said once where a recipe
-    asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line."""
+    not follow) and where the model does not decode from a `static_cache` in one graph (GPT-Neo, sliding-window
+    layers: `modeling.runs_on_static_cache`), said once where a recipe asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line."""
     if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
         _refused.add(requested)
-        log.warning("decoding: %s needs a model that decodes right from a static KV cache; transformers does "
-                    "not compile this one whole (_can_compile_fullgraph), so it decodes eager", requested)
+        log.warning("decoding: %s needs a model that decodes from a static KV cache in one compiled graph; this "
+                    "one does not (GPT-Neo's local attention, or sliding-window layers, a new graph at every step), "
+                    "so it decodes eager", requested)
     if _device_type(device) == "cuda" and requested in COMPILED_DECODINGS and not sharded and static_cache:
         require_c_compiler(f"decoding: {requested}")
     compiles = requested == "auto" and compile_failure is None and auto_compiles(device)

@@ -554,6 +554,7 @@ def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path) -> None:
     assert at > planned_split + 0.1  # the planned 512-token prompt, cut to the row, would count 8 x 300 positions
 
 
+@pytest.mark.slow
 def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     # benchmarks/gpu_shapes.py's own code on the CPU, so it works the first time a GPU is there.
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "2",
