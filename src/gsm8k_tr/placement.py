@@ -278,7 +278,8 @@ def decoding(requested: str, device: Any, sharded: bool = False, batches: int | 
     single generation batch (`batches`), whose one compile (15-33 s) costs more than it saves. Eager where the
     weights are `sharded` (FSDP, ZeRO-3: gathered inside the forward, which a graph compiled for fixed weights does
     not follow) and where the model does not decode from a `static_cache` in one graph (GPT-Neo, sliding-window
-    layers: `modeling.runs_on_static_cache`), said once where a recipe asked. A compiled decoding asked for on CUDA without a C compiler for Triton is one line."""
+    layers: `modeling.runs_on_static_cache`), said once where a recipe asked. A compiled decoding asked for on CUDA
+    without a C compiler for Triton is one line."""
     if not static_cache and not sharded and requested in COMPILED_DECODINGS and requested not in _refused:
         _refused.add(requested)
         log.warning("decoding: %s needs a model that decodes from a static KV cache in one compiled graph; this "
