@@ -332,7 +332,7 @@ def runs_on_static_cache(model: Any) -> bool:
     query's position from the length of the keys, which a static cache holds at its full size. Nor where its static
     cache has sliding-window layers (Gemma-2, Mistral, a Qwen2 with `use_sliding_window`): transformers counts their
     tokens in a Python int, which torch's compiler guards on, so every decoding step is a new graph (a 2-layer
-    Gemma-2 recompiled at each of its 37 steps, 56 s against 0.3 s eager; `tests/infer/test_model_families.py`).
+    Gemma-2 recompiled 37 times in one test, 56 s against 0.3 s eager; `tests/infer/test_model_families.py`).
     transformers keeps that count an int on purpose (its issue 44609)."""
     base = unwrapped(model)
     return bool(getattr(base, "_can_compile_fullgraph", False)) and not has_sliding_static_layers(base.config)
