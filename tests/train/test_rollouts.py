@@ -308,3 +308,40 @@ def test_several_steps_of_rollouts_come_from_one_call_through_the_fast_path(tiny
         done = run_cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / name}", *common, *extra)
         assert done.returncode == 0, done.stderr[-2000:]
         assert calls == expected, name
+
+
+def test_a_batch_of_one_group_rolls_out_without_the_padding_warning(tiny_model_dir, tmp_path, caplog) -> None:
+    """TRL repeats a group's prompt, so a batch of one group has no padding and transformers' `generate` drops its
+    mask; once a token equal to the pad id comes back as input, GPT-2 warns that the input may be padded. TRL's own
+    trainer shows that false warning; this one does not, and its tokens are the same."""
+    import logging
+
+    from trl import GRPOTrainer as PlainTrainer
+
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root, where caplog listens
+    warned, tokens = [], []
+    try:
+        for trainer_cls in (PlainTrainer, GRPOTrainer):
+            trainer = _trainer(tiny_model_dir, tmp_path, trainer_cls)
+            group = _prompts(trainer.processing_class)[:1] * 4
+            trainer.generation_config.do_sample = False
+            trainer.generation_config.max_new_tokens = 24
+            completions, _ = trainer._generate_single_turn(group, None, {}, 1)
+            # A finished row is fed the pad id; as its stand-in, the pad id here is a token the rows emit and feed
+            # back (the model's config is what GPT-2's check reads; the generation config still pads with the old).
+            trainer.accelerator.unwrap_model(trainer.model).config.pad_token_id = completions[0][1]
+            caplog.clear()
+            logging.Logger.warning_once.cache_clear()  # transformers logs it once per process
+            completions, _ = trainer._generate_single_turn(group, None, {}, 1)
+            warned.append(any(r.getMessage().startswith("We strongly recommend passing in an `attention_mask`")
+                              for r in caplog.records))
+            tokens.append(completions)
+            assert "generate" not in vars(trainer.accelerator.unwrap_model(trainer.model))  # the shadowing is undone
+    finally:
+        logger.removeHandler(caplog.handler)
+        logging.Logger.warning_once.cache_clear()
+    assert warned == [True, False]
+    assert tokens[0] == tokens[1] and len(tokens[0][0]) > 2

@@ -19,6 +19,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
+from unittest.mock import patch
 
 from gsm8k_tr import modeling, placement
 from gsm8k_tr.errors import UserError
@@ -51,6 +52,20 @@ def quiet_unpadded(attention_mask: Any) -> Any:
         yield
     finally:
         logger.removeFilter(keep)
+
+
+def quiet_unpadded_calls(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Within the block, each `model.generate` call runs under `quiet_unpadded` of its own attention mask: for
+    callers that build the call themselves (TRL's rollouts, where a batch of one group repeats one prompt and so has
+    no padding). An instance attribute shadows the method for the block and is removed after."""
+    method = model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        mask = kwargs.get("attention_mask")
+        with quiet_unpadded(mask) if mask is not None else contextlib.nullcontext():
+            return method(*args, **kwargs)
+
+    return patch.object(model, "generate", generate)
 
 
 @dataclass

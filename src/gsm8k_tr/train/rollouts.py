@@ -40,7 +40,9 @@ in place of TRL's (which turns compiling off) and its prompts padded to a
 multiple of `PROMPT_MULTIPLE` tokens (TRL's own `pad_to_multiple_of`), both
 for that call only; with `compiled-step` the call goes to
 `infer/compiled_step.py`, its prompts padded alike. `placement.rollout_path`
-decides where each of these runs.
+decides where each of these runs. A batch of one group repeats one prompt, so
+it has no padding, `generate` drops its mask and GPT-2 warns that the input
+may be padded; that false warning is kept out (`generation.quiet_unpadded`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 from unittest.mock import patch
 
 from gsm8k_tr import placement
-from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, stop_check
+from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step, generation, stop_check
 from gsm8k_tr.infer.kv_cache import growing_cache
 from gsm8k_tr.infer.sampling import one_draw_per_row
 
@@ -186,6 +188,7 @@ class FastRollouts:
             stack.enter_context(one_draw_per_row(self.rollouts.get("sampler") == "inverse_cdf"))
             stack.enter_context(attention_kernels.only(self.rollouts.get("attention")))
             stack.enter_context(stop_check.deferred(self.rollouts.get("stop_check") == "deferred"))
+            stack.enter_context(generation.quiet_unpadded_calls(model))
             return super()._generate_single_turn(*args, **kwargs)
 
 
