@@ -202,6 +202,12 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
     empty.write_text("")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("question,answer\nAyşe'nin 3 elması var,3\n".encode("latin-1", errors="replace").replace(b"?", b"\xfe"))
+    torn = tmp_path / "torn.csv"  # a UTF-16 byte-order mark and an odd number of bytes: cut short mid-character
+    torn.write_bytes("question,answer\nAyşe'nin 3 elması var,3\n".encode("utf-16")[:-1])
+    unclosed = tmp_path / "unclosed.csv"  # the quote runs to the end: one field where the header has two
+    unclosed.write_text('question,answer\n"Ali 3 elma aldı, 2 daha aldı\n', encoding="utf-8")
+    listed = tmp_path / "listed.jsonl"  # a list where text belongs would be trained on as its Python repr
+    listed.write_text('{"question": ["Ali 3 elma aldı"], "answer": "3"}\n')
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "a 1", "answer": "1"}\n{"question": oops}\n')
     no_question = write_csv(tmp_path / "noq.csv", [("  ", "3 elma")])
@@ -212,7 +218,11 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(tmp_path / "missing.csv")], "does not exist"),
         (["--dataset", str(empty)], "empty.csv: file is empty"),
         (["--dataset", str(latin)], "latin.csv: not UTF-8 text (byte 0xfe"),
+        (["--dataset", str(torn)], "torn.csv: starts as UTF-16 text but is not (byte 80 of 81: truncated data)"),
         (["--dataset", str(broken)], "broken.jsonl:2: malformed JSON line"),
+        (["--dataset", str(unclosed)], "has no rows: 1 ragged csv row(s) skipped (fields that do not match the header "
+                                        "often follow an unclosed quote)"),
+        (["--dataset", str(listed)], "listed.jsonl:1: column 'question' holds list ['Ali 3 elma aldı'], not text"),
         (["--dataset", str(no_question)], "noq.csv:2: empty question"),
         (["--dataset", str(no_number)], "nonum.csv:2: no number in the question or the answer"),
         (["--dataset", str(wrong_cols)], "no column 'question'; columns are: soru, cevap"),
@@ -241,6 +251,18 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["dropped"] == {"empty_question": 1, "no_number": 1, "ragged_csv_row": 1}
     assert sum(report["written"].values()) == 1 and report["rows_read"] == 4
+    # JSON values that are not text: a number is an answer as it stands, a list or true is not.
+    lines = [{"question": "Ali'nin 2 elması var, 3 tane daha aldı. Kaç elması var?", "answer": 5},
+             {"question": "Ayşe'nin 4 kalemi var, 1 tane verdi. Kaç kalemi kaldı?", "answer": True},
+             {"question": {"tr": "Ahmet 6 km koştu, sonra 2 km daha. Kaç km koştu?"}, "answer": "8"}]
+    src = tmp_path / "typed.jsonl"
+    src.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / "out-typed"
+    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.skip_invalid_rows=true") == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["dropped"] == {"not_text": 2} and sum(report["written"].values()) == 1
+    kept = [json.loads(line) for split in ("train", "validation", "test") for line in (out / f"{split}.jsonl").open()]
+    assert [row["answer"] for row in kept] == ["5"]
 
 
 def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv: Path, tmp_path: Path) -> None:

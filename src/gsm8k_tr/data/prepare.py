@@ -192,6 +192,9 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         dropped[reason] += 1
 
     for row in rows:
+        if row.problem:
+            invalid(row.origin, "not_text", row.problem)
+            continue
         question = row.values[data.question_column].strip()
         solution, label = split_answer(row.values[data.answer_column])
         if not question:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 import re
 import sys
 from collections import Counter
@@ -30,14 +31,21 @@ class RawRow:
     origin: str  # "path:row" or "hub-id[split]:row", for messages and the report
     split: str  # the source's own split or file name
     values: dict[str, Any]
+    problem: str = ""  # why a value is neither text nor a number: `prepare` refuses the row, or skips and counts it
 
 
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     if not data.strip():
         raise UserError(f"{path}: file is empty; give a file with a header and rows")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a byte-order mark: Excel's "Unicode text" is UTF-16
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as error:
+            raise UserError(
+                f"{path}: starts as UTF-16 text but is not (byte {error.start} of {len(data)}: {error.reason}); "
+                "re-save the file as UTF-8"
+            ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -232,6 +240,11 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
             checked.add(source)
         for column in columns:
             value = row.values[column]
+            # A list or an object would be written out as its Python repr ("['Ali 3 elma aldı']") and trained on.
+            if not (value is None or isinstance(value, (str, numbers.Number))) or isinstance(value, bool):
+                row.problem = row.problem or (f"column {column!r} holds {type(value).__name__} {repr(value)[:60]}, "
+                                              "not text or a number")
+                value = None
             # Windows line ends (a CSV saved by Excel) would teach the model to write carriage returns.
             row.values[column] = "" if value is None else str(value).replace("\r\n", "\n").replace("\r", "\n")
         if any(len(row.values[c]) > MAX_FIELD_CHARS for c in columns):
@@ -241,5 +254,7 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
-        raise UserError(f"data source {spec!r} has no rows")
+        why = ", ".join(f"{count} {reason.replace('_', ' ')}(s)" for reason, count in sorted(skipped.items()))
+        hint = " (fields that do not match the header often follow an unclosed quote)" if skipped["ragged_csv_row"] else ""
+        raise UserError(f"data source {spec!r} has no rows" + (f": {why} skipped{hint}" if why else ""))
     return rows, skipped
