@@ -258,7 +258,8 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
     src = tmp_path / "typed.jsonl"
     src.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
     out = tmp_path / "out-typed"
-    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out), "data.skip_invalid_rows=true") == 0
+    args = ("--dataset", str(src), "--reference", "none", "--output", str(out), "data.skip_invalid_rows=true")
+    assert run_prepare(*args) == 0
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["dropped"] == {"not_text": 2} and sum(report["written"].values()) == 1
     kept = [json.loads(line) for split in ("train", "validation", "test") for line in (out / f"{split}.jsonl").open()]

@@ -255,6 +255,7 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
             break
     if not rows:
         why = ", ".join(f"{count} {reason.replace('_', ' ')}(s)" for reason, count in sorted(skipped.items()))
-        hint = " (fields that do not match the header often follow an unclosed quote)" if skipped["ragged_csv_row"] else ""
+        ragged = skipped["ragged_csv_row"]
+        hint = " (fields that do not match the header often follow an unclosed quote)" if ragged else ""
         raise UserError(f"data source {spec!r} has no rows" + (f": {why} skipped{hint}" if why else ""))
     return rows, skipped
