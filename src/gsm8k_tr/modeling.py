@@ -112,7 +112,7 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer of {source!r}: {one_line(error)}") from None
+        raise UserError(f"cannot load the tokenizer of {source!r}: {load_failure(error)}") from None
     return require_vocabulary(tokenizer, source)
 
 
@@ -137,6 +137,15 @@ def refuse_pickle(folder: Path) -> None:
         raise UserError(f"{folder} holds weights only as pickle ({', '.join(pickled[:3])}), which can run code when "
                         "loaded; gsm8k-tr loads safetensors only. Convert them where you trust the file "
                         "(model.save_pretrained(dir, safe_serialization=True)) and point at that folder")
+
+
+def load_failure(error: BaseException) -> str:
+    """Why loading failed, in one line; for a model that needs its own Python code, the recipe key that allows it
+    (transformers says how on a second line, which one line leaves out)."""
+    text = one_line(error)
+    if "contains custom code" in text or "references custom code" in text:
+        text += " It runs Python from the model's files: set model.trust_remote_code=true only for code you trust"
+    return text
 
 
 def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> Any:
@@ -168,7 +177,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
                                                      use_safetensors=None if gguf else True, use_kernels=False,
                                                      **kwargs, **({"activation_function": fused} if fused else {}))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load model {source!r}: {one_line(error)}") from None
+        raise UserError(f"cannot load model {source!r}: {load_failure(error)}") from None
     except SafetensorError as error:  # a file cut short, or not safetensors
         raise damaged(source, error) from None
     if gguf:

@@ -58,6 +58,28 @@ def test_trust_remote_code_is_off_unless_the_recipe_turns_it_on() -> None:
     assert kwargs["trust_remote_code"] is True
 
 
+def test_a_model_with_its_own_code_is_refused_with_the_key_that_allows_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A folder whose config maps the model to Python files beside it: transformers would import them. Off by default,
+    # and the one line names the recipe key (transformers' own advice is on a second line).
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom-gpt", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                     "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        (folder / name).write_text(f"open({str(ran)!r}, 'w').close()\n")
+    with pytest.raises(UserError, match="contains custom code.*set model.trust_remote_code=true only for code you"):
+        modeling.load_model(ModelConfig(name_or_path=str(folder)))
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"model.name_or_path={folder}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "set model.trust_remote_code=true only for code you trust" in done.stderr.strip().splitlines()[-1]
+    assert not ran.exists()
+
+
 def test_pickle_weights_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     folder = tmp_path / "pickled"
     folder.mkdir()

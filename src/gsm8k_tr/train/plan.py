@@ -14,7 +14,7 @@ from typing import Any
 
 from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.errors import UserError
 from gsm8k_tr.train.fitting import fit_micro_batch, wants_auto
 from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
 
@@ -63,7 +63,7 @@ def model_config(recipe: Recipe) -> Any:
     except (OSError, ValueError) as error:
         known = KNOWN_CONFIGS.get(cfg.name_or_path)
         if known is None:
-            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({one_line(error)[:160]}); "
+            raise UserError(f"cannot read the config of {cfg.name_or_path!r} ({modeling.load_failure(error)}); "
                             "the plan needs its config.json (no weights)") from None
         log.warning("%s: the Hub is not reachable; planning with its published shape %s", cfg.name_or_path, known)
         return AutoConfig.for_model(**known)

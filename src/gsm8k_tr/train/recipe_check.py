@@ -33,7 +33,7 @@ from typing import Any
 from gsm8k_tr import hub, modeling, placement, toolchain
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import sources, splits
-from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.rewards import build_rewards
 from gsm8k_tr.train import fitting, memory, plan
 from gsm8k_tr.train.trl_configs import grpo_args, sft_args
@@ -125,7 +125,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         if local.is_dir():
-            raise UserError(f"cannot read the config of {name!r}: {one_line(error)}") from None
+            raise UserError(f"cannot read the config of {name!r}: {modeling.load_failure(error)}") from None
         known = plan.KNOWN_CONFIGS.get(name)  # a shipped recipe's model: its published shape, for lengths and memory
         shape = AutoConfig.for_model(**known) if known else None
         return shape, None, f"{name} (not in the local cache: {'its published shape; ' if known else ''}" \
@@ -133,7 +133,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
     try:
         tokenizer = modeling.require_vocabulary(AutoTokenizer.from_pretrained(source, **kwargs), name)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer of {name!r}: {one_line(error)}") from None
+        raise UserError(f"cannot load the tokenizer of {name!r}: {modeling.load_failure(error)}") from None
     return config, tokenizer, f"{name} (config and tokenizer)"
 
 
