@@ -19,9 +19,9 @@ Open this module to learn what a run does on a machine:
   `infer/compiled_decoding.py`) on a CUDA GPU, measured 9.7x the eager GRPO step on an H200, and in eager PyTorch
   elsewhere and for a single generation batch, in GRPO's rollouts and every evaluation; a recipe's `decoding` can
   force either, or ask for the whole step (the forward, the draw and the stop bookkeeping) as one compiled graph
-  (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU); eager for a model transformers does not
-  compile whole (GPT-Neo), on a GPU without a C compiler for Triton (a compiled decoding asked for there is one line),
-  and for the rest of the process once compiling failed (`compile_failed`);
+  (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU); eager for a model that does not decode in
+  one graph (GPT-Neo, sliding-window layers), on a GPU without a C compiler for Triton (a compiled decoding asked for
+  there is one line), and for the rest of the process once compiling failed (`compile_failed`);
 - **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's rollouts run under the trainer's autocast
   with the frozen matmul weights in that dtype for the call (TRL's decoded in float32);
 - **prefill** (`rollout_path`): a GRPO group's prompt prefilled once for all its completions, where the cache is the
@@ -38,8 +38,7 @@ Open this module to learn what a run does on a machine:
   (TRL projects every position there);
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six elementwise ops in Python) as PyTorch's one
   fused op, the same function; transformers' Hub kernels off everywhere (`modeling.load_model`);
-- **vLLM** (`require_vllm`): the optional extra and a CUDA GPU;
-- **data loading** (`pin_memory`): pinned host memory only with a GPU;
+- **vLLM** (`require_vllm`): the optional extra and a CUDA GPU; **data loading** (`pin_memory`): pinned only with one;
 - **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free memory, or the host's on a CPU, for the
   plan.
 
@@ -53,6 +52,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import platform
 from typing import Any
 
 from gsm8k_tr.errors import UserError, compiler_failure
@@ -88,11 +88,12 @@ def native_bf16() -> bool:
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX: AMD Zen 4, Intel Xeon since Cooper Lake). There
-    a decoding step's matmul ran 2.2x float32; on a CPU without them bf16 is emulated, 1.6-3.2x slower than float32
-    (docs/benchmarks.md)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own, private: absent means no
-    return any(getattr(_torch().cpu, check, lambda: False)() for check in checks)
+    """Whether this CPU computes in bf16 itself: AVX-512 BF16 or AMX (AMD Zen 4, Intel Xeon since Cooper Lake), where
+    a decoding step's matmul ran 2.2x float32, emulated elsewhere and 1.6-3.2x slower (docs/benchmarks.md); or Arm's
+    BF16 extension (Neoverse V1, V2: Graviton 3, 4), not yet measured. torch's own checks, private: absent is no."""
+    if platform.machine().lower() in ("aarch64", "arm64"):  # cpuinfo's BF16 flag there (on x86 it means AVX-512 only)
+        return bool(getattr(_torch().ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return any(getattr(_torch().cpu, c, lambda: 0)() for c in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
@@ -104,7 +105,8 @@ def training_precision(section: dict[str, Any], name: str) -> dict[str, bool]:
     if section.get("bf16") and not cuda:
         if not cpu_bf16():
             raise UserError(f"recipe key '{name}.bf16' is true but this machine has no CUDA GPU and its CPU no bf16 "
-                            "instructions (AVX-512 BF16 or AMX), where bf16 runs slower than fp32; remove it")
+                            "instructions (AVX-512 BF16, AMX or Arm's BF16), where bf16 runs slower than fp32; "
+                            "remove it")
         return {"bf16": True, "fp16": False, "use_cpu": True}  # transformers takes bf16 on a CPU only with use_cpu
     if section.get("bf16") and not torch.cuda.is_bf16_supported():
         raise UserError(f"recipe key '{name}.bf16' is true but this GPU has no bf16; remove it")
@@ -182,8 +184,8 @@ def inference_dtype(device: Any, requested: str = "auto") -> Any:
         raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
     if requested != "auto":
         if requested == "bfloat16" and device.type == "cpu" and not cpu_bf16():
-            log.warning("eval.dtype bfloat16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX), so torch "
-                        "emulates them, slower than float32; remove the key to evaluate in float32")
+            log.warning("eval.dtype bfloat16: this CPU has no bf16 instructions (AVX-512 BF16, AMX or Arm's BF16), so "
+                        "torch emulates them, slower than float32; remove the key to evaluate in float32")
         return getattr(torch, requested)
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16() else torch.float16

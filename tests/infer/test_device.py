@@ -147,6 +147,26 @@ def test_bf16_on_a_cpu_only_where_asked_and_computed_in(cpu_bf16: bool, caplog, 
             assert placement.training_precision(section, "sft")["bf16"]
 
 
+@pytest.mark.parametrize("arm_bf16", [False, True])
+def test_an_arm_cpu_computes_in_bf16_where_torch_reports_the_extension(arm_bf16: bool, monkeypatch) -> None:
+    # On Arm, torch's oneDNN check reads cpuinfo's BF16 flag (Neoverse V1, V2); on x86 the same check means AVX-512
+    # alone, where bf16 is emulated, so it is asked on Arm only, and the x86 checks are not asked there.
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: arm_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not arm_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert placement.cpu_bf16() is arm_bf16
+    if arm_bf16:
+        assert placement.training_precision({"bf16": True}, "sft")["bf16"]
+    else:
+        with pytest.raises(UserError, match="AVX-512 BF16, AMX or Arm's BF16"):
+            placement.training_precision({"bf16": True}, "sft")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")  # the x86 checks again
+    assert placement.cpu_bf16() is not arm_bf16
+
+
 def test_sft_and_grpo_train_in_bf16_on_a_cpu_that_has_it(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
     # TrainingArguments refuses bf16 on a CPU unless use_cpu is set; accelerate then autocasts on the CPU, and
     # GRPO's rollouts take their weight copies in bf16. (Stood in for where this CPU has no bf16: it runs, slower.)
