@@ -220,8 +220,8 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(latin)], "latin.csv: not UTF-8 text (byte 0xfe"),
         (["--dataset", str(torn)], "torn.csv: starts as UTF-16 text but is not (byte 80 of 81: truncated data)"),
         (["--dataset", str(broken)], "broken.jsonl:2: malformed JSON line"),
-        (["--dataset", str(unclosed)], "has no rows: 1 ragged csv row(s) skipped (fields that do not match the header "
-                                        "often follow an unclosed quote)"),
+        (["--dataset", str(unclosed)], "has no rows: every row skipped (ragged_csv_row: 1); fields that do not match "
+                                        "the header often follow an unclosed quote"),
         (["--dataset", str(listed)], "listed.jsonl:1: column 'question' holds list ['Ali 3 elma aldı'], not text"),
         (["--dataset", str(no_question)], "noq.csv:2: empty question"),
         (["--dataset", str(no_number)], "nonum.csv:2: no number in the question or the answer"),

@@ -254,8 +254,8 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
-        why = ", ".join(f"{count} {reason.replace('_', ' ')}(s)" for reason, count in sorted(skipped.items()))
+        why = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))  # prepare_report's names
         ragged = skipped["ragged_csv_row"]
-        hint = " (fields that do not match the header often follow an unclosed quote)" if ragged else ""
-        raise UserError(f"data source {spec!r} has no rows" + (f": {why} skipped{hint}" if why else ""))
+        hint = "; fields that do not match the header often follow an unclosed quote" if ragged else ""
+        raise UserError(f"data source {spec!r} has no rows" + (f": every row skipped ({why}){hint}" if why else ""))
     return rows, skipped
