@@ -156,6 +156,7 @@ def test_an_arm_cpu_computes_in_bf16_where_torch_reports_the_extension(arm_bf16:
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: arm_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not arm_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert placement.cpu_bf16() is arm_bf16
     if arm_bf16:
