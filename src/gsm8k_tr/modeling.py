@@ -271,8 +271,13 @@ def _mark_special(tokenizer: Any, token: str, token_id: int) -> None:
     if tokenizer.convert_tokens_to_ids(token) != token_id or tokenizer.decode([token_id], skip_special_tokens=True):
         raise UserError(f"cannot make the stop token {token!r} special in this tokenizer ({type(tokenizer).__name__}), "
                         "so its text would reach the rewards; use a fast tokenizer (tokenizer.json)")
-    log.info("the stop token %r is a plain token in this tokenizer; marked it special so decoded text never holds it",
-             token)
+    # Once a process: a pipeline loads the tokenizer at every stage, and each time it is the same news.
+    (log.debug if token in _MARKED else log.info)(
+        "the stop token %r is a plain token in this tokenizer; marked it special so decoded text never holds it", token)
+    _MARKED.add(token)
+
+
+_MARKED: set[str] = set()  # stop tokens said to be marked special in this process
 
 
 # Fields of a GenerationConfig that change which tokens come out (the ones worth a word when dropped).
