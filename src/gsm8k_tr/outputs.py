@@ -1,17 +1,28 @@
-"""Output folders: written so that nothing is half-written or silently replaced, and read back with one line
-naming a damaged file."""
+"""Output folders: written so that nothing is half-written, silently replaced or written by two runs at once, and
+read back with one line naming a damaged file."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from gsm8k_tr.errors import UserError, one_line
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; folders are not guarded there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+_HELD: dict[tuple[int, int], int] = {}  # the run folders this process holds: (device, inode) -> how deep
 
 
 def check_writable(output: Path, overwrite: bool) -> None:
@@ -33,10 +44,16 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     check_writable(output, overwrite)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        # Left by a writer that was killed: never the output itself, so safe to clear.
-        for stale in [*output.parent.glob(f".{output.name}.tmp-*"), *output.parent.glob(f".{output.name}.old-*")]:
+        # Left by a writer that was killed: never the output itself, so safe to clear. A writer still at work holds
+        # a lock on its own temporary folder, and that folder stays.
+        for stale in output.parent.glob(f".{output.name}.tmp-*"):
+            with _held_by_nobody(stale) as free:
+                if free:
+                    shutil.rmtree(stale, ignore_errors=True)
+        for stale in output.parent.glob(f".{output.name}.old-*"):  # only ever deleted, by whoever gets there
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        mine = _lock(tmp)
     except OSError as error:
         raise UserError(f"cannot write to {str(output.parent)!r}: {error.strerror}") from None
     try:
@@ -51,6 +68,8 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if mine is not None:
+            os.close(mine)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -68,3 +87,103 @@ def read_json(path: Path, remedy: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors
         raise UserError(f"{path}: not valid JSON ({one_line(error)[:120]}); {remedy}") from None
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one run: another process that asks for it meanwhile stops with one line naming this one.
+
+    Two runs writing one folder would save checkpoints beside each other's,
+    and a second run's `--overwrite` would delete the first's under it. The
+    lock is the folder's own (flock), so no file is left behind, and the OS
+    frees it when its holder ends, killed or not: `--resume` after a kill
+    finds it free. Re-entrant within a process (the pipeline holds the run
+    folder while its stages ask for it again). Where the file system has no
+    locks (some network mounts) the run goes on unguarded.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write to {folder}: {error.strerror}; choose a writable output_dir") from None
+    stat = folder.stat()
+    key = (stat.st_dev, stat.st_ino)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        handle = _lock(folder)
+    except BlockingIOError:
+        raise UserError(f"{folder} is in use by another run{_holder(stat)}; wait for it to end or stop it, or choose "
+                        "another output_dir") from None
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if handle is not None:
+            os.close(handle)  # closing the descriptor releases the lock
+
+
+def _lock(folder: Path) -> int | None:
+    """An open descriptor of `folder` holding its exclusive lock, or None where locks are not to be had;
+    BlockingIOError when another process holds it."""
+    if fcntl is None:
+        return None
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise
+    except OSError as error:  # e.g. ENOLCK on a network mount
+        os.close(handle)
+        log.debug("no lock on %s (%s); going on without one", folder, error.strerror)
+        return None
+    return handle
+
+
+@contextmanager
+def _held_by_nobody(folder: Path) -> Iterator[bool]:
+    """True (while holding its lock) when no live process holds `folder`; False when one does."""
+    try:
+        handle = _lock(folder)
+    except BlockingIOError:
+        yield False
+        return
+    except OSError:  # gone already, or unreadable: nothing to take
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+def _holder(stat: os.stat_result) -> str:
+    """' (process 123: gsm8k-tr sft --config r.yaml)' for the local process holding the folder `stat` describes, read
+    from Linux's /proc/locks; '' elsewhere (another OS, or a holder on another machine of a shared file system)."""
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    with suppress(OSError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and "->" not in fields and len(fields) > 5 and fields[5] == where:
+                pid = fields[4]
+                with suppress(OSError):
+                    words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                    return f" (process {pid}: {_command(words)})"
+                return f" (process {pid})"
+    return ""
+
+
+def _command(words: list[str], limit: int = 160) -> str:
+    """A process's command line as its user typed it: `gsm8k-tr sft ...`, not the interpreter's path before it."""
+    words = [w for w in words if w] or ["?"]
+    start = next((i for i, w in enumerate(words) if Path(w).name == "gsm8k-tr"
+                  or (w == "gsm8k_tr" and i and words[i - 1] == "-m")), None)
+    line = " ".join(["gsm8k-tr", *words[start + 1:]] if start is not None else [Path(words[0]).name, *words[1:]])
+    return line if len(line) <= limit else line[: limit - 1] + "…"

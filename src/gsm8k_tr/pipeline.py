@@ -23,6 +23,7 @@ from typing import Any
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_write_text, read_json
+from gsm8k_tr.run_folder import held_by_one_run
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def summary(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+@held_by_one_run
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
          announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""

@@ -7,12 +7,16 @@ the stage finished. Inference reads these; only training writes stages.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.outputs import read_json
+from gsm8k_tr.outputs import read_json, run_lock
 from gsm8k_tr.processes import process_state
+
+T = TypeVar("T")
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
@@ -43,3 +47,18 @@ def prepared_data(recipe: Recipe) -> Path:
 
     with process_state().main_process_first():
         return ensure_prepared(recipe)
+
+
+def held_by_one_run(main: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a command's `main(recipe, ...)` that trains into `recipe.output_dir`: its main process holds the
+    folder for the whole call (`outputs.run_lock`), so a second run into it stops with one line, before it reads or
+    deletes anything."""
+
+    @functools.wraps(main)
+    def held(recipe: Recipe, *args: Any, **kwargs: Any) -> T:
+        if not process_state().is_main_process:  # the launch's other processes run under their main one's hold
+            return main(recipe, *args, **kwargs)
+        with run_lock(Path(recipe.output_dir)):
+            return main(recipe, *args, **kwargs)
+
+    return held

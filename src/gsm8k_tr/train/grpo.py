@@ -33,7 +33,7 @@ from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.answers import is_correct
 from gsm8k_tr.grading.rewards import build_rewards, completion_text
 from gsm8k_tr.infer.generation import stop_ids
-from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest, stage_dir
+from gsm8k_tr.run_folder import held_by_one_run, is_finished, prepared_data, read_manifest, stage_dir
 from gsm8k_tr.train import fitting, memory, prompt_filter, recipe_check, stage
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
@@ -131,6 +131,7 @@ def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
     return str(folder / "merged"), manifest
 
 
+@held_by_one_run
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     """Run the GRPO stage; returns its manifest. `check=False`: the caller checked the whole recipe already."""
     if check:

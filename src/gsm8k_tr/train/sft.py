@@ -28,7 +28,7 @@ from gsm8k_tr import modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data import examples, splits
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.run_folder import prepared_data, read_manifest
+from gsm8k_tr.run_folder import held_by_one_run, prepared_data, read_manifest
 from gsm8k_tr.train import fitting, memory, recipe_check, stage
 from gsm8k_tr.train.batch_order import SeededRebalance
 from gsm8k_tr.train.checkpoints import AtomicCheckpoints
@@ -61,6 +61,7 @@ class SFTTrainer(SeededRebalance, TimedSteps, CountedFlops, CompactScoring, Atom
         return output
 
 
+@held_by_one_run
 def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     """Run the SFT stage; returns its manifest. `check=False`: the caller checked the whole recipe already."""
     if check:
