@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 
 from gsm8k_tr import __version__
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import Stopped, UserError
 
 
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"gsm8k-tr {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"gsm8k-tr {args.command}: {stop}", file=sys.stderr)
+        return stop.code
     except KeyboardInterrupt:
         print(f"gsm8k-tr {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,15 @@ class UserError(Exception):
     """
 
 
+class Stopped(Exception):
+    """Training stopped on a signal, its checkpoint saved: the CLI prints the line and exits with `code` (128 + the
+    signal's number, as a shell reports a process the signal ended)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def one_line(error: BaseException) -> str:
     """An exception's first non-empty line (its type's name when it has no text), for a one-line UserError."""
     text = str(error).strip().splitlines()

@@ -1,4 +1,5 @@
-"""kill -9 a real training process at a step boundary, mid-checkpoint and mid-merge; --resume loses nothing."""
+"""kill -9 a real training process at a step boundary, mid-checkpoint and mid-merge, or stop it with SIGTERM or Ctrl-C;
+--resume loses nothing."""
 
 from __future__ import annotations
 
@@ -126,3 +127,32 @@ def test_a_resume_that_changes_what_the_checkpoints_were_trained_as_is_refused(t
     assert run_cli("sft", *sft, "--overwrite").returncode == 0
     done = run_cli("grpo", *grpo, "--resume")
     assert done.returncode == 2 and "its checkpoints belong to another model" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_sigterm_or_ctrl_c_saves_the_step_it_stops_at_and_resume_goes_on_from_it(number: int, tmp_path: Path,
+                                                                                     tiny_model_dir: Path) -> None:
+    # Before, a Ctrl-C or a scheduler's SIGTERM lost every step since the last periodic checkpoint (none here).
+    run, log = tmp_path / "run", tmp_path / "output.txt"
+    args = _args("sft", run, "sft.max_steps=100000", "sft.save_steps=100000", "sft.logging_steps=1")  # later wins
+    with log.open("w") as output:
+        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)  # steps are on stdout
+        deadline = time.time() + 300
+        while "step 3:" not in log.read_text(errors="replace") and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        process.send_signal(number)  # training is under way
+        assert process.wait(timeout=300) == 128 + number
+    lines = log.read_text(errors="replace").strip().splitlines()
+    checkpoints = run / "sft" / "checkpoints"
+    saved = [p for p in checkpoints.iterdir() if p.name.startswith("checkpoint-")]
+    assert len(saved) == 1, lines[-5:]
+    step = int(saved[0].name.rsplit("-", 1)[1])
+    assert json.loads((saved[0] / "trainer_state.json").read_text())["global_step"] == step >= 3
+    assert lines[-1] == (f"gsm8k-tr sft: stopped by {signal.Signals(number).name} at step {step}; its checkpoint is "
+                         f"saved ({checkpoints}/checkpoint-{step}): run the same command with --resume to continue")
+    assert not (run / "sft" / "manifest.json").exists() and not (run / "sft" / "merged").exists()  # not finished
+    if number == signal.SIGTERM:
+        resumed = _run("sft", run, "--resume", f"sft.max_steps={step + 2}")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        manifest = json.loads((run / "sft" / "manifest.json").read_text())
+        assert manifest["global_step"] == step + 2 and manifest["resumed_from"].endswith(f"checkpoint-{step}")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,45 @@ def test_a_launch_that_loses_its_sharding_or_processes_says_so(tmp_path: Path, t
         lines = [line for line in stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
         assert lines and all(says in line for line in lines), stderr[-2000:]
         assert not any((run / "sft").rglob("*.safetensors"))  # nothing trained
+
+
+def _rank(pid: int) -> int | None:
+    """The RANK a launched worker process runs as (Linux's /proc), None for another process."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(item[5:]) for item in environ if item.startswith(b"RANK=")), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the launch's workers in Linux's /proc")
+def test_a_sigterm_to_one_process_stops_both_at_one_step_with_its_checkpoint(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    # Each process stopping alone (transformers' enable_jit_checkpoint) would leave the other waiting at the next step.
+    run, output = tmp_path / "run", tmp_path / "output.txt"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes", "2",
+               "--main_process_port", str(_free_port()), "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
+               f"output_dir={run}", "sft.max_steps=100000", "sft.save_steps=100000", "sft.logging_steps=1",
+               "eval.every_steps=0"]
+    with output.open("w") as sink:
+        launcher = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + 300
+        while "step 3:" not in output.read_text(errors="replace") and launcher.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        workers = [int(pid) for pid in os.popen(f"pgrep -f 'gsm8k_tr sft .*output_dir={run}'").read().split()]
+        second = [pid for pid in workers if _rank(pid) == 1]
+        assert len(second) == 1, (workers, output.read_text(errors="replace")[-2000:])
+        os.kill(second[0], signal.SIGTERM)  # the signal reaches one process only
+        launcher.wait(timeout=300)
+    text = output.read_text(errors="replace")
+    stops = re.findall(r"gsm8k-tr sft: stopped by SIGTERM at step (\d+);", text)
+    assert len(stops) == 2 and stops[0] == stops[1], text[-3000:]  # both processes, at one step
+    saved = sorted(p.name for p in (run / "sft" / "checkpoints").glob("checkpoint-*"))
+    assert saved == [f"checkpoint-{stops[0]}"]
+    assert json.loads((run / "sft" / "checkpoints" / saved[0] / "trainer_state.json").read_text())["global_step"] == \
+        int(stops[0])
+    # No process failed in a traceback of ours (the launcher reports their exit status 143 with a traceback of its own)
+    assert not re.search(r'File "[^"]*/(gsm8k_tr|transformers|trl)/', text), text[-3000:]
+    assert not (run / "sft" / "manifest.json").exists()

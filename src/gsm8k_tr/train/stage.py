@@ -147,7 +147,8 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     step when the last step falls inside an epoch. The finished checkpoint's
     own adapter and state are used instead. Where the recipe asked to compile
     the training step (`torch_compile`) and torch's compiler fails on this
-    machine, one line says so at the first step.
+    machine, one line says so at the first step. A SIGTERM or Ctrl-C saves the
+    step it ends and stops the stage unfinished (`stopping.StopOnSignal`).
     """
     if checkpoint is not None and trainer.args.max_steps > 0:
         from transformers import TrainerState
@@ -157,14 +158,20 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
             log.info("--resume: %s is at the last step (%d); nothing left to train", checkpoint, state.global_step)
             trainer.state = state
             return checkpoint
+    from gsm8k_tr.train.stopping import StopOnSignal
+
+    stopper = StopOnSignal(trainer.accelerator)
+    trainer.add_callback(stopper)
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        with stopper:
+            trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
         reason = compiler_failure(error) if getattr(trainer.args, "torch_compile", False) else None
         if reason is None:
             raise
         raise UserError(f"{stage}.torch_compile: torch's compiler failed on this machine ({reason}); set "
                         f"{stage}.torch_compile=false and run again with --resume") from error
+    stopper.raise_if_stopped(trainer.args.output_dir)
     return None
 
 
