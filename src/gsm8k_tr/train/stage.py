@@ -26,6 +26,7 @@ from gsm8k_tr.outputs import read_json
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
+from gsm8k_tr.train.disk import full_disk_reported
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     stopper = StopOnSignal(trainer.accelerator)
     trainer.add_callback(stopper)
     try:
-        with stopper:
+        with stopper, full_disk_reported(Path(trainer.args.output_dir)):
             trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
         reason = compiler_failure(error) if getattr(trainer.args, "torch_compile", False) else None
@@ -195,19 +196,20 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
              trainer.state.global_step)
     staging = folder / ADAPTER_STAGING
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        if final_checkpoint is not None:
-            staging.mkdir()
-            for name in ("adapter_model.safetensors", "adapter_config.json"):
-                shutil.copy2(Path(final_checkpoint) / name, staging / name)
-    accelerator.wait_for_everyone()
-    if final_checkpoint is None:
-        trainer.save_model(str(staging))
+    with full_disk_reported(folder):
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            if final_checkpoint is not None:
+                staging.mkdir()
+                for name in ("adapter_model.safetensors", "adapter_config.json"):
+                    shutil.copy2(Path(final_checkpoint) / name, staging / name)
         accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_stage(trainer, folder, recipe, stage, info, staging, base)
-        log.info("saved %s outputs to %s (main process only)", stage, folder)
+        if final_checkpoint is None:
+            trainer.save_model(str(staging))
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_stage(trainer, folder, recipe, stage, info, staging, base)
+            log.info("saved %s outputs to %s (main process only)", stage, folder)
     accelerator.wait_for_everyone()
     return read_manifest(folder)
 
