@@ -206,6 +206,44 @@ def test_a_checkpoint_save_that_finds_the_disk_full_stops_with_one_line(tmp_path
     assert not (run / "sft" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_a_gpu_that_runs_out_of_memory_mid_run_says_what_to_change_and_where_resume_goes_on(
+        stage: str, tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    # torch's OutOfMemoryError, raised by the training step after the checkpoint at step 2 (no GPU needed to raise it):
+    # before, its traceback said where the card ran out, not what to change.
+    import torch
+
+    from gsm8k_tr import cli
+    from gsm8k_tr.train import guard
+
+    run = tmp_path / "run"
+    common = ["--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=4", "sft.save_steps=2",
+              "grpo.max_steps=4", "grpo.save_steps=2", "eval.every_steps=0"]
+    if stage == "grpo":
+        assert cli.main(["sft", *common]) == 0
+    step = guard.GuardNonFinite.training_step
+
+    def runs_out(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                         "of 14.74 GiB of which 1.02 GiB is free.")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(guard.GuardNonFinite, "training_step", runs_out)
+    capsys.readouterr()
+    assert cli.main([stage, *common]) == 2
+    err = capsys.readouterr().err
+    micro = {"sft": 8, "grpo": 4}[stage]  # tiny.yaml's micro-batches, with one micro-batch a step
+    length = "sft.max_length" if stage == "sft" else "grpo.max_completion_length"
+    assert "Traceback" not in err
+    assert err[err.index(f"gsm8k-tr {stage}: error: "):].strip() == (  # a progress bar may share its terminal line
+        f"gsm8k-tr {stage}: error: {stage}: the GPU ran out of memory at step 2 (CUDA out of memory. Tried to allocate "
+        f"2.00 GiB. GPU 0 has a total capacity of 14.74 GiB of which 1.02 GiB is free.); set "
+        f"{stage}.per_device_train_batch_size={micro // 2} {stage}.gradient_accumulation_steps=2 or "
+        f"{stage}.activation_checkpointing=true or lower {length}, then run the same command with --resume: it goes "
+        f"on from {run / stage / 'checkpoints' / 'checkpoint-2'}; gsm8k-tr plan shows where the memory goes")
+
+
 def test_recipe_paths_are_resolved_and_checked(tmp_path: Path, tiny_model_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

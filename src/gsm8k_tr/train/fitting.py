@@ -1,5 +1,6 @@
 """What fits in memory: the largest micro-batch (`per_device_train_batch_size: auto`), the recipe changes that would
-fit, and the check before a stage starts. Each asks the memory plan (`train/memory.py`) and decides nothing else.
+fit, the check before a stage starts, and what to change when the GPU ran out all the same. Each asks the memory plan
+(`train/memory.py`) or the trainer's own settings, and decides nothing else.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.train.memory import FITS_SHARE, Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
@@ -153,3 +154,31 @@ def _hint(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memo
 
 def _yaml(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def ran_out(error: BaseException, trainer: Any, stage: str, newest: str | None) -> UserError | None:
+    """The one line for a GPU that ran out of memory during training, else None: where, what uses less, and that
+    `--resume` goes on from `newest` (the newest complete checkpoint).
+
+    The plan is an estimate and the check before a stage lets a recipe at the
+    edge try, so a batch longer than planned, or another process on the card,
+    can still run out hours in; torch's own traceback said where, not what to
+    change.
+    """
+    import torch
+
+    if not isinstance(error, torch.OutOfMemoryError) and not (isinstance(error, RuntimeError)
+                                                              and "out of memory" in str(error)):  # MPS, XPU
+        return None
+    args, changes = trainer.args, []
+    micro, accumulate = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    if micro > 1:  # the same effective batch in more, smaller micro-batches
+        changes.append(f"{stage}.per_device_train_batch_size={micro // 2} "
+                       f"{stage}.gradient_accumulation_steps={accumulate * 2}")
+    if not getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False)):
+        changes.append(f"{stage}.activation_checkpointing=true")
+    changes.append(f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length")
+    where = f"from {newest}" if newest else "from the start (no checkpoint yet)"
+    return UserError(f"{stage}: the GPU ran out of memory at step {trainer.state.global_step} "
+                     f"({one_line(error)[:160]}); set {' or '.join(changes)}, then run the same command with --resume: "
+                     f"it goes on {where}; gsm8k-tr plan shows where the memory goes")

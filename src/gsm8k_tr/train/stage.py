@@ -27,6 +27,7 @@ from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
 from gsm8k_tr.train.disk import full_disk_reported
+from gsm8k_tr.train.fitting import ran_out
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
         with stopper, full_disk_reported(Path(trainer.args.output_dir)):
             trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
+        memory = ran_out(error, trainer, stage, last_checkpoint(Path(trainer.args.output_dir)))
+        if memory is not None:
+            raise memory from error
         reason = compiler_failure(error) if getattr(trainer.args, "torch_compile", False) else None
         if reason is None:
             raise
