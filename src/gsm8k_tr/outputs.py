@@ -99,8 +99,10 @@ def run_lock(folder: Path) -> Iterator[None]:
     frees it when its holder ends, killed or not: `--resume` after a kill
     finds it free. Re-entrant within a process (the pipeline holds the run
     folder while its stages ask for it again). Where the file system has no
-    locks (some network mounts) the run goes on unguarded.
+    locks (some network mounts) the run goes on unguarded. The folders it had
+    to make and the run left empty (a recipe error before any work) go again.
     """
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -124,6 +126,9 @@ def run_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         del _HELD[key]
+        for path in made:
+            with suppress(OSError):  # not empty: the run wrote there
+                path.rmdir()
         if handle is not None:
             os.close(handle)  # closing the descriptor releases the lock
 

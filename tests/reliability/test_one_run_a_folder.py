@@ -64,6 +64,17 @@ def test_the_hold_is_reentrant_in_a_process_and_released_after_the_outermost(tmp
         assert other.returncode != 0 and "is in use by another run" in other.stderr  # still held after the inner one
     holder, _ = _hold(run)  # released after the outer one
     assert _release(holder) == 0
+    assert not run.exists()  # made for the hold and left empty: gone again
+
+
+def test_a_folder_the_run_wrote_to_stays(tmp_path: Path) -> None:
+    run = tmp_path / "new" / "run"
+    with run_lock(run):
+        (run / "log.txt").write_text("x")
+    assert (run / "log.txt").is_file()
+    with run_lock(tmp_path / "other" / "run"):  # a recipe error before any work: nothing left behind
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
 
 
 def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
