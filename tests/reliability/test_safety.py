@@ -169,6 +169,7 @@ FULL_DISK = [
     (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), 1000, True),  # torch.save
     (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), 10**10, False),  # room left
     (ValueError("expected a tensor"), 0, False),  # not a write: told as it is
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 0, False),  # the GPU's memory, not the disk's
 ]
 
 
@@ -237,7 +238,7 @@ def test_a_gpu_that_runs_out_of_memory_mid_run_says_what_to_change_and_where_res
     length = "sft.max_length" if stage == "sft" else "grpo.max_completion_length"
     assert "Traceback" not in err
     assert err[err.index(f"gsm8k-tr {stage}: error: "):].strip() == (  # a progress bar may share its terminal line
-        f"gsm8k-tr {stage}: error: {stage}: the GPU ran out of memory at step 2 (CUDA out of memory. Tried to allocate "
+        f"gsm8k-tr {stage}: error: {stage}: the GPU ran out of memory in step 3 (CUDA out of memory. Tried to allocate "
         f"2.00 GiB. GPU 0 has a total capacity of 14.74 GiB of which 1.02 GiB is free.); set "
         f"{stage}.per_device_train_batch_size={micro // 2} {stage}.gradient_accumulation_steps=2 or "
         f"{stage}.activation_checkpointing=true or lower {length}, then run the same command with --resume: it goes "

@@ -69,7 +69,8 @@ def filled_up(error: BaseException, folder: Path) -> UserError | None:
         free: int | None = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    a_write = isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError"
+    a_write = (isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError") \
+        and "out of memory" not in str(error)  # torch's OutOfMemoryError is a RuntimeError: told as it is (fitting)
     if not said and not (a_write and free is not None and free < NEARLY_FULL):
         return None
     left = f"{free / 2**20:.1f} MiB free now; " if free is not None else ""

@@ -179,6 +179,6 @@ def ran_out(error: BaseException, trainer: Any, stage: str, newest: str | None) 
         changes.append(f"{stage}.activation_checkpointing=true")
     changes.append(f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length")
     where = f"from {newest}" if newest else "from the start (no checkpoint yet)"
-    return UserError(f"{stage}: the GPU ran out of memory at step {trainer.state.global_step} "
+    return UserError(f"{stage}: the GPU ran out of memory in step {trainer.state.global_step + 1} "
                      f"({one_line(error)[:160]}); set {' or '.join(changes)}, then run the same command with --resume: "
                      f"it goes on {where}; gsm8k-tr plan shows where the memory goes")
