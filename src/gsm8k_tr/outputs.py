@@ -156,10 +156,7 @@ def _held_by_nobody(folder: Path) -> Iterator[bool]:
     """True (while holding its lock) when no live process holds `folder`; False when one does."""
     try:
         handle = _lock(folder)
-    except BlockingIOError:
-        yield False
-        return
-    except OSError:  # gone already, or unreadable: nothing to take
+    except OSError:  # held (BlockingIOError), gone already, or unreadable: nothing to take
         yield False
         return
     try:

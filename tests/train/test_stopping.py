@@ -50,7 +50,7 @@ def test_a_signal_saves_and_stops_at_the_end_of_the_step() -> None:
         stopper._receive(signal.SIGTERM, None)
         stopper._receive(signal.SIGTERM, None)  # a scheduler that repeats itself changes nothing
         control = _step(stopper, 5)
-    assert control.should_save and control.should_training_stop and stopper.stopped == ("SIGTERM", 5)
+    assert control.should_save and control.should_training_stop and stopper.stopped == (signal.SIGTERM, 5)
     assert signal.getsignal(signal.SIGTERM) is not stopper._receive  # the handlers before training are back
     with pytest.raises(Stopped, match=r"by SIGTERM at step 5; its checkpoint is saved \(ck/checkpoint-5\)") as raised:
         stopper.raise_if_stopped("ck")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.train.checkpoints import last_checkpoint
 from gsm8k_tr.train.memory import FITS_SHARE, Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
@@ -156,9 +158,9 @@ def _yaml(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def ran_out(error: BaseException, trainer: Any, stage: str, newest: str | None) -> UserError | None:
+def ran_out(error: BaseException, trainer: Any, stage: str) -> UserError | None:
     """The one line for a GPU that ran out of memory during training, else None: where, what uses less, and that
-    `--resume` goes on from `newest` (the newest complete checkpoint).
+    `--resume` goes on from the newest complete checkpoint.
 
     The plan is an estimate and the check before a stage lets a recipe at the
     edge try, so a batch longer than planned, or another process on the card,
@@ -178,6 +180,7 @@ def ran_out(error: BaseException, trainer: Any, stage: str, newest: str | None) 
     if not getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", False)):
         changes.append(f"{stage}.activation_checkpointing=true")
     changes.append(f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length")
+    newest = last_checkpoint(Path(args.output_dir))
     where = f"from {newest}" if newest else "from the start (no checkpoint yet)"
     return UserError(f"{stage}: the GPU ran out of memory in step {trainer.state.global_step + 1} "
                      f"({one_line(error)[:160]}); set {' or '.join(changes)}, then run the same command with --resume: "

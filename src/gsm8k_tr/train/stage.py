@@ -168,7 +168,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
         with stopper, full_disk_reported(Path(trainer.args.output_dir)):
             trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
-        memory = ran_out(error, trainer, stage, last_checkpoint(Path(trainer.args.output_dir)))
+        memory = ran_out(error, trainer, stage)  # the newest checkpoint is looked up only then
         if memory is not None:
             raise memory from error
         reason = compiler_failure(error) if getattr(trainer.args, "torch_compile", False) else None

@@ -36,7 +36,7 @@ class StopOnSignal(TrainerCallback):
     def __init__(self, accelerator: Any) -> None:
         self.accelerator = accelerator
         self.received: int | None = None
-        self.stopped: tuple[str, int] | None = None  # the signal's name and the step saved
+        self.stopped: tuple[signal.Signals, int] | None = None  # the signal and the step saved
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -68,14 +68,13 @@ class StopOnSignal(TrainerCallback):
         if asked and state.global_step < state.max_steps:  # at the last step the stage just finishes
             control.should_save = True
             control.should_training_stop = True
-            self.stopped = (signal.Signals(self.received or signal.SIGTERM).name, state.global_step)
+            self.stopped = (signal.Signals(self.received or signal.SIGTERM), state.global_step)
         return control
 
     def raise_if_stopped(self, checkpoints: str) -> None:
         """After training: the Stopped error that ends the command, where a signal stopped it."""
         if self.stopped is not None:
-            name, step = self.stopped
-            number = getattr(signal, name)
-            raise Stopped(f"stopped by {name} at step {step}; its checkpoint is saved "
+            number, step = self.stopped
+            raise Stopped(f"stopped by {number.name} at step {step}; its checkpoint is saved "
                           f"({checkpoints}/checkpoint-{step}): run the same command with --resume to continue",
-                          code=128 + int(number))
+                          code=128 + number)
