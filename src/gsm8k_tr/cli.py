@@ -15,7 +15,8 @@ import warnings
 from collections.abc import Callable
 
 from gsm8k_tr import __version__
-from gsm8k_tr.errors import Stopped, UserError
+from gsm8k_tr.errors import Stopped, UserError, one_line
+from gsm8k_tr.outputs import NO_SPACE
 
 
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -328,3 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gsm8k-tr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk that no command's own writer named a folder for (a cache, a log)
+        if error.errno not in NO_SPACE:
+            raise
+        print(f"gsm8k-tr {args.command}: error: the disk filled up ({one_line(error)[:160]}); free some space, then "
+              "run the same command again", file=sys.stderr)
+        return 2

@@ -3,6 +3,7 @@ read back with one line naming a damaged file."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 _HELD: dict[tuple[int, int], int] = {}  # the run folders this process holds: (device, inode) -> how deep
 
+NEARLY_FULL = 2**20  # bytes: with less free, a failed write is taken as the disk having filled up
+NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # a full disk, or a full quota on it
+AGAIN = "nothing half-written was kept: free some space, then run the same command again"
+
 
 def check_writable(output: Path, overwrite: bool) -> None:
     """Refuse an existing non-empty output unless overwriting was asked for."""
@@ -34,11 +39,50 @@ def check_writable(output: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
+def full_disk_reported(folder: Path, remedy: str = AGAIN) -> Iterator[None]:
+    """Turn a write that failed because the disk holding `folder` filled up into one line ending in `remedy`
+    (`filled_up`); a UserError raised inside, already one line, passes unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        full = filled_up(error, folder, remedy)
+        if full is None:
+            raise
+        raise full from error
+
+
+def filled_up(error: BaseException, folder: Path, remedy: str = AGAIN) -> UserError | None:
+    """The one line for `error` where it is a write that failed because the disk holding `folder` filled up, else None.
+
+    Not every writer says so: Python's files raise ENOSPC (EDQUOT over a
+    quota), safetensors says "os error 28" and torch.save only "file write
+    failed". So the disk is asked as well: a failed write with less than
+    NEARLY_FULL left counts too.
+    """
+    said = (isinstance(error, OSError) and error.errno in NO_SPACE) or "No space left on device" in str(error) \
+        or "os error 28" in str(error) or "Disk quota exceeded" in str(error)
+    try:
+        free: int | None = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    a_write = (isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError") \
+        and "out of memory" not in str(error)  # torch's OutOfMemoryError is a RuntimeError: told as it is (fitting)
+    if not said and not (a_write and free is not None and free < NEARLY_FULL):
+        return None
+    left = f"{free / 2**20:.1f} MiB free at the failed write; " if free is not None else ""
+    return UserError(f"the disk holding {folder} filled up while it was written to ({left}{one_line(error)[:120]}); "
+                     f"{remedy}")
+
+
+@contextmanager
+def atomic_directory(output: Path, overwrite: bool, remedy: str = AGAIN) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `output` only on success.
 
     A crash leaves the old output untouched and at most a `.tmp-*` folder,
-    which the next write to `output` clears.
+    which the next write to `output` clears. A disk that fills up while the
+    folder is written is one line ending in `remedy`.
     """
     output = Path(output)
     check_writable(output, overwrite)
@@ -57,7 +101,8 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     except OSError as error:
         raise UserError(f"cannot write to {str(output.parent)!r}: {error.strerror}") from None
     try:
-        yield tmp
+        with full_disk_reported(output.parent, remedy):
+            yield tmp
         if output.exists():
             old = output.with_name(f".{output.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
             output.rename(old)
@@ -72,13 +117,24 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
             os.close(mine)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file through a temporary sibling and a rename, so readers never see half of it."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write, renamed to `path` on success and removed on failure, so readers
+    never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through `atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: Path, remedy: str) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compare import Paired, compare, read_predictions, scores
-from gsm8k_tr.outputs import read_json
+from gsm8k_tr.outputs import atomic_file, atomic_write_text, full_disk_reported, read_json
 from gsm8k_tr.run_folder import grpo_held_out
 
 STAGES = ("base", "sft", "grpo")
@@ -91,8 +91,11 @@ def _save(fig: Any, ax: Any, title: str, target: Path) -> bool:
 
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(target) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -306,42 +309,44 @@ def main(run_dir: str) -> Path:
     budget = _budget(run / "sft_vs_grpo.json")
     if not (sft or grpo or evals or budget is not None):
         raise UserError(f"{run_dir!r} has no stage outputs (sft/, grpo/) or evaluations (eval/); is it a run folder?")
-    plots = {
-        "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
-        "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
-        "stages.png": plot_stages(evals, run / "stages.png"),
-        "lengths.png": plot_lengths({n: [a["tokens"] for r in _predictions(run, n) for a in r.get("samples", [r])]
-                                     for n in evals}, run / "lengths.png"),
-        "sft_vs_grpo.png": budget is not None and plot_budget(budget, run / "sft_vs_grpo.png"),
-    }
-    lines = [f"# Report: {run.name}", ""]
-    if evals:
-        lines += ["## Evaluations", "", *_table(evals), ""]
-    paired = comparisons(run)
-    if paired:
-        lines += _comparison_table(paired)
-    summary = run / "report.json"
-    if summary.is_file():
-        stages = read_json(summary, "run the pipeline again, or remove the file").get("stages", {})
-        times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items() if isinstance(s.get("seconds"), (int, float))]
-        if times:
-            lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
-    if budget is not None:
-        lines += [*budget_table(budget), ""]
-    if any("eval/accuracy" in entry for entry in grpo):
-        lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
-    kept = grpo_held_out(run, "held_out_kept")
-    if kept:
-        last = kept.get("last_held_out_accuracy")  # none when a resume found the run finished
-        lines += [f"GRPO kept the adapter of its best held-out check, step {kept['kept_step']} (accuracy "
-                  f"{kept['kept_held_out_accuracy']:.3f}; step 0 is its start)"
-                  + (f"; its last step, {kept['last_step']}, had {last:.3f}" if last is not None else "")
-                  + " (`eval.grpo_keep_best`).", ""]
-    for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
-                        ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
-                        ("sft_vs_grpo.png", BUDGET_TITLE)):
-        if plots[name]:
-            lines += [f"## {title}", "", f"![{title}]({name})", ""]
-    target = run / "report.md"
-    target.write_text("\n".join(lines), encoding="utf-8")
-    return target
+    with full_disk_reported(run):  # a full disk: one line, and report.md is never half-written
+        plots = {
+            "rewards.png": plot_rewards(grpo, run / "rewards.png", held_out),
+            "sft_loss.png": plot_sft_loss(sft, run / "sft_loss.png"),
+            "stages.png": plot_stages(evals, run / "stages.png"),
+            "lengths.png": plot_lengths({n: [a["tokens"] for r in _predictions(run, n) for a in r.get("samples", [r])]
+                                         for n in evals}, run / "lengths.png"),
+            "sft_vs_grpo.png": budget is not None and plot_budget(budget, run / "sft_vs_grpo.png"),
+        }
+        lines = [f"# Report: {run.name}", ""]
+        if evals:
+            lines += ["## Evaluations", "", *_table(evals), ""]
+        paired = comparisons(run)
+        if paired:
+            lines += _comparison_table(paired)
+        summary = run / "report.json"
+        if summary.is_file():
+            stages = read_json(summary, "run the pipeline again, or remove the file").get("stages", {})
+            times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items()
+                     if isinstance(s.get("seconds"), (int, float))]
+            if times:
+                lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
+        if budget is not None:
+            lines += [*budget_table(budget), ""]
+        if any("eval/accuracy" in entry for entry in grpo):
+            lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
+        kept = grpo_held_out(run, "held_out_kept")
+        if kept:
+            last = kept.get("last_held_out_accuracy")  # none when a resume found the run finished
+            lines += [f"GRPO kept the adapter of its best held-out check, step {kept['kept_step']} (accuracy "
+                      f"{kept['kept_held_out_accuracy']:.3f}; step 0 is its start)"
+                      + (f"; its last step, {kept['last_step']}, had {last:.3f}" if last is not None else "")
+                      + " (`eval.grpo_keep_best`).", ""]
+        for name, title in (("rewards.png", "GRPO rewards"), ("sft_loss.png", "SFT loss"),
+                            ("stages.png", "Accuracy and format by stage"), ("lengths.png", "Completion lengths"),
+                            ("sft_vs_grpo.png", BUDGET_TITLE)):
+            if plots[name]:
+                lines += [f"## {title}", "", f"![{title}]({name})", ""]
+        target = run / "report.md"
+        atomic_write_text(target, "\n".join(lines))
+        return target

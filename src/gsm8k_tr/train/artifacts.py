@@ -20,6 +20,7 @@ from typing import Any
 from gsm8k_tr.config import Recipe, save_recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_directory
+from gsm8k_tr.train.disk import RESUME
 from gsm8k_tr.train.faults import inject_fault
 
 PACKAGES = ("gsm8k-tr", "torch", "transformers", "peft", "trl", "datasets", "accelerate")
@@ -73,14 +74,14 @@ def save_stage(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dic
         raise UserError(f"the trainer saved no adapter weights into {staging}; under FSDP set "
                         "fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config (recipes/accelerate/fsdp.yaml)")
     tokenizer = trainer.processing_class
-    with atomic_directory(folder / "adapter", overwrite=True) as tmp:
+    with atomic_directory(folder / "adapter", overwrite=True, remedy=RESUME) as tmp:
         for path in staging.iterdir():
             if path.name not in RESUME_ONLY:
                 shutil.move(str(path), tmp / path.name)
         tokenizer.save_pretrained(tmp)
     shutil.rmtree(staging, ignore_errors=True)
     merged = merge_adapter(recipe, base, folder / "adapter", info["stop_token"])
-    with atomic_directory(folder / "merged", overwrite=True) as tmp:
+    with atomic_directory(folder / "merged", overwrite=True, remedy=RESUME) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         inject_fault("kill-during-merge")  # the merged model is half in place: its folder is still temporary
         tokenizer.save_pretrained(tmp)

@@ -22,11 +22,11 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError, compiler_failure
-from gsm8k_tr.outputs import read_json
+from gsm8k_tr.outputs import full_disk_reported, read_json
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
-from gsm8k_tr.train.disk import full_disk_reported
+from gsm8k_tr.train.disk import RESUME
 from gsm8k_tr.train.fitting import ran_out
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     stopper = StopOnSignal(trainer.accelerator)
     trainer.add_callback(stopper)
     try:
-        with stopper, full_disk_reported(Path(trainer.args.output_dir)):
+        with stopper, full_disk_reported(Path(trainer.args.output_dir), RESUME):
             trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
         memory = ran_out(error, trainer, stage)  # the newest checkpoint is looked up only then
@@ -200,7 +200,7 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     log.info("process %d of %d finished %s at step %d", accelerator.process_index, accelerator.num_processes, stage,
              trainer.state.global_step)
     staging = folder / ADAPTER_STAGING
-    with full_disk_reported(folder):
+    with full_disk_reported(folder, RESUME):
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
             if final_checkpoint is not None:
