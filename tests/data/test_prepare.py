@@ -102,6 +102,44 @@ def test_a_hub_download_of_the_reference_reads_as_its_files_do(turkish_csv: Path
     assert not (tmp_path / "no_test").exists()
 
 
+def test_folders_saved_by_datasets_read_as_their_files_do(turkish_csv: Path, reference_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # `DatasetDict.save_to_disk` (Arrow, a folder per split): before, its dataset_dict.json was read as the data,
+    # "no column 'question'; columns are: splits".
+    import datasets
+
+    def saved(rows: dict[str, list[tuple[str, str]]], folder: Path) -> Path:
+        datasets.DatasetDict({split: datasets.Dataset.from_dict({"question": [q for q, _ in part],
+                                                                  "answer": [a for _, a in part]})
+                              for split, part in rows.items()}).save_to_disk(str(folder))
+        return folder
+
+    source, reference = saved({"train": TURKISH}, tmp_path / "tr"), saved(REFERENCE, tmp_path / "en")
+    assert run_prepare("--dataset", str(source), "--reference", str(reference),
+                       "--output", str(tmp_path / "arrow")) == 0
+    assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
+                       "--output", str(tmp_path / "files")) == 0
+    for name in ("train", "validation", "test", "excluded"):
+        arrow, files = (read_jsonl(tmp_path / where / f"{name}.jsonl") for where in ("arrow", "files"))
+        lines = [int(row.pop("source").rsplit(":", 1)[1]) for row in files]  # the CSV's header is line 1
+        assert [row.pop("source") for row in arrow] == [f"{source}[train]:{n - 1}" for n in lines]
+        assert arrow == files
+    assert json.loads((tmp_path / "arrow" / "prepare_report.json").read_text())["test_rows_found"] == 2
+    # One split's own folder: one Dataset, which keeps no split name of its own, so its folder names it
+    assert run_prepare("--dataset", str(source / "train"), "--reference", str(reference),
+                       "--output", str(tmp_path / "one")) == 0
+    assert read_jsonl(tmp_path / "one" / "train.jsonl")[0]["source"].startswith(f"{source / 'train'}[train]:")
+    # One of its Arrow files, or a damaged folder: one line, naming what to give or the folder
+    arrow_file = next((source / "train").glob("*.arrow"))
+    capsys.readouterr()
+    assert run_prepare("--dataset", str(arrow_file), "--reference", "none", "--output", str(tmp_path / "file")) == 2
+    assert capsys.readouterr().err.rstrip().endswith("for datasets' Arrow files give the folder save_to_disk wrote")
+    arrow_file.write_bytes(b"not arrow")
+    assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(tmp_path / "bad")) == 2
+    assert capsys.readouterr().err.startswith(f"gsm8k-tr prepare: error: {source}: a folder written by datasets' "
+                                              "save_to_disk that it cannot read back (")
+
+
 def test_without_a_reference_a_source_keeps_its_own_test_split(tmp_path: Path) -> None:
     # A user's own Turkish problems in train and test files: a hash split would train on some of their test questions.
     source = tmp_path / "mine"

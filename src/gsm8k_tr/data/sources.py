@@ -2,7 +2,9 @@
 
 Local files are read with the standard library rather than `datasets`, so a
 bad file gets an error that names its row (`datasets` reports a pandas or
-arrow traceback instead). The Hub path uses `datasets.load_dataset`.
+arrow traceback instead). The Hub path uses `datasets.load_dataset`, and a
+folder `datasets` saved (`save_to_disk`: its own Arrow format) is read back
+with `datasets.load_from_disk`.
 """
 
 from __future__ import annotations
@@ -165,10 +167,41 @@ def looks_local(spec: str) -> bool:
     )
 
 
+def saved_by_datasets(path: Path) -> bool:
+    """Whether `path` is a folder that `datasets`' `save_to_disk` wrote: a DatasetDict (`dataset_dict.json` and a
+    folder per split) or one Dataset (`state.json`, `dataset_info.json` and its Arrow files)."""
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
+                                                      and (path / "dataset_info.json").is_file())
+
+
+def _saved_rows(path: Path) -> Iterator[RawRow]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # a missing shard, a damaged Arrow file, a newer format: all one line to the user
+        raise UserError(f"{path}: a folder written by datasets' save_to_disk that it cannot read back "
+                        f"({one_line(error)[:160]}); save it again, or give CSV, JSON, JSONL or Parquet "
+                        "files") from None
+    # One Dataset keeps the split it was loaded as ("train"), or none: then its folder names it.
+    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(str(loaded.split or path.name), loaded)]
+    yield from _split_rows(str(path), splits)
+
+
+def _split_rows(name: str, splits: Any) -> Iterator[RawRow]:
+    """The rows of (split, table) pairs from `datasets`, each named "name[split]:row"."""
+    for split, table in splits:
+        for index, values in enumerate(table, start=1):
+            yield RawRow(f"{name}[{split}]:{index}", str(split), values)
+
+
 def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data file {spec!r} does not exist; give a CSV, JSON, JSONL or Parquet file, a folder of them, or a Hub id")
+    if path.is_dir() and saved_by_datasets(path):
+        yield from _saved_rows(path)
+        return
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
         if not files:
@@ -178,7 +211,9 @@ def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
             hint = f"; give the folder inside it that holds them: {' or '.join(inner)}" if inner else ""
             raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files{hint}")
     elif path.suffix not in SUFFIXES:
-        raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}")
+        # datasets' own Arrow files are read through the folder save_to_disk wrote them into, with its split names
+        arrow = "; for datasets' Arrow files give the folder save_to_disk wrote" if path.suffix == ".arrow" else ""
+        raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}{arrow}")
     else:
         files = [path]
     for file in files:
@@ -197,9 +232,7 @@ def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:
             f"{spec!r} is not a local path and the Hugging Face Hub could not provide it ({reason})"
             f"{hub.unreachable_note()}; check the id and your connection, or download it and pass the local file"
         ) from None
-    for split, table in loaded.items():
-        for index, values in enumerate(table, start=1):
-            yield RawRow(f"{spec}[{split}]:{index}", split, values)
+    yield from _split_rows(spec, loaded.items())
 
 
 def _synthetic_rows(spec: str) -> Iterator[RawRow]:
