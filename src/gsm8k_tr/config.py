@@ -138,7 +138,8 @@ class Recipe:
     prompt_filter: PromptFilterConfig = field(default_factory=PromptFilterConfig)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """An annotation as a recipe's reader knows it: `int`, `float | None`."""
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -182,7 +183,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if value is False and isinstance(tp, type) and issubclass(tp, enum.Enum) and "no" in {m.value for m in tp}:
         return tp("no")  # YAML 1.1 reads `eval_strategy: no` as false; TrainingArguments' strategies spell off "no"
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise UserError(f"recipe key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        got = "null" if value is None else f"{value!r} ({type(value).__name__})"  # YAML's word, and the CLI's
+        raise UserError(f"recipe key {key!r} must be {type_name(tp)}, got {got}")
     return value
 
 

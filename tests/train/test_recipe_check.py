@@ -52,6 +52,13 @@ TYPOS = [
     # trained, then merged into the weight the head shares: the merged model's logits moved by 20% of their scale
     ("lora.target_modules=[c_attn,wte]", "'wte' matches transformer.wte, the input embeddings, which share",
      "lora on tied embeddings"),
+    # null where TRL takes a number: `check` said ok, then a TypeError in TRL or the Trainer ("'>' not supported
+    # between instances of 'NoneType' and 'int"), at once or at the first step; null where TRL allows it still passes
+    ("sft.max_steps=null", "'sft.max_steps' cannot be null: TRL's SFTConfig takes int there; give a value or leave "
+                           "the key out (left out, it is -1)", "null step count"),
+    ("grpo.learning_rate=null", "'grpo.learning_rate' cannot be null: TRL's GRPOConfig takes float there",
+     "null learning rate"),
+    ("eval.batch_size=null", "recipe key 'eval.batch_size' must be int, got null", "null in our own sections"),
 ]
 
 
@@ -112,6 +119,13 @@ def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
     # No Hub access in the tests: the real model is not local, and the check says so instead of failing.
     assert "not in the local cache" in done.stderr
+
+
+def test_null_where_trl_takes_it_passes(tmp_path: Path, tiny_model_dir) -> None:
+    # SFT's max_length (no truncation) and GRPO's min_p (off) are None in TRL's own defaults or annotations
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_length=null",
+                   "grpo.min_p=null", "sft.eval_steps=null")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
 
 
 def test_strategies_written_no_pass_the_check_as_no(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ seconds rather than after an hour of SFT.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
 from gsm8k_tr import placement
-from gsm8k_tr.config import Recipe, coerce
+from gsm8k_tr.config import Recipe, coerce, type_name
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
@@ -140,6 +141,13 @@ def _field_types(config_cls: type) -> dict[str, Any]:
         return {}
 
 
+def takes_null(field: dataclasses.Field, hint: Any) -> bool:
+    """Whether a TRL option may be None: its default is, or its annotation allows it (or cannot be read)."""
+    if field.default is None or hint is None or hint is Any:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
 def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults: dict[str, Any],
                forced: dict[str, tuple[Any, str]]) -> Any:
     """Build TRL's `config_cls` from recipe `values` over our `defaults`.
@@ -165,6 +173,13 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
                             f"remove it and set {SECRET_KEYS[key]} in the environment instead")
         if key in AT_LEAST_ONE and isinstance(value, (int, float)) and value < 1 and (key, value) != ("max_steps", -1):
             raise UserError(f"recipe key '{section}.{key}' must be at least 1, got {value}")
+        if value is None and not takes_null(fields[key], hints.get(key)):
+            # TRL would keep the None and fail with a TypeError once it compares it (at its first step, or in TRL's
+            # own checks): say so before anything loads, with the value leaving the key out gives
+            default = defaults.get(key, fields[key].default)
+            shown = "" if default is dataclasses.MISSING else f" (left out, it is {default!r})"
+            raise UserError(f"recipe key '{section}.{key}' cannot be null: TRL's {config_cls.__name__} takes "
+                            f"{type_name(hints[key])} there; give a value or leave the key out{shown}")
         if key in hints and value is not None:
             try:
                 checked = coerce(value, hints[key], f"{section}.{key}")
