@@ -251,6 +251,9 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
     no_question = write_csv(tmp_path / "noq.csv", [("  ", "3 elma")])
     no_number = write_csv(tmp_path / "nonum.csv", [("Kaç elma var?", "Bilmiyorum.")])
     wrong_cols = write_csv(tmp_path / "cols.csv", [("a", "b")], header=("soru", "cevap"))
+    capitals = write_csv(tmp_path / "caps.csv", [("a", "b")], header=("Question", "Answer"))
+    good, reference = write_csv(tmp_path / "good.csv", TURKISH), write_csv(tmp_path / "reference.csv", [("a", "b")],
+                                                                           header=("soru", "cevap"))
     return [
         # (arguments, message fragment) — each must be one line naming the file, row or column
         (["--dataset", str(tmp_path / "missing.csv")], "does not exist"),
@@ -263,7 +266,15 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(listed)], "listed.jsonl:1: column 'question' holds list ['Ali 3 elma aldı'], not text"),
         (["--dataset", str(no_question)], "noq.csv:2: empty question"),
         (["--dataset", str(no_number)], "nonum.csv:2: no number in the question or the answer"),
-        (["--dataset", str(wrong_cols)], "no column 'question'; columns are: soru, cevap"),
+        (["--dataset", str(wrong_cols)], "cols.csv: no column 'question'; its columns are 'soru', 'cevap'; map it "
+                                         "with data.question_column=NAME"),
+        (["--dataset", str(capitals)], "no column 'question'; its columns are 'Question', 'Answer'; map it with "
+                                       "data.question_column=Question"),
+        (["--dataset", str(wrong_cols), "data.question_column=soru"], "no column 'answer'; its columns are 'soru', "
+                                                                      "'cevap'; map it with data.answer_column=NAME"),
+        (["--dataset", str(good), "--reference", str(reference)], "reference.csv: no column 'question'; its columns "
+                                                                   "are 'soru', 'cevap'; give English GSM8K with its "
+                                                                   "own columns, question and answer"),
         (["--dataset", "nobody/no-such-dataset-xyz"], "'nobody/no-such-dataset-xyz' is not a local path and the Hugging Face Hub could not provide it"),
     ]
 
@@ -272,7 +283,8 @@ def test_bad_input_gets_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     for args, message in _bad_files(tmp_path):
-        code = run_prepare(*args, "--reference", "none", "--output", str(tmp_path / "o"))
+        code = run_prepare(*args, *([] if "--reference" in args else ["--reference", "none"]),
+                           "--output", str(tmp_path / "o"))
         err = capsys.readouterr().err.strip()
         assert code == 2, args
         assert message in err and "\n" not in err and "Traceback" not in err, err
@@ -312,7 +324,8 @@ def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv
     semicolons = tmp_path / "excel.csv"
     with open(semicolons, "w", encoding="utf-8-sig", newline="") as handle:  # and Windows line ends, in fields too
         csv.writer(handle, delimiter=";", lineterminator="\r\n").writerows(
-            [[cell.replace("\n", "\r\n") for cell in row] for row in rows])
+            [["question ", " answer"]]  # spaces around the header's names, as a spreadsheet may keep them
+            + [[cell.replace("\n", "\r\n") for cell in row] for row in rows[1:]])
     commas = write_csv(tmp_path / "commas.csv", [tuple(row) for row in rows[1:]])
     written = {}
     for source in (commas, semicolons):

@@ -75,7 +75,7 @@ def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any
     text = _decode(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(text))
     try:
-        header = next(reader)
+        header = [name.strip() for name in next(reader)]  # "question ," as a spreadsheet may save it: a name
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
@@ -247,10 +247,21 @@ def _synthetic_rows(spec: str) -> Iterator[RawRow]:
         yield RawRow(f"synthetic:{index}", "synthetic", values)
 
 
-def read_rows(spec: str, config: str | None, columns: list[str], limit: int | None = None) -> tuple[list[RawRow], Counter]:
+def missing_column(source: str, column: str, columns: list[Any], key: str | None) -> str:
+    """The line for a source without `column`: its columns, and the recipe `key` that maps it (None: no key does)."""
+    names = ", ".join(repr(str(name)) for name in columns)
+    near = next((str(name) for name in columns if str(name).strip().casefold() == column.casefold()), None)
+    fix = ("give English GSM8K with its own columns, question and answer" if key is None
+           else f"map it with {key}={near}" if near is not None else f"map it with {key}=NAME")
+    return f"{source}: no column {column!r}; its columns are {names}; {fix}"
+
+
+def read_rows(spec: str, config: str | None, columns: list[str], limit: int | None = None,
+              keys: dict[str, str] | None = None) -> tuple[list[RawRow], Counter]:
     """All rows of a data source, checked to hold `columns`; and counted skips.
 
-    `spec` is a local file or folder, a Hub id, or `synthetic[:N]` for generated problems.
+    `spec` is a local file or folder, a Hub id, or `synthetic[:N]` for generated problems. `keys` names the recipe
+    key that maps each column, for the line a missing one gets (none: the columns cannot be mapped).
     """
     skipped: Counter = Counter()
     if spec == "synthetic" or spec.startswith("synthetic:"):
@@ -266,10 +277,7 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
         if source not in checked:  # columns are checked once per file or split
             missing = [c for c in columns if c not in row.values]
             if missing:
-                raise UserError(
-                    f"{source}: no column {missing[0]!r}; columns are: {', '.join(map(str, row.values))}. "
-                    f"Map it with data.question_column / data.answer_column"
-                )
+                raise UserError(missing_column(source, missing[0], list(row.values), (keys or {}).get(missing[0])))
             checked.add(source)
         for column in columns:
             value = row.values[column]
