@@ -307,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     # huggingface_hub prints its warnings with a handler of its own: once, not twice (its own
     # `disable_propagation()`, without importing it here)
     logging.getLogger("huggingface_hub").propagate = False
-    # TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` around each generation
-    # (`unwrap_model_for_generation`): a FutureWarning in every stage that nothing in a recipe can change
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` around each generation, and with
+    # activation checkpointing on calls the deprecated `gradient_checkpointing_disable`/`_enable` there
+    # (`unwrap_model_for_generation`): FutureWarnings in every stage that nothing in a recipe can change
+    warnings.filterwarnings("ignore", message="`(is_gradient_checkpointing|gradient_checkpointing_(disable|enable))` "
+                            "is deprecated", category=FutureWarning)
     if args.command in ("sft", "grpo", "pipeline"):
         from gsm8k_tr.processes import cpu_processes_without_gpus
 
