@@ -72,6 +72,24 @@ def test_missing_and_broken_recipe_files(tmp_path: Path) -> None:
                                      "any token; indent with spaces, not tabs")
 
 
+def test_a_key_written_twice_is_refused_where_yaml_would_keep_the_last(tmp_path: Path) -> None:
+    # Before, the first `sft:` section was dropped without a word and the run trained with the second alone.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("sft:\n  learning_rate: 1.0e-4\n  max_steps: 5\ngrpo:\n  max_steps: 3\nsft:\n  max_steps: 7\n")
+    with pytest.raises(UserError) as error:
+        load_recipe(twice)
+    assert str(error.value).endswith("is not valid YAML: line 6, column 1: key 'sft' is written twice in one section "
+                                     "(first on line 1); keep one, as YAML takes only the last")
+    twice.write_text("sft:\n  max_steps: 5\n  max_steps: 7\n")
+    with pytest.raises(UserError, match="line 3, column 3: key 'max_steps' is written twice in one section"):
+        load_recipe(twice)
+    # YAML's merge key: what is written beside it overrides what it brings in, as YAML means it to
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("sft: &common\n  max_steps: 5\n  learning_rate: 1.0e-4\ngrpo:\n  <<: *common\n  max_steps: 7\n")
+    recipe = load_recipe(merged)
+    assert (recipe.sft["max_steps"], recipe.grpo["max_steps"], recipe.grpo["learning_rate"]) == (5, 7, 1.0e-4)
+
+
 def test_overrides_update_mapping_sections_and_files_replace_them(tmp_path: Path) -> None:
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("rewards:\n  correctness: 1.0\n  xmlcount: 0.5\nsft:\n  max_steps: 5\n")

@@ -340,6 +340,27 @@ def _yaml_problem(error: BaseException) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{hint}"
 
 
+class _OneKeyOnceLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping. YAML forbids it, but PyYAML keeps the last
+    without a word: a recipe with two `sft:` sections would train with the second alone."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: keys written beside it override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = lines.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # a list or a mapping as a key: the safe loader's own error says so
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice in one section (first on line {first + 1}); keep one, "
+                    "as YAML takes only the last", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
     """Build a Recipe from defaults, an optional YAML file, then overrides."""
     recipe = Recipe()
@@ -348,7 +369,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not path.is_file():
             raise UserError(f"recipe file {str(path)!r} does not exist")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_OneKeyOnceLoader) or {}  # a safe loader
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise UserError(f"recipe file {str(path)!r} is not valid YAML: {_yaml_problem(error)}") from None
         _merge(recipe, values)

@@ -48,6 +48,16 @@ def test_no_eval_exec_or_pickle_in_the_package() -> None:
             assert any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in call.keywords), \
                 f"{name}:{line}: torch.load without weights_only=True"
     assert not any("import pickle" in p.read_text() for p in SRC.rglob("*.py"))
+    # YAML is read with the safe loader, or a loader built on it: no Python objects from a recipe file
+    import yaml
+
+    from gsm8k_tr import config
+
+    for name, line, call in _calls("load"):
+        if isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "yaml":
+            loader = next((k.value for k in call.keywords if k.arg == "Loader"), None)
+            assert isinstance(loader, ast.Name) and issubclass(getattr(config, loader.id), yaml.SafeLoader), \
+                f"{name}:{line}: yaml.load without a safe loader"
 
 
 def test_trust_remote_code_is_off_unless_the_recipe_turns_it_on() -> None:
