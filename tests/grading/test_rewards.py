@@ -152,6 +152,22 @@ def test_weights_read_from_both_forms_and_parameters_bind() -> None:
     assert funcs[0].keywords["requires_format"] == "strict" and funcs[0].__name__ == "correctness_reward_func"
 
 
+@pytest.mark.parametrize(("rewards", "message"), [
+    ({}, "needs a reward with a positive weight for GRPO to learn from (it has none)"),  # TRL refused it at the stage
+    ({"correctness": 0, "xmlcount": 0.0}, "(it has correctness: 0, xmlcount: 0)"),  # trained: every advantage 0
+    ({"correctness": -1}, "(it has correctness: -1)"),  # trained towards wrong answers
+    ({"correctness": float("inf")}, "recipe key 'rewards.correctness' must be a finite weight, got inf"),
+])
+def test_rewards_that_give_grpo_nothing_to_learn_from_are_refused(rewards: dict, message: str) -> None:
+    from gsm8k_tr.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        build_rewards(rewards)
+    assert message in str(error.value)
+    # a negative weight beside a positive one is a penalty, and stays allowed
+    assert build_rewards({"correctness": 1.0, "xmlcount": -0.5})[1] == [1.0, -0.5]
+
+
 def test_a_new_reward_is_one_registered_function() -> None:
     from gsm8k_tr.grading import rewards
 

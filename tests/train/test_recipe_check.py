@@ -59,6 +59,9 @@ TYPOS = [
     ("grpo.learning_rate=null", "'grpo.learning_rate' cannot be null: TRL's GRPOConfig takes float there",
      "null learning rate"),
     ("eval.batch_size=null", "recipe key 'eval.batch_size' must be int, got null", "null in our own sections"),
+    # every weight 0: GRPO trained with every advantage 0 and learned nothing, without a word
+    ("rewards={correctness: 0, strict_format: 0, soft_format: 0, xmlcount: 0}",
+     "recipe section 'rewards' needs a reward with a positive weight", "rewards all off"),
 ]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import re
 import typing
 from collections.abc import Callable, Sequence
@@ -274,6 +275,8 @@ def reward_spec(name: str, entry: Any) -> tuple[RewardFunc, float, dict[str, Any
         raise UserError(f"unknown reward {name!r} in recipe key 'rewards'; valid rewards: {', '.join(REWARDS)}") from None
     values = dict(entry) if isinstance(entry, dict) else {"weight": entry}
     weight = _checked(values.pop("weight", 1.0), float, f"rewards.{name}.weight")
+    if not math.isfinite(weight):  # YAML's .inf or .nan: every advantage would be NaN
+        raise UserError(f"recipe key 'rewards.{name}' must be a finite weight, got {weight}")
     allowed = parameters(func)
     hints = typing.get_type_hints(func)
     params = {}
@@ -309,4 +312,10 @@ def build_rewards(
         # TRL names each logged reward after `__name__`, so keep the original's.
         funcs.append(functools.update_wrapper(functools.partial(base, **tags, **params), base))
         weights.append(weight)
+    # TRL refuses a GRPO without rewards only when the stage builds its trainer (in a pipeline, after SFT), and
+    # trains on weights that are all 0 or below: advantages all 0 (nothing learned), or a push towards wrong answers.
+    if not any(weight > 0 for weight in weights):
+        given = ", ".join(f"{name}: {weight:g}" for name, weight in zip(rewards, weights)) or "none"
+        raise UserError(f"recipe section 'rewards' needs a reward with a positive weight for GRPO to learn from (it "
+                        f"has {given}); e.g. correctness: 1.0 (rewards: {', '.join(REWARDS)})")
     return funcs, weights
