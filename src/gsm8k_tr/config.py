@@ -184,7 +184,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return tp("no")  # YAML 1.1 reads `eval_strategy: no` as false; TrainingArguments' strategies spell off "no"
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         got = "null" if value is None else f"{value!r} ({type(value).__name__})"  # YAML's word, and the CLI's
-        raise UserError(f"recipe key {key!r} must be {type_name(tp)}, got {got}")
+        # `prompt.template=Soru: {question}` reads as a mapping, `[x]` as a list: text with YAML's marks needs quotes
+        quote = "; YAML read the text as structure: put it in quotes" if tp is str and isinstance(value, (dict, list)) \
+            else ""
+        raise UserError(f"recipe key {key!r} must be {type_name(tp)}, got {got}{quote}")
     return value
 
 
