@@ -124,6 +124,33 @@ def test_check_prints_ok_and_says_what_it_could_not_see(tmp_path: Path) -> None:
     assert "not in the local cache" in done.stderr
 
 
+def test_every_reference_prepare_reads_passes_and_one_without_a_test_split_is_refused(
+        tmp_path: Path, tiny_model_dir, turkish_csv: Path, reference_dir: Path) -> None:
+    # Before, the check asked for train.jsonl and test.jsonl and refused the Hub's shards that prepare reads (the
+    # README's `huggingface-cli download` folder) with "has no train.jsonl".
+    import datasets
+    import pyarrow.parquet as pq
+
+    shards, saved = tmp_path / "download" / "main", tmp_path / "saved"
+    shards.mkdir(parents=True)
+    for split in ("train", "test"):
+        pq.write_table(datasets.Dataset.from_json(str(reference_dir / f"{split}.jsonl")).data.table,
+                       shards / f"{split}-00000-of-00001.parquet")
+    datasets.DatasetDict(
+        {split: datasets.Dataset.from_json(str(reference_dir / f"{split}.jsonl")) for split in ("train", "test")}
+    ).save_to_disk(str(saved))
+    common = ["check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", f"data.dataset={turkish_csv}"]
+    for reference in (reference_dir, shards, saved):
+        done = run_cli(*common, f"data.reference={reference}")
+        assert done.returncode == 0 and done.stdout == "ok\n", (reference, done.stderr[-2000:])
+    (reference_dir / "test.jsonl").unlink()
+    done = run_cli(*common, f"data.reference={reference_dir}")
+    assert done.returncode == 2
+    assert f"recipe key 'data.reference': '{reference_dir}' has no 'test' split (it has train)" in done.stderr
+    done = run_cli(*common, f"data.reference={shards.parent}")  # the download's own folder: the one inside it named
+    assert done.returncode == 2 and "give the folder inside it that holds them: main" in done.stderr
+
+
 def test_null_where_trl_takes_it_passes(tmp_path: Path, tiny_model_dir) -> None:
     # SFT's max_length (no truncation) and GRPO's min_p (off) are None in TRL's own defaults or annotations
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_length=null",

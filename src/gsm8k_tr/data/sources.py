@@ -195,13 +195,15 @@ def _split_rows(name: str, splits: Any) -> Iterator[RawRow]:
             yield RawRow(f"{name}[{split}]:{index}", str(split), values)
 
 
-def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
+def _existing(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data file {spec!r} does not exist; give a CSV, JSON, JSONL or Parquet file, a folder of them, or a Hub id")
-    if path.is_dir() and saved_by_datasets(path):
-        yield from _saved_rows(path)
-        return
+    return path
+
+
+def _data_files(spec: str, path: Path) -> list[Path]:
+    """The data files of a local source that `datasets` did not save; a folder without any is one line."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
         if not files:
@@ -210,14 +212,36 @@ def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
                            if p.is_dir() and any(f.suffix in SUFFIXES for f in p.iterdir()))
             hint = f"; give the folder inside it that holds them: {' or '.join(inner)}" if inner else ""
             raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files{hint}")
-    elif path.suffix not in SUFFIXES:
+        return files
+    if path.suffix not in SUFFIXES:
         # datasets' own Arrow files are read through the folder save_to_disk wrote them into, with its split names
         arrow = "; for datasets' Arrow files give the folder save_to_disk wrote" if path.suffix == ".arrow" else ""
         raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}{arrow}")
-    else:
-        files = [path]
-    for file in files:
+    return [path]
+
+
+def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
+    path = _existing(spec)
+    if path.is_dir() and saved_by_datasets(path):
+        yield from _saved_rows(path)
+        return
+    for file in _data_files(spec, path):
         yield from _file_rows(file, skipped)
+
+
+def local_splits(spec: str) -> set[str]:
+    """The splits a local source holds, as `read_rows` names them, from its file names alone (no row is read)."""
+    path = _existing(spec)
+    if not (path.is_dir() and saved_by_datasets(path)):
+        return {split_name(file) for file in _data_files(spec, path)}
+    try:
+        if (path / "dataset_dict.json").is_file():
+            listed = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+            return {str(name) for name in listed}
+        return {str(json.loads((path / "state.json").read_text(encoding="utf-8")).get("_split") or path.name)}
+    except (OSError, ValueError, KeyError, TypeError) as error:  # json's errors are ValueErrors
+        raise UserError(f"{path}: a folder written by datasets' save_to_disk whose split list cannot be read "
+                        f"({one_line(error)[:160]}); save it again") from None
 
 
 def _hub_rows(spec: str, config: str | None) -> Iterator[RawRow]:

@@ -84,11 +84,15 @@ def _data(recipe: Recipe) -> None:
                         "a folder of them, a folder written by `gsm8k-tr prepare`, or a Hub id")
     reference = data.reference
     if reference.lower() != "none" and sources.looks_local(reference):
-        folder = Path(reference).expanduser()
-        missing = [name for name in ("train.jsonl", "test.jsonl") if not (folder / name).is_file()]
-        if missing:
-            raise UserError(f"recipe key 'data.reference': {reference!r} has no {missing[0]}; give a folder with "
-                            "English GSM8K's train.jsonl and test.jsonl, a Hub id, or none")
+        # what `prepare` reads (files named by split, the Hub's shards, a save_to_disk folder), by name alone
+        try:
+            names = sources.local_splits(reference)
+        except UserError as error:
+            raise UserError(f"recipe key 'data.reference': {error}") from None
+        if "test" not in names:  # prepare's own refusal, after SFT's data in a pipeline
+            raise UserError(f"recipe key 'data.reference': {reference!r} has no 'test' split (it has "
+                            f"{', '.join(sorted(names))}); give English GSM8K's train and test (files named train.* "
+                            "and test.*, a save_to_disk folder, or its Hub id), or none")
     splits.prepared_folder(recipe)  # a run folder prepared from another data section
 
 
