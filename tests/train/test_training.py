@@ -199,10 +199,30 @@ def test_grpo_rows_leave_room_for_the_completion():
     assert counts == {"rows": 2, "dropped_too_long": 1, "used": 1} and examples[0]["answer"] == "2"
 
 
+def test_a_stage_left_without_rows_names_the_keys_that_let_them_in():
+    # Before, every case ended "check the data, or lower the completion length", whatever had left the rows out.
+    recipe = load_recipe(None, {})
+    rows = [{"question": "Soru iki", "solution": "1+1=3", "answer": "2", "solution_agrees": False},
+            {"question": "Soru dört", "solution": "Tom 7 yaşındadır.", "answer": "7", "solution_agrees": True}]
+    examples, counts = stage_rows.sft_examples(rows, recipe, "<|stop|>", lambda text: len(text.split()), 80)
+    with pytest.raises(UserError) as error:
+        stage_rows.require_rows(examples, counts, "sft")
+    assert str(error.value).endswith("; data.sft_keep_no_work=true keeps solutions that only state the result; or "
+                                     "data.sft_keep_disagreeing=true keeps solutions that contradict the verified "
+                                     "answer")
+    examples, counts = stage_rows.grpo_examples([{"question": "uzun " * 40, "answer": "3"}], recipe,
+                                                lambda text: len(text.split()), 30, 70)
+    with pytest.raises(UserError, match="; lower grpo.max_completion_length, which leaves the prompts no room$"):
+        stage_rows.require_rows(examples, counts, "grpo")
+
+
 def test_an_empty_split_is_an_error(tmp_path):
     (tmp_path / "test.jsonl").write_text("")
-    with pytest.raises(UserError, match="split 'test' .* is empty"):
+    with pytest.raises(UserError, match="split 'test' .* is empty; check data.dataset and data.test_fraction$"):
         splits.load_split(tmp_path, "test")
+    (tmp_path / "validation.jsonl").write_text("")
+    with pytest.raises(UserError, match="is empty; check data.dataset and data.validation_fraction$"):
+        splits.load_split(tmp_path, "validation")
 
 
 def test_report_to_a_backend_that_is_not_installed_is_a_clear_error():

@@ -42,7 +42,18 @@ def grpo_examples(rows: list[dict[str, Any]], recipe: Recipe, count_tokens: Call
     return fitted, {"rows": len(rows), "dropped_too_long": too_long, "used": len(fitted)}
 
 
+# What keeps each kind of left-out row out, and the recipe key that lets it in.
+LET_IN = {"dropped_no_solution": "raise data.solution_fraction, or give answers with worked solutions",
+          "dropped_no_work": "data.sft_keep_no_work=true keeps solutions that only state the result",
+          "dropped_disagreeing": "data.sft_keep_disagreeing=true keeps solutions that contradict the verified answer",
+          "dropped_too_long": {"sft": "raise sft.max_length (the model's context allowing)",
+                               "grpo": "lower grpo.max_completion_length, which leaves the prompts no room"}}
+
+
 def require_rows(examples: list[Any], counts: dict[str, int], stage: str) -> None:
-    """A stage with no usable rows stops with the counts that explain why."""
-    if not examples:
-        raise UserError(f"{stage}: no training rows left ({counts}); check the data, or lower the completion length")
+    """A stage with no usable rows stops with the counts that explain why, and the keys that let them in."""
+    if examples:
+        return
+    fixes = [fix[stage] if isinstance(fix, dict) else fix for key, fix in LET_IN.items() if counts.get(key)]
+    fixes = fixes or ["check data.dataset"]
+    raise UserError(f"{stage}: no training rows left ({counts}); {'; or '.join(fixes)}")

@@ -82,7 +82,9 @@ def load_split(folder: Path, split: str) -> list[dict[str, Any]]:
         raise UserError(f"split {split!r} not found: {path} does not exist (splits are train, validation and "
                         f"test{hint})")
     if path.stat().st_size == 0:
-        raise UserError(f"split {split!r} in {folder} is empty; check data.dataset and data.test_fraction")
+        fraction = {"validation": "data.validation_fraction", "test": "data.test_fraction"}.get(split)
+        raise UserError(f"split {split!r} in {folder} is empty; check data.dataset"
+                        + (f" and {fraction}" if fraction else ""))
     rows = []
     for number, row in json_rows(path):  # one reader for JSON lines: encodings, malformed lines, non-objects
         if not row.get("question") or row.get("answer") in (None, ""):

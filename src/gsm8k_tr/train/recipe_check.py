@@ -58,6 +58,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     grpo = grpo_args(recipe, [stop_id] if stop_id is not None else [], budget)
     build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     _eval(recipe, context)
+    _held_out(recipe, sft.eval_strategy != "no")
     _compiling(recipe, sft, grpo)
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
@@ -151,6 +152,25 @@ def _compiling(recipe: Recipe, sft: Any, grpo: Any) -> None:
     for stage, args in (("sft", sft), ("grpo", grpo)):
         if getattr(args, "torch_compile", False):
             toolchain.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
+
+
+def _held_out(recipe: Recipe, sft_evaluates: bool) -> None:
+    """The in-training held-out checks need rows in their split; a validation split left empty is found otherwise
+    only when a stage begins (GRPO's: after SFT)."""
+    checks = [key for key, on in (("sft.eval_strategy", sft_evaluates), ("eval.every_steps", recipe.eval.every_steps))
+              if on]
+    if not checks or recipe.eval.held_out_split != "validation":
+        return
+    folder, ready = splits.prepared_folder(recipe)
+    if ready and (folder / "validation.jsonl").stat().st_size == 0:
+        why = f"is empty in {folder}"
+    elif not ready and recipe.data.validation_fraction == 0:
+        why = "data.validation_fraction=0 leaves empty"
+    else:
+        return
+    raise UserError(f"the in-training checks ({', '.join(checks)}) grade held-out answers on the validation split, "
+                    f"which {why}; raise "
+                    "data.validation_fraction, or turn the checks off (sft.eval_strategy=no, eval.every_steps=0)")
 
 
 def _eval(recipe: Recipe, context: int | None) -> None:
