@@ -154,6 +154,18 @@ def test_every_reference_prepare_reads_passes_and_one_without_a_test_split_is_re
     assert done.returncode == 2 and "give the folder inside it that holds them: main" in done.stderr
 
 
+def test_choosing_the_model_on_the_split_evaluation_reports_is_warned_about(tmp_path: Path, tiny_model_dir) -> None:
+    choosing = ["sft.eval_strategy=steps", "sft.eval_steps=10", "sft.load_best_model_at_end=true",
+                "eval.grpo_keep_best=true"]
+    common = ["check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", *choosing]
+    done = run_cli(*common, "eval.held_out_split=test")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
+    assert ("sft.load_best_model_at_end and eval.grpo_keep_best choose the model by its accuracy on the test split, "
+            "which evaluation then reports: that accuracy will look better than the model is") in done.stderr
+    done = run_cli(*common)  # on the validation split: no warning
+    assert done.returncode == 0 and "will look better" not in done.stderr
+
+
 def test_null_where_trl_takes_it_passes(tmp_path: Path, tiny_model_dir) -> None:
     # SFT's max_length (no truncation) and GRPO's min_p (off) are None in TRL's own defaults or annotations
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_length=null",

@@ -58,7 +58,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     grpo = grpo_args(recipe, [stop_id] if stop_id is not None else [], budget)
     build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     _eval(recipe, context)
-    _held_out(recipe, sft.eval_strategy != "no")
+    _held_out(recipe, sft.eval_strategy != "no", sft.eval_strategy != "no" and sft.load_best_model_at_end)
     _compiling(recipe, sft, grpo)
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
@@ -154,9 +154,16 @@ def _compiling(recipe: Recipe, sft: Any, grpo: Any) -> None:
             toolchain.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
 
 
-def _held_out(recipe: Recipe, sft_evaluates: bool) -> None:
+def _held_out(recipe: Recipe, sft_evaluates: bool, sft_chooses: bool) -> None:
     """The in-training held-out checks need rows in their split; a validation split left empty is found otherwise
-    only when a stage begins (GRPO's: after SFT)."""
+    only when a stage begins (GRPO's: after SFT). Checks that choose the model on the split that evaluation then
+    reports make its accuracy look better than it is: a warning, as a small dataset may leave no other choice."""
+    choosing = [key for key, on in (("sft.load_best_model_at_end", sft_chooses),
+                                    ("eval.grpo_keep_best", recipe.eval.grpo_keep_best)) if on]
+    if choosing and recipe.eval.held_out_split == recipe.eval.split:
+        log.warning("%s %s the model by its accuracy on the %s split, which evaluation then reports: that "
+                    "accuracy will look better than the model is; set eval.held_out_split=validation",
+                    " and ".join(choosing), "choose" if len(choosing) > 1 else "chooses", recipe.eval.split)
     checks = [key for key, on in (("sft.eval_strategy", sft_evaluates), ("eval.every_steps", recipe.eval.every_steps))
               if on]
     if not checks or recipe.eval.held_out_split != "validation":
