@@ -225,7 +225,7 @@ def _plan(args: argparse.Namespace) -> int:
     from gsm8k_tr.train import plan
 
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
-    if args.gpu_memory is not None and args.gpu_memory <= 0:
+    if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):  # argparse's float reads nan and inf
         raise UserError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
     config = plan.model_config(recipe)  # read once: without the Hub, reading it warns
     shape, plans = plan.plan_recipe(recipe, args.gpu_memory, config)

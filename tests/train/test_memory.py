@@ -63,6 +63,9 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
     text = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "0.5")
     assert text.returncode == 0 and "NO (0.5 GiB)" in text.stdout and "activation checkpointing off" in text.stdout
     assert "on a GPU with 0.5 GiB:" in text.stdout
+    for wrong in ("0", "nan", "inf"):  # argparse reads the last two as floats, and planned with them before
+        done = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", wrong)
+        assert done.returncode == 2 and "--gpu-memory must be a positive number of GiB" in done.stderr
     real = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "24")
     assert real.returncode == 0 and real.stderr.count("the Hub is not reachable") <= 1  # said once, not per reading
     # `bf16: false` alone trains in fp32 on every GPU, `fp16: false` alone in bf16 on one that has it, as TRL reads
