@@ -45,6 +45,7 @@ BAD = [
     (["prompt.template=no placeholder"], "must contain {question}", "template without the question"),
     (["prompt.template={question} {oops}"], "unknown placeholder(s) ['oops']", "unknown placeholder"),
     (["novalue"], "is not key=value", "malformed override"),
+    (["eval.temperature=.nan"], "recipe key 'eval.temperature' must be a finite number, got nan", "YAML's nan"),
     (["prompt.template=Soru: {question}"], "got {'Soru': {'question': None}} (dict); YAML read the text as structure: "
                                            "put it in quotes", "text that YAML reads as a mapping"),
 ]

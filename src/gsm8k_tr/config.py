@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 import string
 import types
@@ -175,9 +176,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads `5e-5` (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML's .nan and .inf: no setting here means anything by them (a NaN learning rate trains NaN weights)
+        raise UserError(f"recipe key {key!r} must be a finite number, got {value}")
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # `run=2024` on the command line reads as a number
     if value is False and isinstance(tp, type) and issubclass(tp, enum.Enum) and "no" in {m.value for m in tp}:

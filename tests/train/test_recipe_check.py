@@ -62,6 +62,9 @@ TYPOS = [
     # every weight 0: GRPO trained with every advantage 0 and learned nothing, without a word
     ("rewards={correctness: 0, strict_format: 0, soft_format: 0, xmlcount: 0}",
      "recipe section 'rewards' needs a reward with a positive weight", "rewards all off"),
+    # check said ok to both: YAML reads .nan and .inf as floats
+    ("sft.learning_rate=.nan", "recipe key 'sft.learning_rate' must be a finite number, got nan", "NaN"),
+    ("grpo.beta=.inf", "recipe key 'grpo.beta' must be a finite number, got inf", "infinity"),
     # GRPO's held-out check found its split empty when GRPO began, after SFT
     ("data.validation_fraction=0", "the in-training checks (eval.every_steps) grade held-out answers on the "
                                    "validation split, which data.validation_fraction=0 leaves empty", "no validation"),
