@@ -163,6 +163,20 @@ def test_without_a_reference_a_source_keeps_its_own_test_split(tmp_path: Path) -
         assert report["test_split"] == "hash" and report["written"]["train"] > 0, alone
 
 
+def test_tab_separated_files_and_names_in_capitals_read_as_their_lowercase_csv_would(tmp_path: Path) -> None:
+    # Before, "data.tsv" and "DATA.CSV" were "an unknown type", and "Test.csv" was a split named "Test", not test.
+    source = tmp_path / "mine"
+    source.mkdir()
+    for name, first in (("Train.TSV", 0), ("Test.CSV", 100)):
+        rows = [(f"Soru {i}: {i} elma ve {i + 1} armut?", f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}")
+                for i in range(first, first + 40)]
+        with open(source / name, "w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, delimiter="\t" if name.endswith("TSV") else ",").writerows([("question", "answer"), *rows])
+    assert run_prepare("--dataset", str(source), "--reference", "none", "--output", str(tmp_path / "out")) == 0
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert report["test_split"] == "source" and report["rows_read"] == 80 and report["written"]["test"] == 40
+
+
 def test_with_a_reference_a_source_test_split_still_never_reaches_training(reference_dir: Path, tmp_path: Path) -> None:
     # The user's test file holds a question without an English original (goats) and one matching an English *training*
     # question (Tom's pages): the reference alone would put both in training, one as an unaligned row.

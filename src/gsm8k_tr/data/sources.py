@@ -24,7 +24,7 @@ from typing import Any
 from gsm8k_tr import hub
 from gsm8k_tr.errors import UserError, one_line
 
-SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # in any case: "DATA.CSV" as Windows may name it
 MAX_FIELD_CHARS = 1_000_000  # a question or solution longer than this is not one
 
 
@@ -90,7 +90,7 @@ def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any
 def json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line or item number, object) for a JSON list or JSON-lines file; bad content is a one-line error."""
     text = _decode(path)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
@@ -140,16 +140,16 @@ _SHARD = re.compile(r"-\d+-of-\d+$")
 def split_name(path: Path) -> str:
     """The split a data file holds: its name without the type, and without the Hub's shard numbers.
 
-    >>> split_name(Path("main/test-00000-of-00001.parquet")), split_name(Path("train.jsonl"))
+    >>> split_name(Path("main/test-00000-of-00001.parquet")), split_name(Path("Train.JSONL"))
     ('test', 'train')
     """
-    return _SHARD.sub("", path.stem)
+    return _SHARD.sub("", path.stem).lower()  # "Test.csv" holds the test split as "test.csv" does
 
 
 def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
-    if path.suffix == ".csv":
+    if path.suffix.lower() in (".csv", ".tsv"):  # the separator is read from the header either way
         rows = _csv_rows(path, skipped)
-    elif path.suffix in (".json", ".jsonl"):
+    elif path.suffix.lower() in (".json", ".jsonl"):
         rows = json_rows(path)
     else:
         rows = _parquet_rows(path)
@@ -205,17 +205,19 @@ def _existing(spec: str) -> Path:
 def _data_files(spec: str, path: Path) -> list[Path]:
     """The data files of a local source that `datasets` did not save; a folder without any is one line."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in SUFFIXES and p.name not in ("report.json", "prepare_report.json"))
         if not files:
             # A Hub download keeps its files a level down (`data/`, or a folder per config: `main/`, `socratic/`).
             inner = sorted(p.name for p in path.iterdir()
-                           if p.is_dir() and any(f.suffix in SUFFIXES for f in p.iterdir()))
+                           if p.is_dir() and any(f.suffix.lower() in SUFFIXES for f in p.iterdir()))
             hint = f"; give the folder inside it that holds them: {' or '.join(inner)}" if inner else ""
             raise UserError(f"folder {spec!r} holds no {', '.join(SUFFIXES)} files{hint}")
         return files
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         # datasets' own Arrow files are read through the folder save_to_disk wrote them into, with its split names
-        arrow = "; for datasets' Arrow files give the folder save_to_disk wrote" if path.suffix == ".arrow" else ""
+        arrow = ("; for datasets' Arrow files give the folder save_to_disk wrote" if path.suffix.lower() == ".arrow"
+                 else "")
         raise UserError(f"data file {spec!r} has an unknown type; use one of {', '.join(SUFFIXES)}{arrow}")
     return [path]
 
