@@ -169,6 +169,18 @@ def test_choosing_the_model_on_the_split_evaluation_reports_is_warned_about(tmp_
     assert done.returncode == 0 and "will look better" not in done.stderr
 
 
+def test_a_prepared_folder_without_validation_rows_is_refused_before_its_checks(tmp_path: Path, tiny_model_dir) -> None:
+    data = tmp_path / "data"
+    assert run_cli("prepare", "--config", str(TINY_RECIPE), "data.validation_fraction=0", "--output", str(data)
+                   ).returncode == 0
+    common = ["check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", f"data.dataset={data}"]
+    for _ in ("empty", "missing"):  # a folder prepared before 0.2 has none
+        done = run_cli(*common)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert f"validation split, which is empty or missing in {data}; prepare the data again" in done.stderr
+        (data / "validation.jsonl").unlink(missing_ok=True)
+
+
 def test_null_where_trl_takes_it_passes(tmp_path: Path, tiny_model_dir) -> None:
     # SFT's max_length (no truncation) and GRPO's min_p (off) are None in TRL's own defaults or annotations
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.max_length=null",

@@ -169,15 +169,15 @@ def _held_out(recipe: Recipe, sft_evaluates: bool, sft_chooses: bool) -> None:
     if not checks or recipe.eval.held_out_split != "validation":
         return
     folder, ready = splits.prepared_folder(recipe)
-    if ready and (folder / "validation.jsonl").stat().st_size == 0:
-        why = f"is empty in {folder}"
+    validation = folder / "validation.jsonl"  # none in folders prepared before 0.2
+    if ready and (not validation.is_file() or validation.stat().st_size == 0):
+        why = f"is empty or missing in {folder}; prepare the data again with data.validation_fraction above 0"
     elif not ready and recipe.data.validation_fraction == 0:
-        why = "data.validation_fraction=0 leaves empty"
+        why = "data.validation_fraction=0 leaves empty; raise data.validation_fraction"
     else:
         return
     raise UserError(f"the in-training checks ({', '.join(checks)}) grade held-out answers on the validation split, "
-                    f"which {why}; raise "
-                    "data.validation_fraction, or turn the checks off (sft.eval_strategy=no, eval.every_steps=0)")
+                    f"which {why}, or turn the checks off (sft.eval_strategy=no, eval.every_steps=0)")
 
 
 def _eval(recipe: Recipe, context: int | None) -> None:
