@@ -51,4 +51,10 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = json.loads((run / "report.json").read_text())
     assert {n: s["accuracy"] for n, s in again["stages"].items()} == {n: s["accuracy"] for n, s in report["stages"].items()}
-    assert "already finished" in resumed.stderr
+    assert "already finished" in resumed.stderr and "with another recipe" not in resumed.stderr
+    # More GRPO steps on a finished run: kept as it finished, and said so where before only "already finished" was
+    longer = cli(*args, "--resume", "grpo.max_steps=6")
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert (f"{run / 'grpo'} already finished, with another recipe than this one (grpo.max_steps 2 -> 6); it is kept "
+            "as it is: pass --overwrite to train it again with this recipe") in longer.stderr
+    assert f"{run / 'sft'} already finished, with another" not in longer.stderr  # SFT never reads the grpo section

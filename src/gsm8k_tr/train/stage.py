@@ -51,6 +51,13 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
                                                                   folder / CHECKPOINTS / START_MODEL)
                                         for p in folder.rglob("*"))
     if has_files and resume and is_finished(folder):
+        finished_with = folder / "recipe.yaml"  # saved with its outputs
+        other = {"sft": ("grpo.", "prompt_filter."), "grpo": ("sft.",)}.get(stage, ())  # the other stage's sections
+        changed = [change for change in (recipe_changes(finished_with, recipe) if finished_with.is_file() else [])
+                   if not change.startswith(other)]
+        if changed:  # kept as it finished: a changed key (more steps, another rate) would otherwise pass unnoticed
+            log.warning("--resume: %s already finished, with another recipe than this one (%s); it is kept as it is: "
+                        "pass --overwrite to train it again with this recipe", folder, "; ".join(changed))
         return folder, None, True
     if has_files and not resume and not overwrite:
         raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
@@ -92,7 +99,6 @@ FIXED_ON_RESUME = ("model.", "lora.", "prompt.", "rewards.")
 def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | None = None) -> None:
     """Refuse a resume whose recipe or start model (`start`: GRPO's SFT output, with when it finished) changes what
     the checkpoints were trained as; name every other change."""
-    import yaml
 
     if not started.is_file():  # a run begun by an earlier version
         return
@@ -106,15 +112,7 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
                         f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start "
                         "again")
 
-    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-        return out
-
-    before, now = flat(yaml.safe_load(started.read_text(encoding="utf-8"))), flat(recipe_dict(recipe))
-    changed = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(before.keys() | now.keys())
-               if key != "output_dir" and before.get(key) != now.get(key)]
+    changed = recipe_changes(started, recipe)
     fixed = [change for change in changed if change.startswith(FIXED_ON_RESUME)]
     if fixed:
         raise UserError(f"--resume: the run in {started.parent.parent} began with another recipe ({'; '.join(fixed)}); "
@@ -122,6 +120,21 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
     if changed:
         log.warning("--resume: the recipe differs from the one the run began with (%s); the run goes on with its "
                     "saved optimizer and schedule", "; ".join(changed))
+
+
+def recipe_changes(saved: Path, recipe: Recipe) -> list[str]:
+    """Each key whose value differs between the recipe saved at `saved` and `recipe`: "key old -> new"."""
+    import yaml
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    before, now = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}), flat(recipe_dict(recipe))
+    return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(before.keys() | now.keys())
+            if key != "output_dir" and before.get(key) != now.get(key)]
 
 
 def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = None) -> tuple[Any, Any]:
