@@ -19,7 +19,7 @@ from typing import Any
 
 from gsm8k_tr.config import DataConfig, Recipe, save_recipe
 from gsm8k_tr.data.align import Aligner, Match, Reference, numbers
-from gsm8k_tr.data.sources import read_rows
+from gsm8k_tr.data.sources import no_test_split, read_rows
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.answers import canonical, last_number, parse_gold, preferred, shown
 from gsm8k_tr.grading.answers import matches as matches_gold
@@ -120,8 +120,7 @@ def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
         raise UserError(f"reference {spec!r} has no rows with a '#### N' answer; give English GSM8K or 'none'")
     if not any(r.split == "test" for r in references):
         # Without it every translated test question would be trained on, and the official test split would be empty.
-        raise UserError(f"reference {spec!r} has no 'test' split (it has {', '.join(sorted(set(position)))}); "
-                        "give English GSM8K's train and test (files named train.* and test.*, or its Hub id)")
+        raise UserError(f"reference {no_test_split(spec, set(position))}")
     if missing:
         logger.warning("reference %s: %d rows without a '#### N' answer were left out", spec, missing)
     return references, solutions

@@ -231,6 +231,13 @@ def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
         yield from _file_rows(file, skipped)
 
 
+def no_test_split(spec: str, splits: set[str]) -> str:
+    """The line for a reference without a test split, through which the translated test questions are found: `prepare`
+    refuses it when it reads the rows, the recipe check by the splits' names before any work."""
+    return (f"{spec!r} has no 'test' split (it has {', '.join(sorted(splits))}); give English GSM8K's train and test "
+            "(files named train.* and test.*, a save_to_disk folder, or its Hub id), or none")
+
+
 def local_splits(spec: str) -> set[str]:
     """The splits a local source holds, as `read_rows` names them, from its file names alone (no row is read)."""
     path = _existing(spec)

@@ -47,7 +47,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     Returns what was checked and what could not be (a Hub model that is not
     in the local cache), for `gsm8k-tr check` to report.
     """
-    _data(recipe)
+    prepared = _data(recipe)
     config, tokenizer, model_note = _model(recipe)
     context = modeling.config_context_length(config, recipe.model.name_or_path) if config is not None else None
     stop, stop_id = (modeling.stop_token_id(tokenizer, recipe.model.stop_token) if tokenizer is not None
@@ -58,7 +58,8 @@ def check(recipe: Recipe) -> dict[str, Any]:
     grpo = grpo_args(recipe, [stop_id] if stop_id is not None else [], budget)
     build_rewards(recipe.rewards, recipe.prompt.reasoning_tag, recipe.prompt.answer_tag)
     _eval(recipe, context)
-    _held_out(recipe, sft.eval_strategy != "no", sft.eval_strategy != "no" and sft.load_best_model_at_end)
+    evaluates = sft.eval_strategy != "no"
+    _held_out(recipe, prepared, evaluates, evaluates and sft.load_best_model_at_end)
     _compiling(recipe, sft, grpo)
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
@@ -73,7 +74,8 @@ def check(recipe: Recipe) -> dict[str, Any]:
             "grpo_steps": grpo.max_steps}
 
 
-def _data(recipe: Recipe) -> None:
+def _data(recipe: Recipe) -> tuple[Path, bool]:
+    """The data section checked; returns where its prepared data is and whether it is prepared already."""
     data = recipe.data
     spec = data.dataset
     if spec == "synthetic" or spec.startswith("synthetic:"):
@@ -91,10 +93,8 @@ def _data(recipe: Recipe) -> None:
         except UserError as error:
             raise UserError(f"recipe key 'data.reference': {error}") from None
         if "test" not in names:  # prepare's own refusal, after SFT's data in a pipeline
-            raise UserError(f"recipe key 'data.reference': {reference!r} has no 'test' split (it has "
-                            f"{', '.join(sorted(names))}); give English GSM8K's train and test (files named train.* "
-                            "and test.*, a save_to_disk folder, or its Hub id), or none")
-    splits.prepared_folder(recipe)  # a run folder prepared from another data section
+            raise UserError(f"recipe key 'data.reference': {sources.no_test_split(reference, names)}")
+    return splits.prepared_folder(recipe)  # a run folder prepared from another data section is refused
 
 
 def _model(recipe: Recipe) -> tuple[Any, Any, str]:
@@ -154,7 +154,7 @@ def _compiling(recipe: Recipe, sft: Any, grpo: Any) -> None:
             toolchain.require_c_compiler(f"{stage}.torch_compile", f"set {stage}.torch_compile=false")
 
 
-def _held_out(recipe: Recipe, sft_evaluates: bool, sft_chooses: bool) -> None:
+def _held_out(recipe: Recipe, prepared: tuple[Path, bool], sft_evaluates: bool, sft_chooses: bool) -> None:
     """The in-training held-out checks need rows in their split; a validation split left empty is found otherwise
     only when a stage begins (GRPO's: after SFT). Checks that choose the model on the split that evaluation then
     reports make its accuracy look better than it is: a warning, as a small dataset may leave no other choice."""
@@ -168,7 +168,7 @@ def _held_out(recipe: Recipe, sft_evaluates: bool, sft_chooses: bool) -> None:
               if on]
     if not checks or recipe.eval.held_out_split != "validation":
         return
-    folder, ready = splits.prepared_folder(recipe)
+    folder, ready = prepared  # `_data`'s: where the prepared data is, and whether it is there yet
     validation = folder / "validation.jsonl"  # none in folders prepared before 0.2
     if ready and (not validation.is_file() or validation.stat().st_size == 0):
         why = f"is empty or missing in {folder}; prepare the data again with data.validation_fraction above 0"

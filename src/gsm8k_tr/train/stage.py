@@ -99,7 +99,6 @@ FIXED_ON_RESUME = ("model.", "lora.", "prompt.", "rewards.")
 def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | None = None) -> None:
     """Refuse a resume whose recipe or start model (`start`: GRPO's SFT output, with when it finished) changes what
     the checkpoints were trained as; name every other change."""
-
     if not started.is_file():  # a run begun by an earlier version
         return
     record = started.with_name(START_MODEL)
