@@ -49,6 +49,16 @@ def test_alignment_gives_official_gold_and_split(turkish_csv: Path, reference_di
     assert (out / "recipe.yaml").is_file()
 
 
+def assert_prepared_as_the_files(prepared: Path, from_files: Path, source: str) -> None:
+    """`prepared` holds the rows `from_files` (prepared from the tests' CSV) holds, each named as `source`'s split
+    "train" names it: by its row, where the CSV names its line."""
+    for name in ("train", "validation", "test", "excluded"):
+        rows, files = read_jsonl(prepared / f"{name}.jsonl"), read_jsonl(from_files / f"{name}.jsonl")
+        lines = [int(row.pop("source").rsplit(":", 1)[1]) for row in files]  # the CSV's header is line 1
+        assert [row.pop("source") for row in rows] == [f"{source}[train]:{n - 1}" for n in lines]
+        assert rows == files
+
+
 def test_the_recipes_hub_datasets_read_as_their_files_do(turkish_csv: Path, reference_dir: Path, tmp_path: Path,
                                                          hub_datasets: list) -> None:
     # The defaults: GSM8K-TR from the Hub (one split, "train", whatever its rows are) and English GSM8K's `main`
@@ -57,11 +67,7 @@ def test_the_recipes_hub_datasets_read_as_their_files_do(turkish_csv: Path, refe
     assert sorted(hub_datasets) == sorted(HUB_DATASETS)
     assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
                        "--output", str(tmp_path / "files")) == 0
-    for name in ("train", "validation", "test", "excluded"):
-        from_hub, from_files = (read_jsonl(tmp_path / where / f"{name}.jsonl") for where in ("hub", "files"))
-        lines = [int(row.pop("source").rsplit(":", 1)[1]) for row in from_files]  # the CSV's header is line 1
-        assert [row.pop("source") for row in from_hub] == [f"ytu-ce-cosmos/gsm8k_tr[train]:{n - 1}" for n in lines]
-        assert from_hub == from_files
+    assert_prepared_as_the_files(tmp_path / "hub", tmp_path / "files", "ytu-ce-cosmos/gsm8k_tr")
     reports = [json.loads((tmp_path / where / "prepare_report.json").read_text()) for where in ("hub", "files")]
     assert reports[0]["written"] == reports[1]["written"] == {"train": 4, "validation": 1, "test": 2}
 
@@ -119,11 +125,7 @@ def test_folders_saved_by_datasets_read_as_their_files_do(turkish_csv: Path, ref
                        "--output", str(tmp_path / "arrow")) == 0
     assert run_prepare("--dataset", str(turkish_csv), "--reference", str(reference_dir),
                        "--output", str(tmp_path / "files")) == 0
-    for name in ("train", "validation", "test", "excluded"):
-        arrow, files = (read_jsonl(tmp_path / where / f"{name}.jsonl") for where in ("arrow", "files"))
-        lines = [int(row.pop("source").rsplit(":", 1)[1]) for row in files]  # the CSV's header is line 1
-        assert [row.pop("source") for row in arrow] == [f"{source}[train]:{n - 1}" for n in lines]
-        assert arrow == files
+    assert_prepared_as_the_files(tmp_path / "arrow", tmp_path / "files", str(source))
     assert json.loads((tmp_path / "arrow" / "prepare_report.json").read_text())["test_rows_found"] == 2
     # One split's own folder: one Dataset, which keeps no split name of its own, so its folder names it
     assert run_prepare("--dataset", str(source / "train"), "--reference", str(reference),
