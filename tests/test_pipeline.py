@@ -58,3 +58,25 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
     assert (f"{run / 'grpo'} already finished, with another recipe than this one (grpo.max_steps 2 -> 6); it is kept "
             "as it is: pass --overwrite to train it again with this recipe") in longer.stderr
     assert f"{run / 'sft'} already finished, with another" not in longer.stderr  # SFT never reads the grpo section
+    # Another eval.limit: every evaluation answers again, so the stages are compared on the same questions; the
+    # finished stages are kept without a warning, as they would train the same
+    fewer = cli(*args, "--resume", "eval.limit=8")
+    assert fewer.returncode == 0, fewer.stderr[-2000:]
+    for name in ("base", "sft", "grpo"):
+        assert (f"--resume: {run / 'eval' / name} was evaluated with other inputs than now (eval.limit 12 -> 8); "
+                "evaluating it again") in fewer.stderr
+    assert "already finished, with another" not in fewer.stderr
+    assert [s["n"] for s in json.loads((run / "report.json").read_text())["stages"].values()] == [8, 8, 8]
+    assert [c["questions"] for c in json.loads((run / "report.json").read_text())["comparisons"]] == [8, 8]
+    # SFT trained again on its own: its evaluation is redone, and the GRPO trained from the SFT before is named
+    retrained = cli("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=10", "eval.every_steps=0",
+                    "--overwrite")
+    assert retrained.returncode == 0, retrained.stderr[-2000:]
+    after = cli(*args, "--resume", "eval.limit=8")
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert f"{run / 'eval' / 'sft'} was evaluated with other inputs than now (model.finished_at" in after.stderr
+    assert f"{run / 'eval' / 'base'} was evaluated" not in after.stderr
+    assert f"{run / 'eval' / 'grpo'} was evaluated" not in after.stderr
+    assert f"{run / 'grpo'} already finished, with another recipe than this one (start model: an SFT output" \
+        in after.stderr
+

@@ -399,6 +399,23 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return dataclasses.asdict(recipe)
 
 
+def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each dotted key whose value differs between two nested mappings, as "key old -> new".
+
+    >>> changed_keys({"eval": {"limit": 8, "split": "test"}}, {"eval": {"limit": 16, "split": "test"}})
+    ['eval.limit 8 -> 16']
+    """
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    old, new = flat(before), flat(now)
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)]
+
+
 def save_recipe(recipe: Recipe, directory: str | Path) -> Path:
     """Write the resolved recipe into `directory` as `recipe.yaml`."""
     target = Path(directory) / "recipe.yaml"

@@ -5,9 +5,9 @@ commands typed one by one write the same folders. `report.json` in the run
 folder sums it up: per stage (`base`, `sft`, `grpo`) the evaluation metrics
 and the wall time of training and of evaluation.
 
-`--resume` keeps what already finished (prepared data, finished stages and
-evaluations) and continues an interrupted stage from its last checkpoint;
-`--overwrite` starts the run again from nothing.
+`--resume` keeps what already finished (prepared data, finished stages, and
+evaluations whose inputs are unchanged) and continues an interrupted stage
+from its last checkpoint; `--overwrite` starts the run again from nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.config import Recipe
+from gsm8k_tr.config import Recipe, changed_keys, recipe_dict
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import atomic_write_text, read_json
 from gsm8k_tr.run_folder import held_by_one_run
@@ -46,17 +46,54 @@ def _check_run_folder(run: Path, resume: bool, overwrite: bool) -> list[Path]:
     return [run / part for part in held] if overwrite else []
 
 
-def _evaluate(recipe: Recipe, name: str, model: str, resume: bool) -> tuple[dict[str, Any], float]:
+# The recipe's keys besides the model that shape an evaluation's answers. A finished evaluation is reused on
+# --resume only when they and its model are unchanged. The eval section's other keys shape training (GRPO's
+# held-out checks, SFT's patience).
+EVALUATION_KEYS = ("seed", "decoding", "prompt", *(f"eval.{key}" for key in ("split", "limit", "batch_size",
+                                                                             "max_new_tokens", "temperature",
+                                                                             "device", "dtype")))
+
+
+def _evaluation_inputs(recipe: Recipe, name: str, data_dir: Path) -> dict[str, Any]:
+    """What stage `name`'s evaluation depends on: the prepared data, the recipe's `EVALUATION_KEYS`, and the model
+    (the base model's recipe keys, or when the trained stage finished)."""
+    from gsm8k_tr.data.splits import fingerprint
+    from gsm8k_tr.run_folder import read_manifest
+
+    settings = recipe_dict(recipe)
+    inputs: dict[str, Any] = {"data": fingerprint(data_dir)}
+    for key in EVALUATION_KEYS:
+        section, _, part = key.partition(".")
+        if part:
+            inputs.setdefault(section, {})[part] = settings[section][part]
+        else:
+            inputs[key] = settings[key]
+    if name == "base":
+        inputs["model"] = {k: v for k, v in settings["model"].items() if k != "sft_output"}
+    else:
+        manifest = read_manifest(Path(recipe.output_dir) / name)  # the stage as GRPO records the SFT it starts from
+        inputs["model"] = {key: manifest.get(key) for key in ("finished_at", "train_seconds")}
+    return json.loads(json.dumps(inputs))  # as metrics.json reads back: lists, not tuples
+
+
+def _evaluate(recipe: Recipe, name: str, model: str, resume: bool, data_dir: Path) -> tuple[dict[str, Any], float]:
     from gsm8k_tr.infer import evaluate
 
     output = Path(recipe.output_dir) / "eval" / name
     metrics_file = output / "metrics.json"
+    inputs = _evaluation_inputs(recipe, name, data_dir)
     if resume and metrics_file.is_file():
-        log.info("evaluation %s already done", name)
         result = read_json(metrics_file, "remove it to evaluate again")
-        return result, float(result.get("seconds", 0.0))
+        saved = result.get("evaluated_with")
+        if saved == inputs:
+            log.info("evaluation %s already done", name)
+            return result, float(result.get("seconds", 0.0))
+        # evaluated again rather than kept (as a finished stage is): the report compares stages question by question,
+        # so each must answer the same questions the same way, and an evaluation costs far less than training
+        changes = "; ".join(changed_keys(saved, inputs)) if isinstance(saved, dict) else "its inputs were not recorded"
+        log.warning("--resume: %s was evaluated with other inputs than now (%s); evaluating it again", output, changes)
     started = time.perf_counter()
-    result = evaluate.main(model, recipe, output=str(output), overwrite=True)
+    result = evaluate.main(model, recipe, output=str(output), overwrite=True, evaluated_with=inputs)
     return result, time.perf_counter() - started
 
 
@@ -126,7 +163,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
             train_seconds = _train(recipe, name, resume)
             step += 1
         announce(f"[{step}/7] evaluating {name} on the {recipe.eval.split} split")
-        result, eval_seconds = _evaluate(recipe, name, models[name], resume)
+        result, eval_seconds = _evaluate(recipe, name, models[name], resume, data_dir)
         step += 1
         stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(eval_seconds, 1),

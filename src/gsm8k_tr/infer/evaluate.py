@@ -248,11 +248,12 @@ def check_args(limit: int | None, samples: int) -> None:
 
 def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int | None = None, samples: int = 1,
          output: str | None = None, overwrite: bool = False, backend: str = "hf",
-         device: str | None = None) -> dict[str, Any]:
+         device: str | None = None, evaluated_with: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate `model_spec` on the recipe's prepared split; write metrics.json and predictions.jsonl.
 
     Under `accelerate launch` the processes share the questions and only the
-    main process writes.
+    main process writes. `evaluated_with` (the pipeline's record of what the
+    answers depend on) is kept in metrics.json.
     """
     from rich.progress import Progress
 
@@ -279,7 +280,8 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
             task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
             result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
     result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
-              "seconds": round(time.perf_counter() - started, 3)}  # a rate over a short evaluation needs the ms
+              "seconds": round(time.perf_counter() - started, 3),  # a rate over a short evaluation needs the ms
+              **({"evaluated_with": evaluated_with} if evaluated_with is not None else {})}
     state = process_state() if is_distributed() else None
     if target is not None and (state is None or state.is_main_process):
         with atomic_directory(target, overwrite) as tmp:

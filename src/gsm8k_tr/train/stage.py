@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gsm8k_tr.config import Recipe, recipe_dict, save_recipe
+from gsm8k_tr.config import Recipe, changed_keys, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError, compiler_failure
 from gsm8k_tr.outputs import full_disk_reported, read_json
 from gsm8k_tr.processes import check_devices, process_state
@@ -54,7 +54,11 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
         finished_with = folder / "recipe.yaml"  # saved with its outputs
         other = {"sft": ("grpo.", "prompt_filter."), "grpo": ("sft.",)}.get(stage, ())  # the other stage's sections
         changed = [change for change in (recipe_changes(finished_with, recipe) if finished_with.is_file() else [])
-                   if not change.startswith(other)]
+                   if not change.startswith((*other, *EVALUATION_ONLY))]
+        began = folder / CHECKPOINTS / START_MODEL
+        began_from = read_json(began, "pass --overwrite to train the stage again") if began.is_file() else None
+        if began_from is not None and began_from != (start or {}):  # GRPO on an SFT output trained again since
+            changed.append(f"start model: {_start_name(began_from)} -> {_start_name(start or {})}")
         if changed:  # kept as it finished: a changed key (more steps, another rate) would otherwise pass unnoticed
             log.warning("--resume: %s already finished, with another recipe than this one (%s); it is kept as it is: "
                         "pass --overwrite to train it again with this recipe", folder, "; ".join(changed))
@@ -94,6 +98,14 @@ START_MODEL = "start.json"  # beside it: the stage output the run began from (GR
 # What the checkpoints were trained as: resumed with other values, the adapter would load into another layout (another
 # LoRA rank stopped in a traceback) or base model, or train on with other prompts or rewards.
 FIXED_ON_RESUME = ("model.", "lora.", "prompt.", "rewards.")
+# Keys only the final evaluation reads: a finished stage would train the same with other values (the pipeline
+# evaluates it again).
+EVALUATION_ONLY = ("eval.split ", "eval.limit ", "eval.device ", "eval.dtype ")
+
+
+def _start_name(model: dict[str, Any]) -> str:
+    """A stage's start model as a start record holds it: GRPO's SFT output, with when it finished, or none."""
+    return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
 
 
 def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | None = None) -> None:
@@ -104,12 +116,9 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
     record = started.with_name(START_MODEL)
     began = read_json(record, "pass --overwrite to start the stage again") if record.is_file() else None
     if began is not None and began != (start or {}):
-        def said(model: dict[str, Any]) -> str:
-            return f"an SFT output finished at {model['finished_at']}" if model else "the base model"
-
-        raise UserError(f"--resume: the run in {started.parent.parent} began from {said(began)}, and starts now from "
-                        f"{said(start or {})}: its checkpoints belong to another model; pass --overwrite to start "
-                        "again")
+        raise UserError(f"--resume: the run in {started.parent.parent} began from {_start_name(began)}, and starts now "
+                        f"from {_start_name(start or {})}: its checkpoints belong to another model; pass --overwrite "
+                        "to start again")
 
     changed = recipe_changes(started, recipe)
     fixed = [change for change in changed if change.startswith(FIXED_ON_RESUME)]
@@ -125,15 +134,8 @@ def recipe_changes(saved: Path, recipe: Recipe) -> list[str]:
     """Each key whose value differs between the recipe saved at `saved` and `recipe`: "key old -> new"."""
     import yaml
 
-    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-        return out
-
-    before, now = flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}), flat(recipe_dict(recipe))
-    return [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(before.keys() | now.keys())
-            if key != "output_dir" and before.get(key) != now.get(key)]
+    before = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    return [change for change in changed_keys(before, recipe_dict(recipe)) if not change.startswith("output_dir ")]
 
 
 def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = None) -> tuple[Any, Any]:
