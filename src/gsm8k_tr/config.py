@@ -284,6 +284,9 @@ def _check(recipe: Recipe) -> None:
         # alpha 0 scales the adapter's output to nothing (it would train nothing); dropout 1 drops every input
         raise UserError(f"recipe section 'lora' needs r >= 1, alpha > 0 and 0 <= dropout < 1, got r={lora.r}, "
                         f"alpha={lora.alpha}, dropout={lora.dropout}")
+    if lora.target_modules == []:  # PEFT would read an empty list as its default, every linear layer, unasked
+        raise UserError("recipe key 'lora.target_modules' is an empty list; name the layers to adapt, or set it to "
+                        "null for every linear layer")
     for key in ("min_align_score", "min_align_margin"):  # alignment scores lie in [0, 1]
         if not 0.0 <= getattr(recipe.data, key) <= 1.0:
             raise UserError(f"recipe key 'data.{key}' must be in [0, 1], got {getattr(recipe.data, key)}")

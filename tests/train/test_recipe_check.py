@@ -65,18 +65,38 @@ TYPOS = [
     # check said ok to both: YAML reads .nan and .inf as floats
     ("sft.learning_rate=.nan", "recipe key 'sft.learning_rate' must be a finite number, got nan", "NaN"),
     ("grpo.beta=.inf", "recipe key 'grpo.beta' must be a finite number, got inf", "infinity"),
+    # each stopped in a traceback from torch's DataLoader or sampler once the stage began
+    ("sft.max_length=0", "recipe key 'sft.max_length' must be at least 1, got 0", "SFT length 0"),
+    ("grpo.generation_batch_size=0", "recipe key 'grpo.generation_batch_size' must be at least 1, got 0",
+     "GRPO generation batch 0"),
+    ("grpo.steps_per_generation=0", "'grpo.steps_per_generation' must be at least 1, got 0", "GRPO steps a call 0"),
+    ("sft.dataloader_num_workers=-1", "'sft.dataloader_num_workers' must be 0 or more, got -1", "loader workers"),
+    # each trained nothing without a word ("0 steps") and saved its start as the stage's output; or, for the empty
+    # list, adapted every linear layer as if the key were null
+    (("sft.max_steps=-1", "sft.num_train_epochs=0"), "'sft.num_train_epochs' must be above 0 when sft.max_steps is -1",
+     "no SFT epochs"),
+    (("grpo.max_steps=-1", "grpo.num_train_epochs=-1"), "'grpo.num_train_epochs' must be above 0 when grpo.max_steps is -1",
+     "no GRPO epochs"),
+    ("lora.target_modules=[]", "recipe key 'lora.target_modules' is an empty list; name the layers to adapt, or set "
+                               "it to null", "no lora targets"),
     # GRPO's held-out check found its split empty when GRPO began, after SFT
     ("data.validation_fraction=0", "the in-training checks (eval.every_steps) grade held-out answers on the "
                                    "validation split, which data.validation_fraction=0 leaves empty", "no validation"),
 ]
 
 
-@pytest.mark.parametrize("override,message,section", TYPOS, ids=[t[2] + ": " + t[0] for t in TYPOS])
+def _overrides(override: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A case's overrides: one, or several that are wrong only together."""
+    return override if isinstance(override, tuple) else (override,)
+
+
+@pytest.mark.parametrize("override,message,section", TYPOS,
+                         ids=[t[2] + ": " + " ".join(_overrides(t[0])) for t in TYPOS])
 def test_a_typo_in_any_section_stops_the_pipeline_before_any_work(override, message, section, tmp_path,
                                                                     tiny_model_dir) -> None:
     run = tmp_path / "run"
     started = time.perf_counter()
-    done = run_cli("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", override)
+    done = run_cli("pipeline", "--config", str(TINY_RECIPE), f"output_dir={run}", *_overrides(override))
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr, done.stderr[-2000:]
     assert "[1/7]" not in done.stdout and not (run / "data").exists(), "nothing is prepared before the check"

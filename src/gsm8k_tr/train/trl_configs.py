@@ -118,7 +118,8 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
 # fails later, and divides by others before saying anything, so they are checked before the config is built.
 AT_LEAST_ONE = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-                "max_completion_length", "logging_steps", "save_steps", "max_steps")
+                "max_completion_length", "logging_steps", "save_steps", "max_steps", "max_length",
+                "generation_batch_size", "steps_per_generation", "per_device_eval_batch_size")
 # TRL options that hold credentials → the environment variable to use instead.
 SECRET_KEYS = {"hub_token": "HF_TOKEN"}
 # Deprecated TrainingArguments names: a recipe that sets the old one overrides our default for the new one.
@@ -210,6 +211,12 @@ def check_training_values(section: str, config: Any) -> None:
     pipeline: after SFT), or take without a word where they make no sense; checked as they would check them."""
     if config.learning_rate < 0:  # torch's optimizers refuse it when the trainer builds them
         raise UserError(f"recipe key '{section}.learning_rate' must be 0 or more, got {config.learning_rate}")
+    if config.dataloader_num_workers < 0:  # torch's DataLoader refuses it when the first batch is drawn
+        raise UserError(f"recipe key '{section}.dataloader_num_workers' must be 0 or more, got "
+                        f"{config.dataloader_num_workers}")
+    if config.max_steps < 1 and config.num_train_epochs <= 0:  # the trainer would take 0 steps and save the start
+        raise UserError(f"recipe key '{section}.num_train_epochs' must be above 0 when {section}.max_steps is -1, "
+                        f"got {config.num_train_epochs}")
     if section != "grpo":
         return
     for key, choices in GRPO_CHOICES.items():
