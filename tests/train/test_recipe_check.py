@@ -75,8 +75,8 @@ TYPOS = [
     # list, adapted every linear layer as if the key were null
     (("sft.max_steps=-1", "sft.num_train_epochs=0"), "'sft.num_train_epochs' must be above 0 when sft.max_steps is -1",
      "no SFT epochs"),
-    (("grpo.max_steps=-1", "grpo.num_train_epochs=-1"), "'grpo.num_train_epochs' must be above 0 when grpo.max_steps is -1",
-     "no GRPO epochs"),
+    (("grpo.max_steps=-1", "grpo.num_train_epochs=-1"),
+     "'grpo.num_train_epochs' must be above 0 when grpo.max_steps is -1", "no GRPO epochs"),
     ("lora.target_modules=[]", "recipe key 'lora.target_modules' is an empty list; name the layers to adapt, or set "
                                "it to null", "no lora targets"),
     # GRPO's held-out check found its split empty when GRPO began, after SFT
