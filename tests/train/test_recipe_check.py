@@ -71,6 +71,14 @@ TYPOS = [
      "GRPO generation batch 0"),
     ("grpo.steps_per_generation=0", "'grpo.steps_per_generation' must be at least 1, got 0", "GRPO steps a call 0"),
     ("sft.dataloader_num_workers=-1", "'sft.dataloader_num_workers' must be 0 or more, got -1", "loader workers"),
+    # each stopped the first step in a traceback, from torch's optimizer or NEFTune's noise; or trained without a word
+    # (a negative weight decay grows the weights: torch checks only its default, not the trainer's groups)
+    ("sft.adam_beta1=-1", "recipe section 'sft': its optimizer (adamw_torch_fused) refuses these settings: Invalid "
+                          "beta parameter at index 0: -1.0", "optimizer's betas"),
+    ("grpo.adam_epsilon=-1", "its optimizer (adamw_torch_fused) refuses these settings: Invalid epsilon value",
+     "optimizer's epsilon"),
+    ("sft.neftune_noise_alpha=-1", "recipe key 'sft.neftune_noise_alpha' must be above 0, got -1.0", "NEFTune"),
+    ("grpo.weight_decay=-1", "recipe key 'grpo.weight_decay' must be at least 0, got -1.0", "weight decay"),
     # each trained nothing without a word ("0 steps") and saved its start as the stage's output; or, for the empty
     # list, adapted every linear layer as if the key were null
     (("sft.max_steps=-1", "sft.num_train_epochs=0"), "'sft.num_train_epochs' must be above 0 when sft.max_steps is -1",
@@ -111,6 +119,18 @@ def test_stages_and_check_stop_on_the_other_stages_typo(command: str, tmp_path: 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"gsm8k-tr {command}: error: unknown recipe key 'grpo.lossy_type'" in done.stderr
     assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_an_optimizer_from_a_package_not_installed_is_named(tmp_path: Path, tiny_model_dir) -> None:
+    # transformers stopped the trainer's first step with an ImportError traceback
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.optim=adamw_bnb_8bit")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "recipe key 'sft.optim' is adamw_bnb_8bit: You need to install `bitsandbytes`" in done.stderr
 
 
 def test_lora_targets_that_name_the_models_layers_pass(tmp_path: Path, tiny_model_dir) -> None:

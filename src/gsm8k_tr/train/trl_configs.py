@@ -200,6 +200,30 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         raise UserError(f"recipe section '{section}': {one_line(error)}") from None
 
 
+def _check_optimizer(section: str, config: Any) -> None:
+    """Build the optimizer the trainer builds (transformers' class and keyword arguments for `optim`, the weight decay
+    in a parameter group) over one parameter: its own checks (betas, epsilon) and a missing package stop the check,
+    not the trainer's first step."""
+    import torch
+    from transformers import Trainer
+
+    try:
+        from transformers.trainer_optimizer import is_optimizer_factory
+    except ImportError:  # transformers before optimizer factories
+        def is_optimizer_factory(_: Any) -> bool:
+            return False
+    name = getattr(config.optim, "value", config.optim)  # transformers' enum, as the recipe spells it
+    try:
+        optimizer, kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
+        if not is_optimizer_factory(optimizer):  # factories (Muon, Dion) need the model itself
+            optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": config.weight_decay}], **kwargs)
+    except ImportError as error:
+        raise UserError(f"recipe key '{section}.optim' is {name}: {one_line(error)}") from None
+    except (ValueError, TypeError) as error:
+        raise UserError(f"recipe section '{section}': its optimizer ({name}) refuses these settings: "
+                        f"{one_line(error)}") from None
+
+
 # GRPOConfig's choices that TRL 1.16 reads only once training has begun (GRPOTrainer's loss and advantages), as its
 # own help text lists them (tests/train/test_recipe_check.py holds the two alike).
 GRPO_CHOICES = {"loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
@@ -211,6 +235,13 @@ def check_training_values(section: str, config: Any) -> None:
     pipeline: after SFT), or take without a word where they make no sense; checked as they would check them."""
     if config.learning_rate < 0:  # torch's optimizers refuse it when the trainer builds them
         raise UserError(f"recipe key '{section}.learning_rate' must be 0 or more, got {config.learning_rate}")
+    # a negative weight decay grows the weights, and torch checks it only for the defaults, not the trainer's groups;
+    # NEFTune's noise stopped the first step in a traceback from torch's uniform_
+    for key, above in (("weight_decay", False), ("label_smoothing_factor", False), ("neftune_noise_alpha", True)):
+        value = getattr(config, key, None)
+        if value is not None and (value < 0 or (above and value == 0)):
+            raise UserError(f"recipe key '{section}.{key}' must be {'above' if above else 'at least'} 0, got {value}")
+    _check_optimizer(section, config)
     if config.dataloader_num_workers < 0:  # torch's DataLoader refuses it when the first batch is drawn
         raise UserError(f"recipe key '{section}.dataloader_num_workers' must be 0 or more, got "
                         f"{config.dataloader_num_workers}")
