@@ -77,6 +77,11 @@ TYPOS = [
                           "beta parameter at index 0: -1.0", "optimizer's betas"),
     ("grpo.adam_epsilon=-1", "its optimizer (adamw_torch_fused) refuses these settings: Invalid epsilon value",
      "optimizer's epsilon"),
+    ("sft.lr_scheduler_type=warmup_stable_decay", "recipe section 'sft': its learning-rate schedule "
+     "(warmup_stable_decay) refuses these settings (sft.lr_scheduler_kwargs: {}): get_wsd_schedule() missing 1 "
+     "required positional argument: 'num_decay_steps'", "a schedule's missing argument"),
+    ("sft.lr_scheduler_kwargs={min_lr: 0.1}", "its learning-rate schedule (cosine) refuses these settings "
+     "(sft.lr_scheduler_kwargs: {'min_lr': 0.1})", "a schedule's unknown argument"),
     ("sft.neftune_noise_alpha=-1", "recipe key 'sft.neftune_noise_alpha' must be above 0, got -1.0", "NEFTune"),
     ("grpo.weight_decay=-1", "recipe key 'grpo.weight_decay' must be at least 0, got -1.0", "weight decay"),
     # each trained nothing without a word ("0 steps") and saved its start as the stage's output; or, for the empty
@@ -131,6 +136,12 @@ def test_an_optimizer_from_a_package_not_installed_is_named(tmp_path: Path, tiny
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.optim=adamw_bnb_8bit")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "recipe key 'sft.optim' is adamw_bnb_8bit: You need to install `bitsandbytes`" in done.stderr
+
+
+def test_a_schedule_with_its_arguments_passes(tmp_path: Path, tiny_model_dir) -> None:
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}",
+                   "sft.lr_scheduler_type=cosine_with_min_lr", "sft.lr_scheduler_kwargs={min_lr_rate: 0.1}")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
 def test_lora_targets_that_name_the_models_layers_pass(tmp_path: Path, tiny_model_dir) -> None:

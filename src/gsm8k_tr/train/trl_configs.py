@@ -201,11 +201,12 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
 
 
 def _check_optimizer(section: str, config: Any) -> None:
-    """Build the optimizer the trainer builds (transformers' class and keyword arguments for `optim`, the weight decay
-    in a parameter group) over one parameter: its own checks (betas, epsilon) and a missing package stop the check,
-    not the trainer's first step."""
+    """Build the optimizer and schedule the trainer builds (transformers' class and keyword arguments for `optim`,
+    the weight decay in a parameter group; `get_scheduler` with `lr_scheduler_kwargs`) over one parameter: their own
+    checks (betas, epsilon, a schedule's missing argument) and a missing package stop the check, not the trainer's
+    first step."""
     import torch
-    from transformers import Trainer
+    from transformers import Trainer, get_scheduler
 
     try:
         from transformers.trainer_optimizer import is_optimizer_factory
@@ -215,13 +216,23 @@ def _check_optimizer(section: str, config: Any) -> None:
     name = getattr(config.optim, "value", config.optim)  # transformers' enum, as the recipe spells it
     try:
         optimizer, kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
-        if not is_optimizer_factory(optimizer):  # factories (Muon, Dion) need the model itself
-            optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": config.weight_decay}], **kwargs)
+        if is_optimizer_factory(optimizer):  # factories (Muon, Dion) need the model itself
+            return
+        built = optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": config.weight_decay}],
+                          **kwargs)
     except ImportError as error:
         raise UserError(f"recipe key '{section}.optim' is {name}: {one_line(error)}") from None
     except (ValueError, TypeError) as error:
         raise UserError(f"recipe section '{section}': its optimizer ({name}) refuses these settings: "
                         f"{one_line(error)}") from None
+    steps = config.max_steps if config.max_steps > 0 else 1000  # the data's length decides it later
+    schedule = getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)
+    try:
+        get_scheduler(config.lr_scheduler_type, optimizer=built, num_warmup_steps=config.get_warmup_steps(steps),
+                      num_training_steps=steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"recipe section '{section}': its learning-rate schedule ({schedule}) refuses these settings "
+                        f"({section}.lr_scheduler_kwargs: {config.lr_scheduler_kwargs or {}}): {one_line(error)}") from None
 
 
 # GRPOConfig's choices that TRL 1.16 reads only once training has begun (GRPOTrainer's loss and advantages), as its
