@@ -231,8 +231,9 @@ def _check_optimizer(section: str, config: Any) -> None:
         get_scheduler(config.lr_scheduler_type, optimizer=built, num_warmup_steps=config.get_warmup_steps(steps),
                       num_training_steps=steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs)
     except (ValueError, TypeError) as error:
+        given = config.lr_scheduler_kwargs or {}
         raise UserError(f"recipe section '{section}': its learning-rate schedule ({schedule}) refuses these settings "
-                        f"({section}.lr_scheduler_kwargs: {config.lr_scheduler_kwargs or {}}): {one_line(error)}") from None
+                        f"({section}.lr_scheduler_kwargs: {given}): {one_line(error)}") from None
 
 
 # GRPOConfig's choices that TRL 1.16 reads only once training has begun (GRPOTrainer's loss and advantages), as its
