@@ -43,6 +43,9 @@ TYPOS = [
     ("grpo.top_k=-5", "'grpo.top_k': `top_k` has to be a strictly positive integer", "sampling's top_k"),
     ("sft.learning_rate=-1", "'sft.learning_rate' must be 0 or more, got -1.0", "learning rate"),
     ("grpo.beta=-1", "'grpo.beta' must be at least 0.0, got -1.0", "KL weight"),
+    ("grpo.epsilon_high=-1", "'grpo.epsilon_high' must be above 0.0, got -1.0", "upper clipping"),
+    ("grpo.delta=-1", "'grpo.delta' must be above 0.0, got -1.0", "two-sided clipping"),
+    ("grpo.top_entropy_quantile=1.5", "'grpo.top_entropy_quantile' must be at most 1, got 1.5", "entropy quantile"),
     # PEFT would train c_attn alone and say nothing of the typo beside it
     ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
     ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",

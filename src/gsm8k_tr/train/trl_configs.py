@@ -266,11 +266,15 @@ def check_training_values(section: str, config: Any) -> None:
         if getattr(config, key) not in choices:
             raise UserError(f"recipe key 'grpo.{key}' must be one of {', '.join(choices)}, "
                             f"got {getattr(config, key)!r}")
-    # A negative KL weight rewards moving away from the reference; a clipping range at or below 0 clips every step.
-    for key, low, above in (("beta", 0.0, False), ("epsilon", 0.0, True), ("num_iterations", 1, False)):
-        value = getattr(config, key)
-        if value < low or (above and value == low):
+    # A negative KL weight rewards moving away from the reference; a clipping range (either side, or two-sided GRPO's
+    # delta) at or below 0 clips every step, without a word. The entropy quantile stopped the first step.
+    for key, low, above in (("beta", 0.0, False), ("epsilon", 0.0, True), ("epsilon_high", 0.0, True),
+                            ("delta", 0.0, True), ("num_iterations", 1, False), ("top_entropy_quantile", 0.0, False)):
+        value = getattr(config, key, None)
+        if value is not None and (value < low or (above and value == low)):
             raise UserError(f"recipe key 'grpo.{key}' must be {'above' if above else 'at least'} {low}, got {value}")
+    if config.top_entropy_quantile > 1:
+        raise UserError(f"recipe key 'grpo.top_entropy_quantile' must be at most 1, got {config.top_entropy_quantile}")
     from transformers import generation
 
     # The rollouts always sample; each setting goes to the logits processor transformers' `generate` builds from it,
