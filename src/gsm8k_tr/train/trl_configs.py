@@ -200,7 +200,7 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         raise UserError(f"recipe section '{section}': {one_line(error)}") from None
 
 
-def _check_optimizer(section: str, config: Any) -> None:
+def _check_optimizer_and_schedule(section: str, config: Any) -> None:
     """Build the optimizer and schedule the trainer builds (transformers' class and keyword arguments for `optim`,
     the weight decay in a parameter group; `get_scheduler` with `lr_scheduler_kwargs`) over one parameter: their own
     checks (betas, epsilon, a schedule's missing argument) and a missing package stop the check, not the trainer's
@@ -253,7 +253,7 @@ def check_training_values(section: str, config: Any) -> None:
         value = getattr(config, key, None)
         if value is not None and (value < 0 or (above and value == 0)):
             raise UserError(f"recipe key '{section}.{key}' must be {'above' if above else 'at least'} 0, got {value}")
-    _check_optimizer(section, config)
+    _check_optimizer_and_schedule(section, config)
     if config.dataloader_num_workers < 0:  # torch's DataLoader refuses it when the first batch is drawn
         raise UserError(f"recipe key '{section}.dataloader_num_workers' must be 0 or more, got "
                         f"{config.dataloader_num_workers}")
