@@ -131,3 +131,33 @@ def test_several_pairs_are_pooled_question_by_question(tmp_path: Path, capsys: p
     assert [p["gained"] for p in found["pairs"]] == [3, 4] and found["pooled"]["gained"] == 4
     assert main(["compare", *folders[:3]]) == 2
     assert "give evaluations in pairs" in capsys.readouterr().err
+
+
+def test_evaluations_asked_differently_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A shorter answer budget (or another prompt, split, dtype, sampling) moves accuracy by itself: the comparison
+    # still runs, with a warning that names each difference; folders without metrics.json compare in silence.
+    from gsm8k_tr.cli import main
+
+    generation = {"max_new_tokens": 256, "do_sample": False}
+    prompt = {"template": "{question}", "answer_tag": "cevap"}
+    asked = {"a": ("test", generation, prompt), "b": ("test", generation, prompt),
+             "short": ("test", {**generation, "max_new_tokens": 96}, prompt),
+             "other_prompt": ("test", generation, {**prompt, "template": "Soru: {question}"})}
+    for name, (split, settings, template) in asked.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.jsonl").write_text(json.dumps(
+            {"question": "q0", "gold": "1", "correct": True, "tokens": 9}) + "\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"split": split, "generation": settings, "dtype": "float32", "evaluated_with": {"prompt": template}}))
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "predictions.jsonl").write_text((tmp_path / "a" / "predictions.jsonl").read_text())
+
+    for after, named in (("b", None), ("bare", None), ("short", "generation.max_new_tokens 256 -> 96"),
+                         ("other_prompt", "prompt.template '{question}' -> 'Soru: {question}'")):
+        assert main(["compare", str(tmp_path / "a"), str(tmp_path / after)]) == 0
+        err = capsys.readouterr().err
+        if named is None:
+            assert "evaluated differently" not in err, err
+        else:
+            assert (f"{tmp_path / 'a'} and {tmp_path / after} were evaluated differently ({named}): the change mixes "
+                    "the two models with the two ways of asking them") in err

@@ -11,12 +11,17 @@ correct.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gsm8k_tr.config import changed_keys
 from gsm8k_tr.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -192,4 +197,28 @@ def compare_runs(folders: list[str], key: str = "correct") -> tuple[list[Paired]
     pairs = [(folders[i], folders[i + 1]) for i in range(0, len(folders), 2)]
     read = {f: folder_scores(f, key) for f in dict.fromkeys(folders)}  # each folder once
     compared = [_shared(a, read[a], b, read[b]) for a, b in pairs]
+    for before, after in pairs:
+        asked = [_how_asked(before), _how_asked(after)]
+        shared = asked[0].keys() & asked[1].keys()
+        if differences := changed_keys(*({k: how[k] for k in shared} for how in asked)):
+            log.warning("%s and %s were evaluated differently (%s): the change mixes the two models with the two "
+                        "ways of asking them; evaluate both alike to compare the models", before, after,
+                        "; ".join(differences))
     return compared, pooled([(read[a], read[b]) for a, b in pairs]) if len(pairs) > 1 else None
+
+
+def _how_asked(given: str) -> dict[str, Any]:
+    """What an evaluation's metrics.json records of how the questions were put (split, generation settings, dtype,
+    and a pipeline's prompt); empty without one, as `compare` needs only the predictions."""
+    path = Path(given) / "metrics.json" if Path(given).is_dir() else Path(given).with_name("metrics.json")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(metrics, dict):
+        return {}
+    how = {key: metrics[key] for key in ("split", "generation", "dtype") if key in metrics}
+    if isinstance(metrics.get("evaluated_with"), dict) and "prompt" in metrics["evaluated_with"]:
+        how["prompt"] = metrics["evaluated_with"]["prompt"]
+    return how
+
