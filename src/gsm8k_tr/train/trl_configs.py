@@ -236,6 +236,15 @@ def _check_optimizer_and_schedule(section: str, config: Any) -> None:
                         f"({section}.lr_scheduler_kwargs: {given}): {one_line(error)}") from None
 
 
+def _check_lower_bounds(section: str, config: Any, bounds: tuple[tuple[str, float, bool], ...]) -> None:
+    """Each (key, low, above) of `bounds`: the config's value at least `low` (`above`: more than it); unset keys
+    (None) pass."""
+    for key, low, above in bounds:
+        value = getattr(config, key, None)
+        if value is not None and (value < low or (above and value == low)):
+            raise UserError(f"recipe key '{section}.{key}' must be {'above' if above else 'at least'} {low}, got {value}")
+
+
 # GRPOConfig's choices that TRL 1.16 reads only once training has begun (GRPOTrainer's loss and advantages), as its
 # own help text lists them (tests/train/test_recipe_check.py holds the two alike).
 GRPO_CHOICES = {"loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
@@ -249,10 +258,8 @@ def check_training_values(section: str, config: Any) -> None:
         raise UserError(f"recipe key '{section}.learning_rate' must be 0 or more, got {config.learning_rate}")
     # a negative weight decay grows the weights, and torch checks it only for the defaults, not the trainer's groups;
     # NEFTune's noise stopped the first step in a traceback from torch's uniform_
-    for key, above in (("weight_decay", False), ("label_smoothing_factor", False), ("neftune_noise_alpha", True)):
-        value = getattr(config, key, None)
-        if value is not None and (value < 0 or (above and value == 0)):
-            raise UserError(f"recipe key '{section}.{key}' must be {'above' if above else 'at least'} 0, got {value}")
+    _check_lower_bounds(section, config, (("weight_decay", 0, False), ("label_smoothing_factor", 0, False),
+                                          ("neftune_noise_alpha", 0, True)))
     _check_optimizer_and_schedule(section, config)
     if config.dataloader_num_workers < 0:  # torch's DataLoader refuses it when the first batch is drawn
         raise UserError(f"recipe key '{section}.dataloader_num_workers' must be 0 or more, got "
@@ -268,11 +275,9 @@ def check_training_values(section: str, config: Any) -> None:
                             f"got {getattr(config, key)!r}")
     # A negative KL weight rewards moving away from the reference; a clipping range (either side, or two-sided GRPO's
     # delta) at or below 0 clips every step, without a word. The entropy quantile stopped the first step.
-    for key, low, above in (("beta", 0.0, False), ("epsilon", 0.0, True), ("epsilon_high", 0.0, True),
-                            ("delta", 0.0, True), ("num_iterations", 1, False), ("top_entropy_quantile", 0.0, False)):
-        value = getattr(config, key, None)
-        if value is not None and (value < low or (above and value == low)):
-            raise UserError(f"recipe key 'grpo.{key}' must be {'above' if above else 'at least'} {low}, got {value}")
+    _check_lower_bounds(section, config, (("beta", 0.0, False), ("epsilon", 0.0, True), ("epsilon_high", 0.0, True),
+                                          ("delta", 0.0, True), ("num_iterations", 1, False),
+                                          ("top_entropy_quantile", 0.0, False)))
     if config.top_entropy_quantile > 1:
         raise UserError(f"recipe key 'grpo.top_entropy_quantile' must be at most 1, got {config.top_entropy_quantile}")
     from transformers import generation
