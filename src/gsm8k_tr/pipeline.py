@@ -54,14 +54,13 @@ EVALUATION_KEYS = ("seed", "decoding", "prompt", *(f"eval.{key}" for key in ("sp
                                                                              "device", "dtype")))
 
 
-def _evaluation_inputs(recipe: Recipe, name: str, data_dir: Path) -> dict[str, Any]:
-    """What stage `name`'s evaluation depends on: the prepared data, the recipe's `EVALUATION_KEYS`, and the model
-    (the base model's recipe keys, or when the trained stage finished)."""
-    from gsm8k_tr.data.splits import fingerprint
+def _evaluation_inputs(recipe: Recipe, name: str, data: str) -> dict[str, Any]:
+    """What stage `name`'s evaluation depends on: the prepared data (`data`, its fingerprint), the recipe's
+    `EVALUATION_KEYS`, and the model (the base model's recipe keys, or when the trained stage finished)."""
     from gsm8k_tr.run_folder import read_manifest
 
     settings = recipe_dict(recipe)
-    inputs: dict[str, Any] = {"data": fingerprint(data_dir)}
+    inputs: dict[str, Any] = {"data": data}
     for key in EVALUATION_KEYS:
         section, _, part = key.partition(".")
         if part:
@@ -76,12 +75,12 @@ def _evaluation_inputs(recipe: Recipe, name: str, data_dir: Path) -> dict[str, A
     return json.loads(json.dumps(inputs))  # as metrics.json reads back: lists, not tuples
 
 
-def _evaluate(recipe: Recipe, name: str, model: str, resume: bool, data_dir: Path) -> tuple[dict[str, Any], float]:
+def _evaluate(recipe: Recipe, name: str, model: str, resume: bool, data: str) -> tuple[dict[str, Any], float]:
     from gsm8k_tr.infer import evaluate
 
     output = Path(recipe.output_dir) / "eval" / name
     metrics_file = output / "metrics.json"
-    inputs = _evaluation_inputs(recipe, name, data_dir)
+    inputs = _evaluation_inputs(recipe, name, data)
     if resume and metrics_file.is_file():
         result = read_json(metrics_file, "remove it to evaluate again")
         saved = result.get("evaluated_with")
@@ -134,6 +133,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
          announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
     from gsm8k_tr import report
+    from gsm8k_tr.data.splits import fingerprint
     from gsm8k_tr.processes import process_state
     from gsm8k_tr.run_folder import grpo_held_out, prepared_data
     from gsm8k_tr.train import recipe_check
@@ -152,6 +152,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
     announce(f"[1/7] preparing data into {run / 'data'}")
     data_dir = prepared_data(recipe)
     prepare_seconds = time.perf_counter() - started
+    data = fingerprint(data_dir)  # what each evaluation records it answered, read once
 
     stages: dict[str, dict[str, Any]] = {}
     models = {"base": recipe.model.name_or_path, "sft": str(run / "sft"), "grpo": str(run / "grpo")}
@@ -163,7 +164,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
             train_seconds = _train(recipe, name, resume)
             step += 1
         announce(f"[{step}/7] evaluating {name} on the {recipe.eval.split} split")
-        result, eval_seconds = _evaluate(recipe, name, models[name], resume, data_dir)
+        result, eval_seconds = _evaluate(recipe, name, models[name], resume, data)
         step += 1
         stages[name] = {**{k: result[k] for k in METRICS}, "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(eval_seconds, 1),
