@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import urllib.request
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,35 @@ def before_loading(name: str) -> None:
                  endpoint, why)
 
 
+def names_a_path(spec: str) -> bool:
+    """Whether a model or data spec can only mean a local path: it starts with ./, / or ~, or it is no Hub id by
+    huggingface_hub's own rule (more than one '/', a space, a letter outside ASCII). Such a spec that does not exist
+    is a mistyped path, told so at once, not a Hub id the Hub is asked for (and whose error speaks of repo ids).
+
+    >>> names_a_path("runs/x/sft"), names_a_path("runs/çıktı"), names_a_path("./sft"), names_a_path("openai/gsm8k")
+    (True, True, True, False)
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if spec.startswith(PATH_PREFIXES):
+        return True
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return True
+    return False
+
+
 def unreachable_note() -> str:
     """A clause for an error about a Hub id, when the probe found the Hub unreachable; else ''."""
     return f"; the Hub ({_unreachable}) is not reachable from this machine, so only its local cache was read" \
         if _unreachable else ""
+
+
+def failure_note(name: str) -> str:
+    """The clauses for a Hub id `name` that failed to load: the Hub unreachable, and the local folder that holds no
+    such model when its owner part is one (`runs/sft` meant as a path)."""
+    owner = Path(name).parent
+    if owner == Path(".") or not owner.is_dir():
+        return unreachable_note()
+    return f"{unreachable_note()}; if a folder was meant, {owner} has no {Path(name).name!r} (from {Path.cwd()})"

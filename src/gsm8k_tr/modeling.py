@@ -84,14 +84,15 @@ def pin_commit(cfg: ModelConfig, commit: str) -> None:
 def _pinned(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
     """`load_source`, with a Hub model's revision pinned to the commit it first resolved to in this process.
 
-    A stage loads its base model more than once (tokenizer, model, then again to merge the adapter, hours later),
-    and a branch such as `main` can move in between: every load takes the commit of the first, which the adapter
-    and the manifest record (`base_model_revision`). The commit is read from where transformers puts `config.json`
-    (`snapshots/COMMIT/`), as it does itself.
+    A stage loads its base model more than once (tokenizer, model, then again to merge the adapter, hours later), and
+    a branch such as `main` can move in between: every load takes the commit of the first, which the adapter and the
+    manifest record (`base_model_revision`), read from where transformers puts `config.json` (`snapshots/COMMIT/`).
     """
     source, kwargs = load_source(cfg, path)
     if path is not None or "gguf_file" in kwargs or Path(source).exists():  # a folder (a builtin: model's, built)
         return source, kwargs
+    if hub.names_a_path(source):  # a mistyped path (runs/x/sft): no Hub id, so never asked of the Hub
+        raise UserError(f"cannot load {source!r}: no such folder (from {Path.cwd()}); give a folder or a Hub id")
     key = _cache_key(cfg.name_or_path, cfg.revision)
     if key not in _COMMITS:
         from transformers.utils.hub import cached_file, extract_commit_hash
@@ -100,7 +101,7 @@ def _pinned(cfg: ModelConfig, path: str | None) -> tuple[str, dict[str, Any]]:
         try:
             _COMMITS[key] = extract_commit_hash(cached_file(source, "config.json", revision=cfg.revision), None)
         except (OSError, ValueError) as error:  # every load needs config.json: the Hub's retries once, not twice
-            raise UserError(f"cannot load {source!r}: {one_line(error)}{hub.unreachable_note()}") from None
+            raise UserError(f"cannot load {source!r}: {one_line(error)}{hub.failure_note(source)}") from None
     return source, {**kwargs, "revision": _COMMITS[key] or kwargs.get("revision")}
 
 

@@ -291,6 +291,7 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(good), "--reference", str(reference)], "reference.csv: no column 'question'; its columns "
                                                                    "are 'soru', 'cevap'; give English GSM8K with its "
                                                                    "own columns, question and answer"),
+        (["--dataset", "runs/çıktı"], "data file 'runs/çıktı' does not exist"),  # no Hub id: a path
         (["--dataset", "nobody/no-such-dataset-xyz"], "'nobody/no-such-dataset-xyz' is not a local path and the Hugging Face Hub could not provide it"),
     ]
 

@@ -150,12 +150,28 @@ def test_a_model_path_that_is_not_there_is_one_line_before_the_data_is_prepared(
     assert not (tmp_path / "data").exists()
 
 
-def test_an_adapter_whose_base_is_gone(tmp_path):
+def test_a_relative_model_path_that_is_not_there(tmp_path, monkeypatch):
+    # Two '/' or a letter outside ASCII make no Hub id: a mistyped path, before any data, not the Hub's repo-id error
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for spec in ("runs/x/sft", "çıktı/sft"):
+        result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", spec)
+        assert result.returncode == 2 and f"{spec!r} is neither a model" in result.stderr, result.stderr
+        assert not (tmp_path / "data").exists()
+    # A Hub id whose owner is a local folder: the Hub's error, and the folder that has no such model
+    (tmp_path / "runs").mkdir()
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", "runs/sft", "2+2 kaçtır?")
+    assert result.returncode == 2 and "if a folder was meant, runs has no 'sft'" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("base", ["{tmp}/gone", "runs/x/sft/merged"])  # absolute; relative, trained elsewhere
+def test_an_adapter_whose_base_is_gone(tmp_path, base):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    base = base.format(tmp=tmp_path)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
     result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(adapter))
-    assert result.returncode == 2 and "cannot be found" in result.stderr
+    assert result.returncode == 2 and f"names base model {base!r}, which cannot be found" in result.stderr
 
 
 def test_an_empty_split(tmp_path, tiny_model_dir):

@@ -146,6 +146,17 @@ def test_a_hub_model_the_cache_does_not_hold_is_one_line(hub_cache: Path, tmp_pa
     assert "Traceback" not in done.stderr
 
 
+def test_a_model_path_that_is_no_hub_id_is_never_asked_of_the_hub(hub_cache: Path, monkeypatch) -> None:
+    # The commands name a mistyped path before loading; the loader says so too, whoever calls it
+    from gsm8k_tr import hub
+    from gsm8k_tr.config import ModelConfig
+    from gsm8k_tr.errors import UserError
+
+    monkeypatch.setattr(hub, "before_loading", lambda name: pytest.fail(f"the Hub was asked for {name}"))
+    with pytest.raises(UserError, match="cannot load 'runs/x/sft': no such folder"):
+        modeling.load_tokenizer(ModelConfig(name_or_path="runs/x/sft"))
+
+
 @pytest.mark.parametrize("recipe", [REAL, ROOT / "recipes" / "turkish-gpt2-medium-16gb.yaml"], ids=lambda p: p.stem)
 def test_the_real_recipe_runs_end_to_end_from_the_hub(recipe: Path, hub_cache: Path, hub_datasets: list,
                                                      tmp_path: Path) -> None:

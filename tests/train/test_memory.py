@@ -91,6 +91,9 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
         assert "CPU, in float32 (the rollouts of grpo in bf16) (no GPU here" in text.stdout
     bad = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "-1")
     assert bad.returncode == 2 and "--gpu-memory" in bad.stderr
+    # A model path that is no Hub id (two '/'), not there: named as a path, not the Hub's error about repo ids
+    gone = run_cli("plan", "--config", str(TINY_RECIPE), "model.name_or_path=runs/x/sft/merged")
+    assert gone.returncode == 2 and "'model.name_or_path': 'runs/x/sft/merged' does not exist" in gone.stderr
 
 
 SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,

@@ -22,6 +22,8 @@ TYPOS = [
     ("prompt_filter.keep_below=2", "recipe section 'prompt_filter' needs", "prompt_filter"),
     ("model.stop_token=<|nope|>", "model.stop_token '<|nope|>' is not a single token", "model's tokenizer"),
     ("model.name_or_path=./no-such-model", "'model.name_or_path': './no-such-model' does not exist", "model"),
+    # no Hub id (two '/'): a path, told so at once, not asked of the Hub, whose error was about repo ids
+    ("model.name_or_path=runs/x/sft/merged", "'model.name_or_path': 'runs/x/sft/merged' does not exist", "a path"),
     ("data.dataset=./missing.csv", "'data.dataset': './missing.csv' does not exist", "data"),
     ("data.dataset=synthetic:lots", "write synthetic:N with N a whole number", "data"),
     ("lora.r=many", "'lora.r' must be int", "lora"),

@@ -161,7 +161,7 @@ def looks_local(spec: str) -> bool:
     """Whether a data spec is meant as a path rather than a Hub id."""
     return (
         Path(spec).exists()
-        or spec.startswith(hub.PATH_PREFIXES)
+        or hub.names_a_path(spec)
         or spec.lower().endswith(SUFFIXES)
         or spec.count("/") != 1
     )

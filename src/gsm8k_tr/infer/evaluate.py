@@ -133,7 +133,7 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
     elif path.is_dir() and modeling.is_model_folder(path):
         tokenizer = modeling.load_tokenizer(recipe.model, str(path))
         model = modeling.load_model(recipe.model, str(path), dtype=dtype)
-    elif path.exists() or spec.startswith(hub.PATH_PREFIXES):
+    elif path.exists() or _path_only(spec):
         modeling.refuse_pickle(path)  # a folder with pickle weights only is told so, not that it is no model
         _no_model(spec)
     else:
@@ -143,15 +143,20 @@ def load_for_inference(spec: str, recipe: Recipe, device: str | None = None) -> 
     return model.to(target), tokenizer, str(path if path.exists() else spec)
 
 
+def _path_only(spec: str) -> bool:
+    """Whether `spec` can only be a local folder (not a Hub id, not `builtin:NAME`)."""
+    return not spec.startswith("builtin:") and hub.names_a_path(spec)
+
+
 def _no_model(spec: str) -> None:
     raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
                     "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
 
 
 def check_model_path(spec: str) -> None:
-    """A model given as a local path (./, /, ~) that is not there: one line before the data is prepared, which
-    takes a while for the real dataset, rather than after."""
-    if spec.startswith(hub.PATH_PREFIXES) and not Path(spec).expanduser().exists():
+    """A model given as a local path (./, /, ~, or no Hub id such as runs/x/sft) that is not there: one line
+    before the data is prepared, which takes a while for the real dataset, rather than after."""
+    if _path_only(spec) and not Path(spec).expanduser().exists():
         _no_model(spec)
 
 
@@ -159,7 +164,7 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     config = read_json(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
     base = config.get("base_model_name_or_path")
-    if not base or (base.startswith(hub.PATH_PREFIXES) and not Path(base).expanduser().exists()):
+    if not base or (hub.names_a_path(base) and not Path(base).expanduser().exists()):
         raise UserError(f"the adapter {str(path)!r} names base model {base!r}, which cannot be found; "
                         "evaluate the stage's merged/ folder instead, or restore the base model there")
     local = Path(base).expanduser()

@@ -53,6 +53,9 @@ def model_config(recipe: Recipe) -> Any:
 
         return builtin.model_config(cfg.name_or_path)
     source, kwargs = modeling.load_source(cfg, None)  # revision, GGUF file, trust_remote_code as loading uses them
+    if hub.names_a_path(source) and not Path(source).expanduser().is_dir():
+        raise UserError(f"recipe key 'model.name_or_path': {source!r} does not exist; the plan needs the model's "
+                        "config.json: give a model folder, a Hub id or builtin:NAME")
     if not Path(source).expanduser().is_dir():  # a Hub id: the cached config first, without the Hub's retries
         try:
             return AutoConfig.from_pretrained(source, **kwargs, local_files_only=True)

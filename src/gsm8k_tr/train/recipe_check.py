@@ -121,7 +121,7 @@ def _model(recipe: Recipe) -> tuple[Any, Any, str]:
     local = Path(source).expanduser()
     if local.is_dir():
         modeling.refuse_pickle(local)
-    elif source.startswith(hub.PATH_PREFIXES):
+    elif hub.names_a_path(source):
         raise UserError(f"recipe key 'model.name_or_path': {name!r} does not exist; give a model folder, a Hub id "
                         "or builtin:NAME")
     else:
