@@ -80,3 +80,8 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
     assert f"{run / 'grpo'} already finished, with another recipe than this one (start model: an SFT output" \
         in after.stderr
 
+    # A hand-edited evaluation whose rate is no number: one line naming it (a traceback in the summary's plot before)
+    metrics = run / "eval" / "base" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"accuracy": ', '"accuracy": "x", "was": '))
+    edited = cli(*args, "--resume", "eval.limit=8")
+    assert edited.returncode == 2 and f"{metrics}: 'accuracy' is 'x', not a number" in edited.stderr, edited.stderr

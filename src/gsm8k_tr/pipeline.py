@@ -22,8 +22,8 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe, changed_keys, recipe_dict
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.outputs import atomic_write_text, read_json
-from gsm8k_tr.run_folder import held_by_one_run
+from gsm8k_tr.outputs import atomic_write_text
+from gsm8k_tr.run_folder import held_by_one_run, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _evaluate(recipe: Recipe, name: str, model: str, resume: bool, data: str) ->
     metrics_file = output / "metrics.json"
     inputs = _evaluation_inputs(recipe, name, data)
     if resume and metrics_file.is_file():
-        result = read_json(metrics_file, "remove it to evaluate again")
+        result = read_metrics(metrics_file, "remove it to evaluate again")
         saved = result.get("evaluated_with")
         if saved == inputs:
             log.info("evaluation %s already done", name)

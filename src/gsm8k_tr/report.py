@@ -17,7 +17,7 @@ from typing import Any
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compare import Paired, compare, read_predictions, scores
 from gsm8k_tr.outputs import atomic_file, atomic_write_text, full_disk_reported, read_json
-from gsm8k_tr.run_folder import grpo_held_out
+from gsm8k_tr.run_folder import grpo_held_out, read_metrics
 
 STAGES = ("base", "sft", "grpo")
 
@@ -37,10 +37,7 @@ def evaluations(run: Path) -> dict[str, dict[str, Any]]:
     """metrics.json of every evaluation in `run/eval`, stages first."""
     found = {}
     for path in sorted((run / "eval").glob("*/metrics.json")):
-        metrics = read_json(path, _REDO)
-        if not isinstance(metrics, dict):
-            raise UserError(f"{path}: not an object of metrics, as evaluate writes it; {_REDO}")
-        found[path.parent.name] = metrics
+        found[path.parent.name] = read_metrics(path, _REDO)
     return dict(sorted(found.items(), key=lambda kv: (STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0])))
 
 

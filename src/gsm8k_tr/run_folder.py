@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gsm8k_tr.config import Recipe
+from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import read_json, run_lock
 from gsm8k_tr.processes import process_state
 
@@ -32,6 +33,24 @@ def is_finished(folder: Path) -> bool:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a finished stage."""
     return read_json(folder / "manifest.json", "run the stage again with --overwrite")
+
+
+# What evaluate writes as numbers in metrics.json, and the pipeline's summary and the report compute with.
+METRIC_NUMBERS = ("n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate",
+                  "mean_completion_tokens", "truncated_rate", "pass_at_k", "maj_at_k", "seconds")
+
+
+def read_metrics(path: Path, remedy: str) -> dict[str, Any]:
+    """An evaluation's metrics.json: an object whose counts and rates are numbers, else one line naming the file
+    (a damaged or hand-edited one stopped in a traceback inside a plot or the summary)."""
+    metrics = read_json(path, remedy)
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: not an object of metrics, as evaluate writes it; {remedy}")
+    for key in METRIC_NUMBERS:
+        value = metrics.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{path}: {key!r} is {value!r}, not a number as evaluate writes it; {remedy}")
+    return metrics
 
 
 def grpo_held_out(run: Path, key: str = "held_out") -> dict[str, Any] | None:

@@ -68,6 +68,9 @@ DAMAGED_RUN_FILES = [
     ("grpo/log_history.json", '{"step": 1}', "not a list of log entries"),          # an object, not the list
     ("eval/sft/metrics.json", "", "not valid JSON"),                                  # empty
     ("eval/sft/metrics.json", "[0.5]", "not an object of metrics"),
+    # a rate that is no number stopped in a traceback inside the plot
+    ("eval/sft/metrics.json", '{"split": "test", "n": 1, "accuracy": "high"}', "'accuracy' is 'high', not a number"),
+    ("eval/grpo/metrics.json", '{"split": "test", "n": true, "accuracy": 0.5}', "'n' is True, not a number"),
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true, "tokens": 12}\n{"tokens": 3',
      "predictions.jsonl:2"),                                                         # a line cut short
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),
