@@ -30,9 +30,28 @@ def is_finished(folder: Path) -> bool:
     return (folder / "manifest.json").is_file() and (folder / "merged" / "config.json").is_file()
 
 
+# The manifest's keys that commands compute with or pass on, and their types (a stage writes every one; every
+# version has written global_step, which is required).
+MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "global_step": (int,), "train_seconds": (int, float), "finished_at": (str,), "stop_token": (str, type(None)),
+    "base_model_revision": (str, type(None))}
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a finished stage."""
-    return read_json(folder / "manifest.json", "run the stage again with --overwrite")
+    """The manifest of a finished stage: an object with those keys of their types, else one line naming it (one
+    edited by hand stopped in a traceback wherever it was read)."""
+    path, remedy = folder / "manifest.json", "run the stage again with --overwrite"
+    manifest = read_json(path, remedy)
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not an object, as a stage writes its manifest; {remedy}")
+    if "global_step" not in manifest:
+        raise UserError(f"{path}: no 'global_step', which a stage writes in its manifest; {remedy}")
+    for key, types in MANIFEST_TYPES.items():
+        if key not in manifest or (isinstance(manifest[key], types) and not isinstance(manifest[key], bool)):
+            continue
+        raise UserError(f"{path}: {key!r} is {manifest[key]!r}, not {' or '.join(t.__name__ for t in types)} as a "
+                        f"stage writes it; {remedy}")
+    return manifest
 
 
 # What evaluate writes as numbers in metrics.json, and the pipeline's summary and the report compute with.

@@ -76,6 +76,11 @@ DAMAGED_RUN_FILES = [
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),
     ("report.json", "{", "not valid JSON"),
     ("grpo/manifest.json", "\x00\x00", "not valid JSON"),                             # a crash's zeroed block
+    # edited by hand: each stopped in a traceback where a command read it (report, pipeline, evaluate, --resume)
+    ("grpo/manifest.json", "[]", "not an object, as a stage writes its manifest"),
+    ("grpo/manifest.json", '{"global_step": 2, "finished_at": []}', "'finished_at' is [], not str as a stage"),
+    ("grpo/manifest.json", '{"global_step": 2, "stop_token": 5}', "'stop_token' is 5, not str or NoneType"),
+    ("grpo/manifest.json", '{"finished_at": "x"}', "no 'global_step', which a stage writes"),
 ]
 
 
