@@ -203,7 +203,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.json:
         found = pairs[0].as_dict() if pooled is None else {
             "pairs": [p.as_dict() for p in pairs], "pooled": pooled.as_dict()}
-        print(json.dumps(found, indent=2))
+        print(json.dumps(found, indent=2, ensure_ascii=False))  # Turkish paths as written
     else:
         print("\n".join([p.sentence() for p in pairs] + ([pooled.sentence()] if pooled else [])))
     return 0

@@ -277,8 +277,8 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(latin)], "latin.csv: not UTF-8 text (byte 0xfe"),
         (["--dataset", str(torn)], "torn.csv: starts as UTF-16 text but is not (byte 80 of 81: truncated data)"),
         (["--dataset", str(broken)], "broken.jsonl:2: malformed JSON line"),
-        (["--dataset", str(unclosed)], "has no rows: every row skipped (ragged_csv_row: 1); fields that do not match "
-                                        "the header often follow an unclosed quote"),
+        (["--dataset", str(unclosed)], "unclosed.csv:2: 1 field where the header has 2; a field that holds the "
+                                        "separator ',' needs quotes, and an unclosed quote runs on into the rows"),
         (["--dataset", str(listed)], "listed.jsonl:1: column 'question' holds list ['Ali 3 elma aldı'], not text"),
         (["--dataset", str(no_question)], "noq.csv:2: empty question"),
         (["--dataset", str(no_number)], "nonum.csv:2: no number in the question or the answer"),
@@ -331,6 +331,17 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path: Path) -> None:
     assert report["dropped"] == {"not_text": 2} and sum(report["written"].values()) == 1
     kept = [json.loads(line) for split in ("train", "validation", "test") for line in (out / f"{split}.jsonl").open()]
     assert [row["answer"] for row in kept] == ["5"]
+
+
+def test_a_source_whose_every_row_is_skipped_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Skipped and counted, every one: an empty data folder was written, and training then had nothing to read
+    src = write_csv(tmp_path / "bad.csv", [("", "3"), ("Kaç elma var?", "Bilmiyorum.")])
+    out = tmp_path / "out"
+    assert run_prepare("--dataset", str(src), "--reference", "none", "--output", str(out),
+                       "data.skip_invalid_rows=true") == 2
+    assert ("none of its 2 rows is left to write (empty_question: 1, no_number: 1; prepare_report.json's names)"
+            in capsys.readouterr().err)
+    assert not out.exists()
 
 
 def test_semicolon_csv_from_a_turkish_excel_reads_like_the_comma_one(turkish_csv: Path, tmp_path: Path) -> None:

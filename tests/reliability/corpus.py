@@ -101,7 +101,8 @@ def write_data(folder: Path) -> dict[str, tuple[Path, str, dict[str, int] | None
     ragged = _csv(folder / "ragged.csv", [GOOD])
     with open(ragged, "a", encoding="utf-8") as handle:
         handle.write('"only one field"\n"three","fields","here"\n')
-    cases["ragged_csv"] = (ragged, "", {"ragged_csv_row": 2})  # always counted and skipped, never silently
+    # refused with its line (an unclosed quote swallows the rows after it: a count alone hid where), or counted
+    cases["ragged_csv"] = (ragged, "ragged.csv:3: 1 field where the header has 2", {"ragged_csv_row": 2})
     broken = folder / "broken.jsonl"
     broken.write_text(json.dumps({"question": GOOD[0], "answer": GOOD[1]}) + '\n{"question": "x 1", "answer":\n')
     cases["broken_json_line"] = (broken, "broken.jsonl:2", None)
@@ -109,7 +110,7 @@ def write_data(folder: Path) -> dict[str, tuple[Path, str, dict[str, int] | None
     not_object.write_text(json.dumps({"question": GOOD[0], "answer": GOOD[1]}) + "\n[1, 2, 3]\n")
     cases["json_line_not_object"] = (not_object, "not_object.jsonl:2", None)
     huge = _csv(folder / "huge.csv", [GOOD, ["Kaç? " + "9" * 2_000_000, "1"]])
-    cases["huge_field"] = (huge, "", {"field_too_long": 1})  # a megabyte is not a problem: counted and skipped
+    cases["huge_field"] = (huge, "huge.csv:3: a field of over 1,000,000 characters", {"field_too_long": 1})
     cases["no_numbers"] = (_csv(folder / "nonum.csv", [GOOD, ["Kaç elma var?", "Bilmiyorum."]]),
                            "nonum.csv:3: no number", {"no_number": 1})
     cases["empty_question"] = (_csv(folder / "noq.csv", [GOOD, ["   ", "3 elma"]]), "noq.csv:3: empty question",

@@ -101,7 +101,7 @@ def load_references(recipe: Recipe) -> tuple[list[Reference], list[str]] | None:
     spec = recipe.data.reference
     if spec.lower() == "none":
         return None
-    rows, _ = read_rows(spec, recipe.data.reference_config, ["question", "answer"])
+    rows = read_rows(spec, recipe.data.reference_config, ["question", "answer"])
     references, solutions = [], []
     position: Counter = Counter()  # index within the split, as the Hub numbers rows
     missing = 0
@@ -164,7 +164,7 @@ def _sample(record: dict[str, Any], match: Match, why: str) -> dict[str, Any]:
 def prepare(recipe: Recipe) -> dict[str, Any]:
     """Build the prepared rows and the report; writes nothing."""
     data = recipe.data
-    rows, read_skips = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column],
+    rows = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column],
                                  data.limit, {data.question_column: "data.question_column",
                                               data.answer_column: "data.answer_column"})
     loaded = load_references(recipe)
@@ -179,7 +179,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     if own_test:
         logger.info("%s has its own test split, which stays in the test split%s", data.dataset,
                     ", with the reference's test questions" if aligner else " (data.test_fraction is not used)")
-    dropped: Counter = Counter(read_skips)
+    dropped: Counter = Counter()
     out: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     excluded: list[dict[str, Any]] = []
     seen_questions: set[str] = set()
@@ -194,7 +194,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
 
     for row in rows:
         if row.problem:
-            invalid(row.origin, "not_text", row.problem)
+            invalid(row.origin, row.reason, row.problem)
             continue
         question = row.values[data.question_column].strip()
         solution, label = split_answer(row.values[data.answer_column])
@@ -280,6 +280,11 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold), solution_agrees=agrees)
         out[split].append(record)
 
+    if not out["train"] and not out["test"]:  # every row dropped or excluded: nothing to train or test on
+        lost = Counter(dropped) + Counter(r["reason"] for r in excluded)
+        raise UserError(f"data source {data.dataset!r}: none of its {len(rows)} rows is left to write ("
+                        + ", ".join(f"{reason}: {count}" for reason, count in sorted(lost.items()))
+                        + "; prepare_report.json's names); fix those rows or the data keys that drop them")
     train, validation = take_validation(out["train"], data.validation_fraction)
     splits = {"train": train, "validation": validation, "test": out["test"]}
     reasons = Counter(r["reason"] for r in excluded)
@@ -289,7 +294,7 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
     report = {
         "dataset": data.dataset,
         "reference": data.reference,
-        "rows_read": len(rows) + sum(read_skips.values()),
+        "rows_read": len(rows),
         "aligned": counts["aligned"],
         "unaligned": counts["unaligned"],
         "aligned_rate": round(counts["aligned"] / max(1, counts["aligned"] + counts["unaligned"]), 4) if aligner else None,

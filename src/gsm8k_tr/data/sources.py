@@ -15,7 +15,6 @@ import json
 import numbers
 import re
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ class RawRow:
     origin: str  # "path:row" or "hub-id[split]:row", for messages and the report
     split: str  # the source's own split or file name
     values: dict[str, Any]
-    problem: str = ""  # why a value is neither text nor a number: `prepare` refuses the row, or skips and counts it
+    problem: str = ""  # why the row cannot be read as one: `prepare` refuses it, or skips and counts it
+    reason: str = "not_text"  # what prepare_report.json counts such a row as
 
 
 def _decode(path: Path) -> str:
@@ -70,19 +70,22 @@ def delimiter(text: str) -> str:
     return max(",;\t", key=lambda separator: len(next(csv.reader([header], delimiter=separator), [])))
 
 
-def _csv_rows(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(line, values, problem): a row with too few or too many fields has a problem, which `prepare` refuses with its
+    line (or skips and counts): an unclosed quote runs on into the rows after it, which a count alone would hide."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     text = _decode(path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter(text))
+    separator = delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     try:
         header = [name.strip() for name in next(reader)]  # "question ," as a spreadsheet may save it: a name
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) != len(header):
-                skipped["ragged_csv_row"] += 1  # a row with too few or too many fields
-                continue
-            yield reader.line_num, dict(zip(header, row))
+            problem = "" if len(row) == len(header) else (
+                f"{len(row)} field{'s' * (len(row) != 1)} where the header has {len(header)}; a field that holds the "
+                f"separator {separator!r} needs quotes, and an unclosed quote runs on into the rows after it")
+            yield reader.line_num, dict(zip(header, [*row, *[""] * (len(header) - len(row))])), problem
     except csv.Error as error:
         raise UserError(f"{path}:{reader.line_num}: unreadable CSV ({error}); fix the quoting on that line") from None
 
@@ -146,10 +149,12 @@ def split_name(path: Path) -> str:
     return _SHARD.sub("", path.stem).lower()  # "Test.csv" holds the test split as "test.csv" does
 
 
-def _file_rows(path: Path, skipped: Counter) -> Iterator[RawRow]:
+def _file_rows(path: Path) -> Iterator[RawRow]:
     if path.suffix.lower() in (".csv", ".tsv"):  # the separator is read from the header either way
-        rows = _csv_rows(path, skipped)
-    elif path.suffix.lower() in (".json", ".jsonl"):
+        for number, values, problem in _csv_rows(path):
+            yield RawRow(f"{path}:{number}", split_name(path), values, problem, "ragged_csv_row")
+        return
+    if path.suffix.lower() in (".json", ".jsonl"):
         rows = json_rows(path)
     else:
         rows = _parquet_rows(path)
@@ -222,13 +227,13 @@ def _data_files(spec: str, path: Path) -> list[Path]:
     return [path]
 
 
-def _local_rows(spec: str, skipped: Counter) -> Iterator[RawRow]:
+def _local_rows(spec: str) -> Iterator[RawRow]:
     path = _existing(spec)
     if path.is_dir() and saved_by_datasets(path):
         yield from _saved_rows(path)
         return
     for file in _data_files(spec, path):
-        yield from _file_rows(file, skipped)
+        yield from _file_rows(file)
 
 
 def no_test_split(spec: str, splits: set[str]) -> str:
@@ -290,17 +295,16 @@ def missing_column(source: str, column: str, columns: list[Any], key: str | None
 
 
 def read_rows(spec: str, config: str | None, columns: list[str], limit: int | None = None,
-              keys: dict[str, str] | None = None) -> tuple[list[RawRow], Counter]:
-    """All rows of a data source, checked to hold `columns`; and counted skips.
+              keys: dict[str, str] | None = None) -> list[RawRow]:
+    """All rows of a data source, checked to hold `columns`; a row that cannot be read as one carries its problem.
 
     `spec` is a local file or folder, a Hub id, or `synthetic[:N]` for generated problems. `keys` names the recipe
     key that maps each column, for the line a missing one gets (none: the columns cannot be mapped).
     """
-    skipped: Counter = Counter()
     if spec == "synthetic" or spec.startswith("synthetic:"):
         rows_iter = _synthetic_rows(spec)
     elif looks_local(spec):
-        rows_iter = _local_rows(spec, skipped)
+        rows_iter = _local_rows(spec)
     else:
         rows_iter = _hub_rows(spec, config)
     rows: list[RawRow] = []
@@ -321,15 +325,12 @@ def read_rows(spec: str, config: str | None, columns: list[str], limit: int | No
                 value = None
             # Windows line ends (a CSV saved by Excel) would teach the model to write carriage returns.
             row.values[column] = "" if value is None else str(value).replace("\r\n", "\n").replace("\r", "\n")
-        if any(len(row.values[c]) > MAX_FIELD_CHARS for c in columns):
-            skipped["field_too_long"] += 1  # a megabyte is not a grade-school problem
-            continue
+        if not row.problem and any(len(row.values[c]) > MAX_FIELD_CHARS for c in columns):
+            row.problem = f"a field of over {MAX_FIELD_CHARS:,} characters, which is no grade-school problem"
+            row.reason = "field_too_long"
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
-        why = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))  # prepare_report's names
-        ragged = skipped["ragged_csv_row"]
-        hint = "; fields that do not match the header often follow an unclosed quote" if ragged else ""
-        raise UserError(f"data source {spec!r} has no rows" + (f": every row skipped ({why}){hint}" if why else ""))
-    return rows, skipped
+        raise UserError(f"data source {spec!r} has no rows")
+    return rows
