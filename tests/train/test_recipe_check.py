@@ -48,6 +48,15 @@ TYPOS = [
     ("grpo.epsilon_high=-1", "'grpo.epsilon_high' must be above 0.0, got -1.0", "upper clipping"),
     ("grpo.delta=-1", "'grpo.delta' must be above 0.0, got -1.0", "two-sided clipping"),
     ("grpo.top_entropy_quantile=1.5", "'grpo.top_entropy_quantile' must be at most 1, got 1.5", "entropy quantile"),
+    # greedy rollouts: every completion of a group the same, so GRPO learned nothing, without a word
+    ("grpo.top_p=0", "'grpo.top_p' must be above 0.0, got 0.0", "top_p"),
+    # the first loss was NaN, and the guard then blamed the learning rate
+    ("grpo.sapo_temperature_neg=0", "'grpo.sapo_temperature_neg' must be above 0.0, got 0.0", "SAPO temperature"),
+    ("grpo.vespo_lambda_pos=0", "'grpo.vespo_lambda_pos' must be above 0.0, got 0.0", "VESPO rate"),  # clamped by TRL
+    ("grpo.vespo_k_neg=-1", "'grpo.vespo_k_neg' must be at least 0.0, got -1.0", "VESPO shape"),
+    ("grpo.off_policy_mask_threshold=-1", "'grpo.off_policy_mask_threshold' must be at least 0.0", "off-policy mask"),
+    # TRL's trainer raised NotImplementedError with a LoRA model, once the stage had begun
+    ("grpo.sync_ref_model=true", "'grpo.sync_ref_model' must be false: GRPO trains a LoRA adapter", "reference sync"),
     # PEFT would train c_attn alone and say nothing of the typo beside it
     ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
     ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",

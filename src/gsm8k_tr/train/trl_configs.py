@@ -274,10 +274,20 @@ def check_training_values(section: str, config: Any) -> None:
             raise UserError(f"recipe key 'grpo.{key}' must be one of {', '.join(choices)}, "
                             f"got {getattr(config, key)!r}")
     # A negative KL weight rewards moving away from the reference; a clipping range (either side, or two-sided GRPO's
-    # delta) at or below 0 clips every step, without a word. The entropy quantile stopped the first step.
+    # delta) at or below 0 clips every step, without a word. The entropy quantile stopped the first step. top_p 0
+    # samples greedily: every completion of a group is the same, so no advantage is ever non-zero. SAPO's temperature
+    # 0 made the first loss NaN; VESPO's rates are clamped to 1e-4 by TRL without a word, and a negative shape blows
+    # its weights up; a negative off-policy threshold drops every sequence with a negative advantage.
     _check_lower_bounds(section, config, (("beta", 0.0, False), ("epsilon", 0.0, True), ("epsilon_high", 0.0, True),
                                           ("delta", 0.0, True), ("num_iterations", 1, False),
-                                          ("top_entropy_quantile", 0.0, False)))
+                                          ("top_entropy_quantile", 0.0, False), ("top_p", 0.0, True),
+                                          ("sapo_temperature_pos", 0.0, True), ("sapo_temperature_neg", 0.0, True),
+                                          ("vespo_lambda_pos", 0.0, True), ("vespo_lambda_neg", 0.0, True),
+                                          ("vespo_k_pos", 0.0, False), ("vespo_k_neg", 0.0, False),
+                                          ("off_policy_mask_threshold", 0.0, False)))
+    if config.sync_ref_model:  # TRL's trainer refuses it with a PEFT model, in a traceback once the stage has begun
+        raise UserError("recipe key 'grpo.sync_ref_model' must be false: GRPO trains a LoRA adapter here, and TRL then "
+                        "keeps no reference model to sync (it scores the reference with the adapter turned off)")
     if config.top_entropy_quantile > 1:
         raise UserError(f"recipe key 'grpo.top_entropy_quantile' must be at most 1, got {config.top_entropy_quantile}")
     from transformers import generation
