@@ -57,6 +57,16 @@ TYPOS = [
     ("grpo.off_policy_mask_threshold=-1", "'grpo.off_policy_mask_threshold' must be at least 0.0", "off-policy mask"),
     # TRL's trainer raised NotImplementedError with a LoRA model, once the stage had begun
     ("grpo.sync_ref_model=true", "'grpo.sync_ref_model' must be false: GRPO trains a LoRA adapter", "reference sync"),
+    # switches TRL, transformers or torch refused in a traceback once the trainer was built
+    ("sft.assistant_only_loss=true", "'sft.assistant_only_loss' must be false: SFT's rows are a prompt and a",
+     "assistant-only loss"),
+    ("sft.dataloader_persistent_workers=true", "'sft.dataloader_persistent_workers' needs sft.dataloader_num_workers "
+                                               "above 0", "persistent workers"),
+    ("sft.eval_on_start=true", "'sft.eval_on_start' needs SFT's held-out checks (sft.eval_strategy: steps)",
+     "SFT eval on start"),
+    ("grpo.eval_on_start=true", "'grpo.eval_on_start' must be false: GRPO's held-out checks", "GRPO eval on start"),
+    ("grpo.cast_lm_head_to_fp32=true", "'grpo.cast_lm_head_to_fp32' is not supported with gpt2's tied embeddings",
+     "lm head cast"),
     # PEFT would train c_attn alone and say nothing of the typo beside it
     ("lora.target_modules=[c_attn,c_fcc]", "lora.target_modules: 'c_fcc' names no layer of the model", "lora targets"),
     ("lora.target_modules=[ln_1]", "'ln_1' matches transformer.h.0.ln_1 (LayerNorm), which LoRA cannot adapt",
@@ -150,6 +160,36 @@ def test_an_optimizer_from_a_package_not_installed_is_named(tmp_path: Path, tiny
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.optim=adamw_bnb_8bit")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "recipe key 'sft.optim' is adamw_bnb_8bit: You need to install `bitsandbytes`" in done.stderr
+
+
+def test_switches_this_machine_lacks_are_named(tmp_path: Path, tiny_model_dir, monkeypatch) -> None:
+    # Each stopped the trainer in a traceback: a missing package, no GPU, no Hub or no token for pushing
+    import huggingface_hub
+    from transformers.utils import is_liger_kernel_available
+
+    from gsm8k_tr import hub, placement
+
+    def check(*overrides: str) -> str:
+        done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", *overrides)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        return done.stderr
+
+    if not is_liger_kernel_available():
+        assert "'sft.use_liger_kernel' needs liger-kernel, which is not installed" in check("sft.use_liger_kernel=true")
+    monkeypatch.setattr(placement, "has_cuda", lambda: False)
+    assert "'sft.activation_offloading' needs a CUDA GPU" in check("sft.activation_offloading=true")
+    monkeypatch.setattr(hub, "before_loading", lambda name: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "'grpo.push_to_hub' needs the Hugging Face Hub, and the Hub is not reachable" in check("grpo.push_to_hub=true")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    assert "and no Hugging Face token is set" in check("sft.push_to_hub=true")
+    # SFT's own evaluations at its start
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "sft.eval_on_start=true",
+                   "sft.eval_strategy=steps", "sft.eval_steps=10")
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_schedule_with_its_arguments_passes(tmp_path: Path, tiny_model_dir) -> None:

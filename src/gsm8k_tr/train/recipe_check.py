@@ -63,6 +63,12 @@ def check(recipe: Recipe) -> dict[str, Any]:
     _compiling(recipe, sft, grpo)
     if config is not None:
         modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
+        if grpo.cast_lm_head_to_fp32 and config.tie_word_embeddings:
+            # TRL reaches tied input embeddings as `model.model.embed_tokens`, which a PEFT model's `.model` (the
+            # causal LM) never has: GRPO stopped at its start with an AttributeError (GPT-2 and SmolLM2 alike)
+            raise UserError(f"recipe key 'grpo.cast_lm_head_to_fp32' is not supported with {config.model_type}'s tied "
+                            "embeddings: TRL's cast reaches them as model.embed_tokens, which a LoRA model does not "
+                            "have; set it false")
         shape = memory.Shape.from_config(config)
         fitting.check_fits(shape, recipe, "sft", sft)  # on a GPU only
         fitting.check_fits(shape, recipe, "grpo", grpo, grpo.num_generations)

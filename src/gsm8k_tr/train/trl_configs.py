@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any
 
-from gsm8k_tr import placement
+from gsm8k_tr import hub, placement
 from gsm8k_tr.config import Recipe, coerce, type_name
 from gsm8k_tr.errors import UserError, one_line
 from gsm8k_tr.grading.rewards import reward_weights
@@ -86,6 +86,7 @@ def sft_args(recipe: Recipe, stop: str, context: int) -> Any:
                         "sft.eval_strategy: steps (with sft.eval_steps) and sft.load_best_model_at_end: true")
     check_report_to("sft", config)
     check_training_values("sft", config)
+    check_switches("sft", config)
     batch_order.choose(config, recipe.sft)
     if config.padding_free and not config.packing:
         # TRL refuses a max_length it would not enforce on padding-free rows (a traceback when the trainer is built);
@@ -113,6 +114,7 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
                         f"({context} tokens) minus the prompt, got {completion!r}")
     check_report_to("grpo", config)
     check_training_values("grpo", config)
+    check_switches("grpo", config)
     return config
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
@@ -304,6 +306,41 @@ def check_training_values(section: str, config: Any) -> None:
                 warper(value)
             except ValueError as error:
                 raise UserError(f"recipe key 'grpo.{key}': {one_line(error)}") from None
+
+
+def check_switches(section: str, config: Any) -> None:
+    """TrainingArguments' switches that TRL or transformers refuse only once the trainer is built or training has
+    begun (in a pipeline: after SFT), each in a traceback: checked where this machine or the stage decides them."""
+    from transformers.utils import is_liger_kernel_available
+
+    key = f"recipe key '{section}."
+    if config.use_liger_kernel and not is_liger_kernel_available():
+        raise UserError(f"{key}use_liger_kernel' needs liger-kernel, which is not installed: pip install "
+                        "liger-kernel, or set it false")
+    if config.dataloader_persistent_workers and config.dataloader_num_workers < 1:
+        raise UserError(f"{key}dataloader_persistent_workers' needs {section}.dataloader_num_workers above 0 "
+                        "(torch's DataLoader refuses it)")
+    if config.eval_on_start and section == "grpo":  # the trainer is given no eval dataset
+        raise UserError("recipe key 'grpo.eval_on_start' must be false: GRPO's held-out checks (eval.every_steps) "
+                        "run in a callback, not as the trainer's evaluations, so the trainer has nothing to evaluate")
+    if config.eval_on_start and config.eval_strategy == "no":
+        raise UserError("recipe key 'sft.eval_on_start' needs SFT's held-out checks (sft.eval_strategy: steps); set "
+                        "that, or set it false")
+    if getattr(config, "assistant_only_loss", False):  # TRL needs conversations; SFT's rows are prompt + completion
+        raise UserError("recipe key 'sft.assistant_only_loss' must be false: SFT's rows are a prompt and a completion, "
+                        "and the loss is on the completion alone already (sft.completion_only_loss)")
+    if getattr(config, "activation_offloading", False) and not placement.has_cuda():
+        raise UserError("recipe key 'sft.activation_offloading' needs a CUDA GPU (it moves activations to the "
+                        "host's memory); set it false here")
+    if config.push_to_hub:  # the trainer creates the Hub repository when it is built, and pushes at every save
+        from huggingface_hub import constants, get_token
+
+        hub.before_loading(f"{section}.push_to_hub")
+        if constants.HF_HUB_OFFLINE or not get_token():
+            why = ("the Hub is not reachable from this machine" if constants.HF_HUB_OFFLINE
+                   else "no Hugging Face token is set (hf auth login, or HF_TOKEN)")
+            raise UserError(f"{key}push_to_hub' needs the Hugging Face Hub, and {why}; set it false (the stage "
+                            "saves its outputs in the run folder either way)")
 
 
 def check_report_to(section: str, config: Any) -> None:
