@@ -180,7 +180,8 @@ def test_switches_this_machine_lacks_are_named(tmp_path: Path, tiny_model_dir, m
     assert "'sft.activation_offloading' needs a CUDA GPU" in check("sft.activation_offloading=true")
     monkeypatch.setattr(hub, "before_loading", lambda name: None)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert "'grpo.push_to_hub' needs the Hugging Face Hub, and the Hub is not reachable" in check("grpo.push_to_hub=true")
+    offline = check("grpo.push_to_hub=true")
+    assert "'grpo.push_to_hub' needs the Hugging Face Hub, and the Hub is not reachable" in offline
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
