@@ -193,6 +193,21 @@ def test_switches_this_machine_lacks_are_named(tmp_path: Path, tiny_model_dir, m
     assert done.returncode == 0, done.stderr
 
 
+UNSAVED = [(("sft.save_strategy=no",), "sft.save_strategy is no: the stage writes no checkpoints, so a run that is "
+                                       "killed"),
+           (("grpo.save_strategy=best",), "grpo.save_strategy is best: the stage saves only at its evaluations, and "
+                                          "runs none"),
+           (("sft.save_strategy=epoch",), None)]
+
+
+@pytest.mark.parametrize("overrides, said", UNSAVED)
+def test_a_stage_that_saves_no_checkpoints_is_told(overrides, said, tmp_path: Path, tiny_model_dir) -> None:
+    # It trained to the end without a word, and a killed run then started again from its first step
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", *overrides)
+    assert done.returncode == 0, done.stderr
+    assert (said in done.stderr) if said else "save_strategy is" not in done.stderr, done.stderr
+
+
 def test_a_schedule_with_its_arguments_passes(tmp_path: Path, tiny_model_dir) -> None:
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}",
                    "sft.lr_scheduler_type=cosine_with_min_lr", "sft.lr_scheduler_kwargs={min_lr_rate: 0.1}")

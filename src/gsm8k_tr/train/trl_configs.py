@@ -8,6 +8,7 @@ seconds rather than after an hour of SFT.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from typing import Any
@@ -21,6 +22,8 @@ from gsm8k_tr.run_folder import stage_dir
 from gsm8k_tr.train import batch_order
 from gsm8k_tr.train.checkpoints import CHECKPOINTS
 from gsm8k_tr.train.memory import padded, padding_multiple
+
+log = logging.getLogger(__name__)
 
 # Our defaults over TRL's; every one can be changed in the recipe's `sft` and `grpo` sections.
 SFT_DEFAULTS: dict[str, Any] = {
@@ -314,6 +317,11 @@ def check_switches(section: str, config: Any) -> None:
     from transformers.utils import is_liger_kernel_available
 
     key = f"recipe key '{section}."
+    saving = getattr(config.save_strategy, "value", config.save_strategy)  # an enum in TrainingArguments
+    if saving == "no" or (saving == "best" and config.eval_strategy == "no"):
+        why = "writes no checkpoints" if saving == "no" else "saves only at its evaluations, and runs none"
+        log.warning("%s.save_strategy is %s: the stage %s, so a run that is killed starts again from its first step "
+                    "with --resume (a SIGTERM or Ctrl-C still saves the step it stops at)", section, saving, why)
     if config.use_liger_kernel and not is_liger_kernel_available():
         raise UserError(f"{key}use_liger_kernel' needs liger-kernel, which is not installed: pip install "
                         "liger-kernel, or set it false")
