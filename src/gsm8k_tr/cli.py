@@ -162,7 +162,8 @@ def _generate(args: argparse.Namespace) -> int:
     questions = [item for item in args.items if item not in overrides]
     recipe = load_recipe(args.config, _as_strings(overrides))
     if not questions and not sys.stdin.isatty():
-        questions = [line.strip() for line in sys.stdin if line.strip()]
+        # a file saved on Windows opens with a byte-order mark, which would reach the first prompt
+        questions = [text for line in sys.stdin if (text := line.strip().lstrip("\ufeff").strip())]
     if not questions:
         raise UserError('no question given: gsm8k-tr generate --model M "soru…", or one question per line on stdin')
     generate_command.main(args.model, recipe, questions, args.device)
