@@ -191,7 +191,8 @@ def test_generate_prints_the_answer_and_reads_stdin(tiny_model_dir):
     assert "Ali'nin 3 elması" in result.stdout and ("no answer block" in result.stdout or "→" in result.stdout)
     # A file saved on Windows: a byte-order mark and CRLF line ends, and blank lines between questions
     windows = cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "eval.max_new_tokens=4",
-                  stdin="\ufeffAli'nin 3 elması var. Kaç elması olur?\r\n\r\n \r\nAyşe 5 kalem aldı. Kaç kalemi var?\r\n")
+                  stdin="\ufeffAli'nin 3 elması var. Kaç elması olur?\r\n\r\n \r\n"
+                        "Ayşe 5 kalem aldı. Kaç kalemi var?\r\n")
     assert windows.returncode == 0, windows.stderr[-2000:]
     assert "\ufeff" not in windows.stdout and "\r" not in windows.stdout
     assert " Ali'nin 3 elması" in windows.stdout and "Ayşe 5 kalem" in windows.stdout
