@@ -164,9 +164,8 @@ def _sample(record: dict[str, Any], match: Match, why: str) -> dict[str, Any]:
 def prepare(recipe: Recipe) -> dict[str, Any]:
     """Build the prepared rows and the report; writes nothing."""
     data = recipe.data
-    rows = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column],
-                                 data.limit, {data.question_column: "data.question_column",
-                                              data.answer_column: "data.answer_column"})
+    rows = read_rows(data.dataset, data.dataset_config, [data.question_column, data.answer_column], data.limit,
+                     {data.question_column: "data.question_column", data.answer_column: "data.answer_column"})
     loaded = load_references(recipe)
     texts = [f"{row.values[data.question_column]} {row.values[data.answer_column]}" for row in rows]
     aligner = Aligner(*loaded, turkish_texts=texts) if loaded else None
