@@ -35,6 +35,7 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
     for png in ("rewards.png", "sft_loss.png", "stages.png", "lengths.png"):
         assert (run / png).stat().st_size > 1000
     assert "report.md" in done.stdout and "strict fmt" in done.stdout  # the table and where the report is
+    assert f"[1/7] preparing data into {run / 'data'}\n" in done.stdout
     assert "Wall time per stage" in (run / "report.md").read_text()
     # Each stage against the one before, on the same 12 questions, from the predictions it wrote.
     assert [(c["before"], c["after"], c["questions"]) for c in report["comparisons"]] == [("base", "sft", 12),
@@ -49,6 +50,7 @@ def test_pipeline_runs_every_stage_and_reports(tmp_path: Path, tiny_model_dir: P
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
     resumed = cli(*args, "--resume")  # everything finished: nothing is trained or evaluated again
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"[1/7] prepared data in {run / 'data'}\n" in resumed.stdout  # read as it is, not prepared again
     again = json.loads((run / "report.json").read_text())
     assert {n: s["accuracy"] for n, s in again["stages"].items()} == {n: s["accuracy"] for n, s in report["stages"].items()}
     assert "already finished" in resumed.stderr and "with another recipe" not in resumed.stderr

@@ -133,7 +133,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
          announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage of `recipe`; returns what it writes to `{output_dir}/report.json`."""
     from gsm8k_tr import report
-    from gsm8k_tr.data.splits import fingerprint
+    from gsm8k_tr.data.splits import fingerprint, prepared_folder
     from gsm8k_tr.processes import process_state
     from gsm8k_tr.run_folder import grpo_held_out, prepared_data
     from gsm8k_tr.train import recipe_check
@@ -149,7 +149,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False,
         announce = _silent
     state.wait_for_everyone()
     started = time.perf_counter()
-    announce(f"[1/7] preparing data into {run / 'data'}")
+    folder, ready = prepared_folder(recipe)  # data.dataset may name a folder `prepare` wrote: read there, as it is
+    announce(f"[1/7] {'prepared data in' if ready else 'preparing data into'} {folder}")
     data_dir = prepared_data(recipe)
     prepare_seconds = time.perf_counter() - started
     data = fingerprint(data_dir)  # what each evaluation records it answered, read once
