@@ -23,6 +23,16 @@ def one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a device running out of memory: torch's OutOfMemoryError on CUDA, or the RuntimeError
+    that MPS and XPU raise with the same words."""
+    try:
+        from torch import OutOfMemoryError
+    except ImportError:
+        return False
+    return isinstance(error, OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
 def compiler_failure(error: BaseException) -> str | None:
     """The line that says why, where `error` is torch's compiler failing on this machine (a `TorchDynamoException`:
     an Inductor lowering, a Triton kernel the card cannot build, no C++ compiler), else None."""

@@ -204,6 +204,27 @@ def test_a_gpu_that_runs_out_of_memory_mid_run_says_what_to_change_and_where_res
         f"on from {run / stage / 'checkpoints' / 'checkpoint-2'}; gsm8k-tr plan shows where the memory goes")
 
 
+def test_a_gpu_that_runs_out_of_memory_answering_names_the_eval_keys(tmp_path: Path, tiny_model_dir: Path,
+                                                                     monkeypatch, capsys) -> None:
+    # The same error from generation, in `evaluate` (and in a stage's held-out check, which answers the same way):
+    # its traceback named no key; the batch size is eval.batch_size, not the training micro-batch
+    import torch
+
+    from gsm8k_tr import cli
+    from gsm8k_tr.infer import generation
+
+    def runs_out(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
+
+    monkeypatch.setattr(generation, "generate", runs_out)
+    assert cli.main(["evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model",
+                     str(tiny_model_dir), "eval.batch_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp_path / "eval").exists()
+    assert ("error: the GPU ran out of memory answering 8 questions at a time with up to 64 new tokens (CUDA out of "
+            "memory. Tried to allocate 3.00 GiB.); set eval.batch_size=4 or lower eval.max_new_tokens") in err
+
+
 def test_recipe_paths_are_resolved_and_checked(tmp_path: Path, tiny_model_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

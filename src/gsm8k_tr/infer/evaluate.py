@@ -22,7 +22,7 @@ from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.data.prompts import build_prompt
 from gsm8k_tr.data.splits import load_split
-from gsm8k_tr.errors import UserError
+from gsm8k_tr.errors import UserError, one_line, out_of_memory
 from gsm8k_tr.grading.answers import extract_answer, is_correct, is_correct_flexible, shown
 from gsm8k_tr.grading.rewards import soft_format_reward_func, strict_format_reward_func
 from gsm8k_tr.infer import generation
@@ -210,7 +210,15 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
                                           samples, recipe.seed, progress, synced_gpus, recipe.decoding)
         return [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(share, outputs)]
 
-    records = split_and_gather(rows, answer)
+    try:
+        records = split_and_gather(rows, answer)
+    except Exception as error:  # torch's traceback said where, not which key to change
+        if not out_of_memory(error):
+            raise
+        raise UserError(f"the GPU ran out of memory answering {min(cfg.batch_size, len(rows))} questions at a time "
+                        f"with up to {cfg.max_new_tokens} new tokens ({one_line(error)[:160]}); set "
+                        f"eval.batch_size={max(1, cfg.batch_size // 2)} or lower eval.max_new_tokens, and run again "
+                        "(a training stage's held-out check: the same command with --resume)") from error
     parameter = next(model.parameters())
     batches = generation.batches(share_size(len(rows)), cfg.batch_size)  # this process's, as `generate` ran them
     how = "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device, synced_gpus,

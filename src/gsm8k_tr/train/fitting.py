@@ -12,7 +12,7 @@ from typing import Any
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.errors import UserError, one_line, out_of_memory
 from gsm8k_tr.train.checkpoints import last_checkpoint
 from gsm8k_tr.train.memory import FITS_SHARE, Shape, StagePlan, estimate, stage_settings
 
@@ -167,10 +167,7 @@ def ran_out(error: BaseException, trainer: Any, stage: str) -> UserError | None:
     can still run out hours in; torch's own traceback said where, not what to
     change.
     """
-    import torch
-
-    if not isinstance(error, torch.OutOfMemoryError) and not (isinstance(error, RuntimeError)
-                                                              and "out of memory" in str(error)):  # MPS, XPU
+    if not out_of_memory(error):
         return None
     args, changes = trainer.args, []
     micro, accumulate = args.per_device_train_batch_size, args.gradient_accumulation_steps
