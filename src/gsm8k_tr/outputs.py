@@ -145,6 +145,15 @@ def read_json(path: Path, remedy: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({one_line(error)[:120]}); {remedy}") from None
 
 
+def read_object(path: Path, remedy: str) -> dict[str, Any]:
+    """`read_json` of a file written as one JSON object: anything else (a list, a number, edited by hand) is one
+    line too, not an AttributeError where a key is read."""
+    value = read_json(path, remedy)
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a JSON object, as it was written; {remedy}")
+    return value
+
+
 @contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` for one run: another process that asks for it meanwhile stops with one line naming this one.

@@ -16,7 +16,7 @@ from typing import Any
 
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.infer.compare import Paired, compare, read_predictions, scores
-from gsm8k_tr.outputs import atomic_file, atomic_write_text, full_disk_reported, read_json
+from gsm8k_tr.outputs import atomic_file, atomic_write_text, full_disk_reported, read_json, read_object
 from gsm8k_tr.run_folder import grpo_held_out, read_metrics
 
 STAGES = ("base", "sft", "grpo")
@@ -254,7 +254,7 @@ def _budget(path: Path) -> dict[str, Any] | None:
     """`benchmarks/sft_vs_grpo.py`'s output in a run folder, read once for its plot and its table; None if absent."""
     if not path.is_file():
         return None
-    return read_json(path, "run benchmarks/sft_vs_grpo.py again or remove it")
+    return read_object(path, "run benchmarks/sft_vs_grpo.py again or remove it")
 
 
 def budget_table(result: dict[str, Any]) -> list[str]:
@@ -323,7 +323,7 @@ def main(run_dir: str) -> Path:
             lines += _comparison_table(paired)
         summary = run / "report.json"
         if summary.is_file():
-            stages = read_json(summary, "run the pipeline again, or remove the file").get("stages", {})
+            stages = read_object(summary, "run the pipeline again, or remove the file").get("stages", {})
             times = [f"{name}: {s['seconds']:.0f} s" for name, s in stages.items()
                      if isinstance(s.get("seconds"), (int, float))]
             if times:

@@ -164,6 +164,14 @@ def test_a_relative_model_path_that_is_not_there(tmp_path, monkeypatch):
     assert result.returncode == 2 and "if a folder was meant, runs has no 'sft'" in result.stderr, result.stderr
 
 
+def test_an_adapter_config_that_is_no_object(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("[]")  # an AttributeError where its base model was read
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(adapter))
+    assert result.returncode == 2 and "adapter_config.json: not a JSON object, as it was written" in result.stderr
+
+
 @pytest.mark.parametrize("base", ["{tmp}/gone", "runs/x/sft/merged"])  # absolute; relative, trained elsewhere
 def test_an_adapter_whose_base_is_gone(tmp_path, base):
     adapter = tmp_path / "adapter"

@@ -75,6 +75,8 @@ DAMAGED_RUN_FILES = [
      "predictions.jsonl:2"),                                                         # a line cut short
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),
     ("report.json", "{", "not valid JSON"),
+    ("report.json", "[]", "not a JSON object, as it was written"),  # an AttributeError where its stages were read
+    ("sft_vs_grpo.json", "[1, 2]", "not a JSON object, as it was written"),
     ("grpo/manifest.json", "\x00\x00", "not valid JSON"),                             # a crash's zeroed block
     # edited by hand: each stopped in a traceback where a command read it (report, pipeline, evaluate, --resume)
     ("grpo/manifest.json", "[]", "not an object, as a stage writes its manifest"),

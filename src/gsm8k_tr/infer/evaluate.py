@@ -26,7 +26,7 @@ from gsm8k_tr.errors import UserError, one_line, out_of_memory
 from gsm8k_tr.grading.answers import extract_answer, is_correct, is_correct_flexible, shown
 from gsm8k_tr.grading.rewards import soft_format_reward_func, strict_format_reward_func
 from gsm8k_tr.infer import generation
-from gsm8k_tr.outputs import read_json
+from gsm8k_tr.outputs import read_object
 from gsm8k_tr.run_folder import is_finished, prepared_data, read_manifest
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def check_model_path(spec: str) -> None:
 
 def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
-    config = read_json(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
+    config = read_object(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
     base = config.get("base_model_name_or_path")
     if not base or (hub.names_a_path(base) and not Path(base).expanduser().exists()):
         raise UserError(f"the adapter {str(path)!r} names base model {base!r}, which cannot be found; "

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
-from gsm8k_tr.outputs import read_json
+from gsm8k_tr.outputs import read_object
 from gsm8k_tr.placement import COMPUTE_DTYPES
 from gsm8k_tr.train.rollouts import generating_policy
 
@@ -81,7 +81,7 @@ class HeldOutAccuracy(TrainerCallback):
         self.keep_best = keep_best
         self.measured: dict[int, float] = {}  # step → held-out accuracy, this process's run
         record = keep_best / "best.json" if keep_best else None
-        self.best: dict[str, Any] | None = read_json(record, _REMEDY) if record and record.is_file() else None
+        self.best: dict[str, Any] | None = read_object(record, _REMEDY) if record and record.is_file() else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.best is not None and self.best["step"] > state.global_step:
@@ -120,7 +120,7 @@ class HeldOutAccuracy(TrainerCallback):
                 self._write_best()
         self.trainer.accelerator.wait_for_everyone()
         if self.keep_best:  # every process knows the best, as the main process wrote it
-            self.best = read_json(self.keep_best / "best.json", _REMEDY)
+            self.best = read_object(self.keep_best / "best.json", _REMEDY)
 
     def _write_best(self) -> None:
         from peft import get_peft_model_state_dict

@@ -22,7 +22,7 @@ from typing import Any
 
 from gsm8k_tr.config import Recipe, changed_keys, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError, compiler_failure
-from gsm8k_tr.outputs import full_disk_reported, read_json
+from gsm8k_tr.outputs import full_disk_reported, read_object
 from gsm8k_tr.processes import check_devices, process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
@@ -56,7 +56,7 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
         changed = [change for change in (recipe_changes(finished_with, recipe) if finished_with.is_file() else [])
                    if not change.startswith((*other, *EVALUATION_ONLY))]
         began = folder / CHECKPOINTS / START_MODEL
-        began_from = read_json(began, "pass --overwrite to train the stage again") if began.is_file() else None
+        began_from = read_object(began, "pass --overwrite to train the stage again") if began.is_file() else None
         if began_from is not None and began_from != (start or {}):  # GRPO on an SFT output trained again since
             changed.append(f"start model: {_start_name(began_from)} -> {_start_name(start or {})}")
         if changed:  # kept as it finished: a changed key (more steps, another rate) would otherwise pass unnoticed
@@ -114,7 +114,7 @@ def compare_with_start(recipe: Recipe, started: Path, start: dict[str, Any] | No
     if not started.is_file():  # a run begun by an earlier version
         return
     record = started.with_name(START_MODEL)
-    began = read_json(record, "pass --overwrite to start the stage again") if record.is_file() else None
+    began = read_object(record, "pass --overwrite to start the stage again") if record.is_file() else None
     if began is not None and began != (start or {}):
         raise UserError(f"--resume: the run in {started.parent.parent} began from {_start_name(began)}, and starts now "
                         f"from {_start_name(start or {})}: its checkpoints belong to another model; pass --overwrite "
@@ -144,7 +144,7 @@ def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = 
     from gsm8k_tr.modeling import load_model, load_tokenizer, pin_commit
 
     saved = Path(checkpoint) / "adapter_config.json" if checkpoint and path is None else None
-    if saved is not None and saved.is_file() and (commit := read_json(saved, "remove that checkpoint").get("revision")):
+    if saved is not None and saved.is_file() and (commit := read_object(saved, "remove that checkpoint").get("revision")):
         pin_commit(recipe.model, commit)
     with process_state().main_process_first():
         return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
