@@ -144,7 +144,8 @@ def load_base(recipe: Recipe, path: str | None = None, checkpoint: str | None = 
     from gsm8k_tr.modeling import load_model, load_tokenizer, pin_commit
 
     saved = Path(checkpoint) / "adapter_config.json" if checkpoint and path is None else None
-    if saved is not None and saved.is_file() and (commit := read_object(saved, "remove that checkpoint").get("revision")):
+    commit = read_object(saved, "remove that checkpoint").get("revision") if saved and saved.is_file() else None
+    if commit:
         pin_commit(recipe.model, commit)
     with process_state().main_process_first():
         return load_tokenizer(recipe.model, path), load_model(recipe.model, path)
