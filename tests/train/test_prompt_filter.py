@@ -94,3 +94,25 @@ def test_the_recipe_section_is_checked() -> None:
     with pytest.raises(UserError, match="prompt_filter"):
         load_recipe(None, ["prompt_filter.keep_above=0.8", "prompt_filter.keep_below=0.2"])
     assert load_recipe(None, ["prompt_filter.samples=8"]).prompt_filter.samples == 8
+
+
+def test_too_few_prompts_for_one_generation_call_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tiny_model_dir: Path) -> None:
+    # TRL's sampler yields whole generation calls only: with fewer prompts GRPO trained 0 steps and saved its start
+    # model as its output, without a word; here a call takes 16 // 4 = 4 prompts
+    from gsm8k_tr.train import grpo
+
+    common = [f"output_dir={tmp_path / 'run'}", "model.sft_output=none", "grpo.per_device_train_batch_size=16",
+              "eval.every_steps=0"]
+    few = load_recipe(str(TINY_RECIPE), [*common, "data.dataset=synthetic:5", "data.validation_fraction=0"])
+    with pytest.raises(UserError, match=r"grpo: 3 training prompts, but each generation call takes 4 \(16 "
+                                        r"completions, 4 a prompt\).*or give it more prompts"):
+        grpo.main(few)
+    # The prompt filter keeps one: said after it, with its own keys
+    monkeypatch.setattr(prompt_filter, "score", lambda model, tokenizer, prompts, *a, **k: [
+        {"pass_rate": 0.5 if i == 0 else 0.0, "tokens": 3} for i in range(len(prompts))])
+    filtered = load_recipe(str(TINY_RECIPE), [*common, f"output_dir={tmp_path / 'run2'}", "prompt_filter.samples=2"])
+    with pytest.raises(UserError, match="grpo: 1 training prompts that the prompt filter kept, but .* or widen "
+                                        "prompt_filter.keep_above/keep_below"):
+        grpo.main(filtered)
+    assert not (tmp_path / "run2" / "grpo" / "manifest.json").exists()

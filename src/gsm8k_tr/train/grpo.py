@@ -112,6 +112,18 @@ def sampling(config: Any) -> dict[str, Any]:
     return {key: getattr(config, key, None) for key in keys}
 
 
+def fill_a_call(prompts: list[Any], config: Any, which: str, more: str) -> None:
+    """Enough prompts for one generation call: TRL's sampler yields only whole calls of `generation_batch_size //
+    num_generations` prompts, so with fewer GRPO trained 0 steps and saved its start model as its output, without a
+    word."""
+    per_call = config.generation_batch_size // config.num_generations
+    if len(prompts) < per_call:
+        raise UserError(f"grpo: {len(prompts)} training prompts{which}, but each generation call takes {per_call} "
+                        f"({config.generation_batch_size} completions, {config.num_generations} a prompt) and TRL "
+                        "skips a call it cannot fill, so GRPO would train 0 steps; lower grpo.per_device_train_batch_size"
+                        f" or grpo.gradient_accumulation_steps (grpo.steps_per_generation where set), or {more}")
+
+
 def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
     """The SFT output GRPO starts from (None: the base model) and its manifest; checked for compatibility."""
     named = recipe.model.sft_output
@@ -167,10 +179,12 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
         config = grpo_args(recipe, stop_ids(model), context)
         log.info("grpo micro-batch (auto): %s", batch)
     plan = fitting.check_fits(shape, recipe, STAGE, config, config.num_generations, longest)  # on a GPU
+    fill_a_call(prompts, config, "", "give it more prompts")
     filtered = None
     if recipe.prompt_filter.samples:  # keep the prompts the start model sometimes gets right
         prompts, filtered = prompt_filter.apply(model, tokenizer, prompts, recipe, config, folder,
                                                 start or recipe.model.name_or_path, recipe.prompt.answer_tag)
+        fill_a_call(prompts, config, " that the prompt filter kept", "widen prompt_filter.keep_above/keep_below")
 
     stage.log_to(folder)
     lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None,
