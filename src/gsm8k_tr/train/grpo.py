@@ -120,8 +120,9 @@ def fill_a_call(prompts: list[Any], config: Any, which: str, more: str) -> None:
     if len(prompts) < per_call:
         raise UserError(f"grpo: {len(prompts)} training prompts{which}, but each generation call takes {per_call} "
                         f"({config.generation_batch_size} completions, {config.num_generations} a prompt) and TRL "
-                        "skips a call it cannot fill, so GRPO would train 0 steps; lower grpo.per_device_train_batch_size"
-                        f" or grpo.gradient_accumulation_steps (grpo.steps_per_generation where set), or {more}")
+                        "skips a call it cannot fill, so GRPO would train 0 steps; lower "
+                        "grpo.per_device_train_batch_size or grpo.gradient_accumulation_steps "
+                        f"(grpo.steps_per_generation where set), or {more}")
 
 
 def start_model(recipe: Recipe) -> tuple[str | None, dict[str, Any]]:
