@@ -152,3 +152,14 @@ def test_sft_logs_each_steps_time(run):
     assert logged and all(h["step_time"] > 0 for h in logged)
     interval = logged[0]["step"]  # logging_steps: each entry is the mean over that many steps
     assert sum(h["step_time"] for h in logged) * interval <= manifest["train_seconds"]
+
+
+@pytest.mark.parametrize("extra", [(), ("sft.max_steps=-1", "sft.num_train_epochs=1")])
+def test_sft_with_no_whole_micro_batch_to_keep_is_one_line(extra, tmp_path: Path, tiny_model_dir) -> None:
+    # 7 rows, micro-batches of 16 and the last one dropped: "0 steps" and the start model saved as SFT's output, or,
+    # training by epochs, a ValueError traceback from the trainer
+    done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "data.dataset=synthetic:12",
+                   "sft.per_device_train_batch_size=16", "sft.dataloader_drop_last=true", *extra)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "sft: 7 training rows, and sft.dataloader_drop_last drops a micro-batch of fewer than 16" in done.stderr
+    assert not (tmp_path / "sft" / "manifest.json").exists()

@@ -91,6 +91,11 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
         config = sft_args(recipe, stop, context)
         log.info("sft micro-batch (auto): %s", batch)
     plan = fitting.check_fits(shape, recipe, STAGE, config, longest=longest)  # on a GPU: stop if it cannot fit
+    per_batch = config.per_device_train_batch_size * config.world_size
+    if config.dataloader_drop_last and len(pairs) < per_batch:  # no batch at all: "0 steps", or a ValueError by epochs
+        raise UserError(f"sft: {len(pairs)} training rows, and sft.dataloader_drop_last drops a micro-batch of fewer "
+                        f"than {per_batch}, so SFT would train 0 steps; set it false or lower "
+                        "sft.per_device_train_batch_size")
 
     evaluating = config.eval_strategy != "no"
     if evaluating:  # the validation loss beside held-out accuracy
