@@ -310,6 +310,11 @@ def _check(recipe: Recipe) -> None:
     if pf.samples < 0 or pf.batch_size < 1 or not 0.0 <= pf.keep_above < pf.keep_below <= 1.0:
         raise UserError("recipe section 'prompt_filter' needs samples >= 0, batch_size >= 1 and "
                         f"0 <= keep_above < keep_below <= 1, got {dataclasses.asdict(pf)}")
+    if pf.samples and not any(pf.keep_above < j / pf.samples < pf.keep_below for j in range(pf.samples + 1)):
+        # found only after every training prompt was answered K times, which on the real data takes a while
+        raise UserError(f"recipe section 'prompt_filter': with samples={pf.samples} a pass rate is a multiple of "
+                        f"1/{pf.samples}, and none lies strictly between keep_above={pf.keep_above} and "
+                        f"keep_below={pf.keep_below}, so no prompt would be kept; raise samples or widen the bounds")
     ev = recipe.eval
     for key in ("split", "held_out_split"):
         if getattr(ev, key) not in SPLITS:

@@ -116,3 +116,16 @@ def test_too_few_prompts_for_one_generation_call_is_one_line(tmp_path: Path, mon
                                         "prompt_filter.keep_above/keep_below"):
         grpo.main(filtered)
     assert not (tmp_path / "run2" / "grpo" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("overrides, kept", [(["prompt_filter.samples=1"], False),
+                                             (["prompt_filter.samples=2", "prompt_filter.keep_above=0.5"], False),
+                                             (["prompt_filter.samples=4", "prompt_filter.keep_above=0.5"], True)])
+def test_bounds_no_pass_rate_can_fall_between_are_refused(overrides: list[str], kept: bool) -> None:
+    # With K answers a pass rate is j/K: one answer keeps nothing strictly between 0 and 1, found only after every
+    # training prompt was answered
+    if kept:
+        load_recipe(None, overrides)
+        return
+    with pytest.raises(UserError, match="so no prompt would be kept; raise samples or widen the bounds"):
+        load_recipe(None, overrides)
