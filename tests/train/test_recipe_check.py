@@ -201,8 +201,13 @@ UNSAVED = [(("sft.save_strategy=no",), "sft.save_strategy is no: the stage write
 
 
 @pytest.mark.parametrize("overrides, said", UNSAVED)
-def test_a_stage_that_saves_no_checkpoints_is_told(overrides, said, tmp_path: Path, tiny_model_dir) -> None:
-    # It trained to the end without a word, and a killed run then started again from its first step
+def test_a_stage_that_saves_no_checkpoints_is_told(overrides, said, tmp_path: Path, tiny_model_dir,
+                                                   monkeypatch) -> None:
+    # It trained to the end without a word, and a killed run then started again from its first step. Said once a
+    # process, however often the configs are built: as a fresh process would.
+    from gsm8k_tr.train import trl_configs
+
+    monkeypatch.setattr(trl_configs, "_said", set())
     done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", *overrides)
     assert done.returncode == 0, done.stderr
     assert (said in done.stderr) if said else "save_strategy is" not in done.stderr, done.stderr

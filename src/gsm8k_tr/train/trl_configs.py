@@ -24,6 +24,7 @@ from gsm8k_tr.train.checkpoints import CHECKPOINTS
 from gsm8k_tr.train.memory import padded, padding_multiple
 
 log = logging.getLogger(__name__)
+_said: set[str] = set()  # warnings given in this process: the configs are built more than once a stage
 
 # Our defaults over TRL's; every one can be changed in the recipe's `sft` and `grpo` sections.
 SFT_DEFAULTS: dict[str, Any] = {
@@ -320,8 +321,11 @@ def check_switches(section: str, config: Any) -> None:
     saving = getattr(config.save_strategy, "value", config.save_strategy)  # an enum in TrainingArguments
     if saving == "no" or (saving == "best" and config.eval_strategy == "no"):
         why = "writes no checkpoints" if saving == "no" else "saves only at its evaluations, and runs none"
-        log.warning("%s.save_strategy is %s: the stage %s, so a run that is killed starts again from its first step "
-                    "with --resume (a SIGTERM or Ctrl-C still saves the step it stops at)", section, saving, why)
+        warning = (f"{section}.save_strategy is {saving}: the stage {why}, so a run that is killed starts again from "
+                   "its first step with --resume (a SIGTERM or Ctrl-C still saves the step it stops at)")
+        if warning not in _said:
+            _said.add(warning)
+            log.warning(warning)
     if config.use_liger_kernel and not is_liger_kernel_available():
         raise UserError(f"{key}use_liger_kernel' needs liger-kernel, which is not installed: pip install "
                         "liger-kernel, or set it false")
