@@ -293,6 +293,13 @@ def test_choosing_the_model_on_the_split_evaluation_reports_is_warned_about(tmp_
             "which evaluation then reports: that accuracy will look better than the model is") in done.stderr
     done = run_cli(*common)  # on the validation split: no warning
     assert done.returncode == 0 and "will look better" not in done.stderr
+    # Checks on the training split grade what the stages train on: not held out at all
+    done = run_cli(*common, "eval.held_out_split=train")
+    assert done.returncode == 0 and ("eval.held_out_split is train: the in-training checks (sft.eval_strategy, "
+                                     "eval.every_steps) grade questions the stages train on") in done.stderr
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "eval.held_out_split=train",
+                   "eval.every_steps=0")  # no checks: nothing to say
+    assert done.returncode == 0 and "held_out_split is train" not in done.stderr
 
 
 def test_a_prepared_folder_without_validation_rows_is_refused_before_its_checks(tmp_path: Path, tiny_model_dir) -> None:

@@ -172,6 +172,10 @@ def _held_out(recipe: Recipe, prepared: tuple[Path, bool], sft_evaluates: bool, 
                     " and ".join(choosing), "choose" if len(choosing) > 1 else "chooses", recipe.eval.split)
     checks = [key for key, on in (("sft.eval_strategy", sft_evaluates), ("eval.every_steps", recipe.eval.every_steps))
               if on]
+    if checks and recipe.eval.held_out_split == "train":
+        log.warning("eval.held_out_split is train: the in-training checks (%s) grade questions the stages train on, "
+                    "so they measure what was learnt by heart, not held-out accuracy; set eval.held_out_split="
+                    "validation", ", ".join(checks))
     if not checks or recipe.eval.held_out_split != "validation":
         return
     folder, ready = prepared  # `_data`'s: where the prepared data is, and whether it is there yet
