@@ -145,12 +145,12 @@ def read_json(path: Path, remedy: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({one_line(error)[:120]}); {remedy}") from None
 
 
-def read_object(path: Path, remedy: str) -> dict[str, Any]:
+def read_object(path: Path, remedy: str, written: str = "a JSON object, as it was written") -> dict[str, Any]:
     """`read_json` of a file written as one JSON object: anything else (a list, a number, edited by hand) is one
-    line too, not an AttributeError where a key is read."""
+    line too, not an AttributeError where a key is read. `written` says what the file should be."""
     value = read_json(path, remedy)
     if not isinstance(value, dict):
-        raise UserError(f"{path}: not a JSON object, as it was written; {remedy}")
+        raise UserError(f"{path}: not {written}; {remedy}")
     return value
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.outputs import read_json, run_lock
+from gsm8k_tr.outputs import read_object, run_lock
 from gsm8k_tr.processes import process_state
 
 T = TypeVar("T")
@@ -41,9 +41,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a finished stage: an object with those keys of their types, else one line naming it (one
     edited by hand stopped in a traceback wherever it was read)."""
     path, remedy = folder / "manifest.json", "run the stage again with --overwrite"
-    manifest = read_json(path, remedy)
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: not an object, as a stage writes its manifest; {remedy}")
+    manifest = read_object(path, remedy, "an object, as a stage writes its manifest")
     if "global_step" not in manifest:
         raise UserError(f"{path}: no 'global_step', which a stage writes in its manifest; {remedy}")
     for key, types in MANIFEST_TYPES.items():
@@ -62,9 +60,7 @@ METRIC_NUMBERS = ("n", "accuracy", "flexible_accuracy", "strict_format_rate", "s
 def read_metrics(path: Path, remedy: str) -> dict[str, Any]:
     """An evaluation's metrics.json: an object whose counts and rates are numbers, else one line naming the file
     (a damaged or hand-edited one stopped in a traceback inside a plot or the summary)."""
-    metrics = read_json(path, remedy)
-    if not isinstance(metrics, dict):
-        raise UserError(f"{path}: not an object of metrics, as evaluate writes it; {remedy}")
+    metrics = read_object(path, remedy, "an object of metrics, as evaluate writes it")
     for key in METRIC_NUMBERS:
         value = metrics.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
