@@ -164,6 +164,23 @@ def test_a_relative_model_path_that_is_not_there(tmp_path, monkeypatch):
     assert result.returncode == 2 and "if a folder was meant, runs has no 'sft'" in result.stderr, result.stderr
 
 
+def test_an_adapter_on_a_builtin_base_loads_it(tmp_path, tiny_model_dir):
+    # `builtin:NAME` is no Hub id and no folder, but the model it names is built: not "cannot be found"
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "adapter"  # with its tokenizer, as a stage's adapter/ folder has it
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["c_attn"]))
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "builtin:tiny-gpt2"}))
+    result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(adapter),
+                 "--limit", "2", "eval.max_new_tokens=4", "--output", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_an_adapter_config_that_is_no_object(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

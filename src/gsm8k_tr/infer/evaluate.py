@@ -164,7 +164,7 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
     modeling.refuse_pickle(path)  # PEFT would unpickle adapter_model.bin when no safetensors file is there
     config = read_object(path / "adapter_config.json", "save the adapter again, or evaluate the stage's merged/ folder")
     base = config.get("base_model_name_or_path")
-    if not base or (hub.names_a_path(base) and not Path(base).expanduser().exists()):
+    if not base or (_path_only(base) and not Path(base).expanduser().exists()):
         raise UserError(f"the adapter {str(path)!r} names base model {base!r}, which cannot be found; "
                         "evaluate the stage's merged/ folder instead, or restore the base model there")
     local = Path(base).expanduser()
