@@ -279,14 +279,13 @@ def prepare(recipe: Recipe) -> dict[str, Any]:
         record.update(answer=canonical(gold), solution_answer=shown(solution_answer, gold), solution_agrees=agrees)
         out[split].append(record)
 
+    reasons = Counter(r["reason"] for r in excluded)
     if not out["train"] and not out["test"]:  # every row dropped or excluded: nothing to train or test on
-        lost = Counter(dropped) + Counter(r["reason"] for r in excluded)
         raise UserError(f"data source {data.dataset!r}: none of its {len(rows)} rows is left to write ("
-                        + ", ".join(f"{reason}: {count}" for reason, count in sorted(lost.items()))
+                        + ", ".join(f"{reason}: {count}" for reason, count in sorted((dropped + reasons).items()))
                         + "; prepare_report.json's names); fix those rows or the data keys that drop them")
     train, validation = take_validation(out["train"], data.validation_fraction)
     splits = {"train": train, "validation": validation, "test": out["test"]}
-    reasons = Counter(r["reason"] for r in excluded)
     doubtful = sorted(matches, key=lambda rm: (rm[1].number_agreement, rm[1].score))[:_DOUBTFUL]
     samples = [_sample(r, m, "lowest number agreement") for r, m in doubtful]
     samples += [_sample(r, m, "first rows") for r, m in matches[:_SAMPLES] if (r, m) not in doubtful]

@@ -291,11 +291,11 @@ def check_training_values(section: str, config: Any) -> None:
                                           ("vespo_lambda_pos", 0.0, True), ("vespo_lambda_neg", 0.0, True),
                                           ("vespo_k_pos", 0.0, False), ("vespo_k_neg", 0.0, False),
                                           ("off_policy_mask_threshold", 0.0, False)))
+    if config.top_entropy_quantile > 1:
+        raise UserError(f"recipe key 'grpo.top_entropy_quantile' must be at most 1, got {config.top_entropy_quantile}")
     if config.sync_ref_model:  # TRL's trainer refuses it with a PEFT model, in a traceback once the stage has begun
         raise UserError("recipe key 'grpo.sync_ref_model' must be false: GRPO trains a LoRA adapter here, and TRL then "
                         "keeps no reference model to sync (it scores the reference with the adapter turned off)")
-    if config.top_entropy_quantile > 1:
-        raise UserError(f"recipe key 'grpo.top_entropy_quantile' must be at most 1, got {config.top_entropy_quantile}")
     from transformers import generation
 
     # The rollouts always sample; each setting goes to the logits processor transformers' `generate` builds from it,
