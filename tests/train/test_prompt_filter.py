@@ -129,3 +129,29 @@ def test_bounds_no_pass_rate_can_fall_between_are_refused(overrides: list[str], 
         return
     with pytest.raises(UserError, match="so no prompt would be kept; raise samples or widen the bounds"):
         load_recipe(None, overrides)
+
+
+def test_a_cache_line_cut_short_by_a_kill_is_scored_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gsm8k_tr.infer import generation
+
+    recipe = load_recipe(None, ["prompt_filter.samples=2"])
+    prompts = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}, {"prompt": "c", "answer": "3"}]
+    settings = {"start_model": "m"}
+    cache = tmp_path / prompt_filter.CACHE
+    scored = {"key": prompt_filter._key(prompts[0]), "pass_rate": 0.5, "tokens": 4, "settings": settings}
+    edited = {"key": prompt_filter._key(prompts[1]), "pass_rate": "half", "tokens": 4, "settings": settings}
+    cut = json.dumps({"key": prompt_filter._key(prompts[2]), "pass_rate": 1.0, "tokens": 4, "settings": settings})
+    cache.write_text(f"{json.dumps(scored)}\n{json.dumps(edited)}\n{cut[:30]}")
+    asked: list[list[str]] = []
+
+    def generate(model, tokenizer, texts, *args, **kwargs):
+        asked.append(texts)
+        return [[generation.Completion("<cevap>1</cevap>", 3, False)] * 2 for _ in texts]
+
+    monkeypatch.setattr(generation, "generate", generate)
+    rows = prompt_filter.score(None, None, prompts, recipe, 1.0, 8, "cevap", cache, settings)
+    assert asked == [["b", "c"]]  # a came from the cache; the edited line and the cut one are scored again
+    assert [row["pass_rate"] for row in rows] == [0.5, 0.0, 0.0]
+    lines = cache.read_text().splitlines()
+    assert [json.loads(line).get("key") for line in lines[2:]] == [prompt_filter._key(p) for p in prompts[1:]]
+    assert len(lines) == 4  # the cut line went; what was appended after it reads whole

@@ -10,7 +10,8 @@ a prompt is kept when its pass rate lies strictly between
 
 Scores are cached in the stage folder (`prompt_filter.jsonl`, one line per
 prompt, written as they come), keyed by the start model and the settings, so
-a resumed or repeated run does not score again. Every prompt's pass rate and
+a resumed or repeated run does not score again (a line cut short by a kill is
+scored again). Every prompt's pass rate and
 whether it was kept is there too, and the manifest counts kept and dropped
 prompts and the tokens the scoring generated.
 """
@@ -47,13 +48,30 @@ def _settings(recipe: Recipe, start: str, temperature: float, max_new_tokens: in
 
 
 def _cached(path: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cached scores under `settings`. A last line cut short (a kill or a full disk mid-write) is removed, so
+    that the next line appended starts whole; a line that is no score (edited by hand) is skipped and counted."""
     if not path.is_file():
         return {}
-    found = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("settings") == settings:
+    text = path.read_bytes()
+    whole = text.rfind(b"\n") + 1
+    if whole < len(text):
+        with open(path, "r+b") as handle:
+            handle.truncate(whole)
+        log.info("prompt filter: %s ended in a line cut short, which is scored again", path)
+    found, bad = {}, 0
+    for line in text[:whole].decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("key"), str)
+                and isinstance(row.get("pass_rate"), (int, float)) and isinstance(row.get("tokens"), int)):
+            bad += 1
+        elif row.get("settings") == settings:
             found[row["key"]] = row
+    if bad:
+        log.warning("prompt filter: %d line(s) of %s are no score and were skipped; their prompts are scored again",
+                    bad, path)
     return found
 
 
