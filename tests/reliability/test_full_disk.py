@@ -134,7 +134,10 @@ def test_prepare_evaluate_and_report_into_a_full_disk_stop_with_one_line_and_lea
     assert "Traceback" not in err
     assert _error_line(err, "evaluate").startswith(f"gsm8k-tr evaluate: error: the disk holding {out} filled up ")
     assert _error_line(err, "evaluate").endswith(AGAIN)
-    assert list(out.iterdir()) == []
+    assert [path.name for path in out.iterdir()] == [".eval.answers.jsonl"]  # the answers, whole (answer_journal)
+    assert cli.main([*evaluation, "--output", str(out / "eval")]) == 0  # with room again: none answered again
+    assert json.loads((out / "eval" / "metrics.json").read_text())["resumed_questions"] == 4
+    assert list(out.iterdir()) == [out / "eval"]
     assert cli.main(evaluation) == 0
 
     assert cli.main(["report", str(run)]) == 0

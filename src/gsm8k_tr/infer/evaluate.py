@@ -181,22 +181,28 @@ def _load_adapter(path: Path, recipe: Recipe) -> tuple[Any, Any]:
 
 
 def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, samples: int = 1,
-             progress: Any = None, vllm_folder: str | None = None,
-             synced_gpus: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             progress: Any = None, vllm_folder: str | None = None, synced_gpus: bool = False,
+             output: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate and grade answers for `rows`; returns (metrics, prediction records).
 
     Under `accelerate launch` each process answers its share of the rows and
     every process gets all records. With `vllm_folder` (a model folder or Hub
     id) vLLM generates instead of transformers. The metrics name the device,
-    dtype and every decoding setting used.
+    dtype and every decoding setting used. With `output` (the folder the
+    caller writes them to) in one process, finished batches are kept on disk
+    as they come, and a run stopped part-way answers only the rest when run
+    again (`answer_journal`).
     """
-    from gsm8k_tr.processes import share_size, split_and_gather
+    from gsm8k_tr.infer import answer_journal
+    from gsm8k_tr.processes import is_distributed, share_size, split_and_gather
 
     cfg = recipe.eval
     temperature = cfg.temperature
     if samples > 1 and temperature <= 0:
         temperature = 1.0  # k greedy samples would be k copies of one answer
         log.info("--samples %d: sampling at temperature 1.0 (eval.temperature is 0)", samples)
+
+    resumed: list[int] = []  # questions an earlier run answered
 
     def answer(share: list[dict[str, Any]]) -> list[dict[str, Any]]:
         prompts = [build_prompt(r["question"], recipe.prompt) for r in share]
@@ -206,8 +212,13 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
             outputs = vllm_engine.complete_with_vllm(vllm_folder, tokenizer, prompts, cfg.max_new_tokens, temperature,
                                                      samples, recipe.seed, generation.stop_ids(model))
         else:
-            outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, temperature,
-                                          samples, recipe.seed, progress, synced_gpus, recipe.decoding)
+            kept = output if output is not None and not is_distributed() else None
+            key = _answers_depend_on(model, tokenizer, prompts, recipe, samples, temperature) if kept else {}
+            with answer_journal.kept_answers(kept, key, next(model.parameters()).device) as journal:
+                outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
+                                              temperature, samples, recipe.seed, progress, synced_gpus, recipe.decoding,
+                                              journal)
+                resumed.append(journal.resumed_prompts if journal is not None else 0)
         return [grade(r["question"], str(r["answer"]), out, recipe) for r, out in zip(share, outputs)]
 
     try:
@@ -227,8 +238,29 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
              "generation": generation.settings(cfg.max_new_tokens, temperature), "decoding": how,
              "attention": placement.decoding_attention(parameter.device, how),
              "stop_check": "vllm" if how == "vllm" else placement.stop_check(parameter.device, synced_gpus),
-             **({"compile_failed": placement.compile_failure} if placement.compile_failure else {})}
+             **({"compile_failed": placement.compile_failure} if placement.compile_failure else {}),
+             # answered by an earlier run that stopped part-way (`seconds` then counts only this run's)
+             **({"resumed_questions": sum(resumed)} if sum(resumed) else {})}
     return {**metrics(records), **where}, records
+
+
+def _answers_depend_on(model: Any, tokenizer: Any, prompts: list[str], recipe: Recipe, samples: int,
+                       temperature: float) -> dict[str, Any]:
+    """What the answers of `evaluate` depend on, for `answer_journal`: the model's weights, the prompts as tokens,
+    the generation settings, device, dtype and the versions that compute them."""
+    import torch
+    import transformers
+
+    from gsm8k_tr import __version__
+    from gsm8k_tr.infer.answer_journal import token_digest, weights_digest
+
+    parameter = next(model.parameters())
+    return {"weights": weights_digest(model), "prompts": token_digest(tokenizer, prompts),
+            "stop_ids": generation.stop_ids(model), "pad_token_id": tokenizer.pad_token_id,
+            "generation": generation.settings(recipe.eval.max_new_tokens, temperature), "samples": samples,
+            "seed": recipe.seed, "batch_size": recipe.eval.batch_size, "decoding": recipe.decoding,
+            "device": str(parameter.device), "dtype": str(parameter.dtype),
+            "versions": {"gsm8k_tr": __version__, "torch": torch.__version__, "transformers": transformers.__version__}}
 
 
 def check_backend(backend: str) -> None:
@@ -270,6 +302,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     """
     from rich.progress import Progress
 
+    from gsm8k_tr.infer import answer_journal
     from gsm8k_tr.outputs import atomic_directory, check_writable
     from gsm8k_tr.processes import is_distributed, process_state
 
@@ -291,7 +324,8 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     else:
         with Progress(transient=True, disable=is_distributed()) as bar:
             task = bar.add_task(f"evaluating {len(rows)} questions", total=len(rows))
-            result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n))
+            result, records = evaluate(model, tokenizer, rows, recipe, samples, lambda n: bar.advance(task, n),
+                                       output=target)
     result = {"model": name, "split": split or recipe.eval.split, "backend": backend, **result,
               "seconds": round(time.perf_counter() - started, 3),  # a rate over a short evaluation needs the ms
               **({"evaluated_with": evaluated_with} if evaluated_with is not None else {})}
@@ -302,6 +336,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
             with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        answer_journal.finished(target)
     if state is not None:
         state.wait_for_everyone()
     return result

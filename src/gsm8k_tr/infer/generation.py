@@ -127,12 +127,13 @@ def completions(rows: list[list[int]], stops: set[int], tokenizer: Any) -> list[
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
              temperature: float = 0.0, samples: int = 1, seed: int = 0, progress: Any = None,
-             synced_gpus: bool = False, decoding: str = "auto") -> list[list[Completion]]:
+             synced_gpus: bool = False, decoding: str = "auto", journal: Any = None) -> list[list[Completion]]:
     """`samples` completions for each prompt, in the prompts' order.
 
     `synced_gpus` keeps every process generating until all are done, which a
     model sharded across processes (FSDP, ZeRO-3) needs for its gathers.
-    `decoding` is the recipe's (`placement.decoding`).
+    `decoding` is the recipe's (`placement.decoding`). A `journal` (`answer_journal.Journal`) gives the batches an
+    earlier call stopped part-way answered, and keeps the new ones.
     """
     if not prompts:
         return []
@@ -147,7 +148,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
             how = placement.decoding(decoding, device, synced_gpus, batches(len(prompts), batch_size),
                                      modeling.runs_on_static_cache(model))
             return _run_batches(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, samples, progress,
-                                device, synced_gpus, how, decoding)
+                                device, synced_gpus, how, decoding, journal)
     finally:
         tokenizer.padding_side = side
 
@@ -159,7 +160,7 @@ def batches(prompts: int, batch_size: int) -> int:
 
 def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
                  temperature: float, samples: int, progress: Any, device: Any,
-                 synced_gpus: bool, how: str, requested: str) -> list[list[Completion]]:
+                 synced_gpus: bool, how: str, requested: str, journal: Any = None) -> list[list[Completion]]:
     config = generation_config(model, tokenizer.pad_token_id, max_new_tokens, temperature, samples)
     stops = set(stop_ids(model))
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -171,7 +172,7 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     results: list[list[Completion]] = [[] for _ in prompts]
     cut = 0
     model.eval()
-    for start in range(0, len(order), batch_size):
+    for number, start in enumerate(range(0, len(order), batch_size)):
         chunk = order[start:start + batch_size]
         # Past its context a model has no positions left (GPT-2's learned ones would index out of range): a batch
         # whose longest prompt leaves less room than max_new_tokens stops at the context, its answers truncated there.
@@ -181,16 +182,20 @@ def _run_batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             batch_config = copy.deepcopy(config)
             batch_config.max_new_tokens = room
             cut += len(chunk)
-        rows = [encoded[i] for i in chunk]
-        fill = batch_size if start > 0 else None
-        try:
-            new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
-        except Exception as error:  # torch's compiler failing here: the batch again, eager (placement.compile_failed)
-            if not placement.compile_failed(requested, how, error):
-                raise
-            how = "eager"
-            new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
-        found = completions(new, stops, tokenizer)
+        found = journal.kept(number, chunk, len(chunk) * samples) if journal is not None else None
+        if found is None:
+            rows = [encoded[i] for i in chunk]
+            fill = batch_size if start > 0 else None
+            try:
+                new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
+            except Exception as error:  # torch's compiler failing: the batch again, eager (placement.compile_failed)
+                if not placement.compile_failed(requested, how, error):
+                    raise
+                how = "eager"
+                new = _decode(model, tokenizer, rows, batch_config, samples, device, synced_gpus, how, fill)
+            found = completions(new, stops, tokenizer)
+            if journal is not None:
+                journal.add(number, chunk, found)
         for j, index in enumerate(chunk):
             results[index] = found[j * samples:(j + 1) * samples]
         if progress is not None:

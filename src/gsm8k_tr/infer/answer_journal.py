@@ -1,0 +1,233 @@
+"""Answers kept batch by batch while an evaluation runs, so that one stopped part-way answers only the rest.
+
+An evaluation of GSM8K-TR's 1,319 test questions takes minutes on a GPU and far longer with several samples a
+question or on a CPU; a notebook that disconnects, Ctrl-C or a killed job lost all of it. Each finished generation
+batch is appended to `.<output>.answers.jsonl` beside the evaluation's folder, with the random number generators'
+state after it. Run again with the same inputs, the evaluation takes those batches as answered, restores the
+generators and answers the rest: the same batches in the same order from the same state, so the same tokens as a
+run that was never stopped, sampled ones included (`tests/infer/test_answer_journal.py`).
+
+The file's first line is the key: everything the answers depend on (the model's weights, the prompts as token ids,
+the generation settings, device, dtype and versions). A file with another key is answered again from the start,
+with a line naming what changed. A line cut short by the kill ends what is read. The file goes once the
+evaluation's folder is written. One evaluation writes an output at a time: the file is locked while it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gsm8k_tr.config import changed_keys
+from gsm8k_tr.errors import UserError, one_line
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two evaluations into one output are not guarded there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def path_for(output: Path) -> Path:
+    """The journal of an evaluation written to `output`: a hidden sibling file, outside the folder that is written
+    whole at the end."""
+    return output.with_name(f".{output.name}.answers.jsonl")
+
+
+def weights_digest(model: Any) -> str:
+    """A digest of every parameter's and buffer's bytes, in order: equal exactly when the model answers alike
+    (a stage trained again, another merge or another dtype all change it). About a second for 355M parameters on
+    a CPU."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            flat = tensor.detach().contiguous().view(-1)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def token_digest(tokenizer: Any, prompts: list[str]) -> str:
+    """A digest of the prompts as the model reads them (token ids, in order)."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(json.dumps(tokenizer(prompt, add_special_tokens=False)["input_ids"]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _rng_state(device: Any) -> dict[str, str]:
+    """The random number generators' state that sampling on `device` draws from, as text."""
+    import torch
+
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return {kind: base64.b64encode(state.numpy().tobytes()).decode() for kind, state in states.items()}
+
+
+def _set_rng_state(states: dict[str, str], device: Any) -> None:
+    import torch
+
+    def tensor(kind: str) -> Any:
+        return torch.frombuffer(bytearray(base64.b64decode(states[kind])), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor("cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(tensor("cuda"), device)
+
+
+class Journal:
+    """The batches an earlier run of the same evaluation finished (`kept`), and the new ones as they finish
+    (`add`)."""
+
+    def __init__(self, path: Path, handle: Any, batches: list[dict[str, Any]], device: Any) -> None:
+        self.path = path
+        self._handle = handle
+        self._batches = batches
+        self._device = device
+        self.resumed_prompts = sum(len(batch["prompts"]) for batch in batches)
+        self.added = 0
+
+    def kept(self, number: int, prompts: list[int], count: int) -> list[Any] | None:
+        """Batch `number`'s `count` completions (of prompt indices `prompts`) as an earlier run wrote them, the
+        generators set to their state after it; None where it was not finished. A batch that does not read as one
+        (the file edited) is answered again, with every batch after it."""
+        from gsm8k_tr.infer.generation import Completion
+
+        if number >= len(self._batches):
+            return None
+        batch = self._batches[number]
+        try:
+            if batch["prompts"] != prompts or len(batch["completions"]) != count:
+                raise ValueError("another batch")
+            found = [Completion(**completion) for completion in batch["completions"]]
+            _set_rng_state(batch["rng"], self._device)
+        except (TypeError, ValueError, KeyError, RuntimeError):
+            log.warning("%s: batch %d does not read as this evaluation's; answering it and the rest again", self.path,
+                        number)
+            del self._batches[number:]
+            if self._handle is not None:
+                self._handle.truncate(batch["offset"])
+            return None
+        return found
+
+    def add(self, number: int, prompts: list[int], found: list[Any]) -> None:
+        """Keep batch `number` (prompt indices `prompts`, their completions `found`) on disk. A write that fails (a
+        full disk) ends the journal with a warning; the evaluation goes on."""
+        if self._handle is None:
+            return
+        line = {"batch": number, "prompts": prompts, "completions": [asdict(c) for c in found],
+                "rng": _rng_state(self._device)}
+        try:
+            self._handle.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self.added += 1
+        except OSError as error:
+            log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
+                        self.path, one_line(error)[:120])
+            self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+            self._handle = None
+
+
+def _read(path: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The batches of `path` written under `key`, in order from the first, and the bytes they take: a line cut short
+    or out of order ends them. No file, or another key: none (the change logged)."""
+    if not path.is_file():
+        return [], 0
+    batches: list[dict[str, Any]] = []
+    size = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle):
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                break
+            if number == 0:
+                if not isinstance(line, dict) or line.get("key") != key:
+                    saved = line.get("key") if isinstance(line, dict) else None
+                    changes = "; ".join(changed_keys(saved, key)) if isinstance(saved, dict) else "no key"
+                    log.warning("%s holds answers of an evaluation with other inputs (%s); answering every question "
+                                "again", path, changes)
+                    return [], 0
+            elif not (isinstance(line, dict) and line.get("batch") == number - 1 and raw.endswith(b"\n")
+                      and isinstance(line.get("prompts"), list) and isinstance(line.get("completions"), list)
+                      and isinstance(line.get("rng"), dict)):
+                break
+            else:
+                batches.append({**line, "offset": size})
+            size += len(raw)
+    return batches, size
+
+
+@contextmanager
+def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Iterator[Journal | None]:
+    """The journal of an evaluation written to `output` whose answers depend on `key`, held for the block; None for
+    no output. It stays after the block: `finished` removes it once the evaluation's folder is written."""
+    if output is None:
+        yield None
+        return
+    path = path_for(output)
+    key = {"format": FORMAT, **json.loads(json.dumps(key))}
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # appends go to the end, wherever a read left the position
+    except OSError as error:
+        log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
+                    path, error.strerror)
+        yield None
+        return
+    journal = None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"another evaluation is writing {output} now; wait for it to end, or give another "
+                                "--output") from None
+            except OSError:
+                pass  # a file system without locks: unguarded, as run folders are there
+        batches, size = _read(path, key)
+        handle.truncate(size)
+        if not batches:
+            handle.write((json.dumps({"key": key}, ensure_ascii=False) + "\n").encode())
+            handle.flush()
+        journal = Journal(path, handle, batches, device)
+        if batches:
+            log.info("%d of the questions were answered by an earlier run of this evaluation that stopped (%s); "
+                     "answering the rest", journal.resumed_prompts, path)
+        yield journal
+    finally:
+        if journal is not None and not journal.resumed_prompts and not journal.added:
+            path.unlink(missing_ok=True)  # nothing kept (a failure before the first batch): nothing left behind
+            for folder in made:
+                with suppress(OSError):  # not empty: something else wrote there
+                    folder.rmdir()
+        if journal is not None:
+            journal._close()
+        else:
+            handle.close()
+
+
+def finished(output: Path | None) -> None:
+    """Remove the journal of the evaluation written to `output`, once that is written."""
+    if output is not None:
+        path_for(output).unlink(missing_ok=True)
