@@ -63,10 +63,11 @@ def stopped(model_and_prompts, output, monkeypatch, batch: int) -> None:
         answer(model_and_prompts, journal)
 
 
-def test_a_stopped_evaluation_resumes_with_the_same_sampled_answers(model_and_prompts, tmp_path, monkeypatch):
+def test_a_stopped_evaluation_resumes_with_the_same_sampled_answers(model_and_prompts, tmp_path, monkeypatch, caplog):
     whole = answer(model_and_prompts)
     output = tmp_path / "eval"
     stopped(model_and_prompts, output, monkeypatch, 2)
+    assert f"the answers to 6 questions are kept in {answer_journal.path_for(output)}" in caplog.text
     lines = answer_journal.path_for(output).read_text().splitlines()
     assert json.loads(lines[0])["key"]["samples"] == 2 and len(lines) == 3  # the key, then batches 0 and 1
     decoded = stop_at(monkeypatch, 99)

@@ -100,6 +100,7 @@ class Journal:
         self._device = device
         self.resumed_prompts = sum(len(batch["prompts"]) for batch in batches)
         self.added = 0
+        self.answered = self.resumed_prompts  # prompts whose answers the file holds
 
     def kept(self, number: int, prompts: list[int], count: int) -> list[Any] | None:
         """Batch `number`'s `count` completions (of prompt indices `prompts`) as an earlier run wrote them, the
@@ -136,6 +137,7 @@ class Journal:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self.added += 1
+            self.answered += len(prompts)
         except OSError as error:
             log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
                         self.path, one_line(error)[:120])
@@ -215,6 +217,11 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
             log.info("%d of the questions were answered by an earlier run of this evaluation that stopped (%s); "
                      "answering the rest", journal.resumed_prompts, path)
         yield journal
+    except BaseException:
+        if journal is not None and journal.answered and journal._handle is not None:
+            log.warning("the answers to %d questions are kept in %s: the same command answers only the rest",
+                        journal.answered, path)
+        raise
     finally:
         if journal is not None and not journal.resumed_prompts and not journal.added:
             path.unlink(missing_ok=True)  # nothing kept (a failure before the first batch): nothing left behind
