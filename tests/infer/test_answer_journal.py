@@ -94,6 +94,19 @@ def test_a_line_cut_short_by_the_kill_ends_what_is_kept(model_and_prompts, tmp_p
     assert len(path.read_text().splitlines()) == 5  # the cut line went; the key and four whole batches
 
 
+def test_a_journal_killed_before_its_first_batch_is_begun_anew(model_and_prompts, tmp_path, monkeypatch):
+    whole = answer(model_and_prompts)
+    output = tmp_path / "eval"
+    path = answer_journal.path_for(output)
+    path.write_text(json.dumps({"key": {"format": answer_journal.FORMAT, **KEY}}) + "\n")  # its key line only
+    stopped(model_and_prompts, output, monkeypatch, 2)
+    decoded = stop_at(monkeypatch, 99)
+    with answer_journal.kept_answers(output, KEY, device()) as journal:
+        assert journal.resumed_prompts == 6
+        assert answer(model_and_prompts, journal) == whole
+    assert decoded == [0, 1]
+
+
 def test_answers_for_other_inputs_are_answered_again_with_the_change_named(model_and_prompts, tmp_path,
                                                                            monkeypatch, caplog):
     output = tmp_path / "eval"

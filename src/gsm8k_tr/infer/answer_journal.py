@@ -208,7 +208,7 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
             except OSError:
                 pass  # a file system without locks: unguarded, as run folders are there
         batches, size = _read(path, key)
-        handle.truncate(size)
+        handle.truncate(size if batches else 0)  # a key with no batch after it (killed before one) is written anew
         if not batches:
             handle.write((json.dumps({"key": key}, ensure_ascii=False) + "\n").encode())
             handle.flush()
