@@ -173,7 +173,9 @@ def test_the_key_changes_with_the_weights_their_dtype_and_the_settings(model_and
     recipe = Recipe()
     key = _answers_depend_on(model, tokenizer, prompts, recipe, 1, 0.0)
     assert key == _answers_depend_on(model, tokenizer, prompts, recipe, 1, 0.0)
-    assert key["prompts"] != _answers_depend_on(model, tokenizer, prompts[1:], recipe, 1, 0.0)["prompts"]
+    fewer = _answers_depend_on(model, tokenizer, prompts[1:], recipe, 1, 0.0)
+    assert key["prompts"] != fewer["prompts"] and (key["questions"], fewer["questions"]) == (11, 10)
+    assert key["prompts"] != _answers_depend_on(model, tokenizer, prompts[::-1], recipe, 1, 0.0)["prompts"]
     assert key["generation"] != _answers_depend_on(model, tokenizer, prompts, recipe, 1, 0.7)["generation"]
     changed = copy.deepcopy(model)
     with torch.no_grad():

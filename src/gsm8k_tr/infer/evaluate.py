@@ -255,7 +255,8 @@ def _answers_depend_on(model: Any, tokenizer: Any, prompts: list[str], recipe: R
     from gsm8k_tr.infer.answer_journal import token_digest, weights_digest
 
     parameter = next(model.parameters())
-    return {"weights": weights_digest(model), "prompts": token_digest(tokenizer, prompts),
+    # the question count beside the prompts' digest names a --limit change plainly in the journal's warning
+    return {"weights": weights_digest(model), "questions": len(prompts), "prompts": token_digest(tokenizer, prompts),
             "stop_ids": generation.stop_ids(model), "pad_token_id": tokenizer.pad_token_id,
             "generation": generation.settings(recipe.eval.max_new_tokens, temperature), "samples": samples,
             "seed": recipe.seed, "batch_size": recipe.eval.batch_size, "decoding": recipe.decoding,
