@@ -30,8 +30,18 @@ NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # a full disk
 AGAIN = "nothing half-written was kept: free some space, then run the same command again"
 
 
-def check_writable(output: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty output unless overwriting was asked for."""
+def check_writable(output: Path, overwrite: bool, example: str = "out") -> None:
+    """Refuse an existing non-empty output unless overwriting was asked for, and one that holds the current folder:
+    an output is written beside its place and renamed into it, which `.` or `..` cannot be (`example`: a name the
+    line suggests instead)."""
+    output = Path(output)
+    try:
+        here = [Path.cwd(), *Path.cwd().parents]
+    except OSError:  # the current folder was deleted: a relative output fails below with its own line
+        here = []
+    if output.resolve() in here or not output.resolve().name:
+        raise UserError(f"output {str(output)!r} is the current folder or holds it, and an output folder is replaced "
+                        f"whole when written; give a folder for it to be, such as {str(output / example)!r}")
     if output.exists() and not output.is_dir():
         raise UserError(f"output {str(output)!r} exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:

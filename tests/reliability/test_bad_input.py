@@ -144,3 +144,27 @@ def test_a_damaged_adapter_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = _one_line_error(capsys, ["generate", "--config", str(TINY_RECIPE), "--model", str(adapter),
                                    "2 + 3 kaçtır?"])
     assert "a weights file is damaged" in err and str(adapter) in err, err
+
+
+@pytest.mark.parametrize("output", [".", "./", "..", "/"])
+def test_an_output_that_holds_the_current_folder_is_one_line_before_any_work(output: str, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture,
+                                                                              monkeypatch: pytest.MonkeyPatch,
+                                                                              tiny_model_dir: Path) -> None:
+    # Before, `--output .` into an empty current folder answered every question (or prepared every row) and then
+    # stopped in a ValueError from pathlib, "PosixPath('.') has an empty name", writing nothing.
+    from gsm8k_tr.data import prepare
+    from gsm8k_tr.infer import evaluate
+
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared before the output was checked"))
+    monkeypatch.setattr(evaluate, "load_split", lambda *a, **k: pytest.fail("read before the output was checked"))
+    common = ["--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}"]
+    for command, example in (["prepare", "data"], ["evaluate", "eval"]):
+        model = ["--model", str(tiny_model_dir)] if command == "evaluate" else []
+        err = _one_line_error(capsys, [command, *common, *model, "--output", output])
+        assert err.endswith(f"is the current folder or holds it, and an output folder is replaced whole when written; "
+                            f"give a folder for it to be, such as {str(Path(output) / example)!r}"), err
+    assert list(here.iterdir()) == []

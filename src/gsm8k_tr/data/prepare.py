@@ -23,7 +23,7 @@ from gsm8k_tr.data.sources import no_test_split, read_rows
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.answers import canonical, last_number, parse_gold, preferred, shown
 from gsm8k_tr.grading.answers import matches as matches_gold
-from gsm8k_tr.outputs import atomic_directory
+from gsm8k_tr.outputs import atomic_directory, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +346,7 @@ def write_prepared(result: dict[str, Any], recipe: Recipe, output: Path, overwri
 def main(recipe: Recipe, output: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Prepare the recipe's data into `output` (default: the recipe's output_dir)."""
     target = Path(output or recipe.output_dir)
+    check_writable(target, overwrite, "data")  # before the work, not after it
     result = prepare(recipe)
     write_prepared(result, recipe, target, overwrite)
     return result["report"]

@@ -313,7 +313,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     check_model_path(model_spec)
     target = Path(output) if output else None
     if target is not None:
-        check_writable(target, overwrite)
+        check_writable(target, overwrite, "eval")
     rows = load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
     model, tokenizer, name = load_for_inference(model_spec, recipe, device)
     started = time.perf_counter()
