@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from itertools import count
 
 import pytest
 from conftest import TINY_RECIPE
@@ -198,3 +199,18 @@ def test_a_batch_edited_by_hand_is_answered_again_with_those_after_it(model_and_
         assert answer(model_and_prompts, journal) == whole
     assert decoded == [0, 1, 2]  # batch 1 and the two after it
     assert len(path.read_text().splitlines()) == 5
+
+
+def test_a_batch_that_cannot_be_kept_ends_the_journal_not_the_evaluation(model_and_prompts, tmp_path, monkeypatch,
+                                                                         caplog):
+    whole = answer(model_and_prompts)
+    output = tmp_path / "eval"
+    read = answer_journal._rng_state
+    calls = count()
+    monkeypatch.setattr(answer_journal, "_rng_state",
+                        lambda device: read(device) if next(calls) < 2 else (_ for _ in ()).throw(RuntimeError("no")))
+    with caplog.at_level(logging.WARNING), answer_journal.kept_answers(output, KEY, device()) as journal:
+        assert answer(model_and_prompts, journal) == whole
+        assert journal.answered == 6
+    assert "cannot keep answered batches (no)" in caplog.text
+    assert len(answer_journal.path_for(output).read_text().splitlines()) == 3  # the key and the two batches kept

@@ -127,18 +127,18 @@ class Journal:
 
     def add(self, number: int, prompts: list[int], found: list[Any]) -> None:
         """Keep batch `number` (prompt indices `prompts`, their completions `found`) on disk. A write that fails (a
-        full disk) ends the journal with a warning; the evaluation goes on."""
+        full disk, a generator state that cannot be read) ends the journal with a warning; the evaluation goes on."""
         if self._handle is None:
             return
-        line = {"batch": number, "prompts": prompts, "completions": [asdict(c) for c in found],
-                "rng": _rng_state(self._device)}
         try:
+            line = {"batch": number, "prompts": prompts, "completions": [asdict(c) for c in found],
+                    "rng": _rng_state(self._device)}
             self._handle.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self.added += 1
             self.answered += len(prompts)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
             log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
                         self.path, one_line(error)[:120])
             self._close()
