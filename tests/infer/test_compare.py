@@ -103,6 +103,18 @@ def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys
     # --flexible: by the last number anywhere, right in all of b's answers and none of a's
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "--flexible"]) == 0
     assert json.loads(capsys.readouterr().out)["gained"] == 5
+    # a --limit run against a whole one: the comparison is on the questions both answered, and says what it left out
+    limited = tmp_path / "limited" / "predictions.jsonl"
+    limited.parent.mkdir()
+    lines = (tmp_path / "b" / "predictions.jsonl").read_text().splitlines(keepends=True)
+    limited.write_text("".join(lines[:2]))
+    assert main(["compare", str(tmp_path / "a"), str(limited.parent)]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"on 2 questions; 1 better, 0 worse, exact sign test p = 1; left out, as only one of the two answered them: "
+        f"3 questions of {tmp_path / 'a'}, 0 of {limited.parent}")
+    assert main(["compare", str(limited.parent), str(tmp_path / "a"), "--json"]) == 0
+    assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k.startswith("only")} == {
+        "only_before": 0, "only_after": 3}
     for argv, message in ((["compare", str(tmp_path / "a"), str(tmp_path / "other")], "no question in common"),
                           (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there")):
         assert main(argv) == 2

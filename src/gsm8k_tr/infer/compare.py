@@ -46,15 +46,19 @@ class Paired:
     change_low: float  # the 95% interval of the change
     change_high: float
     p_value: float  # exact two-sided sign test, gained against lost
+    only_before: int = 0  # questions only the earlier evaluation answered, left out of the comparison
+    only_after: int = 0  # and only the later one
 
     def as_dict(self) -> dict[str, Any]:
         return _rounded(self)
 
     def sentence(self) -> str:
         """One line, e.g. "sft → grpo: +4.7 points (95% interval +1.0 to +8.4) on 403 questions, ...". """
+        left_out = (f"; left out, as only one of the two answered them: {self.only_before} questions of "
+                    f"{self.before}, {self.only_after} of {self.after}") if self.only_before or self.only_after else ""
         return (f"{self.before} → {self.after}: {100 * self.change:+.1f} points (95% interval "
                 f"{100 * self.change_low:+.1f} to {100 * self.change_high:+.1f}) on {self.questions} questions; "
-                f"{self.gained} better, {self.lost} worse, exact sign test p = {self.p_value:.2g}")
+                f"{self.gained} better, {self.lost} worse, exact sign test p = {self.p_value:.2g}{left_out}")
 
 
 def sign_test(gained: int, lost: int) -> float:
@@ -99,8 +103,8 @@ def compare(before: str, before_scores: dict[tuple[str, str], float], after: str
 
     >>> paired = compare("sft", {("a", "1"): 0.0, ("b", "2"): 1.0, ("c", "3"): 0.0},
     ...                  "grpo", {("a", "1"): 1.0, ("b", "2"): 1.0, ("c", "3"): 1.0, ("d", "4"): 1.0})
-    >>> paired.questions, paired.gained, paired.lost, round(paired.change, 3)
-    (3, 2, 0, 0.667)
+    >>> paired.questions, paired.gained, paired.lost, round(paired.change, 3), paired.only_before, paired.only_after
+    (3, 2, 0, 0.667, 0, 1)
     """
     shared = sorted(before_scores.keys() & after_scores.keys())
     if not shared:
@@ -112,7 +116,8 @@ def compare(before: str, before_scores: dict[tuple[str, str], float], after: str
     half = Z95 * spread / math.sqrt(n)
     gained, lost = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
     return Paired(before, after, n, sum(before_scores[q] for q in shared) / n, sum(after_scores[q] for q in shared) / n,
-                  gained, lost, change, change - half, change + half, sign_test(gained, lost))
+                  gained, lost, change, change - half, change + half, sign_test(gained, lost),
+                  len(before_scores) - n, len(after_scores) - n)
 
 
 @dataclass(frozen=True)
