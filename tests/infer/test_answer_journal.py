@@ -197,6 +197,7 @@ def test_a_batch_edited_by_hand_is_answered_again_with_those_after_it(model_and_
     decoded = stop_at(monkeypatch, 99)
     with answer_journal.kept_answers(output, KEY, device()) as journal:
         assert answer(model_and_prompts, journal) == whole
+        assert journal.resumed_prompts == 3  # batch 0's only, as evaluate reports it
     assert decoded == [0, 1, 2]  # batch 1 and the two after it
     assert len(path.read_text().splitlines()) == 5
 

@@ -37,6 +37,7 @@ except ImportError:  # Windows: no advisory locks; two evaluations into one outp
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+CANNOT_KEEP = "%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first"
 
 
 def path_for(output: Path) -> Path:
@@ -98,9 +99,17 @@ class Journal:
         self._handle = handle
         self._batches = batches
         self._device = device
-        self.resumed_prompts = sum(len(batch["prompts"]) for batch in batches)
-        self.added = 0
-        self.answered = self.resumed_prompts  # prompts whose answers the file holds
+        self._added = 0  # prompts this run answered and kept
+
+    @property
+    def resumed_prompts(self) -> int:
+        """The prompts whose answers come from an earlier run (fewer once a batch does not read as one)."""
+        return sum(len(batch["prompts"]) for batch in self._batches)
+
+    @property
+    def answered(self) -> int:
+        """The prompts whose answers the file holds."""
+        return self.resumed_prompts + self._added
 
     def kept(self, number: int, prompts: list[int], count: int) -> list[Any] | None:
         """Batch `number`'s `count` completions (of prompt indices `prompts`) as an earlier run wrote them, the
@@ -136,11 +145,9 @@ class Journal:
             self._handle.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
             self._handle.flush()
             os.fsync(self._handle.fileno())
-            self.added += 1
-            self.answered += len(prompts)
+            self._added += len(prompts)
         except (OSError, RuntimeError) as error:
-            log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
-                        self.path, one_line(error)[:120])
+            log.warning(CANNOT_KEEP, self.path, one_line(error)[:120])
             self._close()
 
     def _close(self) -> None:
@@ -193,8 +200,7 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+b")  # appends go to the end, wherever a read left the position
     except OSError as error:
-        log.warning("%s: cannot keep answered batches (%s); a stopped evaluation will start again from the first",
-                    path, error.strerror)
+        log.warning(CANNOT_KEEP, path, error.strerror)
         yield None
         return
     journal = None
@@ -223,7 +229,7 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
                         journal.answered, path)
         raise
     finally:
-        if journal is not None and not journal.resumed_prompts and not journal.added:
+        if journal is not None and not journal.answered:
             path.unlink(missing_ok=True)  # nothing kept (a failure before the first batch): nothing left behind
             for folder in made:
                 with suppress(OSError):  # not empty: something else wrote there
