@@ -288,6 +288,9 @@ def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str 
     return result
 
 
+BASE_PARTS = ("sft", "grpo", "decode", "eval")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps (the first warms up)")
@@ -302,6 +305,8 @@ def main() -> int:
     parser.add_argument("--also-generation-batches", nargs="+", type=int, default=[], metavar="N",
                         help="also GRPO with N completions generated in one call (TRL's generation_batch_size; the "
                              "recipe generates 64, one optimizer step's): 128 feeds two steps")
+    parser.add_argument("--parts", nargs="+", choices=BASE_PARTS, default=list(BASE_PARTS),
+                        help="the parts to run (each with its --also-* runs; grpo and eval need sft's model)")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -363,6 +368,7 @@ def main() -> int:
                                                 f"model.sft_output={work / 'sft'}"])
         parts += [("grpo-vllm", lambda: part_grpo(vllm_recipe, device)),
                   ("eval-vllm", lambda: part_eval(str(work / "sft"), recipe, args.questions, work, "vllm"))]
+    parts = [(part, run) for part, run in parts if part.split("-")[0] in args.parts]
     results: dict[str, Any] = {"device": name, "matmul_tflops": round(rate / 1e12, 1), "data": where,
                                "parameters": parameters}
     failed = []

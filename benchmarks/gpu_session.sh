@@ -1,10 +1,11 @@
 #!/bin/bash
 # The GPU measurements still open, in the order they matter, each part under its own time limit:
-#   bash benchmarks/gpu_session.sh check rows              # about 6 minutes on one GPU
+#   bash benchmarks/gpu_session.sh check                   # about 4 minutes on one GPU: every part passing
 #   bash benchmarks/gpu_session.sh compiled-step grouped shapes   # about 6 minutes
 #   bash benchmarks/gpu_session.sh sft-compiled            # after `shapes`, on the same machine, if time is left
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
+# Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
 # ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; 29 MB in all with the wheels):
@@ -21,6 +22,9 @@
 #   sft-split      benchmarks/gpu_shapes.py: one SFT step's 32 examples as 32 x 1, 16 x 2, 8 x 4 and 4 x 8 (auto takes
 #                  the largest that fits on a GPU; on a CPU 4 rows, as 32 x 1 ran at about half the speed of 8 x 4)
 #   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
+#   nan            benchmarks/attention_nan.py: a left-padded batch's gradients at lengths of 64 and 0 modulo 128
+#   grpo           gpu_check's SFT and GRPO parts alone (GRPO needs SFT's model), GRPO also with 128 completions a
+#                  call (two optimizer steps' worth)
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
@@ -61,6 +65,11 @@ for part in "$@"; do stamp "$part"; case $part in
                   > "$OUT/sft-compiled.txt" 2>&1 ;;
   sft-split) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/split --parts sft-split \
                --sft-steps $([ -n "$cpu" ] && echo 6 || echo 12) > "$OUT/sft-split.txt" 2>&1 ;;
+  nan) limit 60 "$PY" benchmarks/attention_nan.py $([ -n "$cpu" ] && echo --cpu --lengths 64 128 --rows 4) \
+         > "$OUT/nan.txt" 2>&1 ;;
+  grpo) rm -rf /tmp/gg; limit 190 "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gg --parts sft grpo \
+          --also-generation-batches 128 > "$OUT/grpo.txt" 2>&1
+        rc=$?; cp /tmp/gg/gpu_check.json "$OUT/gpu_check_grpo.json" 2>/dev/null; (exit $rc) ;;
   profile) limit 150 "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
              > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;

@@ -312,6 +312,9 @@ def main() -> int:
                 failed.append(part)
                 break
             results[f"{part}-{setting}"] = json.loads(line[7:])
+            # each setting's figures as soon as it is done: a part of four fresh processes can outlast a time limit
+            print(f"{part} {setting}: {line[7:]}", flush=True)
+            saved.write_text(json.dumps(results, indent=1))
         else:
             print(report(part, results, args), flush=True)
         saved.write_text(json.dumps(results, indent=1))

@@ -217,9 +217,10 @@ def test_a_model_that_transformers_does_not_compile_decodes_eager(monkeypatch: p
 
 
 @pytest.mark.parametrize("cuda, context, expected", [
-    (True, 1024, 64),    # a GPU: batch lengths in steps of 64, so attention's per-shape set-up is done once a length
+    (True, 1024, 128),   # a GPU: batch lengths in steps of 128, so attention's per-shape set-up is done once a
+                         # length, and none is 64 modulo 128, where cuDNN's backward gives NaN (pytorch#196678)
     (False, 1024, None),  # a CPU: padding would only be work thrown away
-    (True, 1000, None),   # a context that 64 does not divide: a padded SFT row could pass the learned positions
+    (True, 960, None),    # a context that 128 does not divide: a padded SFT row could pass the learned positions
 ])
 def test_batches_are_padded_to_a_multiple_on_a_gpu_only(cuda: bool, context: int, expected: int | None,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

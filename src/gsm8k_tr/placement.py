@@ -19,7 +19,7 @@ Open this module to learn what a run does on a machine:
   `infer/compiled_decoding.py`) on a CUDA GPU, measured 9.7x the eager GRPO step on an H200, and in eager PyTorch
   elsewhere and for a single generation batch, in GRPO's rollouts and every evaluation; a recipe's `decoding` can
   force either, or ask for the whole step (the forward, the draw and the stop bookkeeping) as one compiled graph
-  (`compiled-step`, `infer/compiled_step.py`; not yet measured on a GPU); eager for a model that does not decode in
+  (`compiled-step`, `infer/compiled_step.py`; 1.17x on an H200's evaluation); eager for a model that does not decode in
   one graph (GPT-Neo, sliding-window layers), on a GPU without a C compiler for Triton (a compiled decoding asked for
   there is one line), and for the rest of the process once compiling failed (`compile_failed`);
 - **rollout precision** (`rollout_path`): under bf16/fp16 training, GRPO's rollouts run under the trainer's autocast
@@ -28,8 +28,8 @@ Open this module to learn what a run does on a machine:
   growing one and the weights are whole on each process;
 - **sampling** (`row_sampling`): one random number per row by inverse CDF on a CPU, where torch's `multinomial` draws
   one per vocabulary entry, one at a time; torch's own on a GPU;
-- **batch shapes** (`pad_to_multiple_of`): SFT's and GRPO's batches padded to a multiple of 64 tokens on a CUDA GPU,
-  so that attention's per-shape set-up (cuDNN's execution graphs) is done once per length, not per batch;
+- **batch shapes** (`pad_to_multiple_of`): SFT's and GRPO's batches padded to a multiple of 128 tokens on a CUDA GPU:
+  cuDNN's attention sets up each length once, and none is 64 modulo 128, where its backward gives NaN;
 - **attention in eager decoding** (`decoding_attention`): on a CUDA GPU, torch's attention kernels without cuDNN's,
   whose set-up would be redone at every step as the keys grow by one token;
 - **the stop check** (`stop_check`): on a GPU, `generate` reads whether every row has stopped one step late, so the
@@ -39,8 +39,7 @@ Open this module to learn what a run does on a machine:
 - **kernels** (`fused_activation`): GPT-2's tanh GELU (`gelu_new`, six elementwise ops in Python) as PyTorch's one
   fused op, the same function; transformers' Hub kernels off everywhere (`modeling.load_model`);
 - **vLLM** (`require_vllm`): the optional extra and a CUDA GPU; **data loading** (`pin_memory`): pinned only with one;
-- **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free memory, or the host's on a CPU, for the
-  plan.
+- **memory** (`accelerator_memory`, `available_host_memory`): the GPU's free memory, or the host's on a CPU.
 
 Each stage's manifest records the choices it ran with (`device`, `precision`, `distributed_type`, `lm_head_positions`,
 `pad_to_multiple_of`; GRPO's `rollouts`), beside the micro-batch, which is the memory plan's decision
@@ -378,19 +377,20 @@ def grouped_attention(device: Any, how: str, cache: str) -> bool:
     return how == "compiled-step" or (how == "eager" and cache == "growing" and _device_type(device) == "cpu")
 
 
-SHAPE_MULTIPLE = 64  # tokens: 16 lengths in a 1,024-token context
+SHAPE_MULTIPLE = 128  # tokens: 8 lengths in a 1,024-token context
 
 
 def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
-    """TRL's `pad_to_multiple_of` for SFT's and GRPO's batches in a model of `context` tokens: 64 on a CUDA GPU,
+    """TRL's `pad_to_multiple_of` for SFT's and GRPO's batches in a model of `context` tokens: 128 on a CUDA GPU,
     None (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
 
     On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph
-    for every new combination of shapes and strides, at milliseconds of host time each: in SFT's profile on an H200,
-    152 ms of a 462 ms step (docs/benchmarks.md). Padded to 64 a run sees at most 16 lengths, each set up once, for
-    at most 63 masked tokens a row. A CPU has no such cost (0.93x on 2 cores); MPS is left as it was. None where the
-    context is not a multiple of 64: SFT passes no position ids, and a padded row past it would index past GPT-2's
-    learned positions. Not yet measured on a GPU (`benchmarks/gpu_shapes.py`)."""
+    per new shape at milliseconds of host time each (152 ms of a 462 ms SFT step on an H200, docs/benchmarks.md);
+    padded, a run sees a few lengths. 128, not 64: cuDNN's sm90 backward gives NaN gradients at key lengths of 64
+    modulo 128 for query rows that attend to almost nothing, as a left-padded GRPO row's padding does (pytorch#196678;
+    torch 2.11 and later before cuDNN 9.26; `benchmarks/attention_nan.py`). A CPU has no such cost (0.93x on 2
+    cores); MPS is left as it was. None where 128 does not divide the context: SFT passes no position ids, and a
+    padded row past it would index past GPT-2's learned positions."""
     if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
         return None
     return SHAPE_MULTIPLE

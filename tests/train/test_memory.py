@@ -637,7 +637,7 @@ def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, defe
     assert done.returncode == 2 and "the stop part needs a GPU" in done.stderr
 
 
-@pytest.mark.parametrize("cuda, expected", [(True, 64), (False, None)])
+@pytest.mark.parametrize("cuda, expected", [(True, 128), (False, None)])
 def test_both_stages_pad_to_the_multiple_placement_chooses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           cuda: bool, expected: int | None) -> None:
     from gsm8k_tr import placement
@@ -651,3 +651,28 @@ def test_both_stages_pad_to_the_multiple_placement_chooses(tmp_path: Path, monke
     own = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"output_dir={tmp_path}", "sft.use_cpu=true",
                                                        "sft.pad_to_multiple_of=8"])
     assert sft_args(own, "<|stop|>", 512).pad_to_multiple_of == 8  # a recipe's own value wins
+
+
+@pytest.mark.parametrize("multiple, cuda, warned", [
+    (64, True, True),      # a GRPO batch of 320 tokens: NaN gradients on an H200 (benchmarks/attention_nan.py)
+    (None, True, True),    # each batch its own length: one in 128 lengths is 64 modulo 128
+    (128, True, False), (256, True, False),
+    (64, False, False),    # no CUDA GPU, no cuDNN attention
+])
+def test_grpo_padding_that_reaches_64_modulo_128_tokens_on_a_gpu_is_warned(
+        multiple: int | None, cuda: bool, warned: bool, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.train import trl_configs
+
+    monkeypatch.setattr(placement, "has_cuda", lambda: cuda)
+    monkeypatch.setattr(trl_configs, "_said", set())
+    trl_configs.check_grpo_padding(SimpleNamespace(pad_to_multiple_of=multiple, use_cpu=False))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert bool(lines) == warned
+    assert not lines or f"grpo.pad_to_multiple_of is {multiple or 'null'}" in lines[0]
+    caplog.clear()
+    trl_configs.check_grpo_padding(SimpleNamespace(pad_to_multiple_of=multiple, use_cpu=True))  # trains on the CPU
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -119,7 +119,24 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
     check_report_to("grpo", config)
     check_training_values("grpo", config)
     check_switches("grpo", config)
+    check_grpo_padding(config)
     return config
+
+
+def check_grpo_padding(config: Any) -> None:
+    """Warns where GRPO's batches on a CUDA GPU can be 64 modulo 128 tokens long, at which cuDNN's attention returns
+    NaN gradients for left-padded rows on an H100 or H200 (`placement.pad_to_multiple_of` says more)."""
+    multiple = padding_multiple(config)
+    safe = multiple and multiple % placement.SHAPE_MULTIPLE == 0
+    if safe or getattr(config, "use_cpu", False) or not placement.has_cuda():
+        return
+    warning = (f"grpo.pad_to_multiple_of is {multiple or 'null'}: on an H100, H200 or B200, torch's cuDNN attention "
+               "returns NaN gradients for GRPO's left-padded batches 64 modulo 128 tokens long (pytorch#196678: "
+               "torch 2.11 and later, before cuDNN 9.26), and the run stops at that step; a multiple of 128, the "
+               "default on a GPU, avoids them")
+    if warning not in _said:
+        _said.add(warning)
+        log.warning(warning)
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
 # fails later, and divides by others before saying anything, so they are checked before the config is built.
