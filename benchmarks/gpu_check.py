@@ -154,12 +154,13 @@ def _timed_steps(history: list[dict[str, Any]], key: str) -> list[dict[str, Any]
 def longest_batch(owner: Any, name: str, stage: str) -> Iterator[dict[str, int]]:
     """The largest (rows, tokens) batch the stage ran while in the block: SFT's collated batches (`owner.name` is
     the collator's call), GRPO's scored ones (`owner.name` is the scoring method, its third argument the ids, its
-    fifth the completion's length, noted as `completion`)."""
+    fifth the completion's length, noted as `completion`, its sixth the rows it scores at once)."""
     seen = {"rows": 0, "tokens": 0}
     original = getattr(owner, name)
 
-    def note(ids: Any, completion: int | None = None) -> None:
+    def note(ids: Any, completion: int | None = None, chunk: int | None = None) -> None:
         rows, tokens = ids.shape
+        rows = min(rows, chunk or rows)  # TRL scores a generation call's completions in chunks of `batch_size`
         if rows * tokens > seen["rows"] * seen["tokens"]:
             seen.update(rows=rows, tokens=tokens, **({"completion": int(completion)} if completion else {}))
 
@@ -168,7 +169,8 @@ def longest_batch(owner: Any, name: str, stage: str) -> Iterator[dict[str, int]]
         if stage == "sft":
             note(result["input_ids"])
         else:
-            note(args[1], args[3] if len(args) > 3 else kwargs.get("logits_to_keep"))
+            note(args[1], args[3] if len(args) > 3 else kwargs.get("logits_to_keep"),
+                 args[4] if len(args) > 4 else kwargs.get("batch_size"))
         return result
 
     with patch.object(owner, name, recording):

@@ -390,7 +390,7 @@ def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
     modulo 128 for query rows that attend to almost nothing, as a left-padded GRPO row's padding does (pytorch#196678;
     torch 2.11 and later before cuDNN 9.26; `benchmarks/attention_nan.py`). A CPU has no such cost (0.93x on 2
     cores); MPS is left as it was. None where 128 does not divide the context: SFT passes no position ids, and a
-    padded row past it would index past GPT-2's learned positions."""
+    padded row past it would index past GPT-2's learned positions (GRPO's may: its positions follow the mask)."""
     if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
         return None
     return SHAPE_MULTIPLE

@@ -47,6 +47,18 @@ def test_questions_are_paired_by_text_and_gold_and_samples_give_shares() -> None
     assert compare("sft", scores(before), "grpo", {("z", "0"): 1.0}) is None
 
 
+def test_a_question_asked_twice_is_paired_twice_in_order() -> None:
+    # A data set may ask the same question twice (a translation that made two rows alike): each answer is its own,
+    # not one that the later replaces, so both count and neither is dropped without a word.
+    before = [{"question": "a", "gold": "1", "correct": c} for c in (False, True)]
+    after = [{"question": "a", "gold": "1", "correct": c} for c in (True, True)]
+    paired = compare("sft", scores(before), "grpo", scores(after))
+    assert (paired.questions, paired.gained, paired.lost) == (2, 1, 0)
+    assert (paired.only_before, paired.only_after) == (0, 0)
+    once_more = compare("sft", scores(before), "grpo", scores(after + after[:1]))  # the later asked it a third time
+    assert (once_more.questions, once_more.only_after) == (2, 1)
+
+
 def test_the_interval_is_the_paired_normal_one() -> None:
     # 100 questions: 20 better, 10 worse, 70 unchanged. Mean change 0.1; per-question differences' standard
     # deviation sqrt((30 - 100 x 0.01) / 99); the interval is 1.96 of its standard error either side.

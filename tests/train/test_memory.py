@@ -471,7 +471,9 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     # Two steps' completions in one call: steps 2 and 3 after the first, one call between them, of 128 rows.
     reused = result["grpo-rows-128"]
     assert (result["grpo"]["rollout_calls"], reused["rollout_calls"]) == (2, 1)
-    assert reused["longest_batch"]["rows"] == 128 and reused["generated_tokens_per_s"] > 0
+    assert reused["generated_tokens_per_s"] > 0
+    # the 128 are scored in chunks of the micro-batch, the largest batch the plan is compared at
+    assert reused["longest_batch"]["rows"] <= reused["micro_batch"]["per_device_train_batch_size"] < 128
     assert "128 completions a call: GRPO" in done.stdout
     if compiled:
         assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
@@ -676,3 +678,12 @@ def test_grpo_padding_that_reaches_64_modulo_128_tokens_on_a_gpu_is_warned(
     caplog.clear()
     trl_configs.check_grpo_padding(SimpleNamespace(pad_to_multiple_of=multiple, use_cpu=True))  # trains on the CPU
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_only_the_parts_asked_for(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--sft-steps", "2",
+                           "--parts", "sft", "--keep", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["sft"]["steps"] == 2 and not {"grpo", "decode", "eval"} & set(result)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from gsm8k_tr.errors import UserError
 log = logging.getLogger(__name__)
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+# A question as pairing knows it: its text, its gold answer, and which time the data set asks it (0 the first): a
+# question asked twice is two questions, paired in the order asked, not one that the later answer replaces.
+Question = tuple[str, str, int]
 
 
 def _rounded(result: Any) -> dict[str, Any]:
@@ -90,15 +94,24 @@ def read_predictions(path: Path, remedy: str) -> list[dict[str, Any]]:
     return records
 
 
-def scores(records: list[dict[str, Any]], key: str = "correct") -> dict[tuple[str, str], float]:
+def scores(records: list[dict[str, Any]], key: str = "correct") -> dict[Question, float]:
     """Each question's score in an evaluation's predictions: the share of its samples graded correct (`key`:
-    "correct", the answer tag's number, or "flexible_correct", the last number anywhere)."""
-    return {(r["question"], str(r.get("gold"))): sum(bool(s.get(key)) for s in r.get("samples", [r]))
-            / len(r.get("samples", [r])) for r in records}
+    "correct", the answer tag's number, or "flexible_correct", the last number anywhere).
+
+    >>> sorted(scores([{"question": "q", "gold": 2, "correct": True, "tokens": 3}] * 2).items())  # asked twice
+    [(('q', '2', 0), 1.0), (('q', '2', 1), 1.0)]
+    """
+    found: dict[Question, float] = {}
+    asked: Counter[tuple[str, str]] = Counter()
+    for record in records:
+        pair, samples = (record["question"], str(record.get("gold"))), record.get("samples", [record])
+        found[(*pair, asked[pair])] = sum(bool(s.get(key)) for s in samples) / len(samples)
+        asked[pair] += 1
+    return found
 
 
-def compare(before: str, before_scores: dict[tuple[str, str], float], after: str,
-            after_scores: dict[tuple[str, str], float]) -> Paired | None:
+def compare(before: str, before_scores: dict[Question, float], after: str,
+            after_scores: dict[Question, float]) -> Paired | None:
     """The later evaluation against the earlier on the questions both answered; None when they share none.
 
     >>> paired = compare("sft", {("a", "1"): 0.0, ("b", "2"): 1.0, ("c", "3"): 0.0},
@@ -148,7 +161,7 @@ class Pooled:
                 f"p = {self.p_value:.2g}")
 
 
-def pooled(pairs: list[tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]]) -> Pooled | None:
+def pooled(pairs: list[tuple[dict[Question, float], dict[Question, float]]]) -> Pooled | None:
     """(before, after) scores of several runs, pooled question by question; None when no pair shares a question.
 
     >>> one = ({("a", "1"): 0.0, ("b", "2"): 1.0}, {("a", "1"): 1.0, ("b", "2"): 1.0})
@@ -157,7 +170,7 @@ def pooled(pairs: list[tuple[dict[tuple[str, str], float], dict[tuple[str, str],
     >>> found.runs, found.questions, found.gained, found.lost, found.change
     (3, 2, 1, 1, 0.0)
     """
-    summed: dict[tuple[str, str], float] = {}
+    summed: dict[Question, float] = {}
     changes = []
     for before, after in pairs:
         shared = before.keys() & after.keys()
@@ -171,7 +184,7 @@ def pooled(pairs: list[tuple[dict[tuple[str, str], float], dict[tuple[str, str],
     return Pooled(len(changes), len(summed), gained, lost, sum(changes) / len(changes), sign_test(gained, lost))
 
 
-def folder_scores(given: str, key: str = "correct") -> dict[tuple[str, str], float]:
+def folder_scores(given: str, key: str = "correct") -> dict[Question, float]:
     """An evaluation's folder (or its predictions.jsonl) read into `scores`; one line when it cannot be."""
     path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
     if not path.is_file():
@@ -185,8 +198,8 @@ def compare_folders(before: str, after: str, key: str = "correct") -> Paired:
     return _shared(str(before), folder_scores(before, key), str(after), folder_scores(after, key))
 
 
-def _shared(before: str, before_scores: dict[tuple[str, str], float], after: str,
-            after_scores: dict[tuple[str, str], float]) -> Paired:
+def _shared(before: str, before_scores: dict[Question, float], after: str,
+            after_scores: dict[Question, float]) -> Paired:
     paired = compare(before, before_scores, after, after_scores)
     if paired is None:
         raise UserError(f"{before} and {after} answered no question in common; evaluate both on the same split")
