@@ -226,6 +226,8 @@ def test_batches_are_padded_to_a_multiple_on_a_gpu_only(cuda: bool, context: int
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(placement, "has_cuda", lambda: cuda)
     assert placement.pad_to_multiple_of(context) == expected
+    # GRPO's rows take their positions from the mask (train/positions.py), so any context pads them on a GPU
+    assert placement.pad_to_multiple_of(context, stage="grpo") == (128 if cuda else None)
 
 
 def test_the_attention_kernels_named_for_eager_decoding_exist() -> None:

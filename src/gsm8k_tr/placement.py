@@ -380,20 +380,19 @@ def grouped_attention(device: Any, how: str, cache: str) -> bool:
 SHAPE_MULTIPLE = 128  # tokens: 8 lengths in a 1,024-token context
 
 
-def pad_to_multiple_of(context: int, cuda: bool | None = None) -> int | None:
-    """TRL's `pad_to_multiple_of` for SFT's and GRPO's batches in a model of `context` tokens: 128 on a CUDA GPU,
-    None (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
+def pad_to_multiple_of(context: int, cuda: bool | None = None, stage: str = "sft") -> int | None:
+    """TRL's `pad_to_multiple_of` for a `stage`'s batches in a model of `context` tokens: 128 on a CUDA GPU, None
+    (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
 
     On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph
     per new shape at milliseconds of host time each (152 ms of a 462 ms SFT step on an H200, docs/benchmarks.md);
     padded, a run sees a few lengths. 128, not 64: cuDNN's sm90 backward gives NaN gradients at key lengths of 64
     modulo 128 for query rows that attend to almost nothing, as a left-padded GRPO row's padding does (pytorch#196678;
     torch 2.11 and later before cuDNN 9.26; `benchmarks/attention_nan.py`). A CPU has no such cost (0.93x on 2
-    cores); MPS is left as it was. None where 128 does not divide the context: SFT passes no position ids, and a
-    padded row past it would index past GPT-2's learned positions (GRPO's may: its positions follow the mask)."""
-    if not (has_cuda() if cuda is None else cuda) or context % SHAPE_MULTIPLE:
-        return None
-    return SHAPE_MULTIPLE
+    cores); MPS is left as it was. None for SFT where 128 does not divide the context: it passes no position ids, so
+    a padded row past it would index past GPT-2's learned positions (GRPO's positions follow the mask)."""
+    on_cuda = has_cuda() if cuda is None else cuda
+    return SHAPE_MULTIPLE if on_cuda and (stage == "grpo" or context % SHAPE_MULTIPLE == 0) else None
 
 
 WITHOUT_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's attention kernels but cuDNN's, its order

@@ -98,7 +98,7 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
         mixed = placement.planned_mixed_precision(section, on_gpu, native)
         neutral = {"bf16": mixed, "fp16": False, "use_cpu": True}
         extra = {"reward_weights": (reward_weights(recipe.rewards), "")} if stage == "grpo" else {}
-        padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu)}  # as the stage pads
+        padding = {"pad_to_multiple_of": placement.pad_to_multiple_of(shape.context, on_gpu, stage)}  # as it pads
         args = trl_config(cls, stage, values, {**defaults, **neutral, **padding}, {**forced, **extra})
         if wants_auto(section):  # the micro-batch the stage would choose at the planned lengths
             batch = fit_micro_batch(shape, recipe, stage, args, None, (on_gpu, free) if on_gpu else None)

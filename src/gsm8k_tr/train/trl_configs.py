@@ -107,7 +107,7 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
     config = trl_config(
         trl.GRPOConfig, "grpo", values,
         defaults={**GRPO_DEFAULTS, **placement.training_precision(recipe.grpo, "grpo"),
-                  "pad_to_multiple_of": placement.pad_to_multiple_of(context)},
+                  "pad_to_multiple_of": placement.pad_to_multiple_of(context, stage="grpo")},
         forced={"output_dir": (str(stage_dir(recipe, "grpo") / CHECKPOINTS), "it is {output_dir}/grpo/checkpoints"),
                 "seed": (recipe.seed, "set the top-level 'seed'"),
                 "reward_weights": (reward_weights(recipe.rewards), "set the 'rewards' section")},
@@ -130,13 +130,14 @@ def check_grpo_padding(config: Any) -> None:
     safe = multiple and multiple % placement.SHAPE_MULTIPLE == 0
     if safe or getattr(config, "use_cpu", False) or not placement.has_cuda():
         return
-    warning = (f"grpo.pad_to_multiple_of is {multiple or 'null'}: on an H100, H200 or B200, torch's cuDNN attention "
+    warning = (f"grpo.pad_to_multiple_of is {multiple or 'null'}: on an H100 or H200, torch's cuDNN attention "
                "returns NaN gradients for GRPO's left-padded batches 64 modulo 128 tokens long (pytorch#196678: "
-               "torch 2.11 and later, before cuDNN 9.26), and the run stops at that step; a multiple of 128, the "
-               "default on a GPU, avoids them")
+               "torch 2.11 and later, before cuDNN 9.26), and the run stops at that step (or skips it, with "
+               "on_non_finite: skip); a multiple of 128, the default on a GPU, avoids them")
     if warning not in _said:
         _said.add(warning)
         log.warning(warning)
+
 
 # Batch sizes, lengths and step counts below 1 (max_steps may be -1: train by epochs). TRL accepts some zeros and
 # fails later, and divides by others before saying anything, so they are checked before the config is built.
