@@ -149,3 +149,26 @@ def test_the_gradient_norm_is_the_norm_of_all_gradients_and_fp16_does_not_overfl
     # fp16 holds values up to 65,504; a norm of 1,000 x sqrt(10,000) = 100,000 is finite only when read in float32
     assert torch.isfinite(gradient_norm([torch.full((10_000,), 1000.0, dtype=torch.float16)]))
     assert not torch.isfinite(gradient_norm([grads[0], torch.full((2,), float("nan"), dtype=dtype)]))
+
+
+@pytest.mark.parametrize("multiple, named", [(64, True), (None, True), (128, False)])
+def test_a_nan_gradient_on_a_gpu_names_cudnns_lengths_where_the_padding_allows_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multiple: int | None, named: bool) -> None:
+    # On an H200, GRPO padded to 64 stopped here at its first step (docs/benchmarks.md, "GPU"); the stop says why.
+    from gsm8k_tr.train import guard
+
+    trainer = _trainer(tmp_path, "stop", PoisonStep(at=2))
+    trainer.args.pad_to_multiple_of = multiple
+    monkeypatch.setattr(guard, "on_cuda", lambda args: True)
+    with pytest.raises(UserError) as stopped:
+        trainer.train()
+    assert ("pytorch#196678" in str(stopped.value)) == named
+    assert "the gradient norm became nan at step 2" in str(stopped.value)
+
+
+def test_the_cudnn_sentence_is_for_a_gpu_only(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, "stop", PoisonStep(at=2))
+    trainer.args.pad_to_multiple_of = 64
+    with pytest.raises(UserError) as stopped:  # on the CPU: no cuDNN, no sentence
+        trainer.train()
+    assert "pytorch#196678" not in str(stopped.value)

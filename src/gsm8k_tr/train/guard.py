@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gsm8k_tr import placement
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.train.checkpoints import last_checkpoint
 
@@ -91,7 +92,7 @@ class GuardNonFinite:
             import math
 
             self._stop(f"the training loss became {loss}" if not math.isfinite(loss)
-                       else f"the gradient norm became {norm}")
+                       else f"the gradient norm became {norm}", cudnn_hint(self.args))
         for p in self.model.parameters():
             p.grad = None
         self.skipped_steps = self._skipped_so_far() + 1
@@ -135,11 +136,27 @@ class GuardNonFinite:
             setattr(self, key, max((int(h.get(key, 0)) for h in self.state.log_history), default=0))
         return getattr(self, key)
 
-    def _stop(self, what: str) -> None:
+    def _stop(self, what: str, hint: str = "") -> None:
         good = last_checkpoint(Path(self.args.output_dir))
         where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
         raise UserError(f"{what} at step {self.state.global_step + 1}; {where}. Lower the learning rate (or check "
-                        "the data) and rerun with --resume, or set on_non_finite: skip in the recipe")
+                        f"the data) and rerun with --resume, or set on_non_finite: skip in the recipe{hint}")
+
+
+def cudnn_hint(args: Any) -> str:
+    """Where a gradient turned non-finite on a CUDA GPU under padding that allows it, the known cause: cuDNN's
+    attention backward at lengths of 64 modulo 128 (`placement.pad_to_multiple_of` says more); else ""."""
+    multiple = getattr(args, "pad_to_multiple_of", None)
+    if not on_cuda(args) or (isinstance(multiple, int) and multiple % placement.SHAPE_MULTIPLE == 0):
+        return ""
+    return (f". With pad_to_multiple_of {multiple or 'null'} on an H100 or H200, cuDNN's attention is a known cause: "
+            "it returns NaN gradients for left-padded batches 64 modulo 128 tokens long (pytorch#196678); pad to a "
+            "multiple of 128, the default on a GPU")
+
+
+def on_cuda(args: Any) -> bool:
+    """Whether the trainer with `args` trains on a CUDA GPU."""
+    return getattr(getattr(args, "device", None), "type", None) == "cuda"
 
 
 def gradient_norm(grads: list[Any]) -> Any:
