@@ -176,8 +176,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def inference_dtype(device: Any, requested: str = "auto") -> Any:
-    """Inference weights: bf16 on a GPU that has it natively (`native_bf16`), else fp16 on a GPU, float32 on CPU;
-    `requested` wins."""
+    """Inference weights: `requested`, else bf16 on a GPU with it (`native_bf16`), fp16 on another, float32 on a CPU."""
     torch = _torch()
     if requested not in DTYPES:
         raise UserError(f"recipe key 'eval.dtype' must be one of {', '.join(DTYPES)}, got {requested!r}")
@@ -335,9 +334,8 @@ def decoding_rule(requested: str, compiles: bool, sharded: bool = False, batches
 
 
 def row_sampling(device: Any) -> bool:
-    """Whether sampling in `generate` draws one random number per row (`infer/sampling.py`) instead of torch's one
-    per vocabulary entry: on a CPU, where those come one at a time (a quarter of the demo's decoding step); a GPU
-    draws them in parallel."""
+    """Whether sampling in `generate` draws one random number per row (`infer/sampling.py`) instead of torch's one per
+    vocabulary entry: on a CPU, where those come one at a time (a quarter of the demo's decoding step)."""
     return _device_type(device) == "cpu"
 
 
@@ -384,15 +382,18 @@ def pad_to_multiple_of(context: int, cuda: bool | None = None, stage: str = "sft
     """TRL's `pad_to_multiple_of` for a `stage`'s batches in a model of `context` tokens: 128 on a CUDA GPU, None
     (each batch padded to its own longest row) elsewhere; `cuda` plans for a CUDA GPU (True) or not.
 
-    On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph
-    per new shape at milliseconds of host time each (152 ms of a 462 ms SFT step on an H200, docs/benchmarks.md);
-    padded, a run sees a few lengths. 128, not 64: cuDNN's sm90 backward gives NaN gradients at key lengths of 64
-    modulo 128 for query rows that attend to almost nothing, as a left-padded GRPO row's padding does (pytorch#196678;
-    torch 2.11 and later before cuDNN 9.26; `benchmarks/attention_nan.py`). A CPU has no such cost (0.93x on 2
-    cores); MPS is left as it was. None for SFT where 128 does not divide the context: it passes no position ids, so
-    a padded row past it would index past GPT-2's learned positions (GRPO's positions follow the mask)."""
+    On sm90/sm100 (H100, H200, B200) torch's attention tries cuDNN's kernel first, which builds an execution graph per
+    new shape (152 ms of a 462 ms SFT step on an H200); padded, a run sees a few lengths, all `cudnn_safe`. A CPU has no
+    such cost (0.93x on 2 cores); MPS is left as it was. None for SFT where 128 does not divide the context: it passes
+    no position ids, so a padded row past it would index past GPT-2's learned positions (GRPO's follow the mask)."""
     on_cuda = has_cuda() if cuda is None else cuda
     return SHAPE_MULTIPLE if on_cuda and (stage == "grpo" or context % SHAPE_MULTIPLE == 0) else None
+
+
+def cudnn_safe(multiple: Any) -> bool:
+    """Whether batches padded to `multiple` never run 64 modulo 128 tokens long, where cuDNN's sm90 attention backward
+    gives NaN gradients for rows that attend to nothing, as GRPO's left padding makes (pytorch#196678)."""
+    return isinstance(multiple, int) and multiple > 0 and multiple % SHAPE_MULTIPLE == 0
 
 
 WITHOUT_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's attention kernels but cuDNN's, its order

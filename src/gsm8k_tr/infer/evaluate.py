@@ -195,7 +195,7 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     caller took it before its clock started.
     """
     from gsm8k_tr.infer import answer_journal
-    from gsm8k_tr.processes import is_distributed, share_size, split_and_gather
+    from gsm8k_tr.processes import share_size, split_and_gather
 
     cfg = recipe.eval
     temperature = cfg.temperature
@@ -213,7 +213,7 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
             outputs = vllm_engine.complete_with_vllm(vllm_folder, tokenizer, prompts, cfg.max_new_tokens, temperature,
                                                      samples, recipe.seed, generation.stop_ids(model))
         else:
-            kept = output if output is not None and not is_distributed() else None
+            kept = output if keeps_answers(output) else None
             key = _answers_depend_on(model, tokenizer, prompts, recipe, samples, temperature, weights) if kept else {}
             with answer_journal.kept_answers(kept, key, next(model.parameters()).device) as journal:
                 outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
@@ -243,6 +243,14 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
              # answered by an earlier run that stopped part-way (`seconds` then counts only this run's)
              **({"resumed_questions": sum(resumed)} if sum(resumed) else {})}
     return {**metrics(records), **where}, records
+
+
+def keeps_answers(output: Path | None) -> bool:
+    """Whether `evaluate` keeps its finished batches beside `output` (`answer_journal`): in one process only, as under
+    `accelerate launch` each process answers its own share."""
+    from gsm8k_tr.processes import is_distributed
+
+    return output is not None and not is_distributed()
 
 
 def _answers_depend_on(model: Any, tokenizer: Any, prompts: list[str], recipe: Recipe, samples: int,
@@ -319,8 +327,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     rows = load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
     model, tokenizer, name = load_for_inference(model_spec, recipe, device)
     # read before the clock starts, as loading is: `seconds` times the answering (0.4 s for 355M bf16 on a CPU)
-    kept = target is not None and backend == "hf" and not is_distributed()  # where `evaluate` keeps its answers
-    weights = answer_journal.weights_digest(model) if kept else None
+    weights = answer_journal.weights_digest(model) if backend == "hf" and keeps_answers(target) else None
     started = time.perf_counter()
     if backend == "vllm":
         from gsm8k_tr.infer import vllm_engine

@@ -145,9 +145,9 @@ class GuardNonFinite:
 
 def cudnn_hint(args: Any) -> str:
     """Where a gradient turned non-finite on a CUDA GPU under padding that allows it, the known cause: cuDNN's
-    attention backward at lengths of 64 modulo 128 (`placement.pad_to_multiple_of` says more); else ""."""
+    attention backward at lengths of 64 modulo 128 (`placement.cudnn_safe` says more); else ""."""
     multiple = getattr(args, "pad_to_multiple_of", None)
-    if not on_cuda(args) or (isinstance(multiple, int) and multiple % placement.SHAPE_MULTIPLE == 0):
+    if not on_cuda(args) or placement.cudnn_safe(multiple):
         return ""
     return (f". With pad_to_multiple_of {multiple or 'null'} on an H100 or H200, cuDNN's attention is a known cause: "
             "it returns NaN gradients for left-padded batches 64 modulo 128 tokens long (pytorch#196678); pad to a "

@@ -125,10 +125,9 @@ def grpo_args(recipe: Recipe, stop_ids: list[int], context: int) -> Any:
 
 def check_grpo_padding(config: Any) -> None:
     """Warns where GRPO's batches on a CUDA GPU can be 64 modulo 128 tokens long, at which cuDNN's attention returns
-    NaN gradients for left-padded rows on an H100 or H200 (`placement.pad_to_multiple_of` says more)."""
+    NaN gradients for left-padded rows on an H100 or H200 (`placement.cudnn_safe` says more)."""
     multiple = padding_multiple(config)
-    safe = multiple and multiple % placement.SHAPE_MULTIPLE == 0
-    if safe or getattr(config, "use_cpu", False) or not placement.has_cuda():
+    if placement.cudnn_safe(multiple) or getattr(config, "use_cpu", False) or not placement.has_cuda():
         return
     warning = (f"grpo.pad_to_multiple_of is {multiple or 'null'}: on an H100 or H200, torch's cuDNN attention "
                "returns NaN gradients for GRPO's left-padded batches 64 modulo 128 tokens long (pytorch#196678: "
