@@ -299,7 +299,7 @@ def main() -> int:
     saved = work / "gpu_shapes.json"  # an earlier call's results with the same --work: kept, and compared with
     results: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}
     failed = []
-    for part in args.parts:  # each part's line as soon as it is done, so a time limit keeps the parts before it
+    for part in args.parts:  # each setting saved and shown as soon as it is done: a time limit keeps what finished
         for setting in runs[part]:
             command = [sys.executable, __file__, "--only", part, setting, "--model", model, "--work", str(work),
                        "--sft-steps", str(args.sft_steps), "--sequences", str(args.sequences), "--new-tokens",
@@ -317,7 +317,6 @@ def main() -> int:
             saved.write_text(json.dumps(results, indent=1))
         else:
             print(report(part, results, args), flush=True)
-        saved.write_text(json.dumps(results, indent=1))
     return 1 if failed else 0
 
 
