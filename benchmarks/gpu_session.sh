@@ -7,8 +7,9 @@
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
-# where there is one and take `.whl/`, `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
-# ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; 29 MB in all with the wheels):
+# and `.venv/bin/python benchmarks/gpu_wheels.py` (the wheels' whole closure) where there is one and take `.whl/`,
+# `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
+# ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; about 46 MB in all with the wheels):
 # the wheels go into /tmp/site and the machine's own torch stays. One log per part goes to $OUT (default
 # /tmp/out), and summary.txt says when each part started and how it ended. `check` keeps its work folder
 # (/tmp/gc) for the parts after it, which reuse its model.
@@ -35,6 +36,13 @@ else
   [ -d /tmp/site/trl ] || [ ! -d .whl ] || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$ROOT/src
+fi
+# A wheel set that cannot import on the GPU machine stops here, in seconds, with the requirement it misses: in a dry
+# run by the wheels' own metadata, on the GPU by what its Python sees (benchmarks/gpu_wheels.py).
+if [ -d .whl ]; then
+  check=(--check-installed /tmp/site); [ -n "${CPU:-}" ] && check=(--check .whl)
+  "$PY" benchmarks/gpu_wheels.py "${check[@]}" 2>&1 | tee -a "$OUT/summary.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "wheels rc=1" | tee -a "$OUT/summary.txt"; exit 1; }
 fi
 [ -d .shared-data ] && [ ! -e ../shared/data ] && mkdir -p ../shared && ln -s "$ROOT/.shared-data" ../shared/data
 [ -d .models ] && export GSM8K_TR_CACHE=$ROOT/.models
