@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh sft-compiled            # after `shapes`, on the same machine, if time is left
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
+#   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # and `.venv/bin/python benchmarks/gpu_wheels.py` (the wheels' whole closure) where there is one and take `.whl/`,
@@ -47,38 +48,50 @@ fi
 [ -d .shared-data ] && [ ! -e ../shared/data ] && mkdir -p ../shared && ln -s "$ROOT/.shared-data" ../shared/data
 [ -d .models ] && export GSM8K_TR_CACHE=$ROOT/.models
 t0=$(date +%s); stamp() { echo "== $1 at $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; }
-limit() { timeout $(( $1 * scale )) "${@:2}"; }
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   "$PY" -c "import torch,transformers,trl,peft,accelerate;print('torch',torch.__version__,'cuda',torch.cuda.is_available(),'transformers',transformers.__version__,'trl',trl.__version__,'peft',peft.__version__,'accelerate',accelerate.__version__)"
 } 2>&1 | tee -a "$OUT/summary.txt"
 model=/tmp/gc/model; [ -d $model ] || model=  # the parts after `check` reuse its model
 stop=stop; [ -n "$cpu" ] && stop=  # the stop check needs a GPU's events
 medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --model $model; fi; }
-for part in "$@"; do stamp "$part"; case $part in
-  check) rm -rf /tmp/gc; limit 290 "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc \
+# Each part's time limit on a GPU (a CPU's is `scale` times it). With BUDGET (seconds for the whole call, counted
+# from the script's start), a part that could outlast what is left is skipped with a line, so one call can name
+# every part still wanted and end inside the device's limit: BUDGET=540 bash benchmarks/gpu_session.sh check ...
+declare -A most=([check]=290 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
+                 [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150)
+for part in "$@"; do
+  need=$(( ${most[$part]:-0} * scale ))
+  if [ -n "${BUDGET:-}" ] && [ $(( SECONDS + need )) -gt "$BUDGET" ]; then
+    echo "$part skipped: it may take $need s, and $(( BUDGET - SECONDS )) s of BUDGET are left" \
+      | tee -a "$OUT/summary.txt"
+    continue
+  fi
+  stamp "$part"; case $part in
+  check) rm -rf /tmp/gc; timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc \
            --also-decodings compiled-step > "$OUT/check.txt" 2>&1
          rc=$?; cp /tmp/gc/gpu_check.json "$OUT/" 2>/dev/null; [ -d /tmp/gc/model ] && model=/tmp/gc/model
          (exit $rc) ;;
-  compiled-step) limit 120 "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
-  rows) limit 150 "$PY" benchmarks/generation_rows.py $(medium) $([ -n "$cpu" ] && echo --rows 16 32 --new-tokens 32) \
-          > "$OUT/rows.txt" 2>&1 ;;
+  compiled-step) timeout $need "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
+  rows) timeout $need "$PY" benchmarks/generation_rows.py $(medium) \
+          $([ -n "$cpu" ] && echo --rows 16 32 --new-tokens 32) > "$OUT/rows.txt" 2>&1 ;;
   grouped) shape=${cpu:---gpt2-medium}; [ -n "$cpu" ] && shape="--cpu --new-tokens 32"  # on a CPU the demo model
-           { limit 60 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
-               && limit 90 "$PY" benchmarks/grouped_attention.py $shape --rounds 2 --decoding compiled-step
+           { timeout $(( 60 * scale )) "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
+               && timeout $(( need - 60 * scale )) "$PY" benchmarks/grouped_attention.py $shape --rounds 2 \
+                    --decoding compiled-step
            } > "$OUT/grouped.txt" 2>&1 ;;
   shapes) rm -rf /tmp/shapes  # its eager SFT run is sft-compiled's baseline
-          limit 150 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft $stop sft-order \
+          timeout $need "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft $stop sft-order \
             --order-split 8 4 > "$OUT/shapes.txt" 2>&1 ;;
-  sft-compiled) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft-compiled \
+  sft-compiled) timeout $need "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/shapes --parts sft-compiled \
                   > "$OUT/sft-compiled.txt" 2>&1 ;;
-  sft-split) limit 200 "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/split --parts sft-split \
+  sft-split) timeout $need "$PY" benchmarks/gpu_shapes.py $(medium) --work /tmp/split --parts sft-split \
                --sft-steps $([ -n "$cpu" ] && echo 6 || echo 12) > "$OUT/sft-split.txt" 2>&1 ;;
-  nan) limit 60 "$PY" benchmarks/attention_nan.py $([ -n "$cpu" ] && echo --cpu --lengths 64 128 --rows 4) \
+  nan) timeout $need "$PY" benchmarks/attention_nan.py $([ -n "$cpu" ] && echo --cpu --lengths 64 128 --rows 4) \
          > "$OUT/nan.txt" 2>&1 ;;
-  grpo) rm -rf /tmp/gg; limit 190 "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gg --parts sft grpo \
+  grpo) rm -rf /tmp/gg; timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gg --parts sft grpo \
           --also-generation-batches 128 > "$OUT/grpo.txt" 2>&1
         rc=$?; cp /tmp/gg/gpu_check.json "$OUT/gpu_check_grpo.json" 2>/dev/null; (exit $rc) ;;
-  profile) limit 150 "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
+  profile) timeout $need "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
              > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;
 esac; echo "$part rc=$?" | tee -a "$OUT/summary.txt"; done
