@@ -151,3 +151,13 @@ def split_and_gather(items: list[Any], work: Callable[[list[Any]], list[Any]]) -
     for index, result in gather_object(pairs):
         found.setdefault(index, result)
     return [found[index] for index in range(len(items))]
+
+
+def each_process(value: Any) -> list[Any]:
+    """Each process's `value`, in process order (every process calls it); in one process, `[value]`. For a choice
+    that the processes must make alike, or a count over their shares."""
+    if not is_distributed():
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])

@@ -215,3 +215,66 @@ def test_a_batch_that_cannot_be_kept_ends_the_journal_not_the_evaluation(model_a
         assert journal.answered == 6
     assert "cannot keep answered batches (no)" in caplog.text
     assert len(answer_journal.path_for(output).read_text().splitlines()) == 3  # the key and the two batches kept
+
+
+def another_process(monkeypatch, value=None, values=None) -> None:
+    """Stand for a second process of a launch: each agreement sees its `value` beside this one's (or the next of
+    `values`, one per agreement)."""
+    others = iter(values) if values is not None else None
+    monkeypatch.setattr(answer_journal, "each_process",
+                        lambda mine: [mine, next(others) if others is not None else value])
+
+
+def test_under_a_launch_each_process_takes_the_fewest_batches_any_process_kept(model_and_prompts, tmp_path,
+                                                                               monkeypatch):
+    whole = answer(model_and_prompts)
+    output = tmp_path / "eval"
+    stopped(model_and_prompts, output, monkeypatch, 3)  # this process kept 3 batches; the other, 1
+    decoded = stop_at(monkeypatch, 99)
+    another_process(monkeypatch, 1)
+    with answer_journal.kept_answers(output, KEY, device()) as journal:
+        assert journal.resumed_prompts == 3
+        assert answer(model_and_prompts, journal) == whole  # the generators as they were after batch 0
+    assert decoded == [0, 1, 2]
+    assert len(answer_journal.path_for(output).read_text().splitlines()) == 5
+
+
+def test_under_a_launch_a_batch_another_process_cannot_read_is_answered_again_here(model_and_prompts, tmp_path,
+                                                                                   monkeypatch, caplog):
+    whole = answer(model_and_prompts)
+    output = tmp_path / "eval"
+    stopped(model_and_prompts, output, monkeypatch, 3)
+    decoded = stop_at(monkeypatch, 99)
+    another_process(monkeypatch, values=[3, 1, 0])  # at the start 3 batches; batch 0 reads there, batch 1 does not
+    with caplog.at_level(logging.WARNING), answer_journal.kept_answers(output, KEY, device()) as journal:
+        assert answer(model_and_prompts, journal) == whole
+    assert decoded == [0, 1, 2]
+    assert "batch 1 does not read as this evaluation's in another process" in caplog.text
+
+
+def test_under_a_launch_a_process_locked_out_or_without_a_journal_decides_for_all(tmp_path, monkeypatch):
+    output = tmp_path / "eval"
+    another_process(monkeypatch, -2)  # another evaluation holds the other process's file
+    with pytest.raises(UserError, match="another evaluation is writing"), \
+            answer_journal.kept_answers(output, KEY, device()):
+        pass
+    another_process(monkeypatch, -1)  # the other process could not open its file
+    with answer_journal.kept_answers(output, KEY, device()) as journal:
+        assert journal is None
+    assert list(tmp_path.iterdir()) == []  # nothing left behind here either
+
+
+def test_each_process_of_a_launch_keeps_its_own_journal_and_the_main_one_removes_them_all(tmp_path, monkeypatch):
+    output = tmp_path / "eval"
+
+    class Rank1:
+        process_index, num_processes = 1, 2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(answer_journal, "process_state", lambda: Rank1)
+    assert answer_journal.path_for(output) == tmp_path / ".eval.answers.1-of-2.jsonl"
+    for name in (".eval.answers.jsonl", ".eval.answers.0-of-2.jsonl", ".eval.answers.1-of-2.jsonl",
+                 ".eval.answers.0-of-4.jsonl", ".evaluation.answers.jsonl", ".eval.answers.x-of-2.jsonl"):
+        (tmp_path / name).write_text("")
+    answer_journal.finished(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".eval.answers.x-of-2.jsonl", ".evaluation.answers.jsonl"]

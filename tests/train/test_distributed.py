@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, TINY_RECIPE
 
 DDP = ROOT / "recipes" / "accelerate" / "ddp.yaml"
+STOPPING_RANK = Path(__file__).with_name("stopping_rank.py")
 
 
 def _free_port() -> int:
@@ -24,10 +25,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(*args: str, program: tuple[str, ...] = ("-m", "gsm8k_tr")) -> subprocess.CompletedProcess:
+def _launch(*args: str, program: tuple[str, ...] = ("-m", "gsm8k_tr"),
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP),
                "--num_processes", "2", "--main_process_port", str(_free_port()), *program, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
 
 
 def _failure(done: subprocess.CompletedProcess) -> str:
@@ -137,6 +140,32 @@ def test_the_pipeline_on_two_processes_shares_evaluations_and_writes_once(tmp_pa
     assert set(report["stages"]) == {"base", "sft", "grpo"}
     history = json.loads((run / "grpo" / "log_history.json").read_text())
     assert [e["step"] for e in history if "eval/accuracy" in e] == [1, 2]
+
+
+@pytest.mark.slow
+def test_an_evaluation_stopped_on_two_processes_answers_only_the_rest(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Each process keeps its share's answered batches; a launch that stopped with rank 1 three batches in and rank 0
+    one (`stopping_rank.py`) answers, run again, all but the batch both kept, with the tokens of a launch never
+    stopped (sampled: the generators restored in each process)."""
+    from conftest import run_cli
+
+    common = ["--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}"]
+    assert run_cli("prepare", *common).returncode == 0
+    evaluation = ["evaluate", *common, "--model", str(tiny_model_dir), "--limit", "9", "--samples", "2",
+                  "eval.batch_size=2", "eval.max_new_tokens=16"]  # shares of 5: batches of 2, 2 and 1
+    whole = _launch(*evaluation, "--output", str(tmp_path / "whole"))
+    assert whole.returncode == 0, _failure(whole)
+    journals = [tmp_path / f".part.answers.{rank}-of-2.jsonl" for rank in (0, 1)]
+    stopped = _launch(*evaluation, "--output", str(tmp_path / "part"), program=(str(STOPPING_RANK),),
+                      env={"STOP_AT": "1", "WAIT_FOR": str(journals[1]), "ANSWERED": "3"})
+    assert stopped.returncode != 0 and "stopped" in stopped.stderr, _failure(stopped)
+    assert [len(path.read_text().splitlines()) for path in journals] == [2, 4]  # the key, then the batches kept
+    resumed = _launch(*evaluation, "--output", str(tmp_path / "part"))
+    assert resumed.returncode == 0, _failure(resumed)
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["resumed_questions"] == 4  # 2 a process
+    predictions = [(tmp_path / name / "predictions.jsonl").read_text() for name in ("part", "whole")]
+    assert predictions[0] == predictions[1]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
 
 
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"

@@ -11,6 +11,11 @@ The file's first line is the key: everything the answers depend on (the model's 
 the generation settings, device, dtype and versions). A file with another key is answered again from the start,
 with a line naming what changed. A line cut short by the kill ends what is read. The file goes once the
 evaluation's folder is written. One evaluation writes an output at a time: the file is locked while it runs.
+
+Under `accelerate launch` each process keeps its own share's batches (`.<output>.answers.<rank>-of-<n>.jsonl`), and
+the processes take the same number of them, the fewest any one kept: they generate in step (a sharded model's
+`synced_gpus`), so one that answered a batch again while another took it from its file would leave the other
+waiting.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
@@ -28,6 +34,7 @@ from typing import Any
 
 from gsm8k_tr.config import changed_keys
 from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.processes import each_process, is_distributed, process_state
 
 try:
     import fcntl
@@ -42,7 +49,10 @@ CANNOT_KEEP = "%s: cannot keep answered batches (%s); a stopped evaluation will 
 
 def path_for(output: Path) -> Path:
     """The journal of an evaluation written to `output`: a hidden sibling file, outside the folder that is written
-    whole at the end."""
+    whole at the end; under `accelerate launch`, this process's."""
+    if is_distributed():
+        state = process_state()
+        return output.with_name(f".{output.name}.answers.{state.process_index}-of-{state.num_processes}.jsonl")
     return output.with_name(f".{output.name}.answers.jsonl")
 
 
@@ -79,15 +89,26 @@ def _rng_state(device: Any) -> dict[str, str]:
     return {kind: base64.b64encode(state.numpy().tobytes()).decode() for kind, state in states.items()}
 
 
-def _set_rng_state(states: dict[str, str], device: Any) -> None:
+def _rng_tensors(states: dict[str, str], device: Any) -> dict[str, Any]:
+    """The generators' states written by `_rng_state`, checked to be the size this device's take (ValueError or
+    KeyError if not), so that setting them cannot fail after the processes agreed to."""
     import torch
 
-    def tensor(kind: str) -> Any:
-        return torch.frombuffer(bytearray(base64.b64decode(states[kind])), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor("cpu"))
+    now = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
-        torch.cuda.set_rng_state(tensor("cuda"), device)
+        now["cuda"] = torch.cuda.get_rng_state(device)
+    tensors = {kind: torch.frombuffer(bytearray(base64.b64decode(states[kind])), dtype=torch.uint8) for kind in now}
+    if any(tensors[kind].numel() != now[kind].numel() for kind in now):
+        raise ValueError("another generator")
+    return tensors
+
+
+def _set_rng_state(tensors: dict[str, Any], device: Any) -> None:
+    import torch
+
+    torch.set_rng_state(tensors["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["cuda"], device)
 
 
 class Journal:
@@ -114,7 +135,8 @@ class Journal:
     def kept(self, number: int, prompts: list[int], count: int) -> list[Any] | None:
         """Batch `number`'s `count` completions (of prompt indices `prompts`) as an earlier run wrote them, the
         generators set to their state after it; None where it was not finished. A batch that does not read as one
-        (the file edited) is answered again, with every batch after it."""
+        (the file edited) is answered again, with every batch after it: under `accelerate launch` by every process
+        (their counts of kept batches agree, so all of them ask here, or none)."""
         from gsm8k_tr.infer.generation import Completion
 
         if number >= len(self._batches):
@@ -124,14 +146,18 @@ class Journal:
             if batch["prompts"] != prompts or len(batch["completions"]) != count:
                 raise ValueError("another batch")
             found = [Completion(**completion) for completion in batch["completions"]]
-            _set_rng_state(batch["rng"], self._device)
+            generators = _rng_tensors(batch["rng"], self._device)
+            readable = 1
         except (TypeError, ValueError, KeyError, RuntimeError):
-            log.warning("%s: batch %d does not read as this evaluation's; answering it and the rest again", self.path,
-                        number)
+            readable = 0
+        if not min(each_process(readable)):
+            log.warning("%s: batch %d does not read as this evaluation's%s; answering it and the rest again",
+                        self.path, number, "" if not readable else " in another process")
             del self._batches[number:]
             if self._handle is not None:
                 self._handle.truncate(batch["offset"])
             return None
+        _set_rng_state(generators, self._device)
         return found
 
     def add(self, number: int, prompts: list[int], found: list[Any]) -> None:
@@ -186,6 +212,26 @@ def _read(path: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     return batches, size
 
 
+def _lock(handle: Any) -> bool:
+    """Take the journal's lock; False where another evaluation holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # a file system without locks: unguarded, as run folders are there
+    return True
+
+
+def _remove(path: Path, made: list[Path]) -> None:
+    """Remove a journal and the folders made for it (deepest first; one that is not empty stays)."""
+    path.unlink(missing_ok=True)
+    for folder in made:
+        with suppress(OSError):  # not empty: something else wrote there
+            folder.rmdir()
+
+
 @contextmanager
 def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Iterator[Journal | None]:
     """The journal of an evaluation written to `output` whose answers depend on `key`, held for the block; None for
@@ -196,24 +242,34 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
     path = path_for(output)
     key = {"format": FORMAT, **json.loads(json.dumps(key))}
     made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    handle, locked, batches, size = None, False, [], 0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+b")  # appends go to the end, wherever a read left the position
     except OSError as error:
         log.warning(CANNOT_KEEP, path, error.strerror)
+    if handle is not None:
+        locked = not _lock(handle)
+        if not locked:
+            batches, size = _read(path, key)
+    # Under a launch the processes agree: any one locked out stops them all, any one without a file keeps none, and
+    # each takes the fewest kept batches of any (one process: its own).
+    agreed = min(each_process(-2 if locked else -1 if handle is None else len(batches)))
+    if agreed < 0:
+        if handle is not None:
+            handle.close()
+            if not locked and not batches:
+                _remove(path, made)  # opened for this run alone: nothing left behind
+        if agreed == -2:
+            raise UserError(f"another evaluation is writing {output} now; wait for it to end, or give another "
+                            "--output")
         yield None
         return
+    if agreed < len(batches):
+        size = batches[agreed]["offset"]
+        del batches[agreed:]
     journal = None
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"another evaluation is writing {output} now; wait for it to end, or give another "
-                                "--output") from None
-            except OSError:
-                pass  # a file system without locks: unguarded, as run folders are there
-        batches, size = _read(path, key)
         handle.truncate(size if batches else 0)  # a key with no batch after it (killed before one) is written anew
         if not batches:
             handle.write((json.dumps({"key": key}, ensure_ascii=False) + "\n").encode())
@@ -230,10 +286,7 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
         raise
     finally:
         if journal is not None and not journal.answered:
-            path.unlink(missing_ok=True)  # nothing kept (a failure before the first batch): nothing left behind
-            for folder in made:
-                with suppress(OSError):  # not empty: something else wrote there
-                    folder.rmdir()
+            _remove(path, made)  # nothing kept (a failure before the first batch): nothing left behind
         if journal is not None:
             journal._close()
         else:
@@ -241,6 +294,13 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
 
 
 def finished(output: Path | None) -> None:
-    """Remove the journal of the evaluation written to `output`, once that is written."""
-    if output is not None:
-        path_for(output).unlink(missing_ok=True)
+    """Remove the journals of the evaluation written to `output`, once that is written: under `accelerate launch`
+    the main process removes every process's (they closed theirs before the answers were gathered), and any left
+    by a launch of another process count."""
+    if output is None or not output.parent.is_dir():
+        return
+    prefix = f".{output.name}.answers."
+    for path in output.parent.iterdir():
+        if path.name.startswith(prefix) and path.name.endswith(".jsonl") and (
+                path.name == prefix + "jsonl" or re.fullmatch(r"\d+-of-\d+\.jsonl", path.name[len(prefix):])):
+            path.unlink(missing_ok=True)

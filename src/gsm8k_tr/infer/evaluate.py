@@ -189,13 +189,13 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
     every process gets all records. With `vllm_folder` (a model folder or Hub
     id) vLLM generates instead of transformers. The metrics name the device,
     dtype and every decoding setting used. With `output` (the folder the
-    caller writes them to) in one process, finished batches are kept on disk
-    as they come, and a run stopped part-way answers only the rest when run
-    again (`answer_journal`); `weights` is the model's digest where the
-    caller took it before its clock started.
+    caller writes them to), finished batches are kept on disk as they come
+    (each process its own), and a run stopped part-way answers only the rest
+    when run again (`answer_journal`); `weights` is the model's digest where
+    the caller took it before its clock started.
     """
     from gsm8k_tr.infer import answer_journal
-    from gsm8k_tr.processes import share_size, split_and_gather
+    from gsm8k_tr.processes import each_process, share_size, split_and_gather
 
     cfg = recipe.eval
     temperature = cfg.temperature
@@ -213,9 +213,9 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
             outputs = vllm_engine.complete_with_vllm(vllm_folder, tokenizer, prompts, cfg.max_new_tokens, temperature,
                                                      samples, recipe.seed, generation.stop_ids(model))
         else:
-            kept = output if keeps_answers(output) else None
-            key = _answers_depend_on(model, tokenizer, prompts, recipe, samples, temperature, weights) if kept else {}
-            with answer_journal.kept_answers(kept, key, next(model.parameters()).device) as journal:
+            key = {} if output is None else _answers_depend_on(model, tokenizer, prompts, recipe, samples, temperature,
+                                                               weights)
+            with answer_journal.kept_answers(output, key, next(model.parameters()).device) as journal:
                 outputs = generation.generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
                                               temperature, samples, recipe.seed, progress, synced_gpus, recipe.decoding,
                                               journal)
@@ -231,6 +231,8 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
                         f"with up to {cfg.max_new_tokens} new tokens ({one_line(error)[:160]}); set "
                         f"eval.batch_size={max(1, cfg.batch_size // 2)} or lower eval.max_new_tokens, and run again "
                         "(a training stage's held-out check: the same command with --resume)") from error
+    # every process's share (a launch's last shares repeat their last question to be as long as the rest)
+    answered_before = min(sum(each_process(sum(resumed))), len(rows))
     parameter = next(model.parameters())
     batches = generation.batches(share_size(len(rows)), cfg.batch_size)  # this process's, as `generate` ran them
     how = "vllm" if vllm_folder is not None else placement.decoding(recipe.decoding, parameter.device, synced_gpus,
@@ -241,16 +243,8 @@ def evaluate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Rec
              "stop_check": "vllm" if how == "vllm" else placement.stop_check(parameter.device, synced_gpus),
              **({"compile_failed": placement.compile_failure} if placement.compile_failure else {}),
              # answered by an earlier run that stopped part-way (`seconds` then counts only this run's)
-             **({"resumed_questions": sum(resumed)} if sum(resumed) else {})}
+             **({"resumed_questions": answered_before} if answered_before else {})}
     return {**metrics(records), **where}, records
-
-
-def keeps_answers(output: Path | None) -> bool:
-    """Whether `evaluate` keeps its finished batches beside `output` (`answer_journal`): in one process only, as under
-    `accelerate launch` each process answers its own share."""
-    from gsm8k_tr.processes import is_distributed
-
-    return output is not None and not is_distributed()
 
 
 def _answers_depend_on(model: Any, tokenizer: Any, prompts: list[str], recipe: Recipe, samples: int,
@@ -327,7 +321,7 @@ def main(model_spec: str, recipe: Recipe, split: str | None = None, limit: int |
     rows = load_split(prepared_data(recipe), split or recipe.eval.split)[:limit]
     model, tokenizer, name = load_for_inference(model_spec, recipe, device)
     # read before the clock starts, as loading is: `seconds` times the answering (0.4 s for 355M bf16 on a CPU)
-    weights = answer_journal.weights_digest(model) if backend == "hf" and keeps_answers(target) else None
+    weights = answer_journal.weights_digest(model) if backend == "hf" and target is not None else None
     started = time.perf_counter()
     if backend == "vllm":
         from gsm8k_tr.infer import vllm_engine
