@@ -295,8 +295,8 @@ def kept_answers(output: Path | None, key: dict[str, Any], device: Any) -> Itera
 
 def finished(output: Path | None) -> None:
     """Remove the journals of the evaluation written to `output`, once that is written: under `accelerate launch`
-    the main process removes every process's (they closed theirs before the answers were gathered), and any left
-    by a launch of another process count."""
+    the main process removes every process's (they closed theirs before the answers were gathered), and those that
+    a launch with another number of processes left."""
     if output is None or not output.parent.is_dir():
         return
     prefix = f".{output.name}.answers."
