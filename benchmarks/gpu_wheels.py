@@ -82,20 +82,18 @@ def wheel_metadata(wheel: Path) -> tuple[str, str, list[str]]:
     return message["Name"], message["Version"], message.get_all("Requires-Dist") or []
 
 
-def unmet(have: dict[str, str], requires: dict[str, list[str]], image_ok: bool) -> list[str]:
-    """One line per requirement that `have` (name -> version) does not meet; a name left to the image counts as
-    met when `image_ok` (its version there is unknown until the machine runs)."""
-    lines = []
+def unmet(have: dict[str, str], requires: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Each requirement that `have` (name -> version) does not meet: the name required, and a line saying so."""
+    found = []
     for owner, lines_required in sorted(requires.items()):
         for requirement in needed(lines_required):
             version = have.get(key(requirement.name))
-            if version is None and image_ok and left_to_image(requirement.name):
-                continue
             if version is None:
-                lines.append(f"{owner} needs {requirement}: no {requirement.name} in the set")
+                found.append((requirement.name, f"{owner} needs {requirement}: no {requirement.name} in the set"))
             elif requirement.specifier and not requirement.specifier.contains(Version(version), prereleases=True):
-                lines.append(f"{owner} needs {requirement}: the set has {requirement.name} {version}")
-    return lines
+                found.append((requirement.name, f"{owner} needs {requirement}: the set has {requirement.name} "
+                                                f"{version}"))
+    return found
 
 
 def check_folder(folder: Path) -> list[str]:
@@ -109,12 +107,15 @@ def check_folder(folder: Path) -> list[str]:
         requires[f"{name} {version}"] = lines
     if not have:
         return [f"{folder}: no wheels; fill it with `.venv/bin/python benchmarks/gpu_wheels.py`"]
-    return unmet(have, requires, image_ok=True)
+    # a package left to the image: its version there is unknown until the machine runs (check_installed)
+    return [line for name, line in unmet(have, requires) if not (key(name) not in have and left_to_image(name))]
 
 
-def check_installed(folder: Path) -> list[str]:
+def check_installed(folder: Path) -> tuple[list[str], list[str]]:
     """Whether what was installed into `folder` imports here: its requirements against what this Python sees
-    (the folder first on its path, as gpu_session.sh sets it, then the image)."""
+    (the folder first on its path, as gpu_session.sh sets it, then the image). Returns the problems, and apart the
+    requirements on the image's own packages (torch, numpy, pyarrow, ...) that it does not meet: metadata often
+    asks for more than an import needs, and the image's versions ran before, so those are said, not stopped at."""
     have: dict[str, str] = {}
     for distribution in importlib.metadata.distributions():  # in path order: the first one is what imports
         have.setdefault(key(distribution.metadata["Name"]), distribution.version)
@@ -122,8 +123,10 @@ def check_installed(folder: Path) -> list[str]:
     for distribution in importlib.metadata.distributions(path=[str(folder)]):
         requires[f"{distribution.metadata['Name']} {distribution.version}"] = distribution.requires
     if not requires:
-        return [f"{folder}: nothing installed there; install the set with pip install --target {folder}"]
-    return unmet(have, requires, image_ok=False)
+        return [f"{folder}: nothing installed there; install the set with pip install --target {folder}"], []
+    found = unmet(have, requires)
+    return [line for name, line in found if not left_to_image(name)], [line for name, line in found
+                                                                       if left_to_image(name)]
 
 
 def fetch(folder: Path, versions: dict[str, str]) -> None:
@@ -147,13 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-installed", type=Path, metavar="FOLDER",
                         help="only check what was installed into FOLDER against this Python's packages")
     args = parser.parse_args(argv)
+    notes: list[str] = []
     if args.check_installed:
-        problems = check_installed(args.check_installed)
+        problems, notes = check_installed(args.check_installed)
     elif args.check:
         problems = check_folder(args.check)
     else:
         fetch(args.folder, closure())
         problems = check_folder(args.folder)
+    for line in notes:
+        print(f"gpu_wheels: {line} (the image's own package; going on)", file=sys.stderr)
     for line in problems:
         print(f"gpu_wheels: {line}", file=sys.stderr)
     if not problems:
