@@ -3,8 +3,9 @@ works whatever versions of the rest its image holds.
 
 `../shared/gpu/wheels.sh` fetches the named packages alone (transformers, TRL, PEFT, ...) at `.venv`'s versions.
 On 2026-12-04 that set held transformers 5.25.0, which asks for huggingface-hub 2.4 or newer (and kernels 0.19),
-beside a GPU image with huggingface-hub 1.33: transformers refused to import and every part stopped. This fetches the whole dependency closure of the packages the GPU parts import, at `.venv`'s
-versions, leaving to the image only torch and what is built against it (IMAGE), and checks that the set is closed:
+beside a GPU image with huggingface-hub 1.33: transformers refused to import and every part stopped. This fetches
+the whole dependency closure of the packages the GPU parts import, at `.venv`'s versions, leaving to the image only
+torch and what is built against it (IMAGE), and checks that the set is closed:
 
     .venv/bin/python benchmarks/gpu_wheels.py                 # fill .whl/ (needs a package index), then --check
     .venv/bin/python benchmarks/gpu_wheels.py --check .whl    # every wheel's requirements met by the set or the image
