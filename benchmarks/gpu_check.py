@@ -4,6 +4,7 @@
     python benchmarks/gpu_check.py --vllm           # also GRPO and evaluation with vLLM (pip install -e .[vllm])
     python benchmarks/gpu_check.py --both-decodings # also GRPO and evaluation with the decoding `auto` left out
     python benchmarks/gpu_check.py --also-decodings compiled-step   # also GRPO and evaluation decoded so
+    python benchmarks/gpu_check.py --also-decodings compiled-step-per-row   # the same, grouped attention off
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
@@ -291,6 +292,25 @@ def part_eval(model: str, recipe: Any, questions: int, work: Path, backend: str 
 
 
 BASE_PARTS = ("sft", "grpo", "decode", "eval")
+# A decoding named with this suffix runs with grouped attention off (each row its own copy of its prompt), where
+# placement would turn it on: compiled-step ran GRPO at 0.81x compiled on an H200 with it on, and alone, without it,
+# at 1.47x; this measures which of the two differences costs it there.
+PER_ROW = "-per-row"
+DECODINGS = ("eager", "compiled", "compiled-step", f"compiled-step{PER_ROW}")
+
+
+def per_row(way: str, run: Any) -> Any:
+    """`run`, with grouped attention off throughout where `way` ends in PER_ROW (placement's rule replaced, so the
+    rollouts, evaluation and the memory plan all see it off); `run` itself otherwise."""
+    if not way.endswith(PER_ROW):
+        return run
+
+    def without_grouping() -> Any:
+        from gsm8k_tr import placement
+
+        with patch.object(placement, "grouped_attention", lambda *_: False):
+            return run()
+    return without_grouping
 
 
 def main() -> int:
@@ -302,8 +322,8 @@ def main() -> int:
                         help="also GRPO and evaluation with vLLM (installed extra)")
     parser.add_argument("--both-decodings", action="store_true",
                         help="also GRPO and evaluation with the decoding that `auto` does not choose here")
-    parser.add_argument("--also-decodings", nargs="+", default=[], choices=("eager", "compiled", "compiled-step"),
-                        help="also GRPO and evaluation with these decodings")
+    parser.add_argument("--also-decodings", nargs="+", default=[], choices=DECODINGS,
+                        help=f"also GRPO and evaluation with these decodings ({PER_ROW}: grouped attention off)")
     parser.add_argument("--also-generation-batches", nargs="+", type=int, default=[], metavar="N",
                         help="also GRPO with N completions generated in one call (TRL's generation_batch_size; the "
                              "recipe generates 64, one optimizer step's): 128 feeds two steps")
@@ -356,11 +376,11 @@ def main() -> int:
     other = "eager" if chosen == "compiled" else "compiled"
     others = list(dict.fromkeys([*([other] if args.both_decodings else []), *args.also_decodings]))
     for way in others:
-        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / way}", f"decoding={way}",
-                                           f"model.sft_output={work / 'sft'}"])
-        parts += [(f"grpo-{way}", lambda second=second: part_grpo(second, device)),
-                  (f"eval-{way}", lambda second=second, way=way: part_eval(str(work / "sft"), second, args.questions,
-                                                                           work, label=f"eval-{way}"))]
+        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / way}", f"model.sft_output={work / 'sft'}",
+                                           f"decoding={way.removesuffix(PER_ROW)}"])
+        parts += [(f"grpo-{way}", per_row(way, lambda second=second: part_grpo(second, device))),
+                  (f"eval-{way}", per_row(way, lambda second=second, way=way: part_eval(
+                      str(work / "sft"), second, args.questions, work, label=f"eval-{way}")))]
     for rows in args.also_generation_batches:  # completions one update old or more: docs/benchmarks.md
         reused = load_recipe(str(RECIPE), [*common, f"output_dir={work / f'rows-{rows}'}",
                                            f"grpo.generation_batch_size={rows}", f"model.sft_output={work / 'sft'}"])

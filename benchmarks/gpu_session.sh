@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 #   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
+#   BUDGET=540 bash benchmarks/gpu_session.sh check ways   # next: is compiled-step's GRPO slower for grouped attention?
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200);
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
@@ -16,6 +17,8 @@
 # /tmp/out), and summary.txt says when each part started and how it ended. `check` keeps its work folder
 # (/tmp/gc) for the parts after it, which reuse its model.
 #   check          gpu_check, with `decoding: compiled-step` beside the default decodings
+#   ways           gpu_check's GRPO and evaluation decoded compiled, compiled-step, and compiled-step with grouped
+#                  attention off (`check` first: its model and SFT; else SFT runs here too)
 #   compiled-step  benchmarks/compiled_step.py: the whole decoding step compiled against `compiled`
 #   rows           benchmarks/generation_rows.py: 64 rows decoded together against 128 and 256 (steps_per_generation)
 #   grouped        benchmarks/grouped_attention.py: each group's prompt read once, eager and compiled-step
@@ -58,7 +61,7 @@ medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --
 # Each part's time limit on a GPU (a CPU's is `scale` times it). With BUDGET (seconds for the whole call, counted
 # from the script's start), a part that could outlast what is left is skipped with a line, so one call can name
 # every part still wanted and end inside the device's limit: BUDGET=540 bash benchmarks/gpu_session.sh check ...
-declare -A most=([check]=290 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
+declare -A most=([check]=290 [ways]=220 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
                  [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150)
 for part in "$@"; do
   need=$(( ${most[$part]:-0} * scale ))
@@ -72,6 +75,10 @@ for part in "$@"; do
            --also-decodings compiled-step > "$OUT/check.txt" 2>&1
          rc=$?; cp /tmp/gc/gpu_check.json "$OUT/" 2>/dev/null; [ -d /tmp/gc/model ] && model=/tmp/gc/model
          (exit $rc) ;;
+  ways) sft=sft; [ -d /tmp/gc/sft ] && sft=  # check's SFT model, when it ran
+        timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo eval \
+          --also-decodings compiled-step compiled-step-per-row > "$OUT/ways.txt" 2>&1
+        rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_ways.json" 2>/dev/null; (exit $rc) ;;
   compiled-step) timeout $need "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
   rows) timeout $need "$PY" benchmarks/generation_rows.py $(medium) \
           $([ -n "$cpu" ] && echo --rows 16 32 --new-tokens 32) > "$OUT/rows.txt" 2>&1 ;;

@@ -453,7 +453,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     compiled = not needs_compiler.args[0]
     done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "3", "--sft-steps", "3", "--questions",
                            "4", "--keep", str(tmp_path), "--also-generation-batches", "128",
-                           *(["--both-decodings", "--also-decodings", "compiled-step"] if compiled else [])],
+                           *(["--both-decodings", "--also-decodings", "compiled-step", "compiled-step-per-row"]
+                             if compiled else [])],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -484,6 +485,12 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
         step_eval = result["eval-compiled-step"]
         assert step_eval["decoding"] == "compiled-step" and step_eval["same_completions"] == "4/4"
         assert "compiled-step: GRPO" in done.stdout
+        # the same decoding with grouped attention off, which placement turns on for it
+        assert result["grpo-compiled-step"]["rollouts"]["grouped_attention"] is True
+        assert result["grpo-compiled-step-per-row"]["rollouts"] == {
+            **result["grpo-compiled-step"]["rollouts"], "grouped_attention": False}
+        assert result["eval-compiled-step-per-row"]["same_completions"] == "4/4"
+        assert "compiled-step-per-row: GRPO" in done.stdout
 
 
 def test_the_plan_counts_the_padding_to_a_multiple() -> None:
