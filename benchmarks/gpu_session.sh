@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 #   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
-#   BUDGET=540 bash benchmarks/gpu_session.sh check ways   # next: is compiled-step's GRPO slower for grouped attention?
+#   BUDGET=540 bash benchmarks/gpu_session.sh ways profile grouped   # next: why compiled-step's GRPO is slower
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200);
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
@@ -27,7 +27,8 @@
 #                  work folder /tmp/shapes; the SFT step was host-bound on the H200, which compiling may cut)
 #   sft-split      benchmarks/gpu_shapes.py: one SFT step's 32 examples as 32 x 1, 16 x 2, 8 x 4 and 4 x 8 (auto takes
 #                  the largest that fits on a GPU; on a CPU 4 rows, as 32 x 1 ran at about half the speed of 8 x 4)
-#   profile        benchmarks/profile_steps.py: SFT and compiled decoding under torch.profiler
+#   profile        benchmarks/profile_steps.py: compiled-step at the rollouts' shape, grouped and per row, under
+#                  torch.profiler: which kernels a step's time goes to (SFT and compiled decoding: --parts sft ...)
 #   nan            benchmarks/attention_nan.py: a left-padded batch's gradients at lengths of 64 and 0 modulo 128
 #   grpo           gpu_check's SFT and GRPO parts alone (GRPO needs SFT's model), GRPO also with 128 completions a
 #                  call (two optimizer steps' worth)
@@ -99,8 +100,8 @@ for part in "$@"; do
   grpo) rm -rf /tmp/gg; timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gg --parts sft grpo \
           --also-generation-batches 128 > "$OUT/grpo.txt" 2>&1
         rc=$?; cp /tmp/gg/gpu_check.json "$OUT/gpu_check_grpo.json" 2>/dev/null; (exit $rc) ;;
-  profile) timeout $need "$PY" benchmarks/profile_steps.py $(medium) --parts sft decode-compiled \
-             > "$OUT/profile.txt" 2>&1 ;;
+  profile) timeout $need "$PY" benchmarks/profile_steps.py $(medium) --parts decode-compiled-step \
+             $([ -n "$cpu" ] && echo --sequences 16 --new-tokens 24) > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;
 esac; echo "$part rc=$?" | tee -a "$OUT/summary.txt"; done
 stamp end

@@ -21,6 +21,12 @@
   step late): ms a step after the compiling call, then its last 20 steps
   under the profiler. The share of a step the device is busy says who sets
   the pace: the GPU, or the host's Python in `generate` between graph replays.
+- decode-compiled-step: `decoding: compiled-step` at the rollouts' shape
+  (groups of 8 rows a prompt, sampled), each group's prompt kept once
+  (grouped attention, as placement chooses) and copied per row: ms a step,
+  a whole call under the profiler with the kernels that took the most device
+  time (a CUDA graph's replay shows kernels, not operators), and the bound of
+  reading the weights and the static cache's every position once a step.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import RECIPE, build_model, data_overrides, sft_overrides, sync  # noqa: E402
+from gpu_check import BANDWIDTH, RECIPE, build_model, data_overrides, sft_overrides, sync  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
 
@@ -58,13 +64,18 @@ def summarize(profile: Any, steps: int, wall: float, device: Any) -> dict[str, A
     operators = [e for e in events if e.device_type == DeviceType.CPU]
     top_host = sorted(operators, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
     top_device = sorted(operators, key=lambda e: e.self_device_time_total, reverse=True)[:8] if on_device else []
+    # The kernels themselves: a CUDA graph's replay launches them without the operators that recorded them.
+    kernels = sorted((e for e in events if e.device_type == DeviceType.CUDA), key=lambda e: e.self_device_time_total,
+                     reverse=True)[:8]
     return {"steps": steps, "wall_ms_per_step": round(1000 * wall / steps, 2),
             "device_kernel_ms_per_step": round(kernel_us / 1000 / steps, 2) if on_device else None,
             "device_busy_share": round(kernel_us / 1e6 / wall, 3) if on_device else None,
             "launches_per_step": round(launches / steps, 1),
             "top_host_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / 1000 / steps, 2) for e in top_host},
             "top_device_ms_per_step": {e.key[:60]: round(e.self_device_time_total / 1000 / steps, 2)
-                                       for e in top_device}}
+                                       for e in top_device},
+            "top_kernels_ms_per_step": {e.key[:60]: round(e.self_device_time_total / 1000 / steps, 3)
+                                        for e in kernels}}
 
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__")  # what copies a tensor's value to the host
@@ -298,7 +309,62 @@ def part_decode_compiled(model_name: str, recipe: Any, device: Any, sequences: i
             "generated_tokens_per_s": round(sequences * new_tokens / seconds), "profile_last_steps": profiled}
 
 
-DECODE_PARTS = {"decode": part_decode, "decode-compiled": part_decode_compiled}
+def part_decode_compiled_step(model_name: str, recipe: Any, device: Any, sequences: int, new_tokens: int,
+                              group: int = 8) -> dict[str, Any]:
+    """`decoding: compiled-step` at GRPO's rollouts' shape: `sequences / group` real prompts, each in `group`
+    consecutive rows, sampled at temperature 1 with no stop token (prompts padded to a multiple of 64), grouped
+    attention on (placement's choice for it) and off (a copy of the prompt a row). For each: the compiling call's
+    seconds, ms a step of the next call, and a third call whole under the profiler (its prefill included, one
+    forward among `new_tokens`), beside what a step must read in the cache's layout (all its positions, filled or
+    not) and, on a card of known bandwidth, the time that takes."""
+    import torch
+    from transformers import GenerationConfig
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.infer import attention_kernels, compiled_decoding, compiled_step
+
+    prompts = max(sequences // group, 1)
+    model, tokenizer, batch = _decode_inputs(model_name, recipe, device, prompts, compiled_decoding.PROMPT_MULTIPLE)
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                              num_return_sequences=group, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    width = batch["input_ids"].shape[1]
+    rows = prompts * group
+
+    def call(grouped: bool) -> tuple[float, int]:
+        """One call's seconds and the tokens each row got (fewer than `new_tokens` where every row stopped)."""
+        sync(device)
+        started = time.perf_counter()
+        with torch.inference_mode(), attention_kernels.only(placement.decoding_attention(device, "compiled-step")):
+            out = compiled_step.generate(model, batch["input_ids"], batch["attention_mask"], config, grouped=grouped)
+        sync(device)
+        return time.perf_counter() - started, out.shape[1] - width
+
+    from grouped_attention import cache_bytes  # a sibling that imports this module, so not at the top
+
+    element = next(model.parameters()).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * element
+    layout = cache_bytes(model.config, rows, prompts, width, new_tokens, element)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else ""
+    bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
+    result: dict[str, Any] = {"rows": rows, "groups": prompts, "prompt_tokens": width, "new_tokens": new_tokens,
+                              "dtype": str(model.dtype).split(".")[-1], "weight_bytes": weights}
+    for way, grouped in (("grouped", True), ("copies", False)):
+        first, _ = call(grouped)  # compiles, and records the graph
+        seconds, steps = call(grouped)
+        with torch.profiler.profile(activities=_activities(device)) as profile:
+            wall, profiled = call(grouped)
+        result[way] = {"first_call_s": round(first, 1), "steps": steps,
+                       "ms_per_step": round(1000 * seconds / max(steps, 1), 3),
+                       "generated_tokens_per_s": round(rows * steps / seconds),
+                       "kv_bytes_per_step": layout[way],
+                       "read_bound_ms": round(1000 * (weights + layout[way]) / bandwidth, 3) if bandwidth else None,
+                       "profile_call": summarize(profile, max(profiled, 1), wall, device)}
+    result["grouped_ratio"] = round(result["copies"]["ms_per_step"] / result["grouped"]["ms_per_step"], 2)
+    return result
+
+
+DECODE_PARTS = {"decode": part_decode, "decode-compiled": part_decode_compiled,
+                "decode-compiled-step": part_decode_compiled_step}
 
 
 def main() -> int:

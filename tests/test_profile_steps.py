@@ -28,6 +28,7 @@ def test_device_time_counts_each_kernel_once() -> None:
     assert summary["device_kernel_ms_per_step"] == 5.0 and summary["device_busy_share"] == 0.5
     assert summary["launches_per_step"] == 3.0 and summary["wall_ms_per_step"] == 10.0
     assert list(summary["top_device_ms_per_step"]) == ["aten::mm", "aten::add", "cudaLaunchKernel"]
+    assert list(summary["top_kernels_ms_per_step"].items()) == [("sm90_gemm_bf16", 4.0), ("elementwise_kernel", 1.0)]
     assert summary["top_host_ms_per_step"]["aten::mm"] == 0.15
 
 
@@ -56,7 +57,7 @@ def test_host_reads_are_counted_by_call_site_and_put_back() -> None:
 
 
 @pytest.mark.slow
-def test_the_compiled_decoding_profile_runs_on_the_cpu(tmp_path) -> None:
+def test_the_compiled_decoding_profiles_run_on_the_cpu(tmp_path) -> None:
     import json
     import subprocess
 
@@ -66,10 +67,19 @@ def test_the_compiled_decoding_profile_runs_on_the_cpu(tmp_path) -> None:
         pytest.skip(needs_compiler.kwargs["reason"])
     out = tmp_path / "profile.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_steps.py"), "--cpu", "--parts",
-                           "decode-compiled", "--sequences", "4", "--new-tokens", "24", "--json", str(out)],
+                           "decode-compiled", "decode-compiled-step", "--sequences", "16", "--new-tokens", "24",
+                           "--json", str(out)],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(out.read_text())["decode-compiled"]
     assert compiled["ms_per_step"] > 0 and compiled["prompt_tokens"] % 64 == 0  # padded as the rollouts pad
     assert compiled["stop_check"] == "every step"  # a CPU: nothing to overlap
     assert compiled["profile_last_steps"]["steps"] == 6 and compiled["profile_last_steps"]["top_host_ms_per_step"]
+    # compiled-step at the rollouts' shape: 2 prompts of 8 rows each, kept once a group and copied per row
+    step = json.loads(out.read_text())["decode-compiled-step"]
+    assert (step["rows"], step["groups"]) == (16, 2) and step["prompt_tokens"] % 64 == 0
+    assert step["grouped"]["kv_bytes_per_step"] < step["copies"]["kv_bytes_per_step"]
+    for way in ("grouped", "copies"):
+        assert step[way]["steps"] == 24 and step[way]["ms_per_step"] > 0  # no stop token: every step runs
+        assert step[way]["profile_call"]["steps"] == 24 and step[way]["profile_call"]["top_host_ms_per_step"]
+    assert step["grouped_ratio"] > 0
