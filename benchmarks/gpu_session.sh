@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 #   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
-#   BUDGET=540 bash benchmarks/gpu_session.sh ways profile grouped   # next: why compiled-step's GRPO is slower
+#   BUDGET=540 bash benchmarks/gpu_session.sh ways profile   # next: why compiled-step's GRPO is slower
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200);
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
