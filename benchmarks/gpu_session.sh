@@ -62,7 +62,7 @@ medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --
 # Each part's time limit on a GPU (a CPU's is `scale` times it). With BUDGET (seconds for the whole call, counted
 # from the script's start), a part that could outlast what is left is skipped with a line, so one call can name
 # every part still wanted and end inside the device's limit: BUDGET=540 bash benchmarks/gpu_session.sh check ...
-declare -A most=([check]=290 [ways]=220 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
+declare -A most=([check]=290 [ways]=330 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
                  [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150)
 for part in "$@"; do
   need=$(( ${most[$part]:-0} * scale ))
@@ -79,7 +79,8 @@ for part in "$@"; do
   ways) sft=sft; [ -d /tmp/gc/sft ] && sft=  # check's SFT model, when it ran
         timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo eval \
           --also-decodings compiled-step compiled-step-per-row > "$OUT/ways.txt" 2>&1
-        rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_ways.json" 2>/dev/null; (exit $rc) ;;
+        rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_ways.json" 2>/dev/null
+        [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;
   compiled-step) timeout $need "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;
   rows) timeout $need "$PY" benchmarks/generation_rows.py $(medium) \
           $([ -n "$cpu" ] && echo --rows 16 32 --new-tokens 32) > "$OUT/rows.txt" 2>&1 ;;
