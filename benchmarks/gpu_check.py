@@ -236,8 +236,9 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
     per_call = recipe.grpo.get("generation_batch_size") or per_step
     generation = sum(h["time/generation_s"] for h in calls)
     generated = sum(h["completions/mean_length"] * per_call for h in calls)
+    # each timed step too: a step that compiled again (a longer prompt than any before) shows, where a mean hides it
     return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1),
-            "generation_share": round(generation / (step * len(logged)), 3), "rollout_calls": len(calls),
+            "step_times_s": [round(h["step_time"], 2) for h in logged], "generation_share": round(generation / (step * len(logged)), 3), "rollout_calls": len(calls),
             "generated_tokens_per_s": round(generated / generation) if generation else None,
             "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),

@@ -77,7 +77,7 @@ for part in "$@"; do
          rc=$?; cp /tmp/gc/gpu_check.json "$OUT/" 2>/dev/null; [ -d /tmp/gc/model ] && model=/tmp/gc/model
          (exit $rc) ;;
   ways) sft=sft; [ -d /tmp/gc/sft ] && sft=  # check's SFT model, when it ran
-        timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo eval \
+        timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo eval --steps 6 \
           --also-decodings compiled-step compiled-step-per-row > "$OUT/ways.txt" 2>&1
         rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_ways.json" 2>/dev/null
         [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;

@@ -466,6 +466,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
         assert seen["rows"] >= 1 and seen["tokens"] > 8 and "plan_at_longest_batch_gib" in result[part]
     assert 0 < result["grpo"]["longest_batch"]["completion"] < result["grpo"]["longest_batch"]["tokens"]
     assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
+    times = result["grpo"]["step_times_s"]  # the steps after the first, each, and their mean
+    assert len(times) == 2 and abs(sum(times) / 2 - result["grpo"]["step_s"]) < 0.02
     assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
     assert result["eval"]["generated_tokens_per_s"] > 0
     assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout
