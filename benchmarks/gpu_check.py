@@ -238,7 +238,8 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
     generated = sum(h["completions/mean_length"] * per_call for h in calls)
     # each timed step too: a step that compiled again (a longer prompt than any before) shows, where a mean hides it
     return {"steps": manifest["global_step"], "step_s": round(step, 2), "first_step_s": round(first, 1),
-            "step_times_s": [round(h["step_time"], 2) for h in logged], "generation_share": round(generation / (step * len(logged)), 3), "rollout_calls": len(calls),
+            "step_times_s": [round(h["step_time"], 2) for h in logged],
+            "generation_share": round(generation / (step * len(logged)), 3), "rollout_calls": len(calls),
             "generated_tokens_per_s": round(generated / generation) if generation else None,
             "rollouts": manifest.get("rollouts"),
             "micro_batch": manifest.get("micro_batch"), "peak_gib": _peak(device),
@@ -297,7 +298,15 @@ BASE_PARTS = ("sft", "grpo", "decode", "eval")
 # placement would turn it on: compiled-step ran GRPO at 0.81x compiled on an H200 with it on, and alone, without it,
 # at 1.47x; this measures which of the two differences costs it there.
 PER_ROW = "-per-row"
-DECODINGS = ("eager", "compiled", "compiled-step", f"compiled-step{PER_ROW}")
+# Rollout engines TRL offers besides `generate`, named as ways: GRPO only (evaluation decodes as before).
+ENGINES = {"continuous-batching": "grpo.use_transformers_continuous_batching=true"}
+DECODINGS = ("eager", "compiled", "compiled-step", f"compiled-step{PER_ROW}", *ENGINES)
+
+
+def way_overrides(way: str) -> list[str]:
+    """The recipe overrides that run GRPO (and evaluation) the `--also-decodings` way `way`: a decoding (grouped
+    attention set apart by `per_row`), or an engine's key."""
+    return [ENGINES[way]] if way in ENGINES else [f"decoding={way.removesuffix(PER_ROW)}"]
 
 
 def per_row(way: str, run: Any) -> Any:
@@ -378,10 +387,11 @@ def main() -> int:
     others = list(dict.fromkeys([*([other] if args.both_decodings else []), *args.also_decodings]))
     for way in others:
         second = load_recipe(str(RECIPE), [*common, f"output_dir={work / way}", f"model.sft_output={work / 'sft'}",
-                                           f"decoding={way.removesuffix(PER_ROW)}"])
-        parts += [(f"grpo-{way}", per_row(way, lambda second=second: part_grpo(second, device))),
-                  (f"eval-{way}", per_row(way, lambda second=second, way=way: part_eval(
-                      str(work / "sft"), second, args.questions, work, label=f"eval-{way}")))]
+                                           *way_overrides(way)])
+        parts.append((f"grpo-{way}", per_row(way, lambda second=second: part_grpo(second, device))))
+        if way not in ENGINES:
+            parts.append((f"eval-{way}", per_row(way, lambda second=second, way=way: part_eval(
+                str(work / "sft"), second, args.questions, work, label=f"eval-{way}"))))
     for rows in args.also_generation_batches:  # completions one update old or more: docs/benchmarks.md
         reused = load_recipe(str(RECIPE), [*common, f"output_dir={work / f'rows-{rows}'}",
                                            f"grpo.generation_batch_size={rows}", f"model.sft_output={work / 'sft'}"])
@@ -424,10 +434,11 @@ def main() -> int:
           f"questions/s, first call {eval_.get('first_call_s', '-')} s")
     for way in others:
         grpo_o, eval_o = results.get(f"grpo-{way}", {}), results.get(f"eval-{way}", {})
+        evaluation = "" if way in ENGINES else (
+            f", eval {eval_o.get('generated_tokens_per_s')} generated tokens/s (first call "
+            f"{eval_o.get('first_call_s', '-')} s), completions the same as eval's: {eval_o.get('same_completions')}")
         print(f"{way}: GRPO {grpo_o.get('step_s')} s/step ({grpo_o.get('generated_tokens_per_s')} generated "
-              f"tokens/s; first step {grpo_o.get('first_step_s')} s), eval {eval_o.get('generated_tokens_per_s')} "
-              f"generated tokens/s (first call {eval_o.get('first_call_s', '-')} s), completions the same as "
-              f"eval's: {eval_o.get('same_completions')}")
+              f"tokens/s; first step {grpo_o.get('first_step_s')} s){evaluation}")
     for rows in args.also_generation_batches:
         grpo_r = results.get(f"grpo-rows-{rows}", {})
         print(f"{rows} completions a call: GRPO {grpo_r.get('step_s')} s/step against {grpo_.get('step_s')} "

@@ -18,7 +18,8 @@
 # (/tmp/gc) for the parts after it, which reuse its model.
 #   check          gpu_check, with `decoding: compiled-step` beside the default decodings
 #   ways           gpu_check's GRPO and evaluation decoded compiled, compiled-step, and compiled-step with grouped
-#                  attention off (`check` first: its model and SFT; else SFT runs here too)
+#                  attention off; GRPO with transformers' continuous batching (`check` first: its model and SFT;
+#                  else SFT runs here too)
 #   compiled-step  benchmarks/compiled_step.py: the whole decoding step compiled against `compiled`
 #   rows           benchmarks/generation_rows.py: 64 rows decoded together against 128 and 256 (steps_per_generation)
 #   grouped        benchmarks/grouped_attention.py: each group's prompt read once, eager and compiled-step
@@ -78,7 +79,7 @@ for part in "$@"; do
          (exit $rc) ;;
   ways) sft=sft; [ -d /tmp/gc/sft ] && sft=  # check's SFT model, when it ran
         timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo eval --steps 6 \
-          --also-decodings compiled-step compiled-step-per-row > "$OUT/ways.txt" 2>&1
+          --also-decodings compiled-step compiled-step-per-row continuous-batching > "$OUT/ways.txt" 2>&1
         rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_ways.json" 2>/dev/null
         [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;
   compiled-step) timeout $need "$PY" benchmarks/compiled_step.py $(medium) > "$OUT/compiled-step.txt" 2>&1 ;;

@@ -344,7 +344,7 @@ COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # accelerate's mixed p
 
 def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = None,
                  device: Any = "cpu", decoding_request: str = "auto", mixed_precision: str = "no",
-                 static_cache: bool = True) -> dict[str, Any]:
+                 static_cache: bool = True, continuous_batching: bool = False) -> dict[str, Any]:
     """How GRPO generates its rollouts with transformers on `device`, each field as the function of its name says,
     with vLLM's own in their place under vLLM. Where the weights are `sharded` (FSDP, DeepSpeed): no merge, no
     weight copies, no shared prefill or grouped attention. `merge_lora`: the adapter merged for the call and
@@ -353,11 +353,13 @@ def rollout_path(sharded: bool, vllm: bool, cache_implementation: str | None = N
     when compiled. `shared_prefill`: with the growing cache, each group's prompt prefilled once for its rows
     (`infer/shared_prefill.py`); not where sharded, since a process whose rows happen not to repeat would skip the
     extra forward that its peers run, and FSDP's gathers would wait for it. `sampler`: as `row_sampling` says.
-    `static_cache`: whether the policy decodes right from a static cache (`decoding`)."""
-    if vllm:
-        return {"merge_lora": False, "weights_dtype": None, "decoding": "vllm", "kv_cache": "vllm",
-                "shared_prefill": False, "grouped_attention": False, "sampler": "vllm", "attention": None,
-                "stop_check": "vllm"}
+    `static_cache`: whether the policy decodes right from a static cache (`decoding`). Under vLLM or transformers'
+    `continuous_batching` (TRL's `use_transformers_continuous_batching`), that engine's own path, none of these."""
+    for engine, on in (("vllm", vllm), ("continuous-batching", continuous_batching)):
+        if on:
+            return {"merge_lora": False, "weights_dtype": None, "decoding": engine, "kv_cache": engine,
+                    "shared_prefill": False, "grouped_attention": False, "sampler": engine, "attention": None,
+                    "stop_check": engine}
     how = decoding(decoding_request, device, sharded, static_cache=static_cache)
     cache = "static" if how != "eager" else kv_cache(cache_implementation)
     return {"merge_lora": not sharded, "weights_dtype": None if sharded else COMPUTE_DTYPES.get(str(mixed_precision)),
@@ -436,11 +438,9 @@ def weights_whole() -> bool:
     return requested_kind() is None
 
 
-def rollouts(vllm: bool, cache_implementation: str | None, device: Any, decoding_request: str = "auto",
-             mixed_precision: str = "no", static_cache: bool = True) -> dict[str, Any]:
-    """The rollout path on this machine, for this launch, with the policy on `device`."""
-    return rollout_path(not weights_whole(), vllm, cache_implementation, device, decoding_request, mixed_precision,
-                        static_cache)
+def rollouts(vllm: bool, cache_implementation: str | None, device: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The rollout path on this machine, for this launch, with the policy on `device` (`rollout_path`'s arguments)."""
+    return rollout_path(not weights_whole(), vllm, cache_implementation, device, *args, **kwargs)
 
 
 def fused_activation(activation: str | None) -> str | None:

@@ -689,6 +689,15 @@ def test_grpo_padding_that_reaches_64_modulo_128_tokens_on_a_gpu_is_warned(
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_gpu_check_runs_each_way_by_its_recipe_keys() -> None:
+    gpu_check = load_benchmark("gpu_check")
+    assert gpu_check.way_overrides("compiled-step-per-row") == ["decoding=compiled-step"]
+    assert gpu_check.way_overrides("compiled") == ["decoding=compiled"]
+    engine = gpu_check.way_overrides("continuous-batching")
+    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", engine)
+    assert recipe.grpo["use_transformers_continuous_batching"] is True and recipe.decoding == "auto"
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_only_the_parts_asked_for(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--sft-steps", "2",

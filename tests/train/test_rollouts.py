@@ -345,3 +345,48 @@ def test_a_batch_of_one_group_rolls_out_without_the_padding_warning(tiny_model_d
         logging.Logger.warning_once.cache_clear()
     assert warned == [True, False]
     assert tokens[0] == tokens[1] and len(tokens[0][0]) > 2
+
+
+def test_continuous_batching_rollouts_leave_the_adapter_in_float32(tiny_model_dir, tmp_path) -> None:
+    # TRL's continuous-batching rollouts cast the whole model to bf16 under bf16 training and leave it so: the adapter
+    # would train in bf16 from then on. Through the trainer's own rollouts every weight is back in float32, the
+    # adapter's values exact, and the path is recorded as that engine's.
+    import trl
+
+    from gsm8k_tr import placement
+    from gsm8k_tr.train.grpo import GRPOTrainer
+
+    trainer = _trainer(tiny_model_dir, tmp_path, GRPOTrainer, bf16=True, use_transformers_continuous_batching=True)
+    trainer.rollouts = placement.rollout_path(False, False, continuous_batching=True)
+    assert trainer.rollouts["decoding"] == "continuous-batching" and not trainer.rollouts["merge_lora"]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    prompts = _prompts(trainer.processing_class)[:4]
+    trl.GRPOTrainer._generate_single_turn(trainer, prompts, None, {}, 1)  # TRL's own, as it is
+    assert all(p.dtype == torch.bfloat16 for _, p in model.named_parameters())
+    for name, param in model.named_parameters():  # back to the start, as a fresh trainer would be
+        param.data = before[name].clone()
+    completions, _ = trainer._generate_single_turn(prompts, None, {}, 1)
+    assert len(completions) == 4 and all(completions)
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32, name
+        if param.requires_grad:
+            assert torch.equal(param, before[name]), name
+        else:  # rounded once to bf16, as autocast's matmuls read them
+            assert torch.allclose(param, before[name], rtol=2 ** -8, atol=0), name
+    assert any("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+
+
+def test_the_kept_dtypes_bring_back_floating_buffers_exactly() -> None:
+    # A Llama's rotary frequencies are a float32 buffer: rounded to bf16 they would move every position's angle.
+    from gsm8k_tr.train.rollouts import dtypes_kept
+
+    layer = torch.nn.Linear(3, 3)
+    layer.register_buffer("inv_freq", torch.tensor([1 / 3, 1 / 7, 1 / 11]))
+    layer.weight.requires_grad_(False)
+    buffer, bias, weight = layer.inv_freq.clone(), layer.bias.detach().clone(), layer.weight.detach().clone()
+    with dtypes_kept(layer):
+        layer.to(torch.bfloat16)
+    assert layer.inv_freq.dtype == layer.bias.dtype == layer.weight.dtype == torch.float32
+    assert torch.equal(layer.inv_freq, buffer) and torch.equal(layer.bias, bias)  # exact: a buffer, a trained one
+    assert torch.allclose(layer.weight, weight, rtol=2 ** -8, atol=0)  # frozen: rounded once

@@ -196,7 +196,8 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     trainer.decoding_request = recipe.decoding
     trainer.plan_rollouts = partial(placement.rollouts, config.use_vllm, config.cache_implementation,
                                     trainer.args.device, recipe.decoding, str(trainer.accelerator.mixed_precision),
-                                    modeling.runs_on_static_cache(model))
+                                    modeling.runs_on_static_cache(model),
+                                    continuous_batching=config.use_transformers_continuous_batching)
     trainer.rollouts = trainer.plan_rollouts()
     use_compact_progress(trainer)
     check_disk_space(folder, trainer.model, config.save_total_limit)

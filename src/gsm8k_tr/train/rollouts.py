@@ -133,6 +133,35 @@ def generating_policy(model: Any, accelerator: Any, merge: bool, weights_dtype: 
         yield
 
 
+@contextmanager
+def dtypes_kept(model: Any) -> Iterator[None]:
+    """`model`'s parameters and buffers in their own dtypes after the block, the trainable parameters and the
+    floating buffers (rotary frequencies) with their exact values.
+
+    TRL's continuous-batching rollouts (`use_transformers_continuous_batching`; trl 1.16, `_generate_single_turn`)
+    cast the whole model to bf16 or fp16 under mixed precision and leave it so: from the first rollout on, the adapter
+    would train in half precision, its small updates rounded away. The frozen weights come back rounded once to that
+    precision (as if loaded in it; autocast's matmuls read them so anyway): keeping them exact would take a copy of
+    the whole model."""
+    import torch
+
+    exact = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    exact.update({name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()})
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dtype != dtypes[name]:
+                    param.data = exact[name] if name in exact else param.data.to(dtypes[name])
+            for prefix, module in model.named_modules():
+                for name, buffer in list(module._buffers.items()):
+                    full = f"{prefix}.{name}" if prefix else name
+                    if buffer is not None and full in exact and buffer.dtype != exact[full].dtype:
+                        module._buffers[name] = exact[full]
+
+
 class FastRollouts:
     """GRPOTrainer mixin: rollouts in the trainer's mixed precision, with the adapter merged
     (`rollouts["merge_lora"]`) and the frozen matmul weights in the compute dtype (`rollouts["weights_dtype"]`),
@@ -141,7 +170,7 @@ class FastRollouts:
     group read once with `rollouts["grouped_attention"]`), the
     inverse-CDF sampler (`rollouts["sampler"] == "inverse_cdf"`), the attention kernels (`rollouts["attention"]`)
     and the deferred stop check (`rollouts["stop_check"]`), as `placement.rollout_path` says; vLLM's rollouts are
-    left alone."""
+    left alone, and transformers' continuous batching's but for the dtypes it leaves (`dtypes_kept`)."""
 
     rollouts: dict[str, Any] = {}
     # The recipe's `decoding` and how to choose the path again: after torch's compiler failed on this machine,
@@ -152,6 +181,9 @@ class FastRollouts:
     def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
         if self.use_vllm:
             return super()._generate_single_turn(*args, **kwargs)
+        if getattr(self, "use_transformers_continuous_batching", False):
+            with dtypes_kept(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
         checkpointing = activation_checkpointing(model)
         try:
