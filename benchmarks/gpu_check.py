@@ -5,6 +5,7 @@
     python benchmarks/gpu_check.py --both-decodings # also GRPO and evaluation with the decoding `auto` left out
     python benchmarks/gpu_check.py --also-decodings compiled-step   # also GRPO and evaluation decoded so
     python benchmarks/gpu_check.py --also-decodings compiled-step-per-row   # the same, grouped attention off
+    python benchmarks/gpu_check.py --also-decodings continuous-batching     # GRPO with transformers' engine
     python benchmarks/gpu_check.py --cpu            # the same parts on the CPU with the tiny model: a smoke run
 
 Model: a GPT-2 Medium-shaped model (24 layers of 1024, 355M parameters, a
@@ -333,7 +334,8 @@ def main() -> int:
     parser.add_argument("--both-decodings", action="store_true",
                         help="also GRPO and evaluation with the decoding that `auto` does not choose here")
     parser.add_argument("--also-decodings", nargs="+", default=[], choices=DECODINGS,
-                        help=f"also GRPO and evaluation with these decodings ({PER_ROW}: grouped attention off)")
+                        help=f"also GRPO and evaluation with these decodings ({PER_ROW}: grouped attention off; "
+                             f"{', '.join(ENGINES)}: GRPO's rollouts by that engine, no evaluation)")
     parser.add_argument("--also-generation-batches", nargs="+", type=int, default=[], metavar="N",
                         help="also GRPO with N completions generated in one call (TRL's generation_batch_size; the "
                              "recipe generates 64, one optimizer step's): 128 feeds two steps")
