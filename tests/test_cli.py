@@ -40,6 +40,19 @@ def test_the_hubs_warnings_print_once() -> None:
     assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_continuous_batchings_per_call_lines_show_only_with_verbose(verbose: bool) -> None:
+    # transformers' continuous batching logs about six INFO lines a rollout call through a handler of its own
+    code = ("import logging; from gsm8k_tr.cli import main\n"
+            f"main([*{['-v'] if verbose else []}, 'report', '/nonexistent'])\n"
+            "import transformers.generation.continuous_batching.utils  # its handler, as generate_batch imports it\n"
+            "logger = logging.getLogger('ContinuousBatchingLogger')\n"
+            "logger.info('Paged cache initialized'); logger.warning('a real warning')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "a real warning" in result.stderr, result.stderr
+    assert ("Paged cache initialized" in result.stderr) == verbose, result.stderr
+
+
 @pytest.mark.parametrize("command", ["sft", "plan"])
 def test_a_torch_below_transformers_own_floor_is_one_line(command: str, tmp_path: Path) -> None:
     # transformers decides from torch's installed version (its `is_torch_available`); here it reads 2.4.1, below

@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     # huggingface_hub prints its warnings with a handler of its own: once, not twice (its own
     # `disable_propagation()`, without importing it here)
     logging.getLogger("huggingface_hub").propagate = False
+    # transformers' continuous batching (TRL's use_transformers_continuous_batching) logs through a handler of its own
+    # about six INFO lines a rollout call, every GRPO step: its warnings only, unless -v
+    logging.getLogger("ContinuousBatchingLogger").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` around each generation, and with
     # activation checkpointing on calls the deprecated `gradient_checkpointing_disable`/`_enable` there
     # (`unwrap_model_for_generation`): FutureWarnings in every stage that nothing in a recipe can change
