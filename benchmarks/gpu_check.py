@@ -68,6 +68,14 @@ BANDWIDTH = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3
              "L4": 0.3e12, "T4": 0.32e12, "A10": 0.6e12, "4090": 1.0e12, "3090": 0.94e12}
 
 
+def bandwidth(device: Any) -> float | None:
+    """`device`'s memory bandwidth in bytes/s where BANDWIDTH knows its card, else None (a CPU, another card)."""
+    if device.type != "cuda":
+        return None
+    name = __import__("torch").cuda.get_device_name(device)
+    return next((bw for key, bw in BANDWIDTH.items() if key in name), None)
+
+
 def build_model(folder: Path) -> None:
     """A random GPT-2 Medium with a tokenizer like the real one's, saved as a model folder."""
     from tokenizers import AddedToken
@@ -254,9 +262,8 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
     from rollouts import decode
 
     result = decode(model, sequences, new_tokens, repeats=2, compiled=compiled)
-    name = __import__("torch").cuda.get_device_name(0) if device.type == "cuda" else ""
-    bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
-    if bandwidth:  # what a decoding step must read at least, at the card's memory bandwidth
+    rate = bandwidth(device)
+    if rate:  # what a decoding step must read at least, at the card's memory bandwidth
         from transformers import AutoConfig
 
         from gsm8k_tr.train import memory
@@ -264,8 +271,8 @@ def part_decode(model: str, device: Any, parameters: int, sequences: int, new_to
         shape = memory.Shape.from_config(AutoConfig.from_pretrained(model))
         # the bf16 keys and values attention reads, at the cache's mean length over the call
         cache = memory.kv_cache_bytes(shape, sequences * (result["prompt_tokens"] + new_tokens / 2), 2)
-        result["weight_read_bound_ms"] = round(1000 * 2 * parameters / bandwidth, 3)
-        result["read_bound_ms"] = round(1000 * (2 * parameters + cache) / bandwidth, 3)
+        result["weight_read_bound_ms"] = round(1000 * 2 * parameters / rate, 3)
+        result["read_bound_ms"] = round(1000 * (2 * parameters + cache) / rate, 3)
     return result
 
 

@@ -43,7 +43,7 @@ from unittest.mock import patch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import BANDWIDTH, RECIPE, build_model, data_overrides, sft_overrides, sync  # noqa: E402
+from gpu_check import RECIPE, bandwidth, build_model, data_overrides, sft_overrides, sync  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
 
@@ -344,8 +344,7 @@ def part_decode_compiled_step(model_name: str, recipe: Any, device: Any, sequenc
     element = next(model.parameters()).element_size()
     weights = sum(p.numel() for p in model.parameters()) * element
     layout = cache_bytes(model.config, rows, prompts, width, new_tokens, element)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else ""
-    bandwidth = next((bw for key, bw in BANDWIDTH.items() if key in name), None)
+    rate = bandwidth(device)
     result: dict[str, Any] = {"rows": rows, "groups": prompts, "prompt_tokens": width, "new_tokens": new_tokens,
                               "dtype": str(model.dtype).split(".")[-1], "weight_bytes": weights}
     for way, grouped in (("grouped", True), ("copies", False)):
@@ -357,7 +356,7 @@ def part_decode_compiled_step(model_name: str, recipe: Any, device: Any, sequenc
                        "ms_per_step": round(1000 * seconds / max(steps, 1), 3),
                        "generated_tokens_per_s": round(rows * steps / seconds),
                        "kv_bytes_per_step": layout[way],
-                       "read_bound_ms": round(1000 * (weights + layout[way]) / bandwidth, 3) if bandwidth else None,
+                       "read_bound_ms": round(1000 * (weights + layout[way]) / rate, 3) if rate else None,
                        "profile_call": summarize(profile, max(profiled, 1), wall, device)}
     result["grouped_ratio"] = round(result["copies"]["ms_per_step"] / result["grouped"]["ms_per_step"], 2)
     return result

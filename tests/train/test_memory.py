@@ -698,6 +698,16 @@ def test_gpu_check_runs_each_way_by_its_recipe_keys() -> None:
     assert recipe.grpo["use_transformers_continuous_batching"] is True and recipe.decoding == "auto"
 
 
+def test_gpu_check_reads_a_cards_bandwidth_by_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    gpu_check = load_benchmark("gpu_check")
+    assert gpu_check.bandwidth(torch.device("cpu")) is None
+    for name, expected in (("NVIDIA H200", 4.8e12), ("NVIDIA H100 PCIe", 2.0e12), ("NVIDIA B300", None)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert gpu_check.bandwidth(torch.device("cuda")) == expected, name
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_only_the_parts_asked_for(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--sft-steps", "2",
