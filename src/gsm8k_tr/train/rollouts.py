@@ -145,8 +145,8 @@ def dtypes_kept(model: Any) -> Iterator[None]:
     the whole model."""
     import torch
 
-    exact = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    exact.update({name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()})
+    trained = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     try:
         yield
@@ -154,12 +154,12 @@ def dtypes_kept(model: Any) -> Iterator[None]:
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if param.dtype != dtypes[name]:
-                    param.data = exact[name] if name in exact else param.data.to(dtypes[name])
-            for prefix, module in model.named_modules():
-                for name, buffer in list(module._buffers.items()):
-                    full = f"{prefix}.{name}" if prefix else name
-                    if buffer is not None and full in exact and buffer.dtype != exact[full].dtype:
-                        module._buffers[name] = exact[full]
+                    param.data = trained[name] if name in trained else param.data.to(dtypes[name])
+            for name, kept in buffers.items():
+                owner, _, leaf = name.rpartition(".")
+                module = model.get_submodule(owner)
+                if module._buffers[leaf].dtype != kept.dtype:
+                    module._buffers[leaf] = kept
 
 
 class FastRollouts:
