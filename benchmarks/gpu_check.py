@@ -331,6 +331,19 @@ def per_row(way: str, run: Any) -> Any:
     return without_grouping
 
 
+def also_recipe(common: list[str], work: Path, folder: str, *extra: str) -> Any:
+    """The recipe of an `--also-*` run into WORK/FOLDER: gpu_check's own (`common`) with `extra`, from SFT's model,
+    reading the data the first run prepared (WORK/data) where it is there. Each run preparing its own would align the
+    same real rows again, about 15 s on 2 CPU cores each time (a `data.dataset` that is a prepared folder is read as
+    it is: `data.splits.prepared_folder`)."""
+    from gsm8k_tr.config import load_recipe
+    from gsm8k_tr.data.splits import is_prepared
+
+    prepared = [f"data.dataset={work / 'data'}"] if is_prepared(work / "data") else []
+    return load_recipe(str(RECIPE), [*common, f"output_dir={work / folder}", f"model.sft_output={work / 'sft'}",
+                                     *prepared, *extra])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps (the first warms up)")
@@ -395,20 +408,17 @@ def main() -> int:
     other = "eager" if chosen == "compiled" else "compiled"
     others = list(dict.fromkeys([*([other] if args.both_decodings else []), *args.also_decodings]))
     for way in others:
-        second = load_recipe(str(RECIPE), [*common, f"output_dir={work / way}", f"model.sft_output={work / 'sft'}",
-                                           *way_overrides(way)])
-        parts.append((f"grpo-{way}", per_row(way, lambda second=second: part_grpo(second, device))))
+        parts.append((f"grpo-{way}", per_row(way, lambda way=way: part_grpo(
+            also_recipe(common, work, way, *way_overrides(way)), device))))
         if way not in ENGINES:
-            parts.append((f"eval-{way}", per_row(way, lambda second=second, way=way: part_eval(
-                str(work / "sft"), second, args.questions, work, label=f"eval-{way}"))))
+            parts.append((f"eval-{way}", per_row(way, lambda way=way: part_eval(
+                str(work / "sft"), also_recipe(common, work, way, *way_overrides(way)), args.questions, work,
+                label=f"eval-{way}"))))
     for rows in args.also_generation_batches:  # completions one update old or more: docs/benchmarks.md
-        reused = load_recipe(str(RECIPE), [*common, f"output_dir={work / f'rows-{rows}'}",
-                                           f"grpo.generation_batch_size={rows}", f"model.sft_output={work / 'sft'}"])
-        parts.append((f"grpo-rows-{rows}", lambda reused=reused: part_grpo(reused, device)))
+        parts.append((f"grpo-rows-{rows}", lambda rows=rows: part_grpo(
+            also_recipe(common, work, f"rows-{rows}", f"grpo.generation_batch_size={rows}"), device)))
     if args.vllm:
-        vllm_recipe = load_recipe(str(RECIPE), [*common, f"output_dir={work / 'vllm'}", "grpo.use_vllm=true",
-                                                f"model.sft_output={work / 'sft'}"])
-        parts += [("grpo-vllm", lambda: part_grpo(vllm_recipe, device)),
+        parts += [("grpo-vllm", lambda: part_grpo(also_recipe(common, work, "vllm", "grpo.use_vllm=true"), device)),
                   ("eval-vllm", lambda: part_eval(str(work / "sft"), recipe, args.questions, work, "vllm"))]
     parts = [(part, run) for part, run in parts if part.split("-")[0] in args.parts]
     results: dict[str, Any] = {"device": name, "matmul_tflops": round(rate / 1e12, 1), "data": where,

@@ -54,7 +54,7 @@ counted) after one call that compiles. On a CPU none of the choices is made
 (padding is only work there, there is no cuDNN, and nothing to overlap), so
 `--cpu` checks that the script runs, not what the choices gain; the stop part
 needs a GPU's events, and its code is run on the CPU by
-`tests/train/test_memory.py` with those stood in for.
+`tests/test_gpu_shapes_benchmark.py` with those stood in for.
 """
 
 from __future__ import annotations

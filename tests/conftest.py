@@ -34,6 +34,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of the scripts in benchmarks/ (the files named *_benchmark.py) are marked `benchmark`. The slow tests
+    run first: xdist hands tests out in this order, and a minutes-long test handed out last keeps one worker busy
+    while the other has nothing left to run."""
+    for item in items:
+        if item.path.name.endswith("_benchmark.py"):
+            item.add_marker(pytest.mark.benchmark)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order within each kept
+
+
 def load_benchmark(name: str) -> types.ModuleType:
     """benchmarks/NAME.py as a module. The scripts import their siblings (gpu_check, profile_steps), so their folder
     is put on the import path, at its end, as the scripts themselves put it at its start when they run."""

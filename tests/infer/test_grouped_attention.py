@@ -79,7 +79,8 @@ def test_generation_with_each_groups_prompt_kept_once_gives_the_same_tokens(mode
     from gsm8k_tr.infer import kv_cache
 
     group = 4
-    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions, repeat=group)
+    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions, repeat=group,
+                                                instructed=model_fixture == "tiny_model_dir")
     own = model.config._attn_implementation
     held = []  # the caches generate ran with, and whether they kept the groups
     real_attending = grouped_attention.attending

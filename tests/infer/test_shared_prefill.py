@@ -32,7 +32,8 @@ def test_generation_from_the_shared_prefill_gives_the_same_tokens(model_fixture,
     from gsm8k_tr.infer import kv_cache
 
     group = 4
-    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions, repeat=group)
+    model, tokenizer, batch = model_and_prompts(request.getfixturevalue(model_fixture), questions, repeat=group,
+                                                instructed=model_fixture == "tiny_model_dir")
     rows_seen = []
     model.register_forward_pre_hook(lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
                                     with_kwargs=True)

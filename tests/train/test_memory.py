@@ -4,13 +4,11 @@ cannot fit stops before training, and the estimate moves the way memory does."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
-from conftest import ROOT, TINY_RECIPE, load_benchmark, needs_compiler, run_cli
+from conftest import ROOT, TINY_RECIPE, load_benchmark, run_cli
 
 from gsm8k_tr import placement
 from gsm8k_tr.config import load_recipe
@@ -372,18 +370,6 @@ def test_a_cpu_run_over_the_memory_available_is_warned_about_at_its_real_lengths
             assert "GPU" not in lines[0]
 
 
-def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
-    import torch
-
-    script = ROOT / "benchmarks" / "gpu_check.py"
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0 and "--steps" in done.stdout
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the no-GPU answer is not what it gives")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no CUDA GPU" in done.stderr
-
-
 @pytest.mark.parametrize("stage, longest, memory_gib, micro, accumulation", [
     ("sft", 120, 22.0, 32, 1),    # GSM8K-TR rows of ~120 tokens: the whole effective batch of 32 in one micro-batch
     ("sft", 400, 22.0, 16, 2),    # longer rows: two micro-batches
@@ -445,56 +431,6 @@ def test_a_stage_with_auto_micro_batch_records_its_split(tmp_path: Path, tiny_mo
     assert batch["per_device_train_batch_size"] == batch["most_rows"] == fitting.CPU_SFT_ROWS  # a CPU's limit
 
 
-@pytest.mark.slow
-def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
-    # The GPU check's own code, on the CPU with the tiny model, so it works the first time a GPU is there; with
-    # compiled decoding too (what auto chooses on a GPU) where a C++ compiler lets torch.compile build for the CPU.
-    script = ROOT / "benchmarks" / "gpu_check.py"
-    compiled = not needs_compiler.args[0]
-    done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "3", "--sft-steps", "3", "--questions",
-                           "4", "--keep", str(tmp_path), "--also-generation-batches", "128",
-                           *(["--both-decodings", "--also-decodings", "compiled-step", "compiled-step-per-row"]
-                             if compiled else [])],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["sft"]["tokens_per_s"] > 0
-    assert result["sft"]["micro_batch"]["per_device_train_batch_size"] == fitting.CPU_SFT_ROWS  # a CPU's auto
-    assert result["sft"]["steps"] == 3 and result["sft"]["tokens_per_step"] > 0
-    for part in ("sft", "grpo"):  # the largest batch each training part ran, for the plan's like-for-like figure
-        seen = result[part]["longest_batch"]
-        assert seen["rows"] >= 1 and seen["tokens"] > 8 and "plan_at_longest_batch_gib" in result[part]
-    assert 0 < result["grpo"]["longest_batch"]["completion"] < result["grpo"]["longest_batch"]["tokens"]
-    assert result["grpo"]["generated_tokens_per_s"] > 0 and result["grpo"]["rollouts"]["merge_lora"]
-    times = result["grpo"]["step_times_s"]  # the steps after the first, each, and their mean
-    assert len(times) == 2 and abs(sum(times) / 2 - result["grpo"]["step_s"]) < 0.02
-    assert result["decode"]["identical_greedy_tokens"] == result["decode"]["sequences"]
-    assert result["eval"]["generated_tokens_per_s"] > 0
-    assert "SFT:" in done.stdout and "% of the matmul rate" in done.stdout
-    # Two steps' completions in one call: steps 2 and 3 after the first, one call between them, of 128 rows.
-    reused = result["grpo-rows-128"]
-    assert (result["grpo"]["rollout_calls"], reused["rollout_calls"]) == (2, 1)
-    assert reused["generated_tokens_per_s"] > 0
-    # the 128 are scored in chunks of the micro-batch, the largest batch the plan is compared at
-    assert reused["longest_batch"]["rows"] <= reused["micro_batch"]["per_device_train_batch_size"] < 128
-    assert "128 completions a call: GRPO" in done.stdout
-    if compiled:
-        assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
-        compiled_eval = result["eval-compiled"]
-        assert compiled_eval["decoding"] == "compiled" and compiled_eval["same_completions"] == "4/4"
-        assert "compiled: GRPO" in done.stdout and "GRPO (eager)" in done.stdout
-        assert result["grpo-compiled-step"]["rollouts"]["decoding"] == "compiled-step"
-        step_eval = result["eval-compiled-step"]
-        assert step_eval["decoding"] == "compiled-step" and step_eval["same_completions"] == "4/4"
-        assert "compiled-step: GRPO" in done.stdout
-        # the same decoding with grouped attention off, which placement turns on for it
-        assert result["grpo-compiled-step"]["rollouts"]["grouped_attention"] is True
-        assert result["grpo-compiled-step-per-row"]["rollouts"] == {
-            **result["grpo-compiled-step"]["rollouts"], "grouped_attention": False}
-        assert result["eval-compiled-step-per-row"]["same_completions"] == "4/4"
-        assert "compiled-step-per-row: GRPO" in done.stdout
-
-
 def test_the_plan_counts_the_padding_to_a_multiple() -> None:
     import trl
 
@@ -548,106 +484,6 @@ def test_sft_padding_may_not_pass_the_context(tmp_path: Path) -> None:
         sft_args(past, "<|stop|>", 512)
 
 
-def test_gpu_check_plans_at_the_largest_batch_run(tiny_model_dir: Path) -> None:
-    from transformers import AutoConfig
-
-    gpu_check = load_benchmark("gpu_check")
-    manifest = {"memory_plan": {"settings": SETTINGS}}  # the stage's own plan: 8 rows of 1024 tokens
-    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"model.name_or_path={tiny_model_dir}"])
-    shape = memory.Shape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
-    expected = memory.estimate(shape, "sft", {**SETTINGS, "micro_batch": 4, "length": 300}, on_gpu=True).peak_gib
-    at = gpu_check.plan_at(recipe, manifest, "sft", {"rows": 4, "tokens": 300})
-    assert at == pytest.approx(expected, abs=0.01)
-    assert gpu_check.plan_at(recipe, {}, "sft", {"rows": 4, "tokens": 300}) is None  # no plan off a GPU
-    # GRPO with each prompt kept once: the largest scored batch's own split of prompt and completion.
-    # 4,096 rollouts, so that the tiny model's cache tells the two splits apart at the plan's 0.01 GiB.
-    grouped = {**SETTINGS, "dropout": False, "decoding": "compiled-step", "prompt_length": 512, "num_generations": 8,
-               "generation_batch": 4096}
-    at = gpu_check.plan_at(recipe, {"memory_plan": {"settings": grouped}}, "grpo",
-                           {"rows": 4, "tokens": 300, "completion": 200})
-    split = {**grouped, "micro_batch": 4, "length": 300, "prompt_length": 100}
-    assert at == pytest.approx(memory.estimate(shape, "grpo", split, on_gpu=True).peak_gib, abs=0.01)
-    planned_split = memory.estimate(shape, "grpo", {**split, "prompt_length": 512}, on_gpu=True).peak_gib
-    assert at > planned_split + 0.1  # the planned 512-token prompt, cut to the row, would count 8 x 300 positions
-
-
-@pytest.mark.slow
-def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
-    # benchmarks/gpu_shapes.py's own code on the CPU, so it works the first time a GPU is there.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "2",
-                           "--sequences", "4", "--new-tokens", "8", "--work", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "sft:" in done.stdout and "decode:" in done.stdout and "the same answers for 4/4" in done.stdout
-    result = json.loads((tmp_path / "gpu_shapes.json").read_text())
-    assert result["sft-64"]["longest_batch"]["tokens"] % 64 == 0  # the padded run's batches are whole multiples
-    assert result["sft-none"]["tokens_per_s"] > 0 and result["sft-64-no-cudnn"]["tokens_per_s"] > 0
-    assert result["sft-64"]["compiling_steps"] == []  # eager: its steady rate is its rate
-    assert result["sft-64"]["tokens_per_s_without_compiling"] == result["sft-64"]["tokens_per_s"]
-    assert "without cuDNN's attention" in done.stdout
-
-
-@pytest.mark.slow
-def test_gpu_shapes_splits_the_same_sft_steps_into_micro_batches(tmp_path: Path) -> None:
-    # sft-split: the same examples a step (the same tokens), split in one micro-batch or in four grouped by length,
-    # which pad less; each rated against the first split given when 8x4 is not among them.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--sft-steps", "3",
-                           "--parts", "sft-split", "--splits", "8x1", "2x4", "--work", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "each against 8x1: 8x1: " in done.stdout and "(1.00x)" in done.stdout and "2x4: " in done.stdout
-    result = json.loads((tmp_path / "gpu_shapes.json").read_text())
-    whole, split = result["sft-split-8x1"], result["sft-split-2x4"]
-    assert whole["tokens_per_step"] == split["tokens_per_step"] > 0
-    assert whole["computed_per_real_token"] > split["computed_per_real_token"] >= 1.0
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--parts",
-                              "sft-split", "--splits", "8x0"], capture_output=True, text=True, cwd=ROOT)
-    assert refused.returncode == 2 and "give a split as MICROxACCUMULATION" in refused.stderr
-
-
-def test_gpu_shapes_rates_compiled_sft_over_the_steps_that_compiled_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The compiled SFT setting's steady rate: steps 1 (always left out), 2 and 4 compiled a graph each.
-    gpu_shapes = load_benchmark("gpu_shapes")
-    history = [{"step_time": t, "num_tokens": n} for t, n in
-               [(30.0, 1000), (20.0, 2000), (1.0, 3000), (25.0, 4000), (2.0, 7000)]] + [{"train_loss": 1.0}]
-    result = gpu_shapes.without_compiling(history, [5, 6, 7, 7, 8, 8])  # 5 graphs before the run
-    assert result == {"tokens_per_s_without_compiling": round(4000 / 3.0), "compiling_steps": [1, 2, 4],
-                      "compiling_s": 75.0}
-    assert gpu_shapes.without_compiling(history, [0] * 6)["tokens_per_s_without_compiling"] == round(6000 / 48.0)
-    # The counts come from torch's compiler: a step that compiles a new graph raises them.
-    import torch
-    from transformers import TrainerCallback
-
-    from gsm8k_tr.train import sft
-
-    compiled = torch.compile(lambda x: x * 2, backend="eager")
-
-    class Trainer:
-        def add_callback(self, callback: TrainerCallback) -> None:
-            self.callback = callback
-
-    monkeypatch.setattr(sft, "use_compact_progress", lambda trainer: None)
-    with gpu_shapes.graphs_per_step() as graphs:
-        trainer = Trainer()
-        sft.use_compact_progress(trainer)
-        for rows in (3, 3, 4):
-            compiled(torch.ones(rows))
-            trainer.callback.on_step_end()
-    assert [count - graphs[0] for count in graphs] == [0, 1, 1, 2]
-
-
-def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, deferred_stop_checks: list) -> None:
-    # The stop part needs a GPU's events; its own code on the CPU, with those stood in for, so it works first time.
-    gpu_shapes = load_benchmark("gpu_shapes")
-    result = gpu_shapes.run_stop("builtin:tiny-gpt2", tmp_path, sequences=4, new_tokens=8, cpu=True)
-    assert result["decoding"] == "eager" and result["same_answers"] == 4
-    assert set(result["ms_per_step"]) == {"every step", "deferred"} and all(result["ms_per_step"].values())
-    assert len(deferred_stop_checks) == 3  # the warm-up (deferred, as on a GPU) and the deferred setting twice
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--parts", "stop"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and "the stop part needs a GPU" in done.stderr
-
-
 @pytest.mark.parametrize("cuda, expected", [(True, 128), (False, None)])
 def test_both_stages_pad_to_the_multiple_placement_chooses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           cuda: bool, expected: int | None) -> None:
@@ -689,29 +525,3 @@ def test_grpo_padding_that_reaches_64_modulo_128_tokens_on_a_gpu_is_warned(
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
-def test_gpu_check_runs_each_way_by_its_recipe_keys() -> None:
-    gpu_check = load_benchmark("gpu_check")
-    assert gpu_check.way_overrides("compiled-step-per-row") == ["decoding=compiled-step"]
-    assert gpu_check.way_overrides("compiled") == ["decoding=compiled"]
-    engine = gpu_check.way_overrides("continuous-batching")
-    recipe = load_recipe(ROOT / "recipes" / "turkish-gpt2-medium.yaml", engine)
-    assert recipe.grpo["use_transformers_continuous_batching"] is True and recipe.decoding == "auto"
-
-
-def test_gpu_check_reads_a_cards_bandwidth_by_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    gpu_check = load_benchmark("gpu_check")
-    assert gpu_check.bandwidth(torch.device("cpu")) is None
-    for name, expected in (("NVIDIA H200", 4.8e12), ("NVIDIA H100 PCIe", 2.0e12), ("NVIDIA B300", None)):
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
-        assert gpu_check.bandwidth(torch.device("cuda")) == expected, name
-
-
-@pytest.mark.slow
-def test_gpu_check_runs_only_the_parts_asked_for(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--sft-steps", "2",
-                           "--parts", "sft", "--keep", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["sft"]["steps"] == 2 and not {"grpo", "decode", "eval"} & set(result)

@@ -53,7 +53,7 @@ def test_host_reads_are_counted_by_call_site_and_put_back() -> None:
     assert torch.Tensor.item is original
     sites = reads.per_step(2)
     assert sum(sites.values()) == 2.5 and len(sites) == 2
-    assert all(site.startswith("tests/test_profile_steps.py:") for site in sites), sites
+    assert all(site.startswith("tests/test_profile_steps_benchmark.py:") for site in sites), sites
 
 
 @pytest.mark.slow
