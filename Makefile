@@ -50,9 +50,10 @@ TORCH_OLDEST = $(shell sed -n 's/^torch==//p' constraints/oldest.txt)
 test-oldest:
 	PIP_CONSTRAINT=$(CURDIR)/constraints/oldest.txt $(MAKE) test VENV=.venv-oldest TORCH_VERSION=$(TORCH_OLDEST)
 
-# CI's: the fast tests on the oldest releases of every dependency but torch, which stays make test's TORCH_VERSION.
+# The fast tests on the oldest releases of every dependency but torch, which stays make test's TORCH_VERSION; run by
+# hand when a floor or the code that meets the libraries changes (.ci/run says why CI does not).
 # torch 2.8 comes as a CPU wheel only from PyTorch's index; elsewhere it is PyPI's CUDA build, about 3 GB with its
-# nvidia wheels, more than a small CI disk holds beside .venv. make test-oldest checks torch's floor as well.
+# nvidia wheels, more than a small disk holds beside .venv. make test-oldest checks torch's floor as well.
 # The tests of the scripts in benchmarks/ are left out: the floors are the package's promise, and those scripts run
 # from make's .venv (the newest releases) or a GPU machine's; make test runs them.
 test-oldest-fast:
