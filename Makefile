@@ -36,15 +36,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 # Two workers: on 2 cores the tests' process starts and imports overlap (3.1 against 4.0 minutes, measured).
+# worksteal: with xdist's default, tests already handed to one worker wait for it while the other sits idle (seen for
+# minutes at the end of a 28-minute run); an idle worker takes them instead.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 FAST_MARKS ?= not slow
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 -m "$(FAST_MARKS)"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "$(FAST_MARKS)"
 
-# The suite on the oldest releases pyproject.toml admits (constraints/oldest.txt), in a venv of its own; CI runs
-# its fast tests, where the library APIs that changed between those releases and ours are exercised.
+# The suite on the oldest releases pyproject.toml admits (constraints/oldest.txt), in a venv of its own; its fast
+# tests (test-oldest-fast) are where the library APIs that changed between those releases and ours are exercised.
 TORCH_OLDEST = $(shell sed -n 's/^torch==//p' constraints/oldest.txt)
 
 test-oldest:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, load_benchmark, needs_compiler
+
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.train import fitting, memory
 
@@ -17,6 +18,8 @@ from gsm8k_tr.train import fitting, memory
 SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,
             "checkpointing": False, "dropout": True, "lora_rank": 32, "generation_batch": 64, "eval_batch": 32,
             "eval_length": 896, "vllm": False, "vllm_share": 0.0}
+
+
 def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
     import torch
 
@@ -62,6 +65,7 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     # the 128 are scored in chunks of the micro-batch, the largest batch the plan is compared at
     assert reused["longest_batch"]["rows"] <= reused["micro_batch"]["per_device_train_batch_size"] < 128
     assert "128 completions a call: GRPO" in done.stdout
+    assert not (tmp_path / "rows-128" / "data").exists()  # it read the data SFT's run prepared
     if compiled:
         assert result["grpo-compiled"]["rollouts"]["decoding"] == "compiled" and result["decode"]["compiled_ratio"] > 0
         compiled_eval = result["eval-compiled"]
@@ -128,3 +132,17 @@ def test_gpu_check_reads_a_cards_bandwidth_by_its_name(monkeypatch: pytest.Monke
     for name, expected in (("NVIDIA H200", 4.8e12), ("NVIDIA H100 PCIe", 2.0e12), ("NVIDIA B300", None)):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert gpu_check.bandwidth(torch.device("cuda")) == expected, name
+
+
+def test_gpu_check_runs_other_ways_on_the_data_the_first_run_prepared(tmp_path: Path) -> None:
+    # Each way preparing its own folder aligned the same real rows again: 15 s a way on 2 CPU cores.
+    gpu_check = load_benchmark("gpu_check")
+    common = ["data.dataset=synthetic:600", "data.reference=none"]
+    before = gpu_check.also_recipe(common, tmp_path, "compiled", "decoding=compiled")  # nothing prepared yet
+    assert before.data.dataset == "synthetic:600" and before.output_dir == str(tmp_path / "compiled")
+    for name in ("train.jsonl", "test.jsonl", "prepare_report.json"):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / name).write_text("{}\n")
+    after = gpu_check.also_recipe(common, tmp_path, "rows-128", "grpo.generation_batch_size=128")
+    assert after.data.dataset == str(tmp_path / "data") and after.grpo["generation_batch_size"] == 128
+    assert after.model.sft_output == str(tmp_path / "sft")

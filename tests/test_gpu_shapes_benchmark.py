@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, load_benchmark
 
+
 @pytest.mark.slow
 def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     # benchmarks/gpu_shapes.py's own code on the CPU, so it works the first time a GPU is there.
