@@ -20,6 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_RECIPE = ROOT / "recipes" / "tiny.yaml"
+# A stage's memory-plan settings as its manifest records them: 8 rows of 1,024 tokens (the plan's and gpu_check's tests)
+PLAN_SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,
+                 "checkpointing": False, "dropout": True, "lora_rank": 32, "generation_batch": 64, "eval_batch": 32,
+                 "eval_length": 896, "vllm": False, "vllm_share": 0.0}
 
 # Built-in models are built once per checkout (about 30 s), not once per test session.
 os.environ.setdefault("GSM8K_TR_CACHE", str(ROOT / ".cache" / "models"))

@@ -9,16 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PLAN_SETTINGS as SETTINGS
 from conftest import ROOT, load_benchmark, needs_compiler
 
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.train import fitting, memory
-
-# A stage's memory plan settings as the manifest records them: 8 rows of 1,024 tokens (tests/train/test_memory.py's).
-SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,
-            "checkpointing": False, "dropout": True, "lora_rank": 32, "generation_batch": 64, "eval_batch": 32,
-            "eval_length": 896, "vllm": False, "vllm_share": 0.0}
-
 
 def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
     import torch

@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from conftest import PLAN_SETTINGS as SETTINGS
 from conftest import ROOT, TINY_RECIPE, load_benchmark, run_cli
 
 from gsm8k_tr import placement
@@ -92,11 +93,6 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
     # A model path that is no Hub id (two '/'), not there: named as a path, not the Hub's error about repo ids
     gone = run_cli("plan", "--config", str(TINY_RECIPE), "model.name_or_path=runs/x/sft/merged")
     assert gone.returncode == 2 and "'model.name_or_path': 'runs/x/sft/merged' does not exist" in gone.stderr
-
-
-SETTINGS = {"micro_batch": 8, "gradient_accumulation_steps": 1, "length": 1024, "mixed_precision": True,
-            "checkpointing": False, "dropout": True, "lora_rank": 32, "generation_batch": 64, "eval_batch": 32,
-            "eval_length": 896, "vllm": False, "vllm_share": 0.0}
 
 
 @pytest.mark.parametrize("change, part, direction", [
