@@ -331,17 +331,22 @@ def per_row(way: str, run: Any) -> Any:
     return without_grouping
 
 
-def also_recipe(common: list[str], work: Path, folder: str, *extra: str) -> Any:
-    """The recipe of an `--also-*` run into WORK/FOLDER: gpu_check's own (`common`) with `extra`, from SFT's model,
-    reading the data the first run prepared (WORK/data) where it is there. Each run preparing its own would align the
-    same real rows again, about 15 s on 2 CPU cores each time (a `data.dataset` that is a prepared folder is read as
-    it is: `data.splits.prepared_folder`)."""
-    from gsm8k_tr.config import load_recipe
+def prepared_data(folder: Path) -> list[str]:
+    """`data.dataset=FOLDER` where FOLDER holds data that `prepare` wrote (read as it is:
+    `data.splits.prepared_folder`), else nothing. A run that reads it does not align the same real rows again: about
+    10-15 s on 2 CPU cores each time, most of it indexing English GSM8K."""
     from gsm8k_tr.data.splits import is_prepared
 
-    prepared = [f"data.dataset={work / 'data'}"] if is_prepared(work / "data") else []
+    return [f"data.dataset={folder}"] if is_prepared(folder) else []
+
+
+def also_recipe(common: list[str], work: Path, folder: str, *extra: str) -> Any:
+    """The recipe of an `--also-*` run into WORK/FOLDER: gpu_check's own (`common`) with `extra`, from SFT's model,
+    reading the data the first run prepared (WORK/data) where it is there (`prepared_data`)."""
+    from gsm8k_tr.config import load_recipe
+
     return load_recipe(str(RECIPE), [*common, f"output_dir={work / folder}", f"model.sft_output={work / 'sft'}",
-                                     *prepared, *extra])
+                                     *prepared_data(work / "data"), *extra])
 
 
 def main() -> int:

@@ -26,6 +26,9 @@ def test_gpu_shapes_runs_its_comparisons_on_the_cpu(tmp_path: Path) -> None:
     assert result["sft-64"]["compiling_steps"] == []  # eager: its steady rate is its rate
     assert result["sft-64"]["tokens_per_s_without_compiling"] == result["sft-64"]["tokens_per_s"]
     assert "without cuDNN's attention" in done.stdout
+    # the data was prepared once for the call, and every setting read it (each had aligned the real rows again)
+    assert (tmp_path / "data" / "prepare_report.json").is_file()
+    assert not any((tmp_path / setting / "data").exists() for setting in ("sft-none", "sft-64", "decode-torch"))
 
 
 @pytest.mark.slow
@@ -41,6 +44,7 @@ def test_gpu_shapes_splits_the_same_sft_steps_into_micro_batches(tmp_path: Path)
     whole, split = result["sft-split-8x1"], result["sft-split-2x4"]
     assert whole["tokens_per_step"] == split["tokens_per_step"] > 0
     assert whole["computed_per_real_token"] > split["computed_per_real_token"] >= 1.0
+    assert not (tmp_path / "sft-split-2x4" / "data").exists()  # it read the data prepared once for the call
     refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu", "--parts",
                               "sft-split", "--splits", "8x0"], capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 2 and "give a split as MICROxACCUMULATION" in refused.stderr
@@ -80,7 +84,7 @@ def test_gpu_shapes_rates_compiled_sft_over_the_steps_that_compiled_nothing(monk
 def test_gpu_shapes_stop_part_runs_with_the_events_stood_in(tmp_path: Path, deferred_stop_checks: list) -> None:
     # The stop part needs a GPU's events; its own code on the CPU, with those stood in for, so it works first time.
     gpu_shapes = load_benchmark("gpu_shapes")
-    result = gpu_shapes.run_stop("builtin:tiny-gpt2", tmp_path, sequences=4, new_tokens=8, cpu=True)
+    result = gpu_shapes.run_stop("builtin:tiny-gpt2", tmp_path / "stop", sequences=4, new_tokens=8, cpu=True)
     assert result["decoding"] == "eager" and result["same_answers"] == 4
     assert set(result["ms_per_step"]) == {"every step", "deferred"} and all(result["ms_per_step"].values())
     assert len(deferred_stop_checks) == 3  # the warm-up (deferred, as on a GPU) and the deferred setting twice
