@@ -48,7 +48,8 @@
 
 The SFT and decoding parts run each configuration in its own process, because cuDNN keeps
 the graphs it has built for the life of a process: a second run in the same
-one would find the first run's shapes set up. The stop check leaves nothing
+one would find the first run's shapes set up. The data is prepared once, before
+them, and each reads it (`prepare_once`). The stop check leaves nothing
 behind, so its two settings alternate in one process (twice each, the fastest
 counted) after one call that compiles. On a CPU none of the choices is made
 (padding is only work there, there is no cuDNN, and nothing to overlap), so
