@@ -91,10 +91,9 @@ def _recipe(work: Path, model: str, steps: int, cpu: bool, *extra: str, data: Pa
 def prepare_once(work: Path, model: str, cpu: bool) -> None:
     """The data every setting reads, prepared into WORK/data before the first setting's process: each preparing its
     own aligned the same real rows again, 10-15 s on 2 CPU cores each (5 settings on `--cpu`, 4 in `sft-split`)."""
-    from gsm8k_tr.config import load_recipe
     from gsm8k_tr.data import splits
 
-    splits.ensure_prepared(load_recipe(str(RECIPE), sft_overrides(work, model, data_overrides()[0], 1, cpu)))
+    splits.ensure_prepared(_recipe(work, model, 1, cpu))
 
 
 @contextmanager

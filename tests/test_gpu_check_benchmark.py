@@ -15,6 +15,7 @@ from conftest import ROOT, load_benchmark, needs_compiler
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.train import fitting, memory
 
+
 def test_gpu_check_help_and_one_line_without_a_gpu() -> None:
     import torch
 
