@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.outputs import read_object, run_lock
-from gsm8k_tr.processes import process_state
+from gsm8k_tr.processes import check_devices, process_state
 
 T = TypeVar("T")
 
@@ -86,11 +86,14 @@ def prepared_data(recipe: Recipe) -> Path:
 def held_by_one_run(main: Callable[..., T]) -> Callable[..., T]:
     """Decorate a command's `main(recipe, ...)` that trains into `recipe.output_dir`: its main process holds the
     folder for the whole call (`outputs.run_lock`), so a second run into it stops with one line, before it reads or
-    deletes anything."""
+    deletes anything. Before that, every process checks the launch (`processes.check_devices`): one that cannot
+    work stops before any work, where the pipeline had prepared the data and evaluated the base model first."""
 
     @functools.wraps(main)
     def held(recipe: Recipe, *args: Any, **kwargs: Any) -> T:
-        if not process_state().is_main_process:  # the launch's other processes run under their main one's hold
+        state = process_state()
+        check_devices(state)
+        if not state.is_main_process:  # the launch's other processes run under their main one's hold
             return main(recipe, *args, **kwargs)
         with run_lock(Path(recipe.output_dir)):
             return main(recipe, *args, **kwargs)

@@ -75,7 +75,6 @@ def test_the_main_process_writes_to_the_stage_folder_only_after_every_process_lo
 
     monkeypatch.setattr(Path, "write_text", watched)
     monkeypatch.setattr(stage, "process_state", lambda: state)
-    monkeypatch.setattr(stage, "check_devices", lambda _: None)
     stage.begin(recipe, "sft", resume=False, overwrite=False)
     assert early == [] and (folder / "checkpoints" / stage.START_MODEL).is_file()
 
@@ -171,32 +170,34 @@ def test_an_evaluation_stopped_on_two_processes_answers_only_the_rest(tmp_path: 
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 
 
-# Each launch, and the one line it must end with. They run at once: each is mostly library imports.
+# Each launch, its command, and the one line it must end with. They run at once: each is mostly library imports.
 LOST = [
     # accelerate runs FSDP only on CUDA GPUs; on CPU processes it quietly trains unsharded (MULTI_CPU).
-    (["--config_file", str(FSDP), "--num_processes", "2"], "asks for FSDP, which accelerate runs only on CUDA GPUs"),
+    (["--config_file", str(FSDP), "--num_processes", "2"], "sft",
+     "asks for FSDP, which accelerate runs only on CUDA GPUs"),
     # --cpu makes accelerate start one plain process, whatever the config and --num_processes say.
-    (["--config_file", str(FSDP), "--cpu", "--num_processes", "2"], "--cpu started 1 unsharded process, but the launch "
-                                                                     "asked for 2 process(es) (FSDP)"),
-    (["--config_file", str(DDP), "--cpu"], "asked for 2 process(es) (MULTI_GPU)"),
+    (["--config_file", str(FSDP), "--cpu", "--num_processes", "2"], "sft", "--cpu started 1 unsharded process, but the "
+                                                                            "launch asked for 2 process(es) (FSDP)"),
+    # The pipeline stops before its first stage too: it had prepared the data and evaluated the base model first.
+    (["--config_file", str(DDP), "--cpu"], "pipeline", "asked for 2 process(es) (MULTI_GPU)"),
 ]
 
 
 @pytest.mark.slow
 def test_a_launch_that_loses_its_sharding_or_processes_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
     running = []
-    for i, (launch, says) in enumerate(LOST):
+    for i, (launch, name, says) in enumerate(LOST):
         command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port",
-                   str(_free_port()), "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
+                   str(_free_port()), "-m", "gsm8k_tr", name, "--config", str(TINY_RECIPE),
                    f"output_dir={tmp_path / str(i)}"]
         running.append((subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT),
-                        says, tmp_path / str(i)))
-    for process, says, run in running:
+                        name, says, tmp_path / str(i)))
+    for process, name, says, run in running:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode != 0, says
-        lines = [line for line in stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
+        lines = [line for line in stderr.splitlines() if line.startswith(f"gsm8k-tr {name}: error:")]
         assert lines and all(says in line for line in lines), stderr[-2000:]
-        assert not any((run / "sft").rglob("*.safetensors"))  # nothing trained
+        assert not run.exists()  # nothing prepared, evaluated or trained
 
 
 def _rank(pid: int) -> int | None:

@@ -23,7 +23,7 @@ from typing import Any
 from gsm8k_tr.config import Recipe, changed_keys, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError, compiler_failure
 from gsm8k_tr.outputs import full_disk_reported, read_object
-from gsm8k_tr.processes import check_devices, process_state
+from gsm8k_tr.processes import process_state
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
 from gsm8k_tr.train.disk import RESUME
@@ -65,8 +65,7 @@ def begin(recipe: Recipe, stage: str, resume: bool, overwrite: bool,
         return folder, None, True
     if has_files and not resume and not overwrite:
         raise UserError(f"{folder} already holds a {stage} run; pass --resume to continue it or --overwrite to start again")
-    state = process_state()
-    check_devices(state)
+    state = process_state()  # the launch was checked by the stage's `held_by_one_run`
     # Every process has looked before the main one writes: a process that looked later would find the main one's
     # files (the write test below) and stop as if the folder held a run, as one of two did at random.
     state.wait_for_everyone()
