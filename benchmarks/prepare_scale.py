@@ -7,9 +7,11 @@ The full GSM8K-TR (about 8.8k rows) is not in this workplace, so (b) is the samp
 questions opened with "Soru K:" so that none is dropped as a repeated question before it is aligned. Every copy is
 aligned against the whole reference (English GSM8K's 8,792 problems) as a new row would be; copies after the first
 then lose their match as a second translation of the same original (`dropped.duplicate_reference`), which costs
-nothing. Both runs read the reference and build the aligner over their own rows, as `prepare` does. Prints each
-run's seconds, rows per second and the split into the once-per-run part (reading English GSM8K and indexing it) and
-the rows' part (reading and aligning them), and (b)'s seconds per row over (a)'s: 1.0 is linear.
+nothing. Both runs read the reference and build the aligner over their own rows, as `prepare` does; (b) reuses the
+index of English GSM8K that (a) built, as a second `prepare` in one process does, so its once-per-run part is
+mostly the reading. Prints each run's seconds, rows per second and the split into the once-per-run part (reading
+English GSM8K and indexing it) and the rows' part (reading and aligning them), and (b)'s seconds per row over (a)'s:
+1.0 is linear.
 """
 
 from __future__ import annotations
