@@ -71,8 +71,8 @@ def test_smollm2_through_prepare_sft_grpo_and_evaluate(tmp_path: Path, monkeypat
     monkeypatch.setattr(grpo.GRPOTrainer, "_generate_single_turn", rollouts)
     recipe = load_recipe(str(ROOT / "recipes" / "smollm2-cpu.yaml"), [
         f"output_dir={tmp_path / 'run'}", f"data.dataset={rows}", f"data.reference={gsm8k}", "data.limit=60",
-        "sft.max_steps=2", "sft.per_device_train_batch_size=2", "sft.gradient_accumulation_steps=1",
-        "sft.max_length=384", "sft.save_steps=2", "grpo.max_steps=1", "grpo.per_device_train_batch_size=4",
+        "sft.max_steps=1", "sft.per_device_train_batch_size=1", "sft.gradient_accumulation_steps=1",
+        "sft.max_length=384", "sft.save_steps=1", "grpo.max_steps=1", "grpo.per_device_train_batch_size=2",
         "grpo.num_generations=2", "grpo.max_completion_length=24", "eval.every_steps=0", "eval.limit=4",
         "eval.max_new_tokens=24"])
     sft.main(recipe)
