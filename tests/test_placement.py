@@ -83,6 +83,19 @@ def test_an_fsdp_launch_on_gpus_passes_and_one_on_cpus_is_one_line(monkeypatch: 
     assert "(MULTI_CPU, 2 process(es))" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_launch_is_logged_once_a_process(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gsm8k_tr import processes
+
+    monkeypatch.setattr(processes, "_said", {})  # as a new process starts
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with caplog.at_level(logging.INFO, logger=processes.__name__):
+        for _ in range(3):  # the pipeline, a stage's command and its main each check the launch
+            processes.check_devices(_state("MULTI_CPU", "cpu", 2))
+    assert [r.getMessage() for r in caplog.records] == ["process 0 of 2 (MULTI_CPU) on cpu"]
+
+
 @pytest.mark.parametrize("activation,fused", [
     ("gelu_new", "gelu_pytorch_tanh"),  # GPT-2's: the same tanh GELU as one kernel
     ("gelu", None),                     # the exact GELU has no cheaper equal: kept

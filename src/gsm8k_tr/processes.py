@@ -11,6 +11,7 @@ from typing import Any
 from gsm8k_tr.errors import UserError
 
 log = logging.getLogger(__name__)
+_said: dict[str, bool] = {}  # what this process has logged once
 
 
 def cpu_processes_without_gpus() -> None:
@@ -72,7 +73,8 @@ def check_devices(state: Any) -> None:
         if local > gpus:
             raise UserError(f"accelerate started {local} processes on this machine but it has {gpus} GPU(s); "
                             f"launch with --num_processes {gpus}, or run without accelerate launch on one GPU")
-    if state.num_processes > 1:
+    if state.num_processes > 1 and not _said.get("launch"):  # once: the pipeline and each stage check again
+        _said["launch"] = True
         log.info("process %d of %d (%s) on %s", state.process_index, state.num_processes, kind, state.device)
 
 
