@@ -97,7 +97,7 @@ def _evaluate(recipe: Recipe, name: str, model: str, resume: bool, data: str) ->
 
 
 # Held here as well as in the stages' own mains, which are re-entrant: a second run into a busy folder stops before
-# importing TRL, in about 4 s rather than 10-15 (measured on 2 cores).
+# importing TRL: `grpo` in 6.9 s rather than 15.3, `sft` in 4.8 rather than 10.3 (measured on 2 cores).
 @held_by_one_run
 def _run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: bool = True) -> dict[str, Any]:
     from gsm8k_tr.train import sft
