@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from gsm8k_tr import hub
 from gsm8k_tr.config import LoraConfig, ModelConfig
 from gsm8k_tr.errors import UserError, one_line
-from gsm8k_tr.gguf_convert import require_gguf, unmark_dequantized
+from gsm8k_tr.gguf_convert import read_once, unmark_dequantized
 from gsm8k_tr.placement import fused_activation
 
 log = logging.getLogger(__name__)
@@ -163,20 +164,19 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
 
     source, kwargs = _pinned(cfg, path)
     gguf = "gguf_file" in kwargs
-    if gguf:
-        require_gguf()
-    else:
+    if not gguf:
         refuse_pickle(Path(source))
     try:
-        # The same activation as one fused kernel where there is one (GPT-2's tanh GELU): placement.fused_activation.
-        fused = fused_activation(getattr(AutoConfig.from_pretrained(source, **kwargs), "activation_function", None))
-        # safetensors only, except for a GGUF file (which is not pickle either). Hub kernels off, as every release
-        # before transformers 5.25 loads: 5.25 turns them on by default, replacing layers (GPT-2's GELU, Llama's
-        # RMSNorm), where it maps a kernel for the device, with kernels it fetches from the Hub at load, which an
-        # offline machine cannot and no figure here was measured with.
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if gguf else dtype or torch.float32,
-                                                     use_safetensors=None if gguf else True, use_kernels=False,
-                                                     **kwargs, **({"activation_function": fused} if fused else {}))
+        with read_once() if gguf else nullcontext():  # a GGUF file's header parsed once, for config and weights
+            config = AutoConfig.from_pretrained(source, **kwargs)  # fused: GPT-2's tanh GELU as one kernel (placement)
+            fused = fused_activation(getattr(config, "activation_function", None))
+            # safetensors only, except for a GGUF file (which is not pickle either). Hub kernels off, as every
+            # release before transformers 5.25 loads: 5.25 turns them on by default, replacing layers (GPT-2's GELU,
+            # Llama's RMSNorm), where it maps a kernel for the device, with kernels it fetches from the Hub at load,
+            # which an offline machine cannot and no figure here was measured with.
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32 if gguf else dtype or torch.float32, use_safetensors=None if gguf else True,
+                use_kernels=False, **kwargs, **({"activation_function": fused} if fused else {}))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model {source!r}: {load_failure(error)}") from None
     except SafetensorError as error:  # a file cut short, or not safetensors
