@@ -115,6 +115,9 @@ def test_answers_stop_at_the_models_context(tiny_model_dir, caplog):
     cfg = ModelConfig(name_or_path=str(tiny_model_dir))
     tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
     modeling.configure_tokens(tokenizer, model, "<|stop|>")
+    # A stop the model never writes, so that every answer runs to its limit: pretraining masked <|endoftext|> out as
+    # padding (the model stops where it likes with its own stop, which this test is not about).
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     sentence = "Ali 3 elma aldı ve 4 armut sattı. "
     long, short = sentence * 28, sentence * 2  # the long one leaves 35 of the 512-token context
     room = 512 - len(tokenizer(long, add_special_tokens=False)["input_ids"])
@@ -224,11 +227,12 @@ def test_generate_prints_the_answer_and_reads_stdin(tiny_model_dir):
 
 
 def test_generate_tells_a_question_with_an_equals_sign_from_an_override(tiny_model_dir):
-    # "x=5 ..." looks like key=value, but x is no recipe key: it is a question; eval.max_new_tokens=4 is an override.
-    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "eval.max_new_tokens=4",
+    # "x=5 ..." looks like key=value, but x is no recipe key: it is a question; eval.max_new_tokens=1 is an override
+    # (one token: the answer is cut there unless the model stops at once).
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(tiny_model_dir), "eval.max_new_tokens=1",
                  "x=5 ise x+3 kaçtır?")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "x=5 ise x+3" in result.stdout and "eval.max_new_tokens=4" in result.stdout  # cut at the override's limit
+    assert "x=5 ise x+3" in result.stdout and "eval.max_new_tokens=1" in result.stdout  # cut at the override's limit
 
 
 def test_report_writes_non_empty_plots(tmp_path):
