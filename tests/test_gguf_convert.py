@@ -69,7 +69,7 @@ def _llama_gguf(path: Path, tokenizer_dir: Path) -> object:
     for add, value in ((writer.add_block_count, 2), (writer.add_context_length, 256),
                        (writer.add_embedding_length, 64), (writer.add_feed_forward_length, 128),
                        (writer.add_head_count, heads), (writer.add_head_count_kv, kv_heads),
-                       (writer.add_rope_freq_base, model.config.rope_parameters["rope_theta"]),
+                       (writer.add_rope_freq_base, 10000.0),  # LlamaConfig's default
                        (writer.add_layer_norm_rms_eps, model.config.rms_norm_eps),
                        (writer.add_rope_dimension_count, 16),
                        (writer.add_vocab_size, len(tokens)), (writer.add_tokenizer_model, "gpt2"),
