@@ -11,8 +11,8 @@
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
 # and `.venv/bin/python benchmarks/gpu_wheels.py` (the wheels' whole closure) where there is one and take `.whl/`,
-# `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r
-# ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-* .models/`: the builtin models, built; about 46 MB in all with the wheels):
+# `.shared-data/` and `.models/` along (`mkdir -p .models && cp -r ~/.cache/gsm8k-tr/{demo,tiny}-gpt2-vN .models/`
+# with N builtin.BUILD_VERSION, older builds left out: the builtin models, built; about 46 MB in all with the wheels):
 # the wheels go into /tmp/site and the machine's own torch stays. One log per part goes to $OUT (default
 # /tmp/out), and summary.txt says when each part started and how it ended. `check` keeps its work folder
 # (/tmp/gc) for the parts after it, which reuse its model.
