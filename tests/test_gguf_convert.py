@@ -14,14 +14,19 @@ gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
 
-def _write(path: Path, columns: int) -> None:
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, columns), np.float32))
+def _finish(writer: object) -> None:
+    """Write out what `writer` was given, in the order a GGUF file holds it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _write(path: Path, columns: int) -> None:
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, columns), np.float32))
+    _finish(writer)
 
 
 def test_a_file_is_parsed_once_within_the_block_and_again_once_replaced(tmp_path: Path) -> None:
@@ -93,10 +98,7 @@ def _llama_gguf(path: Path, tokenizer_dir: Path) -> object:
             name = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                     "lm_head.weight": "output.weight"}[name]
         writer.add_tensor(name, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _finish(writer)
     return model
 
 

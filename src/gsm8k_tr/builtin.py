@@ -44,6 +44,7 @@ SPECIAL_TOKENS = ["<|endoftext|>"]
 STOP = "<|stop|>"  # an added token that is not special, as the instruct model's tokenizer may declare it
 # Pretraining skips generated questions that any `data.test_fraction` up to this could hold out.
 HELD_OUT_BAND = 0.5
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT2Config's dropouts, all set from `Spec.dropout`
 
 
 def cache_root() -> Path:
@@ -172,9 +173,8 @@ def gpt2_config(spec: Spec, tokenizer: Any) -> Any:
     from transformers import GPT2Config
 
     return GPT2Config(vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd,
-                      n_layer=spec.n_layer, n_head=spec.n_head, resid_pdrop=spec.dropout, embd_pdrop=spec.dropout,
-                      attn_pdrop=spec.dropout, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
+                      n_layer=spec.n_layer, n_head=spec.n_head, **dict.fromkeys(DROPOUT_KEYS, spec.dropout),
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
 def build(spec: Spec, target: Path, seed: int = 0) -> None:
@@ -190,7 +190,7 @@ def build(spec: Spec, target: Path, seed: int = 0) -> None:
     model.loss_type = "ForCausalLM"  # the loss transformers falls back to, named (see modeling.name_causal_lm_loss)
     loss = pretrain(model, tokenizer, pretraining_texts(spec.problems, seed), spec, seed)
     log.info("pretrained for %d steps, final loss %.3f", spec.steps, loss)
-    model.config.update({key: spec.dropout for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop")})
+    model.config.update(dict.fromkeys(DROPOUT_KEYS, spec.dropout))
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
