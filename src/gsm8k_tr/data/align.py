@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from gsm8k_tr.data.lexicon import WEEKDAYS_AND_MONTHS, english_concepts, turkish_concepts
 from gsm8k_tr.grading.answers import Readings, body_readings, canonical, digit_numbers, preferred
 from gsm8k_tr.grading.numwords import english_numbers, turkish_lower, turkish_numbers
@@ -268,17 +270,20 @@ class Aligner:
         for j, q in enumerate(features):
             for key in q:
                 postings[key].append(j)
+        weights = np.array([sum(v * idf[k] for k, v in q.items()) for q in features], dtype=np.float64)
         return {"english_common": self.english_common, "english_names": self.english_names, "features": features,
-                "solution_features": solution_features, "idf": idf,
-                "weights": [sum(v * idf[k] for k, v in q.items()) for q in features], "postings": dict(postings)}
+                "solution_features": solution_features, "idf": idf, "weights": weights,
+                "postings": {k: np.array(v, dtype=np.int64) for k, v in postings.items()}}
 
     def question_features(self, question: str, english: bool) -> Counter:
         """Numbers (`n:`), names (`w:`) and concepts (`c:`) of a question."""
         common = self.english_common if english else self.turkish_common
         found = Counter({f"n:{k}": v for k, v in numbers(question, english).items()})
-        found.update({f"w:{name}": 1 for name in names(question, common.__contains__, english,
-                                                        self.english_names.__contains__)})
-        found.update({f"c:{c}": 1 for c in (english_concepts if english else turkish_concepts)(question)})
+        # Sorted: a set's order follows the string hash seed, and scores summed in that order differed in their
+        # last bits from one process to the next.
+        found.update({f"w:{name}": 1 for name in sorted(names(question, common.__contains__, english,
+                                                               self.english_names.__contains__))})
+        found.update({f"c:{c}": 1 for c in sorted((english_concepts if english else turkish_concepts)(question))})
         return found
 
     @staticmethod
@@ -297,15 +302,17 @@ class Aligner:
         Ranking by shared weight alone would favour long questions full of
         common numbers, and could leave a short original out of the list.
         """
-        votes: Counter = Counter()
+        # In arrays, as a loop over references in Python was most of a row's time: the same float additions in the
+        # same order (a posting holds each reference once), so the same ranking.
+        votes = np.zeros(len(self.references))
         for key in q:
             postings = self.postings.get(key)
-            if postings and len(postings) <= _COMMON:
-                for j in postings:
-                    votes[j] += self.idf[key]
+            if postings is not None and len(postings) <= _COMMON:
+                votes[postings] += self.idf[key]
         own = sum(v * self.idf.get(k, 0.0) for k, v in q.items())
-        ranked = sorted(votes, key=lambda j: (-votes[j] / (own + self.weights[j]), j))
-        return ranked[:_CANDIDATES]
+        voted = np.flatnonzero(votes)  # idf is log((n + 1) / count) > 0: every posting adds
+        share = votes[voted] / (own + self.weights[voted])
+        return voted[np.lexsort((voted, -share))[:_CANDIDATES]].tolist()  # by share, then index
 
     def best(self, question: str, solution: str, solution_answer: Readings | None) -> Alignment:
         """The most likely original of a translated problem, and the test question it is nearest to."""
