@@ -10,6 +10,9 @@ import sys
 from collections import Counter
 from fractions import Fraction
 
+import pytest
+
+from gsm8k_tr.data import align
 from gsm8k_tr.data.align import Aligner, Reference
 
 
@@ -59,13 +62,17 @@ def _nominated_in_python(aligner: Aligner, q: Counter) -> list[int]:
     """`Aligner._nominate` as a loop over references: share of weight for its size, ties by index."""
     votes: Counter = Counter()
     for key in q:
-        for j in aligner.postings.get(key, []):
+        postings = aligner.postings.get(key, [])
+        for j in postings if len(postings) <= align._COMMON else []:
             votes[int(j)] += aligner.idf[key]
     own = sum(v * aligner.idf.get(k, 0.0) for k, v in q.items())
-    return sorted(votes, key=lambda j: (-votes[j] / (own + float(aligner.weights[j])), j))[:50]
+    return sorted(votes, key=lambda j: (-votes[j] / (own + float(aligner.weights[j])), j))[:align._CANDIDATES]
 
 
-def test_the_candidates_are_those_of_the_plain_ranking_ties_by_index() -> None:
+@pytest.mark.parametrize("common", [align._COMMON, 40])  # 40: features in more questions than that only rescore
+def test_the_candidates_are_those_of_the_plain_ranking_ties_by_index(common: int,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(align, "_COMMON", common)
     chance = random.Random(0)
     people = ["Ali", "Tom", "Mary", "Ayla", "John", "Sara"]
     things = ["apples", "pears", "eggs", "books", "cats"]
