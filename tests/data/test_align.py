@@ -36,7 +36,7 @@ def test_an_aligner_reuses_the_english_index_only_for_the_same_references() -> N
 # Names and concepts are found as sets, whose order follows the process's string hash seed; summed in that order,
 # a question's scores differed in their last bits from one run of `prepare` to the next.
 _FEATURES_IN_A_PROCESS = """
-import json, sys
+import json
 from fractions import Fraction
 from gsm8k_tr.data.align import Aligner, Reference
 english = "Ali, Veli, Ayse, Mehmet, Zeynep and Can buy 3 apples, 4 pears and 5 eggs each week. How many in 2 weeks?"
