@@ -63,7 +63,9 @@ def _nominated_in_python(aligner: Aligner, q: Counter) -> list[int]:
     votes: Counter = Counter()
     for key in q:
         postings = aligner.postings.get(key, [])
-        for j in postings if len(postings) <= align._COMMON else []:
+        if len(postings) > align._COMMON:
+            continue  # a common feature only rescores
+        for j in postings:
             votes[int(j)] += aligner.idf[key]
     own = sum(v * aligner.idf.get(k, 0.0) for k, v in q.items())
     return sorted(votes, key=lambda j: (-votes[j] / (own + float(aligner.weights[j])), j))[:align._CANDIDATES]
