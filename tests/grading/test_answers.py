@@ -91,6 +91,14 @@ CORRECT = [
     ("on ikide yedisi", str(Fraction(7, 12)), "a two-word denominator"),
     ("yirmide on üçü", "0.65", "a two-word numerator ended by its possessive"),
     ("eksi dörtte üç", "-0.75", "a negative fraction"),
+    ("eksi 5", "-5", "the sign in a word before digits"),
+    ("Sıcaklık EKSİ 5 derece", "-5", "the sign word in capitals, after a word that is no number"),
+    ("eksi 2 bin 500", "-2500", "a spelled sign before a compound amount"),
+    ("eksi 0,5", "-0.5", "a spelled sign before a decimal comma"),
+    ("10 eksi 5", "5", "'eksi' after a number subtracts, as '10 - 5' does"),
+    ("on eksi beş", "5", "'eksi' after a number word subtracts too"),
+    ("on eksi 5", "5", "a number word, 'eksi', then digits"),
+    ("-2 1/2", "-2.5", "a negative mixed number"),
 ]
 
 WRONG = [
@@ -114,6 +122,10 @@ WRONG = [
     ("5 bine 3", "5003", "only the bare scale word joins two numbers"),
     ("5 bin\n500", "5500", "a compound amount is written on one line"),
     ("10-2 bin 500", "-2500", "a minus after a digit is subtraction"),
+    ("eksi 5", "5", "a spelled sign is read"),
+    ("10 eksi 5", "-5", "'eksi' after digits subtracts"),
+    ("eksik 5", "-5", "'eksik' (missing) is no sign"),
+    ("-2 1/2", "-1.5", "a negative mixed number is not its whole plus the fraction"),
     ("2 buçuk saat", "2", "'buçuk' adds a half"),
     ("1234 567", "1234567", "a head of four digits is no group of thousands"),
     ("72 73 074", "7273074", "groups after the head have three digits"),

@@ -32,6 +32,8 @@ _MAX_NUMBER_CHARS = 60
 # from the few runs near the end of the text.
 _RUN = re.compile(r"[0-9][0-9.,]*")
 _SIGNS = "-−–"
+# "eksi 5", "minus 5": a sign in a word, within `_SIGN_WINDOW` characters before the digits with what precedes it.
+_SIGN_WORDS, _LAST_WORD, _SIGN_WINDOW = ("eksi", "minus"), re.compile(r"[^\W\d_]+$"), 40
 _WINDOW = 4096  # characters read per step when looking for the last number
 _VULGAR = {
     "½": Fraction(1, 2), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
@@ -150,16 +152,14 @@ def _scan(text: str, start: int, end: int) -> list[Readings]:
             readings = frozenset(r + _VULGAR[text[stop]] for r in readings)
             stop += 1
         before = text[first - 1] if first else ""
-        # A minus right after a word, digit or bracket is subtraction, not a sign.
-        signed = before != "" and before in _SIGNS and not (first > 1 and (text[first - 2].isalnum() or text[first - 2] in ")_"))
-        if signed:
+        if before and (before in _SIGNS or before.isspace()) and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
             readings = frozenset(-r for r in readings)
         elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
             # "2 1/2" is a mixed number: a whole number, one space, a proper fraction.
             whole = numbers[-1][2]
             if all(0 < r < 1 for r in readings) and all(w.denominator == 1 for w in whole):
                 first = numbers.pop()[0]
-                readings = frozenset(w + r for w in whole for r in readings)
+                readings = frozenset(w + r if w >= 0 else w - r for w in whole for r in readings)  # "-2 1/2": -5/2
         if readings and first < end:
             numbers.append((first, stop, readings))
     return [readings for _, _, readings in numbers]
@@ -241,9 +241,18 @@ def _run_start(text: str, end: int) -> int:
 
 
 def _sign_before(head: str) -> bool:
-    """Whether `head` ends in a sign, not in subtraction: a minus right after a word, digit or bracket subtracts,
-    as `_scan` reads it."""
-    return head[-1:] in tuple(_SIGNS) and not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_"))
+    """Whether `head`, the text before a number's digits, ends in its sign ("-5", "eksi 5"), not in subtraction: a
+    minus right after a word, digit or bracket ("10-3", "x-3"), "eksi" or "minus" after a number ("10 eksi 3")."""
+    if head[-1:] in tuple(_SIGNS):
+        return not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_"))
+    tail = head.rstrip(" \t\u00a0")
+    word = _LAST_WORD.search(tail) if tail != head and _word(tail[-5:]).endswith(_SIGN_WORDS) else None
+    if word is None or _word(word.group()) not in _SIGN_WORDS:  # mostly no word, cheaply; "teksi 5": no sign
+        return False
+    before = tail[:word.start()].rstrip()
+    last_word = _LAST_WORD.search(before)
+    return not (before[-1:].isdigit() or before.endswith((")", "_"))
+                or (last_word is not None and leading_turkish_number(" " + last_word.group()) is not None))
 
 
 def _spaced(readings: Readings, text: str, end: int) -> Readings:
@@ -261,7 +270,7 @@ def _spaced(readings: Readings, text: str, end: int) -> Readings:
         return readings
     whole = int("".join(groups)) * 1000
     joined = frozenset(whole + r for r in readings if 0 <= r < 1000)
-    if _sign_before(text[max(0, head.start() - 2):head.start()]):
+    if _sign_before(text[max(0, head.start() - _SIGN_WINDOW):head.start()]):
         joined = frozenset(-r for r in joined)
     return readings | joined
 

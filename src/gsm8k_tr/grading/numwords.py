@@ -189,8 +189,9 @@ def _spelled_numbers(
         raw = lower(match.group(0))
         after, waiting = waiting, None
         if raw in ("eksi", "minus"):
+            subtracts = builder is not None and builder.words  # "on eksi beş" is 10 - 5, as "10 - 5" reads
             close()
-            pending_negative = True
+            pending_negative = not subtracts
             continue
         if raw in halves:
             # The half stays open for a scale word after it: "bir buçuk milyon", "yarım milyon".
