@@ -88,3 +88,23 @@ def test_no_torch_at_all_is_one_line_too(monkeypatch) -> None:
     monkeypatch.setattr(importlib.metadata, "version", version)
     with pytest.raises(UserError, match="^torch is not installed: install it"):
         require_torch()
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["prepare", "--dataset", "x.csv", "--output", ""], "--output"),  # wrote to the recipe's default folder
+    (["prepare", "--config", "", "--dataset", "x.csv"], "--config"),  # read as the recipe file '.'
+    (["evaluate", "--model", "m", "--split", " "], "--split"),  # answered the test split
+    (["generate", "--model", "m", ""], "a question"),  # answered an empty prompt
+    (["compare", "a", ""], "an EVAL folder"),
+    (["report", ""], "RUN_DIR"),
+])
+def test_an_empty_argument_is_refused_naming_it(argv: list[str], named: str, tmp_path: Path, monkeypatch,
+                                                capsys) -> None:
+    from gsm8k_tr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"gsm8k-tr {argv[0]}: error: {named} is empty (an unset shell variable?); "
+                                       "give it a value\n")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+

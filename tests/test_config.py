@@ -48,6 +48,11 @@ BAD = [
     (["eval.temperature=.nan"], "recipe key 'eval.temperature' must be a finite number, got nan", "YAML's nan"),
     (["prompt.template=Soru: {question}"], "got {'Soru': {'question': None}} (dict); YAML read the text as structure: "
                                            "put it in quotes", "text that YAML reads as a mapping"),
+    (["data.dataset="], "recipe key 'data.dataset' is empty; name a Hub id", "an empty source read as the current folder"),
+    (["data.reference=' '"], "recipe key 'data.reference' is empty", "blank is empty too"),
+    (["model.name_or_path="], "recipe key 'model.name_or_path' is empty", "the Hub's message named '' but not the key"),
+    (["eval.device="], "recipe key 'eval.device' is empty; give it a value, or null", "an empty device read as auto"),
+    (["model.sft_output="], "recipe key 'model.sft_output' is empty", "an empty start read as its default"),
 ]
 
 
@@ -145,3 +150,8 @@ def test_accelerate_configs_load_and_say_how_to_run(path: Path) -> None:
     assert f"accelerate launch --config_file recipes/accelerate/{path.name} -m gsm8k_tr grpo" in text
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.num_processes >= 2 and config.mixed_precision == "no"
+
+
+def test_an_empty_instruction_is_a_recipes_choice() -> None:
+    assert load_recipe(None, ["prompt.instruction="]).prompt.instruction == ""
+

@@ -285,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_POSITIONALS = {"run_dir": "RUN_DIR", "evaluations": "an EVAL folder", "items": "a question",
+                "overrides": "a key=value override"}
+
+
+def _refuse_empty(args: argparse.Namespace) -> None:
+    """An empty value (`--output "$DIR"` with DIR unset) is refused, not read as its default or as the current folder:
+    `--output ""` wrote to the recipe's default folder, `--split ""` answered the test split, `--config ""` read '.'."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.strip():
+                shown = _POSITIONALS.get(name, "--" + name.replace("_", "-"))
+                raise UserError(f"{shown} is empty (an unset shell variable?); give it a value")
+
+
 # The commands that build a model (or its meta copy, for the plan and the check) through transformers.
 _MODEL_COMMANDS = ("sft", "grpo", "pipeline", "evaluate", "generate", "plan", "check")
 
@@ -321,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu_processes_without_gpus()
     try:
+        _refuse_empty(args)
         if args.command in _MODEL_COMMANDS:
             from gsm8k_tr.modeling import require_torch
 

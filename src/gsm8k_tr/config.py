@@ -391,8 +391,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
     _check(recipe)
-    if not recipe.output_dir.strip():
-        raise UserError("recipe key 'output_dir' is empty; name a folder for the run, e.g. output_dir=runs/try1")
+    _refuse_empty(recipe)
     # `~` is the user's home, not a folder named "~" in the working directory; transformers reads "~/model" as a
     # malformed Hub id.
     recipe.output_dir = str(Path(recipe.output_dir).expanduser())
@@ -400,6 +399,22 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         if (value := getattr(recipe.model, key)) and value.startswith("~"):
             setattr(recipe.model, key, str(Path(value).expanduser()))
     return recipe
+
+
+_EMPTY_HINTS = {"output_dir": "name a folder for the run, e.g. output_dir=runs/try1",
+                "model.name_or_path": "name a Hub id, a folder or builtin:NAME", "prompt.instruction": None,
+                "data.dataset": "name a Hub id, a file or folder, or synthetic[:N]", "data.reference": "name English "
+                "GSM8K's Hub id or folder, or none", "": "give it a value, or null where the key takes null"}  # None: may be empty
+
+
+def _refuse_empty(section: Any, prefix: str = "") -> None:
+    """A text key left empty is refused, naming it: `data.dataset=` read the working directory, `eval.device=` auto."""
+    for part in dataclasses.fields(section):
+        key, value = prefix + part.name, getattr(section, part.name)
+        if dataclasses.is_dataclass(value):
+            _refuse_empty(value, key + ".")
+        elif isinstance(value, str) and not value.strip() and (hint := _EMPTY_HINTS.get(key, _EMPTY_HINTS[""])) is not None:
+            raise UserError(f"recipe key {key!r} is empty; {hint}")
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
