@@ -392,8 +392,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
     _check(recipe)
     _refuse_empty(recipe)
-    # `~` is the user's home, not a folder named "~" in the working directory; transformers reads "~/model" as a
-    # malformed Hub id.
+    # `~` is the user's home, not a folder "~" in the working directory; transformers read "~/model" as a bad Hub id.
     recipe.output_dir = str(Path(recipe.output_dir).expanduser())
     for key in ("name_or_path", "sft_output"):
         if (value := getattr(recipe.model, key)) and value.startswith("~"):
@@ -401,10 +400,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     return recipe
 
 
-_EMPTY_HINTS = {"output_dir": "name a folder for the run, e.g. output_dir=runs/try1",
+_EMPTY_HINTS = {"output_dir": "name a folder for the run, e.g. output_dir=runs/try1",  # None: the key may be empty
                 "model.name_or_path": "name a Hub id, a folder or builtin:NAME", "prompt.instruction": None,
-                "data.dataset": "name a Hub id, a file or folder, or synthetic[:N]", "data.reference": "name English "
-                "GSM8K's Hub id or folder, or none", "": "give it a value, or null where the key takes null"}  # None: may be empty
+                "data.dataset": "name a Hub id, a file or folder, or synthetic[:N]",
+                "data.reference": "name English GSM8K's Hub id or folder, or none",
+                "": "give it a value, or null where the key takes null"}  # "": every other key
 
 
 def _refuse_empty(section: Any, prefix: str = "") -> None:
