@@ -107,4 +107,3 @@ def test_an_empty_argument_is_refused_naming_it(argv: list[str], named: str, tmp
     assert capsys.readouterr().err == (f"gsm8k-tr {argv[0]}: error: {named} is empty (an unset shell variable?); "
                                        "give it a value\n")
     assert list(tmp_path.iterdir()) == []  # nothing written
-

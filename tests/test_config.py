@@ -154,4 +154,3 @@ def test_accelerate_configs_load_and_say_how_to_run(path: Path) -> None:
 
 def test_an_empty_instruction_is_a_recipes_choice() -> None:
     assert load_recipe(None, ["prompt.instruction="]).prompt.instruction == ""
-
