@@ -195,6 +195,20 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# An empty text key is refused where it is written: `data.dataset=` read the working directory, `eval.device=` the
+# default. These keys say what to name instead.
+_EMPTY_HINTS = {"output_dir": "name a folder for the run, e.g. output_dir=runs/try1",
+                "model.name_or_path": "name a Hub id, a folder or builtin:NAME",
+                "data.dataset": "name a Hub id, a file or folder, or synthetic[:N]",
+                "data.reference": "name English GSM8K's Hub id or folder, or none"}
+_MAY_BE_EMPTY = ("prompt.instruction",)
+
+
+def _empty_hint(key: str, tp: Any) -> str:
+    nullable = type(None) in typing.get_args(tp)
+    return _EMPTY_HINTS.get(key, "give it a value, or null for its default" if nullable else "give it a value")
+
+
 def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: bool = False) -> None:
     """Write `values` into the dataclass `target`, checking keys and types.
 
@@ -217,6 +231,8 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: b
             _merge(current, value, f"{key}.", update_maps)
         else:
             value = coerce(value, hints[name], key)
+            if isinstance(value, str) and not value.strip() and key not in _MAY_BE_EMPTY:
+                raise UserError(f"recipe key {key!r} is empty; {_empty_hint(key, hints[name])}")
             if update_maps and isinstance(current, dict):
                 merge = _merge_reward if name == "rewards" and not prefix else lambda old, new: new
                 value = {**current, **{k: merge(current.get(k), v) for k, v in value.items()}}
@@ -391,30 +407,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         _merge(recipe, parse_overrides(overrides) if isinstance(overrides, list) else overrides, update_maps=True)
     _check(recipe)
-    _refuse_empty(recipe)
     # `~` is the user's home, not a folder "~" in the working directory; transformers read "~/model" as a bad Hub id.
     recipe.output_dir = str(Path(recipe.output_dir).expanduser())
     for key in ("name_or_path", "sft_output"):
         if (value := getattr(recipe.model, key)) and value.startswith("~"):
             setattr(recipe.model, key, str(Path(value).expanduser()))
     return recipe
-
-
-_EMPTY_HINTS = {"output_dir": "name a folder for the run, e.g. output_dir=runs/try1",  # None: the key may be empty
-                "model.name_or_path": "name a Hub id, a folder or builtin:NAME", "prompt.instruction": None,
-                "data.dataset": "name a Hub id, a file or folder, or synthetic[:N]",
-                "data.reference": "name English GSM8K's Hub id or folder, or none",
-                "": "give it a value, or null where the key takes null"}  # "": every other key
-
-
-def _refuse_empty(section: Any, prefix: str = "") -> None:
-    """A text key left empty is refused, naming it: `data.dataset=` read the working directory, `eval.device=` auto."""
-    for part in dataclasses.fields(section):
-        key, value = prefix + part.name, getattr(section, part.name)
-        if dataclasses.is_dataclass(value):
-            _refuse_empty(value, key + ".")
-        elif isinstance(value, str) and not value.strip() and (hint := _EMPTY_HINTS.get(key, _EMPTY_HINTS[""])) is not None:
-            raise UserError(f"recipe key {key!r} is empty; {hint}")
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
