@@ -99,6 +99,14 @@ CORRECT = [
     ("on eksi beş", "5", "'eksi' after a number word subtracts too"),
     ("on eksi 5", "5", "a number word, 'eksi', then digits"),
     ("-2 1/2", "-2.5", "a negative mixed number"),
+    ("-$5", "-5", "a sign before a currency sign, as '$-5' reads"),
+    ("Kâr: -₺12", "-12", "a sign before the lira sign"),
+    ("-$ 10 000", "-10000", "a sign, a currency sign and a space before space-grouped thousands"),
+    ("eksi $5", "-5", "a spelled sign before a currency sign"),
+    ("onbeş", "15", "number words run together, as informal Turkish writes them"),
+    ("İkiyüzellidir", "250", "three words run together with a copula, capitalised"),
+    ("2 bin beşyüz", "2500", "the rest after a scale word run together"),
+    ("binbir", "1001", "a scale and a unit run together"),
 ]
 
 WRONG = [
@@ -126,6 +134,11 @@ WRONG = [
     ("10 eksi 5", "-5", "'eksi' after digits subtracts"),
     ("eksik 5", "-5", "'eksik' (missing) is no sign"),
     ("-2 1/2", "-1.5", "a negative mixed number is not its whole plus the fraction"),
+    ("-$5", "5", "a sign before a currency sign is read"),
+    ("10 - $5", "-5", "a minus between two amounts subtracts"),
+    ("beşon", "10", "stems that make no single number are no number run together"),
+    ("yüzyıl", "100", "'yüzyıl' (century) is no number"),
+    ("yüzbinlerce", "100", "stems with more than a copula after them are no number"),
     ("2 buçuk saat", "2", "'buçuk' adds a half"),
     ("1234 567", "1234567", "a head of four digits is no group of thousands"),
     ("72 73 074", "7273074", "groups after the head have three digits"),

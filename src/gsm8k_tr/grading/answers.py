@@ -34,6 +34,8 @@ _RUN = re.compile(r"[0-9][0-9.,]*")
 _SIGNS = "-−–"
 # "eksi 5", "minus 5": a sign in a word, within `_SIGN_WINDOW` characters before the digits with what precedes it.
 _SIGN_WORDS, _LAST_WORD, _SIGN_WINDOW = ("eksi", "minus"), re.compile(r"[^\W\d_]+$"), 40
+# A currency sign between the sign and the digits: "-$5", "eksi ₺5", "-€ 5".
+_CURRENCY, _CURRENCY_SPACED = ("$", "₺", "€", "£"), tuple(f"{sign}{space}" for sign in "$₺€£" for space in " \u00a0")
 _WINDOW = 4096  # characters read per step when looking for the last number
 _VULGAR = {
     "½": Fraction(1, 2), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
@@ -152,7 +154,7 @@ def _scan(text: str, start: int, end: int) -> list[Readings]:
             readings = frozenset(r + _VULGAR[text[stop]] for r in readings)
             stop += 1
         before = text[first - 1] if first else ""
-        if before and (before in _SIGNS or before.isspace()) and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
+        if before and (before in _SIGNS or before.isspace() or before in _CURRENCY) and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
             readings = frozenset(-r for r in readings)
         elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
             # "2 1/2" is a mixed number: a whole number, one space, a proper fraction.
@@ -243,6 +245,7 @@ def _run_start(text: str, end: int) -> int:
 def _sign_before(head: str) -> bool:
     """Whether `head`, the text before a number's digits, ends in its sign ("-5", "eksi 5"), not in subtraction: a
     minus right after a word, digit or bracket ("10-3", "x-3"), "eksi" or "minus" after a number ("10 eksi 3")."""
+    head = head[:-1] if head.endswith(_CURRENCY) else head[:-2] if head.endswith(_CURRENCY_SPACED) else head
     if head[-1:] in tuple(_SIGNS):
         return not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_"))
     tail = head.rstrip(" \t\u00a0")
@@ -395,10 +398,8 @@ def canonical(value: Fraction) -> str:
 def _gold_value(gold: str | int | float | Fraction) -> Fraction | None:
     if isinstance(gold, Fraction):
         return gold
-    if isinstance(gold, bool):
-        return None
     if isinstance(gold, int):
-        return Fraction(gold)
+        return None if isinstance(gold, bool) else Fraction(gold)
     if isinstance(gold, float):
         return Fraction(str(gold)) if gold == gold and abs(gold) != float("inf") else None
     try:

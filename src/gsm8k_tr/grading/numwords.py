@@ -7,6 +7,7 @@ and of the fraction words only "buçuk", "yarım", "half" and Turkish's
 "üçte bir" form are read ("dörtte üçü" is 3/4; "onda bir" is left alone,
 since "onda" is also "at him", and "yüzde elli" stays 50, as GSM8K writes a
 percentage).
+Number words run together ("onbeş", "ikiyüzelli") are read as if spaced.
 Every function here runs in time linear in its input.
 """
 
@@ -158,6 +159,31 @@ class _Builder:
         return self.total + self.small + (Fraction(1, 2) if self.half else 0)
 
 
+_TR_STEM = re.compile(_alternatives(_TR_WORDS))  # no stem begins another, so at most one matches at a place
+_MAX_JOINED = 12  # stems in one word: "dokuzyüzdoksandokuzbindokuzyüzdoksandokuz" has 10
+
+
+def _tr_split(word: str) -> list[str]:
+    """A lower-cased Turkish word as the number words written in it: "onbeş" is ["on", "beş"], "ikiyüzellidir"
+    ["iki", "yüz", "ellidir"], as informal Turkish runs them together. Any other word is itself: one with more than
+    a copula after its stems ("yüzbinlerce", "yüzyıl"), and one whose stems make no single number ("beşon")."""
+    if word in _TR_WORDS or not _TR_STEM.match(word):  # cheaply, most words
+        return [word]
+    parts: list[str] = []
+    at = 0
+    while len(parts) < _MAX_JOINED and (stem := _TR_STEM.match(word, at)):
+        parts.append(stem.group())
+        at = stem.end()
+    rest = word[at:]
+    if len(parts) < 2 or (rest and rest not in _TR_COPULAS):
+        return [word]
+    builder = _Builder()
+    if not all(builder.add(_kind(_TR_WORDS[part], _TR_SCALES, part), _TR_WORDS[part]) for part in parts):
+        return [word]
+    parts[-1] += rest
+    return parts
+
+
 def _spelled_numbers(
     text: str,
     scales: dict[str, int],
@@ -165,9 +191,11 @@ def _spelled_numbers(
     halves: dict[str, Fraction],
     lower: Callable[[str], str] = str.lower,
     fractions: tuple[Callable[[str], int | None], Callable[[str], int | None]] | None = None,
+    split: Callable[[str], list[str]] = lambda word: [word],
 ) -> list[Fraction]:
     """All spelled-out numbers in `text`, in order of appearance; `lower` is the language's lower case. `fractions`
-    reads a denominator word and a numerator word that ends a number (Turkish's "dörtte" and "üçü")."""
+    reads a denominator word and a numerator word that ends a number (Turkish's "dörtte" and "üçü"); `split` parts
+    a word into the number words run together in it ("onbeş")."""
     found: list[Fraction] = []
     builder: _Builder | None = None
     negative = False
@@ -185,8 +213,7 @@ def _spelled_numbers(
         negative = False
         over = None
 
-    for match in _WORD.finditer(text):
-        raw = lower(match.group(0))
+    for raw in (part for match in _WORD.finditer(text) for part in split(lower(match.group(0)))):
         after, waiting = waiting, None
         if raw in ("eksi", "minus"):
             subtracts = builder is not None and builder.words  # "on eksi beş" is 10 - 5, as "10 - 5" reads
@@ -237,14 +264,14 @@ def turkish_numbers(text: str, fractions: bool = True) -> list[Fraction]:
 
     >>> [str(n) for n in turkish_numbers("yetmiş iki elma ve bin iki yüz armut")]
     ['72', '1200']
-    >>> [str(n) for n in turkish_numbers("iki buçuk saat, cevap üçtür")]
-    ['5/2', '3']
+    >>> [str(n) for n in turkish_numbers("iki buçuk saat, cevap üçtür, onbeş ya da ikiyüzelli")]
+    ['5/2', '3', '15', '250']
     >>> [str(n) for n in turkish_numbers("dörtte üçünü yedi")], turkish_numbers("dörtte üç", fractions=False)
     (['3/4', '7'], [Fraction(3, 1)])
     """
     halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
     parts = (_tr_denominator, _tr_numerator) if fractions else None
-    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower, parts)
+    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower, parts, _tr_split)
 
 
 # One Turkish word after spaces on the same line: the words of "2 bin beş yüz" after its "bin".
@@ -262,7 +289,7 @@ def leading_turkish_number(text: str) -> Fraction | None:
     at = 0
     while len(words) < _LEADING_WORDS:
         match = _NEXT_WORD.match(text, at)
-        if match is None or _tr_lookup(turkish_lower(match.group(1)))[1] is None:
+        if match is None or _tr_lookup(_tr_split(turkish_lower(match.group(1)))[0])[1] is None:
             break
         words.append(match.group(1))
         at = match.end()
