@@ -55,12 +55,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 # What evaluate writes as numbers in metrics.json, and the pipeline's summary and the report compute with.
 METRIC_NUMBERS = ("n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate",
                   "mean_completion_tokens", "truncated_rate", "pass_at_k", "maj_at_k", "seconds")
+METRIC_REQUIRED = ("split", "n", "accuracy")  # what every row of the summary and the report is read from
 
 
 def read_metrics(path: Path, remedy: str) -> dict[str, Any]:
     """An evaluation's metrics.json: an object whose counts and rates are numbers, else one line naming the file
     (a damaged or hand-edited one stopped in a traceback inside a plot or the summary)."""
     metrics = read_object(path, remedy, "an object of metrics, as evaluate writes it")
+    missing = [key for key in METRIC_REQUIRED if key not in metrics]
+    if missing:  # the report's row was left blank, and its stage-to-stage comparisons dropped without a word
+        raise UserError(f"{path}: no {', '.join(map(repr, missing))}, which evaluate writes; {remedy}")
+    if not isinstance(metrics["split"], str) or not metrics["split"]:
+        raise UserError(f"{path}: 'split' is {metrics['split']!r}, not a split's name as evaluate writes it; {remedy}")
     for key in METRIC_NUMBERS:
         value = metrics.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

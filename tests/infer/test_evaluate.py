@@ -147,6 +147,21 @@ def test_a_folder_that_is_not_a_model(tmp_path):
     assert result.returncode == 2 and "neither a model" in result.stderr
 
 
+def test_a_run_folder_or_a_killed_stage_given_as_the_model_says_what_to_give(tmp_path):
+    run, killed = tmp_path / "run", tmp_path / "killed"
+    for stage in ("sft", "grpo"):  # finished stage outputs, as `run_folder.is_finished` knows them
+        (run / stage / "merged").mkdir(parents=True)
+        (run / stage / "manifest.json").write_text("{}")
+        (run / stage / "merged" / "config.json").write_text("{}")
+    (killed / "checkpoint-4").mkdir(parents=True)
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(run), "2+2 kaçtır?")
+    assert result.returncode == 2 and f"a run folder: give one of its stages, {run / 'grpo'} or {run / 'sft'}" \
+        in result.stderr, result.stderr
+    result = cli("generate", "--config", str(TINY_RECIPE), "--model", str(killed), "2+2 kaçtır?")
+    assert result.returncode == 2 and "a stage that did not finish: run that stage again with --resume" \
+        in result.stderr, result.stderr
+
+
 def test_a_model_path_that_is_not_there_is_one_line_before_the_data_is_prepared(tmp_path):
     result = cli("evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "--model", str(tmp_path / "gone"))
     assert result.returncode == 2 and "neither a model" in result.stderr and "Traceback" not in result.stderr

@@ -71,6 +71,9 @@ DAMAGED_RUN_FILES = [
     # a rate that is no number stopped in a traceback inside the plot
     ("eval/sft/metrics.json", '{"split": "test", "n": 1, "accuracy": "high"}', "'accuracy' is 'high', not a number"),
     ("eval/grpo/metrics.json", '{"split": "test", "n": true, "accuracy": 0.5}', "'n' is True, not a number"),
+    # the report's row was left blank and its stage-to-stage comparisons dropped
+    ("eval/sft/metrics.json", '{"x": 1}', "no 'split', 'n', 'accuracy', which evaluate writes"),
+    ("eval/sft/metrics.json", '{"split": 3, "n": 1, "accuracy": 0.5}', "'split' is 3, not a split's name"),
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true, "tokens": 12}\n{"tokens": 3',
      "predictions.jsonl:2"),                                                         # a line cut short
     ("eval/grpo/predictions.jsonl", '{"question": "q", "correct": true}\n', "not a prediction as evaluate"),

@@ -149,8 +149,16 @@ def _path_only(spec: str) -> bool:
 
 
 def _no_model(spec: str) -> None:
+    path = Path(spec).expanduser()
+    stages = [str(path / name) for name in ("grpo", "sft") if is_finished(path / name)]
+    if stages:  # a run's output_dir, where its stages' outputs are one level down
+        hint = f"it is a run folder: give one of its stages, {' or '.join(stages)}"
+    elif path.is_dir() and any(path.glob("checkpoint-*")):
+        hint = "it holds checkpoints of a stage that did not finish: run that stage again with --resume"
+    else:
+        hint = "give a model folder, an adapter or a Hub id"
     raise UserError(f"{spec!r} is neither a model (config.json and *.safetensors) nor a LoRA adapter "
-                    "(adapter_config.json) nor a stage output; give a model folder, an adapter or a Hub id")
+                    f"(adapter_config.json) nor a finished stage output; {hint}")
 
 
 def check_model_path(spec: str) -> None:
