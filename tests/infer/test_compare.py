@@ -127,8 +127,18 @@ def test_the_compare_command_pairs_two_evaluation_folders(tmp_path: Path, capsys
     assert main(["compare", str(limited.parent), str(tmp_path / "a"), "--json"]) == 0
     assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k.startswith("only")} == {
         "only_before": 0, "only_after": 3}
+    run = tmp_path / "run"  # a run folder, whose evaluations are in eval/<stage>
+    for stage in ("sft", "grpo"):
+        (run / "eval" / stage).mkdir(parents=True)
+        (run / "eval" / stage / "predictions.jsonl").write_text((tmp_path / "a" / "predictions.jsonl").read_text())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "predictions.jsonl").write_text("\n")
     for argv, message in ((["compare", str(tmp_path / "a"), str(tmp_path / "other")], "no question in common"),
-                          (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there")):
+                          (["compare", str(tmp_path / "a"), str(tmp_path / "none")], "no predictions.jsonl there"),
+                          (["compare", str(run), str(run)], f"such as this run folder's {run / 'eval' / 'grpo'}, "
+                                                            f"{run / 'eval' / 'sft'}"),
+                          (["compare", str(tmp_path / "a"), str(tmp_path / "empty")],
+                           "predictions.jsonl: no predictions in it (empty); evaluate again into that folder")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
 

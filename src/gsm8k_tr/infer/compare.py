@@ -83,6 +83,8 @@ def read_predictions(path: Path, remedy: str) -> list[dict[str, Any]]:
     one line naming it and `remedy`."""
     from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
 
+    if path.is_file() and not path.read_bytes().strip():  # json_rows would ask for a data file's header and rows
+        raise UserError(f"{path}: no predictions in it (empty); {remedy}")
     records = []
     for number, record in json_rows(path):
         answers = record.get("samples", [record])
@@ -188,7 +190,9 @@ def folder_scores(given: str, key: str = "correct") -> dict[Question, float]:
     """An evaluation's folder (or its predictions.jsonl) read into `scores`; one line when it cannot be."""
     path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
     if not path.is_file():
-        raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote")
+        stages = sorted(str(folder) for folder in Path(given, "eval").glob("*") if (folder / "predictions.jsonl").exists())
+        hint = f", such as this run folder's {', '.join(stages)}" if stages else ""
+        raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote{hint}")
     return scores(read_predictions(path, "evaluate again into that folder"), key)
 
 
