@@ -254,6 +254,8 @@ def test_refuses_to_overwrite_without_flag(turkish_csv: Path, tmp_path: Path, ca
 def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
+    empty_jsonl = tmp_path / "empty.jsonl"
+    empty_jsonl.write_text("\n")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("question,answer\nAyşe'nin 3 elması var,3\n".encode("latin-1", errors="replace").replace(b"?", b"\xfe"))
     torn = tmp_path / "torn.csv"  # a UTF-16 byte-order mark and an odd number of bytes: cut short mid-character
@@ -273,7 +275,8 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
     return [
         # (arguments, message fragment) — each must be one line naming the file, row or column
         (["--dataset", str(tmp_path / "missing.csv")], "does not exist"),
-        (["--dataset", str(empty)], "empty.csv: file is empty"),
+        (["--dataset", str(empty)], "empty.csv: file is empty; give a file with a header and rows"),
+        (["--dataset", str(empty_jsonl)], "empty.jsonl: file is empty; give a file with one JSON object a line"),
         (["--dataset", str(latin)], "latin.csv: not UTF-8 text (byte 0xfe"),
         (["--dataset", str(torn)], "torn.csv: starts as UTF-16 text but is not (byte 80 of 81: truncated data)"),
         (["--dataset", str(broken)], "broken.jsonl:2: malformed JSON line"),

@@ -39,7 +39,9 @@ class RawRow:
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     if not data.strip():
-        raise UserError(f"{path}: file is empty; give a file with a header and rows")
+        rows = {".jsonl": "one JSON object a line", ".json": "a list of JSON objects"}.get(path.suffix.lower(),
+                                                                                           "a header and rows")
+        raise UserError(f"{path}: file is empty; give a file with {rows}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a byte-order mark: Excel's "Unicode text" is UTF-16
         try:
             return data.decode("utf-16")
