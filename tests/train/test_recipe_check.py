@@ -363,3 +363,12 @@ def test_grpo_choices_are_the_ones_trl_documents() -> None:
         assert all(f"'{choice}'" in helps[key] or f"{choice}'" in helps[key] for choice in choices), key
     listed = re.search(r"Supported values are (.*?)\. ", helps["loss_type"]).group(1)
     assert set(re.findall(r"'(\w+)'", listed)) == set(GRPO_CHOICES["loss_type"])
+
+
+def test_a_learning_rate_of_0_is_warned_about(tmp_path: Path, tiny_model_dir) -> None:
+    # torch takes it (a run that times the steps), and the run trained nothing without a word
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}", "grpo.learning_rate=0")
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+    assert "recipe key 'grpo.learning_rate' is 0: the adapter will not change from its start" in done.stderr
+    done = run_cli("check", "--config", str(TINY_RECIPE), f"output_dir={tmp_path}")
+    assert done.returncode == 0 and "learning_rate" not in done.stderr

@@ -279,6 +279,8 @@ def check_training_values(section: str, config: Any) -> None:
     pipeline: after SFT), or take without a word where they make no sense; checked as they would check them."""
     if config.learning_rate < 0:  # torch's optimizers refuse it when the trainer builds them
         raise UserError(f"recipe key '{section}.learning_rate' must be 0 or more, got {config.learning_rate}")
+    if config.learning_rate == 0:  # allowed, as torch allows it (a run that times the steps), but it trains nothing
+        log.warning("recipe key '%s.learning_rate' is 0: the adapter will not change from its start", section)
     # a negative weight decay grows the weights, and torch checks it only for the defaults, not the trainer's groups;
     # NEFTune's noise stopped the first step in a traceback from torch's uniform_
     _check_lower_bounds(section, config, (("weight_decay", 0, False), ("label_smoothing_factor", 0, False),
