@@ -30,6 +30,11 @@ NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # a full disk
 AGAIN = "nothing half-written was kept: free some space, then run the same command again"
 
 
+def blocking_file(path: Path) -> Path | None:
+    """The file that keeps `path` from being a folder: `path` itself or one of its parents, else None."""
+    return next((place for place in (path, *path.parents) if place.exists() and not place.is_dir()), None)
+
+
 def check_writable(output: Path, overwrite: bool, example: str = "out") -> None:
     """Refuse an existing non-empty output unless overwriting was asked for, and one that holds the current folder:
     an output is written beside its place and renamed into it, which `.` or `..` cannot be (`example`: a name the
@@ -42,8 +47,11 @@ def check_writable(output: Path, overwrite: bool, example: str = "out") -> None:
     if output.resolve() in here or not output.resolve().name:
         raise UserError(f"output {str(output)!r} is the current folder or holds it, and an output folder is replaced "
                         f"whole when written; give a folder for it to be, such as {str(output / example)!r}")
-    if output.exists() and not output.is_dir():
+    file = blocking_file(output)
+    if file == output:
         raise UserError(f"output {str(output)!r} exists and is not a folder")
+    if file is not None:
+        raise UserError(f"output {str(output)!r}: {str(file)!r} exists and is not a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"output folder {str(output)!r} already has files; pass --overwrite to replace them or choose another folder")
 
@@ -181,6 +189,9 @@ def run_lock(folder: Path) -> Iterator[None]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        file = blocking_file(folder)
+        if file is not None:  # "File exists" or "Not a directory" named no file
+            raise UserError(f"{file} exists and is not a folder; choose another output_dir") from None
         raise UserError(f"cannot write to {folder}: {error.strerror}; choose a writable output_dir") from None
     stat = folder.stat()
     key = (stat.st_dev, stat.st_ino)

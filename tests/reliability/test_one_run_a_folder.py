@@ -4,6 +4,7 @@ read half-way, written beside or deleted under it."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT, TINY_RECIPE
 
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.outputs import atomic_directory, run_lock
+from gsm8k_tr.outputs import atomic_directory, check_writable, run_lock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks on Windows")
 
@@ -77,11 +78,16 @@ def test_a_folder_the_run_wrote_to_stays(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
 
 
-def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="cannot write to .*file/run: .*; choose a writable output_dir"):
-        with run_lock(tmp_path / "file" / "run"):
-            pass
+def test_a_folder_that_cannot_be_made_is_one_line_naming_the_file_in_its_way(tmp_path: Path) -> None:
+    # it said "cannot write to .../file/run: Not a directory" (or "File exists"), naming no file
+    file = tmp_path / "file"
+    file.write_text("x")
+    for folder in (file, file / "run", file / "run" / "deeper"):
+        with pytest.raises(UserError, match=f"^{re.escape(str(file))} exists and is not a folder; choose another output_dir$"):
+            with run_lock(folder):
+                pass
+    with pytest.raises(UserError, match=re.escape(f"output '{file / 'eval'}': '{file}' exists and is not a folder")):
+        check_writable(file / "eval", overwrite=False)  # evaluate's and prepare's --output
 
 
 def test_a_writer_at_work_keeps_its_temporary_folder_and_a_killed_ones_is_cleared(tmp_path: Path) -> None:

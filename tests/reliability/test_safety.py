@@ -153,7 +153,7 @@ def test_outputs_that_cannot_be_written_or_do_not_fit(tmp_path: Path, tiny_model
     blocker.write_text("not a folder")
     done = run_cli("sft", "--config", str(TINY_RECIPE), f"output_dir={blocker / 'run'}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "cannot write" in _error_line(done.stderr)
+    assert _error_line(done.stderr).endswith(f"{blocker} exists and is not a folder; choose another output_dir")
 
     from collections import namedtuple
 
