@@ -234,12 +234,12 @@ def _plan(args: argparse.Namespace) -> int:
     if warning:
         logging.getLogger("gsm8k_tr.plan").warning(warning)
     memory_gib = next(iter(plans.values())).memory_gib
-    note = plan.layout_note(shape)
+    note, changes = plan.layout_note(shape), plan.to_fit(shape, plans)
     if args.json:
         print(json.dumps({"model": recipe.model.name_or_path, "parameters": shape.parameters,
                           "planned_for": "cpu" if memory_gib is None else "gpu", "memory_gib": memory_gib,
-                          "layout_note": note,
-                          "stages": {name: p.as_dict() for name, p in plans.items()}}, indent=2))
+                          "layout_note": note, "stages": {name: {**p.as_dict(), "to_fit": changes.get(name)}
+                                                          for name, p in plans.items()}}, indent=2))
     else:
         # Without a GPU the plan is this CPU's (training in float32, math attention): say so, as a GPU would need far
         # less. A stage in bf16 there keeps its rollouts' weight copies and KV cache in bf16.
@@ -251,6 +251,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"{recipe.model.name_or_path}: {shape.parameters / 1e6:.0f}M parameters, {shape.layers} layers, "
               f"context {shape.context}; estimated peak memory in GiB on {target}:")
         print("\n".join(plan.table(plans)))
+        for name, change in changes.items():
+            print(f"{name} does not fit in {memory_gib:g} GiB: {change}")
         if note:
             print(note)
     return 0

@@ -67,6 +67,18 @@ def test_plan_prints_parts_and_json(tmp_path: Path) -> None:
         assert done.returncode == 2 and "--gpu-memory must be a positive number of GiB" in done.stderr
     real = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "24")
     assert real.returncode == 0 and real.stderr.count("the Hub is not reachable") <= 1  # said once, not per reading
+    assert "does not fit" not in real.stdout
+    assert all(stage["to_fit"] is None for stage in printed["stages"].values())
+    # Where a stage does not fit, the plan says what would (it showed the parts alone), and what it says fits
+    small = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "16")
+    said = dict(line.split(" does not fit in 16 GiB: set ", 1) for line in small.stdout.splitlines()
+                if " does not fit in " in line)
+    assert set(said) == {"sft", "grpo"}, small.stdout
+    assert said["sft"].startswith("sft.per_device_train_batch_size=4 sft.gradient_accumulation_steps=8 (about ")
+    changes = [key_value for text in said.values() for key_value in text.split(" (about ")[0].split()]
+    fixed = run_cli("plan", "--config", str(ROOT / "recipes" / "turkish-gpt2-medium.yaml"), "--gpu-memory", "16",
+                    "--json", *changes)
+    assert all(stage["fits"] and stage["to_fit"] is None for stage in json.loads(fixed.stdout)["stages"].values())
     # `bf16: false` alone trains in fp32 on every GPU, `fp16: false` alone in bf16 on one that has it, as TRL reads
     # them (`placement.precision_rule`): each planned so.
     fp32 = run_cli("plan", "--config", str(TINY_RECIPE), "--gpu-memory", "24", "sft.bf16=false", "grpo.fp16=false",

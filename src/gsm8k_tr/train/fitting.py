@@ -130,8 +130,8 @@ def check_fits(shape: Shape, recipe: Recipe, stage: str, config: Any, num_genera
     if plan.peak_gib <= 1.1 * FITS_SHARE * free:
         return plan
     raise UserError(f"{stage}: this recipe needs about {plan.peak_gib:.1f} GiB of GPU memory (gsm8k-tr plan shows the "
-                    f"parts) but the GPU has {free:.1f} GiB free; set "
-                    f"{_hint(shape, stage, settings, on_gpu, free, num_generations)}")
+                    f"parts) but the GPU has {free:.1f} GiB free; "
+                    f"{hint(shape, stage, settings, on_gpu, free, num_generations)}")
 
 
 def _warn_over_host_memory(shape: Shape, stage: str, settings: dict[str, Any], num_generations: int) -> None:
@@ -139,17 +139,18 @@ def _warn_over_host_memory(shape: Shape, stage: str, settings: dict[str, Any], n
     plan = estimate(shape, stage, settings, False, available)
     if plan.peak_gib > available:
         log.warning("%s: this run needs about %.1f GiB of memory at its longest rows (gsm8k-tr plan shows the parts) "
-                    "but this machine has %.1f GiB available; the system may stop it without a message; set %s",
-                    stage, plan.peak_gib, available, _hint(shape, stage, settings, False, available, num_generations))
+                    "but this machine has %.1f GiB available; the system may stop it without a message; %s",
+                    stage, plan.peak_gib, available, hint(shape, stage, settings, False, available, num_generations))
 
 
-def _hint(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
-          num_generations: int) -> str:
-    """The recipe changes `suggestions` finds, as key=value text, or what to lower when none fits."""
+def hint(shape: Shape, stage: str, settings: dict[str, Any], on_gpu: bool, memory_gib: float,
+         num_generations: int) -> str:
+    """The recipe changes `suggestions` finds ("set sft.x=1 (about 9.0 GiB) or ..."), or what to lower when none
+    fits."""
     options = suggestions(shape, stage, settings, on_gpu, memory_gib, num_generations)
     if options:
-        return " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items()) + f" (about {gib:.1f} GiB)"
-                           for change, gib in options)
+        return "set " + " or ".join(" ".join(f"{stage}.{k}={_yaml(v)}" for k, v in change.items())
+                                    + f" (about {gib:.1f} GiB)" for change, gib in options)
     return (f"lower {stage}.max_length" if stage == "sft" else "lower grpo.max_completion_length") + \
         (" or use a GPU with more memory" if on_gpu else "")
 

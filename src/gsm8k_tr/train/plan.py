@@ -15,7 +15,7 @@ from typing import Any
 from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
-from gsm8k_tr.train.fitting import fit_micro_batch, wants_auto
+from gsm8k_tr.train.fitting import fit_micro_batch, hint, wants_auto
 from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,14 @@ def sized_for_warning(recipe: Recipe, config: Any = None) -> str | None:
         return None
     return (f"the recipe says sized_for_gib: {recipe.sized_for_gib:g}, but its plan needs more there ({', '.join(over)}); "
             "`gsm8k-tr plan` shows the parts and what to lower")
+
+
+def to_fit(shape: Shape, plans: dict[str, StagePlan]) -> dict[str, str]:
+    """For each stage whose plan does not fit its GPU, the recipe changes that would, as a stage's own check before
+    it starts words them ("set sft.per_device_train_batch_size=4 sft.gradient_accumulation_steps=8 (about 10.4 GiB)
+    or ...")."""
+    return {name: hint(shape, name, p.settings, True, p.memory_gib, p.settings.get("num_generations", 1))
+            for name, p in plans.items() if p.fits is False and p.memory_gib is not None}
 
 
 def table(plans: dict[str, StagePlan]) -> list[str]:
