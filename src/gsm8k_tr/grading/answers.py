@@ -34,8 +34,8 @@ _RUN = re.compile(r"[0-9][0-9.,]*")
 _SIGNS = "-−–"
 # "eksi 5", "minus 5": a sign in a word, within `_SIGN_WINDOW` characters before the digits with what precedes it.
 _SIGN_WORDS, _LAST_WORD, _SIGN_WINDOW = ("eksi", "minus"), re.compile(r"[^\W\d_]+$"), 40
-# A currency sign between the sign and the digits: "-$5", "eksi ₺5", "-€ 5".
-_CURRENCY, _CURRENCY_SPACED = ("$", "₺", "€", "£"), tuple(f"{sign}{space}" for sign in "$₺€£" for space in " \u00a0")
+_CURRENCY = tuple("$₺€£")  # a currency sign between the sign and the digits: "-$5", "eksi ₺5", "-€ 5"
+_CURRENCY_SPACED = tuple(sign + space for sign in _CURRENCY for space in " \u00a0")
 _WINDOW = 4096  # characters read per step when looking for the last number
 _VULGAR = {
     "½": Fraction(1, 2), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
@@ -154,7 +154,8 @@ def _scan(text: str, start: int, end: int) -> list[Readings]:
             readings = frozenset(r + _VULGAR[text[stop]] for r in readings)
             stop += 1
         before = text[first - 1] if first else ""
-        if before and (before in _SIGNS or before.isspace() or before in _CURRENCY) and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
+        if before and (before in _SIGNS or before.isspace() or before in _CURRENCY) \
+                and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
             readings = frozenset(-r for r in readings)
         elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
             # "2 1/2" is a mixed number: a whole number, one space, a proper fraction.
@@ -391,8 +392,7 @@ def canonical(value: Fraction) -> str:
     while (value * 10**places).denominator != 1:
         places += 1
     digits = str(abs(value.numerator * 10**places // value.denominator)).rjust(places + 1, "0")
-    sign = "-" if value < 0 else ""
-    return f"{sign}{digits[:-places]}.{digits[-places:]}"
+    return f"{'-' if value < 0 else ''}{digits[:-places]}.{digits[-places:]}"
 
 
 def _gold_value(gold: str | int | float | Fraction) -> Fraction | None:

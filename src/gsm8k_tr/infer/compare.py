@@ -190,7 +190,7 @@ def folder_scores(given: str, key: str = "correct") -> dict[Question, float]:
     """An evaluation's folder (or its predictions.jsonl) read into `scores`; one line when it cannot be."""
     path = Path(given) / "predictions.jsonl" if Path(given).is_dir() else Path(given)
     if not path.is_file():
-        stages = sorted(str(folder) for folder in Path(given, "eval").glob("*") if (folder / "predictions.jsonl").exists())
+        stages = sorted(str(folder.parent) for folder in Path(given, "eval").glob("*/predictions.jsonl"))
         hint = f", such as this run folder's {', '.join(stages)}" if stages else ""
         raise UserError(f"{given}: no predictions.jsonl there; give the folder `gsm8k-tr evaluate` wrote{hint}")
     return scores(read_predictions(path, "evaluate again into that folder"), key)
