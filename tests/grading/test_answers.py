@@ -107,6 +107,8 @@ CORRECT = [
     ("İkiyüzellidir", "250", "three words run together with a copula, capitalised"),
     ("2 bin beşyüz", "2500", "the rest after a scale word run together"),
     ("binbir", "1001", "a scale and a unit run together"),
+    ("Otobüse beş kişi bindi.", "5", "the number before 'bindi' (got on)"),
+    ("Toplam bindir.", "1000", "'bindir' is 'is a thousand'"),
 ]
 
 WRONG = [
@@ -139,6 +141,7 @@ WRONG = [
     ("beşon", "10", "stems that make no single number are no number run together"),
     ("yüzyıl", "100", "'yüzyıl' (century) is no number"),
     ("yüzbinlerce", "100", "stems with more than a copula after them are no number"),
+    ("Otobüse beş kişi bindi.", "1000", "'bindi' is 'got on', not 'was a thousand'"),
     ("2 buçuk saat", "2", "'buçuk' adds a half"),
     ("1234 567", "1234567", "a head of four digits is no group of thousands"),
     ("72 73 074", "7273074", "groups after the head have three digits"),
