@@ -34,8 +34,8 @@ _RUN = re.compile(r"[0-9][0-9.,]*")
 _SIGNS = "-−–"
 # "eksi 5", "minus 5": a sign in a word, within `_SIGN_WINDOW` characters before the digits with what precedes it.
 _SIGN_WORDS, _LAST_WORD, _SIGN_WINDOW = ("eksi", "minus"), re.compile(r"[^\W\d_]+$"), 40
-_CURRENCY = tuple("$₺€£")  # a currency sign between the sign and the digits: "-$5", "eksi ₺5", "-€ 5"
-_CURRENCY_SPACED = tuple(sign + space for sign in _CURRENCY for space in " \u00a0")
+_BETWEEN = tuple("$₺€£%(")  # a currency, percent sign or bracket between the sign and the digits: "-$5", "-%5", "-(5)"
+_BETWEEN_SPACED = tuple(sign + space for sign in _BETWEEN for space in " \u00a0")  # "eksi ₺ 5", "-€ 5"
 _WINDOW = 4096  # characters read per step when looking for the last number
 _VULGAR = {
     "½": Fraction(1, 2), "¼": Fraction(1, 4), "¾": Fraction(3, 4),
@@ -154,7 +154,7 @@ def _scan(text: str, start: int, end: int) -> list[Readings]:
             readings = frozenset(r + _VULGAR[text[stop]] for r in readings)
             stop += 1
         before = text[first - 1] if first else ""
-        if before and (before in _SIGNS or before.isspace() or before in _CURRENCY) \
+        if before and (before in _SIGNS or before.isspace() or before in _BETWEEN) \
                 and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
             readings = frozenset(-r for r in readings)
         elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
@@ -246,7 +246,7 @@ def _run_start(text: str, end: int) -> int:
 def _sign_before(head: str) -> bool:
     """Whether `head`, the text before a number's digits, ends in its sign ("-5", "eksi 5"), not in subtraction: a
     minus right after a word, digit or bracket ("10-3", "x-3"), "eksi" or "minus" after a number ("10 eksi 3")."""
-    head = head[:-1] if head.endswith(_CURRENCY) else head[:-2] if head.endswith(_CURRENCY_SPACED) else head
+    head = head[:-1] if head.endswith(_BETWEEN) else head[:-2] if head.endswith(_BETWEEN_SPACED) else head
     if head[-1:] in tuple(_SIGNS):
         return not (len(head) > 1 and (head[-2].isalnum() or head[-2] in ")_"))
     tail = head.rstrip(" \t\u00a0")
