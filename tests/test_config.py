@@ -23,8 +23,11 @@ def test_precedence_defaults_file_overrides(tmp_path: Path) -> None:
 
 BAD = [
     # (overrides, message fragment, what it checks)
-    (["data.datset=x"], "unknown recipe key 'data.datset'; valid keys in section 'data': dataset", "typo in a nested key"),
-    (["outptu_dir=x"], "valid keys in the recipe: output_dir", "typo at the top level"),
+    (["data.datset=x"], "unknown recipe key 'data.datset' (did you mean 'data.dataset'?); valid keys in section "
+                        "'data': dataset", "typo in a nested key"),
+    (["outptu_dir=x"], "'outptu_dir' (did you mean 'output_dir'?); valid keys in the recipe: output_dir",
+     "typo at the top level"),
+    (["lora.rank=4"], "unknown recipe key 'lora.rank'; valid keys in section 'lora': r,", "no key close enough"),
     (["data.limit=abc"], "'data.limit' must be int", "wrong type"),
     (["data.keep_unaligned=3"], "'data.keep_unaligned' must be bool", "int for a bool"),
     (["data=5"], "section 'data' must be a mapping", "scalar for a section"),

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.errors import UserError, did_you_mean, one_line
 
 DEFAULT_INSTRUCTION = (
     "Aşağıdaki matematik sorusunu adım adım çöz. Düşünceni <{reasoning_tag}> ve "
@@ -225,7 +225,8 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "", update_maps: b
         key = f"{prefix}{name}"
         if name not in fields:
             where = f"section {prefix.rstrip('.')!r}" if prefix else "the recipe"
-            raise UserError(f"unknown recipe key {key!r}; valid keys in {where}: {', '.join(fields)}")
+            raise UserError(f"unknown recipe key {key!r}{did_you_mean(name, fields, prefix)}; valid keys in {where}: "
+                            f"{', '.join(fields)}")
         current = getattr(target, name)
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{key}.", update_maps)

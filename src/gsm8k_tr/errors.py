@@ -1,5 +1,10 @@
 """The one exception type that means "the user can fix this", and the one line an error becomes in it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 
 class UserError(Exception):
     """A mistake in input, recipe or paths: the CLI prints it as one line and exits non-zero.
@@ -45,3 +50,16 @@ def compiler_failure(error: BaseException) -> str | None:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # dynamo's own first line ("backend='inductor' raised:") names no cause
     return next((line for line in lines if not line.endswith("raised:")), type(error).__name__)
+
+
+def did_you_mean(name: str, options: Iterable[Any], prefix: str = "") -> str:
+    """" (did you mean 'PREFIXoption'?)" for the option closest to a mistyped `name` ("learning_rat": "learning_rate"),
+    else "": difflib's close match, at its default cutoff of 0.6.
+
+    >>> did_you_mean("lossy_type", ["loss_type", "beta"], "grpo."), did_you_mean("rank", ["r", "alpha"])
+    (" (did you mean 'grpo.loss_type'?)", '')
+    """
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, [str(option) for option in options], n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

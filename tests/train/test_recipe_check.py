@@ -10,7 +10,8 @@ from conftest import ROOT, TINY_RECIPE, run_cli
 
 TYPOS = [
     # (override, what the one line says, the section it checks)
-    ("grpo.lossy_type=dapo", "unknown recipe key 'grpo.lossy_type': not an option of TRL's GRPOConfig", "grpo"),
+    ("grpo.lossy_type=dapo", "unknown recipe key 'grpo.lossy_type' (did you mean 'grpo.loss_type'?): not an option "
+                             "of TRL's GRPOConfig", "grpo"),
     ("grpo.num_generations=3", "generation_batch_size (4) must be divisible by num_generations (3)", "grpo (TRL's own)"),
     ("sft.lerning_rate=1e-4", "unknown recipe key 'sft.lerning_rate'", "sft"),
     ("sft.max_length=4096", "'sft.max_length' is 4096, past the model's context of 512", "sft against the model"),

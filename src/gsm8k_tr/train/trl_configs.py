@@ -15,7 +15,7 @@ from typing import Any
 
 from gsm8k_tr import hub, placement
 from gsm8k_tr.config import Recipe, coerce, type_name
-from gsm8k_tr.errors import UserError, one_line
+from gsm8k_tr.errors import UserError, did_you_mean, one_line
 from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.run_folder import stage_dir
@@ -189,7 +189,8 @@ def trl_config(config_cls: type, section: str, values: dict[str, Any], defaults:
         values.pop("per_device_train_batch_size")
     for key, value in values.items():
         if key not in fields:
-            raise UserError(f"unknown recipe key '{section}.{key}': not an option of TRL's {config_cls.__name__}")
+            raise UserError(f"unknown recipe key '{section}.{key}'{did_you_mean(key, fields, f'{section}.')}: not an "
+                            f"option of TRL's {config_cls.__name__}")
         if key in forced:
             raise UserError(f"recipe key '{section}.{key}' is set by gsm8k-tr ({forced[key][1]}); remove it")
         if key in SECRET_KEYS and value:
