@@ -107,3 +107,19 @@ def test_an_empty_argument_is_refused_naming_it(argv: list[str], named: str, tmp
     assert capsys.readouterr().err == (f"gsm8k-tr {argv[0]}: error: {named} is empty (an unset shell variable?); "
                                        "give it a value\n")
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["evaluate", "--model", "m", "--limt", "3"], "--limt (did you mean '--limit'?)"),  # was the top-level usage
+    (["generate", "--model", "m", "--devise", "cpu", "2+2?"], "--devise (did you mean '--device'?)"),
+    (["report", "run", "--xyz"], "--xyz"),  # nothing close: no guess
+])
+def test_a_mistyped_option_names_the_closest(argv: list[str], said: str, tmp_path: Path, monkeypatch,
+                                             capsys) -> None:
+    from gsm8k_tr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"gsm8k-tr {argv[0]}: error: unrecognized arguments: {said}; see gsm8k-tr "
+                                       f"{argv[0]} --help\n")
+    assert list(tmp_path.iterdir()) == []

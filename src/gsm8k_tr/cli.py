@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 
 from gsm8k_tr import __version__
-from gsm8k_tr.errors import Stopped, UserError, one_line
+from gsm8k_tr.errors import Stopped, UserError, did_you_mean, one_line
 from gsm8k_tr.outputs import NO_SPACE
 
 
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         add_args(command)
-        command.set_defaults(run=run)
+        # argparse keeps no public list of a parser's options; its actions hold them, for a mistyped one's hint
+        command.set_defaults(run=run, options=tuple(o for action in command._actions for o in action.option_strings))
     return parser
 
 
@@ -311,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may come after options too (argparse takes positionals only in one run).
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if not _OVERRIDE.match(item)]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if stray:  # "--limt 3": one line naming the option it is closest to, not the top-level usage
+        hints = "".join(did_you_mean(item, args.options) for item in stray if item.startswith("--"))
+        print(f"gsm8k-tr {args.command}: error: unrecognized arguments: {' '.join(stray)}{hints}; see gsm8k-tr "
+              f"{args.command} --help", file=sys.stderr)
+        return 2
     if extra:
         field = "items" if hasattr(args, "items") else "overrides"
         if not hasattr(args, field):
