@@ -123,3 +123,13 @@ def test_a_mistyped_option_names_the_closest(argv: list[str], said: str, tmp_pat
     assert capsys.readouterr().err == (f"gsm8k-tr {argv[0]}: error: unrecognized arguments: {said}; see gsm8k-tr "
                                        f"{argv[0]} --help\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,verbose", [(["report", "r", "-v"], True), (["report", "r", "--verbose"], True),
+                                          (["-v", "report", "r"], True), (["report", "r"], False)])
+def test_verbose_goes_before_or_after_the_command(argv: list[str], verbose: bool) -> None:
+    # after the command it was an unrecognized argument
+    from gsm8k_tr.cli import build_parser
+
+    args, extra = build_parser().parse_known_args(argv)
+    assert args.verbose is verbose and extra == []
