@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         add_args(command)
         # after the command too ("gsm8k-tr sft ... -v"); SUPPRESS leaves the top-level value where it is not given
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages")
         # argparse keeps no public list of a parser's options; its actions hold them, for a mistyped one's hint
         command.set_defaults(run=run, options=tuple(o for action in command._actions for o in action.option_strings))
     return parser
