@@ -240,9 +240,12 @@ def plot_lengths(lengths: dict[str, list[int]], target: Path) -> bool:
 def _table(evals: dict[str, dict[str, Any]]) -> list[str]:
     keys = ("split", "n", "accuracy", "flexible_accuracy", "strict_format_rate", "soft_format_rate", "mean_completion_tokens",
             "truncated_rate")
+    if any("samples" in m for m in evals.values()):  # `evaluate --samples K`: what K answers a question buy
+        keys += ("samples", "pass_at_k", "maj_at_k")
     lines = ["| evaluation | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, m in evals.items():
-        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys]
+        cells = [f"{m[k]:.{1 if k == 'mean_completion_tokens' else 3}f}" if isinstance(m.get(k), float)
+                 else str(m.get(k, "")) for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -262,8 +262,10 @@ def test_report_writes_non_empty_plots(tmp_path):
     for stage, accuracy in (("base", 0.0), ("sft", 0.3), ("grpo", 0.4)):
         folder = run / "eval" / stage
         folder.mkdir(parents=True)
+        sampled = {"samples": 4, "pass_at_k": 0.75, "maj_at_k": 0.5, "mean_completion_tokens": 36.9375}
         (folder / "metrics.json").write_text(json.dumps({"split": "test", "n": 2, "accuracy": accuracy,
-                                                         "flexible_accuracy": accuracy, "strict_format_rate": 0.9}))
+                                                         "flexible_accuracy": accuracy, "strict_format_rate": 0.9,
+                                                         **(sampled if stage == "grpo" else {})}))
         (folder / "predictions.jsonl").write_text("\n".join(
             json.dumps({"question": f"q{t}", "gold": "1", "correct": False, "tokens": t}) for t in (12, 30)))
     result = cli("report", str(run))
@@ -273,6 +275,10 @@ def test_report_writes_non_empty_plots(tmp_path):
         assert data.startswith(b"\x89PNG") and len(data) > 5000, name
     report = (run / "report.md").read_text()
     assert "| grpo | test | 2 | 0.400" in report and "![GRPO rewards](rewards.png)" in report  # says which split
+    # an evaluation with several samples a question: its pass@k and maj@k, which the table left out
+    assert "| truncated_rate | samples | pass_at_k | maj_at_k |" in report
+    assert "| 36.9 |  | 4 | 0.750 | 0.500 |" in report and "| sft | test | 2 | 0.300 | 0.300 | 0.900 |  |  |  |  |  |  |" \
+        in report
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
