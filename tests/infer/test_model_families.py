@@ -1,6 +1,6 @@
 """Model families other than the shipped recipes' GPT-2 and Llama (conftest's FAMILIES, random 2-layer models):
-the decoding paths give transformers' own greedy tokens, and the plan and the check take them. GRPO's scoring of
-a left-padded batch is checked on them in `tests/train/test_positions.py`."""
+the decoding paths give transformers' own greedy tokens, the plan and the check take them, and the whole pipeline
+runs on them. GRPO's scoring of a left-padded batch is checked on them in `tests/train/test_positions.py`."""
 
 from __future__ import annotations
 
@@ -212,3 +212,21 @@ def test_a_recipe_asking_gpt_neo_to_compile_runs_eager_and_says_so(tiny_model_di
     assert manifest["rollouts"]["decoding"] == "eager" and manifest["rollouts"]["kv_cache"] == "growing"
     for stage in ("base", "sft", "grpo"):
         assert json.loads((tmp_path / "run" / "eval" / stage / "metrics.json").read_text())["decoding"] == "eager"
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_on_each_family(family_model_dir, tmp_path) -> None:
+    # SFT with LoRA on every linear layer (fused, split or Conv1D projections), GRPO's rollouts and scoring, and the
+    # evaluations, from each family's own layers: the tests above check its decoding, plan and check alone.
+    import json
+
+    from conftest import TINY_RECIPE, run_cli
+
+    run = tmp_path / "run"
+    done = run_cli("pipeline", "--config", str(TINY_RECIPE), f"model.name_or_path={family_model_dir}",
+                   f"output_dir={run}", "sft.max_steps=3", "grpo.max_steps=2", "eval.limit=4", "eval.every_steps=0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for stage in ("sft", "grpo"):
+        assert json.loads((run / stage / "manifest.json").read_text())["global_step"] == (3 if stage == "sft" else 2)
+    for stage in ("base", "sft", "grpo"):
+        assert json.loads((run / "eval" / stage / "metrics.json").read_text())["n"] == 4
