@@ -155,7 +155,7 @@ def _scan(text: str, start: int, end: int) -> list[Readings]:
             stop += 1
         before = text[first - 1] if first else ""
         if before and (before in _SIGNS or before.isspace() or before in _BETWEEN) \
-                and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):
+                and _sign_before(text[max(0, first - _SIGN_WINDOW):first]):  # it says yes only after these
             readings = frozenset(-r for r in readings)
         elif is_fraction and numbers and numbers[-1][1] == first - 1 and before == " ":
             # "2 1/2" is a mixed number: a whole number, one space, a proper fraction.
