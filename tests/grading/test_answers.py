@@ -111,6 +111,11 @@ CORRECT = [
     ("binbir", "1001", "a scale and a unit run together"),
     ("Otobüse beş kişi bindi.", "5", "the number before 'bindi' (got on)"),
     ("Toplam bindir.", "1000", "'bindir' is 'is a thousand'"),
+    ("üç virgül beş", "3.5", "'virgül' (comma) is Turkish's decimal point, spoken"),
+    ("Eksi on iki virgül yetmiş beşTİR", "-12.75", "a signed decimal in words, with a copula"),
+    ("iki virgül sıfır beş", "2.05", "the zeros after the point come before the decimals"),
+    ("yüzde iki virgül beş", "2.5", "a spoken decimal percentage"),
+    ("üç virgül, yani üç", "3", "a point with no decimals after it leaves the number whole"),
 ]
 
 WRONG = [
@@ -157,6 +162,9 @@ WRONG = [
     ("yüzde elli", "0.5", "'yüzde' is a percentage: the number after it, as GSM8K writes one"),
     ("Onda bir kalem var", "0.1", "'onda' is also 'at him': not read as a tenth"),
     ("onu gördüm", "10", "a possessive-looking 'onu' (him) is no number without a denominator before it"),
+    ("üç virgül beş", "5", "the decimals alone are not the number"),
+    ("iki virgül sıfır beş", "2.5", "a zero after the point is a decimal"),
+    ("üç virgül beş iki", "3.52", "the decimals are one number: 'beş iki' is two"),
 ]
 
 

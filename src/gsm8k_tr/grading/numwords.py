@@ -7,7 +7,8 @@ and of the fraction words only "buçuk", "yarım", "half" and Turkish's
 "üçte bir" form are read ("dörtte üçü" is 3/4; "onda bir" is left alone,
 since "onda" is also "at him", and "yüzde elli" stays 50, as GSM8K writes a
 percentage).
-Number words run together ("onbeş", "ikiyüzelli") are read as if spaced.
+Number words run together ("onbeş", "ikiyüzelli") are read as if spaced, and
+"virgül" between two numbers is the decimal point ("üç virgül beş" is 3.5).
 Every function here runs in time linear in its input.
 """
 
@@ -168,6 +169,7 @@ class _Builder:
 
 _TR_STEM = re.compile(_alternatives(_TR_WORDS))  # no stem begins another, so at most one matches at a place
 _MAX_JOINED = 12  # stems in one word: "dokuzyüzdoksandokuzbindokuzyüzdoksandokuz" has 10
+_MAX_ZEROS = 12  # zeros after a decimal point read as its leading decimals; more start numbers of their own
 
 
 def _tr_split(word: str) -> list[str]:
@@ -192,6 +194,13 @@ def _tr_split(word: str) -> list[str]:
     return parts
 
 
+def _decimal(whole: Fraction, zeros: int, digits: Fraction | None) -> Fraction:
+    """`whole` with the decimals read after its point: "üç virgül sıfır beş" is 3 + 5/100 (one zero, then 5)."""
+    if digits is None:
+        return whole
+    return whole + digits / 10 ** (zeros + len(str(digits.numerator)))
+
+
 def _spelled_numbers(
     text: str,
     scales: dict[str, int],
@@ -200,29 +209,43 @@ def _spelled_numbers(
     lower: Callable[[str], str] = str.lower,
     fractions: tuple[Callable[[str], int | None], Callable[[str], int | None]] | None = None,
     split: Callable[[str], list[str]] = lambda word: [word],
+    point: str | None = None,
 ) -> list[Fraction]:
     """All spelled-out numbers in `text`, in order of appearance; `lower` is the language's lower case. `fractions`
     reads a denominator word and a numerator word that ends a number (Turkish's "dörtte" and "üçü"); `split` parts
-    a word into the number words run together in it ("onbeş")."""
+    a word into the number words run together in it ("onbeş"); `point` is the decimal point's word ("virgül"),
+    after which the zeros and then one number are the decimals ("iki virgül sıfır yirmi beş" is 2.025)."""
     found: list[Fraction] = []
     builder: _Builder | None = None
     negative = False
     pending_negative = False
     over: int | Fraction | None = None  # the denominator of the number being read
     waiting: int | Fraction | None = None  # a denominator just read: the number that starts next is over it
+    whole: Fraction | None = None  # the number before a decimal point, while its decimals are read
+    zeros = 0  # the decimals' leading zeros read so far
     denominator, numerator = fractions or (lambda _: None, lambda _: None)
 
     def close() -> None:
-        nonlocal builder, negative, over
-        if builder is not None and builder.words:
-            value = Fraction(builder.value()) / (over or 1)
+        nonlocal builder, negative, over, whole, zeros
+        value = Fraction(builder.value()) / (over or 1) if builder is not None and builder.words else None
+        if whole is not None:
+            value = _decimal(whole, zeros, value)
+        if value is not None:
             found.append(-value if negative else value)
         builder = None
         negative = False
-        over = None
+        over = whole = None
+        zeros = 0
 
     for raw in (part for match in _WORD.finditer(text) for part in split(lower(match.group(0)))):
         after, waiting = waiting, None
+        if raw == point:
+            if builder is not None and builder.words and not builder.half and over is None and whole is None:
+                whole, builder = builder.value(), None  # the sign stays: "eksi üç virgül beş" is -3.5
+            else:
+                close()
+                pending_negative = False
+            continue
         if raw in ("eksi", "minus"):
             subtracts = builder is not None and builder.words  # "on eksi beş" is 10 - 5, as "10 - 5" reads
             close()
@@ -230,7 +253,7 @@ def _spelled_numbers(
             continue
         if raw in halves:
             # The half stays open for a scale word after it: "bir buçuk milyon", "yarım milyon".
-            if raw == "buçuk" and builder is not None and builder.words and not builder.half:
+            if raw == "buçuk" and builder is not None and builder.words and not builder.half and whole is None:
                 builder.half = True
             else:
                 close()
@@ -241,7 +264,7 @@ def _spelled_numbers(
         below = denominator(raw)
         if below is not None:
             # "on ikide bir": the words before it may be the denominator's own ("on" + "iki").
-            if builder is not None and over is None and builder.add(_kind(below, scales, raw), below):
+            if builder is not None and over is None and whole is None and builder.add(_kind(below, scales, raw), below):
                 waiting, pending_negative = builder.value(), negative
                 builder, negative = None, False
             else:
@@ -255,6 +278,11 @@ def _spelled_numbers(
             pending_negative = False
             continue
         kind = _kind(value, scales, stem)
+        if whole is not None and builder is None:  # the decimals after a point
+            if value == 0 and zeros < _MAX_ZEROS:
+                zeros += 1
+                continue
+            builder = _Builder()
         if builder is None or not builder.add(kind, value):
             close()
             builder, over = _Builder(), after
@@ -279,7 +307,7 @@ def turkish_numbers(text: str, fractions: bool = True) -> list[Fraction]:
     """
     halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
     parts = (_tr_denominator, _tr_numerator) if fractions else None
-    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower, parts, _tr_split)
+    return _spelled_numbers(text, _TR_SCALES, _tr_lookup, halves, turkish_lower, parts, _tr_split, "virgül")
 
 
 # One Turkish word after spaces on the same line: the words of "2 bin beş yüz" after its "bin".
