@@ -116,6 +116,7 @@ CORRECT = [
     ("iki virgül sıfır beş", "2.05", "the zeros after the point come before the decimals"),
     ("yüzde iki virgül beş", "2.5", "a spoken decimal percentage"),
     ("üç virgül, yani üç", "3", "a point with no decimals after it leaves the number whole"),
+    ("bir virgül iki milyon", "1200000", "a scale word after the decimals scales the whole number"),
 ]
 
 WRONG = [
@@ -165,6 +166,7 @@ WRONG = [
     ("üç virgül beş", "5", "the decimals alone are not the number"),
     ("iki virgül sıfır beş", "2.5", "a zero after the point is a decimal"),
     ("üç virgül beş iki", "3.52", "the decimals are one number: 'beş iki' is two"),
+    ("bir virgül iki milyon", "1.2", "a scale word after the decimals is part of the number"),
 ]
 
 

@@ -194,10 +194,11 @@ def _tr_split(word: str) -> list[str]:
     return parts
 
 
-def _decimal(whole: Fraction, zeros: int, digits: Fraction | None) -> Fraction:
+def _decimal(whole: Fraction, zeros: int, digits: int | Fraction | None) -> Fraction:
     """`whole` with the decimals read after its point: "üç virgül sıfır beş" is 3 + 5/100 (one zero, then 5)."""
     if digits is None:
         return whole
+    digits = Fraction(digits)
     return whole + digits / 10 ** (zeros + len(str(digits.numerator)))
 
 
@@ -241,7 +242,7 @@ def _spelled_numbers(
         after, waiting = waiting, None
         if raw == point:
             if builder is not None and builder.words and not builder.half and over is None and whole is None:
-                whole, builder = builder.value(), None  # the sign stays: "eksi üç virgül beş" is -3.5
+                whole, builder = Fraction(builder.value()), None  # the sign stays: "eksi üç virgül beş" is -3.5
             else:
                 close()
                 pending_negative = False
@@ -278,6 +279,11 @@ def _spelled_numbers(
             pending_negative = False
             continue
         kind = _kind(value, scales, stem)
+        if whole is not None and kind == "scale":  # it scales the whole number: "üç virgül beş milyon" is 3,500,000
+            decimals = builder.value() if builder is not None and builder.words else None
+            whole, builder = _decimal(whole, zeros, decimals) * value, None
+            close()
+            continue
         if whole is not None and builder is None:  # the decimals after a point
             if value == 0 and zeros < _MAX_ZEROS:
                 zeros += 1
@@ -304,6 +310,8 @@ def turkish_numbers(text: str, fractions: bool = True) -> list[Fraction]:
     ['5/2', '3', '15', '250']
     >>> [str(n) for n in turkish_numbers("dörtte üçünü yedi")], turkish_numbers("dörtte üç", fractions=False)
     (['3/4', '7'], [Fraction(3, 1)])
+    >>> turkish_numbers("üç virgül sıfır beş, üç virgül beş milyon")
+    [Fraction(61, 20), Fraction(3500000, 1)]
     """
     halves = {"buçuk": Fraction(1, 2), "yarım": Fraction(1, 2)}
     parts = (_tr_denominator, _tr_numerator) if fractions else None
