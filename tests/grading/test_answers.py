@@ -117,6 +117,9 @@ CORRECT = [
     ("yüzde iki virgül beş", "2.5", "a spoken decimal percentage"),
     ("üç virgül, yani üç", "3", "a point with no decimals after it leaves the number whole"),
     ("bir virgül iki milyon", "1200000", "a scale word after the decimals scales the whole number"),
+    ("3 virgül 5", "3.5", "'virgül' spoken between digits is the decimal point"),
+    ("Zarar: -12 VİRGÜL 250 TL", "-12.25", "a signed spoken decimal with three decimals, in capitals"),
+    ("2 virgül 5 milyon", "2500000", "a scale word after digits with a spoken point"),
 ]
 
 WRONG = [
@@ -167,6 +170,9 @@ WRONG = [
     ("iki virgül sıfır beş", "2.5", "a zero after the point is a decimal"),
     ("üç virgül beş iki", "3.52", "the decimals are one number: 'beş iki' is two"),
     ("bir virgül iki milyon", "1.2", "a scale word after the decimals is part of the number"),
+    ("3 virgül 5", "5", "the digits after a spoken point are not the number"),
+    ("5 virgül 250", "5250", "the digits after a spoken point never group thousands"),
+    ("1.000 virgül 5", "1000.5", "a spoken point is read between plain digits only"),
 ]
 
 

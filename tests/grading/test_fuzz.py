@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gsm8k_tr.grading.answers import digit_numbers, is_correct, is_correct_flexible, last_number
+from gsm8k_tr.grading.answers import is_correct, is_correct_flexible, last_number
+from gsm8k_tr.grading.digits import digit_numbers
 from gsm8k_tr.grading.rewards import REWARDS
 
 # Text built from the pieces that matter (tags, digits, separators, signs,

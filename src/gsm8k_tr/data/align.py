@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from gsm8k_tr.data.lexicon import WEEKDAYS_AND_MONTHS, english_concepts, turkish_concepts
-from gsm8k_tr.grading.answers import Readings, body_readings, canonical, digit_numbers, preferred
+from gsm8k_tr.grading.answers import canonical, preferred
+from gsm8k_tr.grading.digits import Readings, body_readings, digit_numbers
 from gsm8k_tr.grading.numwords import english_numbers, turkish_lower, turkish_numbers
 
 _NAME = re.compile(r"[A-ZÇĞİÖŞÜ][a-zçğıöşü]+")
