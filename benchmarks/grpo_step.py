@@ -89,6 +89,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
     from gsm8k_tr import placement
     from gsm8k_tr.train import grpo
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, trl_config
+    from gsm8k_tr.train.lora import lora_config
 
     work = Path(tempfile.mkdtemp(prefix=f"grpo-bench-{which}-"))
     recipe, (tokenizer, model), examples, funcs, weights, modeling = _setup(args, work)
@@ -102,7 +103,7 @@ def run_one(which: str, args: argparse.Namespace) -> dict[str, Any]:
                                                                  **sizes, "per_device_train_batch_size": per_step}, {})
         trainer = _timed(grpo.GRPOTrainer)(model=model, reward_funcs=funcs, args=config,
                                           train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                                          peft_config=modeling.lora_config(recipe.lora, model, dropout=0.0))
+                                          peft_config=lora_config(recipe.lora, model, dropout=0.0))
     else:
         micro = min(4, per_step)
         config = trl.GRPOConfig(**sizes, learning_rate=5e-6, beta=0.04, gradient_checkpointing=True,

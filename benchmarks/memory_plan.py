@@ -132,9 +132,9 @@ def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | No
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from gsm8k_tr import modeling
     from gsm8k_tr.config import LoraConfig
     from gsm8k_tr.train import memory
+    from gsm8k_tr.train.lora import lora_config
 
     source, batch, length, generations, prompt, completion = SHAPES[shape]
     config = _config(source)
@@ -150,7 +150,7 @@ def measure(shape: str, phase: str, lora_dropout: float, targets: list[str] | No
     if phase != "grpo_generation":  # both trainers score through TRL's fused LM head, SFT with its metrics' outputs
         add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
     lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout, target_modules=targets)
-    model = get_peft_model(model, modeling.lora_config(lora, model))
+    model = get_peft_model(model, lora_config(lora, model))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = config.vocab_size
     if phase == "grpo_generation":
@@ -191,9 +191,9 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from gsm8k_tr import modeling
     from gsm8k_tr.config import LoraConfig
     from gsm8k_tr.train import memory
+    from gsm8k_tr.train.lora import lora_config
 
     config = _config(SHAPES[shape][0])
     for key in ("attn_pdrop", "attention_dropout"):  # a GPU's fused attention keeps no dropout mask
@@ -208,7 +208,7 @@ def count_saved(shape: str, phase: str, lora_dropout: float, batch: int = 3, len
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     add_fused_lm_head(model, outputs=SFT_HEAD_OUTPUTS if phase == "sft" else ("log_probs",))
     lora = LoraConfig(r=16, alpha=32, dropout=lora_dropout, target_modules=targets)
-    model = get_peft_model(model, modeling.lora_config(lora, model))
+    model = get_peft_model(model, lora_config(lora, model))
     model.train()
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weight_shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}

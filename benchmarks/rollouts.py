@@ -96,6 +96,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
     from gsm8k_tr.infer import attention_kernels, compiled_decoding, stop_check
     from gsm8k_tr.infer.kv_cache import growing_cache
     from gsm8k_tr.infer.sampling import one_draw_per_row
+    from gsm8k_tr.train.lora import lora_config
     from gsm8k_tr.train.rollouts import merged_adapter
 
     cfg = ModelConfig(name_or_path=model_name)
@@ -105,7 +106,7 @@ def decode(model_name: str, sequences: int, new_tokens: int, repeats: int,
         modeling.fused_activation = placement.fused_activation if fused else (lambda activation: None)
         tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
         modeling.configure_tokens(tokenizer, model, cfg.stop_token)
-        model = peft.get_peft_model(model, modeling.lora_config(LoraConfig(), model, dropout=0.0)).to(device).eval()
+        model = peft.get_peft_model(model, lora_config(LoraConfig(), model, dropout=0.0)).to(device).eval()
         with torch.no_grad():  # the same adapter in both, with B away from its zero start, as after training
             generator = torch.Generator().manual_seed(0)
             for name, param in model.named_parameters():

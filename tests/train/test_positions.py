@@ -19,6 +19,7 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls, **config):
 
     from gsm8k_tr import modeling
     from gsm8k_tr.config import LoraConfig, ModelConfig
+    from gsm8k_tr.train.lora import lora_config
 
     cfg = ModelConfig(name_or_path=str(tiny_model_dir))
     tokenizer, model = modeling.load_tokenizer(cfg), modeling.load_model(cfg)
@@ -28,7 +29,7 @@ def _trainer(tiny_model_dir, tmp_path, trainer_cls, **config):
                       gradient_checkpointing=False, disable_dropout=True)  # the name every transformers knows
     trainer = trainer_cls(model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
                           train_dataset=Dataset.from_list([{"prompt": "a b c"}] * 8), processing_class=tokenizer,
-                          peft_config=modeling.lora_config(LoraConfig(r=4, alpha=8, dropout=0.0), model))
+                          peft_config=lora_config(LoraConfig(r=4, alpha=8, dropout=0.0), model))
     # Random LoRA B so the adapter takes part in the forward pass, as after some training.
     with torch.no_grad():
         for name, param in trainer.model.named_parameters():

@@ -13,6 +13,7 @@ from gsm8k_tr.data import splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.train import stage
 from gsm8k_tr.train.checkpoints import last_checkpoint
+from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.trl_configs import check_report_to, trl_config
 
 trl = pytest.importorskip("trl")
@@ -166,7 +167,7 @@ def test_lora_targets_every_linear_layer_but_the_head(make, expected):
     else:
         model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
-    config = modeling.lora_config(LoraConfig(r=2, alpha=4), model)
+    config = lora_config(LoraConfig(r=2, alpha=4), model)
     assert config.fan_in_fan_out == (make == "gpt2")
     peft_model = get_peft_model(model, config)
     adapted = {name.split(".")[-4] for name, _ in peft_model.named_parameters() if "lora_A" in name}

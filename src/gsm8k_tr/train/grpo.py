@@ -39,6 +39,7 @@ from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import BEST, HeldOutAccuracy, is_sharded
+from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
 from gsm8k_tr.train.rollouts import FastRollouts
@@ -188,7 +189,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
         fill_a_call(prompts, config, " that the prompt filter kept", "widen prompt_filter.keep_above/keep_below")
 
     stage.log_to(folder)
-    lora = modeling.lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None,
+    lora = lora_config(recipe.lora, model, dropout=0.0 if config.disable_dropout else None,
                                 revision=None if start else modeling.hub_commit(recipe.model))
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, peft_config=lora, answer_tag=recipe.prompt.answer_tag)

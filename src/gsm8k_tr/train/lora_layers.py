@@ -16,7 +16,7 @@ SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 
 def adapted(linears: list[Layer], targets: list[str] | None) -> list[Layer]:
     """The layers of `linears` that LoRA adapts: all of them when `targets` is empty (the recipes' default,
-    `modeling.lora_config`), else those that PEFT's own rule matches."""
+    `lora.lora_config`), else those that PEFT's own rule matches."""
     if not targets:
         return linears
     import peft

@@ -16,6 +16,7 @@ from gsm8k_tr import hub, modeling, placement
 from gsm8k_tr.config import Recipe
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.train.fitting import fit_micro_batch, hint, wants_auto
+from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.memory import Shape, StagePlan, estimate, stage_settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def plan_recipe(recipe: Recipe, memory_gib: float | None = None,
     from gsm8k_tr.train.trl_configs import GRPO_DEFAULTS, SFT_DEFAULTS, trl_config
 
     config = config if config is not None else model_config(recipe)
-    modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
+    lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
     shape = Shape.from_config(config)
     on_gpu, free = placement.accelerator_memory()
     native = placement.native_bf16()

@@ -36,6 +36,7 @@ from gsm8k_tr.data import sources, splits
 from gsm8k_tr.errors import UserError
 from gsm8k_tr.grading.rewards import build_rewards
 from gsm8k_tr.train import fitting, memory, plan
+from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.trl_configs import grpo_args, sft_args
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def check(recipe: Recipe) -> dict[str, Any]:
     _held_out(recipe, prepared, evaluates, evaluates and sft.load_best_model_at_end)
     _compiling(recipe, sft, grpo)
     if config is not None:
-        modeling.lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
+        lora_config(recipe.lora, modeling.meta_model(config))  # its target_modules name the model's layers
         if grpo.cast_lm_head_to_fp32 and config.tie_word_embeddings:
             # TRL reaches tied input embeddings as `model.model.embed_tokens`, which a PEFT model's `.model` (the
             # causal LM) never has: GRPO stopped at its start with an AttributeError (GPT-2 and SmolLM2 alike)

@@ -36,6 +36,7 @@ from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.flops import CountedFlops
 from gsm8k_tr.train.guard import GuardNonFinite
 from gsm8k_tr.train.held_out import HeldOutCheck
+from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.progress import TimedSteps, use_compact_progress
 from gsm8k_tr.train.scoring import CompactScoring
 from gsm8k_tr.train.trl_configs import sft_args
@@ -107,7 +108,7 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
                             "eval.held_out_size or data.solution_fraction, or set sft.eval_strategy=no")
 
     stage.log_to(folder)
-    lora = modeling.lora_config(recipe.lora, model, revision=modeling.hub_commit(recipe.model))
+    lora = lora_config(recipe.lora, model, revision=modeling.hub_commit(recipe.model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                          eval_dataset=Dataset.from_list(validation) if evaluating else None,
                          processing_class=tokenizer, peft_config=lora)
