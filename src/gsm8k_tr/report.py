@@ -290,6 +290,9 @@ def budget_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+_CHECKS_SHOWN = 8  # held-out checks listed at each end of a longer run's
+
+
 def _held_out(run: Path) -> str:
     """Where GRPO's in-training accuracy came from, e.g. "validation, 64" (from its manifest)."""
     where = grpo_held_out(run)
@@ -333,8 +336,13 @@ def main(run_dir: str) -> Path:
                 lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
         if budget is not None:
             lines += [*budget_table(budget), ""]
-        if any("eval/accuracy" in entry for entry in grpo):
-            lines += [f"Held-out accuracy during GRPO: greedy answers to the {held_out} questions.", ""]
+        checks = [(entry["step"], entry["eval/accuracy"]) for entry in grpo if "eval/accuracy" in entry]
+        if checks:
+            shown = [f"{step}: {accuracy:.3f}" for step, accuracy in checks]
+            if len(shown) > 2 * _CHECKS_SHOWN:
+                shown = [*shown[:_CHECKS_SHOWN], "…", *shown[-_CHECKS_SHOWN:]]
+            lines += [f"Held-out accuracy during GRPO, by step (greedy answers to the {held_out} questions; plotted "
+                      f"with the rewards): {', '.join(shown)}.", ""]
         kept = grpo_held_out(run, "held_out_kept")
         if kept:
             last = kept.get("last_held_out_accuracy")  # none when a resume found the run finished

@@ -257,7 +257,7 @@ def test_report_writes_non_empty_plots(tmp_path):
     (run / "sft" / "log_history.json").write_text(json.dumps([{"step": s, "loss": 2.0 / s} for s in range(1, 6)]))
     grpo = [{"step": s, "reward": 0.1 * s, "rewards/correctness_reward_func/mean": 0.05 * s,
              "rewards/xmlcount_reward_func/mean": 0.02 * s} for s in range(1, 6)]
-    grpo.append({"step": 5, "eval/accuracy": 0.4})
+    grpo += [{"step": s, "eval/accuracy": s / 100} for s in range(0, 21)]  # 21 checks: the first and last 8 listed
     (run / "grpo" / "log_history.json").write_text(json.dumps(grpo))
     for stage, accuracy in (("base", 0.0), ("sft", 0.3), ("grpo", 0.4)):
         folder = run / "eval" / stage
@@ -279,6 +279,10 @@ def test_report_writes_non_empty_plots(tmp_path):
     assert "| truncated_rate | samples | pass_at_k | maj_at_k |" in report
     assert "| 36.9 |  | 4 | 0.750 | 0.500 |" in report
     assert "| sft | test | 2 | 0.300 | 0.300 | 0.900 |  |  |  |  |  |  |" in report
+    # GRPO's held-out checks by step, where only the plot showed them; a long run's ends
+    assert ("Held-out accuracy during GRPO, by step (greedy answers to the held-out questions; plotted with the "
+            "rewards): 0: 0.000, 1: 0.010, 2: 0.020, 3: 0.030, 4: 0.040, 5: 0.050, 6: 0.060, 7: 0.070, …, 13: 0.130, "
+            "14: 0.140, 15: 0.150, 16: 0.160, 17: 0.170, 18: 0.180, 19: 0.190, 20: 0.200.") in report
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
