@@ -1,7 +1,8 @@
 """Numbers written as words: Turkish for grading, English for aligning with GSM8K.
 
 Simplifications, said plainly: only cardinal numbers are read ("üçüncü" is
-not 3), a word carries a suffix only in its copula forms ("ikidir", "üçtür")
+not 3), with the distributives of units and tens ("üçer": 3 each), a word
+carries a suffix only in its copula forms ("ikidir", "üçtür")
 because wider suffix stripping turns pronouns such as "onu"/"ona" into 10,
 and of the fraction words only "buçuk", "yarım", "half" and Turkish's
 "üçte bir" form are read ("dörtte üçü" is 3/4; "onda bir" is left alone,
@@ -85,6 +86,13 @@ def turkish_lower(word: str) -> str:
 # Verbs spelled as a number word with its copula: "bindi" is "got on" ("otobüse beş kişi bindi"), among the 21k most
 # common Turkish words in wordfreq 3.1, far more often than "was a thousand".
 _TR_VERBS = frozenset({"bindi"})
+# Distributives ("üçer elma": three apples each) of the units and tens: the number each one gets. Not "onar", "yüzer"
+# and "biner", which are far more often verbs ("repairs", "swims", "rides").
+_TR_DISTRIBUTIVES = {
+    "birer": 1, "ikişer": 2, "üçer": 3, "dörder": 4, "beşer": 5, "altışar": 6, "yedişer": 7, "sekizer": 8,
+    "dokuzar": 9, "yirmişer": 20, "otuzar": 30, "kırkar": 40, "ellişer": 50, "altmışar": 60, "yetmişer": 70,
+    "seksener": 80, "doksanar": 90,
+}
 
 
 def _tr_lookup(word: str) -> tuple[str, int | None]:
@@ -93,6 +101,8 @@ def _tr_lookup(word: str) -> tuple[str, int | None]:
         return word, _TR_WORDS[word]
     if word in _TR_VERBS:
         return word, None
+    if word in _TR_DISTRIBUTIVES:
+        return word, _TR_DISTRIBUTIVES[word]
     for ending in _TR_COPULAS:
         if word.endswith(ending) and word[: -len(ending)] in _TR_WORDS:
             stem = word[: -len(ending)]
