@@ -290,7 +290,7 @@ def budget_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-_CHECKS_SHOWN = 8  # held-out checks listed at each end of a longer run's
+_CHECKS_SHOWN = 8  # a run with more held-out checks lists its first and last this many
 
 
 def _held_out(run: Path) -> str:

@@ -1,7 +1,7 @@
 """Numbers written as words: Turkish for grading, English for aligning with GSM8K.
 
-Simplifications, said plainly: only cardinal numbers are read ("üçüncü" is
-not 3), with the distributives of units and tens ("üçer": 3 each), a word
+Simplifications, said plainly: only cardinal numbers and the distributives
+of units and tens ("üçer": 3 each) are read ("üçüncü" is not 3), a word
 carries a suffix only in its copula forms ("ikidir", "üçtür")
 because wider suffix stripping turns pronouns such as "onu"/"ona" into 10,
 and of the fraction words only "buçuk", "yarım", "half" and Turkish's
