@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gsm8k_tr.config import coerce, load_recipe, parse_overrides, save_recipe
+from gsm8k_tr.config import load_recipe, parse_overrides, save_recipe
+from gsm8k_tr.typed_values import coerce
 from gsm8k_tr.errors import UserError
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))

@@ -17,7 +17,8 @@ PACKAGE = ROOT / "src" / "gsm8k_tr"
 # so it can never import the trainer; data sits below both and never imports either.
 LEVELS: list[set[str]] = [
     {"gsm8k_tr", "errors", "grading"},  # grading needs nothing of ours: pure Python
-    {"config", "outputs", "gguf_convert", "toolchain", "placement", "hub"},  # placement: what runs where, decided once
+    # placement: what runs where, decided once
+    {"config", "typed_values", "outputs", "gguf_convert", "toolchain", "placement", "hub"},
     {"data"},
     {"builtin"},
     {"modeling", "processes"},

@@ -14,7 +14,8 @@ import typing
 from typing import Any
 
 from gsm8k_tr import hub, placement
-from gsm8k_tr.config import Recipe, coerce, type_name
+from gsm8k_tr.config import Recipe
+from gsm8k_tr.typed_values import coerce, type_name
 from gsm8k_tr.errors import UserError, did_you_mean, one_line
 from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
