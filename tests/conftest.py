@@ -84,6 +84,7 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
         sys.stdin = stdin_was
     return subprocess.CompletedProcess(["gsm8k-tr", *args], code, out.getvalue(), err.getvalue())
 
+
 REFERENCE = {
     "train": [
         ("Janet has 16 apples. She gives 3 to Mark and 4 to Lisa. How many apples does she have left?", "16-3-4=<<16-3-4=9>>9\n#### 9"),

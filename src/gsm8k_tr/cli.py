@@ -110,7 +110,6 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
     _device_arg(parser)
 
 
-
 def _evaluate(args: argparse.Namespace) -> int:
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.infer import evaluate

@@ -7,6 +7,7 @@ from conftest import needs_compiler
 
 torch = pytest.importorskip("torch")
 
+
 def test_the_compiled_config_asks_transformers_for_a_static_cache_and_its_compile() -> None:
     from transformers import GenerationConfig
 
@@ -92,6 +93,7 @@ def test_auto_stays_eager_for_a_single_generation_batch(monkeypatch: pytest.Monk
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     generation.generate(model, tokenizer, ["1 + 1 ="] * 5, 2, batch_size=2)
     assert seen and seen[-1][3] == 3  # five prompts in batches of two
+
 
 @pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
 def test_auto_decodes_eager_where_compiling_fails_and_a_compiled_request_is_one_line(

@@ -531,5 +531,3 @@ def test_grpo_padding_that_reaches_64_modulo_128_tokens_on_a_gpu_is_warned(
     caplog.clear()
     trl_configs.check_grpo_padding(SimpleNamespace(pad_to_multiple_of=multiple, use_cpu=True))  # trains on the CPU
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-
-

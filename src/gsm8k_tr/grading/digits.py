@@ -5,7 +5,8 @@ and 1.25 in English, so a number is kept as every reading that a convention
 allows (`body_readings`). Around the final number, what Turkish writes with it
 is read too: its sign ("-5", "eksi 5", "-$5"), a fraction or a fraction sign
 ("3/4", "2½"), "buçuk", a scale word after it ("6 milyon") or pairs before it
-("2 bin 500"), and thousands grouped by spaces ("10 000").
+("2 bin 500"), thousands grouped by spaces ("10 000"), and a decimal point
+spoken between digits ("3 virgül 5").
 
 Everything here is linear in the length of the text and never raises on
 arbitrary input: completions are untrusted model output.
@@ -17,7 +18,6 @@ import re
 from fractions import Fraction
 
 from gsm8k_tr.grading.numwords import leading_turkish_number, turkish_lower
-
 
 Readings = frozenset[Fraction]
 
@@ -203,6 +203,7 @@ def _last_digit_number(text: str) -> Readings | None:
         stop = start
     return None
 
+
 def final_digit_number(text: str) -> Readings | None:
     """Readings of the final number written with digits in `text`, with the words, groups and signs around it that
     belong to it; a fraction sign alone after the last digits ("3 elmanın ½'si") is that number. None without digits.
@@ -225,7 +226,6 @@ def fraction_sign(text: str) -> Readings | None:
     """The last fraction sign in `text` ("½", "¾"), for text with no digits; None without one."""
     lone = max(text.rfind(v) for v in _VULGAR)
     return frozenset({_VULGAR[text[lone]]}) if lone >= 0 else None
-
 
 
 def _word(word: str) -> str:

@@ -243,4 +243,3 @@ def _how_asked(given: str) -> dict[str, Any]:
     if isinstance(metrics.get("evaluated_with"), dict) and "prompt" in metrics["evaluated_with"]:
         how["prompt"] = metrics["evaluated_with"]["prompt"]
     return how
-

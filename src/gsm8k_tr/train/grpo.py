@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "grpo"
 
+
 class GRPOTrainer(FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, fast rollouts (adapter merged, KV cache written
     in place), the LM head over the completion tokens only, atomic checkpoints, accuracy and timing."""
