@@ -113,6 +113,8 @@ def test_an_empty_argument_is_refused_naming_it(argv: list[str], named: str, tmp
     (["evaluate", "--model", "m", "--limt", "3"], "--limt (did you mean '--limit'?)"),  # was the top-level usage
     (["generate", "--model", "m", "--devise", "cpu", "2+2?"], "--devise (did you mean '--device'?)"),
     (["report", "run", "--xyz"], "--xyz"),  # nothing close: no guess
+    (["pipeline", "--model"], "--model"),  # the dashes alone made it close to "--help"
+    (["evaluate", "--model", "m", "--limt=3"], "--limt=3 (did you mean '--limit'?)"),  # with its value
 ])
 def test_a_mistyped_option_names_the_closest(argv: list[str], said: str, tmp_path: Path, monkeypatch,
                                              capsys) -> None:

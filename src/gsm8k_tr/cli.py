@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if not _OVERRIDE.match(item)]
     if stray:  # "--limt 3": one line naming the option it is closest to, not the top-level usage
-        hints = "".join(did_you_mean(item, args.options) for item in stray if item.startswith("--"))
+        # compared without the dashes, which every option shares: with them "--model" was close to "--help"
+        long = [option[2:] for option in args.options if option.startswith("--")]
+        hints = "".join(did_you_mean(item[2:].split("=", 1)[0], long, "--") for item in stray if item.startswith("--"))
         print(f"gsm8k-tr {args.command}: error: unrecognized arguments: {' '.join(stray)}{hints}; see gsm8k-tr "
               f"{args.command} --help", file=sys.stderr)
         return 2

@@ -171,3 +171,21 @@ def test_an_output_that_holds_the_current_folder_is_one_line_before_any_work(out
         assert err.endswith(f"is the current folder or holds it, and an output folder is replaced whole when written; "
                             f"give a folder for it to be, such as {str(Path(output) / example)!r}"), err
     assert list(here.iterdir()) == []
+
+
+@pytest.mark.parametrize("model, message", [
+    ("builtin:nope", "unknown built-in model 'builtin:nope'; valid: builtin:tiny-gpt2"),
+    ("./no-such-folder", "no-such-folder"),
+])
+def test_a_model_that_cannot_be_is_one_line_before_the_data_is_prepared(model: str, message: str, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, `evaluate --model builtin:nope` without prepared data prepared them first (minutes for GSM8K-TR; offline,
+    # a line about the dataset's Hub id) and only then named the model.
+    from gsm8k_tr.infer import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluate, "load_split", lambda *a, **k: pytest.fail("data read before the model was checked"))
+    err = _one_line_error(capsys, ["evaluate", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}",
+                                   "--model", model])
+    assert message in err, err

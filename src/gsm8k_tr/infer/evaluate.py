@@ -162,9 +162,13 @@ def _no_model(spec: str) -> None:
 
 
 def check_model_path(spec: str) -> None:
-    """A model given as a local path (./, /, ~, or no Hub id such as runs/x/sft) that is not there: one line
-    before the data is prepared, which takes a while for the real dataset, rather than after."""
-    if _path_only(spec) and not Path(spec).expanduser().exists():
+    """A model given as a local path (./, /, ~, or no Hub id such as runs/x/sft) that is not there, or an unknown
+    `builtin:NAME`: one line before the data is prepared, which takes a while for the real dataset, not after."""
+    if spec.startswith("builtin:"):
+        from gsm8k_tr import builtin
+
+        builtin.built_folder(spec)  # builds nothing
+    elif _path_only(spec) and not Path(spec).expanduser().exists():
         _no_model(spec)
 
 
