@@ -7,6 +7,7 @@ lazy import is still a dependency, and a cycle through one is still a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import ROOT
@@ -126,3 +127,13 @@ def test_no_module_is_over_the_size_limit() -> None:
     # The house style keeps a module to about 400 lines, one job each; far past that, a module holds more than one.
     long = [(module_name(p), n) for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450]
     assert not long, long
+
+
+def test_the_readme_file_tree_names_every_module() -> None:
+    # One line per file in the README's tree (the house style): a module added without one is found here.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tree = readme[readme.index("## Files"):]
+    missing = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if p.name != "__init__.py" and not re.search(rf"(?<![\w/.]){re.escape(p.name)}\b", tree))
+    assert not missing, f"name these in the README's Files section: {missing}"
+
