@@ -256,6 +256,17 @@ def part_grpo(recipe: Any, device: Any) -> dict[str, Any]:
             "plan_at_longest_batch_gib": plan_at(recipe, manifest, "grpo", seen)}
 
 
+def part_held_out(recipe: Any, device: Any) -> dict[str, Any]:
+    """GRPO with its held-out check after each step: `part_grpo`'s figures, and each check's step and accuracy (a
+    check that fails to run stops the part)."""
+    result = part_grpo(recipe, device)
+    history = json.loads((Path(recipe.output_dir) / "grpo" / "log_history.json").read_text())
+    checks = {h["step"]: h["eval/accuracy"] for h in history if "eval/accuracy" in h}
+    if len(checks) != result["steps"]:
+        raise RuntimeError(f"{len(checks)} held-out checks logged in {result['steps']} steps: {checks}")
+    return {**result, "held_out": checks}
+
+
 def part_decode(model: str, device: Any, parameters: int, sequences: int, new_tokens: int,
                 compiled: bool) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -364,6 +375,9 @@ def main() -> int:
     parser.add_argument("--also-generation-batches", nargs="+", type=int, default=[], metavar="N",
                         help="also GRPO with N completions generated in one call (TRL's generation_batch_size; the "
                              "recipe generates 64, one optimizer step's): 128 feeds two steps")
+    parser.add_argument("--held-out", type=int, default=0, metavar="N",
+                        help="also 2 GRPO steps with the in-training held-out check on N validation questions after "
+                             "each (eval.every_steps, on in the real recipes), decoded as the rollouts are")
     parser.add_argument("--parts", nargs="+", choices=BASE_PARTS, default=list(BASE_PARTS),
                         help="the parts to run (each with its --also-* runs; grpo and eval need sft's model)")
     parser.add_argument("--cpu", action="store_true", help="a smoke run on the CPU with builtin:tiny-gpt2")
@@ -422,6 +436,10 @@ def main() -> int:
     for rows in args.also_generation_batches:  # completions one update old or more: docs/benchmarks.md
         parts.append((f"grpo-rows-{rows}", lambda rows=rows: part_grpo(
             also_recipe(common, work, f"rows-{rows}", f"grpo.generation_batch_size={rows}"), device)))
+    if args.held_out:
+        parts.append(("grpo-held-out", lambda: part_held_out(also_recipe(
+            common, work, "held-out", "grpo.max_steps=2", "eval.every_steps=1", f"eval.held_out_size={args.held_out}"),
+            device)))
     if args.vllm:
         parts += [("grpo-vllm", lambda: part_grpo(also_recipe(common, work, "vllm", "grpo.use_vllm=true"), device)),
                   ("eval-vllm", lambda: part_eval(str(work / "sft"), recipe, args.questions, work, "vllm"))]
@@ -469,6 +487,10 @@ def main() -> int:
               f"({grpo_r.get('generated_tokens_per_s')} generated tokens/s against "
               f"{grpo_.get('generated_tokens_per_s')}); peak {grpo_r.get('peak_gib')} GiB, "
               f"plan {grpo_r.get('plan_gib')}")
+    if args.held_out:
+        held = results.get("grpo-held-out", {})
+        print(f"GRPO with held-out checks: {held.get('held_out')}; {held.get('step_s')} s/step, peak "
+              f"{held.get('peak_gib')} GiB, plan {held.get('plan_gib')} GiB")
     print(f"gpu_check: {results['seconds']:.0f} s in all")
     (work / "gpu_check.json").write_text(json.dumps(results, indent=1))
     if not args.keep:

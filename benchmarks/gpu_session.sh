@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 #   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
-#   BUDGET=540 bash benchmarks/gpu_session.sh ways profile   # next: why compiled-step's GRPO is slower
+#   BUDGET=540 bash benchmarks/gpu_session.sh ways held-out profile   # next: which rollout path is fastest in GRPO,
+#                  the held-out check under it, then why compiled-step's GRPO was slower (as BUDGET leaves time)
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200);
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
@@ -33,6 +34,8 @@
 #   nan            benchmarks/attention_nan.py: a left-padded batch's gradients at lengths of 64 and 0 modulo 128
 #   grpo           gpu_check's SFT and GRPO parts alone (GRPO needs SFT's model), GRPO also with 128 completions a
 #                  call (two optimizer steps' worth)
+#   held-out       gpu_check's GRPO for 2 steps, and again with the in-training held-out check after each step (on
+#                  in the real recipes; gpu_check's other GRPO runs leave it off), decoded as the rollouts are
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
@@ -64,7 +67,7 @@ medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --
 # from the script's start), a part that could outlast what is left is skipped with a line, so one call can name
 # every part still wanted and end inside the device's limit: BUDGET=540 bash benchmarks/gpu_session.sh check ...
 declare -A most=([check]=290 [ways]=330 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
-                 [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150)
+                 [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150 [held-out]=150)
 for part in "$@"; do
   need=$(( ${most[$part]:-0} * scale ))
   if [ -n "${BUDGET:-}" ] && [ $(( SECONDS + need )) -gt "$BUDGET" ]; then
@@ -102,6 +105,11 @@ for part in "$@"; do
   grpo) rm -rf /tmp/gg; timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gg --parts sft grpo \
           --also-generation-batches 128 > "$OUT/grpo.txt" 2>&1
         rc=$?; cp /tmp/gg/gpu_check.json "$OUT/gpu_check_grpo.json" 2>/dev/null; (exit $rc) ;;
+  held-out) sft=sft; [ -d /tmp/gc/sft ] && sft=  # check's SFT model, when it ran
+            timeout $need "$PY" benchmarks/gpu_check.py $cpu --no-vllm --keep /tmp/gc --parts $sft grpo --steps 2 \
+              --held-out 16 > "$OUT/held-out.txt" 2>&1
+            rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_held_out.json" 2>/dev/null
+            [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;
   profile) timeout $need "$PY" benchmarks/profile_steps.py $(medium) --parts decode-compiled-step \
              $([ -n "$cpu" ] && echo --sequences 16 --new-tokens 24) > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;

@@ -35,7 +35,7 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     script = ROOT / "benchmarks" / "gpu_check.py"
     compiled = not needs_compiler.args[0]
     done = subprocess.run([sys.executable, str(script), "--cpu", "--steps", "3", "--sft-steps", "3", "--questions",
-                           "4", "--keep", str(tmp_path), "--also-generation-batches", "128",
+                           "4", "--keep", str(tmp_path), "--also-generation-batches", "128", "--held-out", "4",
                            *(["--both-decodings", "--also-decodings", "compiled-step", "compiled-step-per-row"]
                              if compiled else [])],
                           capture_output=True, text=True, cwd=ROOT)
@@ -58,6 +58,9 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path: Path) -> None:
     reused = result["grpo-rows-128"]
     assert (result["grpo"]["rollout_calls"], reused["rollout_calls"]) == (2, 1)
     assert reused["generated_tokens_per_s"] > 0
+    # GRPO with its held-out check after each of 2 steps: one check a step, each an accuracy
+    checks = result["grpo-held-out"]["held_out"]
+    assert list(checks) == ["1", "2"] and all(0 <= a <= 1 for a in checks.values()), checks
     # the 128 are scored in chunks of the micro-batch, the largest batch the plan is compared at
     assert reused["longest_batch"]["rows"] <= reused["micro_batch"]["per_device_train_batch_size"] < 128
     assert "128 completions a call: GRPO" in done.stdout
