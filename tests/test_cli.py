@@ -135,3 +135,16 @@ def test_verbose_goes_before_or_after_the_command(argv: list[str], verbose: bool
 
     args, extra = build_parser().parse_known_args(argv)
     assert args.verbose is verbose and extra == []
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["evalute", "--model", "m"], "unknown command 'evalute' (did you mean 'evaluate'?)"),
+    (["-v", "sftt"], "unknown command 'sftt' (did you mean 'sft'?)"),
+    (["xyz"], "unknown command 'xyz'"),  # nothing close: no guess
+])
+def test_a_mistyped_command_names_the_closest(argv: list[str], said: str, capsys) -> None:
+    from gsm8k_tr.cli import COMMANDS, main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"gsm8k-tr: error: {said}; the commands are {', '.join(COMMANDS)}\n"
+

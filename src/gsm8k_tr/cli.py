@@ -311,6 +311,12 @@ _MODEL_COMMANDS = ("sft", "grpo", "pipeline", "evaluate", "generate", "plan", "c
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and exit with status 2."""
     parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    command = next((item for item in given if not item.startswith("-")), None)
+    if command is not None and command not in COMMANDS:  # "evalute": argparse lists the commands, guessing none
+        print(f"gsm8k-tr: error: unknown command {command!r}{did_you_mean(command, COMMANDS)}; the commands are "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     # key=value overrides may come after options too (argparse takes positionals only in one run).
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if not _OVERRIDE.match(item)]
