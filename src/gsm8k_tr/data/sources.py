@@ -36,12 +36,14 @@ class RawRow:
     reason: str = "not_text"  # what prepare_report.json counts such a row as
 
 
-def _decode(path: Path) -> str:
+def _decode(path: Path, empty: str | None = None) -> str:
+    """The file's text; an empty file is one line: `empty` where the caller knows the remedy, else what a data file
+    of its kind holds."""
     data = path.read_bytes()
     if not data.strip():
         rows = {".jsonl": "one JSON object a line", ".json": "a list of JSON objects"}.get(path.suffix.lower(),
                                                                                            "a header and rows")
-        raise UserError(f"{path}: file is empty; give a file with {rows}")
+        raise UserError(f"{path}: {empty or f'file is empty; give a file with {rows}'}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a byte-order mark: Excel's "Unicode text" is UTF-16
         try:
             return data.decode("utf-16")
@@ -92,9 +94,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], str]]:
         raise UserError(f"{path}:{reader.line_num}: unreadable CSV ({error}); fix the quoting on that line") from None
 
 
-def json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line or item number, object) for a JSON list or JSON-lines file; bad content is a one-line error."""
-    text = _decode(path)
+def json_rows(path: Path, empty: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or item number, object) for a JSON list or JSON-lines file; bad content is a one-line error (`empty`:
+    the line after the path for an empty file, as `_decode`)."""
+    text = _decode(path, empty)
     if path.suffix.lower() == ".json":
         try:
             document = json.loads(text)

@@ -83,10 +83,8 @@ def read_predictions(path: Path, remedy: str) -> list[dict[str, Any]]:
     one line naming it and `remedy`."""
     from gsm8k_tr.data.sources import json_rows  # one reader for JSON lines, with one-line errors
 
-    if path.is_file() and not path.read_bytes().strip():  # json_rows would ask for a data file's header and rows
-        raise UserError(f"{path}: no predictions in it (empty); {remedy}")
     records = []
-    for number, record in json_rows(path):
+    for number, record in json_rows(path, empty=f"no predictions in it (empty); {remedy}"):
         answers = record.get("samples", [record])
         if "question" not in record or not isinstance(answers, list) or not answers or not all(
                 isinstance(a, dict) and isinstance(a.get("tokens"), int) and "correct" in a for a in answers):
