@@ -336,9 +336,9 @@ def main(run_dir: str) -> Path:
                 lines += ["Wall time per stage: " + ", ".join(times) + ".", ""]
         if budget is not None:
             lines += [*budget_table(budget), ""]
-        checks = [(entry["step"], entry["eval/accuracy"]) for entry in grpo if "eval/accuracy" in entry]
-        if checks:
-            shown = [f"{step}: {accuracy:.3f}" for step, accuracy in checks]
+        steps, accuracy = _series(grpo, "eval/accuracy")  # as the rewards plot reads them
+        if steps:
+            shown = [f"{step}: {value:.3f}" for step, value in zip(steps, accuracy)]
             if len(shown) > 2 * _CHECKS_SHOWN:
                 shown = [*shown[:_CHECKS_SHOWN], "…", *shown[-_CHECKS_SHOWN:]]
             lines += [f"Held-out accuracy during GRPO, by step (greedy answers to the {held_out} questions; plotted "

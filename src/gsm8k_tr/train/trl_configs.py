@@ -15,11 +15,11 @@ from typing import Any
 
 from gsm8k_tr import hub, placement
 from gsm8k_tr.config import Recipe
-from gsm8k_tr.typed_values import coerce, type_name
 from gsm8k_tr.errors import UserError, did_you_mean, one_line
 from gsm8k_tr.grading.rewards import reward_weights
 from gsm8k_tr.infer import vllm_engine
 from gsm8k_tr.run_folder import stage_dir
+from gsm8k_tr.typed_values import coerce, type_name
 from gsm8k_tr.train import batch_order
 from gsm8k_tr.train.checkpoints import CHECKPOINTS
 from gsm8k_tr.train.memory import padded, padding_multiple
