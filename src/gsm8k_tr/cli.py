@@ -356,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             from gsm8k_tr.modeling import require_torch
 
             require_torch()
-        return args.run(args)
+        code = args.run(args)
+        from gsm8k_tr.processes import close_processes
+
+        close_processes()  # on the way out only: a rank that raised leaves the others to torchrun, not to a teardown
+        return code
     except UserError as error:
         print(f"gsm8k-tr {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -240,3 +240,27 @@ def test_a_sigterm_to_one_process_stops_both_at_one_step_with_its_checkpoint(tmp
     # No process failed in a traceback of ours (the launcher reports their exit status 143 with a traceback of its own)
     assert not re.search(r'File "[^"]*/(gsm8k_tr|transformers|trl)/', text), text[-3000:]
     assert not (run / "sft" / "manifest.json").exists()
+
+
+CLOSING = """
+import sys, torch.distributed as dist
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+from gsm8k_tr.cli import main
+code = main(sys.argv[2:])
+print("returned", code, "process group", dist.is_initialized())
+"""
+
+
+@pytest.mark.parametrize("command, said", [
+    (["check", "--config", str(TINY_RECIPE), "output_dir={run}"], "returned 0 process group False"),
+    (["report", "/nonexistent"], "returned 2 process group True"),  # a rank that raised leaves the rest to torchrun
+])
+def test_a_command_that_finished_leaves_its_process_group(command: list[str], said: str, tmp_path: Path,
+                                                          tiny_model_dir: Path) -> None:
+    """Left to the interpreter's exit, gloo's threads now and then died there with "terminate called without an
+    active exception" (SIGABRT) after the work was done, and torchrun failed the whole launch (2 two-process launches
+    in 100). A command that returns destroys the group first; one that raised does not."""
+    command = [part.format(run=tmp_path / "run") for part in command]
+    done = subprocess.run([sys.executable, "-c", CLOSING, str(tmp_path / "store"), *command], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert said in done.stdout, done.stderr[-3000:]
