@@ -83,8 +83,12 @@ def _stage(name: str) -> Callable[[argparse.Namespace], int]:
         from gsm8k_tr.pipeline import TRAINING_STAGES
 
         recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
+        from gsm8k_tr.processes import speaks
+
         manifest = TRAINING_STAGES[name](recipe, resume=args.resume, overwrite=args.overwrite)
-        print(f"{name}: {manifest['global_step']} steps; outputs in {recipe.output_dir}/{name} (merged/, adapter/, README.md)")
+        if speaks():
+            print(f"{name}: {manifest['global_step']} steps; outputs in {recipe.output_dir}/{name} (merged/, adapter/, "
+                  "README.md)")
         return 0
 
     return run
@@ -118,8 +122,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = args.output or evaluate.default_output(recipe, args.model)
     result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite,
                            args.backend, args.device)
-    print(json.dumps(result, ensure_ascii=False, indent=2))
-    print(f"wrote {output}/metrics.json and predictions.jsonl")
+    from gsm8k_tr.processes import speaks
+
+    if speaks():
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        print(f"wrote {output}/metrics.json and predictions.jsonl")
     return 0
 
 
@@ -356,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             from gsm8k_tr.modeling import require_torch
 
             require_torch()
+            from gsm8k_tr.processes import before_process_group
+
+            before_process_group()
         code = args.run(args)
         from gsm8k_tr.processes import close_processes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -79,23 +80,41 @@ def check_devices(state: Any) -> None:
         log.info("process %d of %d (%s) on %s", state.process_index, state.num_processes, kind, state.device)
 
 
-def close_processes() -> None:
-    """Leave the launch's process group once the command is done: PyTorch asks each process to destroy it before it
-    exits (the end of main).
+def before_process_group() -> None:
+    """Under a launch, import what would hold the process group as a default argument, before the group exists.
 
-    Without it gloo's worker threads are torn down during interpreter
-    finalisation, and a process that had finished its work now and then dies
-    there with "terminate called without an active exception" (SIGABRT):
-    torchrun then calls the whole launch failed (pytorch/pytorch#190489).
-    Measured on CPU launches that gather once and exit: 2 two-process launches
-    in 100 and 8 five-process in 60 failed so; with it, none in 80 and in 60.
-    Nothing to do where no process group was started (torch not imported).
+    The collectives of `torch.distributed.nn.functional` take `group=group.WORLD`
+    as a default, which Python evaluates at import. Imported after the group
+    is made (torch._dynamo imports it, and transformers' `from_pretrained`
+    imports dynamo), ten functions hold the group for good: destroying it
+    cannot free it, and gloo's threads are still torn down in the
+    interpreter's exit (`close_processes`). Imported first, they hold None,
+    which those functions read as the default group.
+    """
+    if is_distributed():
+        import torch.distributed.nn.functional  # noqa: F401
+
+
+def close_processes() -> None:
+    """Leave the launch's process group once the command is done, as PyTorch asks each process to before it exits.
+
+    Left to the interpreter's exit, gloo's threads are torn down during its
+    finalisation, where now and then they abort a process that had finished
+    its work ("terminate called without an active exception", SIGABRT), and
+    torchrun calls the whole launch failed (pytorch/pytorch#190489). The
+    group is destroyed, then freed with its threads here: nothing else may
+    hold it (`before_process_group`), and the trainers' reference cycles are
+    collected. `benchmarks/process_exit.py` counts the launches that abort.
+    Nothing to do where no group was made (torch not even imported).
     """
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         from accelerate import PartialState
 
         PartialState().destroy_process_group()  # accelerate's: skipped under its notebook launcher's fork
+        # The trainers' objects, which hold the group, are left in reference cycles: freed now, while the interpreter
+        # is whole, the group's last reference goes and gloo's threads are joined here, not in the exit.
+        gc.collect()
 
 
 def launcher_request() -> dict[str, Any] | None:
@@ -144,6 +163,12 @@ def launcher_request() -> dict[str, Any] | None:
 def is_distributed() -> bool:
     """Whether this process is one of several started by `accelerate launch` (or torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def speaks() -> bool:
+    """Whether this process prints a command's result: the only one, or a launch's main process (the one that writes
+    it); a launch's other processes would print it once each."""
+    return not is_distributed() or process_state().is_main_process
 
 
 def share_size(items: int) -> int:
