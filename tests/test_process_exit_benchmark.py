@@ -24,7 +24,8 @@ def test_the_p_value_is_fishers_one_sided_exact_test() -> None:
     assert fisher(0, 8, 60) == pytest.approx(1)  # B failing more is no evidence that closing helps
 
 
-def test_one_launch_each_way_runs_and_is_counted(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow
+def test_one_launch_each_way_runs_and_is_counted(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
     bench = load_benchmark("process_exit")
     with patch.object(sys, "argv", ["process_exit.py", "--launches", "1", "--processes", "2"]):
         assert bench.main() == 0
