@@ -81,10 +81,9 @@ def _stage(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from gsm8k_tr.config import load_recipe
         from gsm8k_tr.pipeline import TRAINING_STAGES
-
-        recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
         from gsm8k_tr.processes import speaks
 
+        recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
         manifest = TRAINING_STAGES[name](recipe, resume=args.resume, overwrite=args.overwrite)
         if speaks():
             print(f"{name}: {manifest['global_step']} steps; outputs in {recipe.output_dir}/{name} (merged/, adapter/, "
@@ -117,13 +116,12 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from gsm8k_tr.config import load_recipe
     from gsm8k_tr.infer import evaluate
+    from gsm8k_tr.processes import speaks
 
     recipe = load_recipe(args.config, _as_strings(list(args.overrides)))
     output = args.output or evaluate.default_output(recipe, args.model)
     result = evaluate.main(args.model, recipe, args.split, args.limit, args.samples, output, args.overwrite,
                            args.backend, args.device)
-    from gsm8k_tr.processes import speaks
-
     if speaks():
         print(json.dumps(result, ensure_ascii=False, indent=2))
         print(f"wrote {output}/metrics.json and predictions.jsonl")
