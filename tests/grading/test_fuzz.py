@@ -41,11 +41,11 @@ def test_rewards_never_raise_and_stay_in_range(texts: list[str]) -> None:
 @given(unit=TEXT.filter(bool))
 def test_long_inputs_stay_fast(unit: str) -> None:
     text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: a worker kept off the cores by other tests' launches is not slower
     for reward in REWARDS.values():
         reward([text], answer=["1"])
     last_number(text)
-    assert time.perf_counter() - start < 2.0  # five linear scans of 1 MB; quadratic would take minutes
+    assert time.thread_time() - start < 2.0  # five linear scans of 1 MB; quadratic would take minutes
 
 
 TAGS = st.sampled_from(["<sebep>", "</sebep>", "<cevap>", "</cevap>", "<cevap", "sebep>", "</", "<", ">", "\n", "7"])
