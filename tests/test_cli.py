@@ -147,4 +147,3 @@ def test_a_mistyped_command_names_the_closest(argv: list[str], said: str, capsys
 
     assert main(argv) == 2
     assert capsys.readouterr().err == f"gsm8k-tr: error: {said}; the commands are {', '.join(COMMANDS)}\n"
-

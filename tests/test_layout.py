@@ -136,4 +136,3 @@ def test_the_readme_file_tree_names_every_module() -> None:
     missing = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                      if p.name != "__init__.py" and not re.search(rf"(?<![\w/.]){re.escape(p.name)}\b", tree))
     assert not missing, f"name these in the README's Files section: {missing}"
-

@@ -245,7 +245,6 @@ def test_a_sigterm_to_one_process_stops_both_at_one_step_with_its_checkpoint(tmp
     assert not (run / "sft" / "manifest.json").exists()
 
 
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts the processes' threads in Linux's /proc")
 def test_no_process_runs_gloos_threads_once_its_command_has_returned(tmp_path: Path, tiny_model_dir: Path) -> None:
