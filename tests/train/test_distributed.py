@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) through `accelerate launch` with the shipped DDP config: both train, one saves."""
+"""Two CPU processes (gloo) through `accelerate launch` with the shipped DDP config: both train, one saves; and with
+the shipped FSDP config, its weights sharded as on GPUs (`fsdp_on_cpu.py`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from conftest import ROOT, TINY_RECIPE
 
 DDP = ROOT / "recipes" / "accelerate" / "ddp.yaml"
+FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
+FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
 STOPPING_RANK = Path(__file__).with_name("stopping_rank.py")
 THREADS_AT_EXIT = Path(__file__).with_name("threads_at_exit.py")
 
@@ -26,9 +29,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(*args: str, program: tuple[str, ...] = ("-m", "gsm8k_tr"),
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP),
+def _launch(*args: str, program: tuple[str, ...] = ("-m", "gsm8k_tr"), env: dict[str, str] | None = None,
+            config: Path = DDP) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--num_processes", "2", "--main_process_port", str(_free_port()), *program, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, **(env or {})})
@@ -280,3 +283,60 @@ def test_a_command_that_returned_destroys_its_process_group(command: list[str], 
     done = subprocess.run([sys.executable, "-c", CLOSING, str(tmp_path / "store"), *command], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert said in done.stdout, done.stderr[-3000:]
+
+
+def _adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny recipe's SFT under the shipped FSDP config on two CPU processes: every weight and gradient a DTensor
+    sharded across them, as on GPUs."""
+    run = tmp_path_factory.mktemp("fsdp") / "run"
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", config=FSDP, program=(str(FSDP_ON_CPU),))
+    assert done.returncode == 0, _failure(done)
+    return run
+
+
+@pytest.mark.slow
+def test_sft_under_fsdp_trains_the_adapter_ddp_trains(fsdp_run: Path, tmp_path: Path) -> None:
+    # Before, the non-finite guard's all-reduce of a DTensor gradient norm stopped the first optimizer step
+    # ("c10d.allreduce_.default does not have a sharding strategy registered").
+    manifest = json.loads((fsdp_run / "sft" / "manifest.json").read_text())
+    assert (manifest["distributed_type"], manifest["processes"]) == ("FSDP", 2)
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'ddp'}")
+    assert done.returncode == 0, _failure(done)
+    import torch
+
+    sharded, whole = _adapter(fsdp_run / "sft" / "adapter"), _adapter(tmp_path / "ddp" / "sft" / "adapter")
+    assert sharded.keys() == whole.keys() and any(v.any() for k, v in whole.items() if "lora_B" in k)
+    assert all(torch.allclose(sharded[k], whole[k], atol=1e-6) for k in whole)
+
+
+@pytest.mark.slow
+def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Path) -> None:
+    # The start's check was the sharded model's first forward: under inference_mode, FSDP's gather buffers became
+    # inference tensors and the first training step failed writing them. The kept check's adapter is gathered from
+    # both processes; before, keep-best was turned off under FSDP.
+    scripted = {"0": 0.3, "1": 0.5, "2": 0.8, "3": 0.6}
+    done = _launch("grpo", "--config", str(TINY_RECIPE), f"output_dir={fsdp_run}", "grpo.max_steps=3",
+                   "grpo.save_steps=1", "grpo.save_total_limit=10", "eval.every_steps=1", "eval.grpo_keep_best=true",
+                   config=FSDP, program=(str(FSDP_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
+    assert done.returncode == 0, _failure(done)
+    folder = fsdp_run / "grpo"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["distributed_type"] == "FSDP"
+    assert manifest["held_out_kept"] == {"kept_step": 2, "kept_held_out_accuracy": 0.8, "last_step": 3,
+                                         "last_held_out_accuracy": 0.6}
+    history = json.loads((folder / "log_history.json").read_text())
+    assert [e["step"] for e in history if "eval/accuracy" in e] == [0, 1, 2, 3]
+    saved = _adapter(folder / "adapter")
+    import torch
+
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    # The trainer's own checkpoint of step 2, gathered by transformers, holds what keep-best gathered.
+    assert same(saved, _adapter(folder / "checkpoints" / "checkpoint-2"))
+    assert not same(saved, _adapter(folder / "checkpoints" / "checkpoint-3"))

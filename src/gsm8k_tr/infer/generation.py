@@ -232,7 +232,11 @@ def _decode(model: Any, tokenizer: Any, rows: list[list[int]], config: Any, samp
     grouped = samples > 1 and not synced_gpus and placement.grouped_attention(device, how, cache_kind)
     cache = (kv_cache.for_generation(model, batch["input_ids"], config)
              if how == "eager" and not grouped and cache_kind == "growing" else {})
-    with (torch.inference_mode(), sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
+    # Sharded weights (`synced_gpus`: FSDP) are gathered into buffers that FSDP keeps and refills for training: first
+    # made under inference_mode (a held-out check of the start, before any training step), they would be inference
+    # tensors, which the next training step may not write ("Inplace update to inference tensor").
+    no_grad = torch.no_grad() if synced_gpus else torch.inference_mode()
+    with (no_grad, sampling.one_draw_per_row(config.do_sample and placement.row_sampling(device)),
           attention_kernels.only(placement.decoding_attention(device, how)),
           stop_check.deferred(placement.stop_check(device, synced_gpus) == "deferred"),
           compiled_decoding.room_to_compile() if how in placement.COMPILED_DECODINGS else contextlib.nullcontext(),

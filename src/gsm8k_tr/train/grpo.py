@@ -207,17 +207,18 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     if recipe.eval.every_steps:
         held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
         keep = folder / CHECKPOINTS / BEST if recipe.eval.grpo_keep_best else None
-        if keep and is_sharded(trainer.accelerator):  # each process holds a piece of the adapter
-            log.warning("eval.grpo_keep_best: not under FSDP or ZeRO-3 (sharded weights); GRPO keeps its last step")
+        if keep and is_sharded(trainer.accelerator) and "DEEPSPEED" in str(trainer.accelerator.distributed_type):
+            log.warning("eval.grpo_keep_best: not under DeepSpeed ZeRO-3 (not yet tested there); GRPO keeps its "
+                        "last step")
             keep = None
         held_out = HeldOutAccuracy(trainer, held_out_rows, recipe, merge=trainer.rollouts["merge_lora"],
                                    keep_best=keep)
         trainer.add_callback(held_out)
     started = time.perf_counter()
     final = stage.train(trainer, checkpoint, STAGE)
-    kept = held_out.restore_best() if held_out else None
-    if kept is not None:
-        final = None  # the model now holds the kept adapter: the stage saves it, not the last checkpoint's
+    kept, best = held_out.kept() if held_out else (None, None)
+    if best is not None:
+        final = best  # the best check's adapter is saved, not the model's (the last step's)
     info = stage.stage_info(recipe, stop, data_dir, counts, started, checkpoint, config,
                             start_model=start or recipe.model.name_or_path, rewards=dict(recipe.rewards),
                             sampling=sampling(config), held_out=held_out.where if held_out else None,

@@ -169,7 +169,16 @@ def gradient_norm(grads: list[Any]) -> Any:
     total = getattr(torch.nn.utils, "get_total_norm", None)  # torch 2.6 and later
     if total is None:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).float()
-    return total(grads).float()
+    # FSDP 2's gradients are DTensors, sharded over a device mesh: their norm is one too, whose value needs a reduction
+    # over the mesh (`full_tensor`), as transformers' Trainer reads it; one norm per mesh, as a norm spans only one.
+    from torch.distributed.tensor import DTensor
+
+    by_mesh: dict[Any, list[Any]] = {}
+    for g in grads:
+        by_mesh.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    norms = [total(group) for group in by_mesh.values()]
+    norms = [norm.full_tensor() if isinstance(norm, DTensor) else norm for norm in norms]
+    return (norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))).float()
 
 
 def _gradient_check(trainer: GuardNonFinite) -> Any:

@@ -70,8 +70,9 @@ class HeldOutAccuracy(TrainerCallback):
     checked too (step 0), the last step as well when it falls between checks,
     and the adapter of each check at least as accurate as the best so far
     (a tie goes to the later, more trained one) is written there, so that a
-    resumed run still knows it; `restore_best` puts it back before the stage
-    saves. The weights are the LoRA adapter's only, a few megabytes.
+    resumed run still knows it; the stage saves that folder's adapter in place
+    of the model's (`kept`). The weights are the LoRA adapter's only, a few
+    megabytes; under FSDP the main process gathers them from every process.
     """
 
     def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False,
@@ -115,42 +116,51 @@ class HeldOutAccuracy(TrainerCallback):
             should_log = control.should_log  # on_log clears it, which would drop this step's training log
             self.trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
-            if self.keep_best and (self.best is None or result["accuracy"] >= self.best["accuracy"]):
-                self.best = {"step": state.global_step, "accuracy": result["accuracy"]}
-                self._write_best()
+        # Every process decides alike: each has the result, and the best so far as the main process wrote it.
+        if self.keep_best and (self.best is None or result["accuracy"] >= self.best["accuracy"]):
+            self.best = {"step": state.global_step, "accuracy": result["accuracy"]}
+            self._write_best()
         self.trainer.accelerator.wait_for_everyone()
         if self.keep_best:  # every process knows the best, as the main process wrote it
             self.best = read_object(self.keep_best / "best.json", _REMEDY)
 
     def _write_best(self) -> None:
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
+        """The adapter as it is now, written to `keep_best` by the main process; every process calls it.
 
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        Under FSDP each process holds a piece of every weight: accelerate's
+        `get_state_dict` gathers them whole on the main process (a collective),
+        as transformers' `save_model` does for the stage's final adapter, and
+        PEFT keeps the adapter's from that. A kill leaves the previous best,
+        the new one or (between the last two lines) none, and then the resumed
+        run chooses among its own checks; never half of one.
+        """
+        accelerator = self.trainer.accelerator
+        whole = accelerator.get_state_dict(self.trainer.model) if is_sharded(accelerator) else None
+        if not accelerator.is_main_process:
+            return
         staging = self.keep_best.with_name(self.keep_best.name + ".saving")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        save_file(weights, str(staging / "adapter_model.safetensors"))
+        accelerator.unwrap_model(self.trainer.model).save_pretrained(str(staging), state_dict=whole,
+                                                                     safe_serialization=True)
         (staging / "best.json").write_text(json.dumps(self.best))
-        # A kill leaves the previous best, the new one or (between these two lines) none, and then the resumed run
-        # chooses among its own checks; never half of one.
         shutil.rmtree(self.keep_best, ignore_errors=True)
         staging.rename(self.keep_best)
 
-    def restore_best(self) -> dict[str, Any] | None:
-        """Load the best check's adapter into the model (every process); what was kept, for the manifest."""
+    def kept(self) -> tuple[dict[str, Any] | None, str | None]:
+        """What was kept, for the manifest, and the folder whose adapter the stage saves in place of the model's
+        (None when the model's own, the last step's, is the best). Nothing is loaded into the model: under FSDP
+        its weights are sharded, and the saved adapter is all the stage's outputs are built from."""
         if not self.keep_best or self.best is None:
-            return None
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
+            return None, None
         last = max(self.measured) if self.measured else None
         kept = {"kept_step": self.best["step"], "kept_held_out_accuracy": self.best["accuracy"],
                 "last_step": last, "last_held_out_accuracy": self.measured.get(last) if last is not None else None}
-        if self.best["step"] != last:
+        if self.best["step"] == last:
+            return kept, None
+        config = self.keep_best / "adapter_config.json"
+        if not config.is_file() and self.trainer.accelerator.is_main_process:  # kept by a version that wrote weights only
             model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            set_peft_model_state_dict(model, load_file(str(self.keep_best / "adapter_model.safetensors")))
-            log.info("grpo: keeping step %d (held-out accuracy %.3f) over the last step %s (%s)", self.best["step"],
-                     self.best["accuracy"], last, kept["last_held_out_accuracy"])
-        return kept
+            model.peft_config[model.active_adapter].save_pretrained(str(self.keep_best))
+        log.info("grpo: keeping step %d (held-out accuracy %.3f) over the last step %s (%s)", self.best["step"],
+                 self.best["accuracy"], last, kept["last_held_out_accuracy"])
+        return kept, str(self.keep_best)
