@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_session.sh sft-split               # SFT's 32 examples a step in 1, 2, 4 or 8 micro-batches
 #   CPU=1 OUT=/tmp/x bash benchmarks/gpu_session.sh check rows compiled-step grouped shapes   # a dry run on a CPU
 #   BUDGET=540 bash benchmarks/gpu_session.sh check sft-split grouped compiled-step   # one call: skips what won't fit
-#   BUDGET=540 bash benchmarks/gpu_session.sh ways held-out profile   # next: which rollout path is fastest in GRPO,
-#                  the held-out check under it, then why compiled-step's GRPO was slower (as BUDGET leaves time)
+#   BUDGET=540 bash benchmarks/gpu_session.sh ways held-out fsdp profile   # next: which rollout path is fastest in
+#                  GRPO, the held-out check under it, FSDP on the GPU, then why compiled-step's GRPO was slower (as
+#                  BUDGET leaves time)
 # Measured on 2026-12-04 (docs/benchmarks.md, "GPU"): check rows, then nan grpo (2 and 3 minutes on an H200);
 # later check sft-split (7 minutes), then compiled-step grouped (grouped's compiled-step half outlasted its limit).
 # Run in the project's root. On a GPU machine without a package index, first run `bash ../shared/gpu/wheels.sh`
@@ -36,6 +37,9 @@
 #                  call (two optimizer steps' worth)
 #   held-out       gpu_check's GRPO for 2 steps, and again with the in-training held-out check after each step (on
 #                  in the real recipes; gpu_check's other GRPO runs leave it off), decoded as the rollouts are
+#   fsdp           the tiny pipeline under recipes/accelerate/fsdp.yaml, GRPO's held-out checks and keep-best on, eager: one
+#                  process on the GPU (NCCL; summary.txt counts PyTorch's warnings of a process group left at exit);
+#                  on a CPU two processes, sharded over gloo (tests/train/fsdp_on_cpu.py)
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
@@ -67,7 +71,7 @@ medium() { if [ -n "$cpu" ]; then echo --cpu; elif [ -n "$model" ]; then echo --
 # from the script's start), a part that could outlast what is left is skipped with a line, so one call can name
 # every part still wanted and end inside the device's limit: BUDGET=540 bash benchmarks/gpu_session.sh check ...
 declare -A most=([check]=290 [ways]=330 [compiled-step]=120 [rows]=150 [grouped]=150 [shapes]=150 [sft-compiled]=200
-                 [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150 [held-out]=150)
+                 [sft-split]=200 [nan]=60 [grpo]=190 [profile]=150 [held-out]=150 [fsdp]=90)
 for part in "$@"; do
   need=$(( ${most[$part]:-0} * scale ))
   if [ -n "${BUDGET:-}" ] && [ $(( SECONDS + need )) -gt "$BUDGET" ]; then
@@ -110,6 +114,12 @@ for part in "$@"; do
               --held-out 16 > "$OUT/held-out.txt" 2>&1
             rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_held_out.json" 2>/dev/null
             [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;
+  fsdp) launch=(--num_processes 1 -m gsm8k_tr); [ -n "$cpu" ] && launch=(--num_processes 2 tests/train/fsdp_on_cpu.py)
+        rm -rf /tmp/fsdp; timeout $need "$PY" -m accelerate.commands.launch --config_file recipes/accelerate/fsdp.yaml \
+          "${launch[@]}" pipeline --config recipes/tiny.yaml output_dir=/tmp/fsdp eval.every_steps=2 \
+          eval.grpo_keep_best=true decoding=eager > "$OUT/fsdp.txt" 2>&1  # eager: no compile time
+        rc=$?; echo "process groups left at exit: $(grep -ci 'destroy_process_group\|has NOT been destroyed' \
+          "$OUT/fsdp.txt")" | tee -a "$OUT/summary.txt"; (exit $rc) ;;
   profile) timeout $need "$PY" benchmarks/profile_steps.py $(medium) --parts decode-compiled-step \
              $([ -n "$cpu" ] && echo --sequences 16 --new-tokens 24) > "$OUT/profile.txt" 2>&1 ;;
   *) echo "unknown part $part"; false ;;
