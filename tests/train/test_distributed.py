@@ -317,6 +317,29 @@ def test_sft_under_fsdp_trains_the_adapter_ddp_trains(fsdp_run: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_sft_under_fsdp_resumed_from_a_checkpoint_ends_where_it_would_have(fsdp_run: Path, tmp_path: Path) -> None:
+    # The checkpoints of a sharded run are FSDP's (the trainable weights gathered, the optimizer's state, each
+    # process's random state): a run killed after step 20's resumes from it and ends with the same adapter. Step 20
+    # lies inside an epoch (6 steps each): before, on several processes (DDP too) the rest of that epoch came in
+    # epoch 0's order, and the adapter ended 0.0026 away (`batch_order.SeededRebalance.get_resumed_dataloader`).
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    for name in ("data", "sft"):
+        shutil.copytree(fsdp_run / name, run / name)
+    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
+        shutil.rmtree(run / "sft" / name) if (run / "sft" / name).is_dir() else (run / "sft" / name).unlink()
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "--resume", config=FSDP,
+                   program=(str(FSDP_ON_CPU),))
+    assert done.returncode == 0, _failure(done)
+    assert "checkpoint-10/" not in done.stderr and "checkpoint-30/" in done.stderr  # it trained steps 21-30 only
+    resumed, whole = _adapter(run / "sft" / "adapter"), _adapter(fsdp_run / "sft" / "adapter")
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+@pytest.mark.slow
 def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Path) -> None:
     # The start's check was the sharded model's first forward: under inference_mode, FSDP's gather buffers became
     # inference tensors and the first training step failed writing them. The kept check's adapter is gathered from

@@ -57,7 +57,8 @@ def choose(config: Any, section: dict[str, Any]) -> None:
 
 class SeededRebalance:
     """Trainer mixin: transformers' `BatchRebalanceSampler` shuffles with the run's `data_seed` or `seed`, as its
-    random sampler does, instead of the constant it is built with."""
+    random sampler does, instead of the constant it is built with; and a run resumed within an epoch gets that
+    epoch's order under several processes too (`get_resumed_dataloader`)."""
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -65,3 +66,25 @@ class SeededRebalance:
         if cls is not None and isinstance(sampler, cls):
             sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return sampler
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """The loader that skips a resumed epoch's trained batches, with the epoch passed on to the sampler.
+
+        The sampler shuffles by `seed + epoch`. transformers sets the epoch on
+        the loader accelerate's `skip_first_batches` returns; under several
+        processes its batches come from a `SkipBatchSampler` around a
+        `BatchSamplerShard` around the sampler, and neither wrapper passes an
+        epoch on, so the rest of the resumed epoch came in epoch 0's order:
+        some of its examples trained twice, others not at all, and the run
+        ended elsewhere than an uninterrupted one (`tests/train/test_distributed.py`).
+        One process has no `BatchSamplerShard` between them, and transformers
+        reaches the sampler itself.
+        """
+        resumed = super().get_resumed_dataloader(dataloader, num_batches)
+        skipper = sampler = getattr(resumed, "batch_sampler", None)
+        cls = rebalance_sampler()
+        while cls is not None and sampler is not None and not isinstance(sampler, cls):
+            sampler = getattr(sampler, "batch_sampler", None)
+        if sampler is not None and sampler is not skipper and not hasattr(skipper, "set_epoch"):
+            skipper.set_epoch = sampler.set_epoch  # what accelerate's DataLoaderShard.set_epoch calls
+        return resumed
