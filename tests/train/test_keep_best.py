@@ -116,6 +116,7 @@ def test_a_resume_that_finds_the_run_finished_still_saves_the_kept_check(tmp_pat
     folder = _grpo(tmp_path, monkeypatch, {0: 0.3, 2: 0.8, 4: 0.5, 5: 0.6}, keep=True, start=sft_output)
     for name in ("adapter", "merged", "manifest.json"):
         shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
+    (folder / "checkpoints" / "best-held-out" / "adapter_config.json").unlink()  # kept as earlier versions kept it
     _grpo(tmp_path, monkeypatch, {}, keep=True, start=sft_output, resume=True)
     saved = tensors(folder / "adapter" / "adapter_model.safetensors")
     assert same(saved, tensors(folder / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"))

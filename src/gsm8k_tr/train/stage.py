@@ -201,9 +201,10 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
     Under FSDP or DeepSpeed ZeRO-3 each process holds a piece of the weights,
     so every process takes part in `trainer.save_model`, which gathers the
     full adapter and writes it from the main process (or the adapter comes
-    from `final_checkpoint`, see `train`). The main process then merges that
-    adapter into the base model (`base`: a folder, or None for the recipe's
-    model) loaded afresh, and writes the rest.
+    from `final_checkpoint`: a finished checkpoint, see `train`, or GRPO's
+    kept held-out check, `held_out.HeldOutAccuracy.kept`). The main process
+    then merges that adapter into the base model (`base`: a folder, or None
+    for the recipe's model) loaded afresh, and writes the rest.
     """
     from gsm8k_tr.train.artifacts import ADAPTER_STAGING, save_stage
 
