@@ -340,6 +340,34 @@ def test_sft_under_fsdp_resumed_from_a_checkpoint_ends_where_it_would_have(fsdp_
 
 
 @pytest.mark.slow
+def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(fsdp_run: Path, tmp_path: Path) -> None:
+    # FSDP saves its own checkpoint files: resumed without FSDP (one GPU, or DDP) transformers raised "only supported
+    # when using PyTorch FSDP", and an FSDP launch resuming another run's checkpoint looked for optimizer.bin; each a
+    # traceback. Now one line names the launch to resume under.
+    import shutil
+
+    sharded = tmp_path / "sharded"
+    for name in ("data", "sft"):
+        shutil.copytree(fsdp_run / name, sharded / name)
+    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
+        shutil.rmtree(sharded / "sft" / name) if (sharded / "sft" / name).is_dir() else (sharded / "sft" / name).unlink()
+    done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
+                           f"output_dir={sharded}", "--resume"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "checkpoint-20 was saved by an FSDP launch, and this run is not one" in done.stderr
+
+    plain = tmp_path / "plain"
+    for name in ("data", "sft"):  # the same run, its checkpoints saved without FSDP
+        shutil.copytree(tmp_path / "sharded" / name, plain / name, ignore=shutil.ignore_patterns("*fsdp*"))
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={plain}", "--resume", config=FSDP,
+                   program=(str(FSDP_ON_CPU),))
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
+    # (torchrun's own traceback follows any worker that exits non-zero; the workers print none)
+    assert done.returncode != 0 and len(lines) == 2 and "]: Traceback" not in done.stderr, done.stderr[-2000:]
+    assert all("checkpoint-20 was saved without FSDP, and this launch shards with FSDP" in line for line in lines)
+
+
+@pytest.mark.slow
 def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Path) -> None:
     # The start's check was the sharded model's first forward: under inference_mode, FSDP's gather buffers became
     # inference tensors and the first training step failed writing them. The kept check's adapter is gathered from

@@ -155,6 +155,22 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
+def check_checkpoint_sharding(checkpoint: str, fsdp: bool) -> None:
+    """A checkpoint resumes only under the sharding it was saved with: an FSDP launch saves the trainable weights and
+    the optimizer as FSDP's files (`pytorch_model_fsdp*`, `optimizer.bin`), which transformers refuses to load
+    without FSDP ("only supported when using PyTorch FSDP"); other runs save `optimizer.pt`, which an FSDP launch
+    does not look for (a traceback on every process)."""
+    saved_fsdp = any(Path(checkpoint).glob("pytorch_model_fsdp*"))
+    if saved_fsdp == fsdp:
+        return
+    fix = "; or pass --overwrite to start the stage again"
+    if saved_fsdp:
+        raise UserError(f"--resume: {checkpoint} was saved by an FSDP launch, and this run is not one: resume it "
+                        f"under the same launch (accelerate launch --config_file recipes/accelerate/fsdp.yaml ...){fix}")
+    raise UserError(f"--resume: {checkpoint} was saved without FSDP, and this launch shards with FSDP: resume it as it "
+                    f"began (without the FSDP config){fix}")
+
+
 def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     """Train, resuming from `checkpoint`; returns the checkpoint itself when it already holds the last step.
 
@@ -166,6 +182,8 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     machine, one line says so at the first step. A SIGTERM or Ctrl-C saves the
     step it ends and stops the stage unfinished (`stopping.StopOnSignal`).
     """
+    if checkpoint is not None:
+        check_checkpoint_sharding(checkpoint, bool(getattr(trainer, "is_fsdp_enabled", False)))
     if checkpoint is not None and trainer.args.max_steps > 0:
         from transformers import TrainerState
 
