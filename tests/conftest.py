@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import importlib.util
 import io
 import json
@@ -11,8 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,21 @@ def load_benchmark(name: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def scan_seconds(call: Callable[[], object]) -> float:
+    """This thread's CPU seconds in `call()`, the garbage collector held off: for the guards against super-linear
+    scans, which time the scan. On the wall clock a worker kept off both cores by other tests' launches failed one
+    (CI, 2026-12-05: 0.72 s for a 9 ms call). In CPU time one still failed (0.66 s, the whole suite, 2026-12-06):
+    a full collection in a worker that holds torch, transformers and TRL takes 0.2 s of CPU, 0.7 s with 6M objects."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.thread_time()
+        call()
+        return time.thread_time() - start
+    finally:
+        gc.enable()
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -1,8 +1,7 @@
 """Hypothesis: the grader and the rewards take any text without raising, quickly."""
 
-import time
-
 import pytest
+from conftest import scan_seconds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,11 +40,13 @@ def test_rewards_never_raise_and_stay_in_range(texts: list[str]) -> None:
 @given(unit=TEXT.filter(bool))
 def test_long_inputs_stay_fast(unit: str) -> None:
     text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
-    start = time.thread_time()  # CPU time: a worker kept off the cores by other tests' launches is not slower
-    for reward in REWARDS.values():
-        reward([text], answer=["1"])
-    last_number(text)
-    assert time.thread_time() - start < 2.0  # five linear scans of 1 MB; quadratic would take minutes
+
+    def scans() -> None:
+        for reward in REWARDS.values():
+            reward([text], answer=["1"])
+        last_number(text)
+
+    assert scan_seconds(scans) < 2.0  # five linear scans of 1 MB; quadratic would take minutes
 
 
 TAGS = st.sampled_from(["<sebep>", "</sebep>", "<cevap>", "</cevap>", "<cevap", "sebep>", "</", "<", ">", "\n", "7"])
@@ -68,11 +69,12 @@ HOSTILE = ["<sebep>", "</cevap>", "<sebep><cevap>", "<cevap>\n1\n", "1,", "1.2."
 
 
 def _grade_all(text: str) -> float:
-    start = time.perf_counter()
-    for reward in REWARDS.values():
-        reward([text], answer=["1"])
-    is_correct(text, "1"), is_correct_flexible(text, "1"), last_number(text)
-    return time.perf_counter() - start
+    def grade() -> None:
+        for reward in REWARDS.values():
+            reward([text], answer=["1"])
+        is_correct(text, "1"), is_correct_flexible(text, "1"), last_number(text)
+
+    return scan_seconds(grade)
 
 
 @pytest.mark.slow

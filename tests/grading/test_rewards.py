@@ -1,9 +1,9 @@
 """The four rewards, with the original project's bugs pinned as fixed."""
 
 import re
-import time
 
 import pytest
+from conftest import scan_seconds
 
 from gsm8k_tr.grading.rewards import (
     REWARDS,
@@ -112,9 +112,7 @@ def test_registry_rejects_unknown_names() -> None:
 @pytest.mark.parametrize("name", list(REWARDS))
 def test_one_megabyte_completion_is_fast(name: str) -> None:
     # A guard against super-linear scans, not a benchmark: the budget is 50 ms,
-    # the bound here is loose enough for a busy CI machine. The clock is this
-    # thread's CPU time: on the wall clock a worker that the launches of other
-    # tests kept off both cores for 0.7 s failed it (CI, 2026-12-05; 9 ms alone).
+    # the bound here is loose enough for a busy CI machine (`scan_seconds`).
     worst = [
         "<sebep>\n" + "1,2." * 250_000 + "\n</sebep>\n<cevap>\n" + "9" * 1_000_000 + "\n</cevap>",
         "<cevap>" + "<sebep></sebep> " * 70_000,
@@ -123,9 +121,7 @@ def test_one_megabyte_completion_is_fast(name: str) -> None:
         "<cevap>" + "yüz " * 250_000,
     ]
     for text in worst:
-        start = time.thread_time()
-        REWARDS[name]([text], answer=["5"])
-        assert time.thread_time() - start < 0.5, text[:40]
+        assert scan_seconds(lambda: REWARDS[name]([text], answer=["5"])) < 0.5, text[:40]
 
 
 PARAMETERS = [

@@ -316,21 +316,27 @@ def test_sft_under_fsdp_trains_the_adapter_ddp_trains(fsdp_run: Path, tmp_path: 
     assert all(torch.allclose(sharded[k], whole[k], atol=1e-6) for k in whole)
 
 
+def _killed_after_step_20(fsdp_run: Path, run: Path) -> None:
+    """A copy of the fixture's SFT run as a kill after step 20's checkpoint leaves it: no step-30 checkpoint, no
+    outputs."""
+    import shutil
+
+    for name in ("data", "sft"):
+        shutil.copytree(fsdp_run / name, run / name)
+    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
+        shutil.rmtree(run / "sft" / name) if (run / "sft" / name).is_dir() else (run / "sft" / name).unlink()
+
+
 @pytest.mark.slow
 def test_sft_under_fsdp_resumed_from_a_checkpoint_ends_where_it_would_have(fsdp_run: Path, tmp_path: Path) -> None:
     # The checkpoints of a sharded run are FSDP's (the trainable weights gathered, the optimizer's state, each
     # process's random state): a run killed after step 20's resumes from it and ends with the same adapter. Step 20
     # lies inside an epoch (6 steps each): before, on several processes (DDP too) the rest of that epoch came in
     # epoch 0's order, and the adapter ended 0.0026 away (`batch_order.SeededRebalance.get_resumed_dataloader`).
-    import shutil
-
     import torch
 
     run = tmp_path / "run"
-    for name in ("data", "sft"):
-        shutil.copytree(fsdp_run / name, run / name)
-    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
-        shutil.rmtree(run / "sft" / name) if (run / "sft" / name).is_dir() else (run / "sft" / name).unlink()
+    _killed_after_step_20(fsdp_run, run)
     done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "--resume", config=FSDP,
                    program=(str(FSDP_ON_CPU),))
     assert done.returncode == 0, _failure(done)
@@ -347,10 +353,7 @@ def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(fsdp_run
     import shutil
 
     sharded = tmp_path / "sharded"
-    for name in ("data", "sft"):
-        shutil.copytree(fsdp_run / name, sharded / name)
-    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
-        shutil.rmtree(sharded / "sft" / name) if (sharded / "sft" / name).is_dir() else (sharded / "sft" / name).unlink()
+    _killed_after_step_20(fsdp_run, sharded)
     done = subprocess.run([sys.executable, "-m", "gsm8k_tr", "sft", "--config", str(TINY_RECIPE),
                            f"output_dir={sharded}", "--resume"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
@@ -358,7 +361,7 @@ def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(fsdp_run
 
     plain = tmp_path / "plain"
     for name in ("data", "sft"):  # the same run, its checkpoints saved without FSDP
-        shutil.copytree(tmp_path / "sharded" / name, plain / name, ignore=shutil.ignore_patterns("*fsdp*"))
+        shutil.copytree(sharded / name, plain / name, ignore=shutil.ignore_patterns("*fsdp*"))
     done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={plain}", "--resume", config=FSDP,
                    program=(str(FSDP_ON_CPU),))
     lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
