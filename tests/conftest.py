@@ -63,6 +63,20 @@ def load_benchmark(name: str) -> types.ModuleType:
     return module
 
 
+def tensors(path: Path) -> dict:
+    """The tensors of a safetensors file, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Whether two sets of named tensors are equal, name for name and bit for bit."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def scan_seconds(call: Callable[[], object]) -> float:
     """This thread's CPU seconds in `call()`, the garbage collector held off: for the guards against super-linear
     scans, which time the scan. On the wall clock a worker kept off both cores by other tests' launches failed one

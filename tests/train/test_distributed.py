@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_RECIPE
+from conftest import ROOT, TINY_RECIPE, same_tensors, tensors
 
 DDP = ROOT / "recipes" / "accelerate" / "ddp.yaml"
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
+ADAPTER = "adapter_model.safetensors"
 STOPPING_RANK = Path(__file__).with_name("stopping_rank.py")
 THREADS_AT_EXIT = Path(__file__).with_name("threads_at_exit.py")
 
@@ -285,12 +286,6 @@ def test_a_command_that_returned_destroys_its_process_group(command: list[str], 
     assert said in done.stdout, done.stderr[-3000:]
 
 
-def _adapter(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "adapter_model.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """The tiny recipe's SFT under the shipped FSDP config on two CPU processes: every weight and gradient a DTensor
@@ -311,7 +306,8 @@ def test_sft_under_fsdp_trains_the_adapter_ddp_trains(fsdp_run: Path, tmp_path: 
     assert done.returncode == 0, _failure(done)
     import torch
 
-    sharded, whole = _adapter(fsdp_run / "sft" / "adapter"), _adapter(tmp_path / "ddp" / "sft" / "adapter")
+    sharded = tensors(fsdp_run / "sft" / "adapter" / ADAPTER)
+    whole = tensors(tmp_path / "ddp" / "sft" / "adapter" / ADAPTER)
     assert sharded.keys() == whole.keys() and any(v.any() for k, v in whole.items() if "lora_B" in k)
     assert all(torch.allclose(sharded[k], whole[k], atol=1e-6) for k in whole)
 
@@ -333,16 +329,13 @@ def test_sft_under_fsdp_resumed_from_a_checkpoint_ends_where_it_would_have(fsdp_
     # process's random state): a run killed after step 20's resumes from it and ends with the same adapter. Step 20
     # lies inside an epoch (6 steps each): before, on several processes (DDP too) the rest of that epoch came in
     # epoch 0's order, and the adapter ended 0.0026 away (`batch_order.SeededRebalance.get_resumed_dataloader`).
-    import torch
-
     run = tmp_path / "run"
     _killed_after_step_20(fsdp_run, run)
     done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "--resume", config=FSDP,
                    program=(str(FSDP_ON_CPU),))
     assert done.returncode == 0, _failure(done)
     assert "checkpoint-10/" not in done.stderr and "checkpoint-30/" in done.stderr  # it trained steps 21-30 only
-    resumed, whole = _adapter(run / "sft" / "adapter"), _adapter(fsdp_run / "sft" / "adapter")
-    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert same_tensors(tensors(run / "sft" / "adapter" / ADAPTER), tensors(fsdp_run / "sft" / "adapter" / ADAPTER))
 
 
 @pytest.mark.slow
@@ -387,10 +380,7 @@ def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Pat
                                          "last_held_out_accuracy": 0.6}
     history = json.loads((folder / "log_history.json").read_text())
     assert [e["step"] for e in history if "eval/accuracy" in e] == [0, 1, 2, 3]
-    saved = _adapter(folder / "adapter")
-    import torch
-
-    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    saved = tensors(folder / "adapter" / ADAPTER)
     # The trainer's own checkpoint of step 2, gathered by transformers, holds what keep-best gathered.
-    assert same(saved, _adapter(folder / "checkpoints" / "checkpoint-2"))
-    assert not same(saved, _adapter(folder / "checkpoints" / "checkpoint-3"))
+    assert same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-2" / ADAPTER))
+    assert not same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-3" / ADAPTER))

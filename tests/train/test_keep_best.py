@@ -6,24 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, tensors
+from conftest import same_tensors as same
 
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.train.held_out import HeldOutCheck
 
 pytestmark = pytest.mark.slow
-
-
-def tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def same(a: dict, b: dict) -> bool:
-    import torch
-
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, run_cli
+from conftest import TINY_RECIPE, run_cli, tensors
 
 from gsm8k_tr.config import load_recipe
 
@@ -14,12 +14,6 @@ pytestmark = pytest.mark.slow
 
 PLATEAU = ["sft.max_steps=40", "sft.eval_strategy=steps", "sft.eval_steps=5", "sft.save_steps=5",
            "sft.load_best_model_at_end=true", "sft.save_total_limit=2", "eval.sft_patience=2"]
-
-
-def tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def test_sft_stops_when_validation_stops_improving_and_keeps_the_best(tmp_path: Path, tiny_model_dir) -> None:

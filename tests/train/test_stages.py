@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, run_cli
+from conftest import TINY_RECIPE, run_cli, tensors
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +15,6 @@ REWARDS = ("correctness", "strict_format", "soft_format", "xmlcount")
 
 
 cli = run_cli  # in this process: see conftest.run_cli
-
-
-def tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 @pytest.fixture(scope="module")
