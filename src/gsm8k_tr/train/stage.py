@@ -160,7 +160,9 @@ def check_checkpoint_sharding(checkpoint: str, fsdp: bool) -> None:
     the optimizer as FSDP's files (`pytorch_model_fsdp*`, `optimizer.bin`), which transformers refuses to load
     without FSDP ("only supported when using PyTorch FSDP"); other runs save `optimizer.pt`, which an FSDP launch
     does not look for (a traceback on every process)."""
-    saved_fsdp = any(Path(checkpoint).glob("pytorch_model_fsdp*"))
+    from accelerate.utils.constants import FSDP_MODEL_NAME  # the name transformers looks for, as accelerate saves it
+
+    saved_fsdp = any(Path(checkpoint).glob(f"{FSDP_MODEL_NAME}*"))
     if saved_fsdp == fsdp:
         return
     fix = "; or pass --overwrite to start the stage again"
