@@ -116,13 +116,12 @@ class HeldOutAccuracy(TrainerCallback):
             should_log = control.should_log  # on_log clears it, which would drop this step's training log
             self.trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
-        # Every process decides alike: each has the result, and the best so far as the main process wrote it.
+        # Every process decides alike, and so keeps the same best: each has the result, and each read the best so far
+        # from disk when the run began.
         if self.keep_best and (self.best is None or result["accuracy"] >= self.best["accuracy"]):
             self.best = {"step": state.global_step, "accuracy": result["accuracy"]}
             self._write_best()
         self.trainer.accelerator.wait_for_everyone()
-        if self.keep_best:  # every process knows the best, as the main process wrote it
-            self.best = read_object(self.keep_best / "best.json", _REMEDY)
 
     def _write_best(self) -> None:
         """The adapter as it is now, written to `keep_best` by the main process; every process calls it.
