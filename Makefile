@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test test-fast test-oldest test-oldest-fast demo clean
+.PHONY: install test test-fast test-deepspeed test-oldest test-oldest-fast demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@# pip itself says only that no TRL fits an older Python
@@ -44,6 +44,18 @@ test: $(VENV)/.installed-test
 FAST_MARKS ?= not slow
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "$(FAST_MARKS)"
+
+# DeepSpeed's launches on CPU processes (tests/train/test_deepspeed.py; they skip without it). DeepSpeed ships no wheel,
+# so the test extra leaves it out. Here it is built against .venv's torch (build isolation would fetch another torch)
+# into build/deepspeed, beside the environment: with its dependencies that .venv lacks (the rest, pydantic, psutil and
+# numpy among them, come with transformers and accelerate). Its CPU accelerator compiles one small op on first use
+# (a C++ compiler; ninja comes with it).
+DEEPSPEED_VERSION ?= 0.19.8
+test-deepspeed: $(VENV)/.installed-test
+	$(PIP) install --quiet --upgrade --no-deps --no-build-isolation --target build/deepspeed \
+		"deepspeed==$(DEEPSPEED_VERSION)" einops hjson msgpack ninja py-cpuinfo
+	PATH=$(CURDIR)/build/deepspeed/bin:$$PATH PYTHONPATH=$(CURDIR)/build/deepspeed \
+		$(PY) -m pytest -q tests/train/test_deepspeed.py
 
 # The suite on the oldest releases pyproject.toml admits (constraints/oldest.txt), in a venv of its own; its fast
 # tests (test-oldest-fast) are where the library APIs that changed between those releases and ours are exercised.

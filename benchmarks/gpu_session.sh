@@ -39,7 +39,7 @@
 #                  in the real recipes; gpu_check's other GRPO runs leave it off), decoded as the rollouts are
 #   fsdp           the tiny pipeline under recipes/accelerate/fsdp.yaml, GRPO's held-out checks and keep-best on, eager: one
 #                  process on the GPU (NCCL; summary.txt counts PyTorch's warnings of a process group left at exit);
-#                  on a CPU two processes, sharded over gloo (tests/train/fsdp_on_cpu.py)
+#                  on a CPU two processes, sharded over gloo (tests/train/sharded_on_cpu.py)
 set -u
 ROOT=$PWD; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
@@ -114,7 +114,7 @@ for part in "$@"; do
               --held-out 16 > "$OUT/held-out.txt" 2>&1
             rc=$?; cp /tmp/gc/gpu_check.json "$OUT/gpu_check_held_out.json" 2>/dev/null
             [ -d /tmp/gc/model ] && model=/tmp/gc/model; (exit $rc) ;;
-  fsdp) launch=(--num_processes 1 -m gsm8k_tr); [ -n "$cpu" ] && launch=(--num_processes 2 tests/train/fsdp_on_cpu.py)
+  fsdp) launch=(--num_processes 1 -m gsm8k_tr); [ -n "$cpu" ] && launch=(--num_processes 2 tests/train/sharded_on_cpu.py)
         rm -rf /tmp/fsdp; timeout $need "$PY" -m accelerate.commands.launch --config_file recipes/accelerate/fsdp.yaml \
           "${launch[@]}" pipeline --config recipes/tiny.yaml output_dir=/tmp/fsdp eval.every_steps=2 \
           eval.grpo_keep_best=true decoding=eager > "$OUT/fsdp.txt" 2>&1  # eager: no compile time

@@ -8,8 +8,8 @@ handled where they arise rather than assumed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,8 @@ def load_failure(error: BaseException) -> str:
 
 
 def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> Any:
-    """The causal LM at `path` (default: the recipe's model), in float32 unless `dtype` says otherwise.
+    """The causal LM at `path` (default: the recipe's model), in float32 unless `dtype` says otherwise, whole
+    (`whole_weights`): under DeepSpeed ZeRO-3 the trainer's engine splits the one it trains.
 
     Training keeps float32 weights and the trainer's autocast supplies
     bf16/fp16 where the device has it: mixed precision needs fp32 master
@@ -167,7 +168,8 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: Any = None) -> 
     if not gguf:
         refuse_pickle(Path(source))
     try:
-        with read_once() if gguf else nullcontext():  # a GGUF file's header parsed once, for config and weights
+        # A GGUF file's header parsed once, for config and weights
+        with read_once() if gguf else nullcontext(), whole_weights():
             config = AutoConfig.from_pretrained(source, **kwargs)  # fused: GPT-2's tanh GELU as one kernel (placement)
             fused = fused_activation(getattr(config, "activation_function", None))
             # safetensors only, except for a GGUF file (which is not pickle either). Hub kernels off, as every
@@ -367,8 +369,36 @@ def meta_model(config: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with whole_weights(), torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+@contextmanager
+def whole_weights() -> Iterator[None]:
+    """Models built or loaded inside are whole, also under a DeepSpeed ZeRO-3 launch.
+
+    Once accelerate has selected a ZeRO-3 plugin (a stage's TRL config does),
+    transformers builds and loads every model inside `deepspeed.zero.Init`,
+    which splits each parameter across the processes as it is made, whatever
+    `zero3_init_flag` says. The memory plan's meta model then had empty 1-D
+    weights, and so had the base the adapter is merged into after training.
+    The pipeline's GRPO stage, loading its model after SFT's config had
+    selected the plugin, hung: zero.Init's broadcasts ran in the main
+    process while the others waited for it to finish loading. Inside,
+    transformers is told that no DeepSpeed config is active, as when a stage
+    loads its model before its TRL config exists; the trainer's engine then
+    splits the model it trains.
+    """
+    from transformers.integrations import deepspeed
+
+    held = deepspeed._hf_deepspeed_config_weak_ref  # what `is_deepspeed_zero3_enabled` reads
+    active = held() if held is not None else None
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None:
+            deepspeed.set_hf_deepspeed_config(active)
 
 
 def is_model_folder(path: Path) -> bool:

@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) through `accelerate launch` with the shipped DDP config: both train, one saves; and with
-the shipped FSDP config, its weights sharded as on GPUs (`fsdp_on_cpu.py`)."""
+the shipped FSDP config, its weights sharded as on GPUs (`sharded_on_cpu.py`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import ROOT, TINY_RECIPE, same_tensors, tensors
 
 DDP = ROOT / "recipes" / "accelerate" / "ddp.yaml"
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
-FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
+SHARDED_ON_CPU = Path(__file__).with_name("sharded_on_cpu.py")
 ADAPTER = "adapter_model.safetensors"
 STOPPING_RANK = Path(__file__).with_name("stopping_rank.py")
 THREADS_AT_EXIT = Path(__file__).with_name("threads_at_exit.py")
@@ -291,7 +291,7 @@ def fsdp_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     """The tiny recipe's SFT under the shipped FSDP config on two CPU processes: every weight and gradient a DTensor
     sharded across them, as on GPUs."""
     run = tmp_path_factory.mktemp("fsdp") / "run"
-    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", config=FSDP, program=(str(FSDP_ON_CPU),))
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", config=FSDP, program=(str(SHARDED_ON_CPU),))
     assert done.returncode == 0, _failure(done)
     return run
 
@@ -332,10 +332,63 @@ def test_sft_under_fsdp_resumed_from_a_checkpoint_ends_where_it_would_have(fsdp_
     run = tmp_path / "run"
     _killed_after_step_20(fsdp_run, run)
     done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "--resume", config=FSDP,
-                   program=(str(FSDP_ON_CPU),))
+                   program=(str(SHARDED_ON_CPU),))
     assert done.returncode == 0, _failure(done)
     assert "checkpoint-10/" not in done.stderr and "checkpoint-30/" in done.stderr  # it trained steps 21-30 only
     assert same_tensors(tensors(run / "sft" / "adapter" / ADAPTER), tensors(fsdp_run / "sft" / "adapter" / ADAPTER))
+
+
+ENGINE = "global_step20/"
+SAVED_FILES = {  # what each launch of two processes leaves in a checkpoint beside the adapter (DeepSpeed 0.19.8)
+    "FSDP": ("pytorch_model_fsdp.bin", "optimizer.bin"),
+    "DEEPSPEED": ("latest", ENGINE, *(f"{ENGINE}{name}" for name in (
+        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt"))),
+    "DEEPSPEED_ZERO3": ("latest", ENGINE, *(f"{ENGINE}zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt"
+                                            for rank in (0, 1) for kind in ("model", "optim"))),
+    None: ("optimizer.pt",),
+}
+
+
+def _checkpoint(folder: Path, saved: str | None) -> Path:
+    checkpoint = folder / "checkpoint-20"
+    checkpoint.mkdir()
+    for name in ("adapter_model.safetensors", "trainer_state.json", *SAVED_FILES[saved]):
+        (checkpoint / name).mkdir() if name.endswith("/") else (checkpoint / name).write_text("")
+    return checkpoint
+
+
+@pytest.mark.parametrize("saved", list(SAVED_FILES))
+@pytest.mark.parametrize("launch", list(SAVED_FILES))
+def test_a_resume_under_another_sharding_is_one_line(saved: str | None, launch: str | None, tmp_path: Path) -> None:
+    # A DeepSpeed checkpoint (ZeRO-3, on two processes) resumed on one process went on silently with a new optimizer:
+    # it has no optimizer.pt, and transformers skips what it does not find. The other mismatches were tracebacks.
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.train.stage import check_checkpoint_sharding
+
+    checkpoint = _checkpoint(tmp_path, saved)
+    if saved == launch:
+        check_checkpoint_sharding(str(checkpoint), launch, 2)
+        return
+    with pytest.raises(UserError) as error:
+        check_checkpoint_sharding(str(checkpoint), launch, 2)
+    said = str(error.value)
+    assert said.startswith(f"--resume: {checkpoint} was saved by ") and said.endswith("start the stage again")
+    assert {"FSDP": "fsdp.yaml", "DEEPSPEED": "zero2.yaml", "DEEPSPEED_ZERO3": "the ZeRO-3 config",
+            None: "without FSDP or DeepSpeed"}[saved] in said
+
+
+@pytest.mark.parametrize("saved", ["DEEPSPEED", "DEEPSPEED_ZERO3"])
+def test_a_deepspeed_checkpoint_resumes_on_the_processes_it_was_split_over(saved: str, tmp_path: Path) -> None:
+    # DeepSpeed refused in a traceback: "Automatic adjustment of ZeRO's optimizer state partitioning with a new
+    # world size is not currently supported".
+    from gsm8k_tr.errors import UserError
+    from gsm8k_tr.train.stage import check_checkpoint_sharding
+
+    checkpoint = _checkpoint(tmp_path, saved)
+    with pytest.raises(UserError, match="saved by 2 processes, and DeepSpeed cannot split its optimizer state over 4: "
+                                        "resume it with --num_processes 2"):
+        check_checkpoint_sharding(str(checkpoint), saved, 4)
 
 
 @pytest.mark.slow
@@ -356,11 +409,12 @@ def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(fsdp_run
     for name in ("data", "sft"):  # the same run, its checkpoints saved without FSDP
         shutil.copytree(sharded / name, plain / name, ignore=shutil.ignore_patterns("*fsdp*"))
     done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={plain}", "--resume", config=FSDP,
-                   program=(str(FSDP_ON_CPU),))
+                   program=(str(SHARDED_ON_CPU),))
     lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
     # (torchrun's own traceback follows any worker that exits non-zero; the workers print none)
     assert done.returncode != 0 and len(lines) == 2 and "]: Traceback" not in done.stderr, done.stderr[-2000:]
-    assert all("checkpoint-20 was saved without FSDP, and this launch shards with FSDP" in line for line in lines)
+    assert all("checkpoint-20 was saved by a launch without FSDP or DeepSpeed, and this one is an FSDP launch" in line
+               for line in lines)
 
 
 @pytest.mark.slow
@@ -371,7 +425,7 @@ def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Pat
     scripted = {"0": 0.3, "1": 0.5, "2": 0.8, "3": 0.6}
     done = _launch("grpo", "--config", str(TINY_RECIPE), f"output_dir={fsdp_run}", "grpo.max_steps=3",
                    "grpo.save_steps=1", "grpo.save_total_limit=10", "eval.every_steps=1", "eval.grpo_keep_best=true",
-                   config=FSDP, program=(str(FSDP_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
+                   config=FSDP, program=(str(SHARDED_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
     assert done.returncode == 0, _failure(done)
     folder = fsdp_run / "grpo"
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -78,10 +78,10 @@ class AtomicCheckpoints:
         finally:
             self.args.output_dir = root
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        name = f"checkpoint-{self.state.global_step}"
+        self._point_at_best(root, os.path.join(staging, name))
         if self.args.should_save:
-            name = f"checkpoint-{self.state.global_step}"
             final = os.path.join(root, name)
-            self._point_at_best(root, os.path.join(staging, name))
             if os.path.exists(final):
                 shutil.rmtree(final)
             inject_fault("kill-during-save")  # the checkpoint is written but not yet in place
@@ -92,12 +92,15 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
 
     def _point_at_best(self, root: str, written: str) -> None:
-        """Name the best checkpoint by its final path, in the state and in the checkpoint just written.
+        """Name the best checkpoint by its final path, in every process's state and in the checkpoint just written.
 
         transformers looks for the best checkpoint beside the one it writes,
         which here is the staging folder: it would record a path that the
         rename is about to empty, `load_best_model_at_end` would then find
-        nothing, and rotation would not protect the best one.
+        nothing, and rotation would not protect the best one. Every process
+        loads the best at the end: under DeepSpeed one that still held the
+        staging path stopped the run ("Can't find a valid checkpoint"), and
+        under DDP it went on with the last step's weights.
         """
         best = self.state.best_global_step
         if not best:
@@ -105,4 +108,5 @@ class AtomicCheckpoints:
         path = os.path.join(root, f"checkpoint-{best}")
         if best == self.state.global_step or os.path.isdir(path):
             self.state.best_model_checkpoint = path
-            self.state.save_to_json(os.path.join(written, "trainer_state.json"))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(written, "trainer_state.json"))

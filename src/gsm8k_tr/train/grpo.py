@@ -38,7 +38,7 @@ from gsm8k_tr.train import fitting, memory, prompt_filter, recipe_check, stage
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
-from gsm8k_tr.train.held_out import BEST, HeldOutAccuracy, is_sharded
+from gsm8k_tr.train.held_out import BEST, HeldOutAccuracy
 from gsm8k_tr.train.lora import lora_config
 from gsm8k_tr.train.positions import add_position_ids
 from gsm8k_tr.train.progress import use_compact_progress
@@ -207,10 +207,6 @@ def main(recipe: Recipe, resume: bool = False, overwrite: bool = False, check: b
     if recipe.eval.every_steps:
         held_out_rows = splits.load_split(data_dir, recipe.eval.held_out_split)[: recipe.eval.held_out_size]
         keep = folder / CHECKPOINTS / BEST if recipe.eval.grpo_keep_best else None
-        if keep and is_sharded(trainer.accelerator) and "DEEPSPEED" in str(trainer.accelerator.distributed_type):
-            log.warning("eval.grpo_keep_best: not under DeepSpeed ZeRO-3 (not yet tested there); GRPO keeps its "
-                        "last step")
-            keep = None
         held_out = HeldOutAccuracy(trainer, held_out_rows, recipe, merge=trainer.rollouts["merge_lora"],
                                    keep_best=keep)
         trainer.add_callback(held_out)

@@ -15,6 +15,7 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
 from gsm8k_tr.outputs import read_object
 from gsm8k_tr.placement import COMPUTE_DTYPES
+from gsm8k_tr.train.artifacts import RESUME_ONLY
 from gsm8k_tr.train.rollouts import generating_policy
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class HeldOutAccuracy(TrainerCallback):
     (a tie goes to the later, more trained one) is written there, so that a
     resumed run still knows it; the stage saves that folder's adapter in place
     of the model's (`kept`). The weights are the LoRA adapter's only, a few
-    megabytes; under FSDP the main process gathers them from every process.
+    megabytes, gathered from every process where the weights are split.
     """
 
     def __init__(self, trainer: Any, rows: list[dict[str, Any]], recipe: Recipe, merge: bool = False,
@@ -124,23 +125,25 @@ class HeldOutAccuracy(TrainerCallback):
         self.trainer.accelerator.wait_for_everyone()
 
     def _write_best(self) -> None:
-        """The adapter as it is now, written to `keep_best` by the main process; every process calls it.
+        """The adapter as it is now, written to `keep_best`; every process calls it.
 
-        Under FSDP each process holds a piece of every weight: accelerate's
-        `get_state_dict` gathers them whole on the main process (a collective),
-        as transformers' `save_model` does for the stage's final adapter, and
-        PEFT keeps the adapter's from that. A kill leaves the previous best,
-        the new one or (between the last two lines) none, and then the resumed
-        run chooses among its own checks; never half of one.
+        It is written as the stage's final adapter is: `trainer.save_model`,
+        in which every process takes part where the weights are split (FSDP's
+        full state dict, DeepSpeed ZeRO-3's consolidated adapter) and the main
+        process writes. A kill leaves the previous best, the new one or
+        (between the last two lines) none, and then the resumed run chooses
+        among its own checks; never half of one.
         """
         accelerator = self.trainer.accelerator
-        whole = accelerator.get_state_dict(self.trainer.model) if is_sharded(accelerator) else None
+        staging = self.keep_best.with_name(self.keep_best.name + ".saving")
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        self.trainer.save_model(str(staging))
         if not accelerator.is_main_process:
             return
-        staging = self.keep_best.with_name(self.keep_best.name + ".saving")
-        shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(self.trainer.model).save_pretrained(str(staging), state_dict=whole,
-                                                                     safe_serialization=True)
+        for name in RESUME_ONLY:  # the trainer's pickled arguments: not part of a kept adapter
+            (staging / name).unlink(missing_ok=True)
         (staging / "best.json").write_text(json.dumps(self.best))
         shutil.rmtree(self.keep_best, ignore_errors=True)
         staging.rename(self.keep_best)

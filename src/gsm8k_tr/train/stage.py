@@ -155,22 +155,78 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
-def check_checkpoint_sharding(checkpoint: str, fsdp: bool) -> None:
-    """A checkpoint resumes only under the sharding it was saved with: an FSDP launch saves the trainable weights and
-    the optimizer as FSDP's files (`pytorch_model_fsdp*`, `optimizer.bin`), which transformers refuses to load
-    without FSDP ("only supported when using PyTorch FSDP"); other runs save `optimizer.pt`, which an FSDP launch
-    does not look for (a traceback on every process)."""
-    from accelerate.utils.constants import FSDP_MODEL_NAME  # the name transformers looks for, as accelerate saves it
+SHARDINGS = {  # a sharded launch: what it is called, and how to launch it again
+    "FSDP": ("an FSDP launch", "accelerate launch --config_file recipes/accelerate/fsdp.yaml ..."),
+    "DEEPSPEED": ("a DeepSpeed launch (ZeRO stage 0-2)", "accelerate launch --config_file with the DeepSpeed config it "
+                  "began with, such as recipes/accelerate/zero2.yaml"),
+    "DEEPSPEED_ZERO3": ("a DeepSpeed ZeRO-3 launch", "accelerate launch --config_file with the ZeRO-3 config it began "
+                        "with"),
+}
 
-    saved_fsdp = any(Path(checkpoint).glob(f"{FSDP_MODEL_NAME}*"))
-    if saved_fsdp == fsdp:
-        return
+
+def sharding(trainer: Any) -> str | None:
+    """The trainer's sharding, as `SHARDINGS` names it, or None."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return "FSDP"
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        stage = getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0)
+        return "DEEPSPEED_ZERO3" if stage == 3 else "DEEPSPEED"
+    return None
+
+
+def saved_sharding(checkpoint: str) -> tuple[str | None, int | None]:
+    """Which sharded launch saved `checkpoint` (a `SHARDINGS` key, or None for a plain one: `optimizer.pt`), by
+    the files each leaves, and for DeepSpeed how many processes its optimizer state is split into.
+
+    FSDP saves the trainable weights and the optimizer as its own files
+    (accelerate's `FSDP_MODEL_NAME`, `optimizer.bin`). DeepSpeed saves its
+    engine's state in `global_step*` folders (the name transformers'
+    `deepspeed_load_checkpoint` looks for): the model's as
+    `mp_rank_*_model_states.pt`, under ZeRO-3 one `zero_pp_rank_*_…` per
+    process, and the optimizer's as one `*zero_pp_rank_*_optim_states.pt`
+    per process.
+    """
+    from accelerate.utils.constants import FSDP_MODEL_NAME
+
+    folder = Path(checkpoint)
+    if any(folder.glob(f"{FSDP_MODEL_NAME}*")):
+        return "FSDP", None
+    engine = sorted(path for path in folder.glob("global_step*") if path.is_dir())
+    if not engine:
+        return None, None
+    zero3 = any(engine[-1].glob("zero_pp_rank_*_model_states.pt"))
+    parts = len(list(engine[-1].glob("*zero_pp_rank_*_optim_states.pt")))
+    return "DEEPSPEED_ZERO3" if zero3 else "DEEPSPEED", parts or None
+
+
+def check_checkpoint_sharding(checkpoint: str, launch: str | None, processes: int) -> None:
+    """A checkpoint resumes only under the sharding it was saved with (`launch`: this run's, a `SHARDINGS` key or
+    None), and a DeepSpeed one on as many processes as it split its optimizer state over.
+
+    Each sharding reads only its own files. Without FSDP transformers
+    refuses FSDP's ("only supported when using PyTorch FSDP"), and an FSDP
+    launch looks for `optimizer.bin` in another's checkpoint; DeepSpeed finds
+    no `global_step*` folder in another's ("Can't find a valid checkpoint"),
+    no ZeRO-3 files in a ZeRO-2 one (an AssertionError), and refuses another
+    number of processes ("Automatic adjustment ... not currently
+    supported"): each a traceback on every process. A DeepSpeed checkpoint
+    resumed without DeepSpeed was worse: it has no `optimizer.pt`, so
+    transformers went on with a new optimizer, its moments lost, and said
+    nothing.
+    """
+    saved, parts = saved_sharding(checkpoint)
     fix = "; or pass --overwrite to start the stage again"
-    if saved_fsdp:
-        raise UserError(f"--resume: {checkpoint} was saved by an FSDP launch, and this run is not one: resume it "
-                        f"under the same launch (accelerate launch --config_file recipes/accelerate/fsdp.yaml ...){fix}")
-    raise UserError(f"--resume: {checkpoint} was saved without FSDP, and this launch shards with FSDP: resume it as it "
-                    f"began (without the FSDP config){fix}")
+    if saved == launch:
+        if parts is not None and parts != processes:
+            raise UserError(f"--resume: {checkpoint} was saved by {parts} processes, and DeepSpeed cannot split its "
+                            f"optimizer state over {processes}: resume it with --num_processes {parts}{fix}")
+        return
+    if saved is None:
+        raise UserError(f"--resume: {checkpoint} was saved by a launch without FSDP or DeepSpeed, and this one is "
+                        f"{SHARDINGS[launch][0]}: resume it as it began{fix}")
+    name, how = SHARDINGS[saved]
+    raise UserError(f"--resume: {checkpoint} was saved by {name}, and this run is not one: resume it under the same "
+                    f"launch ({how}){fix}")
 
 
 def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
@@ -185,7 +241,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     step it ends and stops the stage unfinished (`stopping.StopOnSignal`).
     """
     if checkpoint is not None:
-        check_checkpoint_sharding(checkpoint, bool(getattr(trainer, "is_fsdp_enabled", False)))
+        check_checkpoint_sharding(checkpoint, sharding(trainer), trainer.accelerator.num_processes)
     if checkpoint is not None and trainer.args.max_steps > 0:
         from transformers import TrainerState
 
