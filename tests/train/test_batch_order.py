@@ -153,3 +153,63 @@ def test_a_resumed_run_sees_the_batches_of_an_uninterrupted_one(tiny_model_dir, 
     trainer(tmp_path / "cut", 8).train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
     assert seen == whole[len(whole) - len(seen):] and len(seen) > 0
     assert len({row for batch in whole for row in batch}) == 24
+
+
+class _Sampled:
+    """What a GRPO trainer offers `batch_order.ReplayedEpochs`: TRL's sampler of prompts (5 prompts, 2 a step, each
+    repeated for 2 completions) and accelerate's resumed loader."""
+
+    def _get_train_sampler(self, dataset=None):
+        from trl.trainer.utils import RepeatSampler
+
+        return RepeatSampler(list(range(5)), mini_repeat_count=2, batch_size=2, repeat_count=1, shuffle=True, seed=0)
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        from accelerate import skip_first_batches
+
+        return skip_first_batches(dataloader, num_batches)
+
+
+class _Replayed(batch_order.ReplayedEpochs, _Sampled):
+    pass
+
+
+def _loader(sampler, process: int):
+    """Process `process` of two's loader, as accelerate prepares it (a `BatchSamplerShard` around the batches)."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import BatchSampler, DataLoader
+
+    loader = DataLoader(list(range(5)), batch_sampler=BatchSampler(sampler, 2, drop_last=False))
+    return prepare_data_loader(loader, num_processes=2, process_index=process, put_on_device=False)
+
+
+def test_a_resumed_grpo_run_takes_each_epoch_in_the_uninterrupted_order() -> None:
+    # TRL's RepeatSampler draws each epoch's order from one generator seeded once; a resumed run's new sampler took
+    # epoch 0's order for the epoch it resumed in (GRPO on the prompt filter's few prompts passes epochs quickly).
+    library = _Sampled()._get_train_sampler()
+    uninterrupted = [list(library) for _ in range(4)]
+    assert len({str(order) for order in uninterrupted}) == 4
+    replayed = _Replayed()._get_train_sampler()
+    orders = []
+    for epoch in range(4):
+        replayed.set_epoch(epoch)  # as transformers does as each epoch begins
+        orders.append(list(replayed))
+    assert orders == uninterrupted  # an uninterrupted run is unchanged
+    resumed = _Replayed()._get_train_sampler()
+    resumed.set_epoch(2)
+    assert list(resumed) == uninterrupted[2]
+    assert list(_Sampled()._get_train_sampler()) != uninterrupted[2]  # the library's resumed order
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_the_epoch_reaches_grpo_s_sampler_through_accelerate_s_wrappers_on_resuming(process: int) -> None:
+    # Under several processes the resumed loader's SkipBatchSampler wraps a BatchSamplerShard, and accelerate's
+    # DataLoaderShard.set_epoch reaches through neither: the resumed epoch came in epoch 0's order.
+    whole = _loader(_Replayed()._get_train_sampler(), process)
+    for epoch in range(2):
+        whole.set_epoch(epoch)
+        expected = [batch.tolist() for batch in whole][1:]  # epoch 1, its first batch trained before the kill
+    trainer = _Replayed()
+    resumed = trainer.get_resumed_dataloader(_loader(trainer._get_train_sampler(), process), 1)
+    resumed.set_epoch(1)  # as transformers does for the resumed epoch
+    assert [batch.tolist() for batch in resumed] == expected

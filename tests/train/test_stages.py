@@ -126,6 +126,32 @@ def test_resume_after_an_interruption_finishes_at_the_same_step(run, tmp_path):
     assert again.returncode == 0
 
 
+def test_grpo_resumed_after_its_first_epoch_ends_where_it_would_have(run, tmp_path):
+    # The prompt filter keeps 3 of the tiny recipe's prompts, one a step: checkpoint-4 lies inside the second epoch.
+    # The resumed run took that epoch in the first epoch's order (TRL's sampler; `batch_order.ReplayedEpochs`).
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for out in (whole, resumed):
+        for name in ("data", "sft"):
+            shutil.copytree(run / name, out / name)
+    settings = ("grpo.max_steps=6", "prompt_filter.samples=2", "eval.every_steps=0")
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={whole}", *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((whole / "grpo" / "manifest.json").read_text())["prompt_filter"]["kept"] == 3
+    shutil.copytree(whole / "grpo", resumed / "grpo")
+    for name in ("manifest.json", "merged", "adapter", "checkpoints/checkpoint-6"):
+        path = resumed / "grpo" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={resumed}", "--resume", *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rewards = [[e["reward"] for e in json.loads((out / "grpo" / "log_history.json").read_text()) if "reward" in e]
+               for out in (whole, resumed)]
+    assert len(rewards[0]) == 6 and rewards[1] == rewards[0]  # steps 5 and 6 too, as the uninterrupted run took them
+    import torch
+
+    saved = [tensors(out / "grpo" / "adapter" / "adapter_model.safetensors") for out in (whole, resumed)]
+    assert all(torch.allclose(saved[0][k], saved[1][k], atol=1e-7) for k in saved[0])
+
+
 def test_grpo_without_sft_output_is_a_clear_error(tmp_path):
     result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'none'}")
     assert result.returncode == 2

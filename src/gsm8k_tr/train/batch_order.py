@@ -27,6 +27,9 @@ Micro-batches then vary in rows: long rows in smaller ones, short rows in
 larger ones. The memory plan assumes every micro-batch holds its micro-batch
 size of the longest row; on the shared GSM8K-TR rows none holds more tokens
 than that (a test holds it to it).
+
+A resumed run takes each epoch in the order the uninterrupted run took it,
+SFT's (`SeededRebalance`) and GRPO's (`ReplayedEpochs`).
 """
 
 from __future__ import annotations
@@ -80,11 +83,52 @@ class SeededRebalance:
         One process has no `BatchSamplerShard` between them, and transformers
         reaches the sampler itself.
         """
-        resumed = super().get_resumed_dataloader(dataloader, num_batches)
-        skipper = sampler = getattr(resumed, "batch_sampler", None)
-        cls = rebalance_sampler()
-        while cls is not None and sampler is not None and not isinstance(sampler, cls):
-            sampler = getattr(sampler, "batch_sampler", None)
-        if sampler is not None and sampler is not skipper and not hasattr(skipper, "set_epoch"):
-            skipper.set_epoch = sampler.set_epoch  # what accelerate's DataLoaderShard.set_epoch calls
-        return resumed
+        return pass_epoch_on(super().get_resumed_dataloader(dataloader, num_batches))
+
+
+class ReplayedEpochs:
+    """Trainer mixin (GRPO): a resumed run takes each epoch's prompts in the order the uninterrupted run took them.
+
+    TRL's `RepeatSampler` draws every epoch's order from one generator,
+    seeded once: epoch k's order is the generator's k-th. A resumed run
+    builds a new sampler, so from a checkpoint after the first epoch it took
+    epoch 0's order again, and within the resumed epoch skipped batches of
+    that order: some prompts trained twice, others not at all (GRPO on the
+    few prompts the prompt filter keeps passes epochs in a few steps). Its
+    `set_epoch(k)`, which transformers calls as each epoch begins, seeds
+    the generator again and draws the k orders before: what the generator
+    of an uninterrupted run holds then, so that run is unchanged.
+    """
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        sampler = super()._get_train_sampler(*args, **kwargs)
+        replayable = getattr(sampler, "shuffle", False) and getattr(sampler, "seed", None) is not None and \
+            isinstance(getattr(sampler, "generator", None), torch.Generator)
+        if replayable and not hasattr(sampler, "set_epoch"):
+            def set_epoch(epoch: int) -> None:
+                sampler.generator.manual_seed(sampler.seed)
+                for _ in range(epoch):
+                    torch.randperm(sampler.num_samples, generator=sampler.generator)
+
+            sampler.set_epoch = set_epoch
+        return sampler
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """As `SeededRebalance.get_resumed_dataloader`: the epoch reaches the sampler under several processes."""
+        return pass_epoch_on(super().get_resumed_dataloader(dataloader, num_batches))
+
+
+def pass_epoch_on(resumed: Any) -> Any:
+    """Give the `SkipBatchSampler` of a resumed loader the `set_epoch` of the first sampler under it that has one
+    (under several processes a `BatchSamplerShard` lies between them, and accelerate's `DataLoaderShard.set_epoch`
+    does not reach through both)."""
+    skipper = getattr(resumed, "batch_sampler", None)
+    sampler = skipper
+    while sampler is not None and (sampler is skipper or not hasattr(sampler, "set_epoch")):
+        inner = getattr(sampler, "batch_sampler", None)  # (not `or`: a sampler of no batches is falsy)
+        sampler = inner if inner is not None else getattr(sampler, "sampler", None)
+    if sampler is not None and skipper is not None and not hasattr(skipper, "set_epoch"):
+        skipper.set_epoch = sampler.set_epoch  # what accelerate's DataLoaderShard.set_epoch calls
+    return resumed

@@ -35,6 +35,7 @@ from gsm8k_tr.grading.rewards import build_rewards, completion_text
 from gsm8k_tr.infer.generation import stop_ids
 from gsm8k_tr.run_folder import held_by_one_run, is_finished, prepared_data, read_manifest, stage_dir
 from gsm8k_tr.train import fitting, memory, prompt_filter, recipe_check, stage
+from gsm8k_tr.train.batch_order import ReplayedEpochs
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, AtomicCheckpoints
 from gsm8k_tr.train.disk import check_disk_space
 from gsm8k_tr.train.guard import GuardNonFinite
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 STAGE = "grpo"
 
 
-class GRPOTrainer(FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
+class GRPOTrainer(ReplayedEpochs, FastRollouts, CompactScoring, AtomicCheckpoints, GuardNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer with position ids for left-padded scoring, fast rollouts (adapter merged, KV cache written
     in place), the LM head over the completion tokens only, atomic checkpoints, accuracy and timing."""
 
