@@ -438,3 +438,18 @@ def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Pat
     # The trainer's own checkpoint of step 2, gathered by transformers, holds what keep-best gathered.
     assert same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-2" / ADAPTER))
     assert not same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-3" / ADAPTER))
+
+
+@pytest.mark.slow
+def test_fsdp_with_a_sharded_state_dict_stops_before_training(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # With SHARDED_STATE_DICT the trainer writes FSDP's pieces and no adapter file: no checkpoint was complete for
+    # --resume, GRPO's kept check failed at its first write, and SFT stopped only after training, at its final save.
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(FSDP.read_text().replace("fsdp_state_dict_type: FULL_STATE_DICT",
+                                               "fsdp_state_dict_type: SHARDED_STATE_DICT"))
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={tmp_path / 'run'}", config=config,
+                   program=(str(SHARDED_ON_CPU),))
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gsm8k-tr sft: error:")]
+    assert done.returncode != 0 and len(lines) == 2 and "]: Traceback" not in done.stderr, done.stderr[-2000:]
+    assert all("fsdp_state_dict_type is SHARDED_STATE_DICT" in line for line in lines)
+    assert not list((tmp_path / "run" / "sft").glob("checkpoints/checkpoint-*"))

@@ -229,6 +229,18 @@ def check_checkpoint_sharding(checkpoint: str, launch: str | None, processes: in
                     f"launch ({how}){fix}")
 
 
+def check_whole_saves(trainer: Any) -> None:
+    """Under FSDP the trainer saves the adapter whole only with accelerate's FULL_STATE_DICT. With another state dict
+    type its checkpoints and its final save hold no adapter file: no checkpoint is complete for `--resume`, GRPO's
+    kept check is never written (a FileNotFoundError on the first), and the stage would stop at its end; so it stops
+    before training."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    kind = str(getattr(plugin, "state_dict_type", "")).rsplit(".", 1)[-1]
+    if getattr(trainer, "is_fsdp_enabled", False) and plugin is not None and kind != "FULL_STATE_DICT":
+        raise UserError(f"the accelerate config's fsdp_state_dict_type is {kind}, with which the trainer saves no "
+                        "adapter file; set fsdp_state_dict_type: FULL_STATE_DICT (recipes/accelerate/fsdp.yaml)")
+
+
 def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     """Train, resuming from `checkpoint`; returns the checkpoint itself when it already holds the last step.
 
@@ -240,6 +252,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     machine, one line says so at the first step. A SIGTERM or Ctrl-C saves the
     step it ends and stops the stage unfinished (`stopping.StopOnSignal`).
     """
+    check_whole_saves(trainer)
     if checkpoint is not None:
         check_checkpoint_sharding(checkpoint, sharding(trainer), trainer.accelerator.num_processes)
     if checkpoint is not None and trainer.args.max_steps > 0:
@@ -297,7 +310,8 @@ def finish(trainer: Any, folder: Path, recipe: Recipe, stage: str, info: dict[st
             if final_checkpoint is not None:
                 staging.mkdir()
                 for name in ("adapter_model.safetensors", "adapter_config.json"):
-                    shutil.copy2(Path(final_checkpoint) / name, staging / name)
+                    if (Path(final_checkpoint) / name).is_file():  # else `save_stage` says why there are no weights
+                        shutil.copy2(Path(final_checkpoint) / name, staging / name)
         accelerator.wait_for_everyone()
         if final_checkpoint is None:
             trainer.save_model(str(staging))
