@@ -52,6 +52,7 @@ test-fast: $(VENV)/.installed-test
 # (a C++ compiler; ninja comes with it).
 DEEPSPEED_VERSION ?= 0.19.8
 test-deepspeed: $(VENV)/.installed-test
+	$(PIP) install --quiet setuptools  # the build's, without isolation (a venv of Python 3.12 or newer has none)
 	$(PIP) install --quiet --upgrade --no-deps --no-build-isolation --target build/deepspeed \
 		"deepspeed==$(DEEPSPEED_VERSION)" einops hjson msgpack ninja py-cpuinfo
 	PATH=$(CURDIR)/build/deepspeed/bin:$$PATH PYTHONPATH=$(CURDIR)/build/deepspeed \
