@@ -1,6 +1,6 @@
 # make test : create .venv, install the package with its test extras, run every test (slow ones too)
 # make demo : create .venv, install the package alone (no test extras), run the offline demo pipeline
-# Nothing is compiled: every dependency comes as a wheel.
+# Nothing is compiled: every dependency comes as a wheel (make test-deepspeed alone builds DeepSpeed, which has none).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

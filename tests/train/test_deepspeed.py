@@ -29,10 +29,11 @@ class ZeroThree:
         return True
 
 
-def test_every_model_but_the_trained_one_is_whole_under_a_zero3_launch(tiny_model_dir: Path) -> None:
+def test_models_are_built_and_loaded_whole_under_a_zero3_launch(tiny_model_dir: Path) -> None:
     # Under ZeRO-3 transformers builds every model inside deepspeed.zero.Init, which splits each parameter as it is
-    # made: the memory plan's meta model had empty 1-D Conv1D weights (a ValueError before training), and the base
-    # that the adapter is merged into after training was empty (a RuntimeError in PEFT's merge).
+    # made: the memory plan's meta model had empty 1-D Conv1D weights (a ValueError before training), the base that
+    # the adapter is merged into after training was empty (a RuntimeError in PEFT's merge), and the pipeline hung
+    # loading GRPO's model (`test_the_pipeline_runs_under_zero3`). DeepSpeed's engine splits the trained one.
     from transformers.integrations import deepspeed
 
     from gsm8k_tr import modeling
