@@ -258,3 +258,22 @@ def test_a_training_step_torchs_compiler_cannot_build_is_one_line(tmp_path, tiny
     assert "C++ compiler" in line and line.endswith("set sft.torch_compile=false and run again with --resume\n")
     assert "Traceback" not in done.stderr
     assert run_cli("sft", *run, "--resume").returncode == 0
+
+
+@pytest.mark.parametrize(("steps_per_generation", "accumulation", "checkpoint", "warned"), [
+    (2, 1, 3, True),    # two steps a rollout call, resumed after its first step (the tiny recipe: adapter 7e-5 off)
+    (2, 1, 4, False),   # at a call's start
+    (16, 8, 101, True),  # the real recipe's commented option: two steps a call
+    (8, 8, 101, False),  # TRL's default, a call each step
+])
+def test_a_resume_inside_a_rollout_call_says_so(steps_per_generation, accumulation, checkpoint, warned,
+                                                caplog) -> None:
+    from types import SimpleNamespace
+
+    from gsm8k_tr.train.grpo import warn_inside_a_rollout_call
+
+    config = SimpleNamespace(steps_per_generation=steps_per_generation, num_iterations=1,
+                             gradient_accumulation_steps=accumulation)
+    with caplog.at_level("WARNING", logger="gsm8k_tr.train.grpo"):
+        warn_inside_a_rollout_call(f"runs/x/grpo/checkpoints/checkpoint-{checkpoint}", config)
+    assert ("inside a rollout call" in caplog.text) == warned
