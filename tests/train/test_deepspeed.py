@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_RECIPE, same_tensors, tensors
-from test_distributed import ADAPTER, SHARDED_ON_CPU, _failure, _killed_after_step_20, _launch
+from test_distributed import ADAPTER, SHARDED_ON_CPU, _failure, _killed_after_step_20, _launch, \
+    keeps_the_scripted_best_check
 
 ZERO2 = ROOT / "recipes" / "accelerate" / "zero2.yaml"
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -110,19 +111,7 @@ def test_sft_under_zero3_resumed_from_a_checkpoint_ends_where_it_would_have(zero
 def test_grpo_under_zero3_keeps_its_best_check(zero3_run: Path, zero3: Path) -> None:
     # Before, eval.grpo_keep_best was turned off under ZeRO-3 with a warning. The kept adapter is now written as
     # transformers writes the final one: every process takes part in `trainer.save_model`.
-    scripted = {"0": 0.3, "1": 0.5, "2": 0.8, "3": 0.6}
-    done = _launch("grpo", "--config", str(TINY_RECIPE), f"output_dir={zero3_run}", "grpo.max_steps=3",
-                   "grpo.save_steps=1", "grpo.save_total_limit=10", "eval.every_steps=1", "eval.grpo_keep_best=true",
-                   config=zero3, program=(str(SHARDED_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
-    assert done.returncode == 0, _failure(done)
-    folder = zero3_run / "grpo"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["distributed_type"] == "DEEPSPEED"
-    assert manifest["held_out_kept"] == {"kept_step": 2, "kept_held_out_accuracy": 0.8, "last_step": 3,
-                                         "last_held_out_accuracy": 0.6}
-    saved = tensors(folder / "adapter" / ADAPTER)
-    assert same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-2" / ADAPTER))
-    assert not same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-3" / ADAPTER))
+    keeps_the_scripted_best_check(zero3_run, zero3, "DEEPSPEED")
 
 
 @pytest.mark.slow

@@ -417,27 +417,34 @@ def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(fsdp_run
                for line in lines)
 
 
+def keeps_the_scripted_best_check(run: Path, config: Path, kind: str) -> Path:
+    """GRPO from `run`'s SFT under `config` on two processes (`sharded_on_cpu.py`), its held-out checks scripted to
+    be best at step 2 of 3: the manifest names that check, and the saved adapter is the trainer's own checkpoint of
+    step 2 (gathered by transformers), not step 3's. Returns the stage folder."""
+    scripted = {"0": 0.3, "1": 0.5, "2": 0.8, "3": 0.6}
+    done = _launch("grpo", "--config", str(TINY_RECIPE), f"output_dir={run}", "grpo.max_steps=3",
+                   "grpo.save_steps=1", "grpo.save_total_limit=10", "eval.every_steps=1", "eval.grpo_keep_best=true",
+                   config=config, program=(str(SHARDED_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
+    assert done.returncode == 0, _failure(done)
+    folder = run / "grpo"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["distributed_type"] == kind
+    assert manifest["held_out_kept"] == {"kept_step": 2, "kept_held_out_accuracy": 0.8, "last_step": 3,
+                                         "last_held_out_accuracy": 0.6}
+    saved = tensors(folder / "adapter" / ADAPTER)
+    assert same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-2" / ADAPTER))
+    assert not same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-3" / ADAPTER))
+    return folder
+
+
 @pytest.mark.slow
 def test_grpo_under_fsdp_checks_its_start_and_keeps_its_best_check(fsdp_run: Path) -> None:
     # The start's check was the sharded model's first forward: under inference_mode, FSDP's gather buffers became
     # inference tensors and the first training step failed writing them. The kept check's adapter is gathered from
     # both processes; before, keep-best was turned off under FSDP.
-    scripted = {"0": 0.3, "1": 0.5, "2": 0.8, "3": 0.6}
-    done = _launch("grpo", "--config", str(TINY_RECIPE), f"output_dir={fsdp_run}", "grpo.max_steps=3",
-                   "grpo.save_steps=1", "grpo.save_total_limit=10", "eval.every_steps=1", "eval.grpo_keep_best=true",
-                   config=FSDP, program=(str(SHARDED_ON_CPU),), env={"SCRIPTED_HELD_OUT": json.dumps(scripted)})
-    assert done.returncode == 0, _failure(done)
-    folder = fsdp_run / "grpo"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["distributed_type"] == "FSDP"
-    assert manifest["held_out_kept"] == {"kept_step": 2, "kept_held_out_accuracy": 0.8, "last_step": 3,
-                                         "last_held_out_accuracy": 0.6}
+    folder = keeps_the_scripted_best_check(fsdp_run, FSDP, "FSDP")
     history = json.loads((folder / "log_history.json").read_text())
     assert [e["step"] for e in history if "eval/accuracy" in e] == [0, 1, 2, 3]
-    saved = tensors(folder / "adapter" / ADAPTER)
-    # The trainer's own checkpoint of step 2, gathered by transformers, holds what keep-best gathered.
-    assert same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-2" / ADAPTER))
-    assert not same_tensors(saved, tensors(folder / "checkpoints" / "checkpoint-3" / ADAPTER))
 
 
 @pytest.mark.slow
