@@ -1,4 +1,5 @@
-"""Processes and devices under `accelerate launch`: the shared process state and one-line errors for bad launches."""
+"""Processes and devices under `accelerate launch`: the shared process state, how training is split across the
+processes, and one-line errors for bad launches."""
 
 from __future__ import annotations
 
@@ -78,6 +79,18 @@ def check_devices(state: Any) -> None:
     if state.num_processes > 1 and not _said.get("launch"):  # once: the pipeline and each stage check again
         _said["launch"] = True
         log.info("process %d of %d (%s) on %s", state.process_index, state.num_processes, kind, state.device)
+
+
+def sharding(accelerator: Any) -> str | None:
+    """How a trainer's Accelerator splits training across its processes: FSDP, DEEPSPEED (ZeRO stage 0-2: the
+    optimizer's state and gradients), DEEPSPEED_ZERO3 (the weights too), or None (each process holds everything)."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind == "FSDP":
+        return "FSDP"
+    if kind == "DEEPSPEED":
+        plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        return "DEEPSPEED_ZERO3" if getattr(plugin, "zero_stage", 0) == 3 else "DEEPSPEED"
+    return None
 
 
 def before_process_group() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_RECIPE, same_tensors, tensors
+from test_sft_plateau import PLATEAU
 from test_distributed import ADAPTER, SHARDED_ON_CPU, _failure, _killed_after_step_20, _launch, \
     keeps_the_scripted_best_check
 
@@ -134,9 +135,8 @@ def test_sft_under_zero3_ends_with_its_best_evaluation(zero3: Path, tmp_path: Pa
     # Only the main process named the best checkpoint by its final path; the other still held the staging folder's,
     # and DeepSpeed's load of the best at the end stopped it ("Can't find a valid checkpoint").
     run = tmp_path / "run"
-    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", "sft.max_steps=40",
-                   "sft.eval_strategy=steps", "sft.eval_steps=5", "sft.save_steps=5", "sft.load_best_model_at_end=true",
-                   "sft.save_total_limit=2", "eval.sft_patience=2", config=zero3, program=(str(SHARDED_ON_CPU),))
+    done = _launch("sft", "--config", str(TINY_RECIPE), f"output_dir={run}", *PLATEAU, config=zero3,
+                   program=(str(SHARDED_ON_CPU),))
     assert done.returncode == 0, _failure(done)
     manifest = json.loads((run / "sft" / "manifest.json").read_text())
     assert manifest["loaded_best"] and manifest["stopped_early"]

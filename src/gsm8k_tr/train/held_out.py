@@ -15,6 +15,7 @@ from gsm8k_tr.config import Recipe
 from gsm8k_tr.infer.evaluate import evaluate
 from gsm8k_tr.outputs import read_object
 from gsm8k_tr.placement import COMPUTE_DTYPES
+from gsm8k_tr.processes import sharding
 from gsm8k_tr.train.artifacts import RESUME_ONLY
 from gsm8k_tr.train.rollouts import generating_policy
 
@@ -26,11 +27,7 @@ _REMEDY = f"remove the {BEST} folder: the run then keeps the best of the checks 
 
 def is_sharded(accelerator: Any) -> bool:
     """Whether the model's weights are split across processes (FSDP, or DeepSpeed ZeRO-3)."""
-    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind == "FSDP":
-        return True
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return kind == "DEEPSPEED" and plugin is not None and getattr(plugin, "zero_stage", 0) == 3
+    return sharding(accelerator) in ("FSDP", "DEEPSPEED_ZERO3")
 
 
 class HeldOutCheck:

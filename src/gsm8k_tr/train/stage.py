@@ -23,7 +23,7 @@ from typing import Any
 from gsm8k_tr.config import Recipe, changed_keys, recipe_dict, save_recipe
 from gsm8k_tr.errors import UserError, compiler_failure
 from gsm8k_tr.outputs import full_disk_reported, read_object
-from gsm8k_tr.processes import process_state
+from gsm8k_tr.processes import process_state, sharding
 from gsm8k_tr.run_folder import is_finished, read_manifest, stage_dir
 from gsm8k_tr.train.checkpoints import CHECKPOINTS, last_checkpoint
 from gsm8k_tr.train.disk import RESUME
@@ -155,23 +155,13 @@ def log_to(folder: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
 
 
-SHARDINGS = {  # a sharded launch: what it is called, and how to launch it again
+SHARDINGS = {  # a sharded launch (`processes.sharding`): what it is called, and how to launch it again
     "FSDP": ("an FSDP launch", "accelerate launch --config_file recipes/accelerate/fsdp.yaml ..."),
     "DEEPSPEED": ("a DeepSpeed launch (ZeRO stage 0-2)", "accelerate launch --config_file with the DeepSpeed config it "
                   "began with, such as recipes/accelerate/zero2.yaml"),
     "DEEPSPEED_ZERO3": ("a DeepSpeed ZeRO-3 launch", "accelerate launch --config_file with the ZeRO-3 config it began "
                         "with"),
 }
-
-
-def sharding(trainer: Any) -> str | None:
-    """The trainer's sharding, as `SHARDINGS` names it, or None."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return "FSDP"
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        stage = getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0)
-        return "DEEPSPEED_ZERO3" if stage == 3 else "DEEPSPEED"
-    return None
 
 
 def saved_sharding(checkpoint: str) -> tuple[str | None, int | None]:
@@ -236,7 +226,7 @@ def check_whole_saves(trainer: Any) -> None:
     before training."""
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     kind = str(getattr(plugin, "state_dict_type", "")).rsplit(".", 1)[-1]
-    if getattr(trainer, "is_fsdp_enabled", False) and plugin is not None and kind != "FULL_STATE_DICT":
+    if sharding(trainer.accelerator) == "FSDP" and plugin is not None and kind != "FULL_STATE_DICT":
         raise UserError(f"the accelerate config's fsdp_state_dict_type is {kind}, with which the trainer saves no "
                         "adapter file; set fsdp_state_dict_type: FULL_STATE_DICT (recipes/accelerate/fsdp.yaml)")
 
@@ -254,7 +244,7 @@ def train(trainer: Any, checkpoint: str | None, stage: str) -> str | None:
     """
     check_whole_saves(trainer)
     if checkpoint is not None:
-        check_checkpoint_sharding(checkpoint, sharding(trainer), trainer.accelerator.num_processes)
+        check_checkpoint_sharding(checkpoint, sharding(trainer.accelerator), trainer.accelerator.num_processes)
     if checkpoint is not None and trainer.args.max_steps > 0:
         from transformers import TrainerState
 
