@@ -77,6 +77,14 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def as_killed(stage: Path, *later: str) -> None:
+    """A finished stage folder as a kill before its final save leaves it: no `manifest.json`, `merged/` or
+    `adapter/`, and none of the `later` paths in it (the checkpoints written after the kill)."""
+    for name in ("manifest.json", "merged", "adapter", *later):
+        path = stage / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def scan_seconds(call: Callable[[], object]) -> float:
     """This thread's CPU seconds in `call()`, the garbage collector held off: for the guards against super-linear
     scans, which time the scan. On the wall clock a worker kept off both cores by other tests' launches failed one

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_RECIPE, same_tensors, tensors
+from conftest import ROOT, TINY_RECIPE, as_killed, same_tensors, tensors
 
 DDP = ROOT / "recipes" / "accelerate" / "ddp.yaml"
 FSDP = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
@@ -319,8 +319,7 @@ def _killed_after_step_20(fsdp_run: Path, run: Path) -> None:
 
     for name in ("data", "sft"):
         shutil.copytree(fsdp_run / name, run / name)
-    for name in ("adapter", "merged", "manifest.json", "checkpoints/checkpoint-30"):
-        shutil.rmtree(run / "sft" / name) if (run / "sft" / name).is_dir() else (run / "sft" / name).unlink()
+    as_killed(run / "sft", "checkpoints/checkpoint-30")
 
 
 @pytest.mark.slow

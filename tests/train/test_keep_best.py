@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, tensors
+from conftest import TINY_RECIPE, as_killed, tensors
 from conftest import same_tensors as same
 
 from gsm8k_tr.config import load_recipe
@@ -82,11 +82,8 @@ def test_a_best_check_past_the_resumed_checkpoint_is_forgotten(tmp_path: Path, m
     # Killed after step 4's check was kept but before checkpoint-4 was in place: the run resumes from checkpoint-2 and
     # trains steps 3-5 again. Step 4's kept weights belong to the lost steps; keeping them would save an adapter
     # that no checkpoint of the finished run holds.
-    import shutil
-
     folder = _grpo(tmp_path, monkeypatch, {0: 0.3, 2: 0.5, 4: 0.9, 5: 0.6}, keep=True, start=sft_output)
-    for name in ("checkpoints/checkpoint-4", "checkpoints/checkpoint-5", "adapter", "merged", "manifest.json"):
-        shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
+    as_killed(folder, "checkpoints/checkpoint-4", "checkpoints/checkpoint-5")
     assert json.loads((folder / "checkpoints" / "best-held-out" / "best.json").read_text())["step"] == 4
     _grpo(tmp_path, monkeypatch, {4: 0.4, 5: 0.6}, keep=True, start=sft_output, resume=True)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -100,11 +97,8 @@ def test_a_resume_that_finds_the_run_finished_still_saves_the_kept_check(tmp_pat
                                                                          sft_output: Path) -> None:
     # Killed during the final save: the resume trains nothing (its last checkpoint is the last step), so no check
     # runs; the adapter saved must still be the kept one, not the last checkpoint's.
-    import shutil
-
     folder = _grpo(tmp_path, monkeypatch, {0: 0.3, 2: 0.8, 4: 0.5, 5: 0.6}, keep=True, start=sft_output)
-    for name in ("adapter", "merged", "manifest.json"):
-        shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
+    as_killed(folder)
     (folder / "checkpoints" / "best-held-out" / "adapter_config.json").unlink()  # kept as earlier versions kept it
     _grpo(tmp_path, monkeypatch, {}, keep=True, start=sft_output, resume=True)
     saved = tensors(folder / "adapter" / "adapter_model.safetensors")

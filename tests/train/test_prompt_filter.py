@@ -7,7 +7,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, as_killed
 
 from gsm8k_tr.config import load_recipe
 from gsm8k_tr.errors import UserError
@@ -58,11 +58,7 @@ def test_grpo_trains_on_the_kept_prompts_and_a_resume_does_not_score_again(tmp_p
     assert len(rows) == info["scored"] and {r["pass_rate"] for r in rows} == {0.0, 0.5, 1.0}
 
     # Killed during training, then resumed: every score comes from the cache, the filter generates nothing.
-    import shutil
-
-    for name in ("manifest.json", "merged", "adapter", "checkpoints"):
-        path = tmp_path / "run" / "grpo" / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    as_killed(tmp_path / "run" / "grpo", "checkpoints")
     calls = []
     monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(1) or [])
     again = grpo.main(recipe, resume=True)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, run_cli, tensors
+from conftest import TINY_RECIPE, as_killed, run_cli, tensors
 
 pytestmark = pytest.mark.slow
 
@@ -111,9 +111,7 @@ def test_resume_after_an_interruption_finishes_at_the_same_step(run, tmp_path):
     # A copy of the run as a kill after checkpoint-2 would leave it: no final outputs, no checkpoint-4.
     out = tmp_path / "tiny"
     shutil.copytree(run, out)
-    for name in ("manifest.json", "merged", "adapter", "checkpoints/checkpoint-4"):
-        path = out / "grpo" / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    as_killed(out / "grpo", "checkpoints/checkpoint-4")
     result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={out}", "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "grpo" / "manifest.json").read_text())
@@ -138,9 +136,7 @@ def test_grpo_resumed_after_its_first_epoch_ends_where_it_would_have(run, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((whole / "grpo" / "manifest.json").read_text())["prompt_filter"]["kept"] == 3
     shutil.copytree(whole / "grpo", resumed / "grpo")
-    for name in ("manifest.json", "merged", "adapter", "checkpoints/checkpoint-6"):
-        path = resumed / "grpo" / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    as_killed(resumed / "grpo", "checkpoints/checkpoint-6")
     result = cli("grpo", "--config", str(TINY_RECIPE), f"output_dir={resumed}", "--resume", *settings)
     assert result.returncode == 0, result.stderr[-3000:]
     rewards = [[e["reward"] for e in json.loads((out / "grpo" / "log_history.json").read_text()) if "reward" in e]
